@@ -1,0 +1,376 @@
+"""The ``wsfs`` command line.
+
+One function per command (``cmd_<name>``), one parser; every failure that
+reaches :func:`main` is a :class:`~wsfs.errors.WsfsError` printed as one line
+(``wsfs: error: ...``) with the exit status its class carries.  Details go to
+the log (``-v``).  Paths inside a version are bytes: arguments are encoded
+with the filesystem encoding (surrogateescape), and names are written to
+stdout as raw bytes, so any name round-trips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from wsfs import __version__
+from wsfs.config import Settings, resolve
+from wsfs.errors import NotFound, UsageError, WsfsError
+from wsfs.format.chunking import DEFAULT_CHUNK_SIZE
+from wsfs.format.manifest import Inode
+from wsfs.format.records import DEFAULT_INLINE_THRESHOLD, RepoConfig
+from wsfs.repository import Ref, Repository
+from wsfs.store import open_store
+
+log = logging.getLogger("wsfs")
+
+
+# -- helpers ---------------------------------------------------------------
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _out(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    suffix = t[-1:] if t[-1:] in units else ""
+    try:
+        return int(float(t[: len(t) - len(suffix)]) * units[suffix])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+@contextmanager
+def _progress(args: argparse.Namespace, desc: str, unit: str) -> Iterator[Callable[[int], None]]:
+    """A progress callback: a tqdm bar on a terminal, nothing otherwise."""
+    if args.quiet or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return resolve(args.repo, args.endpoint_url, args.cache_dir)
+
+
+def _open_repo(args: argparse.Namespace, *, create_default: bool = False) -> Repository:
+    s = _settings(args)
+    store = open_store(s.repo, endpoint_url=s.endpoint_url)
+    try:
+        return Repository.open(store, s.cache_dir)
+    except NotFound:
+        if not (create_default and s.is_default_repo):
+            raise
+        log.info("creating the default repository at %s", s.repo)
+        os.makedirs(s.repo, exist_ok=True)
+        return Repository.init(store, RepoConfig(), s.cache_dir)
+
+
+def _mode_string(mode: int) -> str:
+    return stat.filemode(mode)
+
+
+def _time(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M")
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    s = resolve(args.location or args.repo, args.endpoint_url, args.cache_dir)
+    store = open_store(s.repo, endpoint_url=s.endpoint_url)
+    if not s.repo.startswith("s3://"):
+        os.makedirs(s.repo, exist_ok=True)
+    else:
+        store.check()
+    config = RepoConfig(chunk_size=args.chunk_size, inline_threshold=args.inline_threshold)
+    Repository.init(store, config, s.cache_dir)
+    print(f"initialized wsfs repository at {store.url} (chunks {_size(config.chunk_size)}, "
+          f"inline files up to {_size(config.inline_threshold)})")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from wsfs.versions.push import push
+
+    repo = _open_repo(args, create_default=True)
+    t0 = time.monotonic()
+    with _progress(args, "push", " entries") as progress:
+        record, stats = push(
+            repo,
+            args.dir,
+            args.workspace,
+            message=args.message,
+            skip_unreadable=args.skip_unreadable,
+            workers=args.jobs,
+            progress=progress,
+        )
+    elapsed = time.monotonic() - t0
+    if args.json:
+        print(json.dumps({
+            "workspace": record.workspace,
+            "version": record.version,
+            "parent": record.parent,
+            "manifest": record.manifest,
+            "manifest_size": record.manifest_size,
+            "stats": {k: v for k, v in vars(stats).items()},
+            "store": repo.store.stats.snapshot(),
+            "seconds": round(elapsed, 3),
+        }))
+        return 0
+    parent = f" (parent {record.parent})" if record.parent else ""
+    print(
+        f"pushed {record.workspace}@{record.version}{parent}: {stats.files} files, {stats.dirs} dirs, "
+        f"{stats.symlinks} symlinks, {_size(stats.bytes)} in {elapsed:.1f}s; uploaded {stats.blobs_uploaded} "
+        f"blobs ({_size(stats.bytes_uploaded)}), {stats.blobs_reused} already stored; "
+        f"manifest {_size(record.manifest_size)}"
+    )
+    if stats.skipped:
+        print(f"left out {len(stats.skipped)} entries (see warnings above)", file=sys.stderr)
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from wsfs.format.names import check_workspace
+
+    repo = _open_repo(args)
+    ws = check_workspace(args.workspace)
+    versions = repo.versions(ws)
+    if not versions:
+        raise NotFound(f"workspace {ws!r} has no versions")
+    tags: dict[int, list[str]] = {}
+    for tag, n in repo.tags(ws).items():
+        tags.setdefault(n, []).append(tag)
+    records = [repo.record(ws, n) for n in reversed(versions)]
+    if args.json:
+        print(json.dumps([dict(vars(r), tags=tags.get(r.version, [])) for r in records], default=str))
+        return 0
+    print(f"{'VERSION':>7} {'PARENT':>6}  {'TIME':<25} {'AUTHOR':<20} {'FILES':>7} {'BYTES':>10}  MESSAGE")
+    for r in records:
+        t = f" [{', '.join(sorted(tags[r.version]))}]" if r.version in tags else ""
+        print(
+            f"{r.version:>7} {r.parent or '-':>6}  {r.time:<25} {r.author[:20]:<20} "
+            f"{r.stats.get('files', 0):>7} {_size(r.stats.get('bytes', 0)):>10}  {r.message}{t}"
+        )
+    return 0
+
+
+def _ls_line(name: bytes, node: Inode, long: bool) -> bytes:
+    if not long:
+        return name + b"\n"
+    line = (
+        f"{_mode_string(node.mode)} {node.nlink:>3} {node.uid:>5} {node.gid:>5} {node.size:>12} "
+        f"{_time(node.mtime_ns)} "
+    ).encode()
+    line += name
+    if node.is_link and node.target is not None:
+        line += b" -> " + node.target
+    return line + b"\n"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    repo = _open_repo(args)
+    record = repo.resolve(Ref.parse(args.ref))
+    with repo.open_manifest(record) as m:
+        path = os.fsencode(args.path)
+        node = m.resolve(path)
+        if node.is_link and path.endswith(b"/"):
+            node = m.resolve(path, follow=True)
+        if not node.is_dir:
+            _out(_ls_line(path, node, args.long))
+            return 0
+        after = 0
+        while True:
+            batch = m.readdir(node.ino, after, 1000)
+            if not batch:
+                break
+            _out(b"".join(_ls_line(name, child, args.long) for _, name, child in batch))
+            after = batch[-1][0]
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    from wsfs.versions.read import iter_content
+
+    repo = _open_repo(args)
+    record = repo.resolve(Ref.parse(args.ref))
+    with repo.open_manifest(record) as m:
+        node = m.resolve(os.fsencode(args.path), follow=True)
+        if not node.is_reg:
+            raise UsageError(f"{args.path} is not a regular file")
+        for data in iter_content(repo, m, node):
+            _out(data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_checkout(args: argparse.Namespace) -> int:
+    from wsfs.versions.checkout import checkout
+
+    repo = _open_repo(args)
+    record = repo.resolve(Ref.parse(args.ref))
+    t0 = time.monotonic()
+    with repo.open_manifest(record) as m, _progress(args, "checkout", " entries") as progress:
+        stats = checkout(repo, m, args.dir, workers=args.jobs, progress=progress)
+    print(
+        f"checked out {record.workspace}@{record.version} into {args.dir}: {stats.entries} entries, "
+        f"{stats.files} files, {_size(stats.bytes)} in {time.monotonic() - t0:.1f}s"
+        + (f" ({stats.warnings} warnings)" if stats.warnings else "")
+    )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from wsfs.versions.diff import diff
+
+    repo = _open_repo(args)
+    ra, rb = repo.resolve(Ref.parse(args.a)), repo.resolve(Ref.parse(args.b))
+    n = 0
+    with repo.open_manifest(ra) as ma, repo.open_manifest(rb) as mb:
+        for status, path in diff(ma, mb):
+            _out(status.encode() + b" " + path + b"\n")
+            n += 1
+    return 1 if (n and args.exit_code) else 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    repo = _open_repo(args)
+    ref = Ref.parse(args.ref)
+    record = repo.resolve(ref)
+    repo.set_tag(record.workspace, args.name, record.version)
+    print(f"tagged {record.workspace}@{record.version} as {record.workspace}@{args.name}")
+    return 0
+
+
+def cmd_workspaces(args: argparse.Namespace) -> int:
+    repo = _open_repo(args)
+    rows: list[dict[str, Any]] = []
+    for ws in repo.workspaces():
+        rows.append({"workspace": ws, "latest": repo.latest(ws)})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        print(f"{r['workspace']}\t{r['latest'] if r['latest'] is not None else '-'}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("repository")
+    g.add_argument("--repo", metavar="URL", help="repository: a local directory or s3://bucket/prefix "
+                   "(default: $WSFS_REPO, the config file, or ~/.local/share/wsfs/repo)")
+    g.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
+    g.add_argument("--cache-dir", metavar="DIR", help="local cache (default: $WSFS_CACHE_DIR or ~/.cache/wsfs)")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    p = argparse.ArgumentParser(
+        prog="wsfs",
+        description="Versioned workspaces in an object store. WORKSPACE[@V] names a version: V is a "
+        "number, a tag, or absent for the latest.",
+        parents=[common],
+    )
+    p.add_argument("--version", action="version", version=f"wsfs {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help, parents=[common])
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("init", cmd_init, "create a repository (local directory or s3://bucket/prefix)")
+    sp.add_argument("location", nargs="?", metavar="REPO", help="where (default: as --repo)")
+    sp.add_argument("--chunk-size", type=_parse_size, default=DEFAULT_CHUNK_SIZE,
+                    help="chunk size of large files, a power of two (default 4MiB)")
+    sp.add_argument("--inline-threshold", type=_parse_size, default=DEFAULT_INLINE_THRESHOLD,
+                    help="files up to this size are stored inside the manifest (default 128KiB)")
+
+    sp = add("push", cmd_push, "snapshot DIR as the next version of WORKSPACE")
+    sp.add_argument("dir", metavar="DIR")
+    sp.add_argument("workspace", metavar="WORKSPACE")
+    sp.add_argument("-m", "--message", default="", help="version message")
+    sp.add_argument("--skip-unreadable", action="store_true",
+                    help="leave out unreadable or vanished entries with a warning instead of failing")
+    sp.add_argument("-j", "--jobs", type=int, default=8, help="parallel hash/upload workers (default 8)")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    sp = add("log", cmd_log, "list the versions of WORKSPACE, newest first")
+    sp.add_argument("workspace", metavar="WORKSPACE")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("ls", cmd_ls, "list a directory of a version")
+    sp.add_argument("ref", metavar="WORKSPACE[@V]")
+    sp.add_argument("path", nargs="?", default="", metavar="PATH")
+    sp.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime")
+
+    sp = add("cat", cmd_cat, "write one file of a version to stdout")
+    sp.add_argument("ref", metavar="WORKSPACE[@V]")
+    sp.add_argument("path", metavar="PATH")
+
+    sp = add("checkout", cmd_checkout, "materialize a version into DIR (absent or empty)")
+    sp.add_argument("ref", metavar="WORKSPACE[@V]")
+    sp.add_argument("dir", metavar="DIR")
+    sp.add_argument("-j", "--jobs", type=int, default=8, help="parallel downloads (default 8)")
+
+    sp = add("diff", cmd_diff, "paths added (A), removed (D), modified (M) or type-changed (T) from A to B")
+    sp.add_argument("a", metavar="WORKSPACE@A")
+    sp.add_argument("b", metavar="WORKSPACE@B")
+    sp.add_argument("--exit-code", action="store_true", help="exit 1 if there are differences")
+
+    sp = add("tag", cmd_tag, "name a version (tags are immutable)")
+    sp.add_argument("ref", metavar="WORKSPACE[@V]")
+    sp.add_argument("name", metavar="NAME")
+
+    sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="wsfs: %(levelname)s: %(message)s", stream=sys.stderr)
+    if args.verbose < 2:
+        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.fn(args))
+    except WsfsError as e:
+        log.debug("failed", exc_info=True)
+        print(f"wsfs: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("wsfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (| head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141

@@ -1,0 +1,71 @@
+"""Where things are: the repository URL, the endpoint and the local cache directory.
+
+Resolution order for the repository: ``--repo``, ``$WSFS_REPO``, ``repo`` in
+``$XDG_CONFIG_HOME/wsfs/config.toml`` (default ``~/.config/wsfs/config.toml``),
+then the embedded default, a local repository in
+``$XDG_DATA_HOME/wsfs/repo`` (default ``~/.local/share/wsfs/repo``), so that
+nothing needs configuring on a fresh machine.  The endpoint comes from
+``--endpoint-url``, ``endpoint_url`` in the config file, or boto3's own
+``$AWS_ENDPOINT_URL``.  Credentials are never read here: boto3's standard
+chain owns them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+
+from wsfs.errors import UsageError
+
+
+def _xdg(var: str, fallback: str) -> str:
+    return os.environ.get(var) or os.path.join(os.path.expanduser("~"), fallback)
+
+
+def config_path() -> str:
+    return os.path.join(_xdg("XDG_CONFIG_HOME", ".config"), "wsfs", "config.toml")
+
+
+def default_repo() -> str:
+    return os.path.join(_xdg("XDG_DATA_HOME", ".local/share"), "wsfs", "repo")
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("WSFS_CACHE_DIR") or os.path.join(_xdg("XDG_CACHE_HOME", ".cache"), "wsfs")
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo: str
+    endpoint_url: str | None
+    cache_dir: str
+    is_default_repo: bool
+
+
+def _read_config_file() -> dict[str, object]:
+    path = config_path()
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+
+
+def resolve(repo: str | None, endpoint_url: str | None, cache_dir: str | None) -> Settings:
+    """Combine command-line values, environment and config file into Settings."""
+    cfg = _read_config_file()
+    is_default = False
+    if not repo:
+        repo = os.environ.get("WSFS_REPO") or None
+    if not repo and isinstance(cfg.get("repo"), str):
+        repo = str(cfg["repo"])
+    if not repo:
+        repo, is_default = default_repo(), True
+    if not endpoint_url and isinstance(cfg.get("endpoint_url"), str):
+        endpoint_url = str(cfg["endpoint_url"])
+    if not cache_dir and isinstance(cfg.get("cache_dir"), str):
+        cache_dir = str(cfg["cache_dir"])
+    return Settings(repo, endpoint_url or None, cache_dir or default_cache_dir(), is_default)

@@ -1,0 +1,97 @@
+"""Content ids and the encoding of blobs in the store.
+
+A content id is the 32-byte blake3 digest of the plaintext, shown as 64 hex
+digits.  In the store a blob is one codec byte followed by the payload:
+``0x00`` raw, ``0x01`` a zstd frame.  Data is compressed only when that makes
+it at least 1/16 smaller, so incompressible content (media, archives) costs
+no CPU to read back.  :func:`decode_blob` always verifies the plaintext
+against the id it was asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import blake3
+import zstandard
+
+from wsfs.errors import IntegrityError
+
+RAW = 0
+ZSTD = 1
+ZSTD_LEVEL = 3
+
+_local = threading.local()
+
+
+def _cctx() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "cctx", None)
+    if c is None:
+        c = _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return c
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def content_id(data: bytes | memoryview) -> bytes:
+    """blake3 digest (32 bytes) of *data*."""
+    # blake3 releases the GIL for large inputs, so callers may hash in threads.
+    return blake3.blake3(data).digest()
+
+
+def hexid(cid: bytes) -> str:
+    """The 64-digit hex form of a content id."""
+    return cid.hex()
+
+
+def parse_hexid(text: str) -> bytes:
+    """Inverse of :func:`hexid`, with validation."""
+    try:
+        cid = bytes.fromhex(text)
+    except ValueError:
+        raise IntegrityError(f"malformed content id {text!r}") from None
+    if len(cid) != 32:
+        raise IntegrityError(f"malformed content id {text!r}")
+    return cid
+
+
+def compress(data: bytes) -> tuple[int, bytes]:
+    """``(codec, payload)``: zstd if it saves at least 1/16 of the size, else raw."""
+    if len(data) >= 64:
+        z = _cctx().compress(data)
+        if len(z) <= len(data) - len(data) // 16:
+            return ZSTD, z
+    return RAW, data
+
+
+def decompress(codec: int, payload: bytes, size_hint: int = 0) -> bytes:
+    """Inverse of :func:`compress`."""
+    if codec == RAW:
+        return payload
+    if codec == ZSTD:
+        try:
+            return _dctx().decompress(payload, max_output_size=size_hint)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"corrupt compressed data: {e}") from None
+    raise IntegrityError(f"unknown codec {codec}")
+
+
+def encode_blob(data: bytes) -> bytes:
+    """The store representation of *data*: codec byte + payload."""
+    codec, payload = compress(data)
+    return bytes((codec,)) + payload
+
+
+def decode_blob(cid: bytes, stored: bytes, what: str = "blob") -> bytes:
+    """Decode a stored blob and verify it is the content *cid*; raise IntegrityError if not."""
+    if not stored:
+        raise IntegrityError(f"{what} {hexid(cid)} is empty or truncated in the store")
+    data = decompress(stored[0], stored[1:])
+    if content_id(data) != cid:
+        raise IntegrityError(f"{what} {hexid(cid)} failed verification (content does not match its id)")
+    return data

@@ -1,0 +1,427 @@
+"""The manifest: one SQLite database (apsw) describing a whole version's tree.
+
+Schema (written once here; every column explained)::
+
+    meta(key TEXT PRIMARY KEY, value)           format, workspace, chunk_size, stats...
+    inodes(ino INTEGER PRIMARY KEY,             1 is the root directory
+           mode, uid, gid,                      st_mode (type + all permission bits), owner
+           size, blocks,                        st_size and st_blocks as pushed (du agrees)
+           atime_ns, mtime_ns, ctime_ns,        times in nanoseconds
+           nlink,                               links inside the tree (dirs: 2 + subdirectories)
+           rdev,                                device number of block/char devices, else 0
+           target BLOB,                         symlink target bytes (never followed)
+           content BLOB,                        regular files: content id (see content_id_*)
+           data INTEGER)                        small files: rowid in ``data`` (inline content)
+    data(id INTEGER PRIMARY KEY,                inline content, shared by identical small files
+         cid BLOB UNIQUE, codec, payload)       blake3 of plaintext, 0 raw / 1 zstd, bytes
+    dentries(id INTEGER PRIMARY KEY,            readdir cursor: a directory's entries are
+             parent, name BLOB, ino)            contiguous and sorted by name
+    chunks(ino, idx, cid BLOB, length)          large files: chunk idx covers
+                                                [idx*chunk_size, ...); cid NULL = all zeros
+    xattrs(ino, name BLOB, value BLOB)          extended attributes (user.* namespace)
+
+Lookup (``dentries(parent, name)`` unique index), getattr (``inodes`` primary
+key), readdir (``dentries(parent)`` index, by ``id``) and chunk lists are
+point or range queries whose cost does not depend on the size of the tree.
+
+:class:`Manifest` validates a database before anything is served from it:
+names, references, the directory graph (a tree rooted at 1) and chunk
+coverage.  A malformed manifest raises :class:`~wsfs.errors.IntegrityError`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import apsw
+
+from wsfs.errors import FormatError, IntegrityError, NotFound
+from wsfs.format import FORMAT_VERSION
+from wsfs.format.blobs import compress, content_id, decompress
+from wsfs.format.names import split_path
+
+ROOT_INO = 1
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE inodes (
+    ino INTEGER PRIMARY KEY,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    blocks INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    rdev INTEGER NOT NULL,
+    target BLOB,
+    content BLOB,
+    data INTEGER
+);
+CREATE TABLE data (id INTEGER PRIMARY KEY, cid BLOB NOT NULL UNIQUE, codec INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE dentries (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL);
+CREATE UNIQUE INDEX dentries_name ON dentries(parent, name);
+CREATE INDEX dentries_parent ON dentries(parent);
+CREATE TABLE chunks (ino INTEGER NOT NULL, idx INTEGER NOT NULL, cid BLOB, length INTEGER NOT NULL,
+                     PRIMARY KEY (ino, idx)) WITHOUT ROWID;
+CREATE TABLE xattrs (ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+                     PRIMARY KEY (ino, name)) WITHOUT ROWID;
+"""
+
+_INODE_COLS = "ino, mode, uid, gid, size, blocks, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, content, data"
+
+
+class Inode(NamedTuple):
+    """One row of ``inodes``: everything ``stat`` shows, plus where the content is."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    rdev: int
+    target: bytes | None
+    content: bytes | None
+    data: int | None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the content is stored in the manifest (small file)."""
+        return self.data is not None
+
+
+class Chunk(NamedTuple):
+    """One chunk of a large file; ``cid`` None means the chunk is all zeros."""
+
+    idx: int
+    cid: bytes | None
+    length: int
+
+
+def content_id_chunked(size: int, chunk_size: int, cids: Iterable[bytes | None]) -> bytes:
+    """The content id of a chunked file: blake3 over its size, chunk size and chunk ids.
+
+    Computing it needs no re-read of the file; identical content under the
+    same chunk size always gives the same id.
+    """
+    h = bytearray(b"wsfs-chunked-v1\0")
+    h += struct.pack("<QQ", size, chunk_size)
+    for cid in cids:
+        h += cid if cid is not None else bytes(32)
+    return content_id(bytes(h))
+
+
+class ManifestBuilder:
+    """Writes a new manifest database.  Single-threaded; call :meth:`finish` once at the end."""
+
+    def __init__(self, path: str, *, chunk_size: int) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+        self.path = path
+        self.chunk_size = chunk_size
+        self.db = apsw.Connection(path)
+        # Built once, in one transaction, then hashed and uploaded: durability of
+        # the temporary file is not needed (a crash restarts the push).
+        self.db.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=4096")
+        self.db.execute(SCHEMA)
+        self.db.execute("BEGIN")
+        self._next_ino = ROOT_INO
+        self._data_ids: dict[bytes, int] = {}
+
+    def add_inode(
+        self,
+        st: os.stat_result,
+        *,
+        nlink: int = 1,
+        target: bytes | None = None,
+        size: int | None = None,
+    ) -> int:
+        """Add an inode with the attributes of *st*; returns its inode number."""
+        ino = self._next_ino
+        self._next_ino += 1
+        self.db.execute(
+            f"INSERT INTO inodes ({_INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
+            (
+                ino,
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_size if size is None else size,
+                st.st_blocks,
+                st.st_atime_ns,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                nlink,
+                st.st_rdev if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else 0,
+                target,
+            ),
+        )
+        return ino
+
+    def set_inline(self, ino: int, data: bytes) -> bytes:
+        """Store a small file's content inline (deduplicated); returns its content id."""
+        cid = content_id(data)
+        data_id = self._data_ids.get(cid)
+        if data_id is None:
+            codec, payload = compress(data)
+            self.db.execute("INSERT INTO data (cid, codec, payload) VALUES (?,?,?)", (cid, codec, payload))
+            data_id = self._data_ids[cid] = self.db.last_insert_rowid()
+        self.db.execute("UPDATE inodes SET content=?, data=? WHERE ino=?", (cid, data_id, ino))
+        return cid
+
+    def set_chunks(self, ino: int, size: int, cids: list[bytes | None]) -> bytes:
+        """Record a large file's chunk ids (None = zeros); returns its content id."""
+        spans = [(ino, i, cid, min(self.chunk_size, size - i * self.chunk_size)) for i, cid in enumerate(cids)]
+        self.db.executemany("INSERT INTO chunks (ino, idx, cid, length) VALUES (?,?,?,?)", spans)
+        cid = content_id_chunked(size, self.chunk_size, cids)
+        self.db.execute("UPDATE inodes SET content=? WHERE ino=?", (cid, ino))
+        return cid
+
+    def drop_inode(self, ino: int) -> None:
+        """Forget an inode added but then left out of the tree (its entry was skipped)."""
+        self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self.db.execute("DELETE FROM chunks WHERE ino=?", (ino,))
+        self.db.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
+
+    def set_nlink(self, ino: int, nlink: int) -> None:
+        self.db.execute("UPDATE inodes SET nlink=? WHERE ino=?", (nlink, ino))
+
+    def add_dentries(self, parent: int, entries: list[tuple[bytes, int]]) -> None:
+        """Add a directory's entries; call once per directory, names sorted, so ids are contiguous."""
+        self.db.executemany(
+            "INSERT INTO dentries (parent, name, ino) VALUES (?,?,?)", [(parent, n, i) for n, i in entries]
+        )
+
+    def add_xattrs(self, ino: int, xattrs: dict[bytes, bytes]) -> None:
+        self.db.executemany(
+            "INSERT INTO xattrs (ino, name, value) VALUES (?,?,?)", [(ino, k, v) for k, v in xattrs.items()]
+        )
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        """Write ``meta``, commit and close.  The file is then ready to hash and upload."""
+        meta = dict(meta, format=FORMAT_VERSION, chunk_size=self.chunk_size)
+        self.db.executemany("INSERT INTO meta (key, value) VALUES (?,?)", sorted(meta.items()))
+        self.db.execute("COMMIT")
+        self.db.execute("PRAGMA optimize")
+        self.db.close()
+
+    def abort(self) -> None:
+        self.db.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class Manifest:
+    """Read access to one manifest database.  Opened read-only; validated on open."""
+
+    def __init__(self, path: str, *, validate: bool = True) -> None:
+        self.path = path
+        try:
+            self.db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            self.meta: dict[str, Any] = dict(self.db.execute("SELECT key, value FROM meta"))
+        except apsw.Error as e:
+            raise IntegrityError(f"manifest {path} is not a readable wsfs manifest: {e}") from None
+        fmt = self.meta.get("format")
+        if fmt != FORMAT_VERSION:
+            raise FormatError(
+                f"manifest format version {fmt!r} is not supported by this wsfs (it reads version {FORMAT_VERSION})"
+            )
+        self.chunk_size: int = self.meta["chunk_size"]
+        if validate:
+            self.validate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        for row in self.db.execute(sql, args):
+            return row[0]
+        return None
+
+    def validate(self) -> None:
+        """Reject a manifest that is not a well-formed tree (see the module docstring)."""
+
+        def bad(what: str) -> IntegrityError:
+            return IntegrityError(f"manifest {os.path.basename(self.path)} is malformed: {what}")
+
+        try:
+            root = self.getattr(ROOT_INO)
+        except NotFound:
+            raise bad("no root directory") from None
+        if not root.is_dir:
+            raise bad("root is not a directory")
+        n = self._one(
+            "SELECT count(*) FROM dentries WHERE length(name) = 0 OR length(name) > 255 "
+            "OR name IN (X'2E', X'2E2E') OR instr(name, X'2F') > 0 OR instr(name, X'00') > 0 "
+            "OR typeof(name) != 'blob'"
+        )
+        if n:
+            raise bad(f"{n} invalid entry names (empty, '.', '..', '/' or NUL)")
+        if self._one("SELECT count(*) FROM dentries d LEFT JOIN inodes i ON i.ino = d.ino WHERE i.ino IS NULL"):
+            raise bad("a directory entry refers to a missing inode")
+        s_ifmt, s_ifdir = stat.S_IFMT(0o170000), stat.S_IFDIR
+        if self._one(
+            "SELECT count(*) FROM dentries d LEFT JOIN inodes p ON p.ino = d.parent "
+            "WHERE p.ino IS NULL OR (p.mode & ?) != ?",
+            (s_ifmt, s_ifdir),
+        ):
+            raise bad("a directory entry's parent is missing or not a directory")
+        ndirs = self._one("SELECT count(*) FROM inodes WHERE (mode & ?) = ?", (s_ifmt, s_ifdir))
+        # Every directory but the root is named exactly once, the root never; and
+        # all are reachable from the root: together, the directories form a tree.
+        if self._one("SELECT count(*) FROM dentries WHERE ino = ?", (ROOT_INO,)):
+            raise bad("the root directory has a parent")
+        multi = self._one(
+            "SELECT count(*) FROM (SELECT d.ino FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE (i.mode & ?) = ? GROUP BY d.ino HAVING count(*) > 1)",
+            (s_ifmt, s_ifdir),
+        )
+        if multi:
+            raise bad("a directory has more than one parent")
+        reachable = self._one(
+            "WITH RECURSIVE r(ino) AS (SELECT ? UNION SELECT d.ino FROM dentries d JOIN r ON d.parent = r.ino "
+            "JOIN inodes i ON i.ino = d.ino WHERE (i.mode & ?) = ?) SELECT count(*) FROM r",
+            (ROOT_INO, s_ifmt, s_ifdir),
+        )
+        if reachable != ndirs:
+            raise bad("directories not reachable from the root (a cycle or an orphan)")
+        if self._one(
+            "SELECT count(*) FROM inodes WHERE (mode & ?) = ? AND target IS NULL", (s_ifmt, stat.S_IFLNK)
+        ):
+            raise bad("a symlink without a target")
+        # Large files: the chunks cover exactly the size, in order.
+        bad_cover = self._one(
+            "SELECT count(*) FROM inodes i WHERE (i.mode & ?) = ? AND i.data IS NULL AND i.size > 0 AND "
+            "(SELECT coalesce(sum(length), -1) FROM chunks c WHERE c.ino = i.ino) != i.size",
+            (s_ifmt, stat.S_IFREG),
+        )
+        if bad_cover:
+            raise bad(f"{bad_cover} files whose chunks do not cover their size")
+        if self._one("SELECT count(*) FROM inodes i LEFT JOIN data d ON d.id = i.data WHERE i.data IS NOT NULL AND d.id IS NULL"):
+            raise bad("a file refers to missing inline data")
+
+    # -- point and range queries ------------------------------------------
+
+    def getattr(self, ino: int) -> Inode:
+        for row in self.db.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino = ?", (ino,)):
+            return Inode(*row)
+        raise NotFound(f"no inode {ino}")
+
+    def lookup(self, parent: int, name: bytes) -> Inode | None:
+        for row in self.db.execute(
+            f"SELECT i.{_INODE_COLS.replace(', ', ', i.')} FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.parent = ? AND d.name = ?",
+            (parent, name),
+        ):
+            return Inode(*row)
+        return None
+
+    def readdir(self, ino: int, after: int = 0, limit: int = -1) -> list[tuple[int, bytes, Inode]]:
+        """``(cursor, name, inode)`` of the entries of directory *ino* after cursor *after*."""
+        return [
+            (row[0], row[1], Inode(*row[2:]))
+            for row in self.db.execute(
+                f"SELECT d.id, d.name, i.{_INODE_COLS.replace(', ', ', i.')} FROM dentries d "
+                "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
+                (ino, after, limit),
+            )
+        ]
+
+    def resolve(self, path: bytes, *, follow: bool = False) -> Inode:
+        """The inode at *path* (``/``-separated, relative to the root).
+
+        Symlinks in the middle of the path are followed, and the last one too
+        if *follow*; only inside the version: an absolute target or one that
+        climbs above the root is refused (NotFound), never resolved on the host.
+        """
+        shown = path.decode(errors="replace")
+        todo = split_path(path)[::-1]
+        stack = [self.getattr(ROOT_INO)]  # the directories walked through, for ".."
+        hops = 0
+        while todo:
+            name = todo.pop()
+            if name == b"..":
+                if len(stack) == 1:
+                    raise NotFound(f"{shown}: a symlink points outside the version")
+                stack.pop()
+                continue
+            node = stack[-1]
+            if not node.is_dir:
+                raise NotFound(f"{shown}: not a directory")
+            child = self.lookup(node.ino, name)
+            if child is None:
+                raise NotFound(f"no such file or directory: {shown}")
+            if child.is_link and (todo or follow):
+                hops += 1
+                if hops > 40:
+                    raise NotFound(f"{shown}: too many levels of symbolic links")
+                assert child.target is not None
+                if child.target.startswith(b"/"):
+                    raise NotFound(f"{shown}: a symlink points outside the version (absolute target)")
+                todo.extend(p for p in child.target.split(b"/")[::-1] if p not in (b"", b"."))
+                continue
+            stack.append(child)
+        return stack[-1]
+
+    def chunks(self, ino: int) -> list[Chunk]:
+        return [Chunk(*r) for r in self.db.execute("SELECT idx, cid, length FROM chunks WHERE ino = ? ORDER BY idx", (ino,))]
+
+    def inline_data(self, node: Inode) -> bytes:
+        """The content of a small file, decompressed and verified against its content id."""
+        for cid, codec, payload in self.db.execute("SELECT cid, codec, payload FROM data WHERE id = ?", (node.data,)):
+            data = decompress(codec, payload, node.size)
+            if len(data) != node.size or content_id(data) != cid or cid != node.content:
+                raise IntegrityError(f"inline data of inode {node.ino} failed verification")
+            return data
+        raise IntegrityError(f"inline data of inode {node.ino} is missing")
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        return dict(self.db.execute("SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", (ino,)))
+
+    def chunk_ids(self) -> set[bytes]:
+        """Every non-zero chunk id this manifest references."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT cid FROM chunks WHERE cid IS NOT NULL")}
+
+    def walk(self, ino: int = ROOT_INO, prefix: bytes = b"") -> Iterator[tuple[bytes, Inode]]:
+        """``(path, inode)`` of every entry below *ino*, depth first, parents before children."""
+        stack = [(ino, prefix)]
+        while stack:
+            dino, dpath = stack.pop()
+            children = self.readdir(dino)
+            for _, name, node in children:
+                path = dpath + b"/" + name if dpath else name
+                yield path, node
+            for _, name, node in reversed(children):
+                if node.is_dir:
+                    stack.append((node.ino, dpath + b"/" + name if dpath else name))

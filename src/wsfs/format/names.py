@@ -1,0 +1,56 @@
+"""Validation of every name that comes from a user, a manifest or a request.
+
+Workspace and tag names become store keys, so they are restricted to a safe
+alphabet.  Entry names inside a tree are arbitrary bytes (Linux allows any
+byte but ``/`` and NUL), limited to 255 bytes like every Linux filesystem.
+"""
+
+from __future__ import annotations
+
+import re
+
+from wsfs.errors import InvalidName
+
+_REF_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+NAME_MAX = 255
+
+
+def check_workspace(name: str) -> str:
+    """A workspace name: 1-128 of ``[A-Za-z0-9._-]``, not starting with ``.`` or ``-``."""
+    if not _REF_RE.fullmatch(name) or name.endswith(".lock"):
+        raise InvalidName(
+            f"invalid workspace name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter, digit or '_'"
+        )
+    return name
+
+
+def check_tag(name: str) -> str:
+    """A tag name: like a workspace name, but never all digits (``@3`` means version 3)."""
+    if not _REF_RE.fullmatch(name) or name.isdigit():
+        raise InvalidName(
+            f"invalid tag name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "not starting with '.' or '-', and not only digits"
+        )
+    return name
+
+
+def check_entry_name(name: bytes) -> bytes:
+    """A directory entry name: 1-255 bytes, no ``/`` or NUL, not ``.`` or ``..``."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name or len(name) > NAME_MAX:
+        raise InvalidName(f"invalid entry name {name!r}")
+    return name
+
+
+def split_path(path: bytes) -> list[bytes]:
+    """Split a path inside a tree (``a/b/c``, leading/trailing ``/`` allowed) into checked names.
+
+    ``""`` and ``"/"`` are the root (an empty list).  ``.`` components are
+    dropped; ``..`` is kept for the resolver, which never lets it climb above
+    the root.
+    """
+    parts = [p for p in path.split(b"/") if p not in (b"", b".")]
+    for p in parts:
+        if p != b"..":
+            check_entry_name(p)
+    return parts

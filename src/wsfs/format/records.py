@@ -1,0 +1,101 @@
+"""The repository descriptor (``wsfs-repo.json``) and version records (JSON).
+
+A version exists iff its record exists.  The record names the manifest by
+content id, so everything a version references is verifiable from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from wsfs.errors import FormatError, IntegrityError
+from wsfs.format import FORMAT_VERSION
+from wsfs.format.chunking import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from wsfs.format.names import check_workspace
+
+REPO_KEY = "wsfs-repo.json"
+DEFAULT_INLINE_THRESHOLD = 128 * 1024
+MAX_INLINE_THRESHOLD = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """Repository-wide parameters, fixed at ``wsfs init``."""
+
+    format: int = FORMAT_VERSION
+    hash: str = "blake3"
+    compression: str = "zstd"
+    chunking: str = "fixed"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    inline_threshold: int = DEFAULT_INLINE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE or self.chunk_size & (self.chunk_size - 1):
+            raise FormatError(f"chunk size {self.chunk_size} must be a power of two in [64 KiB, 64 MiB]")
+        if not 0 <= self.inline_threshold <= min(self.chunk_size, MAX_INLINE_THRESHOLD):
+            raise FormatError(f"inline threshold {self.inline_threshold} must be in [0, chunk size]")
+
+    def to_json(self) -> bytes:
+        return json.dumps({"kind": "wsfs-repository", **asdict(self)}, indent=1).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RepoConfig:
+        try:
+            d = json.loads(raw)
+        except ValueError:
+            raise FormatError("wsfs-repo.json is not valid JSON") from None
+        if not isinstance(d, dict) or d.get("kind") != "wsfs-repository":
+            raise FormatError("wsfs-repo.json does not describe a wsfs repository")
+        if d.get("format") != FORMAT_VERSION:
+            raise FormatError(
+                f"repository format version {d.get('format')!r} is not supported by this wsfs "
+                f"(it reads version {FORMAT_VERSION}); upgrade wsfs"
+            )
+        if (d.get("hash"), d.get("compression"), d.get("chunking")) != ("blake3", "zstd", "fixed"):
+            raise FormatError("repository uses a hash, compression or chunking this wsfs does not know")
+        try:
+            return cls(
+                chunk_size=int(d["chunk_size"]), inline_threshold=int(d["inline_threshold"])
+            )
+        except (KeyError, TypeError, ValueError):
+            raise FormatError("wsfs-repo.json is missing chunk_size or inline_threshold") from None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One published version."""
+
+    workspace: str
+    version: int
+    parent: int | None
+    manifest: str  # hex content id of the manifest's SQLite bytes
+    manifest_size: int
+    time: str  # ISO 8601, UTC
+    author: str
+    message: str
+    stats: dict[str, int] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, workspace: str, version: int) -> VersionRecord:
+        """Parse and check a record read from ``workspaces/<workspace>/versions/<version>``."""
+        try:
+            d: dict[str, Any] = json.loads(raw)
+            if d.get("format") != FORMAT_VERSION:
+                raise FormatError(
+                    f"version {workspace}@{version} has format {d.get('format')!r}; this wsfs reads {FORMAT_VERSION}"
+                )
+            rec = cls(**d)
+        except (ValueError, TypeError):
+            raise IntegrityError(f"version record {workspace}@{version} is malformed") from None
+        if rec.workspace != workspace or rec.version != version:
+            raise IntegrityError(f"version record {workspace}@{version} names {rec.workspace}@{rec.version}")
+        check_workspace(rec.workspace)
+        if len(rec.manifest) != 64:
+            raise IntegrityError(f"version record {workspace}@{version} has a malformed manifest id")
+        return rec

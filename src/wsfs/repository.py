@@ -1,0 +1,257 @@
+"""A repository: the format's objects stored in an ObjectStore.
+
+Owns the key layout (``docs/architecture.md`` section "Repository layout"),
+verification of everything read back, conditional publication of versions
+and tags, and the local copy of manifests (``<cache>/manifests``).  Imports
+``store`` and ``format`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+
+from wsfs.errors import AlreadyExists, Conflict, FormatError, IntegrityError, NotFound, UsageError
+from wsfs.format.blobs import decode_blob, encode_blob, hexid, parse_hexid
+from wsfs.format.manifest import Manifest
+from wsfs.format.names import check_tag, check_workspace
+from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
+from wsfs.store import ObjectStore, open_store
+
+_VERSION_DIGITS = 10  # zero-padded so that store listings sort numerically
+_REF_RE = re.compile(r"(?P<ws>[^@]+)(?:@(?P<ref>.+))?")
+
+
+def blob_key(cid: bytes) -> str:
+    h = hexid(cid)
+    return f"blobs/{h[:2]}/{h}"
+
+
+def manifest_key(cid: bytes) -> str:
+    h = hexid(cid)
+    return f"manifests/{h[:2]}/{h}"
+
+
+def version_key(ws: str, n: int) -> str:
+    return f"workspaces/{ws}/versions/{n:0{_VERSION_DIGITS}d}"
+
+
+def tag_key(ws: str, tag: str) -> str:
+    return f"workspaces/{ws}/tags/{tag}"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """``WORKSPACE[@V]`` as typed by a user: V is a number, a tag or absent (latest)."""
+
+    workspace: str
+    ref: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Ref:
+        m = _REF_RE.fullmatch(text)
+        if not m:
+            raise UsageError(f"expected WORKSPACE[@VERSION], got {text!r}")
+        ws = check_workspace(m["ws"])
+        ref = m["ref"]
+        if ref is not None and not ref.isdigit():
+            check_tag(ref)
+        return cls(ws, ref)
+
+    def __str__(self) -> str:
+        return self.workspace if self.ref is None else f"{self.workspace}@{self.ref}"
+
+
+class Repository:
+    """Blobs, manifests, versions and tags of one repository."""
+
+    def __init__(self, store: ObjectStore, config: RepoConfig, cache_dir: str) -> None:
+        self.store = store
+        self.config = config
+        self.cache_dir = cache_dir
+        self._manifest_lock = threading.Lock()
+
+    # -- opening ----------------------------------------------------------
+
+    @classmethod
+    def init(cls, store: ObjectStore, config: RepoConfig, cache_dir: str) -> Repository:
+        """Create a repository in an empty store location; refuse if one exists."""
+        try:
+            store.put_if_absent(REPO_KEY, config.to_json())
+        except AlreadyExists:
+            raise AlreadyExists(f"a repository already exists at {store.url}") from None
+        return cls(store, config, cache_dir)
+
+    @classmethod
+    def open(cls, store: ObjectStore, cache_dir: str) -> Repository:
+        try:
+            raw = store.get(REPO_KEY)
+        except NotFound:
+            raise NotFound(f"no wsfs repository at {store.url} (create one with: wsfs init {store.url})") from None
+        return cls(store, RepoConfig.from_json(raw), cache_dir)
+
+    @classmethod
+    def open_url(cls, url: str, cache_dir: str, *, endpoint_url: str | None = None) -> Repository:
+        return cls.open(open_store(url, endpoint_url=endpoint_url), cache_dir)
+
+    # -- blobs ------------------------------------------------------------
+
+    def has_blob(self, cid: bytes) -> bool:
+        return self.store.exists(blob_key(cid))
+
+    def put_blob(self, cid: bytes, data: bytes) -> int:
+        """Store *data* (whose id is *cid*); returns the bytes written to the store."""
+        enc = encode_blob(data)
+        self.store.put(blob_key(cid), enc)
+        return len(enc)
+
+    def get_blob(self, cid: bytes) -> bytes:
+        """Fetch, decode and verify a blob.  A failure is retried once before IntegrityError."""
+        key = blob_key(cid)
+        try:
+            return decode_blob(cid, self.store.get(key))
+        except IntegrityError:
+            return decode_blob(cid, self.store.get(key))  # a torn read on the way; a second failure is real
+
+    # -- manifests --------------------------------------------------------
+
+    def put_manifest(self, path: str) -> tuple[str, int]:
+        """Upload a finished manifest database; returns ``(hex id, plaintext size)``."""
+        with open(path, "rb") as f:
+            raw = f.read()
+        cid = blake3.blake3(raw).digest()
+        key = manifest_key(cid)
+        if not self.store.exists(key):
+            self.store.put(key, encode_blob(raw))
+        self._cache_manifest_file(cid, raw)
+        return hexid(cid), len(raw)
+
+    def _manifest_path(self, cid: bytes) -> str:
+        return os.path.join(self.cache_dir, "manifests", f"{hexid(cid)}.sqlite")
+
+    def _cache_manifest_file(self, cid: bytes, raw: bytes) -> str:
+        path = self._manifest_path(cid)
+        if os.path.exists(path):
+            return path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+            os.rename(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return path
+
+    def manifest_path(self, record: VersionRecord) -> str:
+        """Local path of a version's manifest, downloaded and verified if not cached yet."""
+        cid = parse_hexid(record.manifest)
+        path = self._manifest_path(cid)
+        if os.path.exists(path):
+            return path
+        with self._manifest_lock:
+            if os.path.exists(path):
+                return path
+            try:
+                stored = self.store.get(manifest_key(cid))
+            except NotFound:
+                raise IntegrityError(
+                    f"manifest {record.manifest} of {record.workspace}@{record.version} is missing from the store"
+                ) from None
+            try:
+                raw = decode_blob(cid, stored, "manifest")
+            except zstandard.ZstdError as e:  # pragma: no cover - decode_blob maps these already
+                raise IntegrityError(f"manifest {record.manifest} is corrupt: {e}") from None
+            return self._cache_manifest_file(cid, raw)
+
+    def open_manifest(self, record: VersionRecord) -> Manifest:
+        path = self.manifest_path(record)
+        try:
+            m = Manifest(path)
+        except IntegrityError:
+            os.unlink(path)  # a cached copy that went bad is dropped; the next open fetches again
+            raise
+        if m.chunk_size != self.config.chunk_size:
+            raise FormatError(f"manifest chunk size {m.chunk_size} differs from the repository's")
+        return m
+
+    # -- workspaces, versions, tags -----------------------------------------
+
+    def workspaces(self) -> list[str]:
+        return [w for w in self.store.list_dirs("workspaces/")]
+
+    def versions(self, ws: str) -> list[int]:
+        check_workspace(ws)
+        out = []
+        for key in self.store.list(f"workspaces/{ws}/versions/"):
+            name = key.rsplit("/", 1)[1]
+            if name.isdigit():
+                out.append(int(name))
+        return sorted(out)
+
+    def latest(self, ws: str) -> int | None:
+        vs = self.versions(ws)
+        return vs[-1] if vs else None
+
+    def record(self, ws: str, n: int) -> VersionRecord:
+        try:
+            raw = self.store.get(version_key(ws, n))
+        except NotFound:
+            raise NotFound(f"workspace {ws!r} has no version {n}") from None
+        return VersionRecord.from_json(raw, workspace=ws, version=n)
+
+    def publish(self, record: VersionRecord) -> None:
+        """Create a version record iff that version number is free; else raise Conflict."""
+        try:
+            self.store.put_if_absent(version_key(record.workspace, record.version), record.to_json())
+        except AlreadyExists:
+            raise Conflict(f"version {record.workspace}@{record.version} was published by another writer") from None
+
+    def tags(self, ws: str) -> dict[str, int]:
+        out = {}
+        for key in self.store.list(f"workspaces/{ws}/tags/"):
+            tag = key.rsplit("/", 1)[1]
+            out[tag] = self._read_tag(ws, tag)
+        return out
+
+    def _read_tag(self, ws: str, tag: str) -> int:
+        try:
+            raw = self.store.get(tag_key(ws, tag))
+        except NotFound:
+            raise NotFound(f"workspace {ws!r} has no version or tag {tag!r}") from None
+        try:
+            n = json.loads(raw)["version"]
+            if not isinstance(n, int):
+                raise TypeError
+            return n
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(f"tag {ws}@{tag} is malformed") from None
+
+    def set_tag(self, ws: str, tag: str, n: int) -> None:
+        check_tag(tag)
+        self.record(ws, n)  # the version must exist
+        try:
+            self.store.put_if_absent(tag_key(ws, tag), json.dumps({"version": n}).encode() + b"\n")
+        except AlreadyExists:
+            raise AlreadyExists(f"tag {ws}@{tag} already exists (tags are immutable)") from None
+
+    def resolve(self, ref: Ref) -> VersionRecord:
+        """The record a ``WORKSPACE[@V]`` names."""
+        ws = ref.workspace
+        if ref.ref is None:
+            n = self.latest(ws)
+            if n is None:
+                raise NotFound(f"workspace {ws!r} has no versions (push one with: wsfs push DIR {ws})")
+        elif ref.ref.isdigit():
+            n = int(ref.ref)
+        else:
+            n = self._read_tag(ws, ref.ref)
+        return self.record(ws, n)

@@ -1,0 +1,102 @@
+"""The ObjectStore contract and the request counters every store keeps."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Protocol
+
+from wsfs.errors import InvalidName
+
+
+class StoreStats:
+    """Thread-safe counters: requests by operation, bytes up and down.
+
+    Tests assert on these ("pushing an unchanged tree uploads no blob"), and
+    ``wsfs push --json`` reports them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def count(self, op: str, *, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        """Record one request of kind *op* (``get``, ``put``, ``head``, ``list``, ...)."""
+        with self._lock:
+            self.requests[op] += 1
+            self.bytes_in += bytes_in
+            self.bytes_out += bytes_out
+
+    def snapshot(self) -> dict[str, object]:
+        """A plain-dict copy, safe to serialise."""
+        with self._lock:
+            return {
+                "requests": dict(self.requests),
+                "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+            }
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store root or are ambiguous."""
+    if not key or key.startswith("/") or key.endswith("/") or "\0" in key or "\\" in key:
+        raise InvalidName(f"invalid store key {key!r}")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidName(f"invalid store key {key!r}")
+    return key
+
+
+class ObjectStore(Protocol):
+    """What every store offers.  Keys are relative, ``/``-separated, validated by :func:`check_key`.
+
+    Errors: :class:`~wsfs.errors.NotFound` for a missing key,
+    :class:`~wsfs.errors.AlreadyExists` from :meth:`put_if_absent`,
+    :class:`~wsfs.errors.StoreUnavailable` (or its subclass ``AccessDenied``)
+    when the store cannot be used after retries.  All methods are thread-safe.
+    """
+
+    url: str
+    stats: StoreStats
+
+    def get(self, key: str) -> bytes:
+        """The whole object."""
+        ...
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end of the object)."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store (or replace) an object atomically: readers see the old or the new bytes, never a part."""
+        ...
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create an object only if no object has that key; else raise ``AlreadyExists``.
+
+        Of several concurrent callers for one key exactly one succeeds.
+        """
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether the key exists."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix`` (a ``/``-terminated folder or ``""``), in sorted order."""
+        ...
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate sub-folders of ``prefix`` (``/``-terminated or ``""``), sorted."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove an object; a missing key is not an error."""
+        ...
+
+    def check(self) -> None:
+        """Verify the store is reachable and usable (bucket exists, credentials work)."""
+        ...

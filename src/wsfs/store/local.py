@@ -1,0 +1,144 @@
+"""A store in a local directory: the embedded default repository.
+
+Atomicity comes from the filesystem: objects are written to a temporary file
+in ``<root>/.tmp``, fsynced, then renamed (``put``) or hard-linked
+(``put_if_absent``, which fails with ``EEXIST`` if the key exists) into place,
+and the directory is fsynced.  A crash leaves at most stray files in ``.tmp``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+
+from wsfs.errors import AlreadyExists, NotFound, StoreUnavailable
+from wsfs.store.base import StoreStats, check_key
+
+
+class LocalStore:
+    """An :class:`~wsfs.store.base.ObjectStore` in a directory."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.url = self.root
+        self.stats = StoreStats()
+        self._tmp = os.path.join(self.root, ".tmp")
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, check_key(key))
+
+    def check(self) -> None:
+        if not os.path.isdir(self.root):
+            raise NotFound(f"no repository directory at {self.root}")
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            self.stats.count("get")
+            raise NotFound(f"no object {key!r} in {self.url}") from None
+        except OSError as e:
+            self.stats.count("get")
+            raise StoreUnavailable(f"cannot read {key!r} from {self.url}: {e.strerror}") from e
+        self.stats.count("get", bytes_in=len(data))
+        return data
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            self.stats.count("get")
+            raise NotFound(f"no object {key!r} in {self.url}") from None
+        try:
+            data = os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+        self.stats.count("get", bytes_in=len(data))
+        return data
+
+    def _write_tmp(self, data: bytes) -> str:
+        os.makedirs(self._tmp, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    @staticmethod
+    def _fsync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self.stats.count("put", bytes_out=len(data))
+        try:
+            tmp = self._write_tmp(data)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.rename(tmp, path)
+            self._fsync_dir(os.path.dirname(path))
+        except OSError as e:
+            raise StoreUnavailable(f"cannot write {key!r} to {self.url}: {e.strerror}") from e
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self.stats.count("put", bytes_out=len(data))
+        try:
+            tmp = self._write_tmp(data)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.link(tmp, path)  # atomic create-if-absent, the file complete before it has a name
+            finally:
+                os.unlink(tmp)
+            self._fsync_dir(os.path.dirname(path))
+        except FileExistsError:
+            raise AlreadyExists(f"object {key!r} already exists in {self.url}") from None
+        except OSError as e:
+            raise StoreUnavailable(f"cannot write {key!r} to {self.url}: {e.strerror}") from e
+
+    def exists(self, key: str) -> bool:
+        self.stats.count("head")
+        return os.path.exists(self._path(key))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        self.stats.count("list")
+        base = os.path.join(self.root, prefix) if prefix else self.root
+        keys: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root)
+            if rel == ".":
+                dirnames[:] = [d for d in dirnames if d != ".tmp"]
+                rel = ""
+            keys.extend(f"{rel}/{n}" if rel else n for n in filenames)
+        return iter(sorted(keys))
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        self.stats.count("list")
+        base = os.path.join(self.root, prefix) if prefix else self.root
+        try:
+            with os.scandir(base) as it:
+                return sorted(e.name for e in it if e.is_dir() and e.name != ".tmp")
+        except FileNotFoundError:
+            return []
+
+    def delete(self, key: str) -> None:
+        self.stats.count("delete")
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise StoreUnavailable(f"cannot delete {key!r} from {self.url}: {e.strerror}") from e

@@ -1,0 +1,4 @@
+"""Operations on versions: push (directory -> version), checkout (version -> directory), diff.
+
+Imports ``repository`` and ``format``; never a store directly.
+"""

@@ -1,0 +1,453 @@
+"""Push: snapshot a directory as the next version of a workspace.
+
+Order of writes (what makes a crash at any point harmless):
+
+1. chunks of large files, each ``HEAD``-checked first (a re-run after a crash
+   uploads nothing already stored) unless the parent version references it;
+2. the manifest, content-addressed;
+3. the version record, created with a conditional put.  Another writer that
+   took the number first makes us retry with the next number; the tree we
+   push is a whole snapshot, so nothing needs merging.
+
+Nothing is followed out of the tree: symlinks are stored as links, entries
+are opened with ``O_NOFOLLOW`` and checked to be the file that ``lstat``
+saw.  A file that changes while it is read, vanishes, or cannot be read
+aborts the push before any version is created (or, with
+``skip_unreadable``, is left out with a warning).
+"""
+
+from __future__ import annotations
+
+import collections
+import getpass
+import logging
+import os
+import socket
+import stat
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import NoReturn
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from wsfs.errors import Conflict, NotFound, SourceError, UsageError
+from wsfs.format.blobs import content_id
+from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
+from wsfs.format.manifest import ROOT_INO, ManifestBuilder
+from wsfs.format.names import check_workspace
+from wsfs.format.records import VersionRecord
+from wsfs.repository import Repository
+
+log = logging.getLogger(__name__)
+
+XATTR_PREFIX = b"user."
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+@dataclass
+class PushStats:
+    """What a push did; printed by the CLI and stored in the version record (the tree part)."""
+
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    specials: int = 0
+    hardlinks: int = 0
+    bytes: int = 0
+    inline_files: int = 0
+    chunks: int = 0
+    blobs_uploaded: int = 0
+    bytes_uploaded: int = 0
+    blobs_reused: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def tree(self) -> dict[str, int]:
+        return {
+            "files": self.files,
+            "dirs": self.dirs,
+            "symlinks": self.symlinks,
+            "specials": self.specials,
+            "bytes": self.bytes,
+        }
+
+
+def _default_author() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in a container
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+class _Uploader:
+    """Hashes, checks and uploads chunks on a bounded thread pool, once per id per push."""
+
+    def __init__(self, repo: Repository, known: set[bytes], stats: PushStats, workers: int) -> None:
+        self.repo = repo
+        self.known = known  # ids the parent version references: certainly stored
+        self.stats = stats
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-push")
+        self._lock = threading.Lock()
+        self._inflight: dict[bytes, Future[None]] = {}
+
+    def submit(self, data: bytes) -> Future[bytes | None]:
+        return self.pool.submit(self._process, data)
+
+    def _process(self, data: bytes) -> bytes | None:
+        if is_zero(data):
+            return None
+        cid = content_id(data)
+        with self._lock:
+            if cid in self.known:
+                self.stats.blobs_reused += 1
+                return cid
+            fut = self._inflight.get(cid)
+            owner = fut is None
+            if owner:
+                fut = self._inflight[cid] = Future()
+        assert fut is not None
+        if not owner:
+            fut.result()  # same content elsewhere in this push: wait for its upload
+            with self._lock:
+                self.stats.blobs_reused += 1
+            return cid
+        try:
+            if self.repo.has_blob(cid):
+                with self._lock:
+                    self.stats.blobs_reused += 1
+            else:
+                n = self.repo.put_blob(cid, data)
+                with self._lock:
+                    self.stats.blobs_uploaded += 1
+                    self.stats.bytes_uploaded += n
+            with self._lock:
+                self.known.add(cid)
+            fut.set_result(None)
+        except BaseException as e:
+            fut.set_exception(e)
+            raise
+        return cid
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _PendingFile:
+    ino: int
+    size: int
+    futures: list[Future[bytes | None]]
+    submitted: int  # futures that are real uploads (not holes)
+
+
+class _Walker:
+    def __init__(
+        self,
+        repo: Repository,
+        builder: ManifestBuilder,
+        uploader: _Uploader,
+        stats: PushStats,
+        skip_unreadable: bool,
+        progress: Callable[[int], None],
+    ) -> None:
+        self.repo = repo
+        self.b = builder
+        self.up = uploader
+        self.stats = stats
+        self.skip_unreadable = skip_unreadable
+        self.progress = progress
+        self.chunk_size = repo.config.chunk_size
+        self.inline_threshold = repo.config.inline_threshold
+        self.hardlinks: dict[tuple[int, int], int] = {}
+        self.nlinks: collections.Counter[int] = collections.Counter()
+        self.pending: collections.deque[_PendingFile] = collections.deque()
+        self.window = 0  # chunks in flight
+        self.max_window = max(8, 2 * uploader.pool._max_workers)
+
+    # -- errors -----------------------------------------------------------
+
+    def _fail(self, path: bytes, what: str, exc: OSError | None = None) -> NoReturn:
+        detail = f": {exc.strerror}" if exc is not None and exc.strerror else ""
+        msg = f"{os.fsdecode(path)}: {what}{detail}"
+        if self.skip_unreadable and what != "changed while being read":
+            log.warning("skipped %s", msg)
+            self.stats.skipped.append(os.fsdecode(path))
+            raise _Skip
+        raise SourceError(msg + ("" if self.skip_unreadable else " (use --skip-unreadable to leave it out)"))
+
+    # -- the walk -----------------------------------------------------------
+
+    def run(self, root: bytes) -> None:
+        try:
+            st = os.stat(root)
+        except OSError as e:
+            raise SourceError(f"{os.fsdecode(root)}: {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{os.fsdecode(root)} is not a directory")
+        ino = self.b.add_inode(st, nlink=2)
+        self.b.add_xattrs(ino, self._xattrs(root))
+        self.stats.dirs += 1
+        stack = [(root, ino)]
+        while stack:
+            path, dino = stack.pop()
+            subdirs = self._directory(path, dino)
+            stack.extend(reversed(subdirs))
+        self._drain(0)
+        for ino, n in self.nlinks.items():
+            if n != 1:
+                self.b.set_nlink(ino, n)
+
+    def _directory(self, path: bytes, dino: int) -> list[tuple[bytes, int]]:
+        try:
+            with os.scandir(path) as it:
+                names = sorted(e.name for e in it)
+        except OSError as e:
+            try:
+                self._fail(path, "cannot list directory", e)
+            except _Skip:
+                return []
+        entries: list[tuple[bytes, int]] = []
+        subdirs: list[tuple[bytes, int]] = []
+        nsub = 0
+        for name in names:
+            child = path + b"/" + name
+            try:
+                ino, is_dir = self._entry(child)
+            except _Skip:
+                continue
+            if ino is None:
+                continue
+            entries.append((name, ino))
+            if is_dir:
+                nsub += 1
+                subdirs.append((child, ino))
+        self.b.add_dentries(dino, entries)
+        self.b.set_nlink(dino, 2 + nsub)
+        self.progress(len(entries))
+        return subdirs
+
+    def _entry(self, path: bytes) -> tuple[int | None, bool]:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError as e:
+            self._fail(path, "vanished during push", e)
+        except OSError as e:
+            self._fail(path, "cannot stat", e)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            ino = self.b.add_inode(st, nlink=2)
+            self.b.add_xattrs(ino, self._xattrs(path))
+            self.stats.dirs += 1
+            return ino, True
+        if stat.S_ISSOCK(mode):
+            log.warning("%s: sockets are not stored; left out", os.fsdecode(path))
+            self.stats.skipped.append(os.fsdecode(path))
+            return None, False
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in self.hardlinks:
+            ino = self.hardlinks[key]
+            self.nlinks[ino] += 1
+            self.stats.hardlinks += 1
+            return ino, False
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(path)
+            except OSError as e:
+                self._fail(path, "cannot read link", e)
+            ino = self.b.add_inode(st, target=target, size=len(target))
+            self.stats.symlinks += 1
+        elif stat.S_ISREG(mode):
+            ino = self._file(path, st)
+        else:  # fifo, character or block device: stored as nodes, no content
+            ino = self.b.add_inode(st, size=0)
+            self.stats.specials += 1
+        if not stat.S_ISLNK(mode):
+            self.b.add_xattrs(ino, self._xattrs(path))
+        self.nlinks[ino] = 1
+        if st.st_nlink > 1:
+            self.hardlinks[key] = ino
+        return ino, False
+
+    def _xattrs(self, path: bytes) -> dict[bytes, bytes]:
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            return {}  # filesystem without xattr support
+        out = {}
+        for n in names:
+            bn = os.fsencode(n)
+            if bn.startswith(XATTR_PREFIX):
+                try:
+                    out[bn] = os.getxattr(path, n, follow_symlinks=False)
+                except OSError as e:
+                    self._fail(path, f"cannot read xattr {n}", e)
+        return out
+
+    def _file(self, path: bytes, st: os.stat_result) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _O_NOATIME)
+        except PermissionError as e:
+            if not _O_NOATIME:
+                raise
+            try:  # O_NOATIME is only allowed to the owner (or root)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as e2:
+                self._fail(path, "cannot open", e2)
+            del e
+        except FileNotFoundError as e:
+            self._fail(path, "vanished during push", e)
+        except OSError as e:
+            self._fail(path, "cannot open", e)
+        try:
+            before = os.fstat(fd)
+            if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(before.st_mode):
+                self._fail(path, "changed while being read")
+            size = before.st_size
+            ino = self.b.add_inode(before)
+            try:
+                if size <= self.inline_threshold:
+                    data = self._read_all(fd, path, size)
+                    self._check_unchanged(fd, path, before)
+                    self.b.set_inline(ino, data)
+                    self.stats.inline_files += 1
+                else:
+                    self._chunked(fd, path, ino, size)
+                    self._check_unchanged(fd, path, before)
+            except _Skip:
+                self.b.drop_inode(ino)
+                raise
+        finally:
+            os.close(fd)
+        self.stats.files += 1
+        self.stats.bytes += size
+        return ino
+
+    def _read_all(self, fd: int, path: bytes, size: int) -> bytes:
+        try:
+            data = os.pread(fd, size + 1, 0)  # one byte more: growth is a change
+        except OSError as e:
+            self._fail(path, "cannot read", e)
+        if len(data) != size:
+            self._fail(path, "changed while being read")
+        return data
+
+    def _check_unchanged(self, fd: int, path: bytes, before: os.stat_result) -> None:
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+            before.st_size,
+            before.st_mtime_ns,
+            before.st_ctime_ns,
+        ):
+            self._fail(path, "changed while being read")
+
+    def _chunked(self, fd: int, path: bytes, ino: int, size: int) -> None:
+        ranges = data_ranges(fd, size)
+        pf = _PendingFile(ino, size, [], 0)
+        zero: Future[bytes | None] = Future()
+        zero.set_result(None)
+        try:
+            for _idx, off, length in chunk_spans(size, self.chunk_size):
+                if not overlaps(ranges, off, length):
+                    pf.futures.append(zero)  # a hole: never read
+                    continue
+                try:
+                    data = os.pread(fd, length, off)
+                except OSError as e:
+                    self._fail(path, "cannot read", e)
+                if len(data) != length:
+                    self._fail(path, "changed while being read")
+                pf.futures.append(self.up.submit(data))
+                pf.submitted += 1
+                self.stats.chunks += 1
+                self.window += 1
+                if self.window >= self.max_window:
+                    self._drain(self.max_window // 2)
+        except _Skip:
+            self.window -= pf.submitted
+            raise
+        self.pending.append(pf)
+
+    def _drain(self, keep: int) -> None:
+        """Wait for finished files' chunks until at most *keep* chunks are in flight."""
+        while self.pending and (self.window > keep or all(f.done() for f in self.pending[0].futures)):
+            pf = self.pending.popleft()
+            cids = [f.result() for f in pf.futures]
+            self.window -= pf.submitted
+            self.b.set_chunks(pf.ino, pf.size, cids)
+
+
+class _Skip(Exception):
+    """Internal: the current entry is left out (``--skip-unreadable``)."""
+
+
+def push(
+    repo: Repository,
+    src: str | bytes,
+    workspace: str,
+    *,
+    message: str = "",
+    author: str | None = None,
+    skip_unreadable: bool = False,
+    workers: int = 8,
+    progress: Callable[[int], None] = lambda n: None,
+) -> tuple[VersionRecord, PushStats]:
+    """Snapshot *src* as the next version of *workspace*; returns the published record and stats."""
+    check_workspace(workspace)
+    root = os.fsencode(src).rstrip(b"/") or b"/"
+    stats = PushStats()
+    parent_n = repo.latest(workspace)
+    known: set[bytes] = set()
+    if parent_n is not None:
+        try:
+            with repo.open_manifest(repo.record(workspace, parent_n)) as pm:
+                known = pm.chunk_ids()
+        except NotFound:
+            pass
+    tmpdir = os.path.join(repo.cache_dir, "tmp")
+    os.makedirs(tmpdir, exist_ok=True)
+    fd, mpath = tempfile.mkstemp(dir=tmpdir, prefix="manifest-", suffix=".sqlite")
+    os.close(fd)
+    builder = ManifestBuilder(mpath, chunk_size=repo.config.chunk_size)
+    uploader = _Uploader(repo, known, stats, workers)
+    try:
+        walker = _Walker(repo, builder, uploader, stats, skip_unreadable, progress)
+        walker.run(root)
+        assert ROOT_INO == 1
+        builder.finish({"workspace": workspace})
+        manifest_hex, manifest_size = repo.put_manifest(mpath)
+    except BaseException:
+        uploader.close()
+        builder.abort()
+        raise
+    else:
+        uploader.close()
+    finally:
+        try:
+            os.unlink(mpath)
+        except FileNotFoundError:
+            pass
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    n = (parent_n or 0) + 1
+    for _attempt in range(100):
+        record = VersionRecord(
+            workspace=workspace,
+            version=n,
+            parent=n - 1 if n > 1 else None,
+            manifest=manifest_hex,
+            manifest_size=manifest_size,
+            time=when,
+            author=author or _default_author(),
+            message=message,
+            stats=stats.tree(),
+        )
+        try:
+            repo.publish(record)
+            return record, stats
+        except Conflict:
+            # Another push took this number; ours is a full snapshot, so it
+            # simply becomes the next version after theirs.
+            latest = repo.latest(workspace) or n
+            n = max(n, latest) + 1
+    raise Conflict(f"could not publish a version of {workspace!r}: too many concurrent writers")
