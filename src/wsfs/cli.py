@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from wsfs import __version__
@@ -282,20 +282,33 @@ def cmd_workspaces(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("repository")
-    g.add_argument("--repo", metavar="URL", help="repository: a local directory or s3://bucket/prefix "
-                   "(default: $WSFS_REPO, the config file, or ~/.local/share/wsfs/repo)")
-    g.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
-    g.add_argument("--cache-dir", metavar="DIR", help="local cache (default: $WSFS_CACHE_DIR or ~/.cache/wsfs)")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    def common_options(suppress: bool) -> argparse.ArgumentParser:
+        # The same options are accepted before and after the command.  On the
+        # sub-parsers their defaults are suppressed, or argparse would reset a
+        # value given before the command to the default.
+        def d(value: object) -> object:
+            return argparse.SUPPRESS if suppress else value
+
+        c = argparse.ArgumentParser(add_help=False)
+        g = c.add_argument_group("repository")
+        g.add_argument("--repo", metavar="URL", default=d(None),
+                       help="repository: a local directory or s3://bucket/prefix "
+                       "(default: $WSFS_REPO, the config file, or ~/.local/share/wsfs/repo)")
+        g.add_argument("--endpoint-url", metavar="URL", default=d(None),
+                       help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
+        g.add_argument("--cache-dir", metavar="DIR", default=d(None),
+                       help="local cache (default: $WSFS_CACHE_DIR or ~/.cache/wsfs)")
+        g.add_argument("-v", "--verbose", action="count", default=d(0), help="more log output (-vv for debug)")
+        g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress output")
+        return c
+
+    common = common_options(suppress=True)
 
     p = argparse.ArgumentParser(
         prog="wsfs",
         description="Versioned workspaces in an object store. WORKSPACE[@V] names a version: V is a "
         "number, a tag, or absent for the latest.",
-        parents=[common],
+        parents=[common_options(suppress=False)],
     )
     p.add_argument("--version", action="version", version=f"wsfs {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -116,9 +116,12 @@ class Repository:
         """Fetch, decode and verify a blob.  A failure is retried once before IntegrityError."""
         key = blob_key(cid)
         try:
-            return decode_blob(cid, self.store.get(key))
-        except IntegrityError:
-            return decode_blob(cid, self.store.get(key))  # a torn read on the way; a second failure is real
+            try:
+                return decode_blob(cid, self.store.get(key))
+            except IntegrityError:
+                return decode_blob(cid, self.store.get(key))  # a torn read on the way; a second failure is real
+        except NotFound:
+            raise IntegrityError(f"blob {hexid(cid)} is missing from the store") from None
 
     # -- manifests --------------------------------------------------------
 

@@ -67,7 +67,7 @@ class _Materializer:
             self._drain(0)
         except BaseException:
             self.pool.shutdown(wait=True, cancel_futures=True)
-            for _, tmp, _, fd, _ in self.inflight:
+            for _, _, _, fd, _ in self.inflight:
                 os.close(fd)
             for tmp in self.tmp_files:
                 try:

@@ -27,10 +27,10 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable
-from typing import NoReturn
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from wsfs.errors import Conflict, NotFound, SourceError, UsageError
 from wsfs.format.blobs import content_id

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything wsfs and its test suite need on a Debian machine, as root:
+# FUSE 3 (kernel helper + headers for pyfuse3), small tools the tests use, and
+# the package itself (editable) with its test extras (moto, SeaweedFS' weed, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=0
+for tool in fusermount3 pkg-config zstd setfattr; do
+    command -v "$tool" >/dev/null 2>&1 || need_apt=1
+done
+[ -e /usr/include/fuse3/fuse.h ] || need_apt=1
+if [ "$need_apt" = 1 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq fuse3 libfuse3-dev pkg-config psmisc attr zstd >/dev/null
+fi
+[ -e /dev/fuse ] || echo "warning: /dev/fuse is missing; mounting will not work here" >&2
+
+PY=${PYTHON:-python3}
+# Debian's own python refuses system-wide pip installs; this machine's python does not.
+export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+"$PY" -m pip install -q -e '.[test]'
+"$PY" -c 'import wsfs, pyfuse3, apsw, blake3, zstandard, boto3' 
+echo "wsfs installed: $("$PY" -m wsfs --version)"

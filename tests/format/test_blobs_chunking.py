@@ -1,0 +1,72 @@
+import os
+
+import pytest
+
+from wsfs.errors import IntegrityError
+from wsfs.format import blobs
+from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
+
+
+def test_compressible_data_is_compressed_and_round_trips():
+    data = b"abc" * 10000
+    enc = blobs.encode_blob(data)
+    assert enc[0] == blobs.ZSTD and len(enc) < len(data) // 10
+    assert blobs.decode_blob(blobs.content_id(data), enc) == data
+
+
+def test_incompressible_data_is_stored_raw():
+    data = os.urandom(100_000)
+    enc = blobs.encode_blob(data)
+    assert enc[0] == blobs.RAW and enc[1:] == data
+    assert blobs.decode_blob(blobs.content_id(data), enc) == data
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "codec"])
+def test_decode_detects_damage(damage):
+    data = b"hello " * 1000
+    cid = blobs.content_id(data)
+    enc = bytearray(blobs.encode_blob(data))
+    if damage == "flip":
+        enc[len(enc) // 2] ^= 0x40
+    elif damage == "truncate":
+        del enc[-10:]
+    elif damage == "empty":
+        enc = bytearray()
+    else:
+        enc[0] = 9
+    with pytest.raises(IntegrityError):
+        blobs.decode_blob(cid, bytes(enc))
+
+
+def test_wrong_id_is_detected():
+    with pytest.raises(IntegrityError, match="failed verification"):
+        blobs.decode_blob(blobs.content_id(b"a"), blobs.encode_blob(b"b"))
+
+
+def test_chunk_spans():
+    assert list(chunk_spans(0, 4)) == []
+    assert list(chunk_spans(4, 4)) == [(0, 0, 4)]
+    assert list(chunk_spans(9, 4)) == [(0, 0, 4), (1, 4, 4), (2, 8, 1)]
+
+
+def test_is_zero():
+    assert is_zero(bytes(1000))
+    assert not is_zero(bytes(999) + b"\1")
+
+
+def test_data_ranges_of_a_sparse_file(tmp_path):
+    p = tmp_path / "sparse"
+    with open(p, "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(32 << 20)
+        f.write(b"x" * 10)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        ranges = data_ranges(fd, 64 << 20)
+    finally:
+        os.close(fd)
+    assert len(ranges) == 1
+    start, end = ranges[0]
+    assert start <= 32 << 20 < (32 << 20) + 10 <= end
+    assert not overlaps(ranges, 0, 4 << 20)
+    assert overlaps(ranges, 32 << 20, 4 << 20)

@@ -1,0 +1,62 @@
+"""Storage efficiency, checked with the store's own request and byte counters.
+
+Both store kinds: the counts are what a user pays for on S3.
+"""
+
+import os
+
+from support.cli import Wsfs
+
+
+def test_unchanged_tree_uploads_no_blob(wsfs, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(9 << 20))
+    (src / "small").write_bytes(b"s")
+    first = wsfs.push(src, "demo")
+    assert first["stats"]["blobs_uploaded"] == 3
+    again = wsfs.push(src, "demo")
+    assert again["version"] == 2
+    assert again["stats"]["blobs_uploaded"] == 0
+    assert again["stats"]["bytes_uploaded"] == 0
+    # only the version record is new: the manifest is identical, content-addressed, and already stored
+    assert again["store"]["requests"].get("put", 0) == 1
+    assert again["manifest"] == first["manifest"]
+    # a cold client (new cache) with no parent knowledge asks before uploading
+    cold = Wsfs(wsfs.repo, str(tmp_path / "cold"), wsfs.env)
+    third = cold.push(src, "demo")
+    assert third["stats"]["blobs_uploaded"] == 0
+
+
+def test_repeated_content_is_stored_once(wsfs, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(9 << 20)
+    small = os.urandom(1000)
+    for i in range(20):
+        (src / f"copy{i}").write_bytes(data)
+        (src / f"small{i}").write_bytes(small)
+    r = wsfs.push(src, "demo")
+    assert r["stats"]["blobs_uploaded"] == 3  # 4 + 4 + 1 MiB, once
+    assert r["stats"]["bytes_uploaded"] < len(data) + 4096
+    # and the 20 identical small files are one inline row: the manifest stays small
+    assert r["manifest_size"] < 64 * 1024
+
+
+def test_one_small_change_in_10000_files_uploads_only_it(wsfs, tmp_path):
+    src = tmp_path / "src"
+    for d in range(100):
+        dd = src / f"pkg{d}"
+        dd.mkdir(parents=True)
+        for f in range(100):
+            (dd / f"f{f}.js").write_bytes(f"module.exports = {d * 100 + f};\n".encode() * 3)
+    (src / "large").write_bytes(os.urandom(5 << 20))
+    first = wsfs.push(src, "demo")
+    assert first["stats"]["files"] == 10_001
+    (src / "pkg42" / "f7.js").write_bytes(b"changed\n")
+    r = wsfs.push(src, "demo")
+    assert r["stats"]["blobs_uploaded"] == 0  # the file is inline: it travels in the manifest
+    req = r["store"]["requests"]
+    assert req.get("put", 0) == 2  # the new manifest and the version record, nothing else
+    assert r["store"]["bytes_out"] < r["manifest_size"] + 4096
+    assert wsfs("diff", "demo@1", "demo@2").out == b"M pkg42/f7.js\n"

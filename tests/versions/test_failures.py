@@ -1,0 +1,222 @@
+"""Bad input and failures: nothing half-written, nothing wrong served, clear errors.
+
+Most run on both store kinds: crash safety and conflict detection rest on
+each store's own atomic primitives (link vs If-None-Match).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from support.cli import Wsfs
+from wsfs.errors import Conflict
+from wsfs.format.blobs import content_id
+from wsfs.repository import Repository, blob_key, manifest_key
+from wsfs.store import open_store
+
+
+def versions(wsfs, ws):
+    r = wsfs("log", "--json", ws, check=False)
+    return [] if r.code else [v["version"] for v in r.json()]
+
+
+def test_unreadable_file_fails_push_and_creates_no_version(wsfs, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok").write_bytes(b"ok")
+    (src / "secret").write_bytes(b"s")
+    os.chmod(src / "secret", 0)
+    os.chmod(tmp_path, 0o755)
+    cache = tmp_path / "nobody-cache"
+    cache.mkdir(mode=0o777)
+    # root reads everything: run the push as 'nobody' so permissions apply
+    env = {"HOME": str(tmp_path)}
+    if not wsfs.repo.startswith("s3://"):
+        for d, _, files in os.walk(wsfs.repo):
+            os.chmod(d, 0o777)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o666)
+    nobody = Wsfs(wsfs.repo, str(cache), wsfs.env)
+
+    def as_nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+
+    r = nobody.run("push", src, "demo", check=False, preexec_fn=as_nobody, env=env)
+    assert r.code == 9, r.err
+    assert "secret" in r.err and "Permission denied" in r.err
+    assert versions(wsfs, "demo") == []
+    r = nobody.run("push", "--skip-unreadable", "--json", src, "demo", preexec_fn=as_nobody, env=env)
+    assert r.json()["stats"]["skipped"] == [str(src / "secret")]
+    assert wsfs("ls", "demo").out == b"ok\n"
+
+
+def test_file_changing_during_push_is_detected(wsfs, tmp_path, monkeypatch):
+    """A writer appends to a big file while push reads it: the push fails, no version."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "growing"
+    big.write_bytes(os.urandom(64 << 20))
+    stop = threading.Event()
+
+    def writer():
+        with open(big, "ab") as f:
+            while not stop.is_set():
+                f.write(b"more")
+                f.flush()
+                time.sleep(0.001)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        r = wsfs("push", src, "demo", check=False)
+    finally:
+        stop.set()
+        t.join()
+    assert r.code == 9, r.err
+    assert "changed while being read" in r.err
+    assert versions(wsfs, "demo") == []
+
+
+def test_vanished_file_is_reported(wsfs, tmp_path, monkeypatch):
+    """Deterministic: a file removed between listing and reading (the walker's own window)."""
+    from wsfs.versions import push as push_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir_then_unlink(path):
+        it = real_scandir(path)
+        if os.fsencode(path) == os.fsencode(src):
+            os.unlink(src / "f1")
+        return it
+
+    monkeypatch.setattr(push_mod.os, "scandir", scandir_then_unlink)
+    repo = Repository.open(open_store(wsfs.repo), wsfs.cache_dir)
+    from wsfs.errors import SourceError
+
+    with pytest.raises(SourceError, match="f1: vanished during push"):
+        push_mod.push(repo, str(src), "demo")
+    assert repo.versions("demo") == []
+
+
+def _blob_count(store):
+    return sum(1 for _ in store.list("blobs/"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_push_leaves_repo_valid_and_rerun_reuploads_nothing(wsfs, tmp_path, sig):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"big{i}").write_bytes(os.urandom(8 << 20))  # 24 chunks of 4 MiB
+    store = open_store(wsfs.repo)
+    p = subprocess.Popen([sys.executable, "-m", "wsfs", "push", "-j", "2", str(src), "demo"], env=wsfs.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while _blob_count(store) < 4 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    before = _blob_count(store)
+    if sig == signal.SIGINT:
+        assert p.returncode == 130 and b"interrupted" in err
+    assert 0 < before < 24, "the push was not interrupted in the middle"
+    assert versions(wsfs, "demo") == []
+    r = wsfs.push(src, "demo")
+    assert r["version"] == 1
+    assert r["stats"]["blobs_uploaded"] == 24 - before
+    assert r["stats"]["blobs_reused"] == before
+    out = tmp_path / "out"
+    wsfs("checkout", "demo", out)
+    assert (out / "big7").read_bytes() == (src / "big7").read_bytes()
+
+
+def test_concurrent_pushes_all_become_versions(wsfs, tmp_path):
+    procs = []
+    for i in range(4):
+        src = tmp_path / f"src{i}"
+        src.mkdir()
+        (src / "who").write_text(str(i))
+        procs.append(subprocess.Popen([sys.executable, "-m", "wsfs", "push", "--json", str(src), "demo"],
+                                      env=wsfs.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(__import__("json").loads(out))
+    assert sorted(r["version"] for r in results) == [1, 2, 3, 4]
+    log = wsfs("log", "--json", "demo").json()
+    assert [(v["version"], v["parent"]) for v in log] == [(4, 3), (3, 2), (2, 1), (1, None)]
+    contents = sorted(wsfs("cat", f"demo@{n}", "who").out for n in range(1, 5))
+    assert contents == [b"0", b"1", b"2", b"3"]
+
+
+def test_publish_of_a_taken_version_is_a_conflict(wsfs, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    wsfs.push(src, "demo")
+    repo = Repository.open(open_store(wsfs.repo), wsfs.cache_dir)
+    rec = repo.record("demo", 1)
+    with pytest.raises(Conflict):
+        repo.publish(rec)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_corrupt_blob_is_detected_not_served(wsfs, tmp_path, damage):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(9 << 20)
+    (src / "big").write_bytes(data)
+    (src / "small").write_bytes(b"fine")
+    wsfs.push(src, "demo")
+    store = open_store(wsfs.repo)
+    key = blob_key(content_id(data[4 << 20 : 8 << 20]))
+    stored = bytearray(store.get(key))
+    if damage == "flip":
+        stored[1000] ^= 1
+        store.put(key, bytes(stored))
+    elif damage == "truncate":
+        store.put(key, bytes(stored[: len(stored) // 2]))
+    else:
+        store.delete(key)
+    r = wsfs("cat", "demo", "big", check=False)
+    assert r.code == 6
+    assert len(r.out) <= 4 << 20  # at most the chunk before the bad one
+    assert r.out == data[: len(r.out)]
+    assert "failed verification" in r.err or "missing" in r.err or "corrupt" in r.err
+    out = tmp_path / "out"
+    r = wsfs("checkout", "demo", out, check=False)
+    assert r.code != 0
+    assert not (out / "big").exists()  # never written out as if correct
+    assert not [n for n in os.listdir(out) if n.startswith(".wsfs-tmp")]
+    assert wsfs("cat", "demo", "small").out == b"fine"
+
+
+def test_corrupt_manifest_is_detected(wsfs, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    r = wsfs.push(src, "demo")
+    store = open_store(wsfs.repo)
+    key = manifest_key(bytes.fromhex(r["manifest"]))
+    stored = bytearray(store.get(key))
+    stored[len(stored) // 2] ^= 0xFF
+    store.put(key, bytes(stored))
+    cold = Wsfs(wsfs.repo, str(tmp_path / "cold-cache"), wsfs.env)
+    r = cold("ls", "demo", check=False)
+    assert r.code == 6 and "manifest" in r.err
+    assert not os.path.exists(tmp_path / "cold-cache" / "manifests" / f"{key.rsplit('/', 1)[1]}.sqlite")
