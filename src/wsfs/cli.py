@@ -363,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")
+    from wsfs.daemon.cli import register; register(sub, common)  # TEMP-DAEMON
     return p
 
 

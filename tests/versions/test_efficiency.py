@@ -60,3 +60,19 @@ def test_one_small_change_in_10000_files_uploads_only_it(wsfs, tmp_path):
     assert req.get("put", 0) == 2  # the new manifest and the version record, nothing else
     assert r["store"]["bytes_out"] < r["manifest_size"] + 4096
     assert wsfs("diff", "demo@1", "demo@2").out == b"M pkg42/f7.js\n"
+
+
+def test_same_tree_gives_the_same_manifest(wsfs, tmp_path):
+    """The manifest's bytes depend on the tree only, not on upload timing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"big{i}").write_bytes(os.urandom((1 + i % 3) << 20) * 3)
+        (src / f"small{i}").write_bytes(b"s" * i)
+    ids = set()
+    for i in range(3):
+        other = Wsfs(str(tmp_path / f"repo{i}"), str(tmp_path / f"cache{i}"), wsfs.env)
+        other("init")
+        ids.add(other.push(src, "demo", "-j", str(2 + 3 * i))["manifest"])
+    ids.add(wsfs.push(src, "demo")["manifest"])
+    assert len(ids) == 1

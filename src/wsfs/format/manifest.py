@@ -6,7 +6,8 @@ Schema (written once here; every column explained)::
     inodes(ino INTEGER PRIMARY KEY,             1 is the root directory
            mode, uid, gid,                      st_mode (type + all permission bits), owner
            size, blocks,                        st_size and st_blocks as pushed (du agrees)
-           atime_ns, mtime_ns, ctime_ns,        times in nanoseconds
+           atime_ns, mtime_ns, ctime_ns,        times in nanoseconds; atime and ctime are
+                                                recorded as mtime (see below)
            nlink,                               links inside the tree (dirs: 2 + subdirectories)
            rdev,                                device number of block/char devices, else 0
            target BLOB,                         symlink target bytes (never followed)
@@ -19,6 +20,11 @@ Schema (written once here; every column explained)::
     chunks(ino, idx, cid BLOB, length)          large files: chunk idx covers
                                                 [idx*chunk_size, ...); cid NULL = all zeros
     xattrs(ino, name BLOB, value BLOB)          extended attributes (user.* namespace)
+
+Only mtime is kept from the source.  atime changes whenever anything reads
+the tree (push itself lists directories) and ctime on any metadata change, so
+recording them would make every push of an unchanged tree a different
+manifest; both columns hold the mtime, which is what a mount shows.
 
 Lookup (``dentries(parent, name)`` unique index), getattr (``inodes`` primary
 key), readdir (``dentries(parent)`` index, by ``id``) and chunk lists are
@@ -171,9 +177,9 @@ class ManifestBuilder:
                 st.st_gid,
                 st.st_size if size is None else size,
                 st.st_blocks,
-                st.st_atime_ns,
+                st.st_mtime_ns,  # atime: see the module docstring
                 st.st_mtime_ns,
-                st.st_ctime_ns,
+                st.st_mtime_ns,  # ctime: likewise
                 nlink,
                 st.st_rdev if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else 0,
                 target,

@@ -38,7 +38,7 @@ class LocalStore:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             self.stats.count("get")
             raise NotFound(f"no object {key!r} in {self.url}") from None
         except OSError as e:
@@ -109,8 +109,9 @@ class LocalStore:
             raise StoreUnavailable(f"cannot write {key!r} to {self.url}: {e.strerror}") from e
 
     def exists(self, key: str) -> bool:
+        path = self._path(key)
         self.stats.count("head")
-        return os.path.exists(self._path(key))
+        return os.path.exists(path)
 
     def list(self, prefix: str) -> Iterator[str]:
         self.stats.count("list")
@@ -134,9 +135,10 @@ class LocalStore:
             return []
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         self.stats.count("delete")
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as e:

@@ -47,6 +47,7 @@ class _Materializer:
         self.max_window = 2 * workers
         self.is_root = os.geteuid() == 0
         self.first_path: dict[int, bytes] = {}
+        self.links: list[tuple[bytes, bytes]] = []  # (existing, new): made once every file is in place
         self.tmp_files: set[bytes] = set()
         # (final path, tmp path, node, fd, futures): large files being fetched
         self.inflight: collections.deque[tuple[bytes, bytes, Inode, int, list[Future[None]]]] = collections.deque()
@@ -65,6 +66,8 @@ class _Materializer:
                 self.stats.entries += 1
                 self.progress(1)
             self._drain(0)
+            for existing, new in self.links:
+                os.link(existing, new)
         except BaseException:
             self.pool.shutdown(wait=True, cancel_futures=True)
             for _, _, _, fd, _ in self.inflight:
@@ -86,8 +89,8 @@ class _Materializer:
             os.mkdir(path, 0o700)
             dirs.append((path, node))
             return
-        if node.ino in self.first_path:  # hard link to a file already written
-            os.link(self.first_path[node.ino], path)
+        if node.ino in self.first_path:  # hard link: its first name may still be a temporary file
+            self.links.append((self.first_path[node.ino], path))
             return
         self.first_path[node.ino] = path
         if stat.S_ISREG(mode):

@@ -163,6 +163,7 @@ class _Walker:
         self.hardlinks: dict[tuple[int, int], int] = {}
         self.nlinks: collections.Counter[int] = collections.Counter()
         self.pending: collections.deque[_PendingFile] = collections.deque()
+        self.chunked: list[tuple[int, int, list[bytes | None]]] = []
         self.window = 0  # chunks in flight
         self.max_window = max(8, 2 * uploader.pool._max_workers)
 
@@ -195,6 +196,11 @@ class _Walker:
             subdirs = self._directory(path, dino)
             stack.extend(reversed(subdirs))
         self._drain(0)
+        # Chunk lists are written only now, in walk order: when uploads finish
+        # must not change the manifest's bytes (an unchanged tree gives the
+        # same manifest, which is then not uploaded again).
+        for ino, size, cids in self.chunked:
+            self.b.set_chunks(ino, size, cids)
         for ino, n in self.nlinks.items():
             if n != 1:
                 self.b.set_nlink(ino, n)
@@ -375,7 +381,7 @@ class _Walker:
             pf = self.pending.popleft()
             cids = [f.result() for f in pf.futures]
             self.window -= pf.submitted
-            self.b.set_chunks(pf.ino, pf.size, cids)
+            self.chunked.append((pf.ino, pf.size, cids))
 
 
 class _Skip(Exception):

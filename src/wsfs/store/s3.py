@@ -1,0 +1,418 @@
+"""A store in an S3 bucket (AWS or any S3-compatible server), through boto3.
+
+This module owns everything S3-specific: parsing ``s3://bucket/prefix`` URLs,
+building the boto3 client (credentials from boto3's standard chain, endpoint
+from the caller or ``AWS_ENDPOINT_URL``, retries and timeouts from
+``WSFS_S3_*``), mapping keys under the store prefix, translating S3 and
+botocore errors into :mod:`wsfs.errors` classes, and counting HTTP requests.
+It imports only :mod:`wsfs.store.base` and :mod:`wsfs.errors` from wsfs, so
+the layers above never see boto3.
+
+Conditional creation (:meth:`S3Store.put_if_absent`) relies on the server
+honouring ``If-None-Match: *`` on ``PutObject``; AWS S3 does since 2024, as do
+moto and SeaweedFS (the test suite keeps a canary test for it).
+
+Configuration, read when a store is created:
+
+``WSFS_S3_MAX_ATTEMPTS``
+    HTTP attempts per request, the first one included (default 5).
+``WSFS_S3_CONNECT_TIMEOUT`` / ``WSFS_S3_READ_TIMEOUT``
+    Seconds (defaults 5 and 60).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from botocore.exceptions import BotoCoreError, ClientError
+
+from wsfs.errors import AccessDenied, AlreadyExists, NotFound, StoreUnavailable, UsageError, WsfsError
+from wsfs.store.base import StoreStats, check_key
+
+# botocore operation name -> the op names StoreStats uses for every store kind.
+_OPS = {
+    "GetObject": "get",
+    "PutObject": "put",
+    "HeadObject": "head",
+    "HeadBucket": "head",
+    "ListObjectsV2": "list",
+    "DeleteObject": "delete",
+}
+
+# S3 error codes that mean "your identity may not do this" rather than "try later".
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "Forbidden",
+        "403",
+    }
+)
+
+# Errors while *streaming a response body*.  botocore's retry loop ends when the
+# response headers arrive, so a connection that drops mid-body is ours to retry.
+_BODY_ERRORS: tuple[type[Exception], ...] = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.FlexibleChecksumError,
+)
+
+_CREDENTIAL_ERRORS: tuple[type[Exception], ...] = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.UnknownCredentialError,
+)
+
+# botocore's own client-side rule for bucket names; checked early for a clear message.
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9.\-_]{1,255}$")
+
+
+class _S3Stats(StoreStats):
+    """StoreStats that can add bytes without a request: the event hook already counted the GET."""
+
+    def add_bytes(self, *, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        with self._lock:
+            self.bytes_in += bytes_in
+            self.bytes_out += bytes_out
+
+
+def _env_number(name: str, default: float, *, integer: bool = False) -> float:
+    """A positive number from the environment, or *default*; a bad value is a usage error."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a {'whole ' if integer else ''}number") from None
+    if value <= 0:
+        raise UsageError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def _strip_userinfo(url: str) -> str:
+    """An endpoint URL fit for messages: any ``user:password@`` part removed."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _backoff(attempt: int) -> None:
+    """Sleep before retry number *attempt* (1-based): full jitter, 0.1 s doubling, capped at 5 s."""
+    time.sleep(random.random() * min(5.0, 0.1 * 2 ** (attempt - 1)))
+
+
+class S3Store:
+    """An :class:`~wsfs.store.base.ObjectStore` under ``s3://bucket/prefix``.
+
+    Request counting is exact per HTTP request: a ``before-send`` event
+    handler counts every *attempt* botocore makes, retries included (a GET
+    retried twice after 503s counts three ``get``; an attempt that could not
+    connect counts too), under the op names ``get``, ``put``, ``head``,
+    ``list`` and ``delete``.  ``bytes_out`` adds the body size of every PUT
+    attempt; ``bytes_in`` adds the bytes each successful read returned.
+    Without retries the counts equal :class:`~wsfs.store.local.LocalStore`'s
+    for the same calls.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None) -> None:
+        if not _BUCKET_RE.match(bucket):
+            raise UsageError(f"invalid S3 bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        if prefix:
+            check_key(prefix)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self.stats = _S3Stats()
+        # Every S3 key is _root + store key; "" when the store is the whole bucket.
+        self._root = f"{prefix}/" if prefix else ""
+
+        self._max_attempts = int(_env_number("WSFS_S3_MAX_ATTEMPTS", 5, integer=True))
+        # boto3 would read AWS_ENDPOINT_URL[_S3] by itself, but we need to know
+        # whether an endpoint is set: custom endpoints get path-style addressing
+        # (most S3-compatible servers have no wildcard DNS for bucket hosts).
+        endpoint = (
+            endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+        config = botocore.config.Config(
+            # total_max_attempts counts the first attempt; botocore's "max_attempts"
+            # key would mean retries and give one attempt more than asked for.
+            retries={"total_max_attempts": self._max_attempts, "mode": "standard"},
+            connect_timeout=_env_number("WSFS_S3_CONNECT_TIMEOUT", 5.0),
+            read_timeout=_env_number("WSFS_S3_READ_TIMEOUT", 60.0),
+            max_pool_connections=32,
+            tcp_keepalive=True,
+            s3={"addressing_style": "path"} if endpoint else None,
+        )
+        try:
+            # A session per store: boto3's default session is shared global state,
+            # and creating clients from one session in several threads is unsafe.
+            session = boto3.session.Session()
+            self._client: Any = session.client("s3", endpoint_url=endpoint, config=config)
+        except botocore.exceptions.ProfileNotFound as e:
+            raise UsageError(f"AWS profile {e.kwargs.get('profile')!r} is not configured") from None
+        except ValueError as e:  # botocore rejects a malformed endpoint URL with ValueError
+            raise UsageError(f"invalid S3 endpoint URL {_strip_userinfo(str(endpoint))!r}: {e}") from None
+        self.endpoint = _strip_userinfo(self._client.meta.endpoint_url)
+        self._client.meta.events.register(
+            "before-send.s3", self._count_request, unique_id=f"wsfs-count-{id(self)}"
+        )
+
+    @classmethod
+    def from_url(cls, url: str, endpoint_url: str | None = None) -> S3Store:
+        """The store for ``s3://bucket`` or ``s3://bucket/some/prefix``."""
+        if not url.startswith("s3://"):
+            raise UsageError(f"not an S3 URL: {url!r} (expected s3://bucket/prefix)")
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise UsageError(f"no bucket in S3 URL {url!r}")
+        return cls(bucket, prefix, endpoint_url=endpoint_url)
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _count_request(self, request: Any, event_name: str, **kwargs: Any) -> None:
+        """botocore ``before-send`` hook: runs once per HTTP attempt, retries included.
+
+        Returns None so botocore goes on to send the request.
+        """
+        operation = event_name.rpartition(".")[2]
+        op = _OPS.get(operation, operation.lower())
+        bytes_out = 0
+        if op == "put":
+            # The body is a stream here; the header is the size on the wire.
+            bytes_out = int(request.headers.get("Content-Length") or 0)
+        self.stats.count(op, bytes_out=bytes_out)
+
+    def _key(self, key: str) -> str:
+        return self._root + check_key(key)
+
+    def _folder(self, prefix: str) -> str:
+        """The S3 prefix for a store folder (``""`` or ``a/b/``; ``a/b`` is taken as ``a/b/``, like LocalStore)."""
+        if not prefix:
+            return self._root
+        folder = prefix.rstrip("/")
+        check_key(folder)
+        return f"{self._root}{folder}/"
+
+    def _error(self, e: Exception, key: str | None, *, op: str) -> WsfsError:
+        """The wsfs error for a boto3 exception: one line, no credentials, names the endpoint."""
+        if isinstance(e, ClientError):
+            code = str(e.response.get("Error", {}).get("Code") or "")
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            # HEAD responses have no body, so a missing bucket or key is a bare "404".
+            if code == "NoSuchBucket" or (key is None and (code in ("404", "NotFound") or status == 404)):
+                return NotFound(f"S3 bucket {self.bucket!r} does not exist at {self.endpoint}")
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                return NotFound(f"no object {key!r} in {self.url}")
+            if code in _DENIED_CODES or status == 403:
+                return AccessDenied(f"access denied to {self.url} at {self.endpoint} ({code or status})")
+            return StoreUnavailable(
+                f"S3 {op} {key if key is not None else self.bucket!r} failed at {self.endpoint}: "
+                f"{code or 'HTTP error'} (HTTP {status})"
+            )
+        if isinstance(e, _CREDENTIAL_ERRORS):
+            return AccessDenied(
+                f"no S3 credentials found for {self.endpoint} ({type(e).__name__}; "
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+            )
+        if isinstance(e, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
+            return StoreUnavailable(
+                f"S3 endpoint {self.endpoint} is unreachable ({type(e).__name__} "
+                f"after {self._max_attempts} attempts)"
+            )
+        # Other botocore errors carry no secrets, but their text can be long: keep the type.
+        return StoreUnavailable(f"S3 {op} on {self.url} at {self.endpoint} failed ({type(e).__name__})")
+
+    @staticmethod
+    def _code(e: ClientError) -> tuple[str, int | None]:
+        return (
+            str(e.response.get("Error", {}).get("Code") or ""),
+            e.response.get("ResponseMetadata", {}).get("HTTPStatusCode"),
+        )
+
+    def _read(self, key: str, byte_range: str | None) -> bytes:
+        """GET an object (or a range of it), retrying failures while the body streams."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if byte_range is not None:
+            kwargs["Range"] = byte_range
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._client.get_object(**kwargs)
+            except ClientError as e:
+                code, status = self._code(e)
+                if byte_range is not None and (code == "InvalidRange" or status == 416):
+                    # The range starts at or past the end: like pread, return nothing.
+                    return b""
+                raise self._error(e, key, op="get") from None
+            except BotoCoreError as e:
+                raise self._error(e, key, op="get") from None
+            body = response["Body"]
+            try:
+                data = body.read()
+            except _BODY_ERRORS as e:
+                body.close()
+                if attempt < self._max_attempts:
+                    _backoff(attempt)
+                    continue
+                raise self._error(e, key, op="get") from None
+            self.stats.add_bytes(bytes_in=len(data))
+            return data
+
+    # -- the ObjectStore protocol ---------------------------------------------
+
+    def check(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, None, op="head") from None
+
+    def get(self, key: str) -> bytes:
+        return self._read(key, None)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError(f"invalid range start={start} length={length}")
+        if length == 0:
+            # HTTP cannot express an empty range; read one byte so a missing key
+            # still raises NotFound and the request is counted like any read.
+            self._read(key, f"bytes={start}-{start}")
+            return b""
+        return self._read(key, f"bytes={start}-{start + length - 1}")
+
+    def put(self, key: str, data: bytes) -> None:
+        s3_key = self._key(key)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=bytes(data))
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key, op="put") from None
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create the object with ``If-None-Match: *``; ``AlreadyExists`` if the key exists.
+
+        Two cases need care.  A ``409 ConditionalRequestConflict`` (a concurrent
+        conditional write was in flight) is retried, since our write was not
+        applied.  A ``412`` after botocore retried our request is ambiguous: an
+        earlier attempt of ours may have landed before its response was lost.
+        We then read the object back and call it ours if its bytes equal *data*.
+        """
+        s3_key = self._key(key)
+        body = bytes(data)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=body, IfNoneMatch="*")
+                return
+            except ClientError as e:
+                code, status = self._code(e)
+                if code == "PreconditionFailed" or status == 412:
+                    retried = e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+                    if retried and self._holds(key, body):
+                        return
+                    raise AlreadyExists(f"object {key!r} already exists in {self.url}") from None
+                if code == "ConditionalRequestConflict" and attempt < self._max_attempts:
+                    _backoff(attempt)
+                    continue
+                raise self._error(e, key, op="put") from None
+            except BotoCoreError as e:
+                raise self._error(e, key, op="put") from None
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        """Whether *key* exists with exactly *data*."""
+        try:
+            return self.get(key) == data
+        except NotFound:
+            return False
+
+    def exists(self, key: str) -> bool:
+        """Whether the key exists.  A missing bucket also reads as False: HEAD cannot tell them apart."""
+        s3_key = self._key(key)
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=s3_key)
+        except ClientError as e:
+            code, status = self._code(e)
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                return False
+            raise self._error(e, key, op="head") from None
+        except BotoCoreError as e:
+            raise self._error(e, key, op="head") from None
+        return True
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key under *prefix*, relative to the store, sorted by code point.
+
+        Sorted here rather than trusting server order: S3 sorts by UTF-8 bytes
+        (the same order), but some compatible servers (SeaweedFS) list a
+        folder's sub-folders before its other names, e.g. ``a/b`` before ``a-c``.
+        """
+        folder = self._folder(prefix)
+        keys: list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=folder
+            ):
+                for obj in page.get("Contents", ()):
+                    rel = obj["Key"][len(self._root) :]
+                    # Folder marker objects ("a/") made by other tools are not keys.
+                    if rel and not rel.endswith("/"):
+                        keys.append(rel)
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, prefix or "", op="list") from None
+        keys.sort()
+        return iter(keys)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        folder = self._folder(prefix)
+        names: set[str] = set()
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=folder, Delimiter="/"
+            ):
+                for common in page.get("CommonPrefixes", ()):
+                    name = common["Prefix"][len(folder) :].rstrip("/")
+                    if name:
+                        names.add(name)
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, prefix or "", op="list") from None
+        return sorted(names)
+
+    def delete(self, key: str) -> None:
+        s3_key = self._key(key)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=s3_key)
+        except ClientError as e:
+            code, _status = self._code(e)
+            if code == "NoSuchKey":  # S3 answers 204 for a missing key; some servers say 404
+                return
+            raise self._error(e, key, op="delete") from None
+        except BotoCoreError as e:
+            raise self._error(e, key, op="delete") from None

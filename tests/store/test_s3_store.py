@@ -1,0 +1,286 @@
+"""S3Store beyond the shared contract: URLs, endpoints, settings, retries and how they are counted, errors.
+
+Why s3 only: these are properties of talking HTTP to an S3 endpoint; a local
+directory has no endpoint, credentials or retries.  Tests that need the
+session's S3 server carry the ``s3`` marker (through the ``S3`` decorator,
+which also pins ``store_kind`` so ``repo_url``/``store`` give an s3 location).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import botocore.exceptions
+import pytest
+
+from support.s3faults import FaultInjector
+from support.s3server import S3Server, free_port
+from wsfs.errors import AccessDenied, AlreadyExists, InvalidName, NotFound, StoreUnavailable, UsageError
+from wsfs.store import open_store
+from wsfs.store.s3 import S3Store
+
+S3 = pytest.mark.parametrize("store_kind", [pytest.param("s3", marks=pytest.mark.s3)])
+
+
+# -- URLs and settings (no server) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix", "normal"),
+    [
+        ("s3://bkt", "bkt", "", "s3://bkt"),
+        ("s3://bkt/", "bkt", "", "s3://bkt"),
+        ("s3://bkt/a", "bkt", "a", "s3://bkt/a"),
+        ("s3://bkt/a/b/", "bkt", "a/b", "s3://bkt/a/b"),
+    ],
+)
+def test_from_url(url: str, bucket: str, prefix: str, normal: str) -> None:
+    store = S3Store.from_url(url, endpoint_url="http://127.0.0.1:9")
+    assert (store.bucket, store.prefix, store.url) == (bucket, prefix, normal)
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://", "s3:///x", "s3://bkt/a//b", "s3://bkt/../x", "s3://b k/x", "gs://bkt/x"]
+)
+def test_from_url_rejects(url: str) -> None:
+    with pytest.raises(UsageError):  # InvalidName is a UsageError
+        S3Store.from_url(url, endpoint_url="http://127.0.0.1:9")
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSFS_S3_MAX_ATTEMPTS", "7")
+    monkeypatch.setenv("WSFS_S3_CONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("WSFS_S3_READ_TIMEOUT", "9.5")
+    config = S3Store.from_url("s3://bkt/p", endpoint_url="http://127.0.0.1:9")._client.meta.config
+    assert config.retries == {"total_max_attempts": 7, "mode": "standard"}
+    assert (config.connect_timeout, config.read_timeout) == (3.0, 9.5)
+    assert config.max_pool_connections == 32
+    assert config.s3 == {"addressing_style": "path"}
+
+
+def test_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("WSFS_S3_MAX_ATTEMPTS", "WSFS_S3_CONNECT_TIMEOUT", "WSFS_S3_READ_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    config = S3Store.from_url("s3://bkt", endpoint_url="http://127.0.0.1:9")._client.meta.config
+    assert config.retries == {"total_max_attempts": 5, "mode": "standard"}
+    assert (config.connect_timeout, config.read_timeout) == (5.0, 60.0)
+
+
+@pytest.mark.parametrize("value", ["zero", "0", "-1", "2.5"])
+def test_bad_settings_are_usage_errors(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("WSFS_S3_MAX_ATTEMPTS", value)
+    with pytest.raises(UsageError, match="WSFS_S3_MAX_ATTEMPTS"):
+        S3Store.from_url("s3://bkt", endpoint_url="http://127.0.0.1:9")
+
+
+def test_endpoint_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
+    store = S3Store.from_url("s3://bkt")
+    assert store.endpoint == "http://127.0.0.1:1234"
+    assert store._client.meta.config.s3 == {"addressing_style": "path"}
+
+
+def test_endpoint_credentials_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = S3Store.from_url("s3://bkt", endpoint_url="http://user:hunter2@127.0.0.1:1234")
+    assert "hunter2" not in store.endpoint and "hunter2" not in repr(store)
+
+
+def test_unreachable_endpoint_is_store_unavailable_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSFS_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("WSFS_S3_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("WSFS_S3_READ_TIMEOUT", "2")
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    store = S3Store.from_url("s3://bkt/repo", endpoint_url=endpoint)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        store.get("k")
+    assert time.monotonic() - started < 5
+    assert type(info.value) is StoreUnavailable  # not AccessDenied
+    message = str(info.value)
+    assert endpoint in message and "unreachable" in message and "\n" not in message
+    # Both attempts were made and counted, though neither reached a server.
+    assert store.stats.requests == {"get": 2}
+    monkeypatch.setenv("WSFS_S3_MAX_ATTEMPTS", "1")  # no backoff sleeps for the rest
+    store = S3Store.from_url("s3://bkt/repo", endpoint_url=endpoint)
+    for call in (
+        store.check,
+        lambda: store.put("k", b"x"),
+        lambda: list(store.list("")),
+        lambda: store.exists("k"),
+    ):
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            call()
+    assert store.stats.requests == {"head": 2, "put": 1, "list": 1}
+
+
+# -- against the session's server --------------------------------------------------------
+
+
+@pytest.mark.s3
+def test_canary_server_honours_if_none_match(s3_server: S3Server, s3_client: object) -> None:
+    """If the server ignored If-None-Match, every "exactly one writer wins" test would pass for the wrong reason."""
+    key = f"wsfs-test/canary-{uuid.uuid4().hex}"
+    client = s3_client
+    try:
+        client.put_object(Bucket=s3_server.bucket, Key=key, Body=b"first", IfNoneMatch="*")  # type: ignore[attr-defined]
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            client.put_object(Bucket=s3_server.bucket, Key=key, Body=b"second", IfNoneMatch="*")  # type: ignore[attr-defined]
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+        assert info.value.response["Error"]["Code"] == "PreconditionFailed"
+        body = client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+        assert body == b"first"
+    finally:
+        client.delete_object(Bucket=s3_server.bucket, Key=key)  # type: ignore[attr-defined]
+
+
+@S3
+def test_keys_live_under_the_prefix(
+    store: S3Store, repo_url: str, s3_server: S3Server, s3_client: object
+) -> None:
+    prefix = repo_url.removeprefix(f"s3://{s3_server.bucket}/")
+    store.put("k/v", b"1")
+    listed = s3_client.list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix)  # type: ignore[attr-defined]
+    assert [o["Key"] for o in listed["Contents"]] == [f"{prefix}/k/v"]
+    # A store on the whole bucket (empty prefix) sees the same object by its full key.
+    whole = open_store(f"s3://{s3_server.bucket}")
+    assert whole.get(f"{prefix}/k/v") == b"1"
+    assert f"{prefix}/k/v" in list(whole.list(prefix + "/"))
+
+
+@S3
+def test_endpoint_argument_beats_environment(
+    repo_url: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    store = open_store(repo_url, endpoint_url=s3_server.endpoint_url)
+    store.put("k", b"x")
+    assert store.get("k") == b"x"
+
+
+@S3
+def test_store_fixture_uses_environment_endpoint(store: S3Store, s3_server: S3Server) -> None:
+    assert store.endpoint == s3_server.endpoint_url
+
+
+@S3
+def test_retried_requests_are_counted_per_attempt(store: S3Store) -> None:
+    with FaultInjector(store._client, "PutObject", [(503, "SlowDown")]) as put_faults:
+        store.put("k", b"abcde")
+    with FaultInjector(store._client, "GetObject", [(500, "InternalError")]) as get_faults:
+        assert store.get("k") == b"abcde"
+    assert (put_faults.injected, get_faults.injected) == (1, 1)
+    # Every HTTP attempt counts; bytes_out counts the body of each PUT attempt.
+    assert store.stats.snapshot() == {
+        "requests": {"put": 2, "get": 2},
+        "bytes_in": 5,
+        "bytes_out": 10,
+    }
+
+
+@S3
+def test_conditional_put_conflict_409_is_retried(store: S3Store) -> None:
+    with FaultInjector(store._client, "PutObject", [(409, "ConditionalRequestConflict")]) as faults:
+        store.put_if_absent("c", b"mine")
+    assert faults.injected == 1
+    assert store.get("c") == b"mine"
+    assert store.stats.requests["put"] == 2
+
+
+@S3
+def test_conditional_put_conflict_gives_up(repo_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSFS_S3_MAX_ATTEMPTS", "2")
+    store = open_store(repo_url)
+    assert isinstance(store, S3Store)
+    conflicts = [(409, "ConditionalRequestConflict")] * 2
+    with (
+        FaultInjector(store._client, "PutObject", conflicts),
+        pytest.raises(StoreUnavailable, match="ConditionalRequestConflict"),
+    ):
+        store.put_if_absent("c", b"mine")
+    assert store.stats.requests == {"put": 2}
+    assert not store.exists("c")
+
+
+@S3
+def test_412_after_a_retry_is_ours_if_the_bytes_are(store: S3Store) -> None:
+    # As if our first attempt landed and only its response was lost: the object
+    # exists with our bytes, botocore retries, and the retry gets 412.
+    store.put("mine", b"payload")
+    with FaultInjector(store._client, "PutObject", [(500, "InternalError")]):
+        store.put_if_absent("mine", b"payload")
+    assert store.stats.requests["put"] == 3 and store.stats.requests["get"] == 1
+    # Someone else's bytes: a real conflict.
+    store.put("theirs", b"other payload")
+    with FaultInjector(store._client, "PutObject", [(500, "InternalError")]), pytest.raises(AlreadyExists):
+        store.put_if_absent("theirs", b"payload")
+    assert store.get("theirs") == b"other payload"
+
+
+@S3
+def test_wrong_credentials_are_access_denied(
+    s3_server: S3Server, repo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not s3_server.enforces_auth:
+        pytest.skip(f"the {s3_server.kind} server accepts any credentials")
+    open_store(repo_url).put("k", b"x")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    for key_id, secret in [(None, "wrong-secret-1234"), ("WSFSUNKNOWNKEYID", "wrong-secret-1234")]:
+        if key_id is not None:
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        denied = open_store(repo_url)
+        for call in (
+            denied.check,
+            lambda s=denied: s.get("k"),
+            lambda s=denied: s.put("k2", b"x"),
+            lambda s=denied: list(s.list("")),
+        ):
+            with pytest.raises(AccessDenied) as info:
+                call()
+            message = str(info.value)
+            assert secret not in message and "\n" not in message
+            assert s3_server.endpoint_url in message
+
+
+@S3
+def test_no_credentials_is_access_denied(
+    s3_server: S3Server, repo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if s3_server.kind == "real":
+        pytest.skip("real-S3 mode keeps the ambient credential sources (profiles, instance roles)")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    store = open_store(repo_url)
+    with pytest.raises(AccessDenied, match="no S3 credentials found"):
+        store.get("k")
+
+
+@pytest.mark.s3
+def test_missing_bucket_is_not_found(s3_server: S3Server) -> None:
+    bucket = f"wsfs-missing-{uuid.uuid4().hex[:12]}"
+    store = open_store(f"s3://{bucket}/repo")
+    calls = [
+        store.check,
+        lambda: store.get("k"),
+        lambda: store.get_range("k", 0, 1),
+        lambda: store.put("k", b"x"),
+        lambda: store.put_if_absent("k", b"x"),
+        lambda: list(store.list("")),
+        lambda: store.list_dirs(""),
+    ]
+    for call in calls:
+        with pytest.raises(NotFound, match=f"bucket '{bucket}' does not exist"):
+            call()
+    assert not store.exists("k")  # HEAD cannot tell a missing bucket from a missing key
+    # The failed PUT must not have created the bucket (SeaweedFS would, by default).
+    with pytest.raises(NotFound):
+        store.check()
+
+
+@S3
+def test_invalid_prefix_for_list(store: S3Store) -> None:
+    with pytest.raises(InvalidName):
+        store.list("../")
+    with pytest.raises(InvalidName):
+        store.list_dirs("a//b/")
