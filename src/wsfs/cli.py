@@ -363,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")
-    from wsfs.daemon.cli import register; register(sub, common)  # TEMP-DAEMON
+
+    from wsfs.daemon.cli import register as register_daemon_commands
+
+    register_daemon_commands(sub, common)
     return p
 
 

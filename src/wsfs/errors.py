@@ -81,3 +81,9 @@ class SourceError(WsfsError):
 
     exit_code = 9
     errno = errno.EIO
+
+
+class MountError(WsfsError):
+    """The file system could not be mounted (FUSE refused, or the daemon failed to start)."""
+
+    exit_code = 10

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apsw
@@ -140,6 +140,15 @@ def content_id_chunked(size: int, chunk_size: int, cids: Iterable[bytes | None])
     return content_id(bytes(h))
 
 
+def prepare_inline(data: bytes) -> tuple[bytes, int, bytes]:
+    """``(content id, codec, payload)`` of a small file: the CPU part of :meth:`ManifestBuilder.set_inline`.
+
+    Thread-safe (blake3 and zstd release the GIL), so push runs it on its pool.
+    """
+    codec, payload = compress(data)
+    return content_id(data), codec, payload
+
+
 class ManifestBuilder:
     """Writes a new manifest database.  Single-threaded; call :meth:`finish` once at the end."""
 
@@ -190,13 +199,20 @@ class ManifestBuilder:
     def set_inline(self, ino: int, data: bytes) -> bytes:
         """Store a small file's content inline (deduplicated); returns its content id."""
         cid = content_id(data)
+        self.set_inline_prepared(ino, cid, lambda: compress(data))
+        return cid
+
+    def set_inline_prepared(self, ino: int, cid: bytes, encoded: Callable[[], tuple[int, bytes]]) -> None:
+        """Like :meth:`set_inline` for content already hashed; *encoded* gives ``(codec, payload)``.
+
+        Lets callers compress on worker threads (see :func:`prepare_inline`).
+        """
         data_id = self._data_ids.get(cid)
         if data_id is None:
-            codec, payload = compress(data)
+            codec, payload = encoded()
             self.db.execute("INSERT INTO data (cid, codec, payload) VALUES (?,?,?)", (cid, codec, payload))
             data_id = self._data_ids[cid] = self.db.last_insert_rowid()
         self.db.execute("UPDATE inodes SET content=?, data=? WHERE ino=?", (cid, data_id, ino))
-        return cid
 
     def set_chunks(self, ino: int, size: int, cids: list[bytes | None]) -> bytes:
         """Record a large file's chunk ids (None = zeros); returns its content id."""

@@ -35,7 +35,7 @@ from typing import NoReturn
 from wsfs.errors import Conflict, NotFound, SourceError, UsageError
 from wsfs.format.blobs import content_id
 from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
-from wsfs.format.manifest import ROOT_INO, ManifestBuilder
+from wsfs.format.manifest import ROOT_INO, ManifestBuilder, prepare_inline
 from wsfs.format.names import check_workspace
 from wsfs.format.records import VersionRecord
 from wsfs.repository import Repository
@@ -164,6 +164,8 @@ class _Walker:
         self.nlinks: collections.Counter[int] = collections.Counter()
         self.pending: collections.deque[_PendingFile] = collections.deque()
         self.chunked: list[tuple[int, int, list[bytes | None]]] = []
+        self.inline_q: collections.deque[tuple[int, Future[tuple[bytes, int, bytes]]]] = collections.deque()
+        self.max_inline_q = 256  # small files in flight: bounded memory (256 x 128 KiB at most)
         self.window = 0  # chunks in flight
         self.max_window = max(8, 2 * uploader.pool._max_workers)
 
@@ -195,6 +197,8 @@ class _Walker:
             path, dino = stack.pop()
             subdirs = self._directory(path, dino)
             stack.extend(reversed(subdirs))
+        while self.inline_q:
+            self._record_inline()
         self._drain(0)
         # Chunk lists are written only now, in walk order: when uploads finish
         # must not change the manifest's bytes (an unchanged tree gives the
@@ -316,19 +320,34 @@ class _Walker:
                 if size <= self.inline_threshold:
                     data = self._read_all(fd, path, size)
                     self._check_unchanged(fd, path, before)
-                    self.b.set_inline(ino, data)
+                    self._inline(ino, data)
                     self.stats.inline_files += 1
                 else:
                     self._chunked(fd, path, ino, size)
                     self._check_unchanged(fd, path, before)
             except _Skip:
-                self.b.drop_inode(ino)
+                self.b.drop_inode(ino)  # (an inline file is queued only once it can no longer be skipped)
                 raise
         finally:
             os.close(fd)
         self.stats.files += 1
         self.stats.bytes += size
         return ino
+
+    def _inline(self, ino: int, data: bytes) -> None:
+        """Hash and compress a small file on the pool; record results in walk order.
+
+        The queue is drained by count, never by which job finished first, so
+        the manifest's bytes do not depend on thread timing.
+        """
+        self.inline_q.append((ino, self.up.pool.submit(prepare_inline, data)))
+        if len(self.inline_q) > self.max_inline_q:
+            self._record_inline()
+
+    def _record_inline(self) -> None:
+        ino, fut = self.inline_q.popleft()
+        cid, codec, payload = fut.result()
+        self.b.set_inline_prepared(ino, cid, lambda: (codec, payload))
 
     def _read_all(self, fd: int, path: bytes, size: int) -> bytes:
         try:

@@ -1,0 +1,541 @@
+"""The local blob cache, shared by every mount (and every process) on a host.
+
+What it owns: ``<cache_dir>/blobs/<id[:2]>/<id>`` content files (plaintext,
+readable with ``pread``), the index ``<cache_dir>/blobs/index.sqlite`` (apsw,
+WAL) that records each file's size and last use, LRU eviction down to a byte
+limit, and single-flight fetching.  It imports ``repository``, ``format`` and
+``errors`` only, and knows nothing of FUSE or trio: the API is synchronous
+and thread-safe, and the daemon calls it from worker threads
+(``trio.to_thread.run_sync`` with a ``CapacityLimiter``).
+
+Invariants and protocol (see ``docs/daemon.md``, "Cache"):
+
+* A content file that exists under its final name is complete: it is written
+  to a temporary name in the same directory and renamed into place only after
+  the bytes were verified against their blake3 id (``Repository.get_blob``
+  verifies).  A crash leaves at most a stray ``.tmp`` file.
+* Files are never fsynced.  Instead, every process verifies a content file
+  (size and blake3) the first time it uses it, and checks its size on every
+  open.  A file that fails is removed and fetched again, so a torn write
+  after a power loss, bit rot or a stray edit costs one refetch, never bad
+  bytes.
+* Single-flight: within a process, a dict of in-flight fetches (id -> a
+  ``_Flight`` with a ``threading.Event``) makes concurrent misses on one id
+  wait for the first.  Across processes, the fetcher holds an ``flock`` on
+  ``<id>.lock`` next to the content file and re-checks for the file once it
+  holds it.  The holder unlinks the lock file before releasing it, and a
+  waiter that wakes holding an unlinked lock file retries, so lock files do
+  not accumulate and two holders can never coexist.
+* The file system is the truth for *presence*; the index is the truth for
+  *eviction order*.  Index rows may briefly disagree with the files (a crash
+  between rename and insert, an eviction racing a refetch); a hit upserts its
+  row and a miss on an indexed id deletes it, so the index heals itself.
+* Eviction deletes index rows in one transaction, then unlinks the files.
+  A reader in another process that already opened a file keeps reading it
+  (unlinked files stay readable); one that had not yet opened it sees a miss
+  and refetches.
+* Last-use updates are batched in memory and written by :meth:`BlobCache.flush`
+  (called by every fetch and periodically by the daemon), so a cache hit
+  costs no database write.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import apsw
+
+from wsfs.errors import IntegrityError, NotFound, WsfsError
+from wsfs.format.blobs import content_id, hexid
+from wsfs.repository import Repository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_SIZE = 10 * 1024**3
+DEFAULT_FETCH_WORKERS = 8
+BROKEN_TTL = 30.0  # seconds a failed id fails fast before the store is asked again
+_TOUCH_BATCH = 512  # pending last-use updates that force a flush
+
+# The cache index.  One row per content file believed to be in the cache.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id TEXT PRIMARY KEY,        -- hex content id (64 digits) = the file name
+    size INTEGER NOT NULL,      -- plaintext bytes = file size
+    last_use INTEGER NOT NULL   -- time.time_ns() of the last read (batched, so approximate)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_use);
+-- total(size) kept by triggers, so checking the limit is a point query
+CREATE TABLE IF NOT EXISTS totals (k INTEGER PRIMARY KEY CHECK (k = 0), bytes INTEGER NOT NULL, files INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals VALUES (0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN
+    UPDATE totals SET bytes = bytes + new.size, files = files + 1 WHERE k = 0; END;
+CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries BEGIN
+    UPDATE totals SET bytes = bytes - old.size, files = files - 1 WHERE k = 0; END;
+CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries BEGIN
+    UPDATE totals SET bytes = bytes - old.size + new.size WHERE k = 0; END;
+"""
+INDEX_FORMAT = 1
+
+
+@dataclass
+class CacheStats:
+    """Counters since the cache was opened (this process only)."""
+
+    hits: int = 0  # reads served from a content file
+    misses: int = 0  # reads that had to wait for a fetch (own or another thread's/process's)
+    fetches: int = 0  # blobs this process downloaded
+    fetch_bytes: int = 0  # plaintext bytes of those
+    joined: int = 0  # misses that waited for another thread's fetch of the same id
+    filled_by_other: int = 0  # misses served by a file another process fetched while we waited
+    corrupt: int = 0  # cached files that failed re-verification and were refetched
+    failures: int = 0  # fetches that failed (integrity or store errors)
+    evictions: int = 0
+    evicted_bytes: int = 0
+    prefetches: int = 0  # blobs read-ahead had to fetch (not counted as misses)
+
+
+class _Flight:
+    """One in-progress fetch in this process; waiters block on ``done``."""
+
+    __slots__ = ("done", "data", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class BlobCache:
+    """Verified, shared, size-limited local copies of a repository's blobs.
+
+    ``read(cid, offset, length)`` is the whole interface a reader needs; it
+    fetches on a miss.  All methods are thread-safe and may block (disk, store).
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        cache_dir: str,
+        *,
+        max_bytes: int = DEFAULT_CACHE_SIZE,
+        fetch_workers: int = DEFAULT_FETCH_WORKERS,
+    ) -> None:
+        self.repo = repo
+        self.root = os.path.join(cache_dir, "blobs")
+        self.max_bytes = max_bytes
+        os.makedirs(self.root, exist_ok=True)
+        self.stats = CacheStats()
+        self._lock = threading.Lock()  # protects stats, flights, verified, touched, broken
+        self._db_lock = threading.Lock()  # one apsw connection, used by one thread at a time
+        self._fetch_slots = threading.BoundedSemaphore(fetch_workers)  # concurrent store GETs
+        self._flights: dict[str, _Flight] = {}
+        # (id, st_ino, st_mtime_ns) of files this process has verified: a file
+        # replaced by another process has a new inode and is verified again.
+        self._verified: set[tuple[str, int, int]] = set()
+        self._touched: dict[str, tuple[int, int]] = {}  # id -> (size, last_use) not yet in the index
+        self._last_flush = time.monotonic()
+        self._broken: dict[str, tuple[float, WsfsError]] = {}
+        self._db = self._open_index(os.path.join(self.root, "index.sqlite"))
+
+    # -- index -------------------------------------------------------------
+
+    @staticmethod
+    def _open_index(path: str) -> apsw.Connection:
+        db = apsw.Connection(path)
+        # Several daemons share the index: WAL lets readers run during a write,
+        # and the busy timeout makes writers queue instead of failing.
+        db.set_busy_timeout(10_000)
+        db.execute("PRAGMA journal_mode=WAL")
+        # The index is advisory (it heals from the files, see the module
+        # docstring), so losing the last transactions in a power cut is fine.
+        db.execute("PRAGMA synchronous=NORMAL")
+        (version,) = next(db.execute("PRAGMA user_version"))
+        if version != INDEX_FORMAT:
+            with _immediate(db):
+                (version,) = next(db.execute("PRAGMA user_version"))
+                if version not in (0, INDEX_FORMAT):
+                    raise WsfsError(f"cache index {path} has format {version}; this wsfs uses {INDEX_FORMAT}")
+                db.execute(_SCHEMA)
+                db.execute(f"PRAGMA user_version={INDEX_FORMAT}")
+        return db
+
+    def close(self) -> None:
+        """Write pending last-use times and close the index."""
+        self.flush(force=True)
+        with self._db_lock:
+            self._db.close()
+
+    def flush(self, *, force: bool = False) -> None:
+        """Write batched last-use updates to the index (cheap when there are none)."""
+        with self._lock:
+            due = force or len(self._touched) >= _TOUCH_BATCH or time.monotonic() - self._last_flush > 5.0
+            if not due or not self._touched:
+                return
+            touched, self._touched = self._touched, {}
+            self._last_flush = time.monotonic()
+        # Skip files evicted since (by any process): re-adding their rows would
+        # make the index count bytes that are not on disk.
+        rows = [(h, size, ts) for h, (size, ts) in touched.items() if os.path.exists(os.path.join(self.root, h[:2], h))]
+        with self._db_lock, _immediate(self._db):
+            self._db.executemany(
+                "INSERT INTO entries (id, size, last_use) VALUES (?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET last_use = max(last_use, excluded.last_use), size = excluded.size",
+                rows,
+            )
+
+    def usage(self) -> tuple[int, int]:
+        """``(bytes, files)`` the index accounts for."""
+        with self._db_lock:
+            row = next(self._db.execute("SELECT bytes, files FROM totals WHERE k = 0"))
+        return int(row[0]), int(row[1])
+
+    # -- paths -------------------------------------------------------------
+
+    def path(self, cid: bytes) -> str:
+        """Where the content file of *cid* lives (it may not exist)."""
+        h = hexid(cid)
+        return os.path.join(self.root, h[:2], h)
+
+    def contains(self, cid: bytes) -> bool:
+        """Whether a content file for *cid* exists (not verified)."""
+        return os.path.exists(self.path(cid))
+
+    # -- reading -----------------------------------------------------------
+
+    def try_read(self, cid: bytes, offset: int, length: int, *, size: int | None = None) -> bytes | None:
+        """The bytes if the file is present and already verified by this process, else None.
+
+        Never fetches and never hashes: one ``open``, ``fstat`` and ``pread``.
+        The daemon calls it on the event loop thread to skip a thread hop on hits.
+        """
+        h = hexid(cid)
+        try:
+            fd = os.open(os.path.join(self.root, h[:2], h), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            with self._lock:
+                ok = (h, st.st_ino, st.st_mtime_ns) in self._verified
+            if not ok or (size is not None and st.st_size != size):
+                return None
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        self._hit(h, st.st_size)
+        return data
+
+    def read(self, cid: bytes, offset: int, length: int, *, size: int | None = None) -> bytes:
+        """``length`` bytes of blob *cid* from ``offset`` (fewer at its end); fetches on a miss.
+
+        *size*, when known (the chunk length in the manifest), is checked
+        against the file.  Raises :class:`~wsfs.errors.IntegrityError` if the
+        store has no valid copy, :class:`~wsfs.errors.StoreUnavailable` if it
+        cannot be reached.
+        """
+        data = self._read_local(cid, offset, length, size)
+        if data is not None:
+            return data
+        whole = self._fetch(cid, size)
+        return whole[offset : offset + length]
+
+    def prepare(self, cid: bytes, *, size: int | None = None) -> None:
+        """Read-ahead: make *cid* present and verified, so a later ``try_read`` hits.
+
+        Fetches it if missing, verifies it if this process has not yet.
+        Errors are logged at debug level and not raised: the read that needs
+        the bytes will fetch again and report the error itself.
+        """
+        try:
+            if self._read_local(cid, 0, 0, size, count=False) is not None:
+                return
+            with self._lock:
+                self.stats.prefetches += 1
+            self._fetch(cid, size, count=False)
+        except WsfsError as e:
+            log.debug("read-ahead of %s failed: %s", hexid(cid), e)
+
+    def _hit(self, h: str, size: int) -> None:
+        with self._lock:
+            self.stats.hits += 1
+            self._touched[h] = (size, time.time_ns())
+            due = len(self._touched) >= _TOUCH_BATCH
+        if due:
+            self.flush()
+
+    def _read_local(
+        self, cid: bytes, offset: int, length: int, size: int | None, *, count: bool = True
+    ) -> bytes | None:
+        """Serve from the content file if it exists and is sound; drop it if it is not."""
+        h = hexid(cid)
+        path = os.path.join(self.root, h[:2], h)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            key = (h, st.st_ino, st.st_mtime_ns)
+            with self._lock:
+                verified = key in self._verified
+            if size is not None and st.st_size != size:
+                self._drop_corrupt(h, path, st.st_ino, f"size {st.st_size}, expected {size}")
+                return None
+            if not verified:
+                data = _read_all(fd, st.st_size)
+                if content_id(data) != cid:
+                    self._drop_corrupt(h, path, st.st_ino, "content does not match its id")
+                    return None
+                with self._lock:
+                    self._verified.add(key)
+                if count:
+                    self._hit(h, st.st_size)
+                return data[offset : offset + length]
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if count:
+            self._hit(h, st.st_size)
+        return data
+
+    def _drop_corrupt(self, h: str, path: str, st_ino: int, why: str) -> None:
+        log.warning("cached blob %s is corrupt (%s); fetching it again", h, why)
+        with self._lock:
+            self.stats.corrupt += 1
+        with self._file_lock(path):
+            try:
+                if os.stat(path).st_ino == st_ino:  # not already replaced by another process
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    # -- fetching ----------------------------------------------------------
+
+    def _fetch(self, cid: bytes, size: int | None, *, count: bool = True) -> bytes:
+        """The whole verified blob, fetched once however many threads and processes ask."""
+        h = hexid(cid)
+        with self._lock:
+            if count:
+                self.stats.misses += 1
+            broken = self._broken.get(h)
+            if broken is not None:
+                if time.monotonic() - broken[0] < BROKEN_TTL:
+                    raise broken[1]
+                del self._broken[h]
+            flight = self._flights.get(h)
+            owner = flight is None
+            if flight is None:
+                flight = self._flights[h] = _Flight()
+            else:
+                self.stats.joined += 1
+        if not owner:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            assert flight.data is not None
+            return flight.data
+        try:
+            flight.data = self._fetch_locked(cid, h, size)
+            return flight.data
+        except BaseException as e:
+            flight.error = e
+            raise
+        finally:
+            with self._lock:
+                del self._flights[h]
+            flight.done.set()
+
+    def _fetch_locked(self, cid: bytes, h: str, size: int | None) -> bytes:
+        path = os.path.join(self.root, h[:2], h)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with self._file_lock(path):
+            # Another process may have fetched it while we waited for the lock.
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                st = os.stat(path)
+            except FileNotFoundError:
+                pass
+            else:
+                if content_id(data) == cid and (size is None or len(data) == size):
+                    with self._lock:
+                        self.stats.filled_by_other += 1
+                        self._verified.add((h, st.st_ino, st.st_mtime_ns))
+                        self._touched[h] = (len(data), time.time_ns())
+                    return data
+                log.warning("cached blob %s is corrupt; fetching it again", h)
+                with self._lock:
+                    self.stats.corrupt += 1
+                os.unlink(path)
+            data = self._download(cid, h, size)
+            st = self._install(path, data)
+        with self._lock:
+            self.stats.fetches += 1
+            self.stats.fetch_bytes += len(data)
+            self._verified.add((h, st.st_ino, st.st_mtime_ns))
+        with self._db_lock, _immediate(self._db):
+            self._db.execute(
+                "INSERT INTO entries (id, size, last_use) VALUES (?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET size = excluded.size, last_use = excluded.last_use",
+                (h, len(data), time.time_ns()),
+            )
+        self.flush()
+        self._evict(keep=h)
+        return data
+
+    def _download(self, cid: bytes, h: str, size: int | None) -> bytes:
+        try:
+            with self._fetch_slots:
+                data = self.repo.get_blob(cid)  # decoded and verified against cid
+            if size is not None and len(data) != size:
+                raise IntegrityError(f"blob {h} has {len(data)} bytes, the manifest says {size}")
+        except NotFound:
+            err: WsfsError = IntegrityError(f"blob {h} is missing from the store")
+            self._remember_broken(h, err)
+            raise err from None
+        except IntegrityError as e:
+            self._remember_broken(h, e)
+            raise
+        except WsfsError:
+            with self._lock:
+                self.stats.failures += 1
+            raise
+        return data
+
+    def _remember_broken(self, h: str, err: WsfsError) -> None:
+        log.error("blob %s cannot be read: %s", h, err)
+        with self._lock:
+            self.stats.failures += 1
+            self._broken[h] = (time.monotonic(), err)
+
+    def _install(self, path: str, data: bytes) -> os.stat_result:
+        """Write verified *data* to a temporary name and rename it to *path*."""
+        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            st = os.fstat(fd)
+            os.close(fd)
+            fd = -1
+            os.rename(tmp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return st
+
+    @contextmanager
+    def _file_lock(self, path: str) -> Iterator[None]:
+        """An exclusive cross-process lock on ``<path>.lock`` (see the module docstring)."""
+        lock_path = path + ".lock"
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)  # the previous holder unlinked it: lock the new file instead
+        try:
+            yield
+        finally:
+            try:
+                os.unlink(lock_path)
+            except FileNotFoundError:  # pragma: no cover - only the holder unlinks
+                pass
+            os.close(fd)
+
+    # -- eviction ----------------------------------------------------------
+
+    def _evict(self, *, keep: str | None = None) -> None:
+        """Remove least recently used files until the index is within ``max_bytes``."""
+        with self._db_lock:
+            (total,) = next(self._db.execute("SELECT bytes FROM totals WHERE k = 0"))
+            if total <= self.max_bytes:
+                return
+            victims: list[tuple[str, int]] = []
+            with _immediate(self._db):  # two evicting processes never pick the same rows
+                (total,) = next(self._db.execute("SELECT bytes FROM totals WHERE k = 0"))
+                for h, size in self._db.execute("SELECT id, size FROM entries ORDER BY last_use"):
+                    if total <= self.max_bytes:
+                        break
+                    if h == keep:
+                        continue
+                    victims.append((h, size))
+                    total -= size
+                self._db.executemany("DELETE FROM entries WHERE id = ?", [(h,) for h, _ in victims])
+        for h, _ in victims:
+            try:
+                os.unlink(os.path.join(self.root, h[:2], h))
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # pragma: no cover - permissions changed under us
+                if e.errno != errno.ENOENT:
+                    log.warning("cannot evict cached blob %s: %s", h, e.strerror)
+        if victims:
+            with self._lock:
+                self.stats.evictions += len(victims)
+                self.stats.evicted_bytes += sum(s for _, s in victims)
+                for h, _ in victims:
+                    self._touched.pop(h, None)
+            log.debug("evicted %d blobs (%d bytes)", len(victims), sum(s for _, s in victims))
+
+    # -- introspection -----------------------------------------------------
+
+    def statistics(self) -> dict[str, int]:
+        """Counters (see :class:`CacheStats`) plus the current usage and limit."""
+        with self._lock:
+            out = asdict(self.stats)
+        out["bytes"], out["files"] = self.usage()
+        out["max_bytes"] = self.max_bytes
+        return out
+
+
+@contextmanager
+def _immediate(db: apsw.Connection) -> Iterator[None]:
+    """A write transaction that takes the write lock at BEGIN.
+
+    A deferred transaction that reads and then writes cannot wait for the lock:
+    in WAL mode SQLite fails it at once (SQLITE_BUSY_SNAPSHOT) when another
+    process committed in between.  ``BEGIN IMMEDIATE`` waits (busy timeout).
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks = []
+    offset = 0
+    while offset < size:
+        b = os.pread(fd, size - offset, offset)
+        if not b:
+            break
+        chunks.append(b)
+        offset += len(b)
+    return b"".join(chunks)

@@ -1,0 +1,192 @@
+"""The ``mount``, ``umount`` and ``stats`` subcommands.
+
+:func:`register` adds them to the main parser (``wsfs.cli.build_parser``).
+pyfuse3 and trio are imported only when ``mount`` runs, so the other
+commands start fast and work where pyfuse3 is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import subprocess
+import time
+from typing import Any
+
+from wsfs.config import resolve
+from wsfs.errors import UsageError, WsfsError
+
+# Generic mount(8) options that mean nothing to us (fstab, mount -t wsfs).
+_IGNORED_OPTIONS = {
+    "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec", "noexec",
+    "suid", "nosuid", "dev", "nodev", "atime", "noatime", "relatime", "nodiratime", "sync", "async",
+}
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    suffix = t[-1:] if t[-1:] in units else ""
+    try:
+        n = int(float(t[: len(t) - len(suffix)]) * units[suffix])
+    except ValueError:
+        raise UsageError(f"not a size: {text!r}") from None
+    if n <= 0:
+        raise UsageError(f"cache size must be positive, got {text!r}")
+    return n
+
+
+def parse_mount_options(values: list[str]) -> dict[str, Any]:
+    """``-o a,b=c`` (repeatable) as a dict; unknown options are a usage error."""
+    out: dict[str, Any] = {}
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item or item in _IGNORED_OPTIONS:
+                continue
+            key, eq, val = item.partition("=")
+            if key == "ro" and not eq:
+                continue  # the only mode there is, for now
+            if key == "rw" and not eq:
+                raise UsageError("read-write mounts are not implemented yet; mount read-only (-o ro)")
+            if key in ("allow_other", "debug") and not eq:
+                out[key] = True
+            elif key in ("cache_dir", "log") and eq and val:
+                out[key] = val
+            elif key == "cache_size" and eq:
+                out[key] = _parse_size(val)
+            else:
+                raise UsageError(f"unknown or malformed mount option {item!r} "
+                                 "(known: ro, allow_other, cache_dir=DIR, cache_size=SIZE, log=PATH)")
+    return out
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from wsfs.daemon.mount import MountOptions, run_mount
+    from wsfs.repository import Ref
+
+    opts = parse_mount_options(args.options)
+    cache_dir = opts.get("cache_dir") or args.cache_dir
+    settings = resolve(args.repo, args.endpoint_url, cache_dir)
+    options = MountOptions(
+        foreground=args.foreground,
+        allow_other=opts.get("allow_other", False),
+        log_path=args.log or opts.get("log"),
+        debug_fuse=opts.get("debug", False),
+        verbose=args.verbose,
+    )
+    if "cache_size" in opts:
+        options.cache_size = opts["cache_size"]
+    return run_mount(settings, Ref.parse(args.ref), args.mountpoint, options)
+
+
+def _mounted(path: str) -> bool:
+    from wsfs.daemon.mount import is_mounted
+
+    return is_mounted(path)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from wsfs.daemon.control import query, remove_stale
+
+    mp = os.path.abspath(args.mountpoint)
+    if not _mounted(mp):
+        raise UsageError(f"{mp} is not mounted")
+    settings = resolve(args.repo, args.endpoint_url, args.cache_dir)
+    pid = None
+    try:
+        pid = int(query(mp, settings.cache_dir, "status", timeout=2.0)["pid"])
+    except (WsfsError, OSError, ValueError, KeyError):
+        pass  # a dead daemon, or one we cannot reach: unmount anyway
+    r = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
+    if r.returncode != 0:
+        if not _daemon_dead(mp):
+            raise WsfsError(f"cannot unmount {mp}: {r.stderr.strip() or 'fusermount3 failed'}")
+        # The daemon is gone (ENOTCONN): detach the dead mount.
+        r = subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise WsfsError(f"cannot unmount {mp}: {r.stderr.strip() or 'fusermount3 -z failed'}")
+    if pid is not None:
+        _wait_exit(pid, 30.0)
+    else:
+        remove_stale(mp, settings.cache_dir)
+    return 0
+
+
+def _daemon_dead(mp: str) -> bool:
+    """Whether the FUSE connection of *mp* is gone (ENOTCONN).
+
+    ``statvfs`` always reaches the daemon; ``stat`` may be answered from the
+    kernel's attribute cache even after the daemon died.
+    """
+    try:
+        os.statvfs(mp)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Wait until the daemon *pid* (not our child) has exited, so the cache is closed when we return."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                # A zombie has exited; reaping it is its (adoptive) parent's business.
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.02)
+    raise WsfsError(f"unmounted, but the daemon (pid {pid}) is still running after {timeout:.0f}s")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from wsfs.daemon.control import query
+
+    mp = os.path.abspath(args.mountpoint)
+    settings = resolve(args.repo, args.endpoint_url, args.cache_dir)
+    s = query(mp, settings.cache_dir, "stats")
+    s.pop("ok", None)
+    if args.json:
+        print(json.dumps(s, sort_keys=True))
+        return 0
+    print(f"{s['workspace']}@{s['version']} at {s['mountpoint']} (pid {s['pid']}, up {s['uptime_s']:.0f}s)")
+    print(f"{'OP':<12} {'REQUESTS':>9} {'ERRORS':>7} {'MEAN µs':>9} {'MAX µs':>9}")
+    for op, n in sorted(s["requests"].items(), key=lambda kv: -kv[1]):
+        lat = s["latency_us"].get(op, {})
+        print(f"{op:<12} {n:>9} {s['errors'].get(op, 0):>7} {lat.get('mean', 0):>9.1f} {lat.get('max', 0):>9.1f}")
+    c = s["cache"]
+    print(f"cache: {c['hits']} hits, {c['misses']} misses, {c['fetches']} fetches ({c['fetch_bytes']} B), "
+          f"{c['corrupt']} corrupt, {c['failures']} failures; {c['bytes']} of {c['max_bytes']} B in {c['files']} files")
+    st = s["store"]
+    print(f"store: {st['requests']} requests, {st['bytes_in']} B in")
+    return 0
+
+
+def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
+    """Add ``mount``, ``umount`` and ``stats`` to the ``wsfs`` subparsers."""
+
+    def add(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = subparsers.add_parser(name, help=help, description=help, parents=[common_parent])
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("mount", cmd_mount, "mount a version read-only at MOUNTPOINT (fetched lazily)")
+    sp.add_argument("ref", metavar="WORKSPACE[@V]")
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    sp.add_argument("-f", "--foreground", action="store_true",
+                    help="stay in the foreground and log to stderr (default: detach once mounted)")
+    sp.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                    help="comma-separated: ro, allow_other, cache_dir=DIR, cache_size=SIZE, log=PATH")
+    sp.add_argument("--log", metavar="PATH",
+                    help="log file (default in background: <cache_dir>/logs/<mountpoint>.log)")
+
+    sp = add("umount", cmd_umount, "unmount a wsfs mount and wait for its daemon to exit")
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    sp = add("stats", cmd_stats, "request, cache and store counters of a mount")
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    sp.add_argument("--json", action="store_true", help="print the counters as JSON")

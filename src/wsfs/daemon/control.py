@@ -1,0 +1,178 @@
+"""The control socket of a mount: one JSON request per connection, one JSON reply.
+
+Protocol: the client connects to an ``AF_UNIX`` stream socket, writes one
+line of JSON (``{"cmd": "stats"}``), and reads one line of JSON back, after
+which the daemon closes the connection.  Replies carry ``"ok": true`` or
+``"ok": false`` with an ``"error"`` message.  Commands: ``ping``, ``status``
+(who serves this mountpoint), ``stats`` (counters).
+
+Where: the socket is keyed by the mountpoint, so a client that knows only the
+mountpoint finds it.  Candidate directories, in order: ``/run/wsfs`` (root)
+or ``$XDG_RUNTIME_DIR/wsfs``, then ``<cache_dir>/run``.  ``AF_UNIX`` paths
+are limited to 108 bytes, so the name is a 16-digit hash and a directory
+whose path would be too long is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import blake3
+import trio
+
+from wsfs.errors import NotFound, WsfsError
+
+log = logging.getLogger(__name__)
+
+_MAX_PATH = 100  # bytes; sockaddr_un.sun_path is 108 including the NUL
+_MAX_REQUEST = 64 * 1024
+
+
+def _mount_key(mountpoint: str) -> str:
+    # Resolve the parent only: the mountpoint itself is served by the daemon
+    # (a stat of it from the daemon's own thread before the FUSE loop runs
+    # would deadlock), and may be a dead mount (ENOTCONN) for a client.
+    mp = os.path.abspath(mountpoint)
+    canonical = os.path.join(os.path.realpath(os.path.dirname(mp)), os.path.basename(mp))
+    return blake3.blake3(os.fsencode(canonical)).hexdigest()[:16]
+
+
+def socket_dirs(cache_dir: str) -> list[str]:
+    """Directories a control socket may live in, most preferred first."""
+    dirs = []
+    if os.geteuid() == 0:
+        dirs.append("/run/wsfs")
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "wsfs"))
+    dirs.append(os.path.join(os.path.abspath(cache_dir), "run"))
+    return dirs
+
+
+def socket_paths(mountpoint: str, cache_dir: str) -> list[str]:
+    """Candidate socket paths for *mountpoint* (only those short enough for AF_UNIX)."""
+    name = _mount_key(mountpoint) + ".sock"
+    paths = [os.path.join(d, name) for d in socket_dirs(cache_dir)]
+    return [p for p in paths if len(os.fsencode(p)) < _MAX_PATH]
+
+
+def _bind_path(mountpoint: str, cache_dir: str) -> str:
+    for path in socket_paths(mountpoint, cache_dir):
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(os.path.dirname(path), os.W_OK):
+            return path
+    raise WsfsError(f"no usable directory for the control socket of {mountpoint} (tried {socket_dirs(cache_dir)})")
+
+
+async def serve(
+    mountpoint: str,
+    cache_dir: str,
+    handler: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer control requests until cancelled; ``task_status.started(path)`` once listening.
+
+    *handler* runs in a worker thread (it may read the cache index).
+    """
+    path = _bind_path(mountpoint, cache_dir)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            os.unlink(path)  # left by a daemon that died; the mountpoint is ours now
+        except FileNotFoundError:
+            pass
+        await sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        task_status.started(path)
+        log.debug("control socket at %s", path)
+
+        async def connection(stream: trio.SocketStream) -> None:
+            async with stream:
+                with trio.move_on_after(10):
+                    await _answer(stream, handler)
+
+        await trio.serve_listeners(connection, [listener])
+    finally:
+        sock.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+async def _answer(stream: trio.SocketStream, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    buf = b""
+    while b"\n" not in buf and len(buf) < _MAX_REQUEST:
+        data = await stream.receive_some(4096)
+        if not data:
+            break
+        buf += data
+    try:
+        request = json.loads(buf.split(b"\n", 1)[0] or b"{}")
+        if not isinstance(request, dict):
+            raise ValueError("not an object")
+        reply = await trio.to_thread.run_sync(handler, request)
+    except ValueError as e:
+        reply = {"ok": False, "error": f"bad request: {e}"}
+    except Exception as e:  # a bug in a handler must not end the daemon
+        log.exception("control request failed")
+        reply = {"ok": False, "error": str(e)}
+    try:
+        await stream.send_all(json.dumps(reply).encode() + b"\n")
+    except trio.BrokenResourceError:
+        pass
+
+
+def remove_stale(mountpoint: str, cache_dir: str) -> None:
+    """Delete sockets of *mountpoint* that no daemon listens on (left by a daemon that was killed)."""
+    for path in socket_paths(mountpoint, cache_dir):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(path)
+            except ConnectionRefusedError:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            except OSError:
+                pass  # absent, or not ours to judge
+
+
+def query(mountpoint: str, cache_dir: str, cmd: str, *, timeout: float = 10.0) -> dict[str, Any]:
+    """Send ``{"cmd": cmd}`` to the daemon serving *mountpoint*; its reply."""
+    tried = []
+    for path in socket_paths(mountpoint, cache_dir):
+        if not os.path.exists(path):
+            continue
+        tried.append(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            try:
+                s.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                continue  # a socket left by a daemon that died
+            s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                data = s.recv(65536)
+                if not data:
+                    break
+                buf += data
+        reply = json.loads(buf)
+        if not reply.get("ok"):
+            raise WsfsError(f"the daemon of {mountpoint} refused {cmd!r}: {reply.get('error')}")
+        return dict(reply)
+    raise NotFound(
+        f"no wsfs daemon answers for {mountpoint}"
+        + (f" (stale sockets: {', '.join(tried)})" if tried else " (not a wsfs mount, or mounted with another cache dir)")
+    )

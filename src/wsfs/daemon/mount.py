@@ -1,0 +1,330 @@
+"""Lifecycle of a read-only mount: open, mount, signal ready, serve, unmount.
+
+:func:`run_mount` is the whole story, in order:
+
+1. check the mountpoint (a directory, not already mounted);
+2. background mode only: fork; the parent waits on a readiness pipe and
+   exits 0 once the mount is live, or with the child's exit status and error
+   message; the child starts a new session and logs to a file;
+3. open the repository, resolve the version, fetch and validate its manifest
+   (these can fail with a clear message before anything is mounted);
+4. ``pyfuse3.init`` with ``fsname=wsfs:<ws>@<v>,subtype=wsfs,ro,default_permissions``
+   (``allow_other`` on request);
+5. in ``trio.run``: start the control socket, the signal watcher and the
+   cache maintenance task, then send ``READY=1`` to ``$NOTIFY_SOCKET``
+   (systemd ``Type=notify``) and to the readiness pipe, then run
+   ``pyfuse3.main`` until the file system is unmounted (``fusermount3 -u``)
+   or a SIGTERM/SIGINT calls ``pyfuse3.terminate``;
+6. ``pyfuse3.close(unmount=clean)``: after a clean end the mount is removed
+   and the exit status is 0.  After a crash of the main loop it is left in
+   place on purpose: users see ENOTCONN rather than an empty directory a
+   sync tool could mirror (``wsfs umount`` lazily removes it).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pyfuse3
+import trio
+
+from wsfs.cache import DEFAULT_CACHE_SIZE, BlobCache
+from wsfs.config import Settings
+from wsfs.daemon import control
+from wsfs.daemon.ops import Operations
+from wsfs.daemon.view import VersionView
+from wsfs.errors import MountError, UsageError, WsfsError
+from wsfs.repository import Ref, Repository
+from wsfs.store import open_store
+
+log = logging.getLogger(__name__)
+
+_MAINTENANCE_INTERVAL = 5.0  # seconds between cache index flushes
+
+
+@dataclass
+class MountOptions:
+    """What ``wsfs mount`` was asked for beyond the repository and the version."""
+
+    foreground: bool = False
+    allow_other: bool = False
+    cache_size: int = DEFAULT_CACHE_SIZE
+    log_path: str | None = None
+    debug_fuse: bool = False
+    verbose: int = 0
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def mounted_paths() -> set[str]:
+    """Mountpoints in this mount namespace, including dead FUSE mounts (``ismount`` misses those)."""
+    out = set()
+    with open("/proc/self/mounts", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            if len(fields) > 1:
+                # /proc/mounts escapes space, tab, newline and backslash as octal.
+                out.add(os.fsdecode(fields[1].decode("unicode_escape").encode("latin-1")))
+    return out
+
+
+def is_mounted(path: str) -> bool:
+    return os.path.abspath(path) in mounted_paths()
+
+
+def default_log_path(cache_dir: str, mountpoint: str) -> str:
+    """``<cache_dir>/logs/<mountpoint with / as _>.log`` (long names keep their tail)."""
+    name = os.path.realpath(mountpoint).strip("/").replace("/", "_") or "root"
+    return os.path.join(cache_dir, "logs", name[-120:] + ".log")
+
+
+def notify_systemd(message: str) -> None:
+    """Send *message* (``READY=1``...) to ``$NOTIFY_SOCKET`` if set; abstract sockets start with '@'.
+
+    A failure is logged, never raised: the mount works without a supervisor.
+    """
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as e:
+        # At shutdown (STOPPING=1) the listener may be gone already: not worth a warning.
+        level = logging.WARNING if message.startswith("READY") else logging.DEBUG
+        log.log(level, "cannot notify %s of %s: %s", os.environ.get("NOTIFY_SOCKET"), message, e)
+
+
+def _setup_logging(options: MountOptions, log_path: str | None, *, to_stderr: bool) -> IO[str] | None:
+    """Daemon logging: stderr and/or a file, INFO by default (mount and unmount are worth a line)."""
+    root = logging.getLogger()
+    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    if not to_stderr:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+    else:
+        for h in root.handlers:
+            h.setFormatter(fmt)
+    log_file = None
+    if log_path:
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        handler = logging.FileHandler(log_path)
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+        log_file = handler.stream
+    level = logging.DEBUG if options.verbose >= 2 else logging.INFO
+    root.setLevel(level)
+    logging.getLogger("wsfs").setLevel(level)
+    # faulthandler: a hung daemon dumps every thread's stack on SIGUSR1.
+    faulthandler.register(signal.SIGUSR1, file=log_file or sys.stderr, all_threads=True)
+    return log_file
+
+
+# -- entry point ----------------------------------------------------------------
+
+
+def run_mount(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions) -> int:
+    """Mount version *ref* at *mountpoint* read-only; returns the exit status (0 after a clean unmount)."""
+    mountpoint = os.path.abspath(mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise UsageError(f"mountpoint {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise UsageError(f"{mountpoint} is already a mountpoint (unmount it first: wsfs umount {mountpoint})")
+    if options.foreground:
+        _setup_logging(options, options.log_path, to_stderr=True)
+        return _serve(settings, ref, mountpoint, options, _Verdict(None))
+    log_path = options.log_path or default_log_path(settings.cache_dir, mountpoint)
+    return _daemonize(settings, ref, mountpoint, options, log_path)
+
+
+def _daemonize(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions, log_path: str) -> int:
+    # Fork before anything starts threads or opens connections (boto3, apsw):
+    # the child does all the work, the parent only waits for its verdict.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            verdict = pipe.read()
+        if verdict.startswith(b"OK"):
+            return 0
+        if not verdict:  # the child died without a word
+            _, status = os.waitpid(pid, 0)
+            err = MountError(f"the mount daemon exited ({status:#x}) before the mount was ready; see {log_path}")
+            raise err
+        os.waitpid(pid, 0)
+        code, _, message = verdict.decode(errors="replace").partition(" ")
+        err = MountError(message.strip())
+        err.exit_code = int(code) if code.isdigit() else 1
+        raise err
+    # The child.
+    code = 1
+    verdict = _Verdict(w)
+    try:
+        os.close(r)
+        os.setsid()
+        log_file = _setup_logging(options, log_path, to_stderr=False)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        # stderr goes to the log, so C-level messages (libfuse) and crashes are kept.
+        os.dup2(log_file.fileno() if log_file else devnull, 2)
+        os.close(devnull)
+        os.chdir("/")
+        code = _serve(settings, ref, mountpoint, options, verdict)
+    except WsfsError as e:
+        log.error("%s", e)
+        verdict.send(f"{e.exit_code} {e}")
+        code = e.exit_code
+    except BaseException as e:  # noqa: BLE001 - the parent must hear about anything
+        log.exception("mount daemon failed")
+        verdict.send(f"1 mount daemon failed: {e!r}; see {log_path}")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+class _Verdict:
+    """The write end of the readiness pipe: "OK", or "<exit code> <message>"; sent at most once."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def send(self, text: str) -> None:
+        # Once only: after close, the fd number may belong to another file.
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, text.encode())
+        except OSError:
+            pass  # the parent is gone (killed while waiting); nothing to tell
+        finally:
+            os.close(fd)
+
+
+def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions, verdict: _Verdict) -> int:
+    repo = Repository.open(open_store(settings.repo, endpoint_url=settings.endpoint_url), settings.cache_dir)
+    record = repo.resolve(ref)
+    label = f"{record.workspace}@{record.version}"
+    manifest = repo.open_manifest(record)
+    cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
+    view = VersionView(manifest, cache, label=label, stats=record.stats)
+    ops = Operations(view)
+    fuse_options = {f"fsname=wsfs:{label}", "subtype=wsfs", "ro", "default_permissions"}
+    if options.allow_other:
+        fuse_options.add("allow_other")
+    if options.debug_fuse:
+        fuse_options.add("debug")
+    daemon = _Daemon(repo, view, ops, mountpoint, settings.cache_dir, label)
+    try:
+        try:
+            pyfuse3.init(ops, mountpoint, fuse_options)
+        except RuntimeError as e:
+            raise MountError(
+                f"cannot mount {mountpoint}: {e} (is /dev/fuse usable, and allow_other permitted in /etc/fuse.conf?)"
+            ) from None
+        clean = False
+        try:
+            trio.run(daemon.main, verdict)
+            clean = True
+        finally:
+            if not clean:
+                log.error("%s: the FUSE loop ended abnormally; leaving the dead mount at %s", label, mountpoint)
+            pyfuse3.close(unmount=clean)
+        log.info("%s: unmounted %s (%s)", label, mountpoint, _short_stats(daemon))
+        notify_systemd("STOPPING=1")
+        return 0
+    finally:
+        cache.close()
+        manifest.close()
+
+
+def _short_stats(daemon: _Daemon) -> str:
+    s = daemon.stats()
+    return f"{sum(s['requests'].values())} requests, {s['store']['requests'].get('get', 0)} store GETs"
+
+
+class _Daemon:
+    """The trio side of a mount: FUSE loop, control socket, signals, maintenance."""
+
+    def __init__(
+        self, repo: Repository, view: VersionView, ops: Operations, mountpoint: str, cache_dir: str, label: str
+    ) -> None:
+        self.repo = repo
+        self.view = view
+        self.ops = ops
+        self.mountpoint = mountpoint
+        self.cache_dir = cache_dir
+        self.label = label
+        self.started = time.monotonic()
+
+    def stats(self) -> dict[str, Any]:
+        ws, _, version = self.label.rpartition("@")
+        return {
+            "mountpoint": self.mountpoint,
+            "workspace": ws,
+            "version": int(version),
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            **self.ops.stats.snapshot(),
+            "cache": self.view.cache.statistics(),
+            "store": self.repo.store.stats.snapshot(),
+        }
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A control request (runs in a worker thread)."""
+        cmd = request.get("cmd")
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "status":
+            ws, _, version = self.label.rpartition("@")
+            return {"ok": True, "pid": os.getpid(), "mountpoint": self.mountpoint, "workspace": ws,
+                    "version": int(version), "read_only": True}
+        if cmd == "stats":
+            return {"ok": True, **self.stats()}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def main(self, verdict: _Verdict) -> None:
+        async with trio.open_nursery() as nursery:
+            self.view.nursery = nursery  # read-ahead tasks run here
+            await nursery.start(self._watch_signals)
+            await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
+            nursery.start_soon(self._maintenance)
+            log.info("%s: mounted at %s (pid %d)", self.label, self.mountpoint, os.getpid())
+            notify_systemd("READY=1")
+            verdict.send("OK")
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    continue  # a closed terminal must not unmount a background daemon
+                log.info("%s: %s received, unmounting", self.label, signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+    async def _maintenance(self) -> None:
+        while True:
+            await trio.sleep(_MAINTENANCE_INTERVAL)
+            try:
+                await trio.to_thread.run_sync(self.view.cache.flush)
+            except Exception:  # noqa: BLE001 - a busy index must not end the mount
+                log.warning("cache index flush failed", exc_info=True)

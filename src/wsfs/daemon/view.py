@@ -1,0 +1,325 @@
+"""A version's tree as the kernel sees it: attributes, entries, link targets, bytes.
+
+:class:`VersionView` holds the format and cache knowledge the FUSE adapter
+must not have: how manifest rows become ``EntryAttributes``, where a file's
+bytes are (inline in the manifest, or chunks in the blob cache), how a byte
+range maps onto chunks, read-ahead, and which calls may block.
+
+Threading: the manifest's apsw connection is used on the trio thread only.
+Its queries are indexed point and range lookups that cost a few
+microseconds, less than a hop to a worker thread (measured in
+``docs/daemon.md``).  Blob reads that miss the cache, or that need a first
+verification, run in worker threads under ``limiter``; reads of an already
+verified cache file are a single ``pread`` on the trio thread.
+
+Immutable data makes every cache here safe without invalidation: a version
+never changes while it is mounted.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from wsfs.cache import BlobCache
+from wsfs.errors import UsageError, WsfsError
+from wsfs.format.blobs import hexid
+from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
+
+log = logging.getLogger(__name__)
+
+# Kernel caching.  A mounted version never changes, so the kernel may keep
+# entries (positive and negative), attributes and page-cache contents for as
+# long as it likes; a day is "forever" without overflowing anything.
+ENTRY_TIMEOUT = 86400.0
+ATTR_TIMEOUT = 86400.0
+# st_blksize is only a hint to applications (cp, cat, stdio buffers): 128 KiB
+# matches FUSE's largest read request, so one read(2) is one FUSE request.
+BLKSIZE = 128 * 1024
+
+_SMALL_CACHE_BYTES = 32 * 1024 * 1024  # decoded inline files kept in memory
+_CHUNK_LISTS = 1024  # chunk lists of large files kept in memory
+_NODES = 4096  # Inode rows kept for read()
+_PREPARED = 65536  # chunk ids remembered as already read ahead
+
+
+class _LRU(collections.OrderedDict[Any, Any]):
+    """A tiny LRU keyed by inode; ``limit`` in entries or, with ``weigh``, in bytes."""
+
+    def __init__(self, limit: int, weigh: Callable[[Any], int] | None = None) -> None:
+        super().__init__()
+        self.limit = limit
+        self.weigh = weigh
+        self.weight = 0
+
+    def get_(self, key: Any) -> Any:
+        value = super().get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        w = self.weigh(value) if self.weigh else 1
+        if w > self.limit:
+            return
+        if key in self:
+            self.weight -= self.weigh(self[key]) if self.weigh else 1
+        self[key] = value
+        self.move_to_end(key)
+        self.weight += w
+        while self.weight > self.limit:
+            _, old = self.popitem(last=False)
+            self.weight -= self.weigh(old) if self.weigh else 1
+
+
+class VersionView:
+    """One immutable version: a manifest plus the blob cache that holds its large files.
+
+    Methods raise :class:`~wsfs.errors.WsfsError` subclasses (``NotFound`` ->
+    ENOENT, ``IntegrityError`` -> EIO, ...); the adapter turns them into errno.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        cache: BlobCache,
+        *,
+        label: str,
+        stats: dict[str, int] | None = None,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.cache = cache
+        self.label = label  # "ws@v", for log messages
+        self.chunk_size = manifest.chunk_size
+        self.tree_stats = stats or {}
+        # Worker threads for blob reads that miss (each may hold a store GET;
+        # the cache bounds concurrent GETs itself), and a smaller pool for
+        # read-ahead so it never crowds out reads someone is waiting for.
+        self.limiter = limiter or trio.CapacityLimiter(16)
+        self.readahead_limiter = trio.CapacityLimiter(4)
+        self.nursery: trio.Nursery | None = None  # set by the daemon; enables read-ahead
+        self._parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # dir ino -> parent, learnt from lookups
+        self._small = _LRU(_SMALL_CACHE_BYTES, len)
+        self._chunks = _LRU(_CHUNK_LISTS)
+        self._nodes = _LRU(_NODES)
+        self._last_end: dict[int, int] = {}  # ino -> end of its last read, for sequential detection
+        self._reported: dict[bytes, float] = {}  # blob -> when its read failure was last logged
+        self._prefetching: set[bytes] = set()  # read-ahead in progress
+        self._prepared = _LRU(_PREPARED)  # chunks read-ahead already made ready
+
+    # -- attributes --------------------------------------------------------
+
+    def attributes(self, node: Inode) -> pyfuse3.EntryAttributes:
+        """The kernel's view of *node*, with our (long) timeouts."""
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0  # inode numbers are never reused within a mount
+        a.entry_timeout = ENTRY_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = node.mode
+        a.st_nlink = node.nlink
+        a.st_uid = node.uid
+        a.st_gid = node.gid
+        a.st_rdev = node.rdev
+        a.st_size = node.size
+        a.st_blksize = BLKSIZE
+        a.st_blocks = node.blocks
+        a.st_atime_ns = node.atime_ns
+        a.st_mtime_ns = node.mtime_ns
+        a.st_ctime_ns = node.ctime_ns
+        return a
+
+    @staticmethod
+    def negative_entry() -> pyfuse3.EntryAttributes:
+        """A cacheable "no such entry" reply (``st_ino == 0`` with an entry timeout)."""
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = ENTRY_TIMEOUT
+        return a
+
+    def getattr(self, ino: int) -> Inode:
+        node = self._nodes.get_(ino)
+        if node is None:
+            node = self.manifest.getattr(ino)  # NotFound for an unknown inode
+            self._nodes.put(ino, node)
+        return node
+
+    def lookup(self, parent: int, name: bytes) -> Inode | None:
+        """The entry *name* of directory *parent*, or None if there is none."""
+        if name == b".":
+            return self.getattr(parent)
+        if name == b"..":
+            return self.getattr(self._parents.get(parent, ROOT_INO))
+        node = self.manifest.lookup(parent, name)
+        if node is None:
+            if not self.getattr(parent).is_dir:
+                raise _NotADirectory(f"inode {parent} is not a directory")
+            return None
+        if node.is_dir:
+            self._parents[node.ino] = parent
+        return node
+
+    def opendir(self, ino: int) -> None:
+        if not self.getattr(ino).is_dir:
+            raise _NotADirectory(f"inode {ino} is not a directory")
+
+    def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, Inode]]:
+        """Up to *limit* ``(cursor, name, inode)`` after cursor *after* (0 = from the start)."""
+        entries = self.manifest.readdir(ino, after, limit)
+        for _, _, node in entries:
+            if node.is_dir:
+                self._parents[node.ino] = ino
+        return entries
+
+    def readlink(self, ino: int) -> bytes:
+        node = self.getattr(ino)
+        if not node.is_link or node.target is None:
+            raise _InvalidArgument(f"inode {ino} is not a symbolic link")
+        return node.target
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        return self.manifest.xattrs(ino)
+
+    def open(self, ino: int) -> Inode:
+        node = self.getattr(ino)
+        if stat.S_ISDIR(node.mode):
+            raise _IsADirectory(f"inode {ino} is a directory")
+        return node
+
+    def statfs(self) -> pyfuse3.StatvfsData:
+        """Totals of the version; nothing is free on a read-only file system."""
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLKSIZE
+        s.f_frsize = 4096
+        s.f_blocks = (int(self.tree_stats.get("bytes", 0)) + 4095) // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = sum(int(self.tree_stats.get(k, 0)) for k in ("files", "dirs", "symlinks", "specials"))
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # -- reading -----------------------------------------------------------
+
+    async def read(self, ino: int, off: int, size: int) -> bytes:
+        """Up to *size* bytes of regular file *ino* from *off* (short only at end of file)."""
+        node = self.getattr(ino)
+        if not node.is_reg:
+            raise _InvalidArgument(f"inode {ino} is not a regular file")
+        end = min(node.size, off + size)
+        if off >= end:
+            return b""
+        if node.inline:
+            return self._inline(node)[off:end]
+        chunks = self._chunk_list(node)
+        cs = self.chunk_size
+        first, last = off // cs, (end - 1) // cs
+        pieces = []
+        for idx in range(first, last + 1):
+            c = chunks[idx]
+            base = idx * cs
+            a, b = max(off, base) - base, min(end, base + c.length) - base
+            pieces.append(await self._chunk_range(node, c, a, b - a))
+        self._read_ahead(node, chunks, off, end)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _inline(self, node: Inode) -> bytes:
+        data = self._small.get_(node.ino)
+        if data is None:
+            # Decompress + blake3 of at most the inline threshold (128 KiB by
+            # default): tens of microseconds, cheaper inline than a thread hop.
+            data = self.manifest.inline_data(node)  # verified; IntegrityError if not
+            self._small.put(node.ino, data)
+        return data
+
+    def _chunk_list(self, node: Inode) -> list[Chunk]:
+        chunks = self._chunks.get_(node.ino)
+        if chunks is None:
+            chunks = self.manifest.chunks(node.ino)
+            self._chunks.put(node.ino, chunks)
+        return chunks
+
+    async def _chunk_range(self, node: Inode, c: Chunk, start: int, length: int) -> bytes:
+        cid = c.cid
+        if cid is None:
+            return bytes(length)  # a hole: all zeros, nothing stored
+        data = self.cache.try_read(cid, start, length, size=c.length)
+        if data is None:
+            try:
+                data = await trio.to_thread.run_sync(
+                    lambda: self.cache.read(cid, start, length, size=c.length), limiter=self.limiter
+                )
+            except WsfsError as e:
+                # Once per blob and minute: a reader retrying in a loop must not flood the log.
+                now = time.monotonic()
+                if now - self._reported.get(cid, -60.0) >= 60.0:
+                    self._reported[cid] = now
+                    log.error("%s: read of inode %d (chunk %d, blob %s) failed: %s",
+                              self.label, node.ino, c.idx, hexid(cid), e)
+                raise
+        if len(data) != length:
+            raise _IOError(f"chunk {c.idx} of inode {node.ino} is shorter than the manifest says")
+        return data
+
+    def _read_ahead(self, node: Inode, chunks: list[Chunk], off: int, end: int) -> None:
+        """Prepare the next chunk in the background when a file is read sequentially.
+
+        Sequential means this read starts where the previous read of the
+        inode ended, or at 0.  A random read fetches only what it needs.
+        "Prepare" is a fetch if the chunk is not cached, and the first-use
+        verification (a blake3 of the whole chunk) if it is: either way the
+        reader later finds it ready for a plain ``pread``.
+        """
+        sequential = off == 0 or self._last_end.get(node.ino) == off
+        self._last_end[node.ino] = end
+        if not sequential or self.nursery is None:
+            return
+        nxt = (end - 1) // self.chunk_size + 1
+        if nxt >= len(chunks):
+            return
+        cid = chunks[nxt].cid
+        if cid is None or cid in self._prefetching or self._prepared.get_(cid):
+            return
+        self._prefetching.add(cid)
+        self.nursery.start_soon(self._prefetch, cid, chunks[nxt].length)
+
+    async def _prefetch(self, cid: bytes, length: int) -> None:
+        try:
+            # abandon_on_cancel: a read-ahead has no caller waiting, and its only
+            # effect (an atomically installed cache file) is harmless if it finishes late.
+            await trio.to_thread.run_sync(
+                lambda: self.cache.prepare(cid, size=length),
+                limiter=self.readahead_limiter,
+                abandon_on_cancel=True,
+            )
+            self._prepared.put(cid, True)
+        finally:
+            self._prefetching.discard(cid)
+
+
+class _NotADirectory(WsfsError):
+    """A directory operation on something else (ENOTDIR)."""
+
+    errno = errno.ENOTDIR
+
+
+class _IsADirectory(WsfsError):
+    """A file operation on a directory (EISDIR)."""
+
+    errno = errno.EISDIR
+
+
+class _InvalidArgument(UsageError):
+    """readlink of a non-link, read of a non-file (EINVAL)."""
+
+
+class _IOError(WsfsError):
+    """Bytes that do not fit the manifest (EIO)."""

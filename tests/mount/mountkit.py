@@ -1,0 +1,280 @@
+"""Helpers for real FUSE mounts in tests (STYLE.md section 6.4); fixtures are in conftest.py.
+
+``mount(ref, ...)`` starts ``python -m wsfs mount -f`` as a subprocess in its
+own session, with ``NOTIFY_SOCKET`` pointing at a datagram socket we bound,
+waits for ``READY=1`` (30 s, failing at once with the log tail if the daemon
+exits), and returns a :class:`Mount`.  Teardown, always: ``fusermount3 -u``,
+wait for the daemon, then if needed ``fusermount3 -u -z`` and SIGTERM/SIGKILL
+of that pid only; then the mountpoint must no longer be mounted.  On a clean
+stop the daemon must exit 0 and its log must hold no ERROR/WARNING/traceback
+the test did not declare with ``Mount.expect_log``.
+
+Mountpoints are always directories named ``mnt``; the test never touches a
+mount from a thread of its own process other than through plain syscalls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.cli import Wsfs
+
+READY_DEADLINE = 30.0
+KIB, MIB = 1024, 1024 * 1024
+CHUNK = 4 * MIB
+INLINE = 128 * KIB
+
+
+def fuse_unavailable() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse in this environment"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt install fuse3)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not accessible to this user"
+    if os.geteuid() != 0:
+        return "the mount tests chown and mknod source files: they need root"
+    return None
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def mounted_paths() -> set[str]:
+    """Mountpoints, dead FUSE mounts included (``os.path.ismount`` says False for those)."""
+    out = set()
+    with open("/proc/self/mounts", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            out.add(os.fsdecode(fields[1].decode("unicode_escape").encode("latin-1")))
+    return out
+
+
+def is_mounted(path: Path | str) -> bool:
+    return os.path.abspath(path) in mounted_paths()
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+@dataclass
+class Mount:
+    """A running ``wsfs mount -f`` daemon and its mountpoint."""
+
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    out_path: Path
+    cache_dir: Path
+    env: dict[str, str]
+    expected_log: list[str] = field(default_factory=list)
+    expected_exit: int = 0  # what a strict stop requires of the daemon's exit status
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stats(self) -> dict[str, Any]:
+        """``wsfs stats --json`` of this mount (through the control socket)."""
+        p = subprocess.run(
+            [sys.executable, "-m", "wsfs", "stats", "--json", str(self.path)],
+            env=self.env, capture_output=True, timeout=30,
+        )
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+        return dict(json.loads(p.stdout))
+
+    def gets(self) -> int:
+        """Store GETs so far (manifest and record included)."""
+        return int(self.stats()["store"]["requests"].get("get", 0))
+
+    def expect_log(self, pattern: str) -> None:
+        """Declare an ERROR/WARNING line matching *pattern* as expected."""
+        self.expected_log.append(pattern)
+
+    def log_problems(self) -> list[str]:
+        text = self.log_path.read_text(errors="replace") + self.out_path.read_text(errors="replace")
+        bad = []
+        for line in text.splitlines():
+            if re.search(r" (ERROR|WARNING|CRITICAL) |Traceback", line) and not any(
+                re.search(p, line) for p in self.expected_log
+            ):
+                bad.append(line)
+        return bad
+
+
+def _wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], log_path: Path, out_path: Path) -> None:
+    deadline = time.monotonic() + READY_DEADLINE
+    notify.settimeout(0.1)
+    while time.monotonic() < deadline:
+        try:
+            msg = notify.recv(4096)
+        except TimeoutError:
+            msg = b""
+        if b"READY=1" in msg.split(b"\n"):
+            return
+        if proc.poll() is not None:
+            pytest.fail(
+                f"wsfs mount exited with {proc.returncode} before READY=1\n"
+                f"--- log ---\n{_tail(log_path)}\n--- stderr ---\n{_tail(out_path)}"
+            )
+    pytest.fail(f"no READY=1 from wsfs mount within {READY_DEADLINE}s\n--- log ---\n{_tail(log_path)}")
+
+
+def stop(m: Mount, *, strict: bool) -> None:
+    """Unmount and reap *m*; lazily and by force if needed.  Asserts nothing is left mounted."""
+    try:
+        if is_mounted(m.path):
+            subprocess.run(["fusermount3", "-u", str(m.path)], capture_output=True, timeout=30)
+        try:
+            code: int | None = m.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        if is_mounted(m.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True, timeout=30)
+        if m.proc.poll() is None:
+            m.proc.send_signal(signal.SIGUSR1)  # stacks into the log before we kill it
+            time.sleep(0.2)
+            m.proc.terminate()
+            try:
+                m.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                m.proc.kill()
+                m.proc.wait()
+        if strict:
+            assert code == m.expected_exit, f"daemon exited with {code}\n{_tail(m.log_path)}\n{_tail(m.out_path)}"
+            problems = m.log_problems()
+            assert not problems, "unexpected daemon log lines:\n" + "\n".join(problems[:20])
+    finally:
+        assert not is_mounted(m.path), f"{m.path} is still mounted after teardown"
+
+
+class Mounter:
+    """``mount(ref, ...)``: start a daemon; all are stopped at teardown."""
+
+    def __init__(self, tmp_path: Path, notify_dir: str) -> None:
+        self.tmp_path = tmp_path
+        self.notify_dir = notify_dir
+        self.mounts: list[Mount] = []
+
+    def __call__(
+        self,
+        repo: str | Path,
+        ref: str,
+        *,
+        cache_dir: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> Mount:
+        n = len(self.mounts)
+        base = self.tmp_path / f"m{n}"
+        mnt = base / "mnt"
+        mnt.mkdir(parents=True)
+        cache = cache_dir or base / "cache"
+        env = dict(os.environ)
+        env.update(WSFS_REPO=str(repo), WSFS_CACHE_DIR=str(cache))
+        notify_path = os.path.join(self.notify_dir, f"n{n}")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        log_path, out_path = base / "daemon.log", base / "daemon.out"
+        cmd = [sys.executable, "-X", "faulthandler", "-m", "wsfs", "mount", "-f", "--log", str(log_path),
+               *extra, ref, str(mnt)]
+        with open(out_path, "wb") as out:
+            proc = subprocess.Popen(
+                cmd, env={**env, "NOTIFY_SOCKET": notify_path}, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=out, start_new_session=True,
+            )
+        m = Mount(mnt, proc, log_path, out_path, cache, env)
+        self.mounts.append(m)
+        try:
+            _wait_ready(notify, proc, log_path, out_path)
+        finally:
+            notify.close()
+        assert os.path.ismount(mnt)
+        return m
+
+
+# -- the source tree -----------------------------------------------------------------
+
+NS = 1_000_000_000
+
+
+def _write(path: Path | bytes, data: bytes, mode: int = 0o644, mtime_ns: int | None = None) -> None:
+    p = os.fsencode(path)
+    with open(p, "wb") as f:
+        f.write(data)
+    os.chmod(p, mode)
+    if mtime_ns is not None:
+        os.utime(p, ns=(mtime_ns, mtime_ns))
+
+
+def make_tree(root: Path) -> Path:
+    """Every kind of entry the mount must show as pushed (see the module docstring of test_readonly)."""
+    root.mkdir(parents=True)
+    r = os.fsencode(root)
+    rnd = os.urandom
+    _write(root / "empty", b"")
+    _write(root / "one", b"1")
+    _write(root / "f100k", rnd(100 * KIB))
+    _write(root / "exact128k", rnd(INLINE))
+    _write(root / "over128k", rnd(INLINE + 1))
+    _write(root / "big9m", rnd(9 * MIB), mtime_ns=1_600_000_000 * NS + 123_456_789)
+    _write(root / "text.txt", b"hello world\n" * 1000, 0o600, mtime_ns=1_234_567_890_123_456_789)
+    d = root / "a" / "b" / "c"
+    d.mkdir(parents=True)
+    _write(d / "leaf", b"leaf\n")
+    for i in range(40):
+        _write(root / "a" / f"small{i:02d}", f"small file {i}\n".encode() * (i + 1))
+    (root / "sticky").mkdir()
+    os.chmod(root / "sticky", 0o1777)
+    _write(root / "setuid", b"#!/bin/sh\n", 0o4755)
+    _write(root / "setgid", b"#!/bin/sh\n", 0o2750)
+    _write(root / "noaccess", b"secret", 0o000)
+    os.symlink("text.txt", root / "rel-link")
+    os.symlink("/etc/hostname", root / "abs-link")
+    os.symlink("does/not/exist", root / "dangling")
+    os.symlink("a/b", root / "dir-link")
+    os.link(root / "text.txt", root / "hardlink-to-text")
+    os.link(root / "text.txt", root / "a" / "another-hardlink")
+    os.link(root / "over128k", root / "a" / "big-hardlink")
+    os.mkfifo(root / "fifo", 0o640)
+    os.mknod(root / "nulldev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    for name in (b"caf\xe9-latin1", b"new\nline", b"\xff\xfe-not-utf8", "ünïcode".encode()):
+        _write(r + b"/a/" + name, name)
+    _write(root / "xattrs", b"x")
+    os.setxattr(root / "xattrs", "user.comment", b"hello")
+    os.setxattr(root / "xattrs", "user.binary", bytes(range(256)))
+    os.setxattr(root / "a", "user.on-dir", b"dir value")
+    os.chown(root / "one", 1234, 5678)
+    os.lchown(root / "rel-link", 4321, 8765)
+    os.chown(root / "a" / "b", 1000, 1000)
+    os.utime(root / "rel-link", ns=(111, 222_333_444_555_666_777), follow_symlinks=False)
+    # Directory mtimes last, deepest first (creating entries above changed them).
+    for i, p in enumerate([d, d.parent, root / "a", root / "sticky", root]):
+        os.utime(p, ns=(NS, 1_500_000_000 * NS + i * 1001))
+    return root
+
+
+@dataclass
+class PushedTree:
+    """A source tree and the local repository it was pushed to."""
+
+    src: Path
+    repo: Path
+    wsfs: Wsfs

@@ -1,0 +1,212 @@
+"""The blob cache without a mount: single-flight (threads and processes), verification, eviction.
+
+These run without FUSE.  They belong with the daemon's read path, which is
+why they live next to the mount tests; ``tests/cache/`` is their natural home
+once it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from wsfs.cache import BlobCache
+from wsfs.errors import IntegrityError
+from wsfs.format.blobs import content_id
+from wsfs.format.records import RepoConfig
+from wsfs.repository import Repository
+from wsfs.store.local import LocalStore
+
+KIB = 1024
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    root = tmp_path / "repo"
+    root.mkdir()
+    return Repository.init(LocalStore(str(root)), RepoConfig(), str(tmp_path / "cache"))
+
+
+def put(repo: Repository, data: bytes) -> bytes:
+    cid = content_id(data)
+    repo.put_blob(cid, data)
+    return cid
+
+
+def gets(repo: Repository) -> int:
+    return int(repo.store.stats.snapshot()["requests"].get("get", 0))  # type: ignore[union-attr]
+
+
+def slow_gets(repo: Repository, monkeypatch: pytest.MonkeyPatch, delay: float = 0.2) -> None:
+    real = repo.get_blob
+
+    def slow(cid: bytes) -> bytes:
+        time.sleep(delay)
+        return real(cid)
+
+    monkeypatch.setattr(repo, "get_blob", slow)
+
+
+def test_read_ranges_hits_and_misses(repo: Repository, tmp_path: Path) -> None:
+    data = os.urandom(300 * KIB)
+    cid = put(repo, data)
+    cache = BlobCache(repo, str(tmp_path / "cache"))
+    g0 = gets(repo)
+    assert cache.try_read(cid, 0, 10) is None  # not there yet: never fetches
+    assert cache.read(cid, 1000, 5000, size=len(data)) == data[1000:6000]
+    assert cache.read(cid, len(data) - 10, 100) == data[-10:]  # short at the end
+    assert cache.try_read(cid, 5, 5, size=len(data)) == data[5:10]  # verified in this process now
+    s = cache.statistics()
+    assert (s["misses"], s["fetches"], s["hits"], gets(repo) - g0) == (1, 1, 2, 1)
+    assert s["bytes"] == len(data) and s["files"] == 1
+    with open(cache.path(cid), "rb") as f:
+        assert f.read() == data  # plaintext, preadable
+    cache.close()
+
+
+def test_ten_threads_one_missing_blob_one_get(repo: Repository, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(200 * KIB)
+    cid = put(repo, data)
+    slow_gets(repo, monkeypatch)
+    cache = BlobCache(repo, str(tmp_path / "cache"))
+    g0 = gets(repo)
+    results: list[bytes] = []
+    start = threading.Barrier(10)
+
+    def reader(i: int) -> None:
+        start.wait()
+        results.append(cache.read(cid, i * 100, 100))
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == sorted(data[i * 100 : i * 100 + 100] for i in range(10))
+    assert gets(repo) - g0 == 1
+    s = cache.statistics()
+    assert s["fetches"] == 1 and s["joined"] == 9
+    cache.close()
+
+
+_WORKER = r"""
+import json, sys, time
+from wsfs.cache import BlobCache
+from wsfs.repository import Repository
+from wsfs.store.local import LocalStore
+repo = Repository.open(LocalStore(sys.argv[1]), sys.argv[2])
+real = repo.get_blob
+def slow(cid):
+    time.sleep(0.3)
+    return real(cid)
+repo.get_blob = slow
+cache = BlobCache(repo, sys.argv[2])
+ids = [bytes.fromhex(h) for h in sys.argv[4:]]
+while time.time() < float(sys.argv[3]):
+    time.sleep(0.005)
+out = [cache.read(cid, 0, 16).hex() for cid in ids]
+cache.close()
+print(json.dumps({"out": out, "stats": cache.stats.__dict__, "gets": repo.store.stats.snapshot()["requests"].get("get", 0)}))
+"""
+
+
+def test_processes_sharing_the_cache_fetch_each_blob_once(repo: Repository, tmp_path: Path) -> None:
+    blobs = [os.urandom(64 * KIB + i) for i in range(4)]
+    ids = [put(repo, b) for b in blobs]
+    cache_dir = str(tmp_path / "cache")
+    BlobCache(repo, cache_dir).close()  # create the index before the race
+    start_at = str(time.time() + 1.0)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, repo.store.url, cache_dir, start_at,  # type: ignore[attr-defined]
+                          *(c.hex() for c in ids)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+        results.append(json.loads(out))
+    for r in results:
+        assert r["out"] == [b[:16].hex() for b in blobs]
+    # Every blob was downloaded by exactly one of the three processes.
+    assert sum(r["stats"]["fetches"] for r in results) == len(blobs)
+    assert sum(r["gets"] - 1 for r in results) == len(blobs)  # (each opened the repository: 1 GET)
+    assert sum(r["stats"]["filled_by_other"] for r in results) == 2 * len(blobs)
+    assert not list(Path(cache_dir, "blobs").rglob("*.lock")) and not list(Path(cache_dir, "blobs").rglob("*.tmp"))
+
+
+def test_corrupt_or_truncated_cache_file_is_refetched(repo: Repository, tmp_path: Path) -> None:
+    data = os.urandom(100 * KIB)
+    cid = put(repo, data)
+    cache_dir = str(tmp_path / "cache")
+    first = BlobCache(repo, cache_dir)
+    first.read(cid, 0, 1)
+    path = first.path(cid)
+
+    # Same size, wrong bytes, seen by a process that has not verified the file yet.
+    with open(path, "r+b") as f:
+        f.seek(500)
+        f.write(b"\0garbage\0")
+    second = BlobCache(repo, cache_dir)
+    assert second.read(cid, 0, len(data)) == data
+    assert second.statistics()["corrupt"] == 1 and second.statistics()["fetches"] == 1
+
+    # Truncated: the size check catches it even in a process that verified the file.
+    os.truncate(path, 10)
+    assert second.try_read(cid, 0, 5, size=len(data)) is None
+    assert second.read(cid, 0, len(data), size=len(data)) == data
+    assert second.statistics()["corrupt"] == 2
+
+    # Rewritten in place after verification: a new mtime means a new verification.
+    time.sleep(0.01)
+    with open(path, "r+b") as f:
+        f.write(b"X")
+    assert second.try_read(cid, 0, 5) is None
+    assert second.read(cid, 0, len(data)) == data
+    assert second.statistics()["corrupt"] == 3
+    first.close()
+    second.close()
+
+
+def test_lru_eviction_keeps_the_limit(repo: Repository, tmp_path: Path) -> None:
+    blobs = [os.urandom(100 * KIB) for _ in range(6)]
+    ids = [put(repo, b) for b in blobs]
+    cache = BlobCache(repo, str(tmp_path / "cache"), max_bytes=350 * KIB)
+    for i, cid in enumerate(ids):
+        cache.read(cid, 0, 1)
+        time.sleep(0.002)
+        if i >= 1:
+            cache.read(ids[0], 0, 1)  # keep blob 0 recently used
+            cache.flush(force=True)
+    used, files = cache.usage()
+    assert used <= 350 * KIB and files == 3
+    present = [cache.contains(cid) for cid in ids]
+    assert present == [True, False, False, False, True, True]
+    assert cache.statistics()["evictions"] == 3
+    # An evicted blob is simply fetched again.
+    assert cache.read(ids[1], 0, 100 * KIB) == blobs[1]
+    cache.close()
+
+
+def test_missing_or_bad_blob_fails_and_fails_fast(repo: Repository, tmp_path: Path) -> None:
+    cache = BlobCache(repo, str(tmp_path / "cache"))
+    absent = content_id(b"never stored")
+    g0 = gets(repo)
+    for _ in range(3):
+        with pytest.raises(IntegrityError, match="missing from the store"):
+            cache.read(absent, 0, 1)
+    assert gets(repo) - g0 == 1  # remembered: later reads fail without asking the store
+    data = os.urandom(10 * KIB)
+    cid = put(repo, data)
+    with pytest.raises(IntegrityError, match="manifest says"):
+        cache.read(cid, 0, 1, size=len(data) + 1)
+    assert not cache.contains(cid)
+    cache.close()

@@ -1,0 +1,335 @@
+"""A pushed version mounted read-only through the real kernel, compared with its source.
+
+The tree (``conftest.make_tree``) holds regular files of 0, 1, 100 KiB,
+exactly 128 KiB (the inline threshold), 128 KiB + 1 and 9 MiB (three 4 MiB
+chunks, the last partial), nested directories, relative/absolute/dangling
+symlinks, hard links (inline and chunked), setuid/setgid/sticky/0 modes, a
+fifo, a character device, ``user.*`` xattrs, foreign owners and names that are
+not UTF-8.  Store requests are counted by the daemon (``wsfs stats --json``).
+Local store only: the daemon talks to the store through the cache, which the
+S3 tests of the store layer already cover.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import blake3
+import pytest
+from mountkit import CHUNK, INLINE, KIB, PushedTree, is_mounted
+
+from support.cli import Wsfs
+from support.trees import assert_same_tree
+
+
+def test_tree_matches_source(rich: PushedTree, mount) -> None:
+    m = mount(rich.repo, "rich@1")
+    assert_same_tree(rich.src, m.path)
+    # Directory link counts (describe() leaves them out): 2 + subdirectories, as on ext4.
+    for dirpath, dirnames, _ in os.walk(m.path):
+        real = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        assert os.lstat(dirpath).st_nlink == 2 + len(real), dirpath
+    st = os.lstat(m.path / "big9m")
+    assert st.st_mtime_ns == 1_600_000_000 * 10**9 + 123_456_789
+    assert st.st_blocks == os.lstat(rich.src / "big9m").st_blocks
+    # Names come back as the same bytes.
+    assert b"\xff\xfe-not-utf8" in os.listdir(os.fsencode(m.path / "a"))
+    # What the kernel shows in /proc/mounts.
+    with open("/proc/self/mounts") as f:
+        line = next(line for line in f if f" {m.path} " in line)
+    source, _, fstype, opts = line.split()[:4]
+    assert (source, fstype) == ("wsfs:rich@1", "fuse.wsfs")
+    assert "ro" in opts.split(",") and "default_permissions" in opts.split(",")
+    sv = os.statvfs(m.path)
+    assert sv.f_bfree == 0 and sv.f_namemax == 255 and sv.f_files > 0
+    s = m.stats()
+    assert s["cache"]["prefetches"] >= 1  # big9m was read sequentially: read-ahead kicked in
+    assert s["cache"]["failures"] == 0 and s["cache"]["corrupt"] == 0
+
+
+def test_writes_fail_with_erofs(rich: PushedTree, mount) -> None:
+    m = mount(rich.repo, "rich@1")
+    p = m.path
+    attempts = {
+        "create": lambda: open(p / "new-file", "w"),
+        "mkdir": lambda: os.mkdir(p / "new-dir"),
+        "unlink": lambda: os.unlink(p / "one"),
+        "rmdir": lambda: os.rmdir(p / "sticky"),
+        "chmod": lambda: os.chmod(p / "one", 0o777),
+        "chown": lambda: os.chown(p / "one", 0, 0),
+        "utime": lambda: os.utime(p / "one", ns=(1, 1)),
+        "truncate": lambda: os.truncate(p / "f100k", 0),
+        "write-open": lambda: os.open(p / "one", os.O_WRONLY),
+        "rdwr-open": lambda: os.open(p / "one", os.O_RDWR),
+        "append-open": lambda: open(p / "one", "a"),
+        "rename": lambda: os.rename(p / "one", p / "two"),
+        "symlink": lambda: os.symlink("x", p / "new-link"),
+        "link": lambda: os.link(p / "one", p / "new-hardlink"),
+        "mkfifo": lambda: os.mkfifo(p / "new-fifo"),
+        "setxattr": lambda: os.setxattr(p / "xattrs", "user.new", b"v"),
+        "removexattr": lambda: os.removexattr(p / "xattrs", "user.comment"),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(OSError) as exc:
+            attempt()
+        assert exc.value.errno == errno.EROFS, (what, exc.value)
+    # Nothing changed, and the daemon still serves.
+    assert (p / "one").read_bytes() == b"1"
+    assert sorted(os.listdir(p)) == sorted(os.listdir(rich.src))
+
+
+def test_missing_paths_enoent_and_cached_negative(rich: PushedTree, mount) -> None:
+    m = mount(rich.repo, "rich@1")
+    for missing in ("nope", "a/nope", "a/b/c/nope", "nope/deeper"):
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.path / missing)
+    with pytest.raises(NotADirectoryError):
+        os.stat(m.path / "one" / "x")
+    with pytest.raises(OSError) as exc:
+        os.getxattr(m.path / "xattrs", "user.absent")
+    assert exc.value.errno == errno.ENODATA
+    with pytest.raises(FileNotFoundError):
+        os.readlink(m.path / "dangling" / "x")
+    # Kernel caching: a repeated miss, stat and listing cost no request (entry_timeout,
+    # attr_timeout and readdirplus attributes).
+    def again() -> None:
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.path / "a" / "nope")
+        os.stat(m.path / "a" / "b" / "c" / "leaf")
+        os.listdir(m.path / "a" / "b")
+        assert (m.path / "one").read_bytes() == b"1"
+
+    again()  # the first time, the kernel asks
+    # A global cache drop (other jobs on the host write /proc/sys/vm/drop_caches)
+    # evicts dentries and pages, so one clean window out of a few proves the point;
+    # a kernel-cache bug fails every window.
+    windows = []
+    for _ in range(5):
+        before = m.stats()["requests"]
+        for _ in range(3):
+            again()  # then it answers from its own caches
+        after = m.stats()["requests"]
+        delta = {op: after.get(op, 0) - before.get(op, 0) for op in ("lookup", "getattr", "read", "forget")}
+        if not any(delta.values()):
+            break
+        windows.append(delta)
+    else:
+        pytest.fail(f"the kernel asked the daemon again in every window: {windows}")
+
+
+def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> None:
+    m = mount(rich.repo, "rich@1")  # its own, cold cache: the manifest was fetched at mount
+    gets0 = m.gets()
+    assert gets0 == 3  # at mount: wsfs-repo.json, the version record, the manifest
+    subprocess.run(["find", str(m.path), "-printf", "%p %s %m %u %T@\n"], check=True, capture_output=True)
+    subprocess.run(["ls", "-laR", str(m.path)], check=True, capture_output=True)
+    small = 0
+    for dirpath, _, filenames in os.walk(os.fsencode(m.path)):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_size <= INLINE:
+                with open(path, "rb") as f:
+                    assert len(f.read()) == st.st_size
+                small += 1
+    assert small > 40
+    s = m.stats()
+    assert s["store"]["requests"].get("get", 0) == gets0, s["store"]
+    assert s["cache"]["misses"] == 0 and s["cache"]["fetches"] == 0
+
+
+def test_random_read_fetches_exactly_one_chunk(rich: PushedTree, mount) -> None:
+    m = mount(rich.repo, "rich@1")
+    size = (rich.src / "big9m").stat().st_size
+    rng = random.Random(size)
+    idx = rng.randrange(size // CHUNK + 1)
+    chunk_end = min(size, (idx + 1) * CHUNK)
+    off = rng.randrange(idx * CHUNK, chunk_end - 4096)
+    gets0 = m.gets()
+    fd = os.open(m.path / "big9m", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no kernel read-ahead beyond the request
+        data = os.pread(fd, 4096, off)
+    finally:
+        os.close(fd)
+    with open(rich.src / "big9m", "rb") as f:
+        f.seek(off)
+        assert data == f.read(4096)
+    s = m.stats()
+    assert s["store"]["requests"].get("get", 0) - gets0 == 1
+    assert s["cache"]["fetches"] == 1
+    assert s["cache"]["fetch_bytes"] == chunk_end - idx * CHUNK
+    assert s["cache"]["prefetches"] == 0
+
+
+def test_corrupt_blob_gives_eio_and_other_files_still_read(tmp_path: Path, mount) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    good, bad = os.urandom(300 * KIB), os.urandom(300 * KIB)
+    (src / "good.bin").write_bytes(good)
+    (src / "bad.bin").write_bytes(bad)
+    (src / "small.txt").write_bytes(b"small\n")
+    w = Wsfs(str(tmp_path / "repo"), str(tmp_path / "push-cache"))
+    w("init")
+    w.push(src, "ws")
+    # bad.bin is one chunk (< 4 MiB): its blob id is the blake3 of its bytes.
+    h = blake3.blake3(bad).hexdigest()
+    blob = tmp_path / "repo" / "blobs" / h[:2] / h
+    stored = bytearray(blob.read_bytes())
+    stored[len(stored) // 2] ^= 0xFF
+    blob.write_bytes(bytes(stored))
+
+    m = mount(tmp_path / "repo", "ws")  # cold cache
+    m.expect_log(rf"blob {h}")
+    for _ in range(2):  # the second read fails fast, from the remembered failure
+        with open(m.path / "bad.bin", "rb") as f:
+            with pytest.raises(OSError) as exc:
+                f.read()
+        assert exc.value.errno == errno.EIO
+    assert (m.path / "good.bin").read_bytes() == good
+    assert (m.path / "small.txt").read_bytes() == b"small\n"
+    assert os.stat(m.path / "bad.bin").st_size == len(bad)
+    s = m.stats()
+    assert s["cache"]["failures"] >= 1
+    assert not os.path.exists(os.path.join(m.cache_dir, "blobs", h[:2], h)), "bad bytes were cached"
+    assert f"blob {h}" in m.log_path.read_text()
+
+
+def test_two_versions_share_one_cache(tmp_path: Path, mount) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shared = os.urandom(5 * 1024 * 1024)  # two chunks, identical in both versions
+    (src / "shared.bin").write_bytes(shared)
+    (src / "changing.txt").write_bytes(b"version one\n")
+    w = Wsfs(str(tmp_path / "repo"), str(tmp_path / "push-cache"))
+    w("init")
+    w.push(src, "ws")
+    (src / "changing.txt").write_bytes(b"version two!\n")
+    (src / "added").write_bytes(b"only in two")
+    w.push(src, "ws")
+
+    cache = tmp_path / "shared-cache"
+    m1 = mount(tmp_path / "repo", "ws@1", cache_dir=cache)
+    m2 = mount(tmp_path / "repo", "ws@2", cache_dir=cache)
+    assert (m1.path / "changing.txt").read_bytes() == b"version one\n"
+    assert (m2.path / "changing.txt").read_bytes() == b"version two!\n"
+    assert not (m1.path / "added").exists() and (m2.path / "added").read_bytes() == b"only in two"
+    g1, g2 = m1.gets(), m2.gets()
+    assert hashlib.sha256((m1.path / "shared.bin").read_bytes()).digest() == hashlib.sha256(shared).digest()
+    assert (m2.path / "shared.bin").read_bytes() == shared
+    s1, s2 = m1.stats(), m2.stats()
+    assert s1["store"]["requests"]["get"] - g1 == 2  # both chunks, once
+    assert s2["store"]["requests"].get("get", 0) - g2 == 0  # served from the files m1 fetched
+    assert s2["cache"]["fetches"] == 0 and s2["cache"]["hits"] >= 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_unmounts_cleanly(rich: PushedTree, mount, sig: signal.Signals) -> None:
+    m = mount(rich.repo, "rich@1")
+    assert (m.path / "one").read_bytes() == b"1"
+    m.proc.send_signal(sig)
+    assert m.proc.wait(timeout=15) == 0
+    assert not is_mounted(m.path)
+    assert f"{sig.name} received" in m.log_path.read_text()
+
+
+def test_mount_options_reach_the_kernel(rich: PushedTree, mount) -> None:
+    m = mount(rich.repo, "rich", extra=("-o", "ro,allow_other,cache_size=64M,noatime"))
+    with open("/proc/self/mounts") as f:
+        opts = next(line for line in f if f" {m.path} " in line).split()[3].split(",")
+    assert "allow_other" in opts and "ro" in opts
+    assert m.stats()["cache"]["max_bytes"] == 64 << 20
+
+
+def test_background_mount_and_umount(rich: PushedTree, tmp_path: Path) -> None:
+    mnt = tmp_path / "bg" / "mnt"
+    mnt.mkdir(parents=True)
+    w = Wsfs(str(rich.repo), str(tmp_path / "cache"))
+    pid = None
+    try:
+        r = w("mount", "rich", mnt, timeout=60)
+        assert r.code == 0 and os.path.ismount(mnt)
+        assert (mnt / "one").read_bytes() == b"1"
+        pid = int(w("stats", "--json", mnt).json()["pid"])
+        # A second mount on the same mountpoint is refused with a usage error.
+        again = w("mount", "rich", mnt, check=False)
+        assert again.code == 2 and "already a mountpoint" in again.err
+        r = w("umount", mnt)  # waits for the daemon to exit
+        assert not is_mounted(mnt)
+        assert not _alive(pid)
+        log = (tmp_path / "cache" / "logs").glob("*.log")
+        assert any("unmounted" in p.read_text() for p in log)
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)  # the daemon this test started, if still there
+            except ProcessLookupError:
+                pass
+        assert not is_mounted(mnt)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_umount_of_dead_daemon_is_lazy(rich: PushedTree, mount) -> None:
+    m = mount(rich.repo, "rich@1")
+    m.proc.kill()
+    m.proc.wait()
+    m.expected_exit = -9
+    with pytest.raises(OSError) as exc:
+        os.statvfs(m.path)  # (a stat may still be answered from the kernel's attribute cache)
+    assert exc.value.errno == errno.ENOTCONN
+    p = subprocess.run([sys.executable, "-m", "wsfs", "umount", str(m.path)], env=m.env, capture_output=True)
+    assert p.returncode == 0, p.stderr
+    assert not is_mounted(m.path)
+    from wsfs.daemon.control import socket_paths
+
+    assert not any(os.path.exists(p) for p in socket_paths(str(m.path), str(m.cache_dir))), "stale socket left"
+
+
+def test_mount_errors_are_one_line(rich: PushedTree, tmp_path: Path) -> None:
+    w = Wsfs(str(rich.repo), str(tmp_path / "cache"))
+    mnt = tmp_path / "e" / "mnt"
+    mnt.mkdir(parents=True)
+    r = w("mount", "-f", "rich@9", mnt, check=False)
+    assert r.code == 3 and "no version 9" in r.err
+    r = w("mount", "rich", tmp_path / "absent" / "mnt", check=False)
+    assert r.code == 2 and "not a directory" in r.err
+    r = w("mount", "-o", "rw", "rich", mnt, check=False)
+    assert r.code == 2 and "read-write" in r.err
+    r = w("mount", "-o", "frobnicate", "rich", mnt, check=False)
+    assert r.code == 2 and "frobnicate" in r.err
+    r = w("stats", mnt, check=False)
+    assert r.code == 3 and "no wsfs daemon" in r.err
+    assert not is_mounted(mnt)
+
+
+def test_ready_notification_reaches_abstract_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd may hand out an abstract NOTIFY_SOCKET ('@name'); no mount needed for this one."""
+    import socket
+
+    from wsfs.daemon.mount import notify_systemd
+
+    name = f"wsfs-test-notify-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        s.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        notify_systemd("READY=1")
+        assert s.recv(100) == b"READY=1"
