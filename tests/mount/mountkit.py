@@ -181,13 +181,14 @@ class Mounter:
         *,
         cache_dir: Path | None = None,
         extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> Mount:
         n = len(self.mounts)
         base = self.tmp_path / f"m{n}"
         mnt = base / "mnt"
         mnt.mkdir(parents=True)
         cache = cache_dir or base / "cache"
-        env = dict(os.environ)
+        env = dict(os.environ if env is None else env)
         env.update(WSFS_REPO=str(repo), WSFS_CACHE_DIR=str(cache))
         notify_path = os.path.join(self.notify_dir, f"n{n}")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
