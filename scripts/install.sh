@@ -23,3 +23,11 @@ export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" -m pip install -q -e '.[test]'
 "$PY" -c 'import wsfs, pyfuse3, apsw, blake3, zstandard, boto3' 
 echo "wsfs installed: $("$PY" -m wsfs --version)"
+
+# mount(8) finds helpers in /sbin only (never $PATH): link mount.wsfs there, under both
+# names (mount -t wsfs and mount -t fuse.wsfs), and wsfs where systemd/wsfs@.service expects it.
+SCRIPTS=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+for name in mount.wsfs mount.fuse.wsfs; do ln -sfn "$SCRIPTS/mount.wsfs" "/sbin/$name"; done
+[ "$(readlink -f /usr/local/bin/wsfs 2>/dev/null)" = "$(readlink -f "$SCRIPTS/wsfs")" ] \
+    || ln -sfn "$SCRIPTS/wsfs" /usr/local/bin/wsfs
+echo "mount helper: /sbin/mount.wsfs -> $SCRIPTS/mount.wsfs"

@@ -9,6 +9,7 @@ and tags, and the local copy of manifests (``<cache>/manifests``).  Imports
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -18,12 +19,22 @@ from dataclasses import dataclass
 import blake3
 import zstandard
 
-from wsfs.errors import AlreadyExists, Conflict, FormatError, IntegrityError, NotFound, UsageError
+from wsfs.errors import (
+    AlreadyExists,
+    Conflict,
+    FormatError,
+    IntegrityError,
+    NotFound,
+    StoreUnavailable,
+    UsageError,
+)
 from wsfs.format.blobs import decode_blob, encode_blob, hexid, parse_hexid
 from wsfs.format.manifest import Manifest
 from wsfs.format.names import check_tag, check_workspace
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
 from wsfs.store import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
 
 _VERSION_DIGITS = 10  # zero-padded so that store listings sort numerically
 _REF_RE = re.compile(r"(?P<ws>[^@]+)(?:@(?P<ref>.+))?")
@@ -45,6 +56,13 @@ def version_key(ws: str, n: int) -> str:
 
 def tag_key(ws: str, tag: str) -> str:
     return f"workspaces/{ws}/tags/{tag}"
+
+
+def profile_key(ws: str, n: int) -> str:
+    return f"workspaces/{ws}/profiles/{n:0{_VERSION_DIGITS}d}"
+
+
+PROFILE_MAX_CHUNKS = 100_000  # an access profile names at most this many chunks (3.2 MB of ids)
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,24 @@ class Ref:
         return self.workspace if self.ref is None else f"{self.workspace}@{self.ref}"
 
 
+def _local_dir(cache_dir: str, url: str) -> str:
+    """Where local copies of one repository's immutable small objects live (descriptor, records)."""
+    return os.path.join(cache_dir, "repos", blake3.blake3(url.encode()).hexdigest()[:16])
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write a local cache file under a temporary name and rename it into place."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 class Repository:
     """Blobs, manifests, versions and tags of one repository."""
 
@@ -91,11 +127,25 @@ class Repository:
 
     @classmethod
     def open(cls, store: ObjectStore, cache_dir: str) -> Repository:
+        """Open the repository in *store*.
+
+        The descriptor is read from the local copy when there is one (it never
+        changes after ``init``), so opening a repository costs no request;
+        otherwise it is fetched and the copy written.
+        """
+        local = os.path.join(_local_dir(cache_dir, store.url), REPO_KEY)
+        try:
+            with open(local, "rb") as f:
+                return cls(store, RepoConfig.from_json(f.read()), cache_dir)
+        except (FileNotFoundError, FormatError):
+            pass
         try:
             raw = store.get(REPO_KEY)
         except NotFound:
             raise NotFound(f"no wsfs repository at {store.url} (create one with: wsfs init {store.url})") from None
-        return cls(store, RepoConfig.from_json(raw), cache_dir)
+        repo = cls(store, RepoConfig.from_json(raw), cache_dir)
+        _write_atomically(local, raw)
+        return repo
 
     @classmethod
     def open_url(cls, url: str, cache_dir: str, *, endpoint_url: str | None = None) -> Repository:
@@ -141,17 +191,8 @@ class Repository:
 
     def _cache_manifest_file(self, cid: bytes, raw: bytes) -> str:
         path = self._manifest_path(cid)
-        if os.path.exists(path):
-            return path
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw)
-            os.rename(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        if not os.path.exists(path):
+            _write_atomically(path, raw)
         return path
 
     def manifest_path(self, record: VersionRecord) -> str:
@@ -200,16 +241,50 @@ class Repository:
                 out.append(int(name))
         return sorted(out)
 
-    def latest(self, ws: str) -> int | None:
-        vs = self.versions(ws)
+    def latest(self, ws: str, *, offline_ok: bool = False) -> int | None:
+        """The newest version of *ws* (a listing).
+
+        With *offline_ok*, an unreachable store falls back to the newest
+        version whose record is cached locally, with a warning.
+        """
+        try:
+            vs = self.versions(ws)
+        except StoreUnavailable:
+            if not offline_ok:
+                raise
+            cached = self._cached_versions(ws)
+            if not cached:
+                raise
+            log.warning("store unreachable: using %s@%d, the newest version known locally", ws, cached[-1])
+            return cached[-1]
         return vs[-1] if vs else None
 
+    def _record_path(self, ws: str, n: int) -> str:
+        return os.path.join(_local_dir(self.cache_dir, self.store.url), "records", ws, f"{n}.json")
+
+    def _cached_versions(self, ws: str) -> list[int]:
+        try:
+            names = os.listdir(os.path.dirname(self._record_path(ws, 1)))
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
     def record(self, ws: str, n: int) -> VersionRecord:
+        """A version's record; from the local copy if there is one (records are immutable)."""
+        check_workspace(ws)
+        local = self._record_path(ws, n)
+        try:
+            with open(local, "rb") as f:
+                return VersionRecord.from_json(f.read(), workspace=ws, version=n)
+        except (FileNotFoundError, IntegrityError, FormatError):
+            pass
         try:
             raw = self.store.get(version_key(ws, n))
         except NotFound:
             raise NotFound(f"workspace {ws!r} has no version {n}") from None
-        return VersionRecord.from_json(raw, workspace=ws, version=n)
+        record = VersionRecord.from_json(raw, workspace=ws, version=n)
+        _write_atomically(local, raw)
+        return record
 
     def publish(self, record: VersionRecord) -> None:
         """Create a version record iff that version number is free; else raise Conflict."""
@@ -246,11 +321,34 @@ class Repository:
         except AlreadyExists:
             raise AlreadyExists(f"tag {ws}@{tag} already exists (tags are immutable)") from None
 
+    # -- access profiles ----------------------------------------------------
+
+    def put_profile(self, ws: str, n: int, cids: list[bytes]) -> None:
+        """Record which large content a mount of ``ws@n`` read, in first-read order.
+
+        Advisory data: the last writer wins, and a failure only costs the next
+        mount its prefetch.  Stored as the concatenated 32-byte ids.
+        """
+        check_workspace(ws)
+        self.store.put(profile_key(ws, n), b"".join(cids[:PROFILE_MAX_CHUNKS]))
+
+    def get_profile(self, ws: str, n: int) -> list[bytes]:
+        """The access profile of ``ws@n``, or of the newest earlier version that has one; [] if none."""
+        check_workspace(ws)
+        keys = [k for k in self.store.list(f"workspaces/{ws}/profiles/") if k.rsplit("/", 1)[1].isdigit()]
+        older = [k for k in keys if int(k.rsplit("/", 1)[1]) <= n]
+        if not older:
+            return []
+        raw = self.store.get(max(older))
+        if len(raw) % 32:
+            raise IntegrityError(f"access profile {max(older)} is malformed")
+        return [raw[i : i + 32] for i in range(0, len(raw), 32)][:PROFILE_MAX_CHUNKS]
+
     def resolve(self, ref: Ref) -> VersionRecord:
         """The record a ``WORKSPACE[@V]`` names."""
         ws = ref.workspace
         if ref.ref is None:
-            n = self.latest(ws)
+            n = self.latest(ws, offline_ok=True)
             if n is None:
                 raise NotFound(f"workspace {ws!r} has no versions (push one with: wsfs push DIR {ws})")
         elif ref.ref.isdigit():

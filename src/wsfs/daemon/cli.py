@@ -51,7 +51,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 continue  # the only mode there is, for now
             if key == "rw" and not eq:
                 raise UsageError("read-write mounts are not implemented yet; mount read-only (-o ro)")
-            if key in ("allow_other", "debug") and not eq:
+            if key in ("allow_other", "debug", "history") and not eq:
                 out[key] = True
             elif key in ("cache_dir", "log") and eq and val:
                 out[key] = val
@@ -59,7 +59,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = _parse_size(val)
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, allow_other, cache_dir=DIR, cache_size=SIZE, log=PATH)")
+                                 "(known: ro, allow_other, history, cache_dir=DIR, cache_size=SIZE, log=PATH)")
     return out
 
 
@@ -76,6 +76,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         log_path=args.log or opts.get("log"),
         debug_fuse=opts.get("debug", False),
         verbose=args.verbose,
+        history=args.history or opts.get("history", False),
     )
     if "cache_size" in opts:
         options.cache_size = opts["cache_size"]
@@ -153,7 +154,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s, sort_keys=True))
         return 0
-    print(f"{s['workspace']}@{s['version']} at {s['mountpoint']} (pid {s['pid']}, up {s['uptime_s']:.0f}s)")
+    what = f"{s['workspace']}@{s['version']}" if s["version"] is not None else f"{s['workspace']} (history)"
+    print(f"{what} at {s['mountpoint']} (pid {s['pid']}, up {s['uptime_s']:.0f}s)")
     print(f"{'OP':<12} {'REQUESTS':>9} {'ERRORS':>7} {'MEAN µs':>9} {'MAX µs':>9}")
     for op, n in sorted(s["requests"].items(), key=lambda kv: -kv[1]):
         lat = s["latency_us"].get(op, {})
@@ -163,6 +165,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
           f"{c['corrupt']} corrupt, {c['failures']} failures; {c['bytes']} of {c['max_bytes']} B in {c['files']} files")
     st = s["store"]
     print(f"store: {st['requests']} requests, {st['bytes_in']} B in")
+    if "history" in s:
+        h = s["history"]
+        print(f"history: {h['versions']} versions, {h['tags']} tags; open: {h['open_versions']}; "
+              f"{h['manifest_opens']} manifest opens, {h['listings']} listings")
     return 0
 
 
@@ -174,13 +180,17 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("mount", cmd_mount, "mount a version read-only at MOUNTPOINT (fetched lazily)")
+    sp = add("mount", cmd_mount, "mount a version (or with --history every version) read-only at MOUNTPOINT, "
+             "fetched lazily")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground and log to stderr (default: detach once mounted)")
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                    help="comma-separated: ro, allow_other, cache_dir=DIR, cache_size=SIZE, log=PATH")
+                    help="comma-separated: ro, allow_other, history, cache_dir=DIR, cache_size=SIZE, log=PATH")
+    sp.add_argument("--history", action="store_true",
+                    help="every version as MOUNTPOINT/<n>/..., every tag as a symlink MOUNTPOINT/<tag> -> <n> "
+                         "(give WORKSPACE without @V; same as -o history)")
     sp.add_argument("--log", metavar="PATH",
                     help="log file (default in background: <cache_dir>/logs/<mountpoint>.log)")
 

@@ -7,9 +7,11 @@
    exits 0 once the mount is live, or with the child's exit status and error
    message; the child starts a new session and logs to a file;
 3. open the repository, resolve the version, fetch and validate its manifest
-   (these can fail with a clear message before anything is mounted);
+   (these can fail with a clear message before anything is mounted); with
+   ``--history``, list the workspace's versions and tags instead (each
+   manifest is fetched on first use, see ``history.py``);
 4. ``pyfuse3.init`` with ``fsname=wsfs:<ws>@<v>,subtype=wsfs,ro,default_permissions``
-   (``allow_other`` on request);
+   (``wsfs:<ws>@*`` for a history; ``allow_other`` on request);
 5. in ``trio.run``: start the control socket, the signal watcher and the
    cache maintenance task, then send ``READY=1`` to ``$NOTIFY_SOCKET``
    (systemd ``Type=notify``) and to the readiness pipe, then run
@@ -39,6 +41,7 @@ import trio
 from wsfs.cache import DEFAULT_CACHE_SIZE, BlobCache
 from wsfs.config import Settings
 from wsfs.daemon import control
+from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
 from wsfs.daemon.view import VersionView
 from wsfs.errors import MountError, UsageError, WsfsError
@@ -60,6 +63,7 @@ class MountOptions:
     log_path: str | None = None
     debug_fuse: bool = False
     verbose: int = 0
+    history: bool = False  # every version as <mnt>/<n>, every tag as <mnt>/<tag> -> <n> (daemon/history.py)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -138,6 +142,8 @@ def _setup_logging(options: MountOptions, log_path: str | None, *, to_stderr: bo
 def run_mount(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions) -> int:
     """Mount version *ref* at *mountpoint* read-only; returns the exit status (0 after a clean unmount)."""
     mountpoint = os.path.abspath(mountpoint)
+    if options.history and ref.ref is not None:
+        raise UsageError(f"--history mounts every version of {ref.workspace}: give WORKSPACE, not {ref}")
     if not os.path.isdir(mountpoint):
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
     if is_mounted(mountpoint):
@@ -219,18 +225,32 @@ class _Verdict:
 
 def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions, verdict: _Verdict) -> int:
     repo = Repository.open(open_store(settings.repo, endpoint_url=settings.endpoint_url), settings.cache_dir)
-    record = repo.resolve(ref)
-    label = f"{record.workspace}@{record.version}"
-    manifest = repo.open_manifest(record)
-    cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
-    view = VersionView(manifest, cache, label=label, stats=record.stats)
+    view: VersionView | HistoryView
+    if options.history:
+        # Only the listing now; each version's record and manifest on first use.
+        workspace, version, label = ref.workspace, None, f"{ref.workspace}@*"
+        cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
+        view = HistoryView(repo, workspace, cache, label=label)
+        close = view.close
+        try:
+            view.refresh()  # NotFound (exit 3) if the workspace has no versions
+        except BaseException:
+            cache.close()
+            raise
+    else:
+        record = repo.resolve(ref)
+        workspace, version, label = record.workspace, record.version, f"{record.workspace}@{record.version}"
+        manifest = repo.open_manifest(record)
+        cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
+        view = VersionView(manifest, cache, label=label, stats=record.stats)
+        close = manifest.close
     ops = Operations(view)
     fuse_options = {f"fsname=wsfs:{label}", "subtype=wsfs", "ro", "default_permissions"}
     if options.allow_other:
         fuse_options.add("allow_other")
     if options.debug_fuse:
         fuse_options.add("debug")
-    daemon = _Daemon(repo, view, ops, mountpoint, settings.cache_dir, label)
+    daemon = _Daemon(repo, view, ops, mountpoint, settings.cache_dir, workspace, version)
     try:
         try:
             pyfuse3.init(ops, mountpoint, fuse_options)
@@ -251,7 +271,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         return 0
     finally:
         cache.close()
-        manifest.close()
+        close()
 
 
 def _short_stats(daemon: _Daemon) -> str:
@@ -263,28 +283,39 @@ class _Daemon:
     """The trio side of a mount: FUSE loop, control socket, signals, maintenance."""
 
     def __init__(
-        self, repo: Repository, view: VersionView, ops: Operations, mountpoint: str, cache_dir: str, label: str
+        self,
+        repo: Repository,
+        view: VersionView | HistoryView,
+        ops: Operations,
+        mountpoint: str,
+        cache_dir: str,
+        workspace: str,
+        version: int | None,  # None: a history mount
     ) -> None:
         self.repo = repo
         self.view = view
         self.ops = ops
         self.mountpoint = mountpoint
         self.cache_dir = cache_dir
-        self.label = label
+        self.workspace = workspace
+        self.version = version
+        self.label = view.label
         self.started = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
-        ws, _, version = self.label.rpartition("@")
-        return {
+        out = {
             "mountpoint": self.mountpoint,
-            "workspace": ws,
-            "version": int(version),
+            "workspace": self.workspace,
+            "version": self.version,
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             **self.ops.stats.snapshot(),
             "cache": self.view.cache.statistics(),
             "store": self.repo.store.stats.snapshot(),
         }
+        if isinstance(self.view, HistoryView):
+            out["history"] = self.view.statistics()
+        return out
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """A control request (runs in a worker thread)."""
@@ -292,9 +323,8 @@ class _Daemon:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "status":
-            ws, _, version = self.label.rpartition("@")
-            return {"ok": True, "pid": os.getpid(), "mountpoint": self.mountpoint, "workspace": ws,
-                    "version": int(version), "read_only": True}
+            return {"ok": True, "pid": os.getpid(), "mountpoint": self.mountpoint, "workspace": self.workspace,
+                    "version": self.version, "history": self.version is None, "read_only": True}
         if cmd == "stats":
             return {"ok": True, **self.stats()}
         return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -17,6 +17,10 @@ and so that a request never falls back to pyfuse3's ``ENOSYS`` default.
 
 Lookup counts are not tracked: inode numbers are manifest rows that live as
 long as the mount, so ``forget`` has nothing to free.
+
+A view method that needs blocking work first (a history mount opening a
+version's manifest) raises :class:`~wsfs.daemon.view.NotReady`; the wrapper
+awaits the work and calls the handler again (:func:`_when_ready`).
 """
 
 from __future__ import annotations
@@ -30,17 +34,21 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyfuse3
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext, XAttrNameT
 
-from wsfs.daemon.view import VersionView
+from wsfs.daemon.view import NotReady, VersionView
 from wsfs.errors import WsfsError
+
+if TYPE_CHECKING:
+    from wsfs.daemon.history import HistoryView
 
 log = logging.getLogger(__name__)
 
 _READDIR_BATCH = 256  # entries fetched per manifest query while filling a readdir reply
+_READY_ROUNDS = 4  # times a handler may wait for its view (NotReady) before that is an error
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -89,7 +97,7 @@ def _handler(fn: F) -> F:
         t0 = time.perf_counter_ns()
         failed = True
         try:
-            result = await fn(self, *args)
+            result = await _when_ready(fn, self, args)
             failed = False
             return result
         except pyfuse3.FUSEError as e:
@@ -108,6 +116,22 @@ def _handler(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+async def _when_ready(fn: Callable[..., Awaitable[Any]], self: Operations, args: tuple[Any, ...]) -> Any:
+    """Call a handler; if the view first needs blocking work (``NotReady``), await it and call again.
+
+    Handlers raise ``NotReady`` only from their first view call, before any
+    reply is built, so calling one again is safe.  A few rounds allow for a
+    manifest that other requests pushed out of the view's LRU in the meantime;
+    after that a ``NotReady`` is a bug and becomes EIO like any other.
+    """
+    for _ in range(_READY_ROUNDS):
+        try:
+            return await fn(self, *args)
+        except NotReady as e:
+            await e.wait()
+    return await fn(self, *args)
+
+
 def _read_only(op: str) -> Callable[..., Awaitable[Any]]:
     async def handler(self: Operations, *args: Any) -> Any:
         self.stats.record(op, 0, True)
@@ -119,13 +143,13 @@ def _read_only(op: str) -> Callable[..., Awaitable[Any]]:
 
 
 class Operations(pyfuse3.Operations):
-    """Read-only FUSE operations over one :class:`VersionView`."""
+    """Read-only FUSE operations over one :class:`VersionView`, or a ``HistoryView`` (same interface)."""
 
     # The kernel asks for "." and ".." only when exporting over NFS; the view answers them.
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, view: VersionView) -> None:
+    def __init__(self, view: VersionView | HistoryView) -> None:
         super().__init__()
         self.view = view
         self.stats = OpStats()
@@ -136,9 +160,9 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> pyfuse3.EntryAttributes:
         node = self.view.lookup(parent_inode, name)
         if node is None:
-            # A negative entry the kernel caches for ENTRY_TIMEOUT: repeated
-            # probes for missing files (PATH, node_modules, .pyc) cost nothing.
-            return self.view.negative_entry()
+            # A negative entry the kernel caches (for ENTRY_TIMEOUT inside a version):
+            # repeated probes for missing files (PATH, node_modules, .pyc) cost nothing.
+            return self.view.negative_entry(parent_inode)
         return self.view.attributes(node)
 
     @_handler

@@ -23,7 +23,7 @@ import errno
 import logging
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyfuse3
@@ -49,6 +49,12 @@ _SMALL_CACHE_BYTES = 32 * 1024 * 1024  # decoded inline files kept in memory
 _CHUNK_LISTS = 1024  # chunk lists of large files kept in memory
 _NODES = 4096  # Inode rows kept for read()
 _PREPARED = 65536  # chunk ids remembered as already read ahead
+_SEQ_FILES = 4096  # files whose sequential-read state is remembered
+# Read-ahead starts once a sequential run covers this much.  The kernel's own
+# read-ahead turns one small random read into a few sequential FUSE reads of up
+# to 128 KiB; 1 MiB of run is well past that, so a random read fetches one chunk.
+READAHEAD_MIN_RUN = 1 << 20
+READAHEAD_MAX_CHUNKS = 8  # the window doubles with the run up to this many chunks ahead
 
 
 class _LRU(collections.OrderedDict[Any, Any]):
@@ -80,6 +86,44 @@ class _LRU(collections.OrderedDict[Any, Any]):
             self.weight -= self.weigh(old) if self.weigh else 1
 
 
+def entry_attributes(
+    node: Inode, *, entry_timeout: float = ENTRY_TIMEOUT, attr_timeout: float = ATTR_TIMEOUT
+) -> pyfuse3.EntryAttributes:
+    """The kernel's view of *node* (its ``ino`` as given), by default with the long timeouts."""
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = node.ino
+    a.generation = 0  # inode numbers are never reused within a mount
+    a.entry_timeout = entry_timeout
+    a.attr_timeout = attr_timeout
+    a.st_mode = node.mode
+    a.st_nlink = node.nlink
+    a.st_uid = node.uid
+    a.st_gid = node.gid
+    a.st_rdev = node.rdev
+    a.st_size = node.size
+    a.st_blksize = BLKSIZE
+    a.st_blocks = node.blocks
+    a.st_atime_ns = node.atime_ns
+    a.st_mtime_ns = node.mtime_ns
+    a.st_ctime_ns = node.ctime_ns
+    return a
+
+
+class NotReady(Exception):
+    """A view needs blocking work (a store listing, a manifest download) before it can answer.
+
+    A synchronous view method raises it instead of blocking the trio thread.
+    The adapter then awaits :attr:`wait`, which does the work in a worker
+    thread, and calls the handler again; an exception from ``wait`` is the
+    answer.  :class:`VersionView` never raises it (its manifest is open for
+    the whole mount); :class:`~wsfs.daemon.history.HistoryView` does.
+    """
+
+    def __init__(self, wait: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self.wait = wait
+
+
 class VersionView:
     """One immutable version: a manifest plus the blob cache that holds its large files.
 
@@ -95,6 +139,7 @@ class VersionView:
         label: str,
         stats: dict[str, int] | None = None,
         limiter: trio.CapacityLimiter | None = None,
+        small_cache_bytes: int = _SMALL_CACHE_BYTES,
     ) -> None:
         self.manifest = manifest
         self.cache = cache
@@ -108,10 +153,11 @@ class VersionView:
         self.readahead_limiter = trio.CapacityLimiter(4)
         self.nursery: trio.Nursery | None = None  # set by the daemon; enables read-ahead
         self._parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # dir ino -> parent, learnt from lookups
-        self._small = _LRU(_SMALL_CACHE_BYTES, len)
+        self._small = _LRU(small_cache_bytes, len)
         self._chunks = _LRU(_CHUNK_LISTS)
         self._nodes = _LRU(_NODES)
-        self._last_end: dict[int, int] = {}  # ino -> end of its last read, for sequential detection
+        # ino -> (start of the current sequential run, end of the last read)
+        self._seq = _LRU(_SEQ_FILES)
         self._reported: dict[bytes, float] = {}  # blob -> when its read failure was last logged
         self._prefetching: set[bytes] = set()  # read-ahead in progress
         self._prepared = _LRU(_PREPARED)  # chunks read-ahead already made ready
@@ -120,27 +166,14 @@ class VersionView:
 
     def attributes(self, node: Inode) -> pyfuse3.EntryAttributes:
         """The kernel's view of *node*, with our (long) timeouts."""
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = node.ino
-        a.generation = 0  # inode numbers are never reused within a mount
-        a.entry_timeout = ENTRY_TIMEOUT
-        a.attr_timeout = ATTR_TIMEOUT
-        a.st_mode = node.mode
-        a.st_nlink = node.nlink
-        a.st_uid = node.uid
-        a.st_gid = node.gid
-        a.st_rdev = node.rdev
-        a.st_size = node.size
-        a.st_blksize = BLKSIZE
-        a.st_blocks = node.blocks
-        a.st_atime_ns = node.atime_ns
-        a.st_mtime_ns = node.mtime_ns
-        a.st_ctime_ns = node.ctime_ns
-        return a
+        return entry_attributes(node)
 
-    @staticmethod
-    def negative_entry() -> pyfuse3.EntryAttributes:
-        """A cacheable "no such entry" reply (``st_ino == 0`` with an entry timeout)."""
+    def negative_entry(self, parent: int) -> pyfuse3.EntryAttributes:
+        """A cacheable "no such entry" reply for a name in directory *parent*.
+
+        ``st_ino == 0`` with an entry timeout; every directory of a version is
+        immutable, so a miss is cached as long as a hit.
+        """
         a = pyfuse3.EntryAttributes()
         a.st_ino = 0
         a.entry_timeout = ENTRY_TIMEOUT
@@ -270,26 +303,32 @@ class VersionView:
         return data
 
     def _read_ahead(self, node: Inode, chunks: list[Chunk], off: int, end: int) -> None:
-        """Prepare the next chunk in the background when a file is read sequentially.
+        """Prepare the next chunks in the background while a file is read sequentially.
 
-        Sequential means this read starts where the previous read of the
-        inode ended, or at 0.  A random read fetches only what it needs.
-        "Prepare" is a fetch if the chunk is not cached, and the first-use
-        verification (a blake3 of the whole chunk) if it is: either way the
-        reader later finds it ready for a plain ``pread``.
+        A read continues a sequential run if it starts where the previous read
+        of the inode ended.  Once the run covers ``READAHEAD_MIN_RUN``, the
+        chunks after the current one are prepared in parallel (bounded by the
+        read-ahead limiter), the window growing with the run: 1 chunk ahead,
+        then as many chunks as the run is long, up to ``READAHEAD_MAX_CHUNKS``.
+        A random read fetches only what it needs.  "Prepare" is a fetch if the
+        chunk is not cached, and the first-use verification (a blake3 of the
+        whole chunk) if it is: either way the reader later finds it ready for
+        a plain ``pread``.
         """
-        sequential = off == 0 or self._last_end.get(node.ino) == off
-        self._last_end[node.ino] = end
-        if not sequential or self.nursery is None:
+        prev = self._seq.get_(node.ino)
+        run_start = prev[0] if prev is not None and prev[1] == off else off
+        self._seq.put(node.ino, (run_start, end))
+        run = end - run_start
+        if run < READAHEAD_MIN_RUN or self.nursery is None:
             return
-        nxt = (end - 1) // self.chunk_size + 1
-        if nxt >= len(chunks):
-            return
-        cid = chunks[nxt].cid
-        if cid is None or cid in self._prefetching or self._prepared.get_(cid):
-            return
-        self._prefetching.add(cid)
-        self.nursery.start_soon(self._prefetch, cid, chunks[nxt].length)
+        window = min(READAHEAD_MAX_CHUNKS, 1 + run // self.chunk_size)
+        cur = (end - 1) // self.chunk_size
+        for nxt in range(cur + 1, min(len(chunks), cur + 1 + window)):
+            cid = chunks[nxt].cid
+            if cid is None or cid in self._prefetching or self._prepared.get_(cid):
+                continue
+            self._prefetching.add(cid)
+            self.nursery.start_soon(self._prefetch, cid, chunks[nxt].length)
 
     async def _prefetch(self, cid: bytes, length: int) -> None:
         try:

@@ -431,6 +431,10 @@ class Manifest:
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         return dict(self.db.execute("SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", (ino,)))
 
+    def chunk_sizes(self) -> dict[bytes, int]:
+        """``{chunk id: length}`` of every non-zero chunk this manifest references."""
+        return dict(self.db.execute("SELECT cid, length FROM chunks WHERE cid IS NOT NULL"))
+
     def chunk_ids(self) -> set[bytes]:
         """Every non-zero chunk id this manifest references."""
         return {r[0] for r in self.db.execute("SELECT DISTINCT cid FROM chunks WHERE cid IS NOT NULL")}
