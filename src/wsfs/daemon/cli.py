@@ -51,7 +51,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 continue  # the only mode there is, for now
             if key == "rw" and not eq:
                 raise UsageError("read-write mounts are not implemented yet; mount read-only (-o ro)")
-            if key in ("allow_other", "debug", "history") and not eq:
+            if key in ("allow_other", "debug", "history", "noprofile") and not eq:
                 out[key] = True
             elif key in ("cache_dir", "log") and eq and val:
                 out[key] = val
@@ -59,7 +59,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = _parse_size(val)
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, allow_other, history, cache_dir=DIR, cache_size=SIZE, log=PATH)")
+                                 "(known: ro, allow_other, history, noprofile, cache_dir=DIR, cache_size=SIZE, log=PATH)")
     return out
 
 
@@ -77,6 +77,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         debug_fuse=opts.get("debug", False),
         verbose=args.verbose,
         history=args.history or opts.get("history", False),
+        profile=not opts.get("noprofile", False),
     )
     if "cache_size" in opts:
         options.cache_size = opts["cache_size"]
@@ -187,7 +188,7 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     sp.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground and log to stderr (default: detach once mounted)")
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                    help="comma-separated: ro, allow_other, history, cache_dir=DIR, cache_size=SIZE, log=PATH")
+                    help="comma-separated: ro, allow_other, history, noprofile (no access profile), cache_dir=DIR, cache_size=SIZE, log=PATH")
     sp.add_argument("--history", action="store_true",
                     help="every version as MOUNTPOINT/<n>/..., every tag as a symlink MOUNTPOINT/<tag> -> <n> "
                          "(give WORKSPACE without @V; same as -o history)")

@@ -43,6 +43,7 @@ from wsfs.config import Settings
 from wsfs.daemon import control
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
+from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile
 from wsfs.daemon.view import VersionView
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.repository import Ref, Repository
@@ -64,6 +65,7 @@ class MountOptions:
     debug_fuse: bool = False
     verbose: int = 0
     history: bool = False  # every version as <mnt>/<n>, every tag as <mnt>/<tag> -> <n> (daemon/history.py)
+    profile: bool = True  # record what is read; prefetch the workspace's access profile (daemon/profile.py)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -244,6 +246,8 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
         view = VersionView(manifest, cache, label=label, stats=record.stats)
         close = manifest.close
+        if options.profile:
+            view.recorder = AccessRecorder()
     ops = Operations(view)
     fuse_options = {f"fsname=wsfs:{label}", "subtype=wsfs", "ro", "default_permissions"}
     if options.allow_other:
@@ -268,6 +272,8 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             pyfuse3.close(unmount=clean)
         log.info("%s: unmounted %s (%s)", label, mountpoint, _short_stats(daemon))
         notify_systemd("STOPPING=1")
+        if isinstance(view, VersionView) and view.recorder is not None and version is not None:
+            save_profile(repo, workspace, version, view.recorder)
         return 0
     finally:
         cache.close()
@@ -301,6 +307,7 @@ class _Daemon:
         self.version = version
         self.label = view.label
         self.started = time.monotonic()
+        self.profile_prefetched: int | None = None  # chunks the access-profile prefetch prepared (when done)
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -315,6 +322,8 @@ class _Daemon:
         }
         if isinstance(self.view, HistoryView):
             out["history"] = self.view.statistics()
+        elif self.view.recorder is not None:
+            out["profile"] = {"recorded": len(self.view.recorder), "prefetched": self.profile_prefetched}
         return out
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -335,11 +344,25 @@ class _Daemon:
             await nursery.start(self._watch_signals)
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)
+            if isinstance(self.view, VersionView) and self.view.recorder is not None and self.version is not None:
+                nursery.start_soon(self._prefetch_profile, self.view, self.version)
             log.info("%s: mounted at %s (pid %d)", self.label, self.mountpoint, os.getpid())
             notify_systemd("READY=1")
             verdict.send("OK")
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
+
+    async def _prefetch_profile(self, view: VersionView, version: int) -> None:
+        """Warm the cache with what earlier mounts of this workspace read (background, 2 threads)."""
+        cache = view.cache
+        self.profile_prefetched = await prefetch_profile(
+            self.repo,
+            self.workspace,
+            version,
+            view.manifest.chunk_sizes,  # runs here, on the trio thread that owns the manifest
+            lambda cid, size: cache.prepare(cid, size=size),
+            trio.CapacityLimiter(2),
+        )
 
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

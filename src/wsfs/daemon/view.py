@@ -30,6 +30,7 @@ import pyfuse3
 import trio
 
 from wsfs.cache import BlobCache
+from wsfs.daemon.profile import AccessRecorder
 from wsfs.errors import UsageError, WsfsError
 from wsfs.format.blobs import hexid
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
@@ -152,6 +153,7 @@ class VersionView:
         self.limiter = limiter or trio.CapacityLimiter(16)
         self.readahead_limiter = trio.CapacityLimiter(4)
         self.nursery: trio.Nursery | None = None  # set by the daemon; enables read-ahead
+        self.recorder: AccessRecorder | None = None  # set by the daemon: chunks read, for the access profile
         self._parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # dir ino -> parent, learnt from lookups
         self._small = _LRU(small_cache_bytes, len)
         self._chunks = _LRU(_CHUNK_LISTS)
@@ -284,6 +286,8 @@ class VersionView:
         cid = c.cid
         if cid is None:
             return bytes(length)  # a hole: all zeros, nothing stored
+        if self.recorder is not None:
+            self.recorder.record(cid)
         data = self.cache.try_read(cid, start, length, size=c.length)
         if data is None:
             try:
