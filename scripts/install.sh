@@ -6,14 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=0
-for tool in fusermount3 pkg-config zstd setfattr; do
+for tool in fusermount3 pkg-config zstd setfattr rsync; do
     command -v "$tool" >/dev/null 2>&1 || need_apt=1
 done
 [ -e /usr/include/fuse3/fuse.h ] || need_apt=1
 if [ "$need_apt" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq fuse3 libfuse3-dev pkg-config psmisc attr zstd >/dev/null
+    apt-get install -y -qq fuse3 libfuse3-dev pkg-config psmisc attr zstd rsync >/dev/null
 fi
 [ -e /dev/fuse ] || echo "warning: /dev/fuse is missing; mounting will not work here" >&2
 
