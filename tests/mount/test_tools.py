@@ -7,11 +7,13 @@ mount and the source tree is something a user would notice.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from mountkit import CHUNK, PushedTree
 
 from support.cli import Wsfs
@@ -89,3 +91,22 @@ def test_small_cache_limit_evicts_while_reading(tmp_path: Path, mount) -> None:
     s = m.stats()["cache"]
     assert s["evictions"] >= 7
     assert s["bytes"] <= 3 * CHUNK
+
+
+def test_trees_without_xattrs_switch_the_kernel_xattr_calls_off(tmp_path: Path, mount) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(b"x")
+    repo = tmp_path / "repo"
+    w = Wsfs(str(repo), str(tmp_path / "push-cache"))
+    w("init")
+    w.push(src, "plain")
+    m = mount(repo, "plain@1")
+    for _ in range(2):
+        subprocess.run(["ls", "-l", str(m.path)], check=True, capture_output=True)
+        assert os.listxattr(m.path / "f1") == []
+        with pytest.raises(OSError) as e:
+            os.getxattr(m.path / "f1", "user.x")
+        assert e.value.errno in (errno.ENODATA, errno.EOPNOTSUPP)
+    assert m.stats()["requests"].get("getxattr", 0) <= 1  # the first ENOSYS ends them for the mount

@@ -261,6 +261,13 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
+        if not self.view.has_xattrs:
+            # No entry of this tree has an xattr: ENOSYS makes the kernel stop
+            # asking for the rest of the mount (fc->no_getxattr), which saves a
+            # round trip per file on every `ls -l` (security.selinux, ACLs...).
+            # Callers then get EOPNOTSUPP instead of ENODATA, which ls, cp,
+            # tar and rsync all read as "no attribute".
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         value = self.view.xattrs(inode).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -268,6 +275,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
+        # (No ENOSYS here: the kernel would then fail listxattr with EOPNOTSUPP
+        # instead of an empty list; only xattr-aware tools call it anyway.)
         return [XAttrNameT(n) for n in self.view.xattrs(inode)]
 
     @_handler

@@ -153,6 +153,7 @@ class VersionView:
         self.limiter = limiter or trio.CapacityLimiter(16)
         self.readahead_limiter = trio.CapacityLimiter(4)
         self.nursery: trio.Nursery | None = None  # set by the daemon; enables read-ahead
+        self.has_xattrs = manifest.has_xattrs()  # False: the adapter tells the kernel to stop asking
         self.recorder: AccessRecorder | None = None  # set by the daemon: chunks read, for the access profile
         self._parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # dir ino -> parent, learnt from lookups
         self._small = _LRU(small_cache_bytes, len)

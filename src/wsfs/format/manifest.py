@@ -431,6 +431,10 @@ class Manifest:
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         return dict(self.db.execute("SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", (ino,)))
 
+    def has_xattrs(self) -> bool:
+        """Whether any entry has an extended attribute."""
+        return self._one("SELECT EXISTS (SELECT 1 FROM xattrs)") == 1
+
     def chunk_sizes(self) -> dict[bytes, int]:
         """``{chunk id: length}`` of every non-zero chunk this manifest references."""
         return dict(self.db.execute("SELECT cid, length FROM chunks WHERE cid IS NOT NULL"))
