@@ -2,7 +2,7 @@
 
 Not collected by pytest (no ``test_`` prefix).  Run as root, from the repository root::
 
-    python tests/mount/bench_mount.py [--files 5000] [--big-mib 64] [--keep]
+    python bench/bench_daemon_ops.py [--files 5000] [--big-mib 64] [--keep]
 
 It builds a tree of small files (and one big file) in a temporary directory,
 pushes it to a local repository with the CLI, mounts it with a cold cache,
