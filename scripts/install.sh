@@ -20,6 +20,8 @@ fi
 PY=${PYTHON:-python3}
 # Debian's own python refuses system-wide pip installs; this machine's python does not.
 export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# pyfuse3 with wsfs' two-line patch (no OPEN/OPENDIR round trips); falls back to the stock one.
+PYTHON="$PY" bash scripts/install_pyfuse3.sh
 "$PY" -m pip install -q -e '.[test]'
 "$PY" -c 'import wsfs, pyfuse3, apsw, blake3, zstandard, boto3' 
 echo "wsfs installed: $("$PY" -m wsfs --version)"

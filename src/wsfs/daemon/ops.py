@@ -52,6 +52,8 @@ _READY_ROUNDS = 4  # times a handler may wait for its view (NotReady) before tha
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+_EXPECTED_ERRNOS = frozenset((errno.ENOENT, pyfuse3.ENOATTR, errno.ENOSYS))
+
 
 class OpStats:
     """Requests, errors and cumulative time by operation (thread-safe, cheap)."""
@@ -101,8 +103,9 @@ def _handler(fn: F) -> F:
             failed = False
             return result
         except pyfuse3.FUSEError as e:
-            # Expected answers (ENOENT from lookup, ENOATTR...) are not failures.
-            failed = e.errno not in (errno.ENOENT, pyfuse3.ENOATTR)
+            # Expected answers (ENOENT from lookup, ENOATTR, ENOSYS for "no open
+            # needed"...) are not failures.
+            failed = e.errno not in _EXPECTED_ERRNOS
             raise
         except WsfsError as e:
             log.debug("%s%r: %s", op, args[:2], e)
@@ -149,10 +152,16 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, view: VersionView | HistoryView) -> None:
+    def __init__(self, view: VersionView | HistoryView, *, cache_dirs: bool = True) -> None:
         super().__init__()
         self.view = view
         self.stats = OpStats()
+        # With wsfs' pyfuse3 patch, read() and readdir() get the inode when the
+        # kernel sends no handle, so OPEN and OPENDIR can be answered ENOSYS
+        # (see open()).  *cache_dirs* False keeps OPENDIR for a view whose
+        # listings change (the history root lists new versions).
+        self.no_open = bool(getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False))
+        self.no_opendir = self.no_open and cache_dirs
 
     # -- names and attributes ----------------------------------------------
 
@@ -197,6 +206,12 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
+        if self.no_opendir:
+            # ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR for this
+            # mount and opens every directory with FOPEN_KEEP_CACHE |
+            # FOPEN_CACHE_DIR, so a listing read once is served from the page
+            # cache afterwards (the patched pyfuse3 hands readdir the inode).
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         self.view.opendir(inode)
         return FileHandleT(inode)  # the directory's inode is its handle: no per-open state
 
@@ -227,6 +242,12 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> pyfuse3.FileInfo:
+        if self.no_open:
+            # ENOSYS: the kernel stops sending OPEN and RELEASE for this mount
+            # (two of the three round trips of reading a small file) and opens
+            # files with FOPEN_KEEP_CACHE; read() gets the inode as handle.
+            # The mount is "ro", so the VFS refuses write opens (EROFS) itself.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         self.view.open(inode)
@@ -242,9 +263,8 @@ class Operations(pyfuse3.Operations):
         """``close(2)``: nothing to flush.  ENOSYS makes the kernel stop sending flushes at all.
 
         (The kernel treats ENOSYS from FLUSH as success and sets ``no_flush``
-        for the connection, which saves one round trip on every close.  The
-        same trick for OPEN/OPENDIR would leave ``read``/``readdir`` with
-        ``fh == 0``, and pyfuse3 passes them no inode, so it is not used.)
+        for the connection, which saves one round trip on every close; OPEN
+        and OPENDIR use the same trick, see :meth:`open`.)
         """
         self.stats.record("flush", 0, False)
         raise pyfuse3.FUSEError(errno.ENOSYS)
