@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import blake3
+import pyfuse3
 import pytest
 from mountkit import CHUNK, INLINE, KIB, PushedTree, is_mounted
 
@@ -123,6 +124,49 @@ def test_missing_paths_enoent_and_cached_negative(rich: PushedTree, mount) -> No
         windows.append(delta)
     else:
         pytest.fail(f"the kernel asked the daemon again in every window: {windows}")
+
+
+def _requests(m) -> dict[str, int]:
+    return {op: int(n) for op, n in m.stats()["requests"].items()}
+
+
+@pytest.mark.skipif(not getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False),
+                    reason="stock pyfuse3: wsfs answers OPEN/OPENDIR itself (see test_pyfuse3_is_patched)")
+def test_reading_a_file_costs_no_open_or_release(rich: PushedTree, mount) -> None:
+    """OPEN/OPENDIR answered ENOSYS once: afterwards opens, closes and listings cost no request."""
+    m = mount(rich.repo, "rich@1")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(m.path) for f in fs]
+    dirs = [d for d, _, _ in os.walk(m.path)]
+    assert len(files) > 20 and len(dirs) >= 5
+    for path in files:
+        if os.path.isfile(path) and not os.path.islink(path):
+            with open(path, "rb") as f:
+                f.read()
+    r = _requests(m)
+    assert r.get("open", 0) <= 1 and r.get("opendir", 0) <= 1, r  # the ENOSYS answers
+    assert r.get("release", 0) == 0 and r.get("releasedir", 0) == 0 and r.get("flush", 0) <= 1, r
+    assert r.get("read", 0) >= len(files) // 2  # the reads themselves still arrive
+    # Listings are cached by the kernel (FOPEN_CACHE_DIR): listing every
+    # directory again sends no READDIR, in at least one of a few windows
+    # (another job's drop_caches can evict the cached listings).
+    windows = []
+    for _ in range(5):
+        before = _requests(m).get("readdir", 0)
+        for d in dirs:
+            os.listdir(d)
+        delta = _requests(m).get("readdir", 0) - before
+        if delta == 0:
+            break
+        windows.append(delta)
+    else:
+        pytest.fail(f"listings were read from the daemon again in every window: {windows}")
+
+
+def test_pyfuse3_is_patched() -> None:
+    """scripts/install.sh installs pyfuse3 with third_party/pyfuse3's patch (WSFS_ALLOW_STOCK_PYFUSE3=1 to waive)."""
+    if os.environ.get("WSFS_ALLOW_STOCK_PYFUSE3") == "1":
+        pytest.skip("stock pyfuse3 allowed by WSFS_ALLOW_STOCK_PYFUSE3=1")
+    assert getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False), "run scripts/install_pyfuse3.sh"
 
 
 def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> None:
