@@ -661,3 +661,16 @@ def test_unit_commands_as_systemd_runs_them(demo: tuple[Path, Path], tmp_path: P
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
         shutil.rmtree(notify_dir, ignore_errors=True)
         assert not is_mounted(mnt)
+
+
+def test_mount_option_sizes() -> None:
+    from wsfs.daemon.cli import parse_mount_options
+    from wsfs.errors import UsageError
+
+    assert parse_mount_options(["prefetch_small=0,cache_size=2G"]) == {"prefetch_small": 0, "cache_size": 2 << 30}
+    assert parse_mount_options(["prefetch_small=256k"]) == {"prefetch_small": 256 << 10}
+    for bad in ("prefetch_small=-1", "prefetch_small=x", "cache_size=0", "prefetch_small"):
+        with pytest.raises(UsageError):
+            parse_mount_options([bad])
+    assert "prefetch_small" in mh.KNOWN
+    assert "prefetch_small=0" in mh.translate_options(["prefetch_small=0"]).mount_options

@@ -20,6 +20,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import blake3
@@ -170,7 +171,9 @@ def test_pyfuse3_is_patched() -> None:
 
 
 def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> None:
-    m = mount(rich.repo, "rich@1")  # its own, cold cache: the manifest was fetched at mount
+    # Its own, cold cache: the manifest was fetched at mount.  No prefetch of
+    # listed one-chunk files (over128k), which test_listing_prefetches_one_chunk_files checks.
+    m = mount(rich.repo, "rich@1", extra=("-o", "prefetch_small=0"))
     gets0 = m.gets()
     assert gets0 == 3  # at mount: wsfs-repo.json, the version record, the manifest
     subprocess.run(["find", str(m.path), "-printf", "%p %s %m %u %T@\n"], check=True, capture_output=True)
@@ -188,6 +191,25 @@ def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> 
     s = m.stats()
     assert s["store"]["requests"].get("get", 0) == gets0, s["store"]
     assert s["cache"]["misses"] == 0 and s["cache"]["fetches"] == 0
+
+
+def test_listing_prefetches_one_chunk_files(rich: PushedTree, mount) -> None:
+    """Listing a directory fetches its one-chunk files up to prefetch_small in the background, only those."""
+    m = mount(rich.repo, "rich@1")  # default prefetch_small=1M
+    gets0 = m.gets()
+    os.listdir(m.path / "a")  # a/big-hardlink is over128k (one chunk), listed here
+    deadline = time.monotonic() + 20
+    while m.stats()["cache"]["fetches"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # nothing else may follow
+    s = m.stats()
+    assert s["cache"]["fetches"] == 1 and m.gets() == gets0 + 1, s
+    # The read is then served from the cache; big9m (3 chunks) was listed too but not fetched.
+    os.listdir(m.path)
+    time.sleep(0.3)
+    assert (m.path / "over128k").read_bytes() == (rich.src / "over128k").read_bytes()
+    s = m.stats()
+    assert s["cache"]["fetches"] == 1 and m.gets() == gets0 + 1, s
 
 
 def test_random_read_fetches_exactly_one_chunk(rich: PushedTree, mount) -> None:

@@ -25,7 +25,7 @@ _IGNORED_OPTIONS = {
 }
 
 
-def _parse_size(text: str) -> int:
+def _parse_size(text: str, *, what: str = "cache size", zero: bool = False) -> int:
     units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
     suffix = t[-1:] if t[-1:] in units else ""
@@ -33,8 +33,8 @@ def _parse_size(text: str) -> int:
         n = int(float(t[: len(t) - len(suffix)]) * units[suffix])
     except ValueError:
         raise UsageError(f"not a size: {text!r}") from None
-    if n <= 0:
-        raise UsageError(f"cache size must be positive, got {text!r}")
+    if n < 0 or (n == 0 and not zero):
+        raise UsageError(f"{what} must be {'zero or more' if zero else 'positive'}, got {text!r}")
     return n
 
 
@@ -57,9 +57,12 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = val
             elif key == "cache_size" and eq:
                 out[key] = _parse_size(val)
+            elif key == "prefetch_small" and eq:
+                out[key] = _parse_size(val, what="prefetch_small", zero=True)
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, allow_other, history, noprofile, cache_dir=DIR, cache_size=SIZE, log=PATH)")
+                                 "(known: ro, allow_other, history, noprofile, cache_dir=DIR, cache_size=SIZE, "
+                                 "prefetch_small=SIZE, log=PATH)")
     return out
 
 
@@ -81,6 +84,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     )
     if "cache_size" in opts:
         options.cache_size = opts["cache_size"]
+    if "prefetch_small" in opts:
+        options.prefetch_small = opts["prefetch_small"]
     return run_mount(settings, Ref.parse(args.ref), args.mountpoint, options)
 
 
@@ -188,7 +193,9 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     sp.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground and log to stderr (default: detach once mounted)")
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                    help="comma-separated: ro, allow_other, history, noprofile (no access profile), cache_dir=DIR, cache_size=SIZE, log=PATH")
+                    help="comma-separated: ro, allow_other, history, noprofile (no access profile), cache_dir=DIR, cache_size=SIZE, "
+                         "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE in the background; "
+                         "default 1M, 0: off), log=PATH")
     sp.add_argument("--history", action="store_true",
                     help="every version as MOUNTPOINT/<n>/..., every tag as a symlink MOUNTPOINT/<tag> -> <n> "
                          "(give WORKSPACE without @V; same as -o history)")

@@ -268,6 +268,7 @@ class HistoryView:
                            limiter=self.limiter, small_cache_bytes=_SMALL_CACHE_BYTES)
         view.readahead_limiter = self.readahead_limiter
         view.nursery = self.nursery
+        view.small_prefetch_max = 0  # browsing old versions: fetch what is read, not what is listed
         self._open[n] = view
         self.loads += 1
         _remember(self._records, n, (record, ident), _RECORDS)

@@ -44,7 +44,7 @@ from wsfs.daemon import control
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile
-from wsfs.daemon.view import VersionView
+from wsfs.daemon.view import SMALL_PREFETCH_MAX, VersionView
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.repository import Ref, Repository
 from wsfs.store import open_store
@@ -66,6 +66,7 @@ class MountOptions:
     verbose: int = 0
     history: bool = False  # every version as <mnt>/<n>, every tag as <mnt>/<tag> -> <n> (daemon/history.py)
     profile: bool = True  # record what is read; prefetch the workspace's access profile (daemon/profile.py)
+    prefetch_small: int = SMALL_PREFETCH_MAX  # listed one-chunk files up to this size are prefetched (0: off)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -245,6 +246,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         manifest = repo.open_manifest(record)
         cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
         view = VersionView(manifest, cache, label=label, stats=record.stats)
+        view.small_prefetch_max = options.prefetch_small
         close = manifest.close
         if options.profile:
             view.recorder = AccessRecorder()

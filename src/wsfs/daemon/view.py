@@ -56,6 +56,12 @@ _SEQ_FILES = 4096  # files whose sequential-read state is remembered
 # to 128 KiB; 1 MiB of run is well past that, so a random read fetches one chunk.
 READAHEAD_MIN_RUN = 1 << 20
 READAHEAD_MAX_CHUNKS = 8  # the window doubles with the run up to this many chunks ahead
+# A file stored as one chunk of at most this size is fetched in the background
+# as soon as its directory is listed: a tree walk (tar, cp -r, rsync, a build)
+# then finds it ready instead of paying one store round trip per such file in
+# series.  Bounded by the read-ahead limiter and _SMALL_PREFETCH_PENDING.
+SMALL_PREFETCH_MAX = 1 << 20
+_SMALL_PREFETCH_PENDING = 512  # listed-file prefetches waiting or running at once; more are skipped
 
 
 class _LRU(collections.OrderedDict[Any, Any]):
@@ -164,6 +170,7 @@ class VersionView:
         self._reported: dict[bytes, float] = {}  # blob -> when its read failure was last logged
         self._prefetching: set[bytes] = set()  # read-ahead in progress
         self._prepared = _LRU(_PREPARED)  # chunks read-ahead already made ready
+        self.small_prefetch_max = SMALL_PREFETCH_MAX  # 0: do not prefetch listed files
 
     # -- attributes --------------------------------------------------------
 
@@ -214,6 +221,8 @@ class VersionView:
         for _, _, node in entries:
             if node.is_dir:
                 self._parents[node.ino] = ino
+            elif node.is_reg and node.data is None and 0 < node.size <= self.small_prefetch_max:
+                self._prefetch_listed(node)
         return entries
 
     def readlink(self, ino: int) -> bytes:
@@ -329,11 +338,23 @@ class VersionView:
         window = min(READAHEAD_MAX_CHUNKS, 1 + run // self.chunk_size)
         cur = (end - 1) // self.chunk_size
         for nxt in range(cur + 1, min(len(chunks), cur + 1 + window)):
-            cid = chunks[nxt].cid
-            if cid is None or cid in self._prefetching or self._prepared.get_(cid):
-                continue
-            self._prefetching.add(cid)
-            self.nursery.start_soon(self._prefetch, cid, chunks[nxt].length)
+            self._start_prefetch(chunks[nxt])
+
+    def _prefetch_listed(self, node: Inode) -> None:
+        """A one-chunk file was just listed: fetch it in the background (see SMALL_PREFETCH_MAX)."""
+        if self.nursery is None or len(self._prefetching) >= _SMALL_PREFETCH_PENDING:
+            return
+        chunks = self._chunk_list(node)
+        if len(chunks) == 1:
+            self._start_prefetch(chunks[0])
+
+    def _start_prefetch(self, c: Chunk) -> None:
+        """Prepare chunk *c* in the background unless it is a hole, ready, or already on its way."""
+        cid = c.cid
+        if cid is None or cid in self._prefetching or self._prepared.get_(cid) or self.nursery is None:
+            return
+        self._prefetching.add(cid)
+        self.nursery.start_soon(self._prefetch, cid, c.length)
 
     async def _prefetch(self, cid: bytes, length: int) -> None:
         try:
