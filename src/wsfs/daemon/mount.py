@@ -44,7 +44,6 @@ from wsfs.daemon import control
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile
-from wsfs.daemon.push import PagePusher
 from wsfs.daemon.view import SMALL_PREFETCH_MAX, VersionView
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.repository import Ref, Repository
@@ -325,11 +324,8 @@ class _Daemon:
         }
         if isinstance(self.view, HistoryView):
             out["history"] = self.view.statistics()
-        else:
-            if self.view.recorder is not None:
-                out["profile"] = {"recorded": len(self.view.recorder), "prefetched": self.profile_prefetched}
-            if self.view.pusher is not None:
-                out["pushed"] = self.view.pusher.statistics()
+        elif self.view.recorder is not None:
+            out["profile"] = {"recorded": len(self.view.recorder), "prefetched": self.profile_prefetched}
         return out
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -347,9 +343,6 @@ class _Daemon:
     async def main(self, verdict: _Verdict) -> None:
         async with trio.open_nursery() as nursery:
             self.view.nursery = nursery  # read-ahead tasks run here
-            if isinstance(self.view, VersionView):
-                self.view.pusher = PagePusher(self.view.manifest.inline_data)
-                nursery.start_soon(self.view.pusher.run)
             await nursery.start(self._watch_signals)
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)

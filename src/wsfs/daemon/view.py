@@ -31,7 +31,6 @@ import trio
 
 from wsfs.cache import BlobCache
 from wsfs.daemon.profile import AccessRecorder
-from wsfs.daemon.push import PagePusher
 from wsfs.errors import UsageError, WsfsError
 from wsfs.format.blobs import hexid
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
@@ -63,12 +62,6 @@ READAHEAD_MAX_CHUNKS = 8  # the window doubles with the run up to this many chun
 # series.  Bounded by the read-ahead limiter and _SMALL_PREFETCH_PENDING.
 SMALL_PREFETCH_MAX = 1 << 20
 _SMALL_PREFETCH_PENDING = 512  # listed-file prefetches waiting or running at once; more are skipped
-# Reading an inline file (at offset 0) offers the content of the next inline
-# files of its directory, in listing order, to the page pusher (daemon/push.py).
-PUSH_AHEAD_FILES = 64
-PUSH_AHEAD_BYTES = 1 << 20
-_LISTED = 16384  # inline files remembered with (directory, cursor) from readdir
-_PUSHED = 65536  # inline files already offered
 
 
 class _LRU(collections.OrderedDict[Any, Any]):
@@ -98,13 +91,6 @@ class _LRU(collections.OrderedDict[Any, Any]):
         while self.weight > self.limit:
             _, old = self.popitem(last=False)
             self.weight -= self.weigh(old) if self.weigh else 1
-
-    def take(self, key: Any) -> Any:
-        """Remove and return the value of *key* (None if absent)."""
-        value = super().pop(key, None)
-        if value is not None:
-            self.weight -= self.weigh(value) if self.weigh else 1
-        return value
 
 
 def entry_attributes(
@@ -185,9 +171,6 @@ class VersionView:
         self._prefetching: set[bytes] = set()  # read-ahead in progress
         self._prepared = _LRU(_PREPARED)  # chunks read-ahead already made ready
         self.small_prefetch_max = SMALL_PREFETCH_MAX  # 0: do not prefetch listed files
-        self.pusher: PagePusher | None = None  # set by the daemon: push-ahead of inline files
-        self._listed = _LRU(_LISTED)  # inline file ino -> (directory ino, its readdir cursor)
-        self._pushed = _LRU(_PUSHED)
 
     # -- attributes --------------------------------------------------------
 
@@ -235,13 +218,11 @@ class VersionView:
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, Inode]]:
         """Up to *limit* ``(cursor, name, inode)`` after cursor *after* (0 = from the start)."""
         entries = self.manifest.readdir(ino, after, limit)
-        for cursor, _, node in entries:
+        for _, _, node in entries:
             if node.is_dir:
                 self._parents[node.ino] = ino
             elif node.is_reg and node.data is None and 0 < node.size <= self.small_prefetch_max:
                 self._prefetch_listed(node)
-            elif node.is_reg and node.data is not None and self.pusher is not None:
-                self._listed.put(node.ino, (ino, cursor))
         return entries
 
     def readlink(self, ino: int) -> bytes:
@@ -282,8 +263,6 @@ class VersionView:
         if off >= end:
             return b""
         if node.inline:
-            if off == 0 and self.pusher is not None:
-                self._push_ahead(node)
             return self._inline(node)[off:end]
         chunks = self._chunk_list(node)
         cs = self.chunk_size
@@ -305,25 +284,6 @@ class VersionView:
             data = self.manifest.inline_data(node)  # verified; IntegrityError if not
             self._small.put(node.ino, data)
         return data
-
-    def _push_ahead(self, node: Inode) -> None:
-        """Offer the inline files listed after *node* in its directory to the page pusher."""
-        where = self._listed.take(node.ino)
-        if where is None:
-            return  # not reached by a listing (or long ago): no order to follow
-        parent, cursor = where
-        batch, total = [], 0
-        for _, _, sib in self.manifest.readdir(parent, cursor, PUSH_AHEAD_FILES):
-            if not (sib.is_reg and sib.data is not None and sib.size > 0) or self._pushed.get_(sib.ino):
-                continue
-            total += sib.size
-            if total > PUSH_AHEAD_BYTES:
-                break
-            self._pushed.put(sib.ino, True)
-            batch.append(sib)
-        if batch:
-            assert self.pusher is not None
-            self.pusher.offer(batch)
 
     def _chunk_list(self, node: Inode) -> list[Chunk]:
         chunks = self._chunks.get_(node.ino)
