@@ -8,6 +8,7 @@ which also pins ``store_kind`` so ``repo_url``/``store`` give an s3 location).
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -284,3 +285,26 @@ def test_invalid_prefix_for_list(store: S3Store) -> None:
         store.list("../")
     with pytest.raises(InvalidName):
         store.list_dirs("a//b/")
+
+
+@S3
+def test_blobs_are_verified_without_botocore_checksums(store: S3Store, tmp_path) -> None:
+    """GET bodies are not CRC-checked by botocore; blake3 still refuses a wrong blob before it is cached."""
+    from wsfs.cache import BlobCache
+    from wsfs.errors import IntegrityError
+    from wsfs.format.blobs import content_id
+    from wsfs.format.records import RepoConfig
+    from wsfs.repository import Repository, blob_key
+
+    assert store._client.meta.config.response_checksum_validation == "when_required"
+    repo = Repository.init(store, RepoConfig(), str(tmp_path / "cache"))
+    data = os.urandom(300_000)  # incompressible: stored raw, so only blake3 can notice the flipped bit
+    cid = content_id(data)
+    repo.put_blob(cid, data)
+    good = store.get(blob_key(cid))
+    store.put(blob_key(cid), good[:-1] + bytes([good[-1] ^ 1]))  # one bit flipped, as S3 stores it
+    cache = BlobCache(repo, str(tmp_path / "cache"))
+    with pytest.raises(IntegrityError):
+        cache.read(cid, 0, 10, size=len(data))
+    assert not cache.contains(cid) and cache.statistics()["fetches"] == 0
+    cache.close()

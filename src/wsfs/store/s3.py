@@ -167,6 +167,14 @@ class S3Store:
             max_pool_connections=32,
             tcp_keepalive=True,
             s3={"addressing_style": "path"} if endpoint else None,
+            # No CRC32 of every GET body (botocore's default since 1.36): what
+            # wsfs reads in bulk, blobs and manifests, is content-addressed and
+            # verified with blake3 above this layer, and the CRC cost about as
+            # much CPU as blake3.  The small JSON objects (descriptor, version
+            # records, tags) are parsed and validated, and https, where used,
+            # authenticates every byte.  Uploads keep their checksums
+            # (request_checksum_calculation stays "when_supported").
+            response_checksum_validation="when_required",
         )
         try:
             # A session per store: boto3's default session is shared global state,
