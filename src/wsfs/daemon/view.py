@@ -56,6 +56,7 @@ _SEQ_FILES = 4096  # files whose sequential-read state is remembered
 # to 128 KiB; 1 MiB of run is well past that, so a random read fetches one chunk.
 READAHEAD_MIN_RUN = 1 << 20
 READAHEAD_MAX_CHUNKS = 8  # the window doubles with the run up to this many chunks ahead
+READAHEAD_THREADS = 6  # chunks read ahead at once (the limiter below)
 # A file stored as one chunk of at most this size is fetched in the background
 # as soon as its directory is listed: a tree walk (tar, cp -r, rsync, a build)
 # then finds it ready instead of paying one store round trip per such file in
@@ -154,10 +155,12 @@ class VersionView:
         self.chunk_size = manifest.chunk_size
         self.tree_stats = stats or {}
         # Worker threads for blob reads that miss (each may hold a store GET;
-        # the cache bounds concurrent GETs itself), and a smaller pool for
-        # read-ahead so it never crowds out reads someone is waiting for.
+        # the cache bounds concurrent GETs itself, to 8), and a smaller pool for
+        # read-ahead so it never crowds out reads someone is waiting for.  Six
+        # read-ahead GETs in flight keep a 20 ms round trip from limiting a
+        # sequential read (4 gave 15-20% less there).
         self.limiter = limiter or trio.CapacityLimiter(16)
-        self.readahead_limiter = trio.CapacityLimiter(4)
+        self.readahead_limiter = trio.CapacityLimiter(READAHEAD_THREADS)
         self.nursery: trio.Nursery | None = None  # set by the daemon; enables read-ahead
         self.has_xattrs = manifest.has_xattrs()  # False: the adapter tells the kernel to stop asking
         self.recorder: AccessRecorder | None = None  # set by the daemon: chunks read, for the access profile
@@ -265,6 +268,9 @@ class VersionView:
         if node.inline:
             return self._inline(node)[off:end]
         chunks = self._chunk_list(node)
+        # Before any await: the kernel sends several READs of a sequential
+        # stream at once, and they must be seen in the order they arrive.
+        self._read_ahead(node, chunks, off, end)
         cs = self.chunk_size
         first, last = off // cs, (end - 1) // cs
         pieces = []
@@ -273,7 +279,6 @@ class VersionView:
             base = idx * cs
             a, b = max(off, base) - base, min(end, base + c.length) - base
             pieces.append(await self._chunk_range(node, c, a, b - a))
-        self._read_ahead(node, chunks, off, end)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _inline(self, node: Inode) -> bytes:
