@@ -26,6 +26,17 @@ Invariants and protocol (see ``docs/daemon.md``, "Cache"):
   holds it.  The holder unlinks the lock file before releasing it, and a
   waiter that wakes holding an unlinked lock file retries, so lock files do
   not accumulate and two holders can never coexist.
+* Write-behind: a fetch returns its verified bytes at once and hands them,
+  with its lock, to one writer thread, which installs the content file
+  (temporary name, rename), updates the index, evicts, and only then
+  releases the lock.  Meanwhile the bytes are served from memory.  At most
+  ``pending_bytes`` wait to be written (fetches block beyond that);
+  :meth:`BlobCache.drain` waits for the writes of the fetches made so far.
+  A failed write costs the local copy only.
+* Memory: the last verified blobs (fetched, or read whole for a first-use
+  verification), up to ``memory_bytes``, are kept and served without
+  touching their files; a blob in memory is verified bytes, whatever has
+  happened to its file since.
 * The file system is the truth for *presence*; the index is the truth for
   *eviction order*.  Index rows may briefly disagree with the files (a crash
   between rename and insert, an eviction racing a refetch); a hit upserts its
@@ -41,10 +52,12 @@ Invariants and protocol (see ``docs/daemon.md``, "Cache"):
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -61,6 +74,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 10 * 1024**3
 DEFAULT_FETCH_WORKERS = 8
+# Verified blobs kept in memory after a fetch or a first-use verification, so
+# the reads that follow (a sequential reader, read-ahead running ahead of it)
+# are served without touching the content file.  More than the daemon's
+# read-ahead window (8 chunks of 4 MiB).
+DEFAULT_MEMORY_BYTES = 48 * 1024**2
+# Fetched blobs waiting to be written (in memory meanwhile): fetching waits beyond this.
+DEFAULT_PENDING_BYTES = 32 * 1024**2
 BROKEN_TTL = 30.0  # seconds a failed id fails fast before the store is asked again
 _TOUCH_BATCH = 512  # pending last-use updates that force a flush
 
@@ -89,7 +109,8 @@ INDEX_FORMAT = 1
 class CacheStats:
     """Counters since the cache was opened (this process only)."""
 
-    hits: int = 0  # reads served from a content file
+    hits: int = 0  # reads served from a content file or from memory
+    memory_hits: int = 0  # of those, served from the verified blobs kept in memory
     misses: int = 0  # reads that had to wait for a fetch (own or another thread's/process's)
     fetches: int = 0  # blobs this process downloaded
     fetch_bytes: int = 0  # plaintext bytes of those
@@ -100,6 +121,7 @@ class CacheStats:
     evictions: int = 0
     evicted_bytes: int = 0
     prefetches: int = 0  # blobs read-ahead had to fetch (not counted as misses)
+    write_failures: int = 0  # fetched blobs that could not be written to the cache (served all the same)
 
 
 class _Flight:
@@ -127,6 +149,7 @@ class BlobCache:
         *,
         max_bytes: int = DEFAULT_CACHE_SIZE,
         fetch_workers: int = DEFAULT_FETCH_WORKERS,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
     ) -> None:
         self.repo = repo
         self.root = os.path.join(cache_dir, "blobs")
@@ -143,6 +166,20 @@ class BlobCache:
         self._touched: dict[str, tuple[int, int]] = {}  # id -> (size, last_use) not yet in the index
         self._last_flush = time.monotonic()
         self._broken: dict[str, tuple[float, WsfsError]] = {}
+        # id -> verified bytes, least recently used first; at most memory_bytes in all.
+        self._memory: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._memory_used = 0
+        self.memory_bytes = memory_bytes
+        # Fetched blobs waiting for the writer thread (see _write_later).  The
+        # lock is self._lock (readers look here too); the condition wakes
+        # fetchers waiting for room.
+        self._pending: dict[str, bytes] = {}
+        self._pending_used = 0
+        self._pending_cond = threading.Condition(self._lock)
+        self.pending_bytes = DEFAULT_PENDING_BYTES
+        self._queued = self._written = 0  # blobs handed to the writer thread, and written (or failed)
+        self._queue: queue.Queue[tuple[str, str, bytes, int] | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
         self._db = self._open_index(os.path.join(self.root, "index.sqlite"))
 
     # -- index -------------------------------------------------------------
@@ -168,7 +205,12 @@ class BlobCache:
         return db
 
     def close(self) -> None:
-        """Write pending last-use times and close the index."""
+        """Finish the writes of fetched blobs, write pending last-use times and close the index."""
+        self.drain()
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
         self.flush(force=True)
         with self._db_lock:
             self._db.close()
@@ -192,7 +234,8 @@ class BlobCache:
             )
 
     def usage(self) -> tuple[int, int]:
-        """``(bytes, files)`` the index accounts for."""
+        """``(bytes, files)`` the index accounts for, once fetched blobs are written."""
+        self.drain()
         with self._db_lock:
             row = next(self._db.execute("SELECT bytes, files FROM totals WHERE k = 0"))
         return int(row[0]), int(row[1])
@@ -205,18 +248,23 @@ class BlobCache:
         return os.path.join(self.root, h[:2], h)
 
     def contains(self, cid: bytes) -> bool:
-        """Whether a content file for *cid* exists (not verified)."""
+        """Whether a content file for *cid* exists (not verified), once fetched blobs are written."""
+        self.drain()
         return os.path.exists(self.path(cid))
 
     # -- reading -----------------------------------------------------------
 
     def try_read(self, cid: bytes, offset: int, length: int, *, size: int | None = None) -> bytes | None:
-        """The bytes if the file is present and already verified by this process, else None.
+        """The bytes if the blob is in memory, or its file present and already verified by this process, else None.
 
-        Never fetches and never hashes: one ``open``, ``fstat`` and ``pread``.
-        The daemon calls it on the event loop thread to skip a thread hop on hits.
+        Never fetches and never hashes: a slice of a blob in memory, or one
+        ``open``, ``fstat`` and ``pread``.  The daemon calls it on the event
+        loop thread to skip a thread hop on hits.
         """
         h = hexid(cid)
+        data = self._recall(h, size, offset, length)
+        if data is not None:
+            return data
         try:
             fd = os.open(os.path.join(self.root, h[:2], h), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -274,8 +322,11 @@ class BlobCache:
     def _read_local(
         self, cid: bytes, offset: int, length: int, size: int | None, *, count: bool = True
     ) -> bytes | None:
-        """Serve from the content file if it exists and is sound; drop it if it is not."""
+        """Serve from memory, or from the content file if it exists and is sound; drop it if it is not."""
         h = hexid(cid)
+        data = self._recall(h, size, offset, length, count=count)
+        if data is not None:
+            return data
         path = os.path.join(self.root, h[:2], h)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -296,6 +347,7 @@ class BlobCache:
                     return None
                 with self._lock:
                     self._verified.add(key)
+                self._remember(h, data)
                 if count:
                     self._hit(h, st.st_size)
                 return data[offset : offset + length]
@@ -305,6 +357,36 @@ class BlobCache:
         if count:
             self._hit(h, st.st_size)
         return data
+
+    def _remember(self, h: str, data: bytes) -> None:
+        """Keep verified *data* of blob *h* in memory (least recently used ones leave first)."""
+        if len(data) > self.memory_bytes:
+            return
+        with self._lock:
+            old = self._memory.pop(h, None)
+            if old is not None:
+                self._memory_used -= len(old)
+            self._memory[h] = data
+            self._memory_used += len(data)
+            while self._memory_used > self.memory_bytes:
+                _, gone = self._memory.popitem(last=False)
+                self._memory_used -= len(gone)
+
+    def _recall(self, h: str, size: int | None, offset: int, length: int, *, count: bool = True) -> bytes | None:
+        """``length`` bytes from ``offset`` of blob *h* if it is in memory (and of *size*), else None."""
+        with self._lock:
+            data = self._memory.get(h)
+            if data is not None:
+                self._memory.move_to_end(h)
+            else:
+                data = self._pending.get(h)  # fetched, not yet written (and no longer in _memory)
+            if data is None or (size is not None and len(data) != size):
+                return None
+            if count:
+                self.stats.memory_hits += 1
+        if count:
+            self._hit(h, len(data))
+        return data[offset : offset + length]
 
     def _drop_corrupt(self, h: str, path: str, st_ino: int, why: str) -> None:
         log.warning("cached blob %s is corrupt (%s); fetching it again", h, why)
@@ -356,40 +438,113 @@ class BlobCache:
     def _fetch_locked(self, cid: bytes, h: str, size: int | None) -> bytes:
         path = os.path.join(self.root, h[:2], h)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with self._file_lock(path):
-            # Another process may have fetched it while we waited for the lock.
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-                st = os.stat(path)
-            except FileNotFoundError:
-                pass
+        lock_fd = self._lock_file(path)
+        try:
+            data = self._filled_by_other(cid, h, path, size)
+            if data is None:
+                data = self._download(cid, h, size)
+                fetched = True
             else:
-                if content_id(data) == cid and (size is None or len(data) == size):
-                    with self._lock:
-                        self.stats.filled_by_other += 1
-                        self._verified.add((h, st.st_ino, st.st_mtime_ns))
-                        self._touched[h] = (len(data), time.time_ns())
-                    return data
-                log.warning("cached blob %s is corrupt; fetching it again", h)
-                with self._lock:
-                    self.stats.corrupt += 1
-                os.unlink(path)
-            data = self._download(cid, h, size)
-            st = self._install(path, data)
+                fetched = False
+        except BaseException:
+            self._unlock_file(path, lock_fd)
+            raise
+        self._remember(h, data)
+        if not fetched:
+            self._unlock_file(path, lock_fd)
+            return data
         with self._lock:
             self.stats.fetches += 1
             self.stats.fetch_bytes += len(data)
-            self._verified.add((h, st.st_ino, st.st_mtime_ns))
-        with self._db_lock, _immediate(self._db):
-            self._db.execute(
-                "INSERT INTO entries (id, size, last_use) VALUES (?,?,?) "
-                "ON CONFLICT(id) DO UPDATE SET size = excluded.size, last_use = excluded.last_use",
-                (h, len(data), time.time_ns()),
-            )
-        self.flush()
-        self._evict(keep=h)
+        # The bytes are verified: callers get them now, and the writer thread
+        # installs the file, then releases the lock (other processes wait for it).
+        self._write_later(h, path, data, lock_fd)
         return data
+
+    def _filled_by_other(self, cid: bytes, h: str, path: str, size: int | None) -> bytes | None:
+        """Under the lock: the content another process installed while we waited, if sound."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if content_id(data) == cid and (size is None or len(data) == size):
+            with self._lock:
+                self.stats.filled_by_other += 1
+                self._verified.add((h, st.st_ino, st.st_mtime_ns))
+                self._touched[h] = (len(data), time.time_ns())
+            return data
+        log.warning("cached blob %s is corrupt; fetching it again", h)
+        with self._lock:
+            self.stats.corrupt += 1
+        os.unlink(path)
+        return None
+
+    # -- writing behind ------------------------------------------------------
+
+    def _write_later(self, h: str, path: str, data: bytes, lock_fd: int) -> None:
+        """Queue verified *data* for the writer thread, which installs it and releases *lock_fd*.
+
+        Until then the bytes stay readable from memory (``_pending``).  Blocks
+        while more than ``pending_bytes`` wait, so a slow disk slows fetching
+        down instead of filling memory.
+        """
+        with self._pending_cond:
+            while self._pending_used and self._pending_used + len(data) > self.pending_bytes:
+                self._pending_cond.wait()
+            self._pending[h] = data
+            self._pending_used += len(data)
+            self._queued += 1
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="wsfs-cache-writer", daemon=True)
+                self._writer.start()
+        self._queue.put((h, path, data, lock_fd))
+
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._write_one(*item)
+
+    def _write_one(self, h: str, path: str, data: bytes, lock_fd: int) -> None:
+        try:
+            try:
+                st = self._install(path, data)
+            finally:
+                self._unlock_file(path, lock_fd)
+            with self._lock:
+                self._verified.add((h, st.st_ino, st.st_mtime_ns))
+            with self._db_lock, _immediate(self._db):
+                self._db.execute(
+                    "INSERT INTO entries (id, size, last_use) VALUES (?,?,?) "
+                    "ON CONFLICT(id) DO UPDATE SET size = excluded.size, last_use = excluded.last_use",
+                    (h, len(data), time.time_ns()),
+                )
+            self.flush()
+            self._evict(keep=h)
+        except Exception as e:  # noqa: BLE001 - the reader has its bytes; only the local copy is lost
+            with self._lock:
+                self.stats.write_failures += 1
+            log.warning("cannot write cached blob %s: %s", h, e)
+        finally:
+            with self._pending_cond:
+                if self._pending.get(h) is data:
+                    del self._pending[h]
+                self._pending_used -= len(data)
+                self._written += 1
+                self._pending_cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until the blobs fetched so far are written to their content files and the index.
+
+        Waits for those only, not for fetches that start meanwhile, so it
+        returns within about ``pending_bytes`` of disk writes.
+        """
+        if threading.current_thread() is self._writer:
+            return
+        with self._pending_cond:
+            target = self._queued
+            while self._written < target:
+                self._pending_cond.wait()
 
     def _download(self, cid: bytes, h: str, size: int | None) -> bytes:
         try:
@@ -417,7 +572,7 @@ class BlobCache:
             self._broken[h] = (time.monotonic(), err)
 
     def _install(self, path: str, data: bytes) -> os.stat_result:
-        """Write verified *data* to a temporary name and rename it to *path*."""
+        """Write verified *data* to a temporary name and rename it to *path* (the writer thread)."""
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
@@ -442,6 +597,15 @@ class BlobCache:
     @contextmanager
     def _file_lock(self, path: str) -> Iterator[None]:
         """An exclusive cross-process lock on ``<path>.lock`` (see the module docstring)."""
+        fd = self._lock_file(path)
+        try:
+            yield
+        finally:
+            self._unlock_file(path, fd)
+
+    @staticmethod
+    def _lock_file(path: str) -> int:
+        """Take the lock of :meth:`_file_lock`; returns the descriptor for :meth:`_unlock_file` (any thread)."""
         lock_path = path + ".lock"
         while True:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -455,16 +619,16 @@ class BlobCache:
                 os.close(fd)
                 raise
             if same:
-                break
+                return fd
             os.close(fd)  # the previous holder unlinked it: lock the new file instead
+
+    @staticmethod
+    def _unlock_file(path: str, fd: int) -> None:
         try:
-            yield
-        finally:
-            try:
-                os.unlink(lock_path)
-            except FileNotFoundError:  # pragma: no cover - only the holder unlinks
-                pass
-            os.close(fd)
+            os.unlink(path + ".lock")
+        except FileNotFoundError:  # pragma: no cover - only the holder unlinks
+            pass
+        os.close(fd)
 
     # -- eviction ----------------------------------------------------------
 
@@ -504,7 +668,8 @@ class BlobCache:
     # -- introspection -----------------------------------------------------
 
     def statistics(self) -> dict[str, int]:
-        """Counters (see :class:`CacheStats`) plus the current usage and limit."""
+        """Counters (see :class:`CacheStats`) plus the current usage and limit (blobs fetched so far written)."""
+        self.drain()
         with self._lock:
             out = asdict(self.stats)
         out["bytes"], out["files"] = self.usage()

@@ -137,10 +137,12 @@ def test_processes_sharing_the_cache_fetch_each_blob_once(repo: Repository, tmp_
         results.append(json.loads(out))
     for r in results:
         assert r["out"] == [b[:16].hex() for b in blobs]
-    # Every blob was downloaded by exactly one of the three processes.
+    # Every blob was downloaded by exactly one of the three processes.  The
+    # other two either waited for its lock (filled_by_other) or, once the
+    # fetcher's writer thread had installed it, found the file (a hit).
     assert sum(r["stats"]["fetches"] for r in results) == len(blobs)
     assert sum(r["gets"] for r in results) == len(blobs)
-    assert sum(r["stats"]["filled_by_other"] for r in results) == 2 * len(blobs)
+    assert sum(r["stats"]["filled_by_other"] + r["stats"]["hits"] for r in results) == 2 * len(blobs)
     assert not list(Path(cache_dir, "blobs").rglob("*.lock")) and not list(Path(cache_dir, "blobs").rglob("*.tmp"))
 
 
@@ -150,13 +152,14 @@ def test_corrupt_or_truncated_cache_file_is_refetched(repo: Repository, tmp_path
     cache_dir = str(tmp_path / "cache")
     first = BlobCache(repo, cache_dir)
     first.read(cid, 0, 1)
+    first.drain()  # the content file is written after the bytes are returned
     path = first.path(cid)
 
     # Same size, wrong bytes, seen by a process that has not verified the file yet.
     with open(path, "r+b") as f:
         f.seek(500)
         f.write(b"\0garbage\0")
-    second = BlobCache(repo, cache_dir)
+    second = BlobCache(repo, cache_dir, memory_bytes=0)  # no copies in memory: every read sees the file
     assert second.read(cid, 0, len(data)) == data
     assert second.statistics()["corrupt"] == 1 and second.statistics()["fetches"] == 1
 
@@ -210,4 +213,65 @@ def test_missing_or_bad_blob_fails_and_fails_fast(repo: Repository, tmp_path: Pa
     with pytest.raises(IntegrityError, match="manifest says"):
         cache.read(cid, 0, 1, size=len(data) + 1)
     assert not cache.contains(cid)
+    cache.close()
+
+
+def test_fetched_blobs_are_served_from_memory_within_the_bound(repo: Repository, tmp_path: Path) -> None:
+    blobs = [os.urandom(100 * KIB + i) for i in range(4)]
+    ids = [put(repo, b) for b in blobs]
+    cache = BlobCache(repo, str(tmp_path / "cache"), memory_bytes=250 * KIB)  # room for two
+    for cid in ids:
+        cache.read(cid, 0, 1)
+    cache.drain()
+    for cid in ids:
+        os.unlink(cache.path(cid))  # memory hits never look at the file
+    g0 = gets(repo)
+    assert cache.try_read(ids[3], 10, 20) == blobs[3][10:30]
+    assert cache.read(ids[2], 0, 100 * KIB + 2) == blobs[2]
+    assert cache.try_read(ids[0], 0, 1) is None  # pushed out of memory (least recently used), file gone
+    assert cache.read(ids[0], 5, 5) == blobs[0][5:10]  # fetched again
+    assert gets(repo) - g0 == 1
+    assert cache.statistics()["memory_hits"] == 2
+    cache.close()
+
+
+def test_content_files_are_written_behind_and_a_failed_write_costs_only_the_copy(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(300 * KIB + 123)
+    cid = put(repo, data)
+    cache_dir = str(tmp_path / "cache")
+    cache = BlobCache(repo, cache_dir)
+    release = threading.Event()
+    real_install = cache._install
+
+    def slow_install(path: str, blob: bytes) -> os.stat_result:
+        release.wait(10)
+        return real_install(path, blob)
+
+    monkeypatch.setattr(cache, "_install", slow_install)
+    # The reader gets verified bytes before the content file exists...
+    assert cache.read(cid, 0, len(data), size=len(data)) == data
+    assert not os.path.exists(cache.path(cid))
+    assert cache.try_read(cid, 1, 2, size=len(data)) == data[1:3]  # ...from memory meanwhile
+    release.set()
+    cache.drain()
+    with open(cache.path(cid), "rb") as f:
+        assert f.read() == data
+    assert cache.usage() == (len(data), 1)
+    assert not list(Path(cache_dir, "blobs").rglob("*.lock")) and not list(Path(cache_dir, "blobs").rglob("*.tmp"))
+    cache.close()
+
+    # A write that fails (disk full...) is logged and counted; the read succeeded all the same.
+    other = put(repo, os.urandom(64 * KIB))
+    cache = BlobCache(repo, cache_dir)
+
+    def failing_install(path: str, blob: bytes) -> os.stat_result:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache, "_install", failing_install)
+    assert len(cache.read(other, 0, 64 * KIB)) == 64 * KIB
+    cache.drain()
+    assert cache.statistics()["write_failures"] == 1 and not cache.contains(other)
+    assert not list(Path(cache_dir, "blobs").rglob("*.lock"))  # the lock was released
     cache.close()
