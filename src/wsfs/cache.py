@@ -37,6 +37,10 @@ Invariants and protocol (see ``docs/daemon.md``, "Cache"):
   verification), up to ``memory_bytes``, are kept and served without
   touching their files; a blob in memory is verified bytes, whatever has
   happened to its file since.
+* Content files of 256 KiB or more are written with ``O_DIRECT`` when the
+  file system allows it: the daemon's reader gets the same bytes through
+  the FUSE page cache, so caching the file's pages too would only cost a
+  copy into fresh pages (most of a fetch's CPU) and memory.
 * The file system is the truth for *presence*; the index is the truth for
   *eviction order*.  Index rows may briefly disagree with the files (a crash
   between rename and insert, an eviction racing a refetch); a hit upserts its
@@ -56,6 +60,7 @@ import collections
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import queue
 import threading
@@ -81,6 +86,10 @@ DEFAULT_FETCH_WORKERS = 8
 DEFAULT_MEMORY_BYTES = 48 * 1024**2
 # Fetched blobs waiting to be written (in memory meanwhile): fetching waits beyond this.
 DEFAULT_PENDING_BYTES = 32 * 1024**2
+# Content files of at least this size are written with O_DIRECT (see BlobCache._write_direct),
+# in whole blocks of _DIRECT_ALIGN bytes (a multiple of every usual logical block size).
+_DIRECT_MIN = 256 * 1024
+_DIRECT_ALIGN = 4096
 BROKEN_TTL = 30.0  # seconds a failed id fails fast before the store is asked again
 _TOUCH_BATCH = 512  # pending last-use updates that force a flush
 
@@ -180,6 +189,8 @@ class BlobCache:
         self._queued = self._written = 0  # blobs handed to the writer thread, and written (or failed)
         self._queue: queue.Queue[tuple[str, str, bytes, int] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
+        self._direct_ok = hasattr(os, "O_DIRECT")  # False once the file system refused it
+        self._direct_buf: mmap.mmap | None = None
         self._db = self._open_index(os.path.join(self.root, "index.sqlite"))
 
     # -- index -------------------------------------------------------------
@@ -576,10 +587,11 @@ class BlobCache:
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            if not (self._direct_ok and len(data) >= _DIRECT_MIN and self._write_direct(fd, data)):
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
             st = os.fstat(fd)
             os.close(fd)
             fd = -1
@@ -593,6 +605,45 @@ class BlobCache:
                 pass
             raise
         return st
+
+    def _write_direct(self, fd: int, data: bytes) -> bool:
+        """Write *data* to the empty file *fd* with ``O_DIRECT``; False (nothing written) if unsupported.
+
+        The daemon serves these bytes through FUSE, so the kernel keeps them in
+        the mounted file's page cache already; a second copy in the content
+        file's page cache would only cost CPU (a copy into freshly allocated
+        pages: 0.2-1.8 s of kernel time per GiB on the benchmark VM, against
+        0.1 s with ``O_DIRECT``) and memory.  ``O_DIRECT`` needs an aligned
+        buffer and length: the bytes are copied into a page-aligned buffer,
+        written rounded up to whole blocks, and the file truncated to its size.
+        Only the writer thread calls this (the buffer is its own).
+        """
+        size = len(data)
+        padded = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        if self._direct_buf is None or len(self._direct_buf) < padded:
+            self._direct_buf = mmap.mmap(-1, padded)  # page-aligned
+        buf = self._direct_buf
+        buf[:size] = data
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+            with memoryview(buf) as view:
+                done = 0
+                while done < padded:
+                    done += os.write(fd, view[done:padded])
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # The file system refuses O_DIRECT (tmpfs) or this alignment: write normally from now on.
+            log.debug("cache directory %s: no O_DIRECT writes (%s)", self.root, e.strerror)
+            self._direct_ok = False
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            return False
+        if padded != size:
+            os.ftruncate(fd, size)
+        return True
 
     @contextmanager
     def _file_lock(self, path: str) -> Iterator[None]:

@@ -238,7 +238,7 @@ def test_fetched_blobs_are_served_from_memory_within_the_bound(repo: Repository,
 def test_content_files_are_written_behind_and_a_failed_write_costs_only_the_copy(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = os.urandom(300 * KIB + 123)
+    data = os.urandom(300 * KIB + 123)  # not a whole number of blocks: the O_DIRECT path truncates
     cid = put(repo, data)
     cache_dir = str(tmp_path / "cache")
     cache = BlobCache(repo, cache_dir)
@@ -274,4 +274,30 @@ def test_content_files_are_written_behind_and_a_failed_write_costs_only_the_copy
     cache.drain()
     assert cache.statistics()["write_failures"] == 1 and not cache.contains(other)
     assert not list(Path(cache_dir, "blobs").rglob("*.lock"))  # the lock was released
+    cache.close()
+
+
+def test_without_o_direct_content_files_are_written_normally(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsfs.cache
+
+    real_fcntl = wsfs.cache.fcntl.fcntl
+
+    def no_direct(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == wsfs.cache.fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(22, "Invalid argument")  # what a file system without O_DIRECT answers
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(wsfs.cache.fcntl, "fcntl", no_direct)
+    blobs = [os.urandom(300 * KIB + i) for i in range(2)]
+    ids = [put(repo, b) for b in blobs]
+    cache = BlobCache(repo, str(tmp_path / "cache"))
+    for cid in ids:
+        cache.read(cid, 0, 1)
+    cache.drain()
+    assert not cache._direct_ok
+    for cid, data in zip(ids, blobs, strict=True):
+        with open(cache.path(cid), "rb") as f:
+            assert f.read() == data
     cache.close()
