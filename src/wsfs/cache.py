@@ -265,15 +265,17 @@ class BlobCache:
 
     # -- reading -----------------------------------------------------------
 
-    def try_read(self, cid: bytes, offset: int, length: int, *, size: int | None = None) -> bytes | None:
+    def try_read(
+        self, cid: bytes, offset: int, length: int, *, size: int | None = None
+    ) -> bytes | memoryview | None:
         """The bytes if the blob is in memory, or its file present and already verified by this process, else None.
 
-        Never fetches and never hashes: a slice of a blob in memory, or one
-        ``open``, ``fstat`` and ``pread``.  The daemon calls it on the event
-        loop thread to skip a thread hop on hits.
+        Never fetches and never hashes: a slice of a blob in memory (a
+        ``memoryview``, no copy), or one ``open``, ``fstat`` and ``pread``.  The
+        daemon calls it on the event loop thread to skip a thread hop on hits.
         """
         h = hexid(cid)
-        data = self._recall(h, size, offset, length)
+        data = self._recall(h, size, offset, length, view=True)
         if data is not None:
             return data
         try:
@@ -383,8 +385,13 @@ class BlobCache:
                 _, gone = self._memory.popitem(last=False)
                 self._memory_used -= len(gone)
 
-    def _recall(self, h: str, size: int | None, offset: int, length: int, *, count: bool = True) -> bytes | None:
-        """``length`` bytes from ``offset`` of blob *h* if it is in memory (and of *size*), else None."""
+    def _recall(
+        self, h: str, size: int | None, offset: int, length: int, *, count: bool = True, view: bool = False
+    ) -> bytes | memoryview | None:
+        """``length`` bytes from ``offset`` of blob *h* if it is in memory (and of *size*), else None.
+
+        *view*: a ``memoryview`` of the blob in memory instead of a copy.
+        """
         with self._lock:
             data = self._memory.get(h)
             if data is not None:
@@ -397,6 +404,8 @@ class BlobCache:
                 self.stats.memory_hits += 1
         if count:
             self._hit(h, len(data))
+        if view:
+            return memoryview(data)[offset : offset + length]
         return data[offset : offset + length]
 
     def _drop_corrupt(self, h: str, path: str, st_ino: int, why: str) -> None:

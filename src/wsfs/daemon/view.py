@@ -257,7 +257,7 @@ class VersionView:
 
     # -- reading -----------------------------------------------------------
 
-    async def read(self, ino: int, off: int, size: int) -> bytes:
+    async def read(self, ino: int, off: int, size: int) -> bytes | memoryview:
         """Up to *size* bytes of regular file *ino* from *off* (short only at end of file)."""
         node = self.getattr(ino)
         if not node.is_reg:
@@ -297,7 +297,7 @@ class VersionView:
             self._chunks.put(node.ino, chunks)
         return chunks
 
-    async def _chunk_range(self, node: Inode, c: Chunk, start: int, length: int) -> bytes:
+    async def _chunk_range(self, node: Inode, c: Chunk, start: int, length: int) -> bytes | memoryview:
         cid = c.cid
         if cid is None:
             return bytes(length)  # a hole: all zeros, nothing stored
