@@ -44,7 +44,7 @@ from wsfs.daemon import control
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile
-from wsfs.daemon.view import SMALL_PREFETCH_MAX, VersionView
+from wsfs.daemon.view import SMALL_PREFETCH_MAX, VersionView, raise_kernel_readahead
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.repository import Ref, Repository
 from wsfs.store import open_store
@@ -346,6 +346,7 @@ class _Daemon:
             await nursery.start(self._watch_signals)
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)
+            nursery.start_soon(raise_kernel_readahead, self.mountpoint)
             if isinstance(self.view, VersionView) and self.view.recorder is not None and self.version is not None:
                 nursery.start_soon(self._prefetch_profile, self.view, self.version)
             log.info("%s: mounted at %s (pid %d)", self.label, self.mountpoint, os.getpid())
