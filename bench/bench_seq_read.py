@@ -17,7 +17,8 @@
 ``--commit REV`` (repeatable) measures the daemon of each given commit
 instead of the installed one (its ``src`` exported with ``git archive``, so
 edits made meanwhile cannot change the code under test), the commits one
-after another within each run, against the same boto3 download.
+after another within each run (in an order rotated from run to run), against
+the same boto3 download.
 
 Prints medians in MB/s (10^6 bytes) and the ratio wsfs / boto3.  Nothing about
 time is asserted; the script exits 0 once it completes.  Needs root (FUSE,
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 with LatencyProxy(port, rtt) as proxy:
                     for i in range(args.runs):
                         b = boto3_download(bench, proxy, size)
-                        ws = {name: wsfs_cat(bench, proxy, size, pythonpath=tree) for name, tree in trees.items()}
+                        order = list(trees)[i % len(trees):] + list(trees)[: i % len(trees)]  # rotated each run
+                        ws = {name: wsfs_cat(bench, proxy, size, pythonpath=trees[name]) for name in order}
                         runs.append({"wsfs": ws, "boto3": b, "loadavg": os.getloadavg()[0]})
                         for name, w in ws.items():
                             log(f"rtt {rtt:g} ms run {i + 1}/{args.runs} {name}: wsfs cat {w['MB_per_s']:.0f} MB/s "
