@@ -195,7 +195,7 @@ class VersionView:
         # the cache bounds concurrent GETs itself, to 8), and a smaller pool for
         # read-ahead so it never crowds out reads someone is waiting for.  Six
         # read-ahead GETs in flight keep a 20 ms round trip from limiting a
-        # sequential read (4 gave 15-20% less there).
+        # sequential read (4 gave 13% less there, bench/bench_seq_read.py).
         self.limiter = limiter or trio.CapacityLimiter(16)
         self.readahead_limiter = trio.CapacityLimiter(READAHEAD_THREADS)
         self.nursery: trio.Nursery | None = None  # set by the daemon; enables read-ahead
