@@ -174,10 +174,22 @@ def s3_client(endpoint: str, pool: int = 64) -> Any:
         connect_timeout=10,
         read_timeout=120,
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3", endpoint_url=endpoint, region_name=REGION, config=cfg,
         aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
     )
+    client.meta.events.register("before-send.s3.PutObject", _no_expect_when_empty, unique_id="wsfs-bench-no-expect")
+    return client
+
+
+def _no_expect_when_empty(request: Any, **_: Any) -> None:
+    """Drop ``Expect: 100-continue`` from a PUT of an empty body (an unsigned header).
+
+    botocore sends it even with ``Content-Length: 0``; SeaweedFS then leaves the keep-alive
+    connection out of step, and the next request on it hangs until the client's read timeout
+    (120 s here): a tree with empty files (``__init__.py``, npm's) took minutes to upload."""
+    if request.headers.get("Content-Length") == "0" and "Expect" in request.headers:
+        del request.headers["Expect"]
 
 
 def mounted(path: Path | str) -> bool:
@@ -434,6 +446,7 @@ def sdist_sources(packages: tuple[str, ...], into: Path) -> None:
             if (entry / "__init__.py").is_file() and not (site / entry.name).exists():
                 shutil.move(str(entry), site / entry.name)
         shutil.rmtree(unpacked)
+    (into / "sdists.txt").write_text("".join(f"{a.name}\n" for a in sorted((into / "dl").iterdir())))
     shutil.rmtree(into / "dl")
 
 
@@ -458,7 +471,8 @@ def make_workload(args: argparse.Namespace, src: Path) -> Workload:
         sh(f"cp -a {q(cached / 'site')} {q(src)}/")
         usable = tuple((f"import {m}", f"cd site && {q(sys.executable)} -B -s -c {q(f'import {m}')}")
                        for m in SDIST_IMPORT)
-        return Workload("sdist", "site", f"Python sources of the sdists of {', '.join(SDIST_PACKAGES)}", usable)
+        return Workload("sdist", "site", f"Python sources of the sdists of {', '.join(SDIST_PACKAGES)}", usable,
+                        {"sdists": " ".join((cached / "sdists.txt").read_text().split())})
     g = TreeGen(args.seed, pool_bytes=(4 if args.quick else 32) * MiB)
     g.generate(str(src), args.files)
     return Workload("generated", "node_modules", "node_modules-like, generated")
@@ -1342,6 +1356,8 @@ def print_report(report: dict[str, Any]) -> None:
           f"({d['workload']}) + one {d['big_bytes'] / MiB:,.0f} MiB incompressible file; "
           f"wsfs manifest {d['manifest_bytes'] / MB:,.1f} MB stored, naive JSON manifest "
           f"{d['naive_manifest_bytes'] / MB:,.1f} MB, tree.tar.zst {d['tar_zst_bytes'] / MB:,.1f} MB")
+    if d.get("versions"):
+        print("tree versions: " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()))
     loc, sq, ksq = s["local"], s["squashfuse"], s.get("ksquashfs", {})
     for key, r in s["rtt"].items():
         ws = r["wsfs"]
