@@ -205,26 +205,42 @@ def mounted(path: Path | str) -> bool:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_of(pid: int | None) -> float:
-    """User + system CPU seconds of process *pid* (all its threads) so far; 0 if unknown."""
+def _cpu_fields(pid: int | None) -> tuple[float, float]:
+    """(own, reaped children's) user + system CPU seconds of process *pid* so far; zeros if unknown."""
     if pid is None:
-        return 0.0
+        return 0.0, 0.0
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
+        return (int(fields[11]) + int(fields[12])) / _TICK, (int(fields[13]) + int(fields[14])) / _TICK
     except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
+
+
+def cpu_of(pid: int | None) -> float:
+    """User + system CPU seconds of process *pid* (all its threads) so far; 0 if unknown."""
+    return _cpu_fields(pid)[0]
+
+
+def cpu_of_tree(pid: int | None) -> float:
+    """CPU seconds of *pid*, its reaped children and its living descendants (a daemon's helpers)."""
+    if pid is None:
         return 0.0
+    return sum(_cpu_fields(pid)) + sum(cpu_of(d) for d in descendants(pid))
 
 
 class CpuMeter:
     """CPU seconds spent between ``start`` and ``stop`` by: this process, its reaped children,
-    and named other processes (the daemon, the proxy, the S3 server)."""
+    and named other processes (the daemon with its helper processes, the proxy, the S3 server)."""
 
     def __init__(self, **pids: int | None) -> None:
         self.pids = pids
         self.t0 = os.times()
-        self.p0 = {k: cpu_of(v) for k, v in pids.items()}
+        self.p0 = {k: self._cpu(k, v) for k, v in pids.items()}
+
+    @staticmethod
+    def _cpu(name: str, pid: int | None) -> float:
+        return cpu_of_tree(pid) if name == "daemon" else cpu_of(pid)
 
     def stop(self) -> dict[str, float]:
         t1 = os.times()
@@ -233,7 +249,7 @@ class CpuMeter:
             "children": round(t1.children_user + t1.children_system - self.t0.children_user - self.t0.children_system, 3),
         }
         for k, v in self.pids.items():
-            out[k] = round(cpu_of(v) - self.p0[k], 3)
+            out[k] = round(self._cpu(k, v) - self.p0[k], 3)
         return out
 
 
@@ -791,6 +807,7 @@ class Bench:
 
     def wsfs_start(self, proxy: LatencyProxy, opts: str | None = None
                    ) -> Starter:
+        opts = ",".join(o for o in (opts, self.args.wsfs_options) if o) or None
         return lambda mnt, base: self.start_mount(self.wsfs_env(proxy.url, base / "cache"), mnt,
                                                   base / "daemon.log", opts)
 
@@ -1549,6 +1566,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-reads", type=int, default=2000, help="random 4 KiB reads of the cold large file (default 2000)")
     ap.add_argument("--verify", action="store_true",
                     help="after the timed steps of each wsfs and peer mount, compare it with the source (untimed)")
+    ap.add_argument("--wsfs-options", metavar="OPTS", default="",
+                    help="extra mount options for every wsfs mount (-o OPTS), e.g. nopreload to compare")
     ap.add_argument("--no-profile-pass", action="store_true",
                     help="skip the second wsfs pass that finds the first pass's access profile")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive one-GET-per-file design")

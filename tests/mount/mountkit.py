@@ -75,6 +75,40 @@ def _tail(path: Path, n: int = 40) -> str:
         return "(no log)"
 
 
+def helper_pids(daemon: int) -> list[int]:
+    """The daemon's page-cache preload helpers (children running ``wsfs.daemon.preload``)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == daemon and b"wsfs.daemon.preload" in cmd:
+                out.append(int(d))
+    return out
+
+
+def running(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids: list[int], seconds: float = 10) -> None:
+    """Wait until none of *pids* runs; fail after *seconds*."""
+    deadline = time.monotonic() + seconds
+    while any(running(p) for p in pids):
+        assert time.monotonic() < deadline, f"still running: {[p for p in pids if running(p)]}"
+        time.sleep(0.02)
+
+
 @dataclass
 class Mount:
     """A running ``wsfs mount -f`` daemon and its mountpoint."""

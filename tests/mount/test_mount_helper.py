@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mountkit import is_mounted
+from mountkit import helper_pids, is_mounted, wait_gone
 
 from support.cli import Wsfs
 from wsfs.daemon import mount_helper as mh
@@ -638,8 +638,10 @@ def test_unit_commands_as_systemd_runs_them(demo: tuple[Path, Path], tmp_path: P
                     assert r.returncode == 0, r.stderr  # nothing to detach: a no-op
                     assert not is_mounted(mnt) and mnt.is_dir()
                 else:  # a crash: the kernel keeps a dead mount until ExecStopPost detaches it
+                    helpers = helper_pids(proc.pid)
                     proc.kill()
                     proc.wait(timeout=30)
+                    wait_gone(helpers)  # the preload helper dies with it (and with it the connection)
                     assert is_mounted(mnt)
                     with pytest.raises(OSError) as e:
                         os.statvfs(mnt)

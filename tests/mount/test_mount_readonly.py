@@ -26,7 +26,7 @@ from pathlib import Path
 import blake3
 import pyfuse3
 import pytest
-from mountkit import CHUNK, INLINE, KIB, PushedTree, is_mounted
+from mountkit import CHUNK, INLINE, KIB, PushedTree, helper_pids, is_mounted, running, wait_gone
 
 from support.cli import Wsfs
 from support.trees import assert_same_tree
@@ -135,7 +135,7 @@ def _requests(m) -> dict[str, int]:
                     reason="stock pyfuse3: wsfs answers OPEN/OPENDIR itself (see test_pyfuse3_is_patched)")
 def test_reading_a_file_costs_no_open_or_release(rich: PushedTree, mount) -> None:
     """OPEN/OPENDIR answered ENOSYS once: afterwards opens, closes and listings cost no request."""
-    m = mount(rich.repo, "rich@1")
+    m = mount(rich.repo, "rich@1", extra=("-o", "nopreload"))  # so that the READs still arrive
     files = [os.path.join(d, f) for d, _, fs in os.walk(m.path) for f in fs]
     dirs = [d for d, _, _ in os.walk(m.path)]
     assert len(files) > 20 and len(dirs) >= 5
@@ -330,7 +330,7 @@ def test_background_mount_and_umount(rich: PushedTree, tmp_path: Path) -> None:
         assert again.code == 2 and "already a mountpoint" in again.err
         r = w("umount", mnt)  # waits for the daemon to exit
         assert not is_mounted(mnt)
-        assert not _alive(pid)
+        assert not running(pid)
         log = (tmp_path / "cache" / "logs").glob("*.log")
         assert any("unmounted" in p.read_text() for p in log)
     finally:
@@ -344,20 +344,15 @@ def test_background_mount_and_umount(rich: PushedTree, tmp_path: Path) -> None:
         assert not is_mounted(mnt)
 
 
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for init to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_umount_of_dead_daemon_is_lazy(rich: PushedTree, mount) -> None:
     m = mount(rich.repo, "rich@1")
+    helpers = helper_pids(m.pid)
     m.proc.kill()
     m.proc.wait()
     m.expected_exit = -9
+    # The preload helper dies with the daemon (PR_SET_PDEATHSIG); until its copy of the
+    # /dev/fuse descriptor is closed, a request would wait and then end with ECONNABORTED.
+    wait_gone(helpers)
     with pytest.raises(OSError) as exc:
         os.statvfs(m.path)  # (a stat may still be answered from the kernel's attribute cache)
     assert exc.value.errno == errno.ENOTCONN

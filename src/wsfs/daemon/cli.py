@@ -51,7 +51,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 continue  # the only mode there is, for now
             if key == "rw" and not eq:
                 raise UsageError("read-write mounts are not implemented yet; mount read-only (-o ro)")
-            if key in ("allow_other", "debug", "history", "noprofile") and not eq:
+            if key in ("allow_other", "debug", "history", "noprofile", "nopreload") and not eq:
                 out[key] = True
             elif key in ("cache_dir", "log") and eq and val:
                 out[key] = val
@@ -61,7 +61,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = _parse_size(val, what="prefetch_small", zero=True)
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, allow_other, history, noprofile, cache_dir=DIR, cache_size=SIZE, "
+                                 "(known: ro, allow_other, history, noprofile, nopreload, cache_dir=DIR, cache_size=SIZE, "
                                  "prefetch_small=SIZE, log=PATH)")
     return out
 
@@ -81,6 +81,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         history=args.history or opts.get("history", False),
         profile=not opts.get("noprofile", False),
+        preload=not opts.get("nopreload", False),
     )
     if "cache_size" in opts:
         options.cache_size = opts["cache_size"]
@@ -193,7 +194,8 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     sp.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground and log to stderr (default: detach once mounted)")
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                    help="comma-separated: ro, allow_other, history, noprofile (no access profile), cache_dir=DIR, cache_size=SIZE, "
+                    help="comma-separated: ro, allow_other, history, noprofile (no access profile), "
+                         "nopreload (no helper process putting listed small files into the page cache), cache_dir=DIR, cache_size=SIZE, "
                          "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE in the background; "
                          "default 1M, 0: off), log=PATH")
     sp.add_argument("--history", action="store_true",

@@ -43,6 +43,7 @@ from wsfs.config import Settings
 from wsfs.daemon import control
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
+from wsfs.daemon.preload import Preloader
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile
 from wsfs.daemon.view import SMALL_PREFETCH_MAX, VersionView, raise_kernel_readahead
 from wsfs.errors import MountError, UsageError, WsfsError
@@ -67,6 +68,7 @@ class MountOptions:
     history: bool = False  # every version as <mnt>/<n>, every tag as <mnt>/<tag> -> <n> (daemon/history.py)
     profile: bool = True  # record what is read; prefetch the workspace's access profile (daemon/profile.py)
     prefetch_small: int = SMALL_PREFETCH_MAX  # listed one-chunk files up to this size are prefetched (0: off)
+    preload: bool = True  # a helper process stores listed inline files in the page cache (daemon/preload.py)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -264,6 +266,8 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             raise MountError(
                 f"cannot mount {mountpoint}: {e} (is /dev/fuse usable, and allow_other permitted in /etc/fuse.conf?)"
             ) from None
+        if isinstance(view, VersionView) and options.preload:
+            daemon.preloader = Preloader.start(view.manifest.path, label)
         clean = False
         try:
             trio.run(daemon.main, verdict)
@@ -272,6 +276,8 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             if not clean:
                 log.error("%s: the FUSE loop ended abnormally; leaving the dead mount at %s", label, mountpoint)
             pyfuse3.close(unmount=clean)
+            if daemon.preloader is not None:
+                daemon.preloader.stop()
         log.info("%s: unmounted %s (%s)", label, mountpoint, _short_stats(daemon))
         notify_systemd("STOPPING=1")
         if isinstance(view, VersionView) and view.recorder is not None and version is not None:
@@ -310,6 +316,7 @@ class _Daemon:
         self.label = view.label
         self.started = time.monotonic()
         self.profile_prefetched: int | None = None  # chunks the access-profile prefetch prepared (when done)
+        self.preloader: Preloader | None = None  # the page-cache preload helper, if running
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -326,6 +333,8 @@ class _Daemon:
             out["history"] = self.view.statistics()
         elif self.view.recorder is not None:
             out["profile"] = {"recorded": len(self.view.recorder), "prefetched": self.profile_prefetched}
+        if self.preloader is not None:
+            out["preload"] = self.preloader.statistics()
         return out
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -347,6 +356,11 @@ class _Daemon:
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)
             nursery.start_soon(raise_kernel_readahead, self.mountpoint)
+            if self.preloader is not None and isinstance(self.view, VersionView):
+                # Hints go out at the next scheduler tick, after the handler's
+                # reply: the kernel is then creating the listed inodes already.
+                token, listed = trio.lowlevel.current_trio_token(), self.preloader.listed
+                self.view.listed_hook = lambda ino: token.run_sync_soon(listed, ino)
             if isinstance(self.view, VersionView) and self.view.recorder is not None and self.version is not None:
                 nursery.start_soon(self._prefetch_profile, self.view, self.version)
             log.info("%s: mounted at %s (pid %d)", self.label, self.mountpoint, os.getpid())

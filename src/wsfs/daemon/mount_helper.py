@@ -86,11 +86,11 @@ _KERNEL_FLAGS = frozenset({
 # wsfs options that become ``wsfs`` arguments rather than ``-o`` items.
 _GLOBAL_OPTIONS = {"repo": "--repo", "endpoint_url": "--endpoint-url", "cache_dir": "--cache-dir"}
 _VALUE_OPTIONS = frozenset({"cache_size", "prefetch_small", "log"})
-_FLAG_OPTIONS = frozenset({"allow_other", "debug", "history", "noprofile"})
+_FLAG_OPTIONS = frozenset({"allow_other", "debug", "history", "noprofile", "nopreload"})
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-KNOWN = "ro, repo=URL, endpoint_url=URL, cache_dir=DIR, cache_size=SIZE, prefetch_small=SIZE, allow_other, history, noprofile, log=PATH, debug"
+KNOWN = "ro, repo=URL, endpoint_url=URL, cache_dir=DIR, cache_size=SIZE, prefetch_small=SIZE, allow_other, history, noprofile, nopreload, log=PATH, debug"
 
 
 class HelperError(Exception):

@@ -211,6 +211,9 @@ class VersionView:
         self._prefetching: set[bytes] = set()  # read-ahead in progress
         self._prepared = _LRU(_PREPARED)  # chunks read-ahead already made ready
         self.small_prefetch_max = SMALL_PREFETCH_MAX  # 0: do not prefetch listed files
+        # Called with a directory's inode when the kernel lists it from the start
+        # (set by the daemon: the page-cache preload, daemon/preload.py).
+        self.listed_hook: Callable[[int], None] | None = None
 
     # -- attributes --------------------------------------------------------
 
@@ -258,6 +261,12 @@ class VersionView:
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, Inode]]:
         """Up to *limit* ``(cursor, name, inode)`` after cursor *after* (0 = from the start)."""
         entries = self.manifest.readdir(ino, after, limit)
+        if entries and not after and self.listed_hook is not None:
+            # With the first reply, early enough for the helper to beat the
+            # lister's first read of the files; it retries a file whose inode
+            # the kernel has not created yet (it does so while the lister
+            # parses the reply).
+            self.listed_hook(ino)
         for _, _, node in entries:
             if node.is_dir:
                 self._parents[node.ino] = ino
