@@ -202,6 +202,7 @@ class VersionView:
         self.has_xattrs = manifest.has_xattrs()  # False: the adapter tells the kernel to stop asking
         self.recorder: AccessRecorder | None = None  # set by the daemon: chunks read, for the access profile
         self._parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # dir ino -> parent, learnt from lookups
+        self._dir_end: dict[int, int] = {}  # dir ino -> cursor of its last entry, once a listing got there
         self._small = _LRU(small_cache_bytes, len)
         self._chunks = _LRU(_CHUNK_LISTS)
         self._nodes = _LRU(_NODES)
@@ -260,7 +261,13 @@ class VersionView:
 
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, Inode]]:
         """Up to *limit* ``(cursor, name, inode)`` after cursor *after* (0 = from the start)."""
+        if after and self._dir_end.get(ino) == after:
+            # The kernel's last READDIRPLUS of a listing, past the last entry
+            # (it stops only at an empty reply): one per directory, no query.
+            return []
         entries = self.manifest.readdir(ino, after, limit)
+        if len(entries) < limit or limit < 0:
+            self._dir_end[ino] = entries[-1][0] if entries else after
         if entries and not after and self.listed_hook is not None:
             # With the first reply, early enough for the helper to beat the
             # lister's first read of the files; it retries a file whose inode
