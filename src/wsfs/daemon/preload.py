@@ -25,11 +25,12 @@ helper does the rest on the other CPU:
   descriptor; a notification is one ``writev`` and needs nothing else from
   libfuse.
 
-When the daemon says "listed": a directory's READDIRPLUS that returns no
-entries after a non-zero cursor is the kernel asking past the end, which it
-does only after it has processed the earlier replies, so every entry of the
-directory has an inode in the kernel by then (a store to an inode the
-kernel does not know fails with ``ENOENT`` and is only counted).
+When the daemon says "listed": with the first READDIRPLUS reply of a
+directory (cursor 0, entries returned), sent at the next trio tick so that
+it follows the reply.  The kernel creates the entries' inodes while the
+lister parses that reply; a store that comes earlier fails with ``ENOENT``
+and is retried after a short delay (``_RETRY_DELAYS``), then counted as
+unknown.
 
 Safety: the bytes stored are the verified content of an immutable version,
 and the kernel opens files of a read-only no-open mount with
@@ -53,6 +54,9 @@ import struct
 import subprocess
 import sys
 import time
+
+from wsfs.errors import WsfsError
+from wsfs.format.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +132,7 @@ class Preloader:
         return cls(proc, w, label)
 
     def listed(self, dir_ino: int) -> None:
-        """The kernel has read directory *dir_ino* to its end: its small files may be preloaded."""
+        """The kernel is listing directory *dir_ino* from its start: its small files may be preloaded."""
         if self.pipe is None:
             return
         try:
@@ -170,8 +174,6 @@ class _Helper:
     """The helper process's state: the manifest, the FUSE descriptor, stores waiting for a retry."""
 
     def __init__(self, manifest_path: str, fuse_fd: int, label: str) -> None:
-        from wsfs.format.manifest import Manifest
-
         self.manifest = Manifest(manifest_path, validate=False)
         self.fd = fuse_fd
         self.label = label
@@ -180,8 +182,6 @@ class _Helper:
 
     def directory(self, dino: int) -> None:
         """Store every non-empty inline file of directory *dino*, verified."""
-        from wsfs.errors import WsfsError
-
         self.dirs += 1
         for _, _, node in self.manifest.readdir(dino):
             if not node.inline or node.size == 0:
