@@ -8,8 +8,8 @@ One run of this script:
    tree (``TreeGen`` from ``bench_push_checkout``, default 20,000 files); ``npm``,
    a real node_modules from ``npm install`` of popular packages (made once and
    kept under ``--npm-cache``, default /var/tmp/wsfs-bench-npm); ``sdist``, the
-   Python sources of a few PyPI sdists; and one incompressible file beside it
-   (default 1 GiB);
+   Python sources of a few PyPI sdists; and beside it one large incompressible
+   file (default 1 GiB) and ``--mid-count`` medium ones (default 3 x 256 MiB);
 3. uploads, without the proxy: the tree with ``wsfs push``; the same tree in a
    plain layout, one object per file keyed by its path (``naive/tree/<path>``,
    the large file at ``naive/tree/big.bin``), which is what rclone and s3fs
@@ -25,7 +25,7 @@ One run of this script:
      ``--drop-each-step``): the first ``ls`` of the tree's top directory;
      ``find -ls`` of every entry; reading every byte of the tree
      (``tar -cf - TREE | cat > /dev/null``); a sequential ``cat`` of the large
-     file; then the warm re-read (page cache dropped, the daemon and its cache
+     file, then one ``cat`` of the medium files one after the other; then the warm re-read (page cache dropped, the daemon and its cache
      kept, ``tar`` again); the S3 requests and bytes the proxy saw for each
      step; CPU seconds of the daemon, the proxy and the server; the daemon's
      peak RSS (``VmHWM``).  The workspace's access profiles are deleted first,
@@ -49,7 +49,7 @@ One run of this script:
    * floors: one GET of the ``tar.zst`` streamed into ``zstd -d | tar -x``;
      one GET of the large file, and boto3 ``download_file`` of it (default
      ``TransferConfig``: 8 MiB parts, 10 threads; an ``aws s3 cp``-style
-     download) to a local file; and, without any network, the same steps on
+     download) to a local file, and the same for each medium file; and, without any network, the same steps on
      the source directory, on a ``squashfuse_ll`` (FUSE, C) mount and on a
      kernel squashfs mount (``mount -t squashfs -o loop``) of a local image.
 
@@ -111,6 +111,7 @@ NAIVE = "naive"  # naive layout: naive/manifest.json + the plain layout's object
 PLAIN = f"{NAIVE}/tree"  # plain layout: one object per file, key PLAIN/<path under the root>; rclone and s3fs mount it
 BIG = "big.bin"  # the large file, beside the tree at the root
 BIG_KEY = f"{PLAIN}/{BIG}"
+MID = "mid-{}.bin"  # the --mid-count files of --mid-mb MiB, beside it ("several 256 MiB")
 READY_TIMEOUT = 300.0
 RCLONE_REMOTE = "wsfsbench"  # rclone remote configured by RCLONE_CONFIG_WSFSBENCH_* variables only
 # --workload npm: what is installed, and the packages whose require() is timed ("time until usable")
@@ -577,6 +578,8 @@ class Bench:
         self.drop_ok = True
         self.direct: Any = None  # boto3 client straight to the server
         self.big_bytes = 0
+        self.mids: list[str] = []  # names of the medium files at the root
+        self.mid_bytes = 0  # their total size
         self.sqfs_has_big = False
         self.totals: dict[str, int] = {}  # entries find -ls and tar list in a complete pass
 
@@ -608,6 +611,8 @@ class Bench:
             "read all (tar)": Step(f"tar -c{'v' if tl else ''}f - -C {q(root)} {t}{f' 2> {q(tl)}' if tl else ''}"
                                    " | cat > /dev/null", tl, self.totals.get("files")),
             "big file (cat)": Step(f"cat {q(root / BIG)} > /dev/null", None, self.big_bytes, "bytes"),
+            **({"mid files (cat)": Step(f"cat {' '.join(q(root / m) for m in self.mids)} > /dev/null", None,
+                                        self.mid_bytes, "bytes")} if self.mids else {}),
         }
 
     def measure(self, step: Step, proxy: LatencyProxy | None, pid: int | None, cap: float | None = None
@@ -635,7 +640,7 @@ class Bench:
 
     def cold_steps(self, root: Path, proxy: LatencyProxy | None, pid: int | None, *, cap: float | None = None,
                    big: bool = True, drop_first: bool = False) -> dict[str, Any]:
-        """first ls, find -ls, read all, the large file: in this order, without dropping caches in
+        """first ls, find -ls, read all, the large file, the medium files: in this order, without dropping caches in
         between (unless --drop-each-step): the page cache was dropped before the mount (or, with
         *drop_first*, is dropped before the first step)."""
         # Dropping it again between steps would also evict the manifest the mount just downloaded
@@ -643,13 +648,13 @@ class Bench:
         # no real first use after a mount has to pay; --drop-each-step measures that case.
         out: dict[str, Any] = {}
         for i, (name, step) in enumerate(self.steps(root, self.work if cap else None).items()):
-            if name == "big file (cat)" and not big:
+            if name in LARGE_STEPS and not big:
                 continue
             if (i == 0 and drop_first) or self.args.drop_each_step:
                 self.drop()
             out[name] = r = self.measure(step, proxy, pid, cap)
-            if name == "big file (cat)" and not r.get("capped"):
-                r["MB_per_s"] = self.big_bytes / MB / r["seconds"]
+            if name in LARGE_STEPS and not r.get("capped"):
+                r["MB_per_s"] = (self.big_bytes if name == "big file (cat)" else self.mid_bytes) / MB / r["seconds"]
         return out
 
     def warm_step(self, root: Path, proxy: LatencyProxy | None, pid: int | None, cold: dict[str, Any],
@@ -687,7 +692,7 @@ class Bench:
 
     def verify(self, root: Path, every: int = 20) -> dict[str, Any]:
         """Untimed check of a mount against the source: every regular file present with its size, the
-        content of every *every*-th file and of the large file's first and last MiB."""
+        content of every *every*-th file and of the large and medium files' first and last MiB."""
         files = bad_size = bad_data = missing = 0
         for i, rel in enumerate(sorted(
                 os.path.relpath(os.path.join(dp, n), self.src) for dp, _dn, fn in os.walk(self.src / self.tree)
@@ -701,12 +706,14 @@ class Bench:
                     bad_data += 1
             except OSError:
                 missing += 1
-        with open(self.src / BIG, "rb") as fa, open(root / BIG, "rb") as fb:
-            for off in (0, max(0, self.big_bytes - MiB)):
-                if os.pread(fa.fileno(), MiB, off) != os.pread(fb.fileno(), MiB, off):
-                    bad_data += 1
+        for name in (BIG, *self.mids):
+            with open(self.src / name, "rb") as fa, open(root / name, "rb") as fb:
+                size = os.fstat(fa.fileno()).st_size
+                for off in (0, max(0, size - MiB)):
+                    if os.pread(fa.fileno(), MiB, off) != os.pread(fb.fileno(), MiB, off):
+                        bad_data += 1
         out = {"files": files, "missing": missing, "bad_size": bad_size, "bad_content": bad_data,
-               "content_checked": files // every + 2}
+               "content_checked": files // every + 2 * (1 + len(self.mids))}
         log(f"verify {root}: {out}")
         return out
 
@@ -1038,6 +1045,22 @@ class Bench:
         finally:
             shutil.rmtree(dest.parent, ignore_errors=True)
 
+    def mid_download_run(self, proxy: LatencyProxy) -> dict[str, Any]:
+        """boto3 ``download_file`` of each medium file, one after the other, as for the large file."""
+        from boto3.s3.transfer import TransferConfig
+
+        dest = self.fresh("download")
+
+        def download(client: Any) -> int:
+            for name in self.mids:
+                client.download_file(self.bucket, f"{PLAIN}/{name}", str(dest / name), Config=TransferConfig())
+            return sum((dest / name).stat().st_size for name in self.mids)
+
+        try:
+            return self.client_run(proxy, download)
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+
     # -- local floors ----------------------------------------------------------------
 
     def imports_cold(self) -> float:
@@ -1120,7 +1143,8 @@ def med(values: list[float]) -> float:
 
 
 SMALL_STEPS = ("mount", "first ls", "find -ls", "read all (tar)")
-STEPS = (*SMALL_STEPS, "big file (cat)")
+LARGE_STEPS = ("big file (cat)", "mid files (cat)")
+STEPS = (*SMALL_STEPS, *LARGE_STEPS)
 CAP_KEYS = ("done", "of", "unit")
 
 
@@ -1182,6 +1206,8 @@ def _summarize_mount(passes: list[dict[str, Any]]) -> dict[str, Any]:
         "capped": capped,
         "big_MB_per_s": med([p["steps"]["big file (cat)"]["MB_per_s"] for p in ok
                              if "MB_per_s" in p["steps"]["big file (cat)"]]),
+        "mid_MB_per_s": med([p["steps"]["mid files (cat)"]["MB_per_s"] for p in ok
+                             if "MB_per_s" in p["steps"].get("mid files (cat)", {})]),
         "random_reads_per_s": med([p["random 4k"]["reads_per_s"] for p in ok if "reads_per_s" in p.get("random 4k", {})]),
         "usable": _summarize_usable([{k: v for k, v in u.items() if k != "mount"} for u in usable]) if usable else None,
         "usable_mount_s": med([u["mount"]["seconds"] for u in usable]),
@@ -1215,7 +1241,7 @@ def summarize(runs: list[dict[str, Any]], rtts: list[float]) -> dict[str, Any]:
             res["wsfs_profiled"] = _summarize_mount([p["wsfs_profiled"] for p in per])
         for name in sorted({n for p in per for n in p.get("peers", {})}):
             res["peers"][name] = _summarize_mount([p["peers"][name] for p in per if name in p.get("peers", {})])
-        for name in ("naive16", "naive64", "tarzst", "big_get", "big_download"):
+        for name in ("naive16", "naive64", "tarzst", "big_get", "big_download", "mid_download"):
             if name not in per[0]:
                 continue
             cpus = [_cpu_split(p[name]["cpu"], ("self", "children")) for p in per]
@@ -1286,10 +1312,11 @@ def fmt_usable(u: dict[str, Any] | None, what: str, before: float = 0.0) -> str:
 
 
 MOUNT_COLS = ("mount + first ls", "find -ls", "read all", "warm re-read", "large file MB/s",
-              "random 4 KiB reads/s", "S3 requests (tree)", "MB down (tree)", "peak RSS MiB")
+              "medium files MB/s", "random 4 KiB reads/s", "S3 requests (tree)", "MB down (tree)", "peak RSS MiB")
 
 
-def mount_rows(r: dict[str, Any], s: dict[str, Any], big_bytes: int, labels: dict[str, str]) -> list[list[str]]:
+def mount_rows(r: dict[str, Any], s: dict[str, Any], big_bytes: int, mid_bytes: int,
+               labels: dict[str, str]) -> list[list[str]]:
     """The rows of the table of every mount of the tree at one RTT: wsfs, peers, then local floors."""
     rows = []
     designs = [("wsfs, first mount of the version", r["wsfs"])]
@@ -1307,6 +1334,8 @@ def mount_rows(r: dict[str, Any], s: dict[str, Any], big_bytes: int, labels: dic
             fmt_step(d, "read all (tar)"),
             fmt_step(d, "warm re-read") if "warm re-read" in sec else "— (cold read stopped)",
             fmt_rate(d["big_MB_per_s"], False, "") if "big file (cat)" not in cap else fmt_step(d, "big file (cat)"),
+            fmt_rate(d.get("mid_MB_per_s", float("nan")), False, "") if "mid files (cat)" not in cap
+            else fmt_step(d, "mid files (cat)"),
             fmt_random(d),
             f"{sum(rq[k]['requests'] for k in SMALL_STEPS):,}", f"{sum(rq[k]['bytes_down'] for k in SMALL_STEPS) / MB:,.1f}",
             f"{sec['_vmhwm_kib'] / 1024:,.0f}"])
@@ -1315,10 +1344,11 @@ def mount_rows(r: dict[str, Any], s: dict[str, Any], big_bytes: int, labels: dic
                           ("local directory", s["local"], None)):
         if not f:
             continue
-        big = f.get("big file (cat)")
+        big, mid = f.get("big file (cat)"), f.get("mid files (cat)")
         rows.append([label, fmt_s(f.get("mount", 0.0) + f["first ls"]), fmt_s(f.get("find -ls")),
                      fmt_s(f.get("read all (tar)")), fmt_s(f.get("warm re-read")),
                      f"{big_bytes / MB / big:,.0f}" if big else "—",
+                     f"{mid_bytes / MB / mid:,.0f}" if mid else "—",
                      fmt_rate(f.get("_random_reads_per_s", float("nan")), False, ""), "—", "—",
                      "—" if rss is None else f"{rss / 1024:,.0f}"])
     return rows
@@ -1342,6 +1372,7 @@ def ratio_rows(r: dict[str, Any], s: dict[str, Any], labels: dict[str, str]) -> 
     rows = []
     for step, label in (("_first_ls", "mount + first ls"), ("find -ls", "find -ls"), ("read all (tar)", "read all"),
                         ("warm re-read", "warm re-read"), ("big file (cat)", "large file (cat)"),
+                        ("mid files (cat)", "medium files (cat)"),
                         ("random 4k", "random 4 KiB read")):
         row = [label]
         for _, sec, cap in others:
@@ -1370,7 +1401,9 @@ def print_report(report: dict[str, Any]) -> None:
           + (f" capped at {report['bandwidth_mbit']} Mbit/s" if report.get("bandwidth_mbit") else ""))
     print("versions: " + "; ".join(f"{k} {v or 'not installed'}" for k, v in m["versions"].items()))
     print(f"tree: {d['files']:,} files, {d['dirs']:,} dirs, {d['symlinks']} symlinks, {d['bytes'] / MB:,.1f} MB "
-          f"({d['workload']}) + one {d['big_bytes'] / MiB:,.0f} MiB incompressible file; "
+          f"({d['workload']}) + one {d['big_bytes'] / MiB:,.0f} MiB incompressible file"
+          + (f" and {report['mid_count']} of {report['mid_bytes'] / report['mid_count'] / MiB:,.0f} MiB"
+             if report.get("mid_count") else "") + "; "
           f"wsfs manifest {d['manifest_bytes'] / MB:,.1f} MB stored, naive JSON manifest "
           f"{d['naive_manifest_bytes'] / MB:,.1f} MB, tree.tar.zst {d['tar_zst_bytes'] / MB:,.1f} MB")
     if d.get("versions"):
@@ -1426,6 +1459,11 @@ def print_report(report: dict[str, Any]) -> None:
               + (f"; boto3 download_file (aws s3 cp-style: 8 MiB ranged GETs, 10 threads, to a local file) "
                  f"{r['big_download']['MB_per_s']:,.0f} MB/s" if "big_download" in r else "")
               + f"; local dir {report['big_bytes'] / MB / loc['big file (cat)']:,.0f} MB/s")
+        if report.get("mid_bytes") and "mid_download" in r:
+            print(f"medium files ({report['mid_count']} x {report['mid_bytes'] / report['mid_count'] / MiB:,.0f} MiB, "
+                  f"cat one after the other), sequential: wsfs {ws['mid_MB_per_s']:,.0f} MB/s; boto3 download_file "
+                  f"of each, one after the other, {r['mid_download']['MB_per_s']:,.0f} MB/s; local dir "
+                  f"{report['mid_bytes'] / MB / loc['mid files (cat)']:,.0f} MB/s")
         print(f"large file, {report['random_reads']:,} random 4 KiB preads one after the other, cold: wsfs "
               f"{fmt_rate(ws['random_reads_per_s'], False, '/s')} (fresh mount and cache, no access profile); "
               f"local dir {fmt_rate(loc.get('_random_reads_per_s', float('nan')), False, '/s')}")
@@ -1452,7 +1490,7 @@ def print_mounts(report: dict[str, Any], key: str, r: dict[str, Any]) -> None:
           "extrapolation `~`). Warm re-read: page cache dropped, daemon and its cache kept. "
           f"Random reads: {report['random_reads']:,} 4 KiB preads one after the other on the cold large file "
           "(fresh mount). Peak RSS: VmHWM of the daemon. Floors read a local disk.\n")
-    md_table(["design", *MOUNT_COLS], mount_rows(r, s, report["big_bytes"], labels))
+    md_table(["design", *MOUNT_COLS], mount_rows(r, s, report["big_bytes"], report.get("mid_bytes", 0), labels))
     for name, why in report.get("peers_skipped", {}).items():
         print(f"\n{labels.get(name, name)}: skipped ({why})")
     for name, d in r["peers"].items():
@@ -1544,6 +1582,10 @@ def main(argv: list[str] | None = None) -> int:
                     "sources of PyPI sdists and the time until import works")
     ap.add_argument("--files", type=int, default=20_000, help="regular files in the generated tree (default 20000)")
     ap.add_argument("--large-mb", type=int, default=1024, help="size of the large file in MiB (default 1024)")
+    ap.add_argument("--mid-count", type=int, default=None,
+                    help="medium incompressible files beside it, read one after the other (default 3; 2 with --quick; "
+                    "0: none)")
+    ap.add_argument("--mid-mb", type=int, default=None, help="size of each medium file in MiB (default 256; 16 with --quick)")
     ap.add_argument("--rtt", default="0,20", help="added round-trip times in ms, comma-separated (default 0,20; "
                     "e.g. 0,5,20)")
     ap.add_argument("--bandwidth-mbit", type=float, default=None, help="cap the proxy's bandwidth per direction")
@@ -1583,6 +1625,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.files, args.large_mb = 2000, 64
+    if args.mid_count is None:
+        args.mid_count = 2 if args.quick else 3
+    if args.mid_mb is None:
+        args.mid_mb = 16 if args.quick else 256
     if args.peer_timeout is None:
         args.peer_timeout = 60.0 if args.quick else 300.0
     runs = args.runs or (1 if args.quick else 3)
@@ -1640,6 +1686,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"making the {args.workload} tree + {args.large_mb} MiB in {work}")
         workload = make_workload(args, src)
         gen_big(src / BIG, args.large_mb)
+        mids = [MID.format(i + 1) for i in range(args.mid_count)]
+        for name in mids:
+            gen_big(src / name, args.mid_mb)
         settle_atimes(str(src / workload.tree))
         files, nbytes, dirs = count_tree(str(src / workload.tree))
         big_bytes = (src / BIG).stat().st_size
@@ -1647,6 +1696,8 @@ def main(argv: list[str] | None = None) -> int:
                              "symlinks": count_symlinks(src / workload.tree), "big_bytes": big_bytes,
                              "versions": workload.versions}
         report["big_bytes"] = big_bytes
+        report["mid_count"] = len(mids)
+        report["mid_bytes"] = mid_bytes = len(mids) * args.mid_mb * MiB
         log(f"tree: {files:,} files, {dirs:,} dirs, {nbytes / MB:,.1f} MB")
 
         with seaweedfs_server(work / "s3") as s3:
@@ -1655,6 +1706,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(args, work, bucket, s3_port, owned, workload, server_pid=s3.pid)
             bench.direct = s3_client(s3.endpoint_url)
             bench.big_bytes = big_bytes
+            bench.mids, bench.mid_bytes = mids, mid_bytes
             bench.totals = {"entries": files + dirs + 1, "files": files}
 
             # -- uploads, straight to the server ------------------------------------
@@ -1687,11 +1739,13 @@ def main(argv: list[str] | None = None) -> int:
             report["dataset"]["tar_zst_bytes"] = tz.stat().st_size
             client.upload_file(str(tz), bucket, "floor/tree.tar.zst")
             client.upload_file(str(src / BIG), bucket, BIG_KEY)
+            for name in mids:
+                client.upload_file(str(src / name), bucket, f"{PLAIN}/{name}")
             tz.unlink()
             image = None
             if not sq_why:
                 image = work / "tree.sqfs"
-                sh(f"mksquashfs {q(src)} {q(image)} -comp zstd -no-progress -quiet -e {BIG}")
+                sh(f"mksquashfs {q(src)} {q(image)} -comp zstd -no-progress -quiet -e {' '.join([BIG, *mids])}")
                 report["dataset"]["squashfs_bytes"] = image.stat().st_size
             log(f"uploads done ({time.perf_counter() - t_start:.0f}s since start)")
 
@@ -1726,6 +1780,8 @@ def main(argv: list[str] | None = None) -> int:
                         x["tarzst"] = bench.tarzst_run(proxy, usable=usable)
                         x["big_get"] = bench.big_get_run(proxy)
                         x["big_download"] = bench.big_download_run(proxy)
+                        if mids:
+                            x["mid_download"] = bench.mid_download_run(proxy)
                         r["rtt"][f"{rtt:g}"] = x
                     if "wsfs_profiled" in x:
                         log_design(f"run {i + 1}/{runs} rtt {rtt:g} ms, wsfs with profile", x["wsfs_profiled"])
@@ -1734,7 +1790,8 @@ def main(argv: list[str] | None = None) -> int:
                         + (f"naive16 {x['naive16']['seconds']:.2f}s, naive64 {x['naive64']['seconds']:.2f}s, "
                            if "naive16" in x else "")
                         + f"tar.zst {x['tarzst']['seconds']:.2f}s, big GET {x['big_get']['MB_per_s']:.0f} MB/s, "
-                        f"download_file {x['big_download']['MB_per_s']:.0f} MB/s")
+                        f"download_file {x['big_download']['MB_per_s']:.0f} MB/s"
+                        + (f", medium files download_file {x['mid_download']['MB_per_s']:.0f} MB/s" if mids else ""))
                 results.append(r)
             report["results"] = results
             report["page_cache_dropped"] = bench.drop_ok and not args.no_drop_caches
@@ -1785,6 +1842,8 @@ def log_design(what: str, d: dict[str, Any]) -> None:
     rnd = d.get("random 4k", {})
     log(f"{what}: mount {t('mount')}, find {t('find -ls')}, read {t('read all (tar)')}, big {t('big file (cat)')}"
         + (f" ({st['big file (cat)']['MB_per_s']:.0f} MB/s)" if "MB_per_s" in st["big file (cat)"] else "")
+        + (f", medium {t('mid files (cat)')}" if "mid files (cat)" in st else "")
+        + (f" ({st['mid files (cat)']['MB_per_s']:.0f} MB/s)" if "MB_per_s" in st.get("mid files (cat)", {}) else "")
         + f", warm {t('warm re-read')}"
         + (f", random {rnd['reads_per_s']:.0f} reads/s" if "reads_per_s" in rnd else "")
         + (f", usable {sum(v['seconds'] for v in d['usable'].values()):.2f}s" if "usable" in d else ""))

@@ -11,7 +11,8 @@ Writes, one figure per idea, grouped by added RTT, log scales where the values s
 * ``vs_peers.png``: wsfs time / the other mount's time per step (below 1: wsfs faster);
 * ``vs_floors.png``: every byte of the tree usable (mount + ls + find + read all, or download
   and write), divided by the tar.zst floor (one GET, zstd -d, tar -x);
-* ``large_file.png``: sequential MB/s and random 4 KiB reads/s on the cold large file;
+* ``large_file.png``: sequential MB/s on the cold large file and on the medium files, random 4 KiB
+  reads/s on the cold large file;
 * ``usable.png`` (``--workload npm``/``sdist``): the time until usable.
 """
 
@@ -168,7 +169,9 @@ def plot_large_file(report: dict[str, Any], out: Path) -> Path:
     s = report["summary"]
     keys = list(s["rtt"])
     big_mb = report["big_bytes"] / MB
+    mid_mb = report.get("mid_bytes", 0) / MB
     seq: dict[str, list[tuple[float, bool]]] = {}
+    mid: dict[str, list[tuple[float, bool]]] = {}
     rnd: dict[str, list[tuple[float, bool]]] = {}
     for key in keys:
         r = s["rtt"][key]
@@ -180,24 +183,37 @@ def plot_large_file(report: dict[str, Any], out: Path) -> Path:
             cap = d["capped"]
             t = d["seconds"].get("big file (cat)", NAN)
             seq.setdefault(label, []).append((big_mb / t if t == t else NAN, "big file (cat)" in cap))
+            if mid_mb:
+                t = d["seconds"].get("mid files (cat)", NAN)
+                mid.setdefault(label, []).append((mid_mb / t if t == t else NAN, "mid files (cat)" in cap))
             if label != "wsfs + profile":
                 rnd.setdefault(label, []).append((d.get("random_reads_per_s", NAN), False))
         seq.setdefault("one GET", []).append((r["big_get"]["MB_per_s"], False))
         if "big_download" in r:
             seq.setdefault("boto3 download_file", []).append((r["big_download"]["MB_per_s"], False))
+        if "mid_download" in r:
+            mid.setdefault("boto3 download_file", []).append((r["mid_download"]["MB_per_s"], False))
     loc = s.get("local") or {}
     if loc.get("big file (cat)"):
         seq["local dir"] = [(big_mb / loc["big file (cat)"], False)] * len(keys)
+    if loc.get("mid files (cat)"):
+        mid["local dir"] = [(mid_mb / loc["mid files (cat)"], False)] * len(keys)
     if loc.get("_random_reads_per_s"):
         rnd["local dir"] = [(loc["_random_reads_per_s"], False)] * len(keys)
-    for d in (seq, rnd):
+    for d in (seq, mid, rnd):
         for v in d.values():
             v += [(NAN, False)] * (len(keys) - len(v))
-    fig, (a1, a2) = _figure(2, "large file, cold (higher is better; hatched: stopped at the cap)")
+    fig, axes = _figure(3 if mid else 2, "large files, cold (higher is better; hatched: stopped at the cap)")
+    a1, a2 = axes[0], axes[-1]
     groups = [f"RTT {k} ms" for k in keys]
     _bars(a1, groups, seq)
-    a1.set_title("sequential read, MB/s")
+    a1.set_title(f"{big_mb * MB / 2**20:,.0f} MiB file, sequential read, MB/s")
     a1.legend(fontsize=7)
+    if mid:
+        n = report["mid_count"]
+        _bars(axes[1], groups, mid)
+        axes[1].set_title(f"{n} x {mid_mb * MB / 2**20 / n:,.0f} MiB files, one after the other, MB/s")
+        axes[1].legend(fontsize=7)
     _bars(a2, groups, rnd)
     a2.set_title(f"{report.get('random_reads', 2000):,} random 4 KiB reads one after the other, reads/s")
     a2.legend(fontsize=7)
