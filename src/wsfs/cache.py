@@ -140,7 +140,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.data: bytes | None = None
+        self.data: bytes | memoryview | None = None
         self.error: BaseException | None = None
 
 
@@ -176,18 +176,18 @@ class BlobCache:
         self._last_flush = time.monotonic()
         self._broken: dict[str, tuple[float, WsfsError]] = {}
         # id -> verified bytes, least recently used first; at most memory_bytes in all.
-        self._memory: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._memory: collections.OrderedDict[str, bytes | memoryview] = collections.OrderedDict()
         self._memory_used = 0
         self.memory_bytes = memory_bytes
         # Fetched blobs waiting for the writer thread (see _write_later).  The
         # lock is self._lock (readers look here too); the condition wakes
         # fetchers waiting for room.
-        self._pending: dict[str, bytes] = {}
+        self._pending: dict[str, bytes | memoryview] = {}
         self._pending_used = 0
         self._pending_cond = threading.Condition(self._lock)
         self.pending_bytes = DEFAULT_PENDING_BYTES
         self._queued = self._written = 0  # blobs handed to the writer thread, and written (or failed)
-        self._queue: queue.Queue[tuple[str, str, bytes, int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, str, bytes | memoryview, int] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._direct_ok = hasattr(os, "O_DIRECT")  # False once the file system refused it
         self._direct_buf: mmap.mmap | None = None
@@ -294,7 +294,7 @@ class BlobCache:
         self._hit(h, st.st_size)
         return data
 
-    def read(self, cid: bytes, offset: int, length: int, *, size: int | None = None) -> bytes:
+    def read(self, cid: bytes, offset: int, length: int, *, size: int | None = None) -> bytes | memoryview:
         """``length`` bytes of blob *cid* from ``offset`` (fewer at its end); fetches on a miss.
 
         *size*, when known (the chunk length in the manifest), is checked
@@ -334,7 +334,7 @@ class BlobCache:
 
     def _read_local(
         self, cid: bytes, offset: int, length: int, size: int | None, *, count: bool = True
-    ) -> bytes | None:
+    ) -> bytes | memoryview | None:
         """Serve from memory, or from the content file if it exists and is sound; drop it if it is not."""
         h = hexid(cid)
         data = self._recall(h, size, offset, length, count=count)
@@ -371,7 +371,7 @@ class BlobCache:
             self._hit(h, st.st_size)
         return data
 
-    def _remember(self, h: str, data: bytes) -> None:
+    def _remember(self, h: str, data: bytes | memoryview) -> None:
         """Keep verified *data* of blob *h* in memory (least recently used ones leave first)."""
         if len(data) > self.memory_bytes:
             return
@@ -421,7 +421,7 @@ class BlobCache:
 
     # -- fetching ----------------------------------------------------------
 
-    def _fetch(self, cid: bytes, size: int | None, *, count: bool = True) -> bytes:
+    def _fetch(self, cid: bytes, size: int | None, *, count: bool = True) -> bytes | memoryview:
         """The whole verified blob, fetched once however many threads and processes ask."""
         h = hexid(cid)
         with self._lock:
@@ -455,7 +455,7 @@ class BlobCache:
                 del self._flights[h]
             flight.done.set()
 
-    def _fetch_locked(self, cid: bytes, h: str, size: int | None) -> bytes:
+    def _fetch_locked(self, cid: bytes, h: str, size: int | None) -> bytes | memoryview:
         path = os.path.join(self.root, h[:2], h)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         lock_fd = self._lock_file(path)
@@ -481,7 +481,7 @@ class BlobCache:
         self._write_later(h, path, data, lock_fd)
         return data
 
-    def _filled_by_other(self, cid: bytes, h: str, path: str, size: int | None) -> bytes | None:
+    def _filled_by_other(self, cid: bytes, h: str, path: str, size: int | None) -> bytes | memoryview | None:
         """Under the lock: the content another process installed while we waited, if sound."""
         try:
             with open(path, "rb") as f:
@@ -503,7 +503,7 @@ class BlobCache:
 
     # -- writing behind ------------------------------------------------------
 
-    def _write_later(self, h: str, path: str, data: bytes, lock_fd: int) -> None:
+    def _write_later(self, h: str, path: str, data: bytes | memoryview, lock_fd: int) -> None:
         """Queue verified *data* for the writer thread, which installs it and releases *lock_fd*.
 
         Until then the bytes stay readable from memory (``_pending``).  Blocks
@@ -525,7 +525,7 @@ class BlobCache:
         while (item := self._queue.get()) is not None:
             self._write_one(*item)
 
-    def _write_one(self, h: str, path: str, data: bytes, lock_fd: int) -> None:
+    def _write_one(self, h: str, path: str, data: bytes | memoryview, lock_fd: int) -> None:
         try:
             try:
                 st = self._install(path, data)
@@ -566,7 +566,7 @@ class BlobCache:
             while self._written < target:
                 self._pending_cond.wait()
 
-    def _download(self, cid: bytes, h: str, size: int | None) -> bytes:
+    def _download(self, cid: bytes, h: str, size: int | None) -> bytes | memoryview:
         try:
             with self._fetch_slots:
                 data = self.repo.get_blob(cid)  # decoded and verified against cid
@@ -591,7 +591,7 @@ class BlobCache:
             self.stats.failures += 1
             self._broken[h] = (time.monotonic(), err)
 
-    def _install(self, path: str, data: bytes) -> os.stat_result:
+    def _install(self, path: str, data: bytes | memoryview) -> os.stat_result:
         """Write verified *data* to a temporary name and rename it to *path* (the writer thread)."""
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -615,7 +615,7 @@ class BlobCache:
             raise
         return st
 
-    def _write_direct(self, fd: int, data: bytes) -> bool:
+    def _write_direct(self, fd: int, data: bytes | memoryview) -> bool:
         """Write *data* to the empty file *fd* with ``O_DIRECT``; False (nothing written) if unsupported.
 
         The daemon serves these bytes through FUSE, so the kernel keeps them in

@@ -92,7 +92,7 @@ def _local_dir(cache_dir: str, url: str) -> str:
     return os.path.join(cache_dir, "repos", blake3.blake3(url.encode()).hexdigest()[:16])
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def _write_atomically(path: str, data: bytes | memoryview) -> None:
     """Write a local cache file under a temporary name and rename it into place."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
@@ -162,8 +162,8 @@ class Repository:
         self.store.put(blob_key(cid), enc)
         return len(enc)
 
-    def get_blob(self, cid: bytes) -> bytes:
-        """Fetch, decode and verify a blob.  A failure is retried once before IntegrityError."""
+    def get_blob(self, cid: bytes) -> bytes | memoryview:
+        """Fetch, decode and verify a blob (a raw one as a view, see decode_blob); one retry before IntegrityError."""
         key = blob_key(cid)
         try:
             try:
@@ -189,7 +189,7 @@ class Repository:
     def _manifest_path(self, cid: bytes) -> str:
         return os.path.join(self.cache_dir, "manifests", f"{hexid(cid)}.sqlite")
 
-    def _cache_manifest_file(self, cid: bytes, raw: bytes) -> str:
+    def _cache_manifest_file(self, cid: bytes, raw: bytes | memoryview) -> str:
         path = self._manifest_path(cid)
         if not os.path.exists(path):
             _write_atomically(path, raw)

@@ -78,7 +78,7 @@ def test_ten_threads_one_missing_blob_one_get(repo: Repository, tmp_path: Path,
     slow_gets(repo, monkeypatch)
     cache = BlobCache(repo, str(tmp_path / "cache"))
     g0 = gets(repo)
-    results: list[bytes] = []
+    results: list[bytes | memoryview] = []
     start = threading.Barrier(10)
 
     def reader(i: int) -> None:
@@ -90,7 +90,7 @@ def test_ten_threads_one_missing_blob_one_get(repo: Repository, tmp_path: Path,
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == sorted(data[i * 100 : i * 100 + 100] for i in range(10))
+    assert sorted(bytes(r) for r in results) == sorted(data[i * 100 : i * 100 + 100] for i in range(10))
     assert gets(repo) - g0 == 1
     s = cache.statistics()
     assert s["fetches"] == 1 and s["joined"] == 9
