@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import tempfile
 import threading
+from collections.abc import Generator, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import blake3
-import zstandard
 
 from wsfs.errors import (
     AlreadyExists,
@@ -28,7 +31,7 @@ from wsfs.errors import (
     StoreUnavailable,
     UsageError,
 )
-from wsfs.format.blobs import decode_blob, encode_blob, hexid, parse_hexid
+from wsfs.format.blobs import BlobDecoder, decode_blob, encode_blob, hexid, parse_hexid
 from wsfs.format.manifest import Manifest
 from wsfs.format.names import check_tag, check_workspace
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
@@ -92,17 +95,68 @@ def _local_dir(cache_dir: str, url: str) -> str:
     return os.path.join(cache_dir, "repos", blake3.blake3(url.encode()).hexdigest()[:16])
 
 
-def _write_atomically(path: str, data: bytes | memoryview) -> None:
-    """Write a local cache file under a temporary name and rename it into place."""
+@contextmanager
+def _atomic_file(path: str) -> Iterator[BinaryIO]:
+    """A local cache file written under a temporary name and renamed into place if the block succeeds."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.rename(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _write_atomically(path: str, data: bytes | memoryview) -> None:
+    with _atomic_file(path) as f:
+        f.write(data)
+
+
+_MANIFEST_PIECES_AHEAD = 16  # pieces (of STREAM_PIECE bytes) received ahead of the decoder
+
+
+def _read_ahead(pieces: Generator[bytes, None, None], depth: int) -> Generator[bytes, None, None]:
+    """*pieces*, pulled by a thread up to *depth* ahead of the consumer, so that
+    receiving and processing overlap (both release the GIL).  The generator is
+    closed however the consumer ends; an error in the thread is raised here."""
+    q: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: tuple[bytes | None, BaseException | None]) -> bool:
+        while not stop.is_set():  # never blocks for good: the consumer may have left
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pull() -> None:
+        try:
+            for piece in pieces:
+                if not put((piece, None)):
+                    return
+            put((None, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((None, e))
+        finally:
+            pieces.close()
+
+    t = threading.Thread(target=pull, name="wsfs-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            piece, err = q.get()
+            if err is not None:
+                raise err
+            if piece is None:
+                return
+            yield piece
+    finally:
+        stop.set()
+        t.join()
 
 
 class Repository:
@@ -205,16 +259,29 @@ class Repository:
             if os.path.exists(path):
                 return path
             try:
-                stored = self.store.get(manifest_key(cid))
+                try:
+                    self._download_manifest(cid, path)
+                except (IntegrityError, StoreUnavailable):
+                    self._download_manifest(cid, path)  # a torn or dropped read on the way; a second failure is real
             except NotFound:
                 raise IntegrityError(
                     f"manifest {record.manifest} of {record.workspace}@{record.version} is missing from the store"
                 ) from None
-            try:
-                raw = decode_blob(cid, stored, "manifest")
-            except zstandard.ZstdError as e:  # pragma: no cover - decode_blob maps these already
-                raise IntegrityError(f"manifest {record.manifest} is corrupt: {e}") from None
-            return self._cache_manifest_file(cid, raw)
+            return path
+
+    def _download_manifest(self, cid: bytes, path: str) -> None:
+        """Stream manifest *cid* from the store into *path*: decoded and written as it arrives, renamed when verified.
+
+        The manifest is on the critical path of every first mount of a
+        version; streaming overlaps its decompression, hashing and writing
+        with the download instead of doing them after it.
+        """
+        decoder = BlobDecoder(cid, "manifest")
+        pieces = self.store.get_stream(manifest_key(cid))
+        with _atomic_file(path) as f, closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
+            for piece in ahead:
+                f.write(decoder.feed(piece))
+            decoder.finish()
 
     def open_manifest(self, record: VersionRecord) -> Manifest:
         path = self.manifest_path(record)

@@ -38,6 +38,48 @@ def test_decode_detects_damage(damage):
         blobs.decode_blob(cid, bytes(enc))
 
 
+def _stream_decode(cid: bytes, enc: bytes, piece: int) -> bytes:
+    dec = blobs.BlobDecoder(cid, "manifest")
+    out = b"".join(bytes(dec.feed(enc[i : i + piece])) for i in range(0, len(enc), piece))
+    dec.finish()
+    assert dec.size == len(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["zstd", "raw"])
+@pytest.mark.parametrize("piece", [1, 7, 4096, 1 << 20])
+def test_blob_decoder_in_pieces_equals_decode_blob(kind, piece):
+    data = (b"abc" * 200_000) if kind == "zstd" else os.urandom(300_000)
+    enc = blobs.encode_blob(data)
+    assert enc[0] == (blobs.ZSTD if kind == "zstd" else blobs.RAW)
+    if piece == 1:  # one byte at a time: a shorter blob keeps the test fast
+        data = data[:5000] if kind == "raw" else b"abc" * 2000
+        enc = blobs.encode_blob(data)
+    assert _stream_decode(blobs.content_id(data), enc, piece) == data
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "trailing", "empty", "codec", "wrong id"])
+@pytest.mark.parametrize("kind", ["zstd", "raw"])
+def test_blob_decoder_detects_damage(damage, kind):
+    data = (b"hello " * 50_000) if kind == "zstd" else os.urandom(300_000)
+    cid = blobs.content_id(data)
+    enc = bytearray(blobs.encode_blob(data))
+    if damage == "flip":
+        enc[len(enc) // 2] ^= 0x40
+    elif damage == "truncate":
+        del enc[-10:]
+    elif damage == "trailing":
+        enc += b"\0"
+    elif damage == "empty":
+        enc = bytearray()
+    elif damage == "codec":
+        enc[0] = 9
+    else:
+        cid = blobs.content_id(b"something else")
+    with pytest.raises(IntegrityError):
+        _stream_decode(cid, bytes(enc), 65536)
+
+
 def test_wrong_id_is_detected():
     with pytest.raises(IntegrityError, match="failed verification"):
         blobs.decode_blob(blobs.content_id(b"a"), blobs.encode_blob(b"b"))

@@ -62,6 +62,22 @@ def test_get_range(store: ObjectStore) -> None:
     assert store.get_range("r", 10, 0) == b""
 
 
+def test_get_stream(store: ObjectStore) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    store.put("s/obj", data)
+    before = store.stats.snapshot()
+    pieces = list(store.get_stream("s/obj", 1024 * 1024))
+    after = store.stats.snapshot()
+    assert b"".join(pieces) == data
+    assert all(0 < len(p) <= 1024 * 1024 for p in pieces) and len(pieces) >= 4
+    assert after["requests"].get("get", 0) - before["requests"].get("get", 0) == 1  # type: ignore[attr-defined]
+    assert after["bytes_in"] - before["bytes_in"] == len(data)  # type: ignore[operator]
+    with pytest.raises(NotFound):
+        store.get_stream("s/missing")  # before the first piece, not while iterating
+    store.put("s/empty", b"")
+    assert list(store.get_stream("s/empty")) == []
+
+
 def test_put_overwrites(store: ObjectStore) -> None:
     store.put("k", b"first version, longer")
     store.put("k", b"second")
@@ -195,6 +211,8 @@ def test_invalid_keys_rejected(store: ObjectStore, store_kind: str, key: str) ->
         store.get(key)
     with pytest.raises(InvalidName):
         store.get_range(key, 0, 1)
+    with pytest.raises(InvalidName):
+        store.get_stream(key)
     with pytest.raises(InvalidName):
         store.put(key, b"x")
     with pytest.raises(InvalidName):

@@ -208,17 +208,28 @@ def test_corrupt_blob_is_detected_not_served(wsfs, tmp_path, damage):
     assert wsfs("cat", "demo", "small").out == b"fine"
 
 
-def test_corrupt_manifest_is_detected(wsfs, tmp_path):
+@pytest.mark.parametrize("damage", ["flip", "truncate", "trailing"])
+def test_corrupt_manifest_is_detected(wsfs, tmp_path, damage):
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"x")
+    for i in range(300):  # a manifest of several stream pieces (1 MiB each)
+        (src / f"g{i}").write_bytes(os.urandom(8000))
     r = wsfs.push(src, "demo")
     store = open_store(wsfs.repo)
     key = manifest_key(bytes.fromhex(r["manifest"]))
     stored = bytearray(store.get(key))
-    stored[len(stored) // 2] ^= 0xFF
+    assert len(stored) > 2 * 1024 * 1024
+    if damage == "flip":
+        stored[len(stored) // 2] ^= 0xFF
+    elif damage == "truncate":
+        del stored[len(stored) // 2 :]
+    else:
+        stored += b"extra"
     store.put(key, bytes(stored))
     cold = Wsfs(wsfs.repo, str(tmp_path / "cold-cache"), wsfs.env)
     r = cold("ls", "demo", check=False)
     assert r.code == 6 and "manifest" in r.err
-    assert not os.path.exists(tmp_path / "cold-cache" / "manifests" / f"{key.rsplit('/', 1)[1]}.sqlite")
+    # nothing left behind: neither the manifest nor a partly written temporary file
+    manifests = tmp_path / "cold-cache" / "manifests"
+    assert not manifests.exists() or os.listdir(manifests) == []

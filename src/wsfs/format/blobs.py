@@ -11,6 +11,7 @@ against the id it was asked for.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import blake3
 import zstandard
@@ -100,3 +101,51 @@ def decode_blob(cid: bytes, stored: bytes, what: str = "blob") -> bytes | memory
     if content_id(data) != cid:
         raise IntegrityError(f"{what} {hexid(cid)} failed verification (content does not match its id)")
     return data
+
+
+class BlobDecoder:
+    """:func:`decode_blob` for a blob that arrives in pieces (``ObjectStore.get_stream``).
+
+    ``feed`` returns the plaintext each piece adds, so the caller can write it
+    out while the rest is still on the way; ``finish`` raises IntegrityError
+    unless the pieces were exactly a complete encoding of the content *cid*.
+    Nothing fed may be trusted before ``finish`` returns.
+    """
+
+    def __init__(self, cid: bytes, what: str = "blob") -> None:
+        self.cid = cid
+        self.what = what
+        self.size = 0  # plaintext bytes so far
+        self._codec: int | None = None
+        self._dobj: Any = None  # a zstd decompression object, for ZSTD
+        self._hash = blake3.blake3()
+
+    def feed(self, piece: bytes | memoryview) -> bytes | memoryview:
+        if not piece:
+            return b""
+        if self._codec is None:
+            self._codec = piece[0]
+            if self._codec == ZSTD:
+                # A decompressor per stream: one instance must not serve two at once.
+                self._dobj = zstandard.ZstdDecompressor().decompressobj()
+            elif self._codec != RAW:
+                raise IntegrityError(f"{self.what} {hexid(self.cid)}: unknown codec {self._codec}")
+            piece = memoryview(piece)[1:]
+        if self._dobj is not None:
+            try:
+                out: bytes | memoryview = self._dobj.decompress(piece)
+            except zstandard.ZstdError as e:
+                raise IntegrityError(f"{self.what} {hexid(self.cid)}: corrupt compressed data: {e}") from None
+        else:
+            out = piece
+        self._hash.update(out)
+        self.size += len(out)
+        return out
+
+    def finish(self) -> None:
+        if self._codec is None:
+            raise IntegrityError(f"{self.what} {hexid(self.cid)} is empty or truncated in the store")
+        if self._dobj is not None and (not self._dobj.eof or self._dobj.unused_data):
+            raise IntegrityError(f"{self.what} {hexid(self.cid)} is truncated or has trailing data")
+        if self._hash.digest() != self.cid:
+            raise IntegrityError(f"{self.what} {hexid(self.cid)} failed verification (content does not match its id)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Protocol
 
 from wsfs.errors import InvalidName
@@ -50,6 +50,9 @@ def check_key(key: str) -> str:
     return key
 
 
+STREAM_PIECE = 1 << 20  # default piece size of ObjectStore.get_stream
+
+
 class ObjectStore(Protocol):
     """What every store offers.  Keys are relative, ``/``-separated, validated by :func:`check_key`.
 
@@ -68,6 +71,15 @@ class ObjectStore(Protocol):
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end of the object)."""
+        ...
+
+    def get_stream(self, key: str, piece: int = STREAM_PIECE) -> Generator[bytes, None, None]:
+        """The whole object in pieces of at most *piece* bytes, as they arrive (one ``get`` request).
+
+        ``NotFound`` comes before the first piece.  A failure part-way raises
+        ``StoreUnavailable`` and is not retried here (the caller has consumed
+        the pieces so far and starts over).  Close the iterator to abandon it.
+        """
         ...
 
     def put(self, key: str, data: bytes) -> None:

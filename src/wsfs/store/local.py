@@ -11,10 +11,11 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import BinaryIO
 
 from wsfs.errors import AlreadyExists, NotFound, StoreUnavailable
-from wsfs.store.base import StoreStats, check_key
+from wsfs.store.base import STREAM_PIECE, StoreStats, check_key
 
 
 class LocalStore:
@@ -46,6 +47,30 @@ class LocalStore:
             raise StoreUnavailable(f"cannot read {key!r} from {self.url}: {e.strerror}") from e
         self.stats.count("get", bytes_in=len(data))
         return data
+
+    def get_stream(self, key: str, piece: int = STREAM_PIECE) -> Generator[bytes, None, None]:
+        path = self._path(key)
+        try:
+            f = open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            self.stats.count("get")
+            raise NotFound(f"no object {key!r} in {self.url}") from None
+        except OSError as e:
+            self.stats.count("get")
+            raise StoreUnavailable(f"cannot read {key!r} from {self.url}: {e.strerror}") from e
+        return self._pieces(key, f, piece)
+
+    def _pieces(self, key: str, f: BinaryIO, piece: int) -> Generator[bytes, None, None]:
+        n = 0
+        try:
+            while data := f.read(piece):
+                n += len(data)
+                yield data
+        except OSError as e:
+            raise StoreUnavailable(f"cannot read {key!r} from {self.url}: {e.strerror}") from e
+        finally:
+            f.close()
+            self.stats.count("get", bytes_in=n)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         try:

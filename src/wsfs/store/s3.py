@@ -26,7 +26,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,7 +36,7 @@ import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from wsfs.errors import AccessDenied, AlreadyExists, NotFound, StoreUnavailable, UsageError, WsfsError
-from wsfs.store.base import StoreStats, check_key
+from wsfs.store.base import STREAM_PIECE, StoreStats, check_key
 
 # botocore operation name -> the op names StoreStats uses for every store kind.
 _OPS = {
@@ -308,6 +308,23 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         return self._read(key, None)
+
+    def get_stream(self, key: str, piece: int = STREAM_PIECE) -> Generator[bytes, None, None]:
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key, op="get") from None
+        return self._pieces(key, body, piece)
+
+    def _pieces(self, key: str, body: Any, piece: int) -> Generator[bytes, None, None]:
+        try:
+            while data := body.read(piece):  # checks the length against Content-Length at the end
+                self.stats.add_bytes(bytes_in=len(data))
+                yield data
+        except _BODY_ERRORS as e:
+            raise self._error(e, key, op="get") from None
+        finally:
+            body.close()
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:
