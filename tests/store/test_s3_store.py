@@ -82,6 +82,18 @@ def test_endpoint_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert store._client.meta.config.s3 == {"addressing_style": "path"}
 
 
+def test_client_looks_up_s3_models_only(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # The client's loader answers "which services have a model?" with S3 alone
+    # (no scan of every service directory), and still honours AWS_DATA_PATH.
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    store = S3Store("bucket", endpoint_url="http://127.0.0.1:9")
+    loader = store._client._loader
+    assert loader.list_available_services("service-2") == ["s3"]
+    assert loader.list_available_services("endpoint-rule-set-1") == ["s3"]
+    assert loader.search_paths[0] == str(tmp_path)
+    assert store._client.meta.service_model.service_name == "s3"
+
+
 def test_endpoint_credentials_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     store = S3Store.from_url("s3://bkt", endpoint_url="http://user:hunter2@127.0.0.1:1234")
     assert "hunter2" not in store.endpoint and "hunter2" not in repr(store)
