@@ -259,10 +259,7 @@ class Repository:
             if os.path.exists(path):
                 return path
             try:
-                try:
-                    self._download_manifest(cid, path)
-                except (IntegrityError, StoreUnavailable):
-                    self._download_manifest(cid, path)  # a torn or dropped read on the way; a second failure is real
+                self._download_manifest(cid, path)
             except NotFound:
                 raise IntegrityError(
                     f"manifest {record.manifest} of {record.workspace}@{record.version} is missing from the store"
@@ -276,12 +273,20 @@ class Repository:
         version; streaming overlaps its decompression, hashing and writing
         with the download instead of doing them after it.
         """
-        decoder = BlobDecoder(cid, "manifest")
-        pieces = self.store.get_stream(manifest_key(cid))
-        with _atomic_file(path) as f, closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
-            for piece in ahead:
-                f.write(decoder.feed(piece))
-            decoder.finish()
+        for attempt in (1, 2):
+            # A failed request is the store's to retry (it has); a stream that
+            # breaks or fails verification part-way is started over once.
+            pieces = self.store.get_stream(manifest_key(cid))
+            decoder = BlobDecoder(cid, "manifest")
+            try:
+                with _atomic_file(path) as f, closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
+                    for piece in ahead:
+                        f.write(decoder.feed(piece))
+                    decoder.finish()
+                return
+            except (IntegrityError, StoreUnavailable):
+                if attempt == 2:
+                    raise
 
     def open_manifest(self, record: VersionRecord) -> Manifest:
         path = self.manifest_path(record)
