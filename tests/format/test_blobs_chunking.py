@@ -21,21 +21,27 @@ def test_incompressible_data_is_stored_raw():
     assert blobs.decode_blob(blobs.content_id(data), enc) == data
 
 
+def _damaged(enc: bytes, damage: str) -> bytes:
+    """*enc* with one kind of damage a store or a network could do to it."""
+    out = bytearray(enc)
+    if damage == "flip":
+        out[len(out) // 2] ^= 0x40
+    elif damage == "truncate":
+        del out[-10:]
+    elif damage == "trailing":
+        out += b"\0"
+    elif damage == "empty":
+        out = bytearray()
+    elif damage == "codec":
+        out[0] = 9
+    return bytes(out)
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "codec"])
 def test_decode_detects_damage(damage):
     data = b"hello " * 1000
-    cid = blobs.content_id(data)
-    enc = bytearray(blobs.encode_blob(data))
-    if damage == "flip":
-        enc[len(enc) // 2] ^= 0x40
-    elif damage == "truncate":
-        del enc[-10:]
-    elif damage == "empty":
-        enc = bytearray()
-    else:
-        enc[0] = 9
     with pytest.raises(IntegrityError):
-        blobs.decode_blob(cid, bytes(enc))
+        blobs.decode_blob(blobs.content_id(data), _damaged(blobs.encode_blob(data), damage))
 
 
 def _stream_decode(cid: bytes, enc: bytes, piece: int) -> bytes:
@@ -62,22 +68,9 @@ def test_blob_decoder_in_pieces_equals_decode_blob(kind, piece):
 @pytest.mark.parametrize("kind", ["zstd", "raw"])
 def test_blob_decoder_detects_damage(damage, kind):
     data = (b"hello " * 50_000) if kind == "zstd" else os.urandom(300_000)
-    cid = blobs.content_id(data)
-    enc = bytearray(blobs.encode_blob(data))
-    if damage == "flip":
-        enc[len(enc) // 2] ^= 0x40
-    elif damage == "truncate":
-        del enc[-10:]
-    elif damage == "trailing":
-        enc += b"\0"
-    elif damage == "empty":
-        enc = bytearray()
-    elif damage == "codec":
-        enc[0] = 9
-    else:
-        cid = blobs.content_id(b"something else")
+    cid = blobs.content_id(b"something else" if damage == "wrong id" else data)
     with pytest.raises(IntegrityError):
-        _stream_decode(cid, bytes(enc), 65536)
+        _stream_decode(cid, _damaged(blobs.encode_blob(data), damage), 65536)
 
 
 def test_wrong_id_is_detected():

@@ -34,31 +34,29 @@ class LocalStore:
         if not os.path.isdir(self.root):
             raise NotFound(f"no repository directory at {self.root}")
 
-    def get(self, key: str) -> bytes:
-        path = self._path(key)
+    def _open(self, key: str) -> BinaryIO:
+        """The object's file for reading; a failure is a counted ``get`` and the store's error."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            return open(self._path(key), "rb")
         except (FileNotFoundError, NotADirectoryError):
             self.stats.count("get")
             raise NotFound(f"no object {key!r} in {self.url}") from None
         except OSError as e:
             self.stats.count("get")
             raise StoreUnavailable(f"cannot read {key!r} from {self.url}: {e.strerror}") from e
+
+    def get(self, key: str) -> bytes:
+        with self._open(key) as f:
+            try:
+                data = f.read()
+            except OSError as e:
+                self.stats.count("get")
+                raise StoreUnavailable(f"cannot read {key!r} from {self.url}: {e.strerror}") from e
         self.stats.count("get", bytes_in=len(data))
         return data
 
     def get_stream(self, key: str, piece: int = STREAM_PIECE) -> Generator[bytes, None, None]:
-        path = self._path(key)
-        try:
-            f = open(path, "rb")
-        except (FileNotFoundError, NotADirectoryError):
-            self.stats.count("get")
-            raise NotFound(f"no object {key!r} in {self.url}") from None
-        except OSError as e:
-            self.stats.count("get")
-            raise StoreUnavailable(f"cannot read {key!r} from {self.url}: {e.strerror}") from e
-        return self._pieces(key, f, piece)
+        return self._pieces(key, self._open(key), piece)
 
     def _pieces(self, key: str, f: BinaryIO, piece: int) -> Generator[bytes, None, None]:
         n = 0
