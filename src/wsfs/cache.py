@@ -569,7 +569,7 @@ class BlobCache:
     def _download(self, cid: bytes, h: str, size: int | None) -> bytes | memoryview:
         try:
             with self._fetch_slots:
-                data = self.repo.get_blob(cid)  # decoded and verified against cid
+                data = self.repo.get_blob(cid, size)  # decoded and verified against cid and size
             if size is not None and len(data) != size:
                 raise IntegrityError(f"blob {h} has {len(data)} bytes, the manifest says {size}")
         except NotFound:

@@ -15,7 +15,7 @@ import queue
 import re
 import tempfile
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -30,9 +30,10 @@ from wsfs.errors import (
     NotFound,
     StoreUnavailable,
     UsageError,
+    WsfsError,
 )
-from wsfs.format.blobs import BlobDecoder, decode_blob, encode_blob, hexid, parse_hexid
-from wsfs.format.manifest import Manifest
+from wsfs.format.blobs import BlobDecoder, decode_blob, declared_size, encode_blob, hexid, parse_hexid
+from wsfs.format.manifest import Manifest, check_database
 from wsfs.format.names import check_tag, check_workspace
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
 from wsfs.store import ObjectStore, open_store
@@ -65,6 +66,9 @@ def profile_key(ws: str, n: int) -> str:
     return f"workspaces/{ws}/profiles/{n:0{_VERSION_DIGITS}d}"
 
 
+# No manifest is larger than this, whatever its record says: a record is
+# untrusted input, and its size is how much a download may write to disk.
+MAX_MANIFEST_SIZE = 16 * 1024**3
 PROFILE_MAX_CHUNKS = 100_000  # an access profile names at most this many chunks (3.2 MB of ids)
 
 
@@ -96,13 +100,19 @@ def _local_dir(cache_dir: str, url: str) -> str:
 
 
 @contextmanager
-def _atomic_file(path: str) -> Iterator[BinaryIO]:
-    """A local cache file written under a temporary name and renamed into place if the block succeeds."""
+def _atomic_file(path: str, check: Callable[[str], None] | None = None) -> Iterator[BinaryIO]:
+    """A local cache file written under a temporary name and renamed into place if the block succeeds.
+
+    *check*, if given, is called with the temporary file's path once it is
+    written and closed; an exception from it leaves nothing behind.
+    """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+        if check is not None:
+            check(tmp)
         os.rename(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -216,16 +226,28 @@ class Repository:
         self.store.put(blob_key(cid), enc)
         return len(enc)
 
-    def get_blob(self, cid: bytes) -> bytes | memoryview:
-        """Fetch, decode and verify a blob (a raw one as a view, see decode_blob); one retry before IntegrityError."""
+    def get_blob(self, cid: bytes, size: int | None) -> bytes | memoryview:
+        """Fetch, decode and verify a blob of *size* plaintext bytes (a raw one as a view, see decode_blob).
+
+        *size* is what the referencing manifest declares (a chunk's length);
+        None means "at most one chunk" (the repository's chunk size), for
+        callers that do not know it.  One retry before IntegrityError.
+        """
         key = blob_key(cid)
         try:
             try:
-                return decode_blob(cid, self.store.get(key))
+                return self._decode_blob(cid, self.store.get(key), size)
             except IntegrityError:
-                return decode_blob(cid, self.store.get(key))  # a torn read on the way; a second failure is real
+                # A torn read on the way; a second failure is real.
+                return self._decode_blob(cid, self.store.get(key), size)
         except NotFound:
             raise IntegrityError(f"blob {hexid(cid)} is missing from the store") from None
+
+    def _decode_blob(self, cid: bytes, stored: bytes, size: int | None) -> bytes | memoryview:
+        if size is None:
+            # Unknown size: bounded by one chunk, and exact once the header said it.
+            size = declared_size(stored, self.config.chunk_size)
+        return decode_blob(cid, stored, size)
 
     # -- manifests --------------------------------------------------------
 
@@ -259,43 +281,63 @@ class Repository:
             if os.path.exists(path):
                 return path
             try:
-                self._download_manifest(cid, path)
+                self._download_manifest(cid, record.manifest_size, path)
             except NotFound:
                 raise IntegrityError(
                     f"manifest {record.manifest} of {record.workspace}@{record.version} is missing from the store"
                 ) from None
             return path
 
-    def _download_manifest(self, cid: bytes, path: str) -> None:
-        """Stream manifest *cid* from the store into *path*: decoded and written as it arrives, renamed when verified.
+    def _download_manifest(self, cid: bytes, size: int, path: str) -> None:
+        """Stream manifest *cid* of *size* bytes into *path*: decoded and written as it arrives, renamed when verified.
 
         The manifest is on the critical path of every first mount of a
         version; streaming overlaps its decompression, hashing and writing
-        with the download instead of doing them after it.
+        with the download instead of doing them after it.  Nothing larger
+        than the record's declared *size* is written (and that must fit the
+        disk), and the file gets its name only once its hash and its SQLite
+        structure (:func:`~wsfs.format.manifest.check_database`) passed.
         """
+        if not 0 < size <= MAX_MANIFEST_SIZE:
+            raise IntegrityError(f"manifest {hexid(cid)} has an invalid size {size} in its version record")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        st = os.statvfs(os.path.dirname(path))
+        if size > st.f_bavail * st.f_frsize:
+            raise WsfsError(
+                f"not enough space in {os.path.dirname(path)} for manifest {hexid(cid)} ({size} bytes)"
+            )
+        checked = False
+
+        def check(tmp: str) -> None:
+            nonlocal checked
+            checked = True
+            check_database(tmp)
+
         for attempt in (1, 2):
             # A failed request is the store's to retry (it has); a stream that
-            # breaks or fails verification part-way is started over once.
+            # breaks or fails verification part-way is started over once.  A
+            # verified manifest that fails the structure check is not.
             pieces = self.store.get_stream(manifest_key(cid))
-            decoder = BlobDecoder(cid, "manifest")
+            decoder = BlobDecoder(cid, size, "manifest")
             try:
-                with _atomic_file(path) as f, closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
+                with _atomic_file(path, check) as f, closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
                     for piece in ahead:
                         f.write(decoder.feed(piece))
-                    decoder.finish()
+                    f.write(decoder.finish())
                 return
             except (IntegrityError, StoreUnavailable):
-                if attempt == 2:
+                if attempt == 2 or checked:
                     raise
 
     def open_manifest(self, record: VersionRecord) -> Manifest:
         path = self.manifest_path(record)
         try:
-            m = Manifest(path)
+            m = Manifest(path, max_inline=self.config.inline_threshold)
         except IntegrityError:
             os.unlink(path)  # a cached copy that went bad is dropped; the next open fetches again
             raise
         if m.chunk_size != self.config.chunk_size:
+            m.close()
             raise FormatError(f"manifest chunk size {m.chunk_size} differs from the repository's")
         return m
 

@@ -70,12 +70,12 @@ def corrupt(path, sql, *args):
         ("UPDATE dentries SET ino = 999 WHERE name = X'61'", (), "missing inode"),
         ("UPDATE dentries SET parent = 2 WHERE name = X'62'", (), "parent is missing or not a directory"),
         ("INSERT INTO dentries (parent, name, ino) VALUES (3, X'6c6f6f70', 3)", (), "directory|parent|cycle"),
-        ("INSERT INTO dentries (parent, name, ino) VALUES (3, X'726f6f74', 1)", (), "root directory has a parent"),
+        ("INSERT INTO dentries (parent, name, ino) VALUES (3, X'726f6f74', 1)", (), "naming the root directory"),
         ("UPDATE dentries SET parent = 3 WHERE name = X'64'", (), "not reachable|cycle"),
         ("DELETE FROM inodes WHERE ino = 1", (), "no root"),
-        ("UPDATE chunks SET length = 9", (), "do not cover"),
-        ("UPDATE inodes SET target = NULL WHERE ino = 5", (), "symlink without a target"),
-        ("DELETE FROM data", (), "missing inline data"),
+        ("UPDATE chunks SET length = 9", (), "wrong length"),
+        ("UPDATE inodes SET target = NULL WHERE ino = 5", (), "symlinks without a valid target"),
+        ("DELETE FROM data", (), "inline content that is missing"),
     ],
 )
 def test_malformed_manifests_are_rejected(small, sql, args, match):
@@ -106,6 +106,6 @@ def test_inline_data_is_verified(small):
 
 
 def test_symlinks_cannot_climb_out(small):
-    corrupt(small, "UPDATE inodes SET target = X'2e2e2f2e2e2f6574632f706173737764' WHERE ino = 5")  # ../../etc/passwd
+    corrupt(small, "UPDATE inodes SET target = X'2e2e2f2e2e2f6574632f706173737764', size = 16 WHERE ino = 5")  # ../../etc/passwd
     with Manifest(small) as m, pytest.raises(NotFound, match="outside"):
         m.resolve(b"l", follow=True)

@@ -47,9 +47,9 @@ def gets(repo: Repository) -> int:
 def slow_gets(repo: Repository, monkeypatch: pytest.MonkeyPatch, delay: float = 0.2) -> None:
     real = repo.get_blob
 
-    def slow(cid: bytes) -> bytes:
+    def slow(cid: bytes, size: int | None) -> bytes:
         time.sleep(delay)
-        return real(cid)
+        return real(cid, size)
 
     monkeypatch.setattr(repo, "get_blob", slow)
 
@@ -104,9 +104,9 @@ from wsfs.repository import Repository
 from wsfs.store.local import LocalStore
 repo = Repository.open(LocalStore(sys.argv[1]), sys.argv[2])
 real = repo.get_blob
-def slow(cid):
+def slow(cid, size):
     time.sleep(0.3)
-    return real(cid)
+    return real(cid, size)
 repo.get_blob = slow
 cache = BlobCache(repo, sys.argv[2])
 ids = [bytes.fromhex(h) for h in sys.argv[4:]]

@@ -19,6 +19,9 @@ from collections.abc import Iterator
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
+# The largest inline threshold a repository may have: no manifest's inline
+# file is larger, whatever it says (the repository's own threshold is the real cap).
+MAX_INLINE_SIZE = 16 * 1024 * 1024
 
 _ZEROS: dict[int, bytes] = {}
 

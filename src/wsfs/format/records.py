@@ -12,12 +12,11 @@ from typing import Any
 
 from wsfs.errors import FormatError, IntegrityError
 from wsfs.format import FORMAT_VERSION
-from wsfs.format.chunking import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from wsfs.format.chunking import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_INLINE_SIZE, MIN_CHUNK_SIZE
 from wsfs.format.names import check_workspace
 
 REPO_KEY = "wsfs-repo.json"
 DEFAULT_INLINE_THRESHOLD = 128 * 1024
-MAX_INLINE_THRESHOLD = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class RepoConfig:
     def __post_init__(self) -> None:
         if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE or self.chunk_size & (self.chunk_size - 1):
             raise FormatError(f"chunk size {self.chunk_size} must be a power of two in [64 KiB, 64 MiB]")
-        if not 0 <= self.inline_threshold <= min(self.chunk_size, MAX_INLINE_THRESHOLD):
+        if not 0 <= self.inline_threshold <= min(self.chunk_size, MAX_INLINE_SIZE):
             raise FormatError(f"inline threshold {self.inline_threshold} must be in [0, chunk size]")
 
     def to_json(self) -> bytes:

@@ -139,7 +139,7 @@ class _Materializer:
 
     def _fetch_chunk(self, fd: int, c: Chunk) -> None:
         assert c.cid is not None
-        data = self.repo.get_blob(c.cid)
+        data = self.repo.get_blob(c.cid, c.length)
         if len(data) != c.length:
             raise IntegrityError(f"chunk {c.cid.hex()} has {len(data)} bytes, the manifest says {c.length}")
         os.pwrite(fd, data, c.idx * self.m.chunk_size)

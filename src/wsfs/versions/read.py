@@ -26,7 +26,7 @@ def iter_content(repo: Repository, m: Manifest, node: Inode, *, workers: int = 4
                 c = next(it, None)
                 if c is None:
                     return
-                ahead.append((c.length, None if c.cid is None else pool.submit(repo.get_blob, c.cid)))
+                ahead.append((c.length, None if c.cid is None else pool.submit(repo.get_blob, c.cid, c.length)))
 
         try:
             fill()
