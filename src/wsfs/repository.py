@@ -32,7 +32,7 @@ from wsfs.errors import (
     UsageError,
     WsfsError,
 )
-from wsfs.format.blobs import BlobDecoder, decode_blob, declared_size, encode_blob, hexid, parse_hexid
+from wsfs.format.blobs import BlobDecoder, declared_size, decode_blob, encode_blob, hexid, parse_hexid
 from wsfs.format.manifest import Manifest, check_database
 from wsfs.format.names import check_tag, check_workspace
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
