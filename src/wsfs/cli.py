@@ -24,12 +24,13 @@ from typing import Any
 
 from wsfs import __version__
 from wsfs.config import Settings, resolve
-from wsfs.errors import NotFound, UsageError, WsfsError
+from wsfs.errors import FormatError, IntegrityError, NotFound, UsageError, WsfsError
 from wsfs.format.chunking import DEFAULT_CHUNK_SIZE
 from wsfs.format.manifest import Inode
 from wsfs.format.records import DEFAULT_INLINE_THRESHOLD, RepoConfig
 from wsfs.repository import Ref, Repository
 from wsfs.store import open_store
+from wsfs.terminal import EscapingFormatter, escape, escape_name
 
 log = logging.getLogger("wsfs")
 
@@ -47,6 +48,11 @@ def _size(n: float) -> str:
 
 def _out(data: bytes) -> None:
     sys.stdout.buffer.write(data)
+
+
+def _name(name: bytes) -> bytes:
+    """A name from a version for stdout: raw bytes in a pipe, control bytes escaped on a terminal."""
+    return escape_name(name) if sys.stdout.isatty() else name
 
 
 def _parse_size(text: str) -> int:
@@ -164,7 +170,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     tags: dict[int, list[str]] = {}
     for tag, n in repo.tags(ws).items():
         tags.setdefault(n, []).append(tag)
-    records = [repo.record(ws, n) for n in reversed(versions)]
+    records = []
+    for n in reversed(versions):
+        try:
+            records.append(repo.record(ws, n))
+        except (IntegrityError, FormatError) as e:  # one bad record must not hide the others
+            log.warning("skipping %s@%d: %s", ws, n, e)
     if args.json:
         print(json.dumps([dict(vars(r), tags=tags.get(r.version, [])) for r in records], default=str))
         return 0
@@ -172,22 +183,22 @@ def cmd_log(args: argparse.Namespace) -> int:
     for r in records:
         t = f" [{', '.join(sorted(tags[r.version]))}]" if r.version in tags else ""
         print(
-            f"{r.version:>7} {r.parent or '-':>6}  {r.time:<25} {r.author[:20]:<20} "
-            f"{r.stats.get('files', 0):>7} {_size(r.stats.get('bytes', 0)):>10}  {r.message}{t}"
+            f"{r.version:>7} {r.parent or '-':>6}  {escape(r.time[:25]):<25} {escape(r.author[:20]):<20} "
+            f"{r.stats.get('files', 0):>7} {_size(r.stats.get('bytes', 0)):>10}  {escape(r.message)}{t}"
         )
     return 0
 
 
 def _ls_line(name: bytes, node: Inode, long: bool) -> bytes:
     if not long:
-        return name + b"\n"
+        return _name(name) + b"\n"
     line = (
         f"{_mode_string(node.mode)} {node.nlink:>3} {node.uid:>5} {node.gid:>5} {node.size:>12} "
         f"{_time(node.mtime_ns)} "
     ).encode()
-    line += name
+    line += _name(name)
     if node.is_link and node.target is not None:
-        line += b" -> " + node.target
+        line += b" -> " + _name(node.target)
     return line + b"\n"
 
 
@@ -251,7 +262,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     n = 0
     with repo.open_manifest(ra) as ma, repo.open_manifest(rb) as mb:
         for status, path in diff(ma, mb):
-            _out(status.encode() + b" " + path + b"\n")
+            _out(status.encode() + b" " + _name(path) + b"\n")
             n += 1
     return 1 if (n and args.exit_code) else 0
 
@@ -373,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="wsfs: %(levelname)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("wsfs: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if args.verbose < 2:
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -381,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except WsfsError as e:
         log.debug("failed", exc_info=True)
-        print(f"wsfs: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         print("wsfs: interrupted", file=sys.stderr)
         return 130
@@ -391,3 +403,17 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as e:
+        # A local file system said no (a full disk, a file where a directory
+        # should be, permissions): one line naming the file, never a traceback.
+        log.debug("failed", exc_info=True)
+        where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
+        return _fail(f"{where}{e.strerror or e}", 1)
+    except Exception as e:  # noqa: BLE001 - the last resort: still one line
+        log.debug("failed", exc_info=True)
+        return _fail(f"internal error ({type(e).__name__}: {e}); run with -vv for details", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"wsfs: error: {escape(message)}", file=sys.stderr)
+    return code

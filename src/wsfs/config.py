@@ -43,15 +43,29 @@ class Settings:
     is_default_repo: bool
 
 
-def _read_config_file() -> dict[str, object]:
+_KEYS = ("repo", "endpoint_url", "cache_dir")
+
+
+def _read_config_file() -> dict[str, str]:
+    """The config file's settings: each a non-empty string, or a usage error naming the file."""
     path = config_path()
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            cfg = tomllib.load(f)
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not valid TOML: {e}") from None
+    out = {}
+    for key, value in cfg.items():
+        if key not in _KEYS:
+            raise UsageError(f"{path}: unknown setting {key!r} (known: {', '.join(_KEYS)})")
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{path}: {key} must be a non-empty string, got {value!r}")
+        out[key] = value
+    return out
 
 
 def resolve(repo: str | None, endpoint_url: str | None, cache_dir: str | None) -> Settings:
@@ -60,12 +74,13 @@ def resolve(repo: str | None, endpoint_url: str | None, cache_dir: str | None) -
     is_default = False
     if not repo:
         repo = os.environ.get("WSFS_REPO") or None
-    if not repo and isinstance(cfg.get("repo"), str):
-        repo = str(cfg["repo"])
+    if not repo:
+        repo = cfg.get("repo")
     if not repo:
         repo, is_default = default_repo(), True
-    if not endpoint_url and isinstance(cfg.get("endpoint_url"), str):
-        endpoint_url = str(cfg["endpoint_url"])
-    if not cache_dir and isinstance(cfg.get("cache_dir"), str):
-        cache_dir = str(cfg["cache_dir"])
-    return Settings(repo, endpoint_url or None, cache_dir or default_cache_dir(), is_default)
+    if not endpoint_url:
+        endpoint_url = cfg.get("endpoint_url")
+    cache_dir = cache_dir or cfg.get("cache_dir") or default_cache_dir()
+    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        raise UsageError(f"cache directory {cache_dir} exists and is not a directory")
+    return Settings(repo, endpoint_url or None, cache_dir, is_default)

@@ -27,6 +27,7 @@ from wsfs.errors import (
     Conflict,
     FormatError,
     IntegrityError,
+    InvalidName,
     NotFound,
     StoreUnavailable,
     UsageError,
@@ -34,7 +35,7 @@ from wsfs.errors import (
 )
 from wsfs.format.blobs import BlobDecoder, declared_size, decode_blob, encode_blob, hexid, parse_hexid
 from wsfs.format.manifest import Manifest, check_database
-from wsfs.format.names import check_tag, check_workspace
+from wsfs.format.names import check_tag, check_workspace, version_number
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
 from wsfs.store import ObjectStore, open_store
 
@@ -86,7 +87,7 @@ class Ref:
             raise UsageError(f"expected WORKSPACE[@VERSION], got {text!r}")
         ws = check_workspace(m["ws"])
         ref = m["ref"]
-        if ref is not None and not ref.isdigit():
+        if ref is not None and version_number(ref) is None:
             check_tag(ref)
         return cls(ws, ref)
 
@@ -344,15 +345,29 @@ class Repository:
     # -- workspaces, versions, tags -----------------------------------------
 
     def workspaces(self) -> list[str]:
-        return [w for w in self.store.list_dirs("workspaces/")]
+        """Workspace names; a folder under ``workspaces/`` that is no valid name is skipped with a warning."""
+        return [w for w in self.store.list_dirs("workspaces/") if self._valid("workspace", w, check_workspace)]
+
+    @staticmethod
+    def _valid(kind: str, name: str, check: Callable[[str], object]) -> bool:
+        try:
+            check(name)
+            return True
+        except InvalidName:
+            log.warning("ignoring a stray object in the store: %s %r is not a valid name", kind, name)
+            return False
 
     def versions(self, ws: str) -> list[int]:
+        """Version numbers of *ws*, ascending; keys that are no version number are skipped with a warning."""
         check_workspace(ws)
         out = []
         for key in self.store.list(f"workspaces/{ws}/versions/"):
             name = key.rsplit("/", 1)[1]
-            if name.isdigit():
-                out.append(int(name))
+            n = version_number(name)
+            if n is None or len(name) != _VERSION_DIGITS:
+                log.warning("ignoring a stray object in the store: %r is not a version record", key)
+                continue
+            out.append(n)
         return sorted(out)
 
     def latest(self, ws: str, *, offline_ok: bool = False) -> int | None:
@@ -381,7 +396,7 @@ class Repository:
             names = os.listdir(os.path.dirname(self._record_path(ws, 1)))
         except FileNotFoundError:
             return []
-        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+        return sorted(v for n in names if n.endswith(".json") and (v := version_number(n[:-5])) is not None)
 
     def record(self, ws: str, n: int) -> VersionRecord:
         """A version's record; from the local copy if there is one (records are immutable)."""
@@ -408,10 +423,17 @@ class Repository:
             raise Conflict(f"version {record.workspace}@{record.version} was published by another writer") from None
 
     def tags(self, ws: str) -> dict[str, int]:
+        """``{tag: version}``; a tag with an invalid name or a malformed object is skipped with a warning."""
+        check_workspace(ws)
         out = {}
         for key in self.store.list(f"workspaces/{ws}/tags/"):
             tag = key.rsplit("/", 1)[1]
-            out[tag] = self._read_tag(ws, tag)
+            if not self._valid("tag", tag, check_tag):
+                continue
+            try:
+                out[tag] = self._read_tag(ws, tag)
+            except IntegrityError as e:
+                log.warning("ignoring tag %s@%s: %s", ws, tag, e)
         return out
 
     def _read_tag(self, ws: str, tag: str) -> int:
@@ -421,10 +443,10 @@ class Repository:
             raise NotFound(f"workspace {ws!r} has no version or tag {tag!r}") from None
         try:
             n = json.loads(raw)["version"]
-            if not isinstance(n, int):
+            if type(n) is not int or n < 1:
                 raise TypeError
             return n
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise IntegrityError(f"tag {ws}@{tag} is malformed") from None
 
     def set_tag(self, ws: str, tag: str, n: int) -> None:
@@ -449,13 +471,13 @@ class Repository:
     def get_profile(self, ws: str, n: int) -> list[bytes]:
         """The access profile of ``ws@n``, or of the newest earlier version that has one; [] if none."""
         check_workspace(ws)
-        keys = [k for k in self.store.list(f"workspaces/{ws}/profiles/") if k.rsplit("/", 1)[1].isdigit()]
-        older = [k for k in keys if int(k.rsplit("/", 1)[1]) <= n]
+        numbered = {version_number(k.rsplit("/", 1)[1]): k for k in self.store.list(f"workspaces/{ws}/profiles/")}
+        older = [v for v in numbered if v is not None and v <= n]
         if not older:
             return []
-        raw = self.store.get(max(older))
+        raw = self.store.get(numbered[max(older)])
         if len(raw) % 32:
-            raise IntegrityError(f"access profile {max(older)} is malformed")
+            raise IntegrityError(f"access profile {numbered[max(older)]} is malformed")
         return [raw[i : i + 32] for i in range(0, len(raw), 32)][:PROFILE_MAX_CHUNKS]
 
     def resolve(self, ref: Ref) -> VersionRecord:
@@ -465,8 +487,8 @@ class Repository:
             n = self.latest(ws, offline_ok=True)
             if n is None:
                 raise NotFound(f"workspace {ws!r} has no versions (push one with: wsfs push DIR {ws})")
-        elif ref.ref.isdigit():
-            n = int(ref.ref)
         else:
-            n = self._read_tag(ws, ref.ref)
+            n = version_number(ref.ref)
+            if n is None:
+                n = self._read_tag(ws, ref.ref)
         return self.record(ws, n)

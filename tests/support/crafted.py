@@ -98,7 +98,11 @@ def publish_manifest(repo_url: str, workspace: str, version: int, manifest: byte
     *stored* replaces the stored encoding (for bombs); *manifest_size* and
     *record* override what the record declares.  Returns the manifest's hex id.
     """
-    raw = manifest if isinstance(manifest, bytes) else open(manifest, "rb").read()
+    if isinstance(manifest, bytes):
+        raw = manifest
+    else:
+        with open(manifest, "rb") as f:
+            raw = f.read()
     cid = blake3.blake3(raw).digest()
     store = open_store(repo_url)
     store.put(manifest_key(cid), stored if stored is not None else encode_blob(raw))

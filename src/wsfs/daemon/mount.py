@@ -49,6 +49,7 @@ from wsfs.daemon.view import SMALL_PREFETCH_MAX, VersionView, raise_kernel_reada
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.repository import Ref, Repository
 from wsfs.store import open_store
+from wsfs.terminal import EscapingFormatter
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def notify_systemd(message: str) -> None:
 def _setup_logging(options: MountOptions, log_path: str | None, *, to_stderr: bool) -> IO[str] | None:
     """Daemon logging: stderr and/or a file, INFO by default (mount and unmount are worth a line)."""
     root = logging.getLogger()
-    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    fmt = EscapingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     if not to_stderr:
         for h in list(root.handlers):
             root.removeHandler(h)

@@ -61,6 +61,8 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from wsfs.format.names import version_number
+
 PROG = "mount.wsfs"
 ENVIRONMENT_FILE = "/etc/wsfs/environment"
 FSTYPES = ("wsfs", "fuse.wsfs")
@@ -307,9 +309,9 @@ def same_version_mounted(spec: str, source: str | None) -> bool:
         return False
     ws, _, version = source[len("wsfs:"):].rpartition("@")
     want_ws, at, want = spec.partition("@")
-    if want_ws != ws or not version.isdigit():
+    if want_ws != ws or version_number(version) is None:
         return False
-    return not at or (want.isdigit() and int(want) == int(version))
+    return not at or version_number(want) == version_number(version)
 
 
 def _live(mountpoint: str) -> bool:
@@ -356,9 +358,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cmd: list[str], verbose: bool) -> int:
     from wsfs.cli import build_parser
     from wsfs.errors import UsageError, WsfsError
+    from wsfs.terminal import EscapingFormatter
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format=f"{PROG}: %(levelname)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter(f"{PROG}: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -57,6 +57,7 @@ import time
 
 from wsfs.errors import WsfsError
 from wsfs.format.manifest import Manifest
+from wsfs.terminal import EscapingFormatter
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.add_argument("manifest", help="the mounted version's manifest.sqlite")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, handlers=[handler])
     if a.parent is not None:
         # Die with the daemon: a helper holding the /dev/fuse descriptor would
         # keep a dead mount's connection open (its requests would hang until

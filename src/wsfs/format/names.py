@@ -12,6 +12,7 @@ import re
 from wsfs.errors import InvalidName
 
 _REF_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_NUMBER_RE = re.compile(r"[0-9]{1,18}")
 NAME_MAX = 255
 
 
@@ -25,9 +26,14 @@ def check_workspace(name: str) -> str:
     return name
 
 
+def version_number(text: str) -> int | None:
+    """The version number *text* names (ASCII digits only: ``str.isdigit`` also accepts ``²`` and ``٣``), else None."""
+    return int(text) if _NUMBER_RE.fullmatch(text) else None
+
+
 def check_tag(name: str) -> str:
     """A tag name: like a workspace name, but never all digits (``@3`` means version 3)."""
-    if not _REF_RE.fullmatch(name) or name.isdigit():
+    if not _REF_RE.fullmatch(name) or version_number(name) is not None or name.isdigit():
         raise InvalidName(
             f"invalid tag name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "not starting with '.' or '-', and not only digits"

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from wsfs.errors import FormatError, IntegrityError
 from wsfs.format import FORMAT_VERSION
 from wsfs.format.chunking import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_INLINE_SIZE, MIN_CHUNK_SIZE
-from wsfs.format.names import check_workspace
 
 REPO_KEY = "wsfs-repo.json"
 DEFAULT_INLINE_THRESHOLD = 128 * 1024
@@ -82,19 +80,45 @@ class VersionRecord:
 
     @classmethod
     def from_json(cls, raw: bytes, *, workspace: str, version: int) -> VersionRecord:
-        """Parse and check a record read from ``workspaces/<workspace>/versions/<version>``."""
+        """Parse and check a record read from ``workspaces/<workspace>/versions/<version>``.
+
+        A record is untrusted input: every field must have its type and a
+        sane value, or the whole record is IntegrityError (FormatError for a
+        format this wsfs does not read), never an exception elsewhere later.
+        """
+        where = f"version record {workspace}@{version}"
         try:
-            d: dict[str, Any] = json.loads(raw)
-            if d.get("format") != FORMAT_VERSION:
-                raise FormatError(
-                    f"version {workspace}@{version} has format {d.get('format')!r}; this wsfs reads {FORMAT_VERSION}"
-                )
-            rec = cls(**d)
-        except (ValueError, TypeError):
-            raise IntegrityError(f"version record {workspace}@{version} is malformed") from None
+            d = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise IntegrityError(f"{where} is not valid JSON") from None
+        if not isinstance(d, dict):
+            raise IntegrityError(f"{where} is not a JSON object")
+        if d.get("format") != FORMAT_VERSION or type(d.get("format")) is not int:
+            raise FormatError(f"version {workspace}@{version} has format {d.get('format')!r}; this wsfs reads {FORMAT_VERSION}")
+        expected: dict[str, tuple[type, ...]] = {
+            "workspace": (str,), "version": (int,), "parent": (int, type(None)), "manifest": (str,),
+            "manifest_size": (int,), "time": (str,), "author": (str,), "message": (str,), "stats": (dict,),
+            "format": (int,),
+        }
+        for key, value in d.items():
+            types = expected.get(key)
+            if types is None:
+                raise IntegrityError(f"{where} has an unknown field {key!r}")
+            if type(value) not in types:  # type(): True is not a version number
+                raise IntegrityError(f"{where}: field {key!r} has the wrong type")
+        missing = set(expected) - set(d) - {"stats", "format"}
+        if missing:
+            raise IntegrityError(f"{where} lacks {', '.join(sorted(missing))}")
+        stats = d.get("stats", {})
+        if not all(isinstance(k, str) and type(v) is int for k, v in stats.items()):
+            raise IntegrityError(f"{where}: field 'stats' has the wrong type")
+        rec = cls(**d)
         if rec.workspace != workspace or rec.version != version:
-            raise IntegrityError(f"version record {workspace}@{version} names {rec.workspace}@{rec.version}")
-        check_workspace(rec.workspace)
-        if len(rec.manifest) != 64:
-            raise IntegrityError(f"version record {workspace}@{version} has a malformed manifest id")
+            raise IntegrityError(f"{where} names {rec.workspace}@{rec.version}")
+        if rec.parent is not None and not 0 < rec.parent < version:
+            raise IntegrityError(f"{where} names an impossible parent {rec.parent}")
+        if len(rec.manifest) != 64 or not all(c in "0123456789abcdef" for c in rec.manifest):
+            raise IntegrityError(f"{where} has a malformed manifest id")
+        if rec.manifest_size < 0:
+            raise IntegrityError(f"{where} has a negative manifest size")
         return rec

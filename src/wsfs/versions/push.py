@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from wsfs.errors import Conflict, NotFound, SourceError, UsageError
+import apsw
+
+from wsfs.errors import Conflict, FormatError, IntegrityError, NotFound, SourceError, UsageError, WsfsError
 from wsfs.format.blobs import content_id
 from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
 from wsfs.format.manifest import ROOT_INO, ManifestBuilder, prepare_inline
@@ -428,8 +430,9 @@ def push(
         try:
             with repo.open_manifest(repo.record(workspace, parent_n)) as pm:
                 known = pm.chunk_ids()
-        except NotFound:
-            pass
+        except (NotFound, IntegrityError, FormatError) as e:
+            # Only an optimisation (skipping HEADs): a bad parent must not stop a push.
+            log.warning("not using %s@%d to skip uploads: %s", workspace, parent_n, e)
     tmpdir = os.path.join(repo.cache_dir, "tmp")
     os.makedirs(tmpdir, exist_ok=True)
     fd, mpath = tempfile.mkstemp(dir=tmpdir, prefix="manifest-", suffix=".sqlite")
@@ -442,6 +445,10 @@ def push(
         assert ROOT_INO == 1
         builder.finish({"workspace": workspace})
         manifest_hex, manifest_size = repo.put_manifest(mpath)
+    except apsw.FullError:
+        uploader.close()
+        builder.abort()
+        raise WsfsError(f"no space left on device for the manifest being built in {tmpdir}") from None
     except BaseException:
         uploader.close()
         builder.abort()

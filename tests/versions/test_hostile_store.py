@@ -1,0 +1,221 @@
+"""The CLI against a hostile bucket and at its own edges: one line, the right exit code, nothing else broken.
+
+Every attack here puts objects straight into the (local) store, the way
+someone with write access to the bucket could, then runs the real ``wsfs``
+command line and checks what a user would see: the exit status, one line on
+stderr (no traceback, no raw escape codes), the other versions still
+working, and nothing written where it should not be.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from support.cli import Wsfs
+from support.crafted import index_says_table_says, publish_manifest, small_manifest, zstd_bomb
+from wsfs.repository import tag_key, version_key
+from wsfs.store import open_store
+
+
+@pytest.fixture
+def lw(tmp_path):
+    """The CLI on a fresh local repository holding demo@1 (a good version)."""
+    w = Wsfs(str(tmp_path / "repo"), str(tmp_path / "cache"))
+    w("init")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "file").write_bytes(b"good content\n")
+    w.push(src, "demo")
+    return w
+
+
+def one_line_error(r, code):
+    assert r.code == code, (r.code, r.err)
+    assert "Traceback" not in r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wsfs: error: "), r.err
+    assert "\x1b" not in r.err
+    return lines[0]
+
+
+def leftovers(cache):
+    out = []
+    for dirpath, _, files in os.walk(cache):
+        out += [os.path.join(dirpath, f) for f in files if "tmp" in f]
+    return out
+
+
+def test_checkout_of_a_manifest_whose_index_lies_writes_nothing_outside(lw, tmp_path):
+    path = index_says_table_says(str(tmp_path / "m.sqlite"), b"aaaaaaaaaaa", b"../../pwned")
+    publish_manifest(lw.repo, "demo", 2, path)
+    target = tmp_path / "a" / "b" / "out"
+    target.parent.mkdir(parents=True)
+    before = sorted(os.listdir(tmp_path))
+    one_line_error(lw("checkout", "demo@2", target, check=False), 6)
+    assert sorted(os.listdir(tmp_path)) == before
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "a" / "pwned").exists()
+    one_line_error(lw("ls", "demo@2", check=False), 6)
+    assert not os.listdir(os.path.join(lw.cache_dir, "manifests")) or all(
+        not f.startswith(".tmp") for f in os.listdir(os.path.join(lw.cache_dir, "manifests"))
+    )
+    assert lw("cat", "demo@1", "file").out == b"good content\n"  # the good version still works
+
+
+def test_a_manifest_bomb_is_stopped_at_the_size_its_record_declares(lw, tmp_path):
+    """32 KB stored that decompress to 1 GiB of zeros: nothing close to that is written or allocated."""
+    good = small_manifest(str(tmp_path / "m.sqlite"))
+    size = os.path.getsize(good)
+    publish_manifest(lw.repo, "demo", 2, good, stored=zstd_bomb(1 << 30, 4 << 20))
+    t = time.monotonic()
+    line = one_line_error(lw("ls", "demo@2", check=False), 6)
+    assert time.monotonic() - t < 10
+    assert f"expected {size}" in line or "declares" in line
+    assert leftovers(lw.cache_dir) == []
+
+
+@pytest.mark.parametrize("manifest_size", [-1, 0, 1 << 60, "12"])
+def test_a_record_with_an_impossible_manifest_size_is_refused(lw, tmp_path, manifest_size):
+    good = small_manifest(str(tmp_path / "m.sqlite"))
+    publish_manifest(lw.repo, "demo", 2, good, record={"manifest_size": manifest_size})
+    one_line_error(lw("ls", "demo@2", check=False), 6)
+
+
+def test_cat_of_a_file_whose_chunks_lie_prints_nothing(lw, tmp_path):
+    path = small_manifest(str(tmp_path / "m.sqlite"), chunk_size=4 << 20)
+    import apsw
+
+    db = apsw.Connection(path)
+    db.execute("UPDATE inodes SET data = NULL, size = 10 WHERE ino = 2")
+    db.execute("INSERT INTO chunks VALUES (2, 0, NULL, 1073741824), (2, 1, NULL, -1073741814)")
+    db.close()
+    publish_manifest(lw.repo, "demo", 2, path)
+    r = lw("cat", "demo@2", "a", check=False)
+    one_line_error(r, 6)
+    assert r.out == b""
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"stats": "lots"},
+        {"stats": {"files": "many"}},
+        {"version": "2"},
+        {"parent": True},
+        {"message": ["a", "list"]},
+        {"author": None},
+        {"manifest": "zz" * 32},
+        {"parent": 7},
+    ],
+)
+def test_a_record_with_wrong_fields_is_skipped_by_log_and_refused_by_cat(lw, tmp_path, record):
+    publish_manifest(lw.repo, "demo", 2, small_manifest(str(tmp_path / "m.sqlite")), record=record)
+    lw.push(tmp_path / "src", "demo")  # demo@3, after the bad one
+    r = lw("log", "demo", check=False)
+    assert r.code == 0 and "Traceback" not in r.err
+    assert "skipping demo@2" in r.err
+    versions = [line.split()[0] for line in r.text.splitlines()[1:]]
+    assert versions == ["3", "1"]
+    one_line_error(lw("cat", "demo@2", "a", check=False), 6)
+    assert lw("cat", "demo", "file").out == b"good content\n"
+
+
+def test_stray_keys_and_junk_folders_do_not_break_listings(lw, tmp_path):
+    root = lw.repo
+    junk = [
+        f"{root}/workspaces/demo/versions/²",
+        f"{root}/workspaces/demo/versions/12",
+        f"{root}/workspaces/demo/versions/notes.txt",
+        f"{root}/workspaces/demo/profiles/٣",
+        f"{root}/workspaces/-junk/versions/0000000001",
+        f"{root}/workspaces/has space/x",
+    ]
+    for p in junk:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(b"junk")
+    os.makedirs(os.fsencode(root) + b"/workspaces/\xff\xfe", exist_ok=True)
+    tags = os.fsencode(root) + b"/workspaces/demo/tags"
+    os.makedirs(tags, exist_ok=True)
+    with open(tags + b"/\xff\xfe", "wb") as f:
+        f.write(b'{"version": 1}')
+    open_store(root).put(tag_key("demo", "broken"), b"not json")
+    open_store(root).put(tag_key("demo", "good"), b'{"version": 1}')
+
+    r = lw("log", "demo")
+    assert [line.split()[0] for line in r.text.splitlines()[1:]] == ["1"]
+    assert "[good]" in r.text
+    assert "stray object" in r.err and "broken" in r.err
+    assert lw("cat", "demo", "file").out == b"good content\n"
+    assert lw("cat", "demo@good", "file").out == b"good content\n"
+    r = lw("workspaces")
+    assert r.text.split() == ["demo", "1"]
+
+
+def test_escape_codes_from_the_store_are_not_printed_raw(lw, tmp_path):
+    publish_manifest(lw.repo, "demo", 2, small_manifest(str(tmp_path / "m.sqlite")),
+                     record={"message": "hi\x1b[2J\x1b]0;owned\x07\nFAKE LINE", "author": "m\x9b31m"})
+    r = lw("log", "demo")
+    assert "\x1b" not in r.text and "\x07" not in r.text and "\x9b" not in r.text
+    assert "\\x1b[2J" in r.text
+    assert len(r.text.splitlines()) == 3  # header + 2 versions: no forged line
+    r = lw("cat", "demo", "no\x1b[2Jsuch", check=False)
+    assert "\\x1b[2J" in one_line_error(r, 3)
+
+
+@pytest.mark.parametrize("ref", ["demo@²", "demo@٣", "demo@1x", "demo@", "demo@-1", "demo@" + "9" * 30])
+def test_version_references_take_ascii_digits_only(lw, ref):
+    """``²`` crashed, ``٣`` (Arabic-Indic three) was read as version 3: both are invalid, exit 2."""
+    one_line_error(lw("cat", ref, "file", check=False), 2)
+
+
+def _config(tmp_path, content: bytes):
+    cfg = tmp_path / "xdg"
+    (cfg / "wsfs").mkdir(parents=True, exist_ok=True)
+    (cfg / "wsfs" / "config.toml").write_bytes(content)
+    return {"XDG_CONFIG_HOME": str(cfg)}
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b'repo = "\xff\xfe"\n', "not valid TOML"),
+        (b"repo = 5\n", "must be a non-empty string"),
+        (b'cache_dir = ["a"]\n', "must be a non-empty string"),
+        (b'rpeo = "/x"\n', "unknown setting"),
+        (b"repo = \n", "not valid TOML"),
+    ],
+)
+def test_a_bad_config_file_is_one_line(lw, tmp_path, content, match):
+    env = _config(tmp_path, content)
+    env.pop("WSFS_REPO", None)
+    r = lw.run("log", "demo", check=False, env=env)
+    assert match in one_line_error(r, 2)
+
+
+def test_a_file_given_as_cache_dir_is_one_line(lw, tmp_path):
+    f = tmp_path / "afile"
+    f.write_bytes(b"x")
+    r = lw("log", "demo", "--cache-dir", f, check=False)
+    assert "not a directory" in one_line_error(r, 2)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_a_full_cache_disk_is_one_line(lw, tmp_path):
+    cache = tmp_path / "tiny"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(cache)], check=True)
+    try:
+        src = tmp_path / "many"
+        src.mkdir()
+        for i in range(40):
+            (src / f"f{i}").write_bytes(os.urandom(100_000))
+        r = lw("push", src, "demo", "--cache-dir", cache, check=False)
+        line = one_line_error(r, r.code)
+        assert r.code != 0 and "space" in line.lower()
+        assert lw("log", "demo").text.splitlines()[1].split()[0] == "1"  # no version was created
+    finally:
+        subprocess.run(["umount", str(cache)], check=False)
