@@ -210,7 +210,7 @@ def test_missing_or_bad_blob_fails_and_fails_fast(repo: Repository, tmp_path: Pa
     assert gets(repo) - g0 == 1  # remembered: later reads fail without asking the store
     data = os.urandom(10 * KIB)
     cid = put(repo, data)
-    with pytest.raises(IntegrityError, match="manifest says"):
+    with pytest.raises(IntegrityError, match="manifest says|expected 10241"):
         cache.read(cid, 0, 1, size=len(data) + 1)
     assert not cache.contains(cid)
     cache.close()

@@ -238,9 +238,9 @@ def test_open_manifests_are_bounded_and_reopened(history: History, tmp_path: Pat
     validations = []
     real_validate = Manifest.validate
 
-    def counting_validate(self: Manifest) -> None:
+    def counting_validate(self: Manifest, **kw: int) -> None:
         validations.append(self.path)
-        real_validate(self)
+        real_validate(self, **kw)
 
     monkeypatch.setattr(Manifest, "validate", counting_validate)
     view = _view(history, tmp_path / "cache", max_open=1)

@@ -17,7 +17,7 @@ import pytest
 
 from support.cli import Wsfs
 from support.crafted import index_says_table_says, publish_manifest, small_manifest, zstd_bomb
-from wsfs.repository import tag_key, version_key
+from wsfs.repository import tag_key
 from wsfs.store import open_store
 
 

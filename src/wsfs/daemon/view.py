@@ -34,7 +34,7 @@ from wsfs.cache import BlobCache
 from wsfs.daemon.profile import AccessRecorder
 from wsfs.errors import UsageError, WsfsError
 from wsfs.format.blobs import hexid
-from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
+from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, decode_inline
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ BLKSIZE = 128 * 1024
 KERNEL_READAHEAD_KIB = 512
 
 _SMALL_CACHE_BYTES = 32 * 1024 * 1024  # decoded inline files kept in memory
+INLINE_DECODE_ON_LOOP = 256 * 1024  # larger inline files are decoded in a worker thread
 _CHUNK_LISTS = 1024  # chunk lists of large files kept in memory
 _NODES = 4096  # Inode rows kept for read()
 _PREPARED = 65536  # chunk ids remembered as already read ahead
@@ -319,7 +320,7 @@ class VersionView:
         if off >= end:
             return b""
         if node.inline:
-            return self._inline(node)[off:end]
+            return (await self._inline(node))[off:end]
         chunks = self._chunk_list(node)
         # Before any await: the kernel sends several READs of a sequential
         # stream at once, and they must be seen in the order they arrive.
@@ -334,12 +335,18 @@ class VersionView:
             pieces.append(await self._chunk_range(node, c, a, b - a))
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _inline(self, node: Inode) -> bytes:
+    async def _inline(self, node: Inode) -> bytes:
         data = self._small.get_(node.ino)
         if data is None:
-            # Decompress + blake3 of at most the inline threshold (128 KiB by
-            # default): tens of microseconds, cheaper inline than a thread hop.
-            data = self.manifest.inline_data(node)  # verified; IntegrityError if not
+            row = self.manifest.inline_payload(node)  # a point query: on this thread, which owns the connection
+            if node.size <= INLINE_DECODE_ON_LOOP:
+                # Decompress + blake3 of at most 128 KiB (the default inline
+                # threshold): tens of microseconds, cheaper here than a thread hop.
+                data = decode_inline(node, *row)  # verified; IntegrityError if not
+            else:
+                # A repository with a larger threshold: megabytes of decoding
+                # must not stall every other request behind it.
+                data = await trio.to_thread.run_sync(decode_inline, node, *row, limiter=self.limiter)
             self._small.put(node.ino, data)
         return data
 

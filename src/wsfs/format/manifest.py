@@ -327,6 +327,17 @@ def _check_schema(db: apsw.Connection, path: str) -> None:
         raise IntegrityError(f"manifest {os.path.basename(path)} does not have the wsfs manifest schema")
 
 
+def decode_inline(node: Inode, cid: bytes, codec: int, payload: bytes) -> bytes:
+    """A small file's content from its ``data`` row, verified against its id and size (thread-safe)."""
+    try:
+        data = decompress(codec, payload, node.size)
+    except IntegrityError as e:
+        raise IntegrityError(f"inline data of inode {node.ino} failed verification ({e})") from None
+    if content_id(data) != cid or cid != node.content:
+        raise IntegrityError(f"inline data of inode {node.ino} failed verification")
+    return bytes(data)
+
+
 class Manifest:
     """Read access to one manifest database.  Opened read-only; validated on open.
 
@@ -438,8 +449,11 @@ class Manifest:
             f"WHERE (i.mode & {IFMT}) = {IFDIR} GROUP BY d.ino HAVING count(*) > 1)",
         )
         ndirs = self._one(f"SELECT count(*) FROM inodes WHERE (mode & {IFMT}) = {IFDIR}")
+        # UNION ALL (no de-duplication) is safe now: with one parent per
+        # directory and none for the root, no cycle is reachable from the root
+        # (walking back along a cycle never leaves it), so the recursion ends.
         reachable = self._one(
-            "WITH RECURSIVE r(ino) AS (SELECT ? UNION SELECT d.ino FROM dentries d JOIN r ON d.parent = r.ino "
+            "WITH RECURSIVE r(ino) AS (SELECT ? UNION ALL SELECT d.ino FROM dentries d JOIN r ON d.parent = r.ino "
             f"JOIN inodes i ON i.ino = d.ino WHERE (i.mode & {IFMT}) = {IFDIR}) SELECT count(*) FROM r",
             (ROOT_INO,),
         )
@@ -556,11 +570,12 @@ class Manifest:
 
     def inline_data(self, node: Inode) -> bytes:
         """The content of a small file, decompressed and verified against its content id."""
-        for cid, codec, payload in self.db.execute("SELECT cid, codec, payload FROM data WHERE id = ?", (node.data,)):
-            data = decompress(codec, payload, node.size)
-            if len(data) != node.size or content_id(data) != cid or cid != node.content:
-                raise IntegrityError(f"inline data of inode {node.ino} failed verification")
-            return data
+        return decode_inline(node, *self.inline_payload(node))
+
+    def inline_payload(self, node: Inode) -> tuple[bytes, int, bytes]:
+        """``(content id, codec, payload)`` of a small file, undecoded: :func:`decode_inline` does the CPU part."""
+        for row in self.db.execute("SELECT cid, codec, payload FROM data WHERE id = ?", (node.data,)):
+            return row
         raise IntegrityError(f"inline data of inode {node.ino} is missing")
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
