@@ -73,6 +73,21 @@ MAX_MANIFEST_SIZE = 16 * 1024**3
 PROFILE_MAX_CHUNKS = 100_000  # an access profile names at most this many chunks (3.2 MB of ids)
 
 
+SMALL_OBJECT_MAX = 1 << 20  # the descriptor, a version record or a tag: never more than this is read
+
+
+def _get_small(store: ObjectStore, key: str, limit: int = SMALL_OBJECT_MAX) -> bytes:
+    """A small object (JSON, an access profile), read only up to *limit* bytes; larger is IntegrityError.
+
+    Its size is the store's to choose, and the store is not trusted: a
+    multi-gigabyte "version record" must not be read into memory.
+    """
+    raw = store.get_range(key, 0, limit + 1)
+    if len(raw) > limit:
+        raise IntegrityError(f"object {key} is larger than the {limit} bytes such an object may have")
+    return raw
+
+
 @dataclass(frozen=True)
 class Ref:
     """``WORKSPACE[@V]`` as typed by a user: V is a number, a tag or absent (latest)."""
@@ -205,7 +220,7 @@ class Repository:
         except (FileNotFoundError, FormatError):
             pass
         try:
-            raw = store.get(REPO_KEY)
+            raw = _get_small(store, REPO_KEY)
         except NotFound:
             raise NotFound(f"no wsfs repository at {store.url} (create one with: wsfs init {store.url})") from None
         repo = cls(store, RepoConfig.from_json(raw), cache_dir)
@@ -408,7 +423,7 @@ class Repository:
         except (FileNotFoundError, IntegrityError, FormatError):
             pass
         try:
-            raw = self.store.get(version_key(ws, n))
+            raw = _get_small(self.store, version_key(ws, n))
         except NotFound:
             raise NotFound(f"workspace {ws!r} has no version {n}") from None
         record = VersionRecord.from_json(raw, workspace=ws, version=n)
@@ -438,7 +453,7 @@ class Repository:
 
     def _read_tag(self, ws: str, tag: str) -> int:
         try:
-            raw = self.store.get(tag_key(ws, tag))
+            raw = _get_small(self.store, tag_key(ws, tag))
         except NotFound:
             raise NotFound(f"workspace {ws!r} has no version or tag {tag!r}") from None
         try:
@@ -475,7 +490,7 @@ class Repository:
         older = [v for v in numbered if v is not None and v <= n]
         if not older:
             return []
-        raw = self.store.get(numbered[max(older)])
+        raw = _get_small(self.store, numbered[max(older)], PROFILE_MAX_CHUNKS * 32)
         if len(raw) % 32:
             raise IntegrityError(f"access profile {numbered[max(older)]} is malformed")
         return [raw[i : i + 32] for i in range(0, len(raw), 32)][:PROFILE_MAX_CHUNKS]

@@ -17,7 +17,7 @@ import pytest
 
 from support.cli import Wsfs
 from support.crafted import index_says_table_says, publish_manifest, small_manifest, zstd_bomb
-from wsfs.repository import tag_key
+from wsfs.repository import tag_key, version_key
 from wsfs.store import open_store
 
 
@@ -219,3 +219,26 @@ def test_a_full_cache_disk_is_one_line(lw, tmp_path):
         assert lw("log", "demo").text.splitlines()[1].split()[0] == "1"  # no version was created
     finally:
         subprocess.run(["umount", str(cache)], check=False)
+
+
+def test_an_oversized_record_is_not_read_into_memory(lw):
+    store = open_store(lw.repo)
+    store.put(version_key("demo", 2), b'{"x": "' + b"a" * (3 << 20) + b'"}')
+    line = one_line_error(lw("cat", "demo@2", "file", check=False), 6)
+    assert "larger than" in line
+    r = lw("log", "demo")
+    assert [line.split()[0] for line in r.text.splitlines()[1:]] == ["1"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_local_store_object_that_is_not_a_file_is_refused(lw, tmp_path, kind):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b'{"version": 1}')
+    path = os.path.join(lw.repo, tag_key("demo", "t"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if kind == "symlink":
+        os.symlink(secret, path)
+    else:
+        os.mkfifo(path)  # opening it for reading would block for ever
+    r = lw("cat", "demo@t", "file", check=False, timeout=30)
+    assert "not a regular file" in one_line_error(r, 8) or "symbolic link" in r.err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Generator, Iterator
 from typing import BinaryIO
@@ -35,15 +36,27 @@ class LocalStore:
             raise NotFound(f"no repository directory at {self.root}")
 
     def _open(self, key: str) -> BinaryIO:
-        """The object's file for reading; a failure is a counted ``get`` and the store's error."""
+        """The object's file for reading; a failure is a counted ``get`` and the store's error.
+
+        Whoever writes the repository is not trusted more than a bucket
+        writer: an object that is a symlink, a FIFO (which would block the
+        open), a device or a directory is refused, never followed or read.
+        """
         try:
-            return open(self._path(key), "rb")
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             self.stats.count("get")
             raise NotFound(f"no object {key!r} in {self.url}") from None
         except OSError as e:
             self.stats.count("get")
+            if e.errno == errno.ELOOP:
+                raise StoreUnavailable(f"cannot read {key!r} from {self.url}: it is a symbolic link") from None
             raise StoreUnavailable(f"cannot read {key!r} from {self.url}: {e.strerror}") from e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self.stats.count("get")
+            raise StoreUnavailable(f"cannot read {key!r} from {self.url}: not a regular file")
+        return os.fdopen(fd, "rb")
 
     def get(self, key: str) -> bytes:
         with self._open(key) as f:
@@ -71,15 +84,8 @@ class LocalStore:
             self.stats.count("get", bytes_in=n)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError:
-            self.stats.count("get")
-            raise NotFound(f"no object {key!r} in {self.url}") from None
-        try:
-            data = os.pread(fd, length, start)
-        finally:
-            os.close(fd)
+        with self._open(key) as f:
+            data = os.pread(f.fileno(), length, start)
         self.stats.count("get", bytes_in=len(data))
         return data
 
