@@ -353,3 +353,25 @@ def test_new_versions_and_tags_appear_after_the_refresh_interval(tmp_path: Path)
     finally:
         view.close()
         view.cache.close()
+
+
+def test_stray_tags_and_records_do_not_break_a_history_mount(tmp_path: Path, mount) -> None:
+    """A tag named with bytes that are not UTF-8 made ``ls`` of the history root fail with EIO."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "n", b"1")
+    repo = tmp_path / "repo"
+    w = Wsfs(str(repo), str(tmp_path / "push-cache"))
+    w("init")
+    w.push(src, WS)
+    tags = os.fsencode(repo) + f"/workspaces/{WS}/tags".encode()
+    os.makedirs(tags, exist_ok=True)
+    for name, body in ((b"\xff\xfe", b'{"version": 1}'), (b"ok", b'{"version": 1}'), (b"bad", b"[")):
+        with open(tags + b"/" + name, "wb") as f:
+            f.write(body)
+    with open(os.path.join(repo, "workspaces", WS, "versions", "\u00b2"), "wb") as f:
+        f.write(b"junk")
+    m = mount(repo, WS, extra=("--history",))
+    m.expect_log("stray object|ignoring tag")
+    assert sorted(os.listdir(m.path)) == ["1", "ok"]
+    assert (m.path / "ok" / "n").read_bytes() == b"1"
