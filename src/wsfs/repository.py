@@ -35,10 +35,14 @@ from wsfs.format.blobs import BlobDecoder, decode_blob, encode_blob, hexid, pars
 from wsfs.format.manifest import Manifest
 from wsfs.format.names import check_tag, check_workspace
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
+from wsfs.localfs import private_dir, remove_stale, temp_name, temp_pid
 from wsfs.store import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
+# A temporary file of <cache>/tmp (a push's manifest) whose creator is alive is
+# kept this long (a pid may be reused); one whose creator is dead goes at once.
+TMP_MAX_AGE = 7 * 86400
 _VERSION_DIGITS = 10  # zero-padded so that store listings sort numerically
 _REF_RE = re.compile(r"(?P<ws>[^@]+)(?:@(?P<ref>.+))?")
 
@@ -97,8 +101,9 @@ def _local_dir(cache_dir: str, url: str) -> str:
 
 @contextmanager
 def _atomic_file(path: str) -> Iterator[BinaryIO]:
-    """A local cache file written under a temporary name and renamed into place if the block succeeds."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """A local cache file (0600, in 0700 directories) written under a temporary name and renamed into place
+    if the block succeeds."""
+    private_dir(os.path.dirname(path))
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -167,6 +172,14 @@ class Repository:
         self.config = config
         self.cache_dir = cache_dir
         self._manifest_lock = threading.Lock()
+        # Every command opens a repository: the cache is made private (docs/daemon.md,
+        # "Cache") and the temporary files of killed runs are removed (a listing of tmp/).
+        private_dir(cache_dir)
+        remove_stale(os.path.join(cache_dir, "tmp"), temp_pid, TMP_MAX_AGE)
+
+    def temp_path(self, prefix: str, suffix: str = "") -> str:
+        """A fresh path (not created) in the private ``<cache>/tmp``, removed by the next command if we are killed."""
+        return temp_name(private_dir(os.path.join(self.cache_dir, "tmp")), prefix, suffix)
 
     # -- opening ----------------------------------------------------------
 

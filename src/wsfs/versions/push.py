@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 import stat
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +37,7 @@ from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
 from wsfs.format.manifest import ROOT_INO, ManifestBuilder, prepare_inline
 from wsfs.format.names import check_workspace
 from wsfs.format.records import VersionRecord
+from wsfs.localfs import private_umask
 from wsfs.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -430,11 +430,11 @@ def push(
                 known = pm.chunk_ids()
         except NotFound:
             pass
-    tmpdir = os.path.join(repo.cache_dir, "tmp")
-    os.makedirs(tmpdir, exist_ok=True)
-    fd, mpath = tempfile.mkstemp(dir=tmpdir, prefix="manifest-", suffix=".sqlite")
-    os.close(fd)
-    builder = ManifestBuilder(mpath, chunk_size=repo.config.chunk_size)
+    # Every small file's content goes into this file: private, and named with our
+    # pid so that the next command removes it if we are killed (Repository.temp_path).
+    mpath = repo.temp_path("manifest", ".sqlite")
+    with private_umask():  # SQLite creates the file (0644 & ~umask); no other thread runs yet
+        builder = ManifestBuilder(mpath, chunk_size=repo.config.chunk_size)
     uploader = _Uploader(repo, known, stats, workers)
     try:
         walker = _Walker(repo, builder, uploader, stats, skip_unreadable, progress)
