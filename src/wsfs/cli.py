@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from wsfs import __version__
+from wsfs import __version__, redact
 from wsfs.config import Settings, resolve
 from wsfs.errors import NotFound, UsageError, WsfsError
 from wsfs.format.chunking import DEFAULT_CHUNK_SIZE
@@ -60,14 +60,16 @@ def _parse_size(text: str) -> int:
 
 
 @contextmanager
-def _progress(args: argparse.Namespace, desc: str, unit: str) -> Iterator[Callable[[int], None]]:
+def _progress(
+    args: argparse.Namespace, desc: str, unit: str, total: int | None = None
+) -> Iterator[Callable[[int], None]]:
     """A progress callback: a tqdm bar on a terminal, nothing otherwise."""
     if args.quiet or not sys.stderr.isatty():
         yield lambda n: None
         return
     from tqdm import tqdm
 
-    with tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False) as bar:
+    with tqdm(desc=desc, unit=unit, unit_scale=True, total=total, file=sys.stderr, leave=False) as bar:
         yield bar.update
 
 
@@ -265,6 +267,22 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from wsfs.cache import cache_usage, check_cache
+
+    cache_dir = _settings(args).cache_dir
+    with _progress(args, "fsck", "B", total=cache_usage(cache_dir)[0]) as progress:
+        r = check_cache(cache_dir, progress)
+    print(f"{cache_dir}: {r.files} cached blobs ({_size(r.bytes)}) checked; {r.dropped} corrupt, dropped"
+          f" ({_size(r.dropped_bytes)}); index: {r.rows_removed} rows without a file removed,"
+          f" {r.rows_fixed} corrected; {r.leftovers} leftover temporary files removed")
+    if r.dropped:
+        print(f"wsfs: {r.dropped} corrupt cached blob(s) dropped; they will be fetched again when read",
+              file=sys.stderr)
+        return 6
+    return 0
+
+
 def cmd_workspaces(args: argparse.Namespace) -> int:
     repo = _open_repo(args)
     rows: list[dict[str, Any]] = []
@@ -361,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("name", metavar="NAME")
 
+    sp = add("fsck", cmd_fsck, "check local data: with --cache, verify every cached blob and drop the bad ones "
+             "(exit 6 if any was dropped)")
+    # Only --cache exists yet; checking versions in the store (WORKSPACE, --full, --sample N) will come.
+    sp.add_argument("--cache", action="store_true", required=True,
+                    help="verify the local blob cache (size against the index, blake3 against the name); "
+                    "required: the only check implemented yet")
+
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")
 
@@ -374,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="wsfs: %(levelname)s: %(message)s", stream=sys.stderr)
+    redact.install()
     if args.verbose < 2:
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -381,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except WsfsError as e:
         log.debug("failed", exc_info=True)
-        print(f"wsfs: error: {e}", file=sys.stderr)
+        print(f"wsfs: error: {redact.redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("wsfs: interrupted", file=sys.stderr)
