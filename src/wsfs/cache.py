@@ -851,6 +851,7 @@ def _check_one(path: str, h: str, out: CacheCheck) -> int:
     except FileNotFoundError:
         return -1  # evicted meanwhile
     try:
+        tighten(path, 0o600, fd)  # a file of an older wsfs (0644)
         st = os.fstat(fd)
         data = _read_all(fd, st.st_size)
     finally:
