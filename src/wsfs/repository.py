@@ -13,7 +13,6 @@ import logging
 import os
 import queue
 import re
-import tempfile
 import threading
 from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
@@ -35,11 +34,12 @@ from wsfs.format.blobs import BlobDecoder, decode_blob, encode_blob, hexid, pars
 from wsfs.format.manifest import Manifest
 from wsfs.format.names import check_tag, check_workspace
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
-from wsfs.localfs import private_dir, remove_stale, temp_name, temp_pid
+from wsfs.localfs import private_dir, private_file, remove_stale, temp_name, temp_pid
 from wsfs.store import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
+TMP_DIR = "tmp"  # <cache>/tmp: every temporary file of the cache but the blob cache's own
 # A temporary file of <cache>/tmp (a push's manifest) whose creator is alive is
 # kept this long (a pid may be reused); one whose creator is dead goes at once.
 TMP_MAX_AGE = 7 * 86400
@@ -100,11 +100,13 @@ def _local_dir(cache_dir: str, url: str) -> str:
 
 
 @contextmanager
-def _atomic_file(path: str) -> Iterator[BinaryIO]:
+def _atomic_file(path: str, cache_dir: str) -> Iterator[BinaryIO]:
     """A local cache file (0600, in 0700 directories) written under a temporary name and renamed into place
-    if the block succeeds."""
+    if the block succeeds.  The temporary file is in ``<cache>/tmp`` (same file system), named with our
+    pid: if we are killed, the next command removes it (:meth:`Repository.__init__`)."""
     private_dir(os.path.dirname(path))
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    tmp = temp_name(private_dir(os.path.join(cache_dir, TMP_DIR)), "write")
+    fd = private_file(tmp, os.O_WRONLY | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -114,8 +116,8 @@ def _atomic_file(path: str) -> Iterator[BinaryIO]:
         raise
 
 
-def _write_atomically(path: str, data: bytes | memoryview) -> None:
-    with _atomic_file(path) as f:
+def _write_atomically(path: str, data: bytes | memoryview, cache_dir: str) -> None:
+    with _atomic_file(path, cache_dir) as f:
         f.write(data)
 
 
@@ -175,11 +177,11 @@ class Repository:
         # Every command opens a repository: the cache is made private (docs/daemon.md,
         # "Cache") and the temporary files of killed runs are removed (a listing of tmp/).
         private_dir(cache_dir)
-        remove_stale(os.path.join(cache_dir, "tmp"), temp_pid, TMP_MAX_AGE)
+        remove_stale(os.path.join(cache_dir, TMP_DIR), temp_pid, TMP_MAX_AGE)
 
     def temp_path(self, prefix: str, suffix: str = "") -> str:
         """A fresh path (not created) in the private ``<cache>/tmp``, removed by the next command if we are killed."""
-        return temp_name(private_dir(os.path.join(self.cache_dir, "tmp")), prefix, suffix)
+        return temp_name(private_dir(os.path.join(self.cache_dir, TMP_DIR)), prefix, suffix)
 
     # -- opening ----------------------------------------------------------
 
@@ -211,7 +213,7 @@ class Repository:
         except NotFound:
             raise NotFound(f"no wsfs repository at {store.url} (create one with: wsfs init {store.url})") from None
         repo = cls(store, RepoConfig.from_json(raw), cache_dir)
-        _write_atomically(local, raw)
+        _write_atomically(local, raw, cache_dir)
         return repo
 
     @classmethod
@@ -259,7 +261,7 @@ class Repository:
     def _cache_manifest_file(self, cid: bytes, raw: bytes | memoryview) -> str:
         path = self._manifest_path(cid)
         if not os.path.exists(path):
-            _write_atomically(path, raw)
+            _write_atomically(path, raw, self.cache_dir)
         return path
 
     def manifest_path(self, record: VersionRecord) -> str:
@@ -292,7 +294,7 @@ class Repository:
             pieces = self.store.get_stream(manifest_key(cid))
             decoder = BlobDecoder(cid, "manifest")
             try:
-                with _atomic_file(path) as f, closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
+                with _atomic_file(path, self.cache_dir) as f, closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
                     for piece in ahead:
                         f.write(decoder.feed(piece))
                     decoder.finish()
@@ -368,7 +370,7 @@ class Repository:
         except NotFound:
             raise NotFound(f"workspace {ws!r} has no version {n}") from None
         record = VersionRecord.from_json(raw, workspace=ws, version=n)
-        _write_atomically(local, raw)
+        _write_atomically(local, raw, self.cache_dir)
         return record
 
     def publish(self, record: VersionRecord) -> None:
