@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    redact.scrub_argv()  # --endpoint-url http://user:password@...: not in ps, nor in a daemon forked below
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="wsfs: %(levelname)s: %(message)s", stream=sys.stderr)

@@ -14,6 +14,14 @@ of the errors they print through :func:`redact` too.
 Besides the patterns, the values of ``$AWS_SECRET_ACCESS_KEY``,
 ``$AWS_SESSION_TOKEN`` and ``$AWS_SECURITY_TOKEN`` are replaced wherever
 they appear.
+
+A process's argv is readable by every local user (``ps``, ``/proc/PID/cmdline``)
+and a mount daemon, a fork of the command, shows it for its whole life.
+``mount.wsfs`` keeps its options out of argv (it re-executes itself with them
+in a pipe); for a secret typed on the ``wsfs`` command line
+(``--endpoint-url http://user:password@host``), :func:`scrub_argv`
+overwrites it with ``*`` in the process's own argv memory, at the start of
+every command, before a daemon is forked.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 
 MASK = "***"
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -47,16 +56,49 @@ _PATTERNS = [
 
 
 def _secret_values() -> list[str]:
-    return [v for v in (os.environ.get(name, "") for name in _SECRET_VARIABLES) if len(v) >= 8]
+    return [v for v in (os.environ.get(name, "") for name in _SECRET_VARIABLES) if len(v) >= 6]
 
 
 def redact(text: str) -> str:
     """*text* with credentials, tokens, signatures and URL passwords replaced by ``***``."""
+    return _redact(text, lambda secret: MASK)
+
+
+def _redact(text: str, mask: Callable[[str], str]) -> str:
     for value in _secret_values():
-        text = text.replace(value, MASK)
+        text = text.replace(value, mask(value))
     for pattern in _PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + MASK, text)
+        text = pattern.sub(lambda m: m.group(1) + mask(m.group(0)[len(m.group(1)) :]), text)
     return text
+
+
+def scrub_argv() -> bool:
+    """Overwrite secrets in this process's argv memory with ``*`` (same length); True if there were any.
+
+    Python keeps its own copy of the arguments (``sys.argv``), so only what
+    ``/proc/self/cmdline`` shows changes.  The argv area is found from
+    ``/proc/self/stat`` (fields 48-49) and written through ``/proc/self/mem``;
+    where that is not possible, nothing happens.
+    """
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # fields from the 3rd (state) on
+        arg_start, arg_end = int(fields[45]), int(fields[46])
+    except (OSError, IndexError, ValueError):
+        return False
+    stars = [_redact(a.decode("utf-8", "surrogateescape"), lambda s: "*" * len(s)) for a in cmdline.split(b"\0")]
+    masked = b"\0".join(a.encode("utf-8", "surrogateescape") for a in stars)
+    if masked == cmdline or len(masked) != len(cmdline) or len(masked) > arg_end - arg_start:
+        return False
+    try:
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(arg_start)
+            mem.write(masked)
+    except OSError:
+        return False
+    return True
 
 
 class RedactingFilter(logging.Filter):

@@ -26,6 +26,7 @@ import pytest
 from mountkit import CHUNK, is_mounted
 
 from support.cli import Wsfs
+from wsfs.daemon.mount import default_log_path
 from wsfs.format.blobs import content_id
 
 NOBODY = 65534
@@ -259,8 +260,10 @@ def test_a_session_token_and_signatures_never_reach_a_vv_log(s3_server, tmp_path
 
 
 @pytest.mark.s3
-def test_a_password_in_endpoint_url_is_in_no_cmdline(s3_server, tmp_path: Path) -> None:
-    """mount -t wsfs -o endpoint_url=http://user:SECRET@host/: the daemon runs with no SECRET in any argv."""
+@pytest.mark.parametrize("how", ["mount -t wsfs", "wsfs --endpoint-url"])
+def test_a_password_in_endpoint_url_is_in_no_cmdline(s3_server, tmp_path: Path, how: str) -> None:
+    """endpoint_url=http://user:SECRET@host/ given to mount(8) or typed on the wsfs command line: once the
+    mount is up, no process has SECRET in its argv (the daemon's included)."""
     env = {**os.environ, **s3_server.env}
     url = f"s3://{s3_server.bucket}/wsfs-test/argv-{os.getpid()}-{time.monotonic_ns()}"
     src = tmp_path / "src"
@@ -276,10 +279,14 @@ def test_a_password_in_endpoint_url_is_in_no_cmdline(s3_server, tmp_path: Path) 
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     pids: set[int] = set()
+    if how == "mount -t wsfs":
+        cmd = ["mount", "-t", "wsfs", "-v", "ws@1", str(mnt), "-o", f"ro,repo={url},endpoint_url={endpoint},"
+               f"cache_dir={cache}"]
+    else:
+        cmd = [sys.executable, "-m", "wsfs", "--repo", url, "--endpoint-url", endpoint, "--cache-dir", str(cache),
+               "-v", "mount", "ws@1", str(mnt)]
     try:
-        r = subprocess.run(["mount", "-t", "wsfs", "-v", "ws@1", str(mnt), "-o",
-                            f"ro,repo={url},endpoint_url={endpoint},cache_dir={cache}"],
-                           env=menv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        r = subprocess.run(cmd, env=menv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stderr
         pids.add(_daemon_pid(Wsfs(url, str(cache), env), mnt))
         assert (mnt / "hello.txt").read_bytes() == b"hello\n"
@@ -292,9 +299,13 @@ def test_a_password_in_endpoint_url_is_in_no_cmdline(s3_server, tmp_path: Path) 
         assert holders == []
         daemon_argv = Path(f"/proc/{next(iter(pids))}/cmdline").read_bytes().split(b"\0")
         assert os.fsencode(mnt) in daemon_argv  # ps still says what is mounted where
-        assert SECRET not in r.stderr and "wsfs:***@" in r.stderr  # -v printed the command, redacted
+        assert SECRET not in r.stderr
+        if how == "mount -t wsfs":
+            assert "wsfs:***@" in r.stderr  # -v printed the command, redacted
     finally:
         _unmount(mnt, pids)
+    log = Path(default_log_path(str(cache), str(mnt))).read_text()
+    assert "mounted at" in log and SECRET not in log
 
 
 # -- B: bit rot ----------------------------------------------------------------------------
