@@ -13,12 +13,19 @@ Invariants and protocol (see ``docs/daemon.md``, "Cache"):
 * A content file that exists under its final name is complete: it is written
   to a temporary name in the same directory and renamed into place only after
   the bytes were verified against their blake3 id (``Repository.get_blob``
-  verifies).  A crash leaves at most a stray ``.tmp`` file.
+  verifies).  A crash leaves at most a stray ``.tmp`` file, named with the
+  writer's pid: the first process to write into its directory later removes
+  it if that pid is dead (``_tidy``; ``wsfs fsck --cache`` sweeps them all).
+* Private: directories 0700, files 0600 (``wsfs.localfs``), whatever the
+  umask; the chunks of a 0600 file are no more readable here than there.
 * Files are never fsynced.  Instead, every process verifies a content file
   (size and blake3) the first time it uses it, and checks its size on every
   open.  A file that fails is removed and fetched again, so a torn write
   after a power loss, bit rot or a stray edit costs one refetch, never bad
-  bytes.
+  bytes.  "Verified" is remembered per (id, inode, ctime, size): an edit
+  whose mtime was restored still changes the ctime.  blake3 of a 4 MiB
+  chunk costs 0.68-0.75 ms on the 2-core test VM (~5.3 GiB/s, one thread),
+  once per chunk per process.
 * Single-flight: within a process, a dict of in-flight fetches (id -> a
   ``_Flight`` with a ``threading.Event``) makes concurrent misses on one id
   wait for the first.  Across processes, the fetcher holds an ``flock`` on
