@@ -28,6 +28,7 @@ from wsfs.errors import NotFound, UsageError, WsfsError
 from wsfs.format.chunking import DEFAULT_CHUNK_SIZE
 from wsfs.format.manifest import Inode
 from wsfs.format.records import DEFAULT_INLINE_THRESHOLD, RepoConfig
+from wsfs.localfs import private_dir
 from wsfs.repository import Ref, Repository
 from wsfs.store import open_store
 
@@ -86,7 +87,7 @@ def _open_repo(args: argparse.Namespace, *, create_default: bool = False) -> Rep
         if not (create_default and s.is_default_repo):
             raise
         log.info("creating the default repository at %s", s.repo)
-        os.makedirs(s.repo, exist_ok=True)
+        private_dir(s.repo)  # state of one user, like the cache: 0700
         return Repository.init(store, RepoConfig(), s.cache_dir)
 
 
