@@ -786,7 +786,7 @@ class CacheCheck:
     bytes: int = 0  # their bytes
     dropped: int = 0  # content files that failed (blake3 of the bytes is not the name) and were removed
     dropped_bytes: int = 0
-    rows_removed: int = 0  # index rows without a content file, removed
+    rows_removed: int = 0  # index rows without a content file (other than the dropped ones), removed
     rows_fixed: int = 0  # index rows with a wrong size (or missing) for a sound file, corrected
     leftovers: int = 0  # temporary files of killed runs, removed
 
@@ -808,6 +808,7 @@ def check_cache(cache_dir: str, progress: Callable[[int], None] = lambda n: None
     try:
         indexed = {h: size for h, size in db.execute("SELECT id, size FROM entries")}
         seen: set[str] = set()
+        dropped: set[str] = set()
         fixes: list[tuple[str, int]] = []
         for sub in sorted(os.listdir(root)):
             directory = os.path.join(root, sub)
@@ -818,8 +819,11 @@ def check_cache(cache_dir: str, progress: Callable[[int], None] = lambda n: None
             for h in sorted(os.listdir(directory)):
                 if len(h) != 64 or not _is_hex(h):
                     continue
+                before = out.dropped
                 size = _check_one(os.path.join(directory, h), h, out)
                 progress(max(size, 0))
+                if out.dropped > before:
+                    dropped.add(h)
                 if size < 0:
                     continue
                 seen.add(h)
@@ -832,7 +836,8 @@ def check_cache(cache_dir: str, progress: Callable[[int], None] = lambda n: None
                 "INSERT INTO entries (id, size, last_use) VALUES (?,?,?) ON CONFLICT(id) DO UPDATE SET size = excluded.size",
                 [(h, size, time.time_ns()) for h, size in fixes],
             )
-        out.rows_removed, out.rows_fixed = len(gone), len(fixes)
+        out.rows_removed = sum(1 for (h,) in gone if h not in dropped)  # a dropped file's row is not stale
+        out.rows_fixed = len(fixes)
     finally:
         db.close()
     return out

@@ -274,9 +274,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     cache_dir = _settings(args).cache_dir
     with _progress(args, "fsck", "B", total=cache_usage(cache_dir)[0]) as progress:
         r = check_cache(cache_dir, progress)
-    print(f"{cache_dir}: {r.files} cached blobs ({_size(r.bytes)}) checked; {r.dropped} corrupt, dropped"
-          f" ({_size(r.dropped_bytes)}); index: {r.rows_removed} rows without a file removed,"
-          f" {r.rows_fixed} corrected; {r.leftovers} leftover temporary files removed")
+    print(f"{cache_dir}: {r.files} cached blobs ({_size(r.bytes)}) checked: {r.dropped} corrupt"
+          f" ({_size(r.dropped_bytes)}) dropped; index: {r.rows_removed} stale rows removed,"
+          f" {r.rows_fixed} sizes corrected; {r.leftovers} leftover temporary files removed")
     if r.dropped:
         print(f"wsfs: {r.dropped} corrupt cached blob(s) dropped; they will be fetched again when read",
               file=sys.stderr)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import apsw
 import pytest
 from mountkit import CHUNK, is_mounted
 
@@ -355,11 +356,15 @@ def test_b_fsck_cache_drops_what_fails_and_a_mount_fetches_it_again(tmp_path: Pa
     assert "3 cached blobs" in r.text and "0 corrupt" in r.text
     bad = _blob_path(cache, big[CHUNK : 2 * CHUNK])
     _flip_byte_keep_mtime(bad, CHUNK - 1)
+    with contextlib.closing(apsw.Connection(str(cache / "blobs" / "index.sqlite"))) as db:
+        db.execute("INSERT INTO entries VALUES (?, 5, 0)", ("ab" * 32,))  # a row whose file is gone
     r = fsck("fsck", "--cache", check=False)
     assert r.code == 6, r.err
-    assert "1 corrupt" in r.text and "1 corrupt cached blob(s) dropped" in r.err
+    assert "3 cached blobs" in r.text and "1 corrupt" in r.text and "1 stale rows removed" in r.text
+    assert "1 corrupt cached blob(s) dropped" in r.err
     assert not os.path.exists(bad)
-    assert fsck("fsck", "--cache").code == 0  # the index row went with the file
+    r = fsck("fsck", "--cache")
+    assert "2 cached blobs" in r.text and "0 stale rows" in r.text  # the dropped file's row went with it
     r = fsck("fsck", check=False)
     assert r.code == 2 and "--cache" in r.err
     m = mount(w.repo, "ws@1", cache_dir=cache)
