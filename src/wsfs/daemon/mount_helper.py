@@ -353,7 +353,10 @@ def _reexec_with_options_in_a_pipe(inv: Invocation) -> NoReturn:
             *([f"-{flags}"] if flags else []), "--", inv.spec, inv.mountpoint]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, argv, {**os.environ, OPTIONS_FD_VARIABLE: str(r)})
+    try:
+        os.execve(sys.executable, argv, {**os.environ, OPTIONS_FD_VARIABLE: str(r)})
+    except OSError as e:
+        raise HelperError(f"cannot run {sys.executable}: {e.strerror}") from None
 
 
 def _options_from_pipe() -> list[str] | None:
@@ -361,8 +364,11 @@ def _options_from_pipe() -> list[str] | None:
     fd = os.environ.pop(OPTIONS_FD_VARIABLE, None)
     if fd is None:
         return None
-    with os.fdopen(int(fd), "rb") as f:
-        text = f.read(_MAX_OPTIONS + 1).decode()
+    try:
+        with os.fdopen(int(fd), "rb") as f:
+            text = f.read(_MAX_OPTIONS + 1).decode()
+    except (ValueError, OSError) as e:
+        raise HelperError(f"cannot read the mount options from ${OPTIONS_FD_VARIABLE}={fd}: {e}") from None
     return [item.strip() for item in text.split(",")] if text else []
 
 
