@@ -56,13 +56,20 @@ def private_dir(path: str) -> str:
 
 
 def tighten(path: str, mode: int, fd: int | None = None) -> None:
-    """Remove the group and other bits from *path* (or open *fd*) if it is ours and has any."""
+    """Remove the group and other bits from *path* (or open *fd*) if it is ours and has any.
+
+    A mode that cannot be changed (a read-only file system) is logged, not
+    raised: reading a cache must not fail for it.
+    """
     st = os.fstat(fd) if fd is not None else os.stat(path)
     if st.st_uid == os.geteuid() and st.st_mode & 0o077:
-        if fd is not None:
-            os.fchmod(fd, st.st_mode & mode & 0o7777)
-        else:
-            os.chmod(path, st.st_mode & mode & 0o7777)
+        try:
+            if fd is not None:
+                os.fchmod(fd, st.st_mode & mode & 0o7777)
+            else:
+                os.chmod(path, st.st_mode & mode & 0o7777)
+        except OSError as e:
+            log.warning("cannot make %s private (mode %o): %s", path, st.st_mode & 0o777, e.strerror)
 
 
 def private_file(path: str, flags: int = os.O_RDWR) -> int:
