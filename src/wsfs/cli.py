@@ -29,7 +29,7 @@ from wsfs.format.chunking import DEFAULT_CHUNK_SIZE
 from wsfs.format.manifest import Inode
 from wsfs.format.records import DEFAULT_INLINE_THRESHOLD, RepoConfig
 from wsfs.localfs import private_dir
-from wsfs.repository import Ref, Repository
+from wsfs.repository import Ref, Repository, tidy_cache_dir
 from wsfs.store import open_store
 
 log = logging.getLogger("wsfs")
@@ -272,8 +272,10 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     from wsfs.cache import cache_usage, check_cache
 
     cache_dir = _settings(args).cache_dir
+    leftovers = tidy_cache_dir(cache_dir)
     with _progress(args, "fsck", "B", total=cache_usage(cache_dir)[0]) as progress:
         r = check_cache(cache_dir, progress)
+    r.leftovers += leftovers
     print(f"{cache_dir}: {r.files} cached blobs ({_size(r.bytes)}) checked: {r.dropped} corrupt"
           f" ({_size(r.dropped_bytes)}) dropped; index: {r.rows_removed} stale rows removed,"
           f" {r.rows_fixed} sizes corrected; {r.leftovers} leftover temporary files removed")

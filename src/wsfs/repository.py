@@ -94,6 +94,13 @@ class Ref:
         return self.workspace if self.ref is None else f"{self.workspace}@{self.ref}"
 
 
+def tidy_cache_dir(cache_dir: str) -> int:
+    """Make *cache_dir* private (0700) and remove the files of ``<cache>/tmp`` whose creator is dead (one
+    listing of a small directory); returns how many were removed.  See docs/daemon.md, "The blob cache"."""
+    private_dir(cache_dir)
+    return remove_stale(os.path.join(cache_dir, TMP_DIR), temp_pid, TMP_MAX_AGE)
+
+
 def _local_dir(cache_dir: str, url: str) -> str:
     """Where local copies of one repository's immutable small objects live (descriptor, records)."""
     return os.path.join(cache_dir, "repos", blake3.blake3(url.encode()).hexdigest()[:16])
@@ -174,10 +181,8 @@ class Repository:
         self.config = config
         self.cache_dir = cache_dir
         self._manifest_lock = threading.Lock()
-        # Every command opens a repository: the cache is made private (docs/daemon.md,
-        # "Cache") and the temporary files of killed runs are removed (a listing of tmp/).
-        private_dir(cache_dir)
-        remove_stale(os.path.join(cache_dir, TMP_DIR), temp_pid, TMP_MAX_AGE)
+        # Every command opens a repository: the cache is made private and its leftovers go.
+        tidy_cache_dir(cache_dir)
 
     def temp_path(self, prefix: str, suffix: str = "") -> str:
         """A fresh path (not created) in the private ``<cache>/tmp``, removed by the next command if we are killed."""

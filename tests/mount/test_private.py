@@ -229,6 +229,13 @@ def test_a_killed_push_leaves_a_private_manifest_that_the_next_command_removes(t
     w("workspaces")
     assert not leftover.exists()
     assert live.exists()
+    # fsck --cache sweeps tmp/ too
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    leftover = cache / "tmp" / f"manifest-{dead}-def456.sqlite"
+    leftover.write_bytes(b"")
+    r = w("fsck", "--cache")
+    assert "1 leftover temporary files removed" in r.text and not leftover.exists() and live.exists()
 
 
 # -- A: secrets --------------------------------------------------------------------------
