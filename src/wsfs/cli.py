@@ -22,13 +22,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from wsfs import __version__
+from wsfs import __version__, redact
 from wsfs.config import Settings, resolve
 from wsfs.errors import FormatError, IntegrityError, NotFound, UsageError, WsfsError
 from wsfs.format.chunking import DEFAULT_CHUNK_SIZE
 from wsfs.format.manifest import Inode
 from wsfs.format.records import DEFAULT_INLINE_THRESHOLD, RepoConfig
-from wsfs.repository import Ref, Repository
+from wsfs.localfs import private_dir
+from wsfs.repository import Ref, Repository, tidy_cache_dir
 from wsfs.store import open_store
 from wsfs.terminal import EscapingFormatter, escape, escape_name
 
@@ -66,14 +67,16 @@ def _parse_size(text: str) -> int:
 
 
 @contextmanager
-def _progress(args: argparse.Namespace, desc: str, unit: str) -> Iterator[Callable[[int], None]]:
+def _progress(
+    args: argparse.Namespace, desc: str, unit: str, total: int | None = None
+) -> Iterator[Callable[[int], None]]:
     """A progress callback: a tqdm bar on a terminal, nothing otherwise."""
     if args.quiet or not sys.stderr.isatty():
         yield lambda n: None
         return
     from tqdm import tqdm
 
-    with tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False) as bar:
+    with tqdm(desc=desc, unit=unit, unit_scale=True, total=total, file=sys.stderr, leave=False) as bar:
         yield bar.update
 
 
@@ -90,7 +93,7 @@ def _open_repo(args: argparse.Namespace, *, create_default: bool = False) -> Rep
         if not (create_default and s.is_default_repo):
             raise
         log.info("creating the default repository at %s", s.repo)
-        os.makedirs(s.repo, exist_ok=True)
+        private_dir(s.repo)  # state of one user, like the cache: 0700
         return Repository.init(store, RepoConfig(), s.cache_dir)
 
 
@@ -276,6 +279,24 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from wsfs.cache import cache_usage, check_cache
+
+    cache_dir = _settings(args).cache_dir
+    leftovers = tidy_cache_dir(cache_dir)
+    with _progress(args, "fsck", "B", total=cache_usage(cache_dir)[0]) as progress:
+        r = check_cache(cache_dir, progress)
+    r.leftovers += leftovers
+    print(f"{cache_dir}: {r.files} cached blobs ({_size(r.bytes)}) checked: {r.dropped} corrupt"
+          f" ({_size(r.dropped_bytes)}) dropped; index: {r.rows_removed} stale rows removed,"
+          f" {r.rows_fixed} sizes corrected; {r.leftovers} leftover temporary files removed")
+    if r.dropped:
+        print(f"wsfs: {r.dropped} corrupt cached blob(s) dropped; they will be fetched again when read",
+              file=sys.stderr)
+        return 6
+    return 0
+
+
 def cmd_workspaces(args: argparse.Namespace) -> int:
     repo = _open_repo(args)
     rows: list[dict[str, Any]] = []
@@ -372,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("name", metavar="NAME")
 
+    sp = add("fsck", cmd_fsck, "check local data: with --cache, verify every cached blob and drop the bad ones "
+             "(exit 6 if any was dropped)")
+    # Only --cache exists yet; checking versions in the store (WORKSPACE, --full, --sample N) will come.
+    sp.add_argument("--cache", action="store_true", required=True,
+                    help="verify the local blob cache (size against the index, blake3 against the name); "
+                    "required: the only check implemented yet")
+
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")
 
@@ -382,11 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    redact.scrub_argv()  # --endpoint-url http://user:password@...: not in ps, nor in a daemon forked below
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EscapingFormatter("wsfs: %(levelname)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    redact.install()
     if args.verbose < 2:
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -415,5 +445,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"wsfs: error: {escape(message)}", file=sys.stderr)
+    print(f"wsfs: error: {escape(redact.redact(message))}", file=sys.stderr)
     return code

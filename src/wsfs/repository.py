@@ -13,7 +13,6 @@ import logging
 import os
 import queue
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing, contextmanager
@@ -37,10 +36,15 @@ from wsfs.format.blobs import BlobDecoder, declared_size, decode_blob, encode_bl
 from wsfs.format.manifest import Manifest, check_database
 from wsfs.format.names import check_tag, check_workspace, version_number
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
+from wsfs.localfs import private_dir, private_file, remove_stale, temp_name, temp_pid
 from wsfs.store import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
+TMP_DIR = "tmp"  # <cache>/tmp: every temporary file of the cache but the blob cache's own
+# A temporary file of <cache>/tmp (a push's manifest) whose creator is alive is
+# kept this long (a pid may be reused); one whose creator is dead goes at once.
+TMP_MAX_AGE = 7 * 86400
 _VERSION_DIGITS = 10  # zero-padded so that store listings sort numerically
 _REF_RE = re.compile(r"(?P<ws>[^@]+)(?:@(?P<ref>.+))?")
 
@@ -110,20 +114,30 @@ class Ref:
         return self.workspace if self.ref is None else f"{self.workspace}@{self.ref}"
 
 
+def tidy_cache_dir(cache_dir: str) -> int:
+    """Make *cache_dir* private (0700) and remove the files of ``<cache>/tmp`` whose creator is dead (one
+    listing of a small directory); returns how many were removed.  See docs/daemon.md, "The blob cache"."""
+    private_dir(cache_dir)
+    return remove_stale(os.path.join(cache_dir, TMP_DIR), temp_pid, TMP_MAX_AGE)
+
+
 def _local_dir(cache_dir: str, url: str) -> str:
     """Where local copies of one repository's immutable small objects live (descriptor, records)."""
     return os.path.join(cache_dir, "repos", blake3.blake3(url.encode()).hexdigest()[:16])
 
 
 @contextmanager
-def _atomic_file(path: str, check: Callable[[str], None] | None = None) -> Iterator[BinaryIO]:
-    """A local cache file written under a temporary name and renamed into place if the block succeeds.
+def _atomic_file(path: str, cache_dir: str, check: Callable[[str], None] | None = None) -> Iterator[BinaryIO]:
+    """A local cache file (0600, in 0700 directories) written under a temporary name and renamed into place
+    if the block succeeds.  The temporary file is in ``<cache>/tmp`` (same file system), named with our
+    pid: if we are killed, the next command removes it (:meth:`Repository.__init__`).
 
     *check*, if given, is called with the temporary file's path once it is
     written and closed; an exception from it leaves nothing behind.
     """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    private_dir(os.path.dirname(path))
+    tmp = temp_name(private_dir(os.path.join(cache_dir, TMP_DIR)), "write")
+    fd = private_file(tmp, os.O_WRONLY | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -135,8 +149,8 @@ def _atomic_file(path: str, check: Callable[[str], None] | None = None) -> Itera
         raise
 
 
-def _write_atomically(path: str, data: bytes | memoryview) -> None:
-    with _atomic_file(path) as f:
+def _write_atomically(path: str, data: bytes | memoryview, cache_dir: str) -> None:
+    with _atomic_file(path, cache_dir) as f:
         f.write(data)
 
 
@@ -193,6 +207,12 @@ class Repository:
         self.config = config
         self.cache_dir = cache_dir
         self._manifest_lock = threading.Lock()
+        # Every command opens a repository: the cache is made private and its leftovers go.
+        tidy_cache_dir(cache_dir)
+
+    def temp_path(self, prefix: str, suffix: str = "") -> str:
+        """A fresh path (not created) in the private ``<cache>/tmp``, removed by the next command if we are killed."""
+        return temp_name(private_dir(os.path.join(self.cache_dir, TMP_DIR)), prefix, suffix)
 
     # -- opening ----------------------------------------------------------
 
@@ -224,7 +244,7 @@ class Repository:
         except NotFound:
             raise NotFound(f"no wsfs repository at {store.url} (create one with: wsfs init {store.url})") from None
         repo = cls(store, RepoConfig.from_json(raw), cache_dir)
-        _write_atomically(local, raw)
+        _write_atomically(local, raw, cache_dir)
         return repo
 
     @classmethod
@@ -284,7 +304,7 @@ class Repository:
     def _cache_manifest_file(self, cid: bytes, raw: bytes | memoryview) -> str:
         path = self._manifest_path(cid)
         if not os.path.exists(path):
-            _write_atomically(path, raw)
+            _write_atomically(path, raw, self.cache_dir)
         return path
 
     def manifest_path(self, record: VersionRecord) -> str:
@@ -336,7 +356,8 @@ class Repository:
             pieces = self.store.get_stream(manifest_key(cid))
             decoder = BlobDecoder(cid, size, "manifest")
             try:
-                with _atomic_file(path, check) as f, closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
+                with _atomic_file(path, self.cache_dir, check) as f, \
+                        closing(_read_ahead(pieces, _MANIFEST_PIECES_AHEAD)) as ahead:
                     for piece in ahead:
                         f.write(decoder.feed(piece))
                     f.write(decoder.finish())
@@ -427,7 +448,7 @@ class Repository:
         except NotFound:
             raise NotFound(f"workspace {ws!r} has no version {n}") from None
         record = VersionRecord.from_json(raw, workspace=ws, version=n)
-        _write_atomically(local, raw)
+        _write_atomically(local, raw, self.cache_dir)
         return record
 
     def publish(self, record: VersionRecord) -> None:

@@ -126,6 +126,8 @@ def test_default_repository_needs_no_configuration(tmp_path):
     assert r.returncode == 0, r.stderr
     assert os.path.exists(tmp_path / "home/.local/share/wsfs/repo/wsfs-repo.json")
     assert run("cat", "demo", "f").stdout == b"hello"
+    for private in ("home/.local/share/wsfs/repo", "home/.cache/wsfs"):  # one user's state and cache
+        assert os.stat(tmp_path / private).st_mode & 0o777 == 0o700, private
 
 
 def test_config_file_selects_the_repository(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from wsfs.cache import BlobCache
+from wsfs.cache import TMP_MAX_AGE, BlobCache
 from wsfs.errors import IntegrityError
 from wsfs.format.blobs import content_id
 from wsfs.format.records import RepoConfig
@@ -169,15 +169,50 @@ def test_corrupt_or_truncated_cache_file_is_refetched(repo: Repository, tmp_path
     assert second.read(cid, 0, len(data), size=len(data)) == data
     assert second.statistics()["corrupt"] == 2
 
-    # Rewritten in place after verification: a new mtime means a new verification.
-    time.sleep(0.01)
+    # Rewritten in place after verification, its mtime restored: the ctime still changed, so it is verified again.
+    st = os.stat(path)
     with open(path, "r+b") as f:
         f.write(b"X")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert second.try_read(cid, 0, 5) is None
     assert second.read(cid, 0, len(data)) == data
     assert second.statistics()["corrupt"] == 3
     first.close()
     second.close()
+
+
+def test_cache_files_are_private_and_leftovers_of_killed_writers_go(repo: Repository, tmp_path: Path) -> None:
+    """Content, index and lock files 0600 in 0700 directories; a stale .tmp is removed when its directory is
+    next written to (a dead pid at once, a live one after TMP_MAX_AGE), never by a read."""
+    a, b = os.urandom(100 * KIB), os.urandom(100 * KIB)
+    cid_a = put(repo, a)
+    cache_dir = tmp_path / "cache"
+    cache = BlobCache(repo, str(cache_dir))
+    cache.read(cid_a, 0, 1)
+    cache.drain()
+    directory = Path(cache.path(cid_a)).parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_tmp = directory / f".{'0' * 64}.{int(dead.stdout)}.1.tmp"
+    live_tmp = directory / f".{'1' * 64}.{os.getpid()}.1.tmp"
+    old_tmp = directory / f".{'2' * 64}.{os.getpid()}.2.tmp"
+    for p in (dead_tmp, live_tmp, old_tmp):
+        p.write_bytes(b"partial")
+    os.utime(old_tmp, (time.time() - TMP_MAX_AGE - 10,) * 2)
+    cache.close()
+    for dirpath, _, files in os.walk(cache_dir):
+        assert os.stat(dirpath).st_mode & 0o777 == 0o700, dirpath
+        for f in files:
+            if not f.endswith(".tmp"):
+                assert os.stat(os.path.join(dirpath, f)).st_mode & 0o777 == 0o600, f
+    # a new process writes into the same directory: the leftovers of dead or stuck writers go
+    cid_b = bytes.fromhex(cid_a.hex()[:2] + "0" * 62)  # not a real id: only its directory matters
+    reader = BlobCache(repo, str(cache_dir))
+    assert reader.read(cid_a, 0, 3) == a[:3]  # a read tidies nothing
+    assert dead_tmp.exists()
+    reader._install(reader.path(cid_b), b)
+    assert not dead_tmp.exists() and not old_tmp.exists() and live_tmp.exists()
+    assert os.stat(reader.path(cid_b)).st_mode & 0o777 == 0o600
+    reader.close()
 
 
 def test_lru_eviction_keeps_the_limit(repo: Repository, tmp_path: Path) -> None:

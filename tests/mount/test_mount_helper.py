@@ -210,6 +210,21 @@ def test_main_fake_and_usage_errors(capsys: pytest.CaptureFixture[str], monkeypa
     assert capsys.readouterr().err == f"mount.wsfs: {bad_env}: line 1: expected KEY=VALUE, got 'not an assignment'\n"
 
 
+def test_options_from_the_pipe_of_a_re_execution(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """The re-executed helper takes its -o string from the pipe $WSFS_MOUNT_OPTIONS_FD names (and prints it
+    redacted with -v)."""
+    monkeypatch.setenv("WSFS_ENVIRONMENT_FILE", str(tmp_path / "none"))
+    r, w = os.pipe()
+    os.write(w, b"ro,repo=/r,endpoint_url=http://u:pw-secret@h:1/")
+    os.close(w)
+    monkeypatch.setenv(mh.OPTIONS_FD_VARIABLE, str(r))
+    assert mh.main(["-t", "wsfs", "-fv", "--", "demo@1", "/mnt/x"]) == mh.EX_SUCCESS
+    assert capsys.readouterr().err == (
+        "mount.wsfs: wsfs mount --repo /r --endpoint-url http://u:***@h:1/ -o ro demo@1 /mnt/x\n")
+    assert mh.OPTIONS_FD_VARIABLE not in os.environ  # not inherited by the daemon's helpers
+
+
 # -- helpers for real mounts ---------------------------------------------------------------
 
 

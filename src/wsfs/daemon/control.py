@@ -26,6 +26,7 @@ import blake3
 import trio
 
 from wsfs.errors import NotFound, WsfsError
+from wsfs.localfs import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def socket_paths(mountpoint: str, cache_dir: str) -> list[str]:
 def _bind_path(mountpoint: str, cache_dir: str) -> str:
     for path in socket_paths(mountpoint, cache_dir):
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            private_dir(os.path.dirname(path))  # 0700 (narrowed if ours and wider); the socket 0600
         except OSError:
             continue
         if os.access(os.path.dirname(path), os.W_OK):

@@ -38,6 +38,7 @@ from typing import IO, Any
 import pyfuse3
 import trio
 
+from wsfs import redact
 from wsfs.cache import DEFAULT_CACHE_SIZE, BlobCache
 from wsfs.config import Settings
 from wsfs.daemon import control
@@ -47,6 +48,7 @@ from wsfs.daemon.preload import Preloader
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile
 from wsfs.daemon.view import SMALL_PREFETCH_MAX, VersionView, raise_kernel_readahead
 from wsfs.errors import MountError, UsageError, WsfsError
+from wsfs.localfs import private_dir, touch_private
 from wsfs.repository import Ref, Repository
 from wsfs.store import open_store
 from wsfs.terminal import EscapingFormatter
@@ -129,11 +131,14 @@ def _setup_logging(options: MountOptions, log_path: str | None, *, to_stderr: bo
             h.setFormatter(fmt)
     log_file = None
     if log_path:
+        # The log may name files and endpoints: 0600, and secrets redacted (wsfs.redact).
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        touch_private(log_path)
         handler = logging.FileHandler(log_path)
         handler.setFormatter(fmt)
         root.addHandler(handler)
         log_file = handler.stream
+    redact.install()
     level = logging.DEBUG if options.verbose >= 2 else logging.INFO
     root.setLevel(level)
     logging.getLogger("wsfs").setLevel(level)
@@ -157,6 +162,8 @@ def run_mount(settings: Settings, ref: Ref, mountpoint: str, options: MountOptio
     if options.foreground:
         _setup_logging(options, options.log_path, to_stderr=True)
         return _serve(settings, ref, mountpoint, options, _Verdict(None))
+    if options.log_path is None:
+        private_dir(os.path.join(settings.cache_dir, "logs"))  # 0700, like the rest of the cache
     log_path = options.log_path or default_log_path(settings.cache_dir, mountpoint)
     return _daemonize(settings, ref, mountpoint, options, log_path)
 

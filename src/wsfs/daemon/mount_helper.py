@@ -44,6 +44,15 @@ the path) if it exists: ``KEY=VALUE`` lines as in a systemd
 win.  ``NOTIFY_SOCKET`` is removed: a helper's daemon is never a service's
 main process.
 
+Secrets stay out of argv: ``-o`` may carry ``endpoint_url=http://user:password@host``,
+and a mount daemon is a fork of this process, whose ``/proc/PID/cmdline``
+(readable by every local user) it would keep for its whole life.  So before
+doing anything else the helper re-executes itself (``python -P -m
+wsfs.daemon.mount_helper SPEC DIR [-sfnv]``) with the option string in a
+pipe whose descriptor ``$WSFS_MOUNT_OPTIONS_FD`` names; the new process reads
+it, closes it and removes the variable.  Messages it prints pass through
+``wsfs.redact``.
+
 Exit statuses follow mount(8): 0 mounted; 1 a bad invocation or option,
 including what ``wsfs mount`` rejects as a usage error (a bad name, a
 mountpoint that is not a directory or is already mounted); 2 a system error;
@@ -60,7 +69,9 @@ import shlex
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
+from wsfs import redact
 from wsfs.format.names import version_number
 
 PROG = "mount.wsfs"
@@ -89,6 +100,9 @@ _KERNEL_FLAGS = frozenset({
 _GLOBAL_OPTIONS = {"repo": "--repo", "endpoint_url": "--endpoint-url", "cache_dir": "--cache-dir"}
 _VALUE_OPTIONS = frozenset({"cache_size", "prefetch_small", "log"})
 _FLAG_OPTIONS = frozenset({"allow_other", "debug", "history", "noprofile", "nopreload"})
+
+OPTIONS_FD_VARIABLE = "WSFS_MOUNT_OPTIONS_FD"
+_MAX_OPTIONS = 60_000  # bytes: the option string must fit in a pipe's buffer (64 KiB)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -323,7 +337,40 @@ def _live(mountpoint: str) -> bool:
 
 
 def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    return " ".join(redact.redact(str(text)).split())
+
+
+def _reexec_with_options_in_a_pipe(inv: Invocation) -> NoReturn:
+    """Run this helper again with the same operands and flags, and the ``-o`` items in a pipe, not in argv."""
+    data = ",".join(inv.options).encode()
+    if len(data) > _MAX_OPTIONS:
+        raise HelperError(f"the mount options are too long ({len(data)} bytes)")
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    os.set_inheritable(r, True)
+    flags = "".join(c for c, on in (("f", inv.fake), ("s", inv.sloppy), ("v", inv.verbose), ("n", inv.no_mtab)) if on)
+    argv = [sys.executable, "-P", "-m", "wsfs.daemon.mount_helper", "-t", inv.fstype,
+            *([f"-{flags}"] if flags else []), "--", inv.spec, inv.mountpoint]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, argv, {**os.environ, OPTIONS_FD_VARIABLE: str(r)})
+    except OSError as e:
+        raise HelperError(f"cannot run {sys.executable}: {e.strerror}") from None
+
+
+def _options_from_pipe() -> list[str] | None:
+    """The ``-o`` items our parent passed in a pipe (see the module docstring), or None if not re-executed."""
+    fd = os.environ.pop(OPTIONS_FD_VARIABLE, None)
+    if fd is None:
+        return None
+    try:
+        with os.fdopen(int(fd), "rb") as f:
+            text = f.read(_MAX_OPTIONS + 1).decode()
+    except (ValueError, OSError) as e:
+        raise HelperError(f"cannot read the mount options from ${OPTIONS_FD_VARIABLE}={fd}: {e}") from None
+    return [item.strip() for item in text.split(",")] if text else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,17 +378,22 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         inv = parse_argv(argv)
-        tr = translate_options(inv.options, sloppy=inv.sloppy)
+        piped = _options_from_pipe()
+        if piped is not None:
+            inv.options = piped
+        tr = translate_options(inv.options, sloppy=inv.sloppy)  # a bad option fails before the re-execution
+        if piped is None and inv.options and not inv.fake:
+            _reexec_with_options_in_a_pipe(inv)
         for w in tr.warnings:
             print(f"{PROG}: warning: {w}", file=sys.stderr)
         loaded = load_environment()
     except HelperError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{PROG}: {redact.redact(str(e))}", file=sys.stderr)
         return EX_USAGE
     cmd = wsfs_argv(inv, tr)
     if inv.verbose:
         extra = f" (environment: {', '.join(loaded)})" if loaded else ""
-        print(f"{PROG}: wsfs {shlex.join(cmd)}{extra}", file=sys.stderr)
+        print(f"{PROG}: wsfs {redact.redact(shlex.join(cmd))}{extra}", file=sys.stderr)
     if inv.fake:
         return EX_SUCCESS
     # mount -a compares the fstab source (demo@3) with the mounted one (wsfs:demo@3), never equal:
@@ -363,6 +415,7 @@ def _run(cmd: list[str], verbose: bool) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EscapingFormatter(f"{PROG}: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    redact.install()
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

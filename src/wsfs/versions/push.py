@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 import stat
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +39,7 @@ from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
 from wsfs.format.manifest import ROOT_INO, ManifestBuilder, prepare_inline
 from wsfs.format.names import check_workspace
 from wsfs.format.records import VersionRecord
+from wsfs.localfs import private_umask
 from wsfs.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -433,11 +433,11 @@ def push(
         except (NotFound, IntegrityError, FormatError) as e:
             # Only an optimisation (skipping HEADs): a bad parent must not stop a push.
             log.warning("not using %s@%d to skip uploads: %s", workspace, parent_n, e)
-    tmpdir = os.path.join(repo.cache_dir, "tmp")
-    os.makedirs(tmpdir, exist_ok=True)
-    fd, mpath = tempfile.mkstemp(dir=tmpdir, prefix="manifest-", suffix=".sqlite")
-    os.close(fd)
-    builder = ManifestBuilder(mpath, chunk_size=repo.config.chunk_size)
+    # Every small file's content goes into this file: private, and named with our
+    # pid so that the next command removes it if we are killed (Repository.temp_path).
+    mpath = repo.temp_path("manifest", ".sqlite")
+    with private_umask():  # SQLite creates the file (0644 & ~umask); no other thread runs yet
+        builder = ManifestBuilder(mpath, chunk_size=repo.config.chunk_size)
     uploader = _Uploader(repo, known, stats, workers)
     try:
         walker = _Walker(repo, builder, uploader, stats, skip_unreadable, progress)
@@ -448,7 +448,7 @@ def push(
     except apsw.FullError:
         uploader.close()
         builder.abort()
-        raise WsfsError(f"no space left on device for the manifest being built in {tmpdir}") from None
+        raise WsfsError(f"no space left on device for the manifest being built in {os.path.dirname(mpath)}") from None
     except BaseException:
         uploader.close()
         builder.abort()
