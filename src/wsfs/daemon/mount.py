@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import IO, Any
@@ -142,9 +143,19 @@ def _setup_logging(options: MountOptions, log_path: str | None, *, to_stderr: bo
     level = logging.DEBUG if options.verbose >= 2 else logging.INFO
     root.setLevel(level)
     logging.getLogger("wsfs").setLevel(level)
+    # Uncaught exceptions of worker threads go through logging (escaped and
+    # redacted) rather than raw to stderr.
+    threading.excepthook = _log_thread_exception
     # faulthandler: a hung daemon dumps every thread's stack on SIGUSR1.
     faulthandler.register(signal.SIGUSR1, file=log_file or sys.stderr, all_threads=True)
     return log_file
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.error("uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 # -- entry point ----------------------------------------------------------------
