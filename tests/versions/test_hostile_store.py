@@ -103,6 +103,7 @@ def test_cat_of_a_file_whose_chunks_lie_prints_nothing(lw, tmp_path):
     [
         {"stats": "lots"},
         {"stats": {"files": "many"}},
+        {"stats": {"bytes": -5}},
         {"version": "2"},
         {"parent": True},
         {"message": ["a", "list"]},

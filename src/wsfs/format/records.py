@@ -110,7 +110,7 @@ class VersionRecord:
         if missing:
             raise IntegrityError(f"{where} lacks {', '.join(sorted(missing))}")
         stats = d.get("stats", {})
-        if not all(isinstance(k, str) and type(v) is int for k, v in stats.items()):
+        if not all(isinstance(k, str) and type(v) is int and 0 <= v < 1 << 63 for k, v in stats.items()):
             raise IntegrityError(f"{where}: field 'stats' has the wrong type")
         rec = cls(**d)
         if rec.workspace != workspace or rec.version != version:
