@@ -166,6 +166,8 @@ class _Materializer:
         subdirs = []
         for _, name, node in self.m.readdir(self.dirs[idx].node.ino):
             try:
+                if not isinstance(name, bytes):  # a crafted manifest may hold TEXT or numbers
+                    raise InvalidName(repr(name))
                 check_entry_name(name)
             except InvalidName:
                 raise IntegrityError(f"{self._path(idx)}: the manifest has an invalid entry name {name!r}") from None

@@ -24,6 +24,7 @@ left out with a warning (:func:`own_directories`).
 from __future__ import annotations
 
 import collections
+import errno
 import getpass
 import logging
 import os
@@ -314,7 +315,11 @@ class _Walker:
         if stat.S_ISLNK(mode):
             try:
                 target = os.readlink(name, dir_fd=dfd)
+            except FileNotFoundError as e:
+                self._fail(path, "vanished during push", e)
             except OSError as e:
+                if e.errno == errno.EINVAL:  # no longer a symlink
+                    self._fail(path, "changed while being read")
                 self._fail(path, "cannot read link", e)
             ino = self.b.add_inode(st, target=target, size=len(target))
             self.stats.symlinks += 1
@@ -516,8 +521,6 @@ def push(
     """
     check_workspace(workspace)
     root = os.fsencode(src).rstrip(b"/") or b"/"
-    if exclude is None:
-        exclude = own_directories(repo)
     stats = PushStats()
     parent_n = repo.latest(workspace)
     known: set[bytes] = set()
@@ -529,6 +532,8 @@ def push(
             pass
     tmpdir = os.path.join(repo.cache_dir, "tmp")
     os.makedirs(tmpdir, exist_ok=True)
+    if exclude is None:
+        exclude = own_directories(repo)  # now that the cache exists
     fd, mpath = tempfile.mkstemp(dir=tmpdir, prefix="manifest-", suffix=".sqlite")
     os.close(fd)
     builder = ManifestBuilder(mpath, chunk_size=repo.config.chunk_size)
