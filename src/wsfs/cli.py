@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="files up to this size are stored inside the manifest (default 128KiB)")
 
     sp = add("push", cmd_push, "snapshot DIR as the next version of WORKSPACE")
+    sp.epilog = ("Symlinks are stored, never followed. wsfs' own repository (when local), cache and "
+                 "state directory are left out with a warning.")
     sp.add_argument("dir", metavar="DIR")
     sp.add_argument("workspace", metavar="WORKSPACE")
     sp.add_argument("-m", "--message", default="", help="version message")
@@ -349,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path", metavar="PATH")
 
     sp = add("checkout", cmd_checkout, "materialize a version into DIR (absent or empty)")
+    sp.epilog = "Like tar -x: owners are restored when run as root; only user.* xattrs are restored."
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("dir", metavar="DIR")
     sp.add_argument("-j", "--jobs", type=int, default=8, help="parallel downloads (default 8)")

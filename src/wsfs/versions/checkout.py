@@ -98,8 +98,9 @@ class _Materializer:
         self.max_window = 2 * workers
         self.max_files = 8 * workers
         self.any_xattrs = m.has_xattrs()
-        self.chain = DirChain(root_fd)
-        self.dirs: list[_Dir] = [_Dir(-1, b"", self.chain.root_ident, m.getattr(ROOT_INO))]
+        root = m.getattr(ROOT_INO)
+        self.chain = DirChain(root_fd)  # owns root_fd from here
+        self.dirs: list[_Dir] = [_Dir(-1, b"", self.chain.root_ident, root)]
         # hard links: the first name of each inode linked more than once, then (inode, dir, name) to add
         self.first: dict[int, tuple[int, bytes, Ident | None]] = {}  # ident None: not in place yet
         self.links: list[tuple[int, int, bytes]] = []
@@ -155,7 +156,7 @@ class _Materializer:
         self.pool.shutdown(wait=True)
         try:
             for idx in range(len(self.dirs) - 1, -1, -1):  # children before parents: their mtimes stay
-                self._attrs(self._goto(idx), self.dirs[idx].node, self._path(idx))
+                self._attrs(self._goto(idx), self.dirs[idx].node, idx)
         finally:
             self.chain.close()
         return self.stats
@@ -203,8 +204,7 @@ class _Materializer:
                 raise IntegrityError(f"{self._path(idx, name)}: the manifest has an invalid symlink target")
             os.symlink(node.target, name, dir_fd=dfd)
             if self.same_owner:
-                self._chown(lambda u, g: os.chown(name, u, g, dir_fd=dfd, follow_symlinks=False), node,
-                            self._path(idx, name))
+                self._chown(lambda u, g: os.chown(name, u, g, dir_fd=dfd, follow_symlinks=False), node, idx, name)
             os.utime(name, dir_fd=dfd, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
             if node.nlink > 1:
                 self.first[node.ino] = (idx, name, ident(os.stat(name, dir_fd=dfd, follow_symlinks=False)))
@@ -226,7 +226,7 @@ class _Materializer:
         try:
             if stat.S_IFMT(st.st_mode) != stat.S_IFMT(mode) or st.st_uid != self.euid:
                 raise WsfsError(f"{self._path(idx, name)}: changed during checkout")
-            self._attrs(proc_path(fd), node, self._path(idx, name))
+            self._attrs(proc_path(fd), node, idx, name)
         finally:
             os.close(fd)
         if node.nlink > 1:
@@ -296,7 +296,7 @@ class _Materializer:
 
     def _finish(self, dfd: int, idx: int, tmp: bytes, name: bytes, node: Inode, fd: int) -> None:
         """Attributes on the open file, then its final name."""
-        self._attrs(fd, node, self._path(idx, name))
+        self._attrs(fd, node, idx, name)
         if node.nlink > 1:
             self.first[node.ino] = (idx, name, ident(os.fstat(fd)))
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -311,27 +311,30 @@ class _Materializer:
         finally:
             os.close(fd)
 
-    def _chown(self, chown: Callable[[int, int], None], node: Inode, path: str) -> None:
+    def _chown(self, chown: Callable[[int, int], None], node: Inode, idx: int, name: bytes = b"") -> None:
         try:
             chown(node.uid, node.gid)
         except PermissionError:
             if self.euid == 0:
                 raise
-            self.warn(f"{path}: cannot give it to {node.uid}:{node.gid}; left as yours")
+            self.warn(f"{self._path(idx, name)}: cannot give it to {node.uid}:{node.gid}; left as yours")
 
-    def _attrs(self, f: int | str, node: Inode, path: str) -> None:
-        """xattrs, owner, mode and times of a file, directory or node: *f* is a descriptor or a /proc path."""
+    def _attrs(self, f: int | str, node: Inode, idx: int, name: bytes = b"") -> None:
+        """xattrs, owner, mode and times of entry *name* of directory *idx* (or of *idx* itself).
+
+        *f* is a descriptor of it or a ``/proc/self/fd`` path; the path is built for messages only.
+        """
         if self.any_xattrs:
-            for name, value in self.m.xattrs(node.ino).items():
-                if not name.startswith(XATTR_PREFIX):
-                    self.warn(f"{path}: xattr {os.fsdecode(name)} not restored: only user.* xattrs are")
+            for xname, value in self.m.xattrs(node.ino).items():
+                if not xname.startswith(XATTR_PREFIX):
+                    self.warn(f"{self._path(idx, name)}: xattr {os.fsdecode(xname)} not restored: only user.* xattrs are")
                     continue
                 try:
-                    os.setxattr(f, name, value)
+                    os.setxattr(f, xname, value)
                 except OSError as e:
-                    self.warn(f"{path}: cannot set xattr {os.fsdecode(name)}: {e.strerror}")
+                    self.warn(f"{self._path(idx, name)}: cannot set xattr {os.fsdecode(xname)}: {e.strerror}")
         if self.same_owner:
-            self._chown(lambda u, g: os.chown(f, u, g), node, path)
+            self._chown(lambda u, g: os.chown(f, u, g), node, idx, name)
         mode = stat.S_IMODE(node.mode)
         if not self.setuid and not node.is_dir:
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
@@ -367,19 +370,22 @@ def checkout(
     except OSError as e:
         raise WsfsError(f"cannot create {os.fsdecode(d)}: {e.strerror}") from None
     try:
-        root_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
+        root_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the user's path: opened once
+    except NotADirectoryError:
         raise UsageError(f"{os.fsdecode(d)} exists and is not an empty directory") from None
+    except OSError as e:
+        raise WsfsError(f"cannot open {os.fsdecode(d)}: {e.strerror}") from None
     try:
         if os.listdir(root_fd):
             raise UsageError(f"{os.fsdecode(d)} exists and is not an empty directory")
+        mat = _Materializer(
+            repo, m, d, root_fd, workers, progress, same_owner=same_owner, devices=devices, setuid=setuid
+        )
     except BaseException:
         os.close(root_fd)
         raise
     try:
-        return _Materializer(
-            repo, m, d, root_fd, workers, progress, same_owner=same_owner, devices=devices, setuid=setuid
-        ).run()
+        return mat.run()
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise WsfsError(f"checkout into {os.fsdecode(d)} failed: no space left on device") from None
