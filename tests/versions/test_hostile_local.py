@@ -286,6 +286,33 @@ def test_paths_longer_than_path_max_round_trip(wsfs, tmp_path):
     assert got == want
 
 
+def test_deep_tree_with_few_descriptors(repo, tmp_path, monkeypatch):
+    """Push and checkout keep at most MAX_OPEN directories open: deeper ones are re-opened by name."""
+    from support.trees import assert_same_tree
+    from wsfs.versions import fsops
+
+    monkeypatch.setattr(fsops, "MAX_OPEN", 3)
+    src = tmp_path / "src"
+    d = src
+    for level in range(25):
+        (d / "side").mkdir(parents=True)
+        (d / "side" / "f").write_bytes(b"side %d" % level)
+        os.chmod(d / "side", 0o500 if level % 3 == 0 else 0o755)  # final modes applied bottom-up
+        (d / "file").write_bytes(b"level %d" % level)
+        d = d / "down"
+    d.mkdir()
+    os.link(src / "file", d / "link-to-top")
+    os.utime(src / "down" / "down", ns=(1, 123_456_789))
+    fds = len(os.listdir("/proc/self/fd"))
+    record, stats = push(repo, str(src), "deep")
+    assert stats.dirs == 51 and stats.hardlinks == 1
+    out = tmp_path / "out"
+    with repo.open_manifest(record) as m:
+        checkout(repo, m, out)
+    assert len(os.listdir("/proc/self/fd")) == fds  # nothing leaked
+    assert_same_tree(src, out)
+
+
 # -- xattrs and tar-like switches ------------------------------------------------------------
 
 

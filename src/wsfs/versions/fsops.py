@@ -160,19 +160,14 @@ class DirChain:
         j = i
         while self._fds[j] < 0:
             j -= 1
-        fd = self._fds[j]
+        # Re-open down from the nearest open ancestor, keeping what was opened:
+        # walking back up (checkout's last pass) then finds the next ones open.
         for k in range(j + 1, i + 1):
-            try:
-                nfd = open_dir(self._names[k], fd, self._ids[k])
-            finally:
-                if k - 1 > j:
-                    os.close(fd)  # an intermediate directory opened only to pass through
-            fd = nfd
-        self._fds[i] = fd
-        self._open += 1
-        self._lo = min(self._lo, i)
+            self._fds[k] = open_dir(self._names[k], self._fds[k - 1], self._ids[k])
+            self._open += 1
+        self._lo = min(self._lo, j + 1)
         self._limit(keep=i)
-        return fd
+        return self._fds[i]
 
     def _limit(self, keep: int = -1) -> None:
         """Close the shallowest descriptors (never the root's, the current's or *keep*) above MAX_OPEN."""
