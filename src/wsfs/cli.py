@@ -248,7 +248,8 @@ def cmd_checkout(args: argparse.Namespace) -> int:
     record = repo.resolve(Ref.parse(args.ref))
     t0 = time.monotonic()
     with repo.open_manifest(record) as m, _progress(args, "checkout", " entries") as progress:
-        stats = checkout(repo, m, args.dir, workers=args.jobs, progress=progress)
+        stats = checkout(repo, m, args.dir, workers=args.jobs, progress=progress, same_owner=args.same_owner,
+                         devices=args.devices, setuid=args.setuid)
     print(
         f"checked out {record.workspace}@{record.version} into {args.dir}: {stats.entries} entries, "
         f"{stats.files} files, {_size(stats.bytes)} in {time.monotonic() - t0:.1f}s"
@@ -358,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="files up to this size are stored inside the manifest (default 128KiB)")
 
     sp = add("push", cmd_push, "snapshot DIR as the next version of WORKSPACE")
+    sp.epilog = ("Symlinks are stored, never followed. wsfs' own repository (when local), cache and "
+                 "state directory are left out with a warning.")
     sp.add_argument("dir", metavar="DIR")
     sp.add_argument("workspace", metavar="WORKSPACE")
     sp.add_argument("-m", "--message", default="", help="version message")
@@ -380,9 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path", metavar="PATH")
 
     sp = add("checkout", cmd_checkout, "materialize a version into DIR (absent or empty)")
+    sp.epilog = "Like tar -x: owners are restored when run as root; only user.* xattrs are restored."
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("dir", metavar="DIR")
     sp.add_argument("-j", "--jobs", type=int, default=8, help="parallel downloads (default 8)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--same-owner", dest="same_owner", action="store_true", default=None,
+                   help="give entries their recorded owner and group (default when run as root)")
+    g.add_argument("--no-same-owner", dest="same_owner", action="store_false",
+                   help="leave entries owned by the user running checkout (default for other users)")
+    sp.add_argument("--no-devices", dest="devices", action="store_false",
+                    help="leave device nodes out, with a warning")
+    sp.add_argument("--no-setuid", dest="setuid", action="store_false",
+                    help="clear setuid/setgid bits of files")
 
     sp = add("diff", cmd_diff, "paths added (A), removed (D), modified (M) or type-changed (T) from A to B")
     sp.add_argument("a", metavar="WORKSPACE@A")

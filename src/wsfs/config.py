@@ -35,6 +35,11 @@ def default_cache_dir() -> str:
     return os.environ.get("WSFS_CACHE_DIR") or os.path.join(_xdg("XDG_CACHE_HOME", ".cache"), "wsfs")
 
 
+def default_state_dir() -> str:
+    """``$XDG_STATE_HOME/wsfs`` (default ``~/.local/state/wsfs``): reserved for wsfs' state; never pushed."""
+    return os.path.join(_xdg("XDG_STATE_HOME", ".local/state"), "wsfs")
+
+
 @dataclass(frozen=True)
 class Settings:
     repo: str

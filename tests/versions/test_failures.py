@@ -83,22 +83,17 @@ def test_vanished_file_is_reported(wsfs, tmp_path, monkeypatch):
     src.mkdir()
     for i in range(3):
         (src / f"f{i}").write_bytes(b"x")
-    real_scandir = os.scandir
+    real_list_names = push_mod.list_names
+    root = os.stat(src)
 
-    class scandir_then_unlink:  # noqa: N801 - stands in for os.scandir
-        def __init__(self, path):
-            with real_scandir(path) as it:
-                self.entries = list(it)
-            if os.fsencode(path) == os.fsencode(src):
-                os.unlink(src / "f1")
+    def list_then_unlink(dir_fd):  # stands in for fsops.list_names
+        names = real_list_names(dir_fd)
+        st = os.fstat(dir_fd)
+        if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
+            os.unlink(src / "f1")
+        return names
 
-        def __enter__(self):
-            return iter(self.entries)
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(push_mod.os, "scandir", scandir_then_unlink)
+    monkeypatch.setattr(push_mod, "list_names", list_then_unlink)
     repo = Repository.open(open_store(wsfs.repo), wsfs.cache_dir)
     from wsfs.errors import SourceError
 

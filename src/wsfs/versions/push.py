@@ -9,16 +9,22 @@ Order of writes (what makes a crash at any point harmless):
    took the number first makes us retry with the next number; the tree we
    push is a whole snapshot, so nothing needs merging.
 
-Nothing is followed out of the tree: symlinks are stored as links, entries
-are opened with ``O_NOFOLLOW`` and checked to be the file that ``lstat``
-saw.  A file that changes while it is read, vanishes, or cannot be read
-aborts the push before any version is created (or, with
-``skip_unreadable``, is left out with a warning).
+Nothing is followed out of the tree: the walk goes through directory
+descriptors only (:mod:`wsfs.versions.fsops`): every entry is ``fstatat``'d
+and opened relative to its parent with ``O_NOFOLLOW`` and checked to be the
+file (``st_dev``, ``st_ino``) that was seen when the parent was listed, so a
+directory swapped for a symlink by another user is never followed, and paths
+longer than ``PATH_MAX`` are no problem.  Symlinks are stored as links.  A
+file that changes while it is read, vanishes, or cannot be read aborts the
+push before any version is created (or, with ``skip_unreadable``, is left
+out with a warning).  wsfs' own repository, cache and state directory are
+left out with a warning (:func:`own_directories`).
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import getpass
 import logging
 import os
@@ -33,6 +39,7 @@ from typing import NoReturn
 
 import apsw
 
+from wsfs.config import default_state_dir
 from wsfs.errors import Conflict, FormatError, IntegrityError, NotFound, SourceError, UsageError, WsfsError
 from wsfs.format.blobs import content_id
 from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
@@ -41,10 +48,12 @@ from wsfs.format.names import check_workspace
 from wsfs.format.records import VersionRecord
 from wsfs.localfs import private_umask
 from wsfs.repository import Repository
+from wsfs.store.local import LocalStore
+from wsfs.versions import fsops
+from wsfs.versions.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, list_names, open_node, proc_path
 
 log = logging.getLogger(__name__)
 
-XATTR_PREFIX = b"user."
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
@@ -153,8 +162,10 @@ class _Walker:
         stats: PushStats,
         skip_unreadable: bool,
         progress: Callable[[int], None],
+        exclude: dict[Ident, str],
     ) -> None:
         self.repo = repo
+        self.exclude = exclude
         self.b = builder
         self.up = uploader
         self.stats = stats
@@ -186,19 +197,25 @@ class _Walker:
 
     def run(self, root: bytes) -> None:
         try:
-            st = os.stat(root)
+            rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise UsageError(f"{os.fsdecode(root)} is not a directory") from None
         except OSError as e:
             raise SourceError(f"{os.fsdecode(root)}: {e.strerror}") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"{os.fsdecode(root)} is not a directory")
-        ino = self.b.add_inode(st, nlink=2)
-        self.b.add_xattrs(ino, self._xattrs(root))
-        self.stats.dirs += 1
-        stack = [(root, ino)]
-        while stack:
-            path, dino = stack.pop()
-            subdirs = self._directory(path, dino)
-            stack.extend(reversed(subdirs))
+        chain = DirChain(rfd)
+        try:
+            self._refuse_own(rfd, root)
+            st = os.fstat(rfd)
+            ino = self.b.add_inode(st, nlink=2)
+            self.stats.dirs += 1
+            # (depth, name, ident, inode, path for messages): directories still to list
+            stack: list[tuple[int, bytes, Ident, int, bytes]] = [(0, b"", ident(st), ino, root)]
+            while stack:
+                depth, name, dident, dino, path = stack.pop()
+                subdirs = self._directory(chain, depth, name, dident, dino, path)
+                stack.extend(reversed(subdirs))
+        finally:
+            chain.close()
         while self.inline_q:
             self._record_inline()
         self._drain(0)
@@ -211,80 +228,119 @@ class _Walker:
             if n != 1:
                 self.b.set_nlink(ino, n)
 
-    def _directory(self, path: bytes, dino: int) -> list[tuple[bytes, int]]:
+    def _refuse_own(self, rfd: int, root: bytes) -> None:
+        """Refuse a root that is (inside) one of wsfs' own directories: found by walking up through ``..``."""
+        if not self.exclude:
+            return
+        fd = os.dup(rfd)
         try:
-            with os.scandir(path) as it:
-                names = sorted(e.name for e in it)
+            st = os.fstat(fd)
+            while True:
+                what = self.exclude.get(ident(st))
+                if what is not None:
+                    raise UsageError(f"{os.fsdecode(root)} is inside wsfs' own {what}; push another directory")
+                up = os.open(b"..", fsops.O_DIR, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                parent = os.fstat(fd)
+                if ident(parent) == ident(st):
+                    return  # "/"
+                st = parent
+        except OSError:
+            return  # an unreadable ancestor: nothing of ours is above it that we could have reached
+        finally:
+            os.close(fd)
+
+    def _directory(
+        self, chain: DirChain, depth: int, name: bytes, dident: Ident, dino: int, path: bytes
+    ) -> list[tuple[int, bytes, Ident, int, bytes]]:
+        try:
+            dfd = chain.enter(depth, name, dident) if depth else chain.fd()
+            self.b.add_xattrs(dino, self._xattrs(dfd, path))
+            names = list_names(dfd)
+        except Moved as e:
+            try:
+                self._fail(path, "vanished during push" if e.vanished else "changed while being read")
+            except _Skip:
+                return []
         except OSError as e:
             try:
                 self._fail(path, "cannot list directory", e)
             except _Skip:
                 return []
         entries: list[tuple[bytes, int]] = []
-        subdirs: list[tuple[bytes, int]] = []
-        nsub = 0
-        for name in names:
-            child = path + b"/" + name
+        subdirs: list[tuple[int, bytes, Ident, int, bytes]] = []
+        for child in names:
+            cpath = path + b"/" + child
             try:
-                ino, is_dir = self._entry(child)
+                ino, st = self._entry(dfd, child, cpath)
             except _Skip:
                 continue
             if ino is None:
                 continue
-            entries.append((name, ino))
-            if is_dir:
-                nsub += 1
-                subdirs.append((child, ino))
+            entries.append((child, ino))
+            if st is not None:
+                subdirs.append((depth + 1, child, ident(st), ino, cpath))
         self.b.add_dentries(dino, entries)
-        self.b.set_nlink(dino, 2 + nsub)
+        self.b.set_nlink(dino, 2 + len(subdirs))
         self.progress(len(entries))
         return subdirs
 
-    def _entry(self, path: bytes) -> tuple[int | None, bool]:
+    def _entry(self, dfd: int, name: bytes, path: bytes) -> tuple[int | None, os.stat_result | None]:
+        """Record entry *name* of the directory open at *dfd*; returns its inode and, for a directory, its stat."""
         try:
-            st = os.lstat(path)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError as e:
             self._fail(path, "vanished during push", e)
         except OSError as e:
             self._fail(path, "cannot stat", e)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            ino = self.b.add_inode(st, nlink=2)
-            self.b.add_xattrs(ino, self._xattrs(path))
+            what = self.exclude.get(ident(st))
+            if what is not None:
+                log.warning("left out %s: it is wsfs' own %s", os.fsdecode(path), what)
+                self.stats.skipped.append(os.fsdecode(path))
+                return None, None
+            ino = self.b.add_inode(st, nlink=2)  # its xattrs are read when it is listed
             self.stats.dirs += 1
-            return ino, True
+            return ino, st
         if stat.S_ISSOCK(mode):
             log.warning("%s: sockets are not stored; left out", os.fsdecode(path))
             self.stats.skipped.append(os.fsdecode(path))
-            return None, False
+            return None, None
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in self.hardlinks:
             ino = self.hardlinks[key]
             self.nlinks[ino] += 1
             self.stats.hardlinks += 1
-            return ino, False
+            return ino, None
         if stat.S_ISLNK(mode):
             try:
-                target = os.readlink(path)
+                target = os.readlink(name, dir_fd=dfd)
+            except FileNotFoundError as e:
+                self._fail(path, "vanished during push", e)
             except OSError as e:
+                if e.errno == errno.EINVAL:  # no longer a symlink
+                    self._fail(path, "changed while being read")
                 self._fail(path, "cannot read link", e)
             ino = self.b.add_inode(st, target=target, size=len(target))
             self.stats.symlinks += 1
         elif stat.S_ISREG(mode):
-            ino = self._file(path, st)
+            ino = self._file(dfd, name, path, st)
         else:  # fifo, character or block device: stored as nodes, no content
+            xattrs = self._node_xattrs(dfd, name, path, st)
             ino = self.b.add_inode(st, size=0)
+            self.b.add_xattrs(ino, xattrs)
             self.stats.specials += 1
-        if not stat.S_ISLNK(mode):
-            self.b.add_xattrs(ino, self._xattrs(path))
         self.nlinks[ino] = 1
         if st.st_nlink > 1:
             self.hardlinks[key] = ino
-        return ino, False
+        return ino, None
 
-    def _xattrs(self, path: bytes) -> dict[bytes, bytes]:
+    def _xattrs(self, fd: int | str, path: bytes) -> dict[bytes, bytes]:
+        """The ``user.*`` xattrs of the file open at *fd* (or a ``/proc/self/fd`` path)."""
         try:
-            names = os.listxattr(path, follow_symlinks=False)
+            names = os.listxattr(fd)
         except OSError:
             return {}  # filesystem without xattr support
         out = {}
@@ -292,33 +348,51 @@ class _Walker:
             bn = os.fsencode(n)
             if bn.startswith(XATTR_PREFIX):
                 try:
-                    out[bn] = os.getxattr(path, n, follow_symlinks=False)
+                    out[bn] = os.getxattr(fd, n)
                 except OSError as e:
                     self._fail(path, f"cannot read xattr {n}", e)
         return out
 
-    def _file(self, path: bytes, st: os.stat_result) -> int:
+    def _node_xattrs(self, dfd: int, name: bytes, path: bytes, st: os.stat_result) -> dict[bytes, bytes]:
+        """Xattrs of a fifo or device node, through an ``O_PATH`` descriptor (opening it could block)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _O_NOATIME)
+            fd, fst = open_node(name, dfd)
+        except FileNotFoundError as e:
+            self._fail(path, "vanished during push", e)
+        except OSError as e:
+            self._fail(path, "cannot stat", e)
+        try:
+            if ident(fst) != ident(st) or stat.S_IFMT(fst.st_mode) != stat.S_IFMT(st.st_mode):
+                self._fail(path, "changed while being read")
+            return self._xattrs(proc_path(fd), path)
+        finally:
+            os.close(fd)
+
+    def _file(self, dfd: int, name: bytes, path: bytes, st: os.stat_result) -> int:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags | _O_NOATIME, dir_fd=dfd)
         except PermissionError as e:
             if not _O_NOATIME:
-                raise
+                self._fail(path, "cannot open", e)
             try:  # O_NOATIME is only allowed to the owner (or root)
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(name, flags, dir_fd=dfd)
+            except FileNotFoundError as e2:
+                self._fail(path, "vanished during push", e2)
             except OSError as e2:
                 self._fail(path, "cannot open", e2)
-            del e
         except FileNotFoundError as e:
             self._fail(path, "vanished during push", e)
         except OSError as e:
             self._fail(path, "cannot open", e)
         try:
             before = os.fstat(fd)
-            if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(before.st_mode):
+            if ident(before) != ident(st) or not stat.S_ISREG(before.st_mode):
                 self._fail(path, "changed while being read")
             size = before.st_size
             ino = self.b.add_inode(before)
             try:
+                self.b.add_xattrs(ino, self._xattrs(fd, path))
                 if size <= self.inline_threshold:
                     data = self._read_all(fd, path, size)
                     self._check_unchanged(fd, path, before)
@@ -405,6 +479,27 @@ class _Walker:
             self.chunked.append((pf.ino, pf.size, cids))
 
 
+def own_directories(repo: Repository) -> dict[Ident, str]:
+    """wsfs' own directories that exist: the repository (if local), the cache, the state directory.
+
+    Pushing a home directory must not push these: they change during the
+    push itself (the manifest being built lives in the cache) and grow with
+    every push.  Keyed by ``(st_dev, st_ino)``, so any path to them matches.
+    """
+    places = [("cache", repo.cache_dir), ("state directory", default_state_dir())]
+    if isinstance(repo.store, LocalStore):
+        places.insert(0, ("repository", repo.store.root))
+    out: dict[Ident, str] = {}
+    for what, path in places:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out.setdefault(ident(st), what)
+    return out
+
+
 class _Skip(Exception):
     """Internal: the current entry is left out (``--skip-unreadable``)."""
 
@@ -419,8 +514,13 @@ def push(
     skip_unreadable: bool = False,
     workers: int = 8,
     progress: Callable[[int], None] = lambda n: None,
+    exclude: dict[Ident, str] | None = None,
 ) -> tuple[VersionRecord, PushStats]:
-    """Snapshot *src* as the next version of *workspace*; returns the published record and stats."""
+    """Snapshot *src* as the next version of *workspace*; returns the published record and stats.
+
+    Directories whose ``(st_dev, st_ino)`` is a key of *exclude* are left out
+    (the value says what they are); by default, wsfs' own (:func:`own_directories`).
+    """
     check_workspace(workspace)
     root = os.fsencode(src).rstrip(b"/") or b"/"
     stats = PushStats()
@@ -436,11 +536,13 @@ def push(
     # Every small file's content goes into this file: private, and named with our
     # pid so that the next command removes it if we are killed (Repository.temp_path).
     mpath = repo.temp_path("manifest", ".sqlite")
+    if exclude is None:
+        exclude = own_directories(repo)  # now that the cache exists
     with private_umask():  # SQLite creates the file (0644 & ~umask); no other thread runs yet
         builder = ManifestBuilder(mpath, chunk_size=repo.config.chunk_size)
     uploader = _Uploader(repo, known, stats, workers)
     try:
-        walker = _Walker(repo, builder, uploader, stats, skip_unreadable, progress)
+        walker = _Walker(repo, builder, uploader, stats, skip_unreadable, progress, exclude)
         walker.run(root)
         assert ROOT_INO == 1
         builder.finish({"workspace": workspace})
