@@ -28,6 +28,7 @@ from wsfs.errors import (
     FormatError,
     IntegrityError,
     NotFound,
+    StoreTimeout,
     StoreUnavailable,
     UsageError,
 )
@@ -284,8 +285,8 @@ class Repository:
                         f.write(decoder.feed(piece))
                     decoder.finish()
                 return
-            except (IntegrityError, StoreUnavailable):
-                if attempt == 2:
+            except (IntegrityError, StoreUnavailable) as e:
+                if attempt == 2 or isinstance(e, StoreTimeout):  # a store that stopped answering: not again
                     raise
 
     def open_manifest(self, record: VersionRecord) -> Manifest:
