@@ -361,7 +361,8 @@ class S3Store:
             )
         waited = max(1, round(time.monotonic() - b.started))
         return StoreTimeout(
-            f"S3 endpoint {self.endpoint} did not answer within {waited} s ({what}, {b.attempts} attempts)"
+            f"S3 endpoint {self.endpoint} did not answer within {waited} s "
+            f"({what}, {b.attempts} attempt{'' if b.attempts == 1 else 's'})"
         )
 
     def _count_request(self, request: Any, event_name: str, **kwargs: Any) -> None:
