@@ -173,6 +173,24 @@ def test_uncached_read_times_out_and_the_rest_is_served(hung: HungRepo, mount, m
         m.unmount()  # strict: exit status 0 with threads still blocked in the store
 
 
+def test_store_giving_up_first_is_etimedout_once(hung: HungRepo, mount) -> None:
+    """With the store's own defaults for a 6 s budget (1 s connect, 2 s read), the store gives up first.
+
+    The kernel answers a failed read-ahead with a second READ of the page at
+    once; that one must fail at once too, not ask the store again (which
+    doubled the wait: 617 s for one read before deadlines existed).
+    """
+    with black_hole("silent") as hole:
+        m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=hung.env(hole), extra=("-o", "timeout=6"))
+        m.expect_log("failed: S3 endpoint .* did not answer within")
+        r = _result(_start_read(m.path / "big.bin"), 20)
+        assert r["errno"] == errno.ETIMEDOUT
+        assert 1.5 < r["seconds"] < 3.5, r  # one store budget (2 s), not two
+        assert hole.requests == 1
+        s = m.stats()
+        assert s["store"]["requests"].get("get", 0) == 1 and s["errors"]["read"] >= 2
+
+
 def test_sigterm_stops_within_two_seconds_while_a_read_is_stuck(hung: HungRepo, mount) -> None:
     with black_hole("silent") as hole:
         m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=hung.env(hole, WSFS_S3_READ_TIMEOUT="60"))
