@@ -104,10 +104,10 @@ async def prefetch_profile(
         profile = await trio.to_thread.run_sync(lambda: repo.get_profile(ws, n), limiter=limiter,
                                                 abandon_on_cancel=True)
     except WsfsError as e:
+        loaded()
         log.warning("could not load the access profile of %s: %s", ws, e)
         return 0
-    finally:
-        loaded()
+    loaded()  # (not when cancelled: a load still unanswered at unmount says the store is not answering)
     if not profile:
         return 0
     sizes = referenced()
