@@ -155,6 +155,7 @@ def test_uncached_read_times_out_and_the_rest_is_served(hung: HungRepo, mount, m
             first = _result(reader, 3 + SLACK + 5)
         finally:
             _kill(reader)
+        print(f"uncached read ({mode}): errno {first['errno']} after {first['seconds']:.2f} s")
         assert first["errno"] == errno.ETIMEDOUT
         assert 2.5 < first["seconds"] < 3 + SLACK
         # A second read of the same blob, whose fetch is still stuck, fails at once; another blob
@@ -184,6 +185,7 @@ def test_store_giving_up_first_is_etimedout_once(hung: HungRepo, mount) -> None:
         m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=hung.env(hole), extra=("-o", "timeout=6"))
         m.expect_log("failed: S3 endpoint .* did not answer within")
         r = _result(_start_read(m.path / "big.bin"), 20)
+        print(f"read with the store giving up first: errno {r['errno']} after {r['seconds']:.2f} s")
         assert r["errno"] == errno.ETIMEDOUT
         assert 1.5 < r["seconds"] < 3.5, r  # one store budget (2 s), not two
         assert hole.requests == 1
