@@ -70,6 +70,16 @@ class StoreUnavailable(WsfsError):
     errno = errno.EIO
 
 
+class StoreTimeout(StoreUnavailable):
+    """The object store did not answer within the time allowed (a request's budget, or a FUSE operation's deadline).
+
+    ``ETIMEDOUT`` rather than ``EIO``: the bytes are not known to be bad, the
+    store is slow or gone, and trying again later may succeed.
+    """
+
+    errno = errno.ETIMEDOUT
+
+
 class AccessDenied(StoreUnavailable):
     """The object store rejected our credentials or permissions."""
 

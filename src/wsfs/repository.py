@@ -28,6 +28,7 @@ from wsfs.errors import (
     IntegrityError,
     InvalidName,
     NotFound,
+    StoreTimeout,
     StoreUnavailable,
     UsageError,
     WsfsError,
@@ -362,8 +363,10 @@ class Repository:
                         f.write(decoder.feed(piece))
                     f.write(decoder.finish())
                 return
-            except (IntegrityError, StoreUnavailable):
-                if attempt == 2 or checked:
+            except (IntegrityError, StoreUnavailable) as e:
+                # Not again: a verified manifest that failed the structure check,
+                # or a store that stopped answering.
+                if attempt == 2 or checked or isinstance(e, StoreTimeout):
                     raise
 
     def open_manifest(self, record: VersionRecord) -> Manifest:

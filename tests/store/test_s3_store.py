@@ -8,6 +8,7 @@ which also pins ``store_kind`` so ``repo_url``/``store`` give an s3 location).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import uuid
@@ -15,9 +16,18 @@ import uuid
 import botocore.exceptions
 import pytest
 
+from support.blackhole import black_hole
 from support.s3faults import FaultInjector
 from support.s3server import S3Server, free_port
-from wsfs.errors import AccessDenied, AlreadyExists, InvalidName, NotFound, StoreUnavailable, UsageError
+from wsfs.errors import (
+    AccessDenied,
+    AlreadyExists,
+    InvalidName,
+    NotFound,
+    StoreTimeout,
+    StoreUnavailable,
+    UsageError,
+)
 from wsfs.store import open_store
 from wsfs.store.s3 import S3Store
 
@@ -61,11 +71,27 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("WSFS_S3_MAX_ATTEMPTS", "WSFS_S3_CONNECT_TIMEOUT", "WSFS_S3_READ_TIMEOUT"):
+    for name in ("WSFS_S3_MAX_ATTEMPTS", "WSFS_S3_CONNECT_TIMEOUT", "WSFS_S3_READ_TIMEOUT", "WSFS_OP_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
+    store = S3Store.from_url("s3://bkt", endpoint_url="http://127.0.0.1:9")
+    config = store._client.meta.config
+    assert store.timeout == 30.0
+    assert config.retries == {"total_max_attempts": 3, "mode": "standard"}
+    # Two silent attempts (15 s each at worst) fit in the 30 s budget.
+    assert (config.connect_timeout, config.read_timeout) == (5.0, 10.0)
+    # The per-attempt timeouts follow the budget, from the environment or the caller.
+    monkeypatch.setenv("WSFS_OP_TIMEOUT", "6")
     config = S3Store.from_url("s3://bkt", endpoint_url="http://127.0.0.1:9")._client.meta.config
-    assert config.retries == {"total_max_attempts": 5, "mode": "standard"}
-    assert (config.connect_timeout, config.read_timeout) == (5.0, 60.0)
+    assert (config.connect_timeout, config.read_timeout) == (1.0, 2.0)
+    config = S3Store.from_url("s3://bkt", endpoint_url="http://127.0.0.1:9", timeout=3)._client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "inf"])
+def test_bad_timeout_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("WSFS_OP_TIMEOUT", value)
+    with pytest.raises(UsageError, match="WSFS_OP_TIMEOUT"):
+        S3Store.from_url("s3://bkt", endpoint_url="http://127.0.0.1:9")
 
 
 @pytest.mark.parametrize("value", ["zero", "0", "-1", "2.5"])
@@ -125,6 +151,77 @@ def test_unreachable_endpoint_is_store_unavailable_quickly(monkeypatch: pytest.M
         with pytest.raises(StoreUnavailable, match="unreachable"):
             call()
     assert store.stats.requests == {"head": 2, "put": 1, "list": 1}
+
+
+# -- an endpoint that does not answer (support/blackhole.py) -----------------------------------
+
+
+@pytest.mark.parametrize("timeout", [2.0, 30.0], ids=["2s", "30s"])
+@pytest.mark.parametrize("mode", ["silent", "stall"])
+def test_unanswered_request_fails_within_its_budget(monkeypatch: pytest.MonkeyPatch, mode: str,
+                                                    timeout: float) -> None:
+    """Before budgets: 5 attempts x 60 s.  Now every call ends within the budget, with StoreTimeout."""
+    if timeout > 2 and mode == "stall":
+        pytest.skip("one long case is enough")
+    for name in ("WSFS_S3_MAX_ATTEMPTS", "WSFS_S3_CONNECT_TIMEOUT", "WSFS_S3_READ_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    with black_hole(mode) as hole:
+        store = S3Store.from_url("s3://bkt/repo", endpoint_url=hole.url, timeout=timeout)
+        started = time.monotonic()
+        with pytest.raises(StoreTimeout) as info:
+            store.get("k")
+        took = time.monotonic() - started
+    assert took <= timeout + 0.5, took
+    assert info.value.errno == errno.ETIMEDOUT and info.value.exit_code == 8
+    message = str(info.value)
+    assert message.startswith(f"S3 endpoint {hole.url} did not answer within ") and "\n" not in message
+    # Every attempt made was counted and reached the server; none was cut short by the budget.
+    assert store.stats.requests["get"] == hole.requests >= 1
+
+
+def test_every_call_has_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WSFS_S3_READ_TIMEOUT", raising=False)
+    with black_hole("silent") as hole:
+        store = S3Store.from_url("s3://bkt/repo", endpoint_url=hole.url, timeout=1)
+        for call in (
+            store.check,
+            lambda: store.put("k", b"x"),
+            lambda: store.put_if_absent("k", b"x"),
+            lambda: list(store.list("")),
+            lambda: store.list_dirs(""),
+            lambda: store.exists("k"),
+            lambda: store.delete("k"),
+            lambda: store.get_range("k", 0, 10),
+            lambda: store.get_stream("k"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(StoreTimeout, match="did not answer within"):
+                call()
+            assert time.monotonic() - started <= 1.5
+
+
+def test_a_stream_that_stops_fails_after_the_read_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WSFS_S3_READ_TIMEOUT", raising=False)
+    with black_hole("stall") as hole:
+        store = S3Store.from_url("s3://bkt/repo", endpoint_url=hole.url, timeout=3)  # read timeout 1 s
+        pieces = store.get_stream("k")
+        started = time.monotonic()
+        with pytest.raises(StoreTimeout, match="stopped sending"):
+            for _ in pieces:
+                pass
+        assert time.monotonic() - started < 2
+
+
+def test_a_slow_body_is_not_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read timeout bounds each socket read, not the object: a slow but steady body is read whole."""
+    monkeypatch.delenv("WSFS_S3_READ_TIMEOUT", raising=False)
+    body = os.urandom(1 << 20)
+    with black_hole("slow", body=body, piece=128 * 1024, interval=0.3) as hole:
+        store = S3Store.from_url("s3://bkt/repo", endpoint_url=hole.url, timeout=1.5)  # read timeout 0.5 s
+        started = time.monotonic()
+        assert store.get("k") == body
+        assert time.monotonic() - started > 1.5  # longer than the whole budget
+    assert store.stats.requests == {"get": 1}
 
 
 # -- against the session's server --------------------------------------------------------

@@ -59,10 +59,14 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = _parse_size(val)
             elif key == "prefetch_small" and eq:
                 out[key] = _parse_size(val, what="prefetch_small", zero=True)
+            elif key == "timeout" and eq:
+                from wsfs.store.base import parse_timeout
+
+                out[key] = parse_timeout(val, "timeout")
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
                                  "(known: ro, allow_other, history, noprofile, nopreload, cache_dir=DIR, cache_size=SIZE, "
-                                 "prefetch_small=SIZE, log=PATH)")
+                                 "prefetch_small=SIZE, timeout=SECONDS, log=PATH)")
     return out
 
 
@@ -87,6 +91,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         options.cache_size = opts["cache_size"]
     if "prefetch_small" in opts:
         options.prefetch_small = opts["prefetch_small"]
+    if "timeout" in opts:
+        options.timeout = opts["timeout"]
     return run_mount(settings, Ref.parse(args.ref), args.mountpoint, options)
 
 
@@ -197,7 +203,9 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
                     help="comma-separated: ro, allow_other, history, noprofile (no access profile), "
                          "nopreload (no helper process putting listed small files into the page cache), cache_dir=DIR, cache_size=SIZE, "
                          "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE in the background; "
-                         "default 1M, 0: off), log=PATH")
+                         "default 1M, 0: off), timeout=SECONDS (an operation that waits longer for the store "
+                         "fails with ETIMEDOUT, and so does each store request; default $WSFS_OP_TIMEOUT or 30), "
+                         "log=PATH")
     sp.add_argument("--history", action="store_true",
                     help="every version as MOUNTPOINT/<n>/..., every tag as a symlink MOUNTPOINT/<tag> -> <n> "
                          "(give WORKSPACE without @V; same as -o history)")

@@ -60,7 +60,15 @@ import pyfuse3
 import trio
 
 from wsfs.cache import BlobCache
-from wsfs.daemon.view import ATTR_TIMEOUT, BLKSIZE, ENTRY_TIMEOUT, NotReady, VersionView, entry_attributes
+from wsfs.daemon.view import (
+    ATTR_TIMEOUT,
+    BLKSIZE,
+    ENTRY_TIMEOUT,
+    Deadline,
+    NotReady,
+    VersionView,
+    entry_attributes,
+)
 from wsfs.errors import IntegrityError, NotFound, UsageError, WsfsError
 from wsfs.format.manifest import ROOT_INO, Inode, Manifest
 from wsfs.format.records import VersionRecord
@@ -117,6 +125,7 @@ class HistoryView:
         label: str,
         max_open: int = MAX_OPEN,
         refresh_interval: float = REFRESH_INTERVAL,
+        deadline: Deadline | None = None,
     ) -> None:
         self.repo = repo
         self.workspace = workspace
@@ -127,6 +136,7 @@ class HistoryView:
         # Shared by every version: the thread pools stay as small as for one version.
         self.limiter = trio.CapacityLimiter(16)
         self.readahead_limiter = trio.CapacityLimiter(4)
+        self.deadline = deadline or Deadline(label=label)  # shared with every version's view
         self.nursery: trio.Nursery | None = None  # set by the daemon; handed to each version (read-ahead)
         self._uid, self._gid = os.getuid(), os.getgid()
         # The listing: version numbers (sorted) and tags, as of _listed_at.
@@ -217,7 +227,10 @@ class HistoryView:
             return
         event = self._inflight[key] = trio.Event()
         try:
-            apply(await trio.to_thread.run_sync(work, limiter=self.limiter))
+            # abandon_on_cancel: the caller's deadline (or the shutdown) may end
+            # the wait while the store does not answer; the thread then ends on
+            # its own (the store's request budget) and its result is dropped.
+            apply(await trio.to_thread.run_sync(work, limiter=self.limiter, abandon_on_cancel=True))
         finally:
             del self._inflight[key]
             event.set()
@@ -265,7 +278,7 @@ class HistoryView:
             manifest.close()
             return
         view = VersionView(manifest, self.cache, label=f"{self.workspace}@{n}", stats=record.stats,
-                           limiter=self.limiter, small_cache_bytes=_SMALL_CACHE_BYTES)
+                           limiter=self.limiter, small_cache_bytes=_SMALL_CACHE_BYTES, deadline=self.deadline)
         view.readahead_limiter = self.readahead_limiter
         view.nursery = self.nursery
         view.small_prefetch_max = 0  # browsing old versions: fetch what is read, not what is listed

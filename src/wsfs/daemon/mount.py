@@ -21,6 +21,15 @@
    and the exit status is 0.  After a crash of the main loop it is left in
    place on purpose: users see ENOTCONN rather than an empty directory a
    sync tool could mirror (``wsfs umount`` lazily removes it).
+
+Stopping never waits for the store.  A SIGTERM first ends every operation
+still waiting (``Deadline.stop``: they answer ENOTCONN), so the main loop
+returns at once even when worker threads are blocked in the store; those
+threads are daemon threads and are abandoned.  The access profile gets
+``SAVE_BUDGET`` (0.5 s) in a thread of its own, and none if the store was
+failing (a read timed out, a fetch failed, or the profile's own load is
+still unanswered).  If the process still has not exited ``_STOP_GRACE`` seconds after
+the signal, a watchdog detaches the mount and ends it (``os._exit``).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -46,17 +56,19 @@ from wsfs.daemon import control
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
 from wsfs.daemon.preload import Preloader
-from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile
-from wsfs.daemon.view import SMALL_PREFETCH_MAX, VersionView, raise_kernel_readahead
+from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_briefly
+from wsfs.daemon.view import SMALL_PREFETCH_MAX, Deadline, VersionView, raise_kernel_readahead
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.localfs import private_dir, touch_private
 from wsfs.repository import Ref, Repository
 from wsfs.store import open_store
+from wsfs.store.base import default_timeout
 from wsfs.terminal import EscapingFormatter
 
 log = logging.getLogger(__name__)
 
 _MAINTENANCE_INTERVAL = 5.0  # seconds between cache index flushes
+_STOP_GRACE = 1.8  # seconds after SIGTERM before the watchdog detaches the mount and exits
 
 
 @dataclass
@@ -73,6 +85,7 @@ class MountOptions:
     profile: bool = True  # record what is read; prefetch the workspace's access profile (daemon/profile.py)
     prefetch_small: int = SMALL_PREFETCH_MAX  # listed one-chunk files up to this size are prefetched (0: off)
     preload: bool = True  # a helper process stores listed inline files in the page cache (daemon/preload.py)
+    timeout: float | None = None  # deadline of a FUSE operation and budget of a store request (s); None: env/30
 
 
 # -- helpers ------------------------------------------------------------------
@@ -248,13 +261,15 @@ class _Verdict:
 
 
 def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions, verdict: _Verdict) -> int:
-    repo = Repository.open(open_store(settings.repo, endpoint_url=settings.endpoint_url), settings.cache_dir)
+    timeout = options.timeout if options.timeout is not None else default_timeout()
+    store = open_store(settings.repo, endpoint_url=settings.endpoint_url, timeout=timeout)
+    repo = Repository.open(store, settings.cache_dir)
     view: VersionView | HistoryView
     if options.history:
         # Only the listing now; each version's record and manifest on first use.
         workspace, version, label = ref.workspace, None, f"{ref.workspace}@*"
         cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
-        view = HistoryView(repo, workspace, cache, label=label)
+        view = HistoryView(repo, workspace, cache, label=label, deadline=Deadline(timeout, label=label))
         close = view.close
         try:
             view.refresh()  # NotFound (exit 3) if the workspace has no versions
@@ -266,7 +281,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         workspace, version, label = record.workspace, record.version, f"{record.workspace}@{record.version}"
         manifest = repo.open_manifest(record)
         cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
-        view = VersionView(manifest, cache, label=label, stats=record.stats)
+        view = VersionView(manifest, cache, label=label, stats=record.stats, deadline=Deadline(timeout, label=label))
         view.small_prefetch_max = options.prefetch_small
         close = manifest.close
         if options.profile:
@@ -300,7 +315,11 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         log.info("%s: unmounted %s (%s)", label, mountpoint, _short_stats(daemon))
         notify_systemd("STOPPING=1")
         if isinstance(view, VersionView) and view.recorder is not None and version is not None:
-            save_profile(repo, workspace, version, view.recorder)
+            if view.deadline.timeouts or cache.stats.failures or daemon.profile_loading:
+                if view.recorder.dirty:
+                    log.info("%s: access profile not stored: the store was failing", label)
+            else:
+                save_profile_briefly(repo, workspace, version, view.recorder)
         return 0
     finally:
         cache.close()
@@ -335,6 +354,7 @@ class _Daemon:
         self.label = view.label
         self.started = time.monotonic()
         self.profile_prefetched: int | None = None  # chunks the access-profile prefetch prepared (when done)
+        self.profile_loading = False  # the profile's GET has had no answer yet
         self.preloader: Preloader | None = None  # the page-cache preload helper, if running
 
     def stats(self) -> dict[str, Any]:
@@ -386,11 +406,17 @@ class _Daemon:
             notify_systemd("READY=1")
             verdict.send("OK")
             await pyfuse3.main()
+            self.view.deadline.stop()
             nursery.cancel_scope.cancel()
 
     async def _prefetch_profile(self, view: VersionView, version: int) -> None:
         """Warm the cache with what earlier mounts of this workspace read (background, 2 threads)."""
         cache = view.cache
+        self.profile_loading = True
+
+        def loaded() -> None:
+            self.profile_loading = False
+
         self.profile_prefetched = await prefetch_profile(
             self.repo,
             self.workspace,
@@ -398,6 +424,7 @@ class _Daemon:
             view.manifest.chunk_sizes,  # runs here, on the trio thread that owns the manifest
             lambda cid, size: cache.prepare(cid, size=size),
             trio.CapacityLimiter(2),
+            loaded,
         )
 
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -407,6 +434,8 @@ class _Daemon:
                 if signum == signal.SIGHUP:
                     continue  # a closed terminal must not unmount a background daemon
                 log.info("%s: %s received, unmounting", self.label, signal.Signals(signum).name)
+                _start_watchdog(self.mountpoint, self.label)
+                self.view.deadline.stop()  # operations waiting for the store answer now
                 pyfuse3.terminate()
                 return
 
@@ -417,3 +446,27 @@ class _Daemon:
                 await trio.to_thread.run_sync(self.view.cache.flush)
             except Exception:  # noqa: BLE001 - a busy index must not end the mount
                 log.warning("cache index flush failed", exc_info=True)
+
+
+def _start_watchdog(mountpoint: str, label: str) -> None:
+    """After a stop signal: if the process still runs ``_STOP_GRACE`` s later, detach the mount and exit.
+
+    Stopping is bounded by design (see the module docstring); this is the
+    guarantee for what was not foreseen, so that a supervisor's SIGTERM
+    always frees the mountpoint quickly.  A daemon thread: a normal exit
+    does not wait for it.
+    """
+
+    def fire() -> None:
+        time.sleep(_STOP_GRACE)
+        log.error("%s: still running %g s after the stop signal; detaching %s and exiting",
+                  label, _STOP_GRACE, mountpoint)
+        try:
+            if is_mounted(mountpoint):
+                subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, timeout=2)
+        except (OSError, subprocess.SubprocessError) as e:
+            log.error("%s: cannot detach %s: %s", label, mountpoint, e)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=fire, name="wsfs-stop-watchdog", daemon=True).start()

@@ -21,7 +21,7 @@ Options (``-o``, comma-separated):
   fstab lines (util-linux does the same for a write-protected device).
 * wsfs-specific: ``repo=URL`` (``--repo``), ``endpoint_url=URL``
   (``--endpoint-url``), ``cache_dir=DIR`` (``--cache-dir``), and
-  ``cache_size=SIZE``, ``allow_other``, ``log=PATH``, ``debug`` (passed on
+  ``cache_size=SIZE``, ``timeout=SECONDS``, ``allow_other``, ``log=PATH``, ``debug`` (passed on
   as ``wsfs mount -o``).
 * kernel flags ``exec noexec suid nosuid dev nodev atime noatime relatime
   nodiratime sync async``: passed on to ``wsfs mount -o``, which decides
@@ -98,7 +98,7 @@ _KERNEL_FLAGS = frozenset({
 })
 # wsfs options that become ``wsfs`` arguments rather than ``-o`` items.
 _GLOBAL_OPTIONS = {"repo": "--repo", "endpoint_url": "--endpoint-url", "cache_dir": "--cache-dir"}
-_VALUE_OPTIONS = frozenset({"cache_size", "prefetch_small", "log"})
+_VALUE_OPTIONS = frozenset({"cache_size", "prefetch_small", "timeout", "log"})
 _FLAG_OPTIONS = frozenset({"allow_other", "debug", "history", "noprofile", "nopreload"})
 
 OPTIONS_FD_VARIABLE = "WSFS_MOUNT_OPTIONS_FD"
@@ -106,7 +106,7 @@ _MAX_OPTIONS = 60_000  # bytes: the option string must fit in a pipe's buffer (6
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-KNOWN = "ro, repo=URL, endpoint_url=URL, cache_dir=DIR, cache_size=SIZE, prefetch_small=SIZE, allow_other, history, noprofile, nopreload, log=PATH, debug"
+KNOWN = "ro, repo=URL, endpoint_url=URL, cache_dir=DIR, cache_size=SIZE, prefetch_small=SIZE, timeout=SECONDS, allow_other, history, noprofile, nopreload, log=PATH, debug"
 
 
 class HelperError(Exception):

@@ -21,6 +21,11 @@ long as the mount, so ``forget`` has nothing to free.
 A view method that needs blocking work first (a history mount opening a
 version's manifest) raises :class:`~wsfs.daemon.view.NotReady`; the wrapper
 awaits the work and calls the handler again (:func:`_when_ready`).
+
+Every wait (that work, a blob read) runs under the view's
+:class:`~wsfs.daemon.view.Deadline`: past it the operation answers
+``ETIMEDOUT`` (``StoreTimeout``), and at shutdown ``ENOTCONN``.  An
+operation with nothing to wait for pays nothing for it.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ async def _when_ready(fn: Callable[..., Awaitable[Any]], self: Operations, args:
         try:
             return await fn(self, *args)
         except NotReady as e:
-            await e.wait()
+            await self.view.deadline.run(fn.__name__, e.wait)
     return await fn(self, *args)
 
 

@@ -13,6 +13,7 @@ foreground reads are never queued behind the prefetch.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 import trio
@@ -60,6 +61,28 @@ def save_profile(repo: Repository, ws: str, n: int, recorder: AccessRecorder) ->
         log.warning("could not store the access profile of %s@%d: %s", ws, n, e)
 
 
+SAVE_BUDGET = 0.5  # seconds an unmount waits for the profile to be stored (a healthy store needs ~0.1)
+
+
+def save_profile_briefly(repo: Repository, ws: str, n: int, recorder: AccessRecorder,
+                         budget: float = SAVE_BUDGET) -> bool:
+    """:func:`save_profile` in a daemon thread, waited for at most *budget* seconds; whether it finished.
+
+    An unmount must not wait for a store that does not answer: a profile is
+    advisory and losing one costs the next mount its prefetch, nothing else.
+    The thread, if still running, dies with the process.
+    """
+    if not recorder.dirty:
+        return True
+    t = threading.Thread(target=save_profile, args=(repo, ws, n, recorder), name="wsfs-profile-save", daemon=True)
+    t.start()
+    t.join(budget)
+    if t.is_alive():
+        log.warning("access profile of %s@%d not stored: the store did not answer within %g s", ws, n, budget)
+        return False
+    return True
+
+
 async def prefetch_profile(
     repo: Repository,
     ws: str,
@@ -67,18 +90,24 @@ async def prefetch_profile(
     referenced: Callable[[], dict[bytes, int]],
     prepare: Callable[[bytes, int], None],
     limiter: trio.CapacityLimiter,
+    loaded: Callable[[], None] = lambda: None,
 ) -> int:
     """Prepare (fetch + verify) the chunks of the workspace's profile that this version references.
 
     *referenced* gives ``{chunk id: length}`` of the mounted version;
     *prepare* is the cache's read-ahead entry point.  Runs in worker threads
-    under *limiter*; returns the number of chunks it prepared.
+    under *limiter*; returns the number of chunks it prepared.  *loaded* is
+    called once the profile was read (or could not be).
     """
     try:
-        profile = await trio.to_thread.run_sync(lambda: repo.get_profile(ws, n), limiter=limiter)
+        # abandon_on_cancel: an unmount must not wait for a store that does not answer.
+        profile = await trio.to_thread.run_sync(lambda: repo.get_profile(ws, n), limiter=limiter,
+                                                abandon_on_cancel=True)
     except WsfsError as e:
+        loaded()
         log.warning("could not load the access profile of %s: %s", ws, e)
         return 0
+    loaded()  # (not when cancelled: a load still unanswered at unmount says the store is not answering)
     if not profile:
         return 0
     sizes = referenced()

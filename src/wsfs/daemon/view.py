@@ -12,6 +12,18 @@ microseconds, less than a hop to a worker thread (measured in
 verification, run in worker threads under ``limiter``; reads of an already
 verified cache file are a single ``pread`` on the trio thread.
 
+Deadlines: every wait of a FUSE operation (a blob read in a worker thread,
+a history mount opening a version) runs under the operation's
+:class:`Deadline`, ``-o timeout=`` / ``$WSFS_OP_TIMEOUT`` (default 30 s).
+A read that has not got its bytes by then answers ``ETIMEDOUT`` and the
+mount goes on serving the rest.  A worker thread blocked in the store cannot
+be interrupted, so it is abandoned and finishes on its own (the store's
+request budget bounds it): its result, if any, still lands in the cache.
+Until it finishes it keeps its limiter slot, which bounds how many such
+threads can exist, and a later read of the same blob waits for it instead
+of starting another thread.  At shutdown :meth:`Deadline.stop` ends every
+wait at once.
+
 Immutable data makes every cache here safe without invalidation: a version
 never changes while it is mounted.
 """
@@ -19,7 +31,9 @@ never changes while it is mounted.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -32,9 +46,10 @@ import trio
 
 from wsfs.cache import BlobCache
 from wsfs.daemon.profile import AccessRecorder
-from wsfs.errors import UsageError, WsfsError
+from wsfs.errors import StoreTimeout, UsageError, WsfsError
 from wsfs.format.blobs import hexid
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, decode_inline
+from wsfs.store.base import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +88,9 @@ READAHEAD_THREADS = 6  # chunks read ahead at once (the limiter below)
 # series.  Bounded by the read-ahead limiter and _SMALL_PREFETCH_PENDING.
 SMALL_PREFETCH_MAX = 1 << 20
 _SMALL_PREFETCH_PENDING = 512  # listed-file prefetches waiting or running at once; more are skipped
+# After the store failed to answer for a blob, reads of it fail at once for this long (see _fetch).
+TIMED_OUT_MEMORY = 5.0
+_TIMED_OUT = 4096  # blobs remembered as timed out
 
 
 class _LRU(collections.OrderedDict[Any, Any]):
@@ -155,6 +173,49 @@ async def raise_kernel_readahead(mountpoint: str, kib: int = KERNEL_READAHEAD_KI
     log.debug("%s: kernel read-ahead %d KiB (was %d)", mountpoint, max(kib, current), current)
 
 
+class Deadline:
+    """The time limit of a FUSE operation's waits, and the switch that ends them all at shutdown.
+
+    Shared by a mount's views and its ``Operations`` adapter: the one place
+    where an operation's waiting is bounded.  Code with nothing to wait for
+    (a manifest query, a verified cache hit) never enters it and pays nothing.
+    """
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, *, label: str = "") -> None:
+        self.timeout = timeout
+        self.label = label
+        self.stopping = False
+        self.timeouts = 0  # operations that ran out of time
+        self._scopes: set[trio.CancelScope] = set()
+        self._logged = -60.0  # when a timeout was last logged
+
+    async def run(self, what: str, wait: Callable[[], Awaitable[Any]]) -> Any:
+        """``await wait()``, abandoned after :attr:`timeout` seconds (``StoreTimeout``, ETIMEDOUT)."""
+        with trio.CancelScope(deadline=trio.current_time() + self.timeout) as scope:
+            if self.stopping:
+                scope.cancel()
+            self._scopes.add(scope)
+            try:
+                return await wait()
+            finally:
+                self._scopes.discard(scope)
+        if self.stopping:
+            raise _Stopping(f"{what}: the mount is stopping")
+        self.timeouts += 1
+        now = time.monotonic()
+        if now - self._logged >= 10.0:  # a reader retrying in a loop must not flood the log
+            self._logged = now
+            log.warning("%s: %s did not finish within %g s (the store is not answering); answering ETIMEDOUT "
+                        "(%d so far)", self.label, what, self.timeout, self.timeouts)
+        raise StoreTimeout(f"{what} did not finish within {self.timeout:g} s")
+
+    def stop(self) -> None:
+        """End every wait now (they answer ENOTCONN), and any that starts later at once."""
+        self.stopping = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
 class NotReady(Exception):
     """A view needs blocking work (a store listing, a manifest download) before it can answer.
 
@@ -186,6 +247,7 @@ class VersionView:
         stats: dict[str, int] | None = None,
         limiter: trio.CapacityLimiter | None = None,
         small_cache_bytes: int = _SMALL_CACHE_BYTES,
+        deadline: Deadline | None = None,
     ) -> None:
         self.manifest = manifest
         self.cache = cache
@@ -199,6 +261,10 @@ class VersionView:
         # sequential read (4 gave 13% less there, bench/bench_seq_read.py).
         self.limiter = limiter or trio.CapacityLimiter(16)
         self.readahead_limiter = trio.CapacityLimiter(READAHEAD_THREADS)
+        self.deadline = deadline or Deadline(label=label)
+        # blobs whose read ran out of time while its worker thread still runs (see _fetch)
+        self._stuck: dict[bytes, trio.Event] = {}
+        self._timed_out = _LRU(_TIMED_OUT)  # blob -> when the store last failed to answer for it
         self.nursery: trio.Nursery | None = None  # set by the daemon; enables read-ahead
         self.has_xattrs = manifest.has_xattrs()  # False: the adapter tells the kernel to stop asking
         self.recorder: AccessRecorder | None = None  # set by the daemon: chunks read, for the access profile
@@ -326,13 +392,20 @@ class VersionView:
         # stream at once, and they must be seen in the order they arrive.
         self._read_ahead(node, chunks, off, end)
         cs = self.chunk_size
-        first, last = off // cs, (end - 1) // cs
-        pieces = []
-        for idx in range(first, last + 1):
+        ranges = []
+        for idx in range(off // cs, (end - 1) // cs + 1):
             c = chunks[idx]
             base = idx * cs
             a, b = max(off, base) - base, min(end, base + c.length) - base
-            pieces.append(await self._chunk_range(node, c, a, b - a))
+            ranges.append((c, a, b - a))
+        pieces = []
+        for i, (c, a, n) in enumerate(ranges):
+            data = self._ready(node, c, a, n)
+            if data is None:  # something to wait for: the rest of the read runs under the deadline
+                rest = functools.partial(self._fetch_ranges, node, ranges[i:])
+                pieces.extend(await self.deadline.run(f"read of inode {ino}", rest))
+                break
+            pieces.append(data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def _inline(self, node: Inode) -> bytes:
@@ -357,29 +430,85 @@ class VersionView:
             self._chunks.put(node.ino, chunks)
         return chunks
 
-    async def _chunk_range(self, node: Inode, c: Chunk, start: int, length: int) -> bytes | memoryview:
+    def _ready(self, node: Inode, c: Chunk, start: int, length: int) -> bytes | memoryview | None:
+        """A range of chunk *c* available without waiting (a hole, memory, a verified file), else None."""
         cid = c.cid
         if cid is None:
             return bytes(length)  # a hole: all zeros, nothing stored
         if self.recorder is not None:
             self.recorder.record(cid)
         data = self.cache.try_read(cid, start, length, size=c.length)
-        if data is None:
+        if data is not None and len(data) != length:
+            raise _IOError(f"chunk {c.idx} of inode {node.ino} is shorter than the manifest says")
+        return data
+
+    async def _fetch_ranges(self, node: Inode, ranges: list[tuple[Chunk, int, int]]) -> list[bytes | memoryview]:
+        out = []
+        for c, a, n in ranges:
+            data = self._ready(node, c, a, n)
+            out.append(data if data is not None else await self._fetch(node, c, a, n))
+        return out
+
+    async def _fetch(self, node: Inode, c: Chunk, start: int, length: int) -> bytes | memoryview:
+        """A range of chunk *c* read in a worker thread: fetched, or verified on first use.
+
+        The thread is abandoned if the operation's deadline passes; it keeps
+        its limiter slot until it ends.  Until then, and for
+        ``TIMED_OUT_MEMORY`` seconds after the store itself gave up on the
+        blob, a read of the same blob fails at once with ``ETIMEDOUT``
+        instead of waiting a second time or starting another thread: a
+        reader retrying in a loop against a hung store adds no threads, and
+        the kernel's retry of a failed read-ahead (a second READ of the same
+        page, sent at once) does not double the time the application waits
+        (617 s instead of 308 s before deadlines).  Once the thread ends, the
+        blob is in the cache or a later read asks the store again.
+        """
+        cid = c.cid
+        assert cid is not None
+        if cid in self._stuck:
+            raise StoreTimeout(f"blob {hexid(cid)} is still awaited from the store after a read of it timed out")
+        failed_at = self._timed_out.get_(cid)
+        if failed_at is not None and time.monotonic() - failed_at < TIMED_OUT_MEMORY:
+            raise StoreTimeout(f"blob {hexid(cid)}: the store did not answer for it a moment ago")
+        finished = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def work() -> bytes | memoryview:
+            timed_out = False
             try:
-                data = await trio.to_thread.run_sync(
-                    lambda: self.cache.read(cid, start, length, size=c.length), limiter=self.limiter
-                )
-            except WsfsError as e:
-                # Once per blob and minute: a reader retrying in a loop must not flood the log.
-                now = time.monotonic()
-                if now - self._reported.get(cid, -60.0) >= 60.0:
-                    self._reported[cid] = now
-                    log.error("%s: read of inode %d (chunk %d, blob %s) failed: %s",
-                              self.label, node.ino, c.idx, hexid(cid), e)
+                return self.cache.read(cid, start, length, size=c.length)
+            except StoreTimeout:
+                timed_out = True
                 raise
+            finally:
+                with contextlib.suppress(trio.RunFinishedError):  # the mount ended meanwhile
+                    token.run_sync_soon(self._thread_done, cid, finished, timed_out)
+
+        try:
+            data = await trio.to_thread.run_sync(work, limiter=self.limiter, abandon_on_cancel=True)
+        except trio.Cancelled:
+            if not finished.is_set():
+                self._stuck[cid] = finished
+            raise
+        except WsfsError as e:
+            # Once per blob and minute: a reader retrying in a loop must not flood the log.
+            now = time.monotonic()
+            if now - self._reported.get(cid, -60.0) >= 60.0:
+                self._reported[cid] = now
+                log.error("%s: read of inode %d (chunk %d, blob %s) failed: %s",
+                          self.label, node.ino, c.idx, hexid(cid), e)
+            raise
         if len(data) != length:
             raise _IOError(f"chunk {c.idx} of inode {node.ino} is shorter than the manifest says")
         return data
+
+    def _thread_done(self, cid: bytes, finished: trio.Event, timed_out: bool) -> None:
+        """(trio thread) A blob read's worker thread has ended, abandoned or not."""
+        finished.set()
+        if self._stuck.get(cid) is finished:
+            del self._stuck[cid]
+        if timed_out:
+            self._timed_out.put(cid, time.monotonic())
 
     def _read_ahead(self, node: Inode, chunks: list[Chunk], off: int, end: int) -> None:
         """Prepare the next chunks in the background while a file is read sequentially.
@@ -453,3 +582,9 @@ class _InvalidArgument(UsageError):
 
 class _IOError(WsfsError):
     """Bytes that do not fit the manifest (EIO)."""
+
+
+class _Stopping(WsfsError):
+    """A wait ended by the daemon's shutdown (ENOTCONN, what the kernel answers once the daemon is gone)."""
+
+    errno = errno.ENOTCONN

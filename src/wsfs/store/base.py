@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from collections.abc import Generator, Iterator
 from typing import Protocol
 
-from wsfs.errors import InvalidName
+from wsfs.errors import InvalidName, UsageError
 
 
 class StoreStats:
@@ -51,6 +52,29 @@ def check_key(key: str) -> str:
 
 
 STREAM_PIECE = 1 << 20  # default piece size of ObjectStore.get_stream
+
+# The longest a store request may keep a caller waiting for an answer, and
+# the deadline of one FUSE operation: a hung endpoint must cost a command or
+# a read this long, not the product of every retry and timeout (minutes).
+DEFAULT_TIMEOUT = 30.0
+TIMEOUT_ENV = "WSFS_OP_TIMEOUT"
+
+
+def parse_timeout(text: str, what: str = TIMEOUT_ENV) -> float:
+    """Seconds, a positive number; a usage error otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{what}={text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise UsageError(f"{what}={text!r} must be a positive number of seconds")
+    return value
+
+
+def default_timeout() -> float:
+    """``$WSFS_OP_TIMEOUT`` if set, else :data:`DEFAULT_TIMEOUT` (seconds)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    return parse_timeout(raw) if raw else DEFAULT_TIMEOUT
 
 
 class ObjectStore(Protocol):

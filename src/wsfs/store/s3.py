@@ -12,12 +12,28 @@ Conditional creation (:meth:`S3Store.put_if_absent`) relies on the server
 honouring ``If-None-Match: *`` on ``PutObject``; AWS S3 does since 2024, as do
 moto and SeaweedFS (the test suite keeps a canary test for it).
 
-Configuration, read when a store is created:
+Time: every request has a budget, ``timeout`` (``$WSFS_OP_TIMEOUT``,
+default 30 s, or ``wsfs mount -o timeout=``).  botocore's own limits are
+per attempt and per socket operation, so against an endpoint that accepts
+connections and never answers they multiply: 5 attempts of 60 s each was
+five minutes per read.  Here a retry starts only if its worst case (connect
+plus read timeout) still fits in what is left of the budget, and the
+per-attempt timeouts default to fractions of it, so a request that gets no
+answer fails with :class:`~wsfs.errors.StoreTimeout` (exit 8, ``ETIMEDOUT``)
+within the budget: at the defaults, a silent endpoint costs two attempts of
+10 s.  The read timeout bounds each socket read, not a whole body: a 4 MiB
+chunk arriving slowly but steadily is never cut off.  (The budget is per
+call: a listing's pages share one.)
+
+Configuration, read when a store is created (the timeouts' defaults follow
+the budget T):
 
 ``WSFS_S3_MAX_ATTEMPTS``
-    HTTP attempts per request, the first one included (default 5).
+    HTTP attempts per request, the first one included (default 3); fewer
+    when the budget runs out first.
 ``WSFS_S3_CONNECT_TIMEOUT`` / ``WSFS_S3_READ_TIMEOUT``
-    Seconds (defaults 5 and 60).
+    Seconds (defaults min(5, T/6) and T/3: 5 and 10 at T = 30).  A larger
+    value lets the first attempt outlast the budget.
 """
 
 from __future__ import annotations
@@ -25,8 +41,10 @@ from __future__ import annotations
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,8 +54,16 @@ import botocore.loaders
 import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from wsfs.errors import AccessDenied, AlreadyExists, NotFound, StoreUnavailable, UsageError, WsfsError
-from wsfs.store.base import STREAM_PIECE, StoreStats, check_key
+from wsfs.errors import (
+    AccessDenied,
+    AlreadyExists,
+    NotFound,
+    StoreTimeout,
+    StoreUnavailable,
+    UsageError,
+    WsfsError,
+)
+from wsfs.store.base import STREAM_PIECE, StoreStats, check_key, default_timeout
 
 # botocore operation name -> the op names StoreStats uses for every store kind.
 _OPS = {
@@ -72,6 +98,12 @@ _BODY_ERRORS: tuple[type[Exception], ...] = (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.IncompleteReadError,
     botocore.exceptions.FlexibleChecksumError,
+)
+
+# botocore's timeouts: no answer (or no connection) in time, after its retries.
+_TIMEOUT_ERRORS: tuple[type[Exception], ...] = (
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectTimeoutError,
 )
 
 _CREDENTIAL_ERRORS: tuple[type[Exception], ...] = (
@@ -153,6 +185,23 @@ def _data_paths(data_path: str | None) -> list[str] | None:
     return [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)]
 
 
+class _OutOfTime(Exception):
+    """Raised by the ``before-send`` hook: another attempt would not fit in the request's budget.
+
+    Not a botocore exception, so botocore neither retries nor wraps it; the
+    store method turns it into :class:`~wsfs.errors.StoreTimeout`.
+    """
+
+
+class _Budget(threading.local):
+    """The current request's deadline in this thread (per thread: a store is shared by threads)."""
+
+    depth = 0  # nested calls (put_if_absent reading back) share the outermost budget
+    started = 0.0
+    deadline = 0.0
+    attempts = 0
+
+
 class S3Store:
     """An :class:`~wsfs.store.base.ObjectStore` under ``s3://bucket/prefix``.
 
@@ -166,7 +215,9 @@ class S3Store:
     for the same calls.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, timeout: float | None = None
+    ) -> None:
         if not _BUCKET_RE.match(bucket):
             raise UsageError(f"invalid S3 bucket name {bucket!r}")
         prefix = prefix.strip("/")
@@ -179,7 +230,15 @@ class S3Store:
         # Every S3 key is _root + store key; "" when the store is the whole bucket.
         self._root = f"{prefix}/" if prefix else ""
 
-        self._max_attempts = int(_env_number("WSFS_S3_MAX_ATTEMPTS", 5, integer=True))
+        self.timeout = timeout if timeout is not None else default_timeout()
+        self._max_attempts = int(_env_number("WSFS_S3_MAX_ATTEMPTS", 3, integer=True))
+        connect_timeout = _env_number("WSFS_S3_CONNECT_TIMEOUT", min(5.0, self.timeout / 6))
+        read_timeout = _env_number("WSFS_S3_READ_TIMEOUT", self.timeout / 3)
+        # The longest an attempt can wait without receiving a byte: a retry
+        # starts only if this much of the budget is left (_check_budget).
+        self._attempt_worst = connect_timeout + read_timeout
+        self._read_timeout = read_timeout
+        self._budget = _Budget()
         # boto3 would read AWS_ENDPOINT_URL[_S3] by itself, but we need to know
         # whether an endpoint is set: custom endpoints get path-style addressing
         # (most S3-compatible servers have no wildcard DNS for bucket hosts).
@@ -193,8 +252,8 @@ class S3Store:
             # total_max_attempts counts the first attempt; botocore's "max_attempts"
             # key would mean retries and give one attempt more than asked for.
             retries={"total_max_attempts": self._max_attempts, "mode": "standard"},
-            connect_timeout=_env_number("WSFS_S3_CONNECT_TIMEOUT", 5.0),
-            read_timeout=_env_number("WSFS_S3_READ_TIMEOUT", 60.0),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             max_pool_connections=32,
             tcp_keepalive=True,
             s3={"addressing_style": "path"} if endpoint else None,
@@ -222,24 +281,89 @@ class S3Store:
         except ValueError as e:  # botocore rejects a malformed endpoint URL with ValueError
             raise UsageError(f"invalid S3 endpoint URL {_strip_userinfo(str(endpoint))!r}: {e}") from None
         self.endpoint = _strip_userinfo(self._client.meta.endpoint_url)
+        # The budget first: an attempt it stops is not sent, so it is not counted.
+        self._client.meta.events.register(
+            "before-send.s3", self._check_budget, unique_id=f"wsfs-budget-{id(self)}"
+        )
         self._client.meta.events.register(
             "before-send.s3", self._count_request, unique_id=f"wsfs-count-{id(self)}"
         )
+        self._client.meta.events.register_first(
+            "needs-retry.s3", self._check_retry, unique_id=f"wsfs-retry-budget-{id(self)}"
+        )
 
     @classmethod
-    def from_url(cls, url: str, endpoint_url: str | None = None) -> S3Store:
+    def from_url(cls, url: str, endpoint_url: str | None = None, *, timeout: float | None = None) -> S3Store:
         """The store for ``s3://bucket`` or ``s3://bucket/some/prefix``."""
         if not url.startswith("s3://"):
             raise UsageError(f"not an S3 URL: {url!r} (expected s3://bucket/prefix)")
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         if not bucket:
             raise UsageError(f"no bucket in S3 URL {url!r}")
-        return cls(bucket, prefix, endpoint_url=endpoint_url)
+        return cls(bucket, prefix, endpoint_url=endpoint_url, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
 
     # -- plumbing -----------------------------------------------------------
+
+    @contextmanager
+    def _request(self, op: str, key: str | None) -> Iterator[None]:
+        """The budget of one store call (see the module docstring); nested calls share the outer one."""
+        b = self._budget
+        if b.depth == 0:
+            b.started = time.monotonic()
+            b.deadline = b.started + self.timeout
+            b.attempts = 0
+        b.depth += 1
+        try:
+            yield
+        except _OutOfTime:
+            raise self._timeout(op, key) from None
+        finally:
+            b.depth -= 1
+
+    def _fits(self) -> bool:
+        """Whether another attempt's worst case fits in the current budget (the first always does)."""
+        b = self._budget
+        return b.depth == 0 or b.attempts == 0 or time.monotonic() + self._attempt_worst <= b.deadline
+
+    def _check_budget(self, **kwargs: Any) -> None:
+        """botocore ``before-send`` hook (every attempt, retries included): stop when time is up."""
+        if not self._fits():
+            raise _OutOfTime()
+        self._budget.attempts += 1
+
+    def _check_retry(self, response: Any = None, caught_exception: Any = None, attempts: int = 1,
+                     **kwargs: Any) -> None:
+        """botocore ``needs-retry`` hook, before its backoff pause: give up now rather than sleep in vain.
+
+        A failure botocore would retry (no response, a 5xx, a 429) is given up
+        on at once when the pause (at most ``2 ** attempts`` s in standard
+        mode) plus another attempt's worst case would overrun the budget.
+        Anything else is left to botocore (a 404 is not retried at all).
+        """
+        b = self._budget
+        if not b.depth:
+            return
+        status = response[0].status_code if response is not None else None
+        if caught_exception is None and not (status is not None and (status >= 500 or status == 429)):
+            return
+        if time.monotonic() + min(20, 2**attempts) + self._attempt_worst > b.deadline:
+            raise _OutOfTime()
+
+    def _timeout(self, op: str, key: str | None) -> StoreTimeout:
+        what = f"{op} {key}" if key is not None else f"{op} bucket {self.bucket!r}"
+        b = self._budget
+        if not b.depth:  # a body streaming after its request returned (get_stream)
+            return StoreTimeout(
+                f"S3 endpoint {self.endpoint} stopped sending ({what}: nothing for {self._read_timeout:g} s)"
+            )
+        waited = max(1, round(time.monotonic() - b.started))
+        return StoreTimeout(
+            f"S3 endpoint {self.endpoint} did not answer within {waited} s "
+            f"({what}, {b.attempts} attempt{'' if b.attempts == 1 else 's'})"
+        )
 
     def _count_request(self, request: Any, event_name: str, **kwargs: Any) -> None:
         """botocore ``before-send`` hook: runs once per HTTP attempt, retries included.
@@ -286,6 +410,8 @@ class S3Store:
                 f"no S3 credentials found for {self.endpoint} ({type(e).__name__}; "
                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
             )
+        if isinstance(e, _TIMEOUT_ERRORS):
+            return self._timeout(op, key)
         if isinstance(e, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
             return StoreUnavailable(
                 f"S3 endpoint {self.endpoint} is unreachable ({type(e).__name__} "
@@ -307,46 +433,51 @@ class S3Store:
         if byte_range is not None:
             kwargs["Range"] = byte_range
         attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = self._client.get_object(**kwargs)
-            except ClientError as e:
-                code, status = self._code(e)
-                if byte_range is not None and (code == "InvalidRange" or status == 416):
-                    # The range starts at or past the end: like pread, return nothing.
-                    return b""
-                raise self._error(e, key, op="get") from None
-            except BotoCoreError as e:
-                raise self._error(e, key, op="get") from None
-            body = response["Body"]
-            try:
-                data = body.read()
-            except _BODY_ERRORS as e:
-                body.close()
-                if attempt < self._max_attempts:
-                    _backoff(attempt)
-                    continue
-                raise self._error(e, key, op="get") from None
-            self.stats.add_bytes(bytes_in=len(data))
-            return data
+        with self._request("get", key):
+            while True:
+                attempt += 1
+                try:
+                    response = self._client.get_object(**kwargs)
+                except ClientError as e:
+                    code, status = self._code(e)
+                    if byte_range is not None and (code == "InvalidRange" or status == 416):
+                        # The range starts at or past the end: like pread, return nothing.
+                        return b""
+                    raise self._error(e, key, op="get") from None
+                except BotoCoreError as e:
+                    raise self._error(e, key, op="get") from None
+                body = response["Body"]
+                try:
+                    data = body.read()
+                except _BODY_ERRORS as e:
+                    body.close()
+                    if attempt < self._max_attempts and self._fits():
+                        _backoff(attempt)
+                        continue
+                    raise self._error(e, key, op="get") from None
+                self.stats.add_bytes(bytes_in=len(data))
+                return data
 
     # -- the ObjectStore protocol ---------------------------------------------
 
     def check(self) -> None:
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, None, op="head") from None
+        with self._request("head", None):
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except (ClientError, BotoCoreError) as e:
+                raise self._error(e, None, op="head") from None
 
     def get(self, key: str) -> bytes:
         return self._read(key, None)
 
     def get_stream(self, key: str, piece: int = STREAM_PIECE) -> Generator[bytes, None, None]:
-        try:
-            body = self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, key, op="get") from None
+        # The budget covers the request; the body then streams for as long as
+        # pieces keep coming (each socket read has the read timeout).
+        with self._request("get", key):
+            try:
+                body = self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            except (ClientError, BotoCoreError) as e:
+                raise self._error(e, key, op="get") from None
         return self._pieces(key, body, piece)
 
     def _pieces(self, key: str, body: Any, piece: int) -> Generator[bytes, None, None]:
@@ -371,10 +502,11 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         s3_key = self._key(key)
-        try:
-            self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=bytes(data))
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, key, op="put") from None
+        with self._request("put", key):
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=bytes(data))
+            except (ClientError, BotoCoreError) as e:
+                raise self._error(e, key, op="put") from None
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Create the object with ``If-None-Match: *``; ``AlreadyExists`` if the key exists.
@@ -388,24 +520,25 @@ class S3Store:
         s3_key = self._key(key)
         body = bytes(data)
         attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=body, IfNoneMatch="*")
-                return
-            except ClientError as e:
-                code, status = self._code(e)
-                if code == "PreconditionFailed" or status == 412:
-                    retried = e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
-                    if retried and self._holds(key, body):
-                        return
-                    raise AlreadyExists(f"object {key!r} already exists in {self.url}") from None
-                if code == "ConditionalRequestConflict" and attempt < self._max_attempts:
-                    _backoff(attempt)
-                    continue
-                raise self._error(e, key, op="put") from None
-            except BotoCoreError as e:
-                raise self._error(e, key, op="put") from None
+        with self._request("put", key):
+            while True:
+                attempt += 1
+                try:
+                    self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=body, IfNoneMatch="*")
+                    return
+                except ClientError as e:
+                    code, status = self._code(e)
+                    if code == "PreconditionFailed" or status == 412:
+                        retried = e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+                        if retried and self._holds(key, body):
+                            return
+                        raise AlreadyExists(f"object {key!r} already exists in {self.url}") from None
+                    if code == "ConditionalRequestConflict" and attempt < self._max_attempts and self._fits():
+                        _backoff(attempt)
+                        continue
+                    raise self._error(e, key, op="put") from None
+                except BotoCoreError as e:
+                    raise self._error(e, key, op="put") from None
 
     def _holds(self, key: str, data: bytes) -> bool:
         """Whether *key* exists with exactly *data*."""
@@ -417,15 +550,16 @@ class S3Store:
     def exists(self, key: str) -> bool:
         """Whether the key exists.  A missing bucket also reads as False: HEAD cannot tell them apart."""
         s3_key = self._key(key)
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=s3_key)
-        except ClientError as e:
-            code, status = self._code(e)
-            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-                return False
-            raise self._error(e, key, op="head") from None
-        except BotoCoreError as e:
-            raise self._error(e, key, op="head") from None
+        with self._request("head", key):
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=s3_key)
+            except ClientError as e:
+                code, status = self._code(e)
+                if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                    return False
+                raise self._error(e, key, op="head") from None
+            except BotoCoreError as e:
+                raise self._error(e, key, op="head") from None
         return True
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -437,43 +571,46 @@ class S3Store:
         """
         folder = self._folder(prefix)
         keys: list[str] = []
-        try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=folder
-            ):
-                for obj in page.get("Contents", ()):
-                    rel = obj["Key"][len(self._root) :]
-                    # Folder marker objects ("a/") made by other tools are not keys.
-                    if rel and not rel.endswith("/"):
-                        keys.append(rel)
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, prefix or "", op="list") from None
+        with self._request("list", prefix or ""):
+            try:
+                for page in self._client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=folder
+                ):
+                    for obj in page.get("Contents", ()):
+                        rel = obj["Key"][len(self._root) :]
+                        # Folder marker objects ("a/") made by other tools are not keys.
+                        if rel and not rel.endswith("/"):
+                            keys.append(rel)
+            except (ClientError, BotoCoreError) as e:
+                raise self._error(e, prefix or "", op="list") from None
         keys.sort()
         return iter(keys)
 
     def list_dirs(self, prefix: str) -> list[str]:
         folder = self._folder(prefix)
         names: set[str] = set()
-        try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=folder, Delimiter="/"
-            ):
-                for common in page.get("CommonPrefixes", ()):
-                    name = common["Prefix"][len(folder) :].rstrip("/")
-                    if name:
-                        names.add(name)
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, prefix or "", op="list") from None
+        with self._request("list", prefix or ""):
+            try:
+                for page in self._client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=folder, Delimiter="/"
+                ):
+                    for common in page.get("CommonPrefixes", ()):
+                        name = common["Prefix"][len(folder) :].rstrip("/")
+                        if name:
+                            names.add(name)
+            except (ClientError, BotoCoreError) as e:
+                raise self._error(e, prefix or "", op="list") from None
         return sorted(names)
 
     def delete(self, key: str) -> None:
         s3_key = self._key(key)
-        try:
-            self._client.delete_object(Bucket=self.bucket, Key=s3_key)
-        except ClientError as e:
-            code, _status = self._code(e)
-            if code == "NoSuchKey":  # S3 answers 204 for a missing key; some servers say 404
-                return
-            raise self._error(e, key, op="delete") from None
-        except BotoCoreError as e:
-            raise self._error(e, key, op="delete") from None
+        with self._request("delete", key):
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=s3_key)
+            except ClientError as e:
+                code, _status = self._code(e)
+                if code == "NoSuchKey":  # S3 answers 204 for a missing key; some servers say 404
+                    return
+                raise self._error(e, key, op="delete") from None
+            except BotoCoreError as e:
+                raise self._error(e, key, op="delete") from None
