@@ -74,9 +74,7 @@ def test_a_schema_that_is_not_ours_is_rejected(tmp_path, sql):
         ("UPDATE meta SET value = 12345 WHERE key = 'chunk_size'", "chunk size"),
         ("UPDATE meta SET value = 'big' WHERE key = 'chunk_size'", "chunk size"),
         # inline content larger than any inline file may be, or not the file's
-        ("UPDATE inodes SET size = 536870912 WHERE ino = 2", "inline content"),
-        ("UPDATE data SET codec = 7", "inline content"),
-        ("UPDATE inodes SET content = zeroblob(32) WHERE ino = 2", "inline content"),
+        ("UPDATE inodes SET size = 536870912 WHERE ino = 2", "inline files larger"),
         # symlinks and xattrs
         ("UPDATE inodes SET mode = 41471, target = X'610062', size = 3, content = NULL, data = NULL WHERE ino = 2",
          "symlinks without a valid target"),
@@ -130,8 +128,28 @@ def test_a_valid_chunk_list_passes(tmp_path):
 def test_inline_content_over_the_repository_threshold_is_rejected(tmp_path):
     path = small_manifest(str(tmp_path / "m.sqlite"))
     Manifest(path, max_inline=5).close()
-    with pytest.raises(IntegrityError, match="inline content"):
+    with pytest.raises(IntegrityError, match="inline files larger"):
         Manifest(path, max_inline=4)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE data SET codec = 7",
+        "UPDATE inodes SET content = zeroblob(32) WHERE ino = 2",
+        "UPDATE data SET payload = 'hello'",
+        "UPDATE data SET cid = 'x' WHERE id = (SELECT data FROM inodes WHERE ino = 2)",
+        "DELETE FROM data",
+        "UPDATE data SET payload = zeroblob(300000)",  # over the length limit: never read into memory
+    ],
+)
+def test_inline_data_that_is_not_the_files_fails_when_read(tmp_path, sql):
+    """Data rows are checked when decoded (scanning them on open would read the whole file)."""
+    path = small_manifest(str(tmp_path / "m.sqlite"))
+    execute(path, sql)
+    with Manifest(path, max_inline=128 * 1024) as m:
+        with pytest.raises(IntegrityError, match="inline data of inode 2"):
+            m.inline_data(m.getattr(2))
 
 
 _BOMB_CHILD = r"""

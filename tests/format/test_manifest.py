@@ -75,7 +75,6 @@ def corrupt(path, sql, *args):
         ("DELETE FROM inodes WHERE ino = 1", (), "no root"),
         ("UPDATE chunks SET length = 9", (), "wrong length"),
         ("UPDATE inodes SET target = NULL WHERE ino = 5", (), "symlinks without a valid target"),
-        ("DELETE FROM data", (), "inline content that is missing"),
     ],
 )
 def test_malformed_manifests_are_rejected(small, sql, args, match):

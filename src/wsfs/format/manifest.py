@@ -272,6 +272,7 @@ _EXPECTED_SCHEMA: set[tuple[str, str, str, str | None]] = set()
 # Tables ``PRAGMA optimize`` (run by the builder) may add: planner statistics only.
 _STAT_TABLES = frozenset({"sqlite_stat1", "sqlite_stat4"})
 MAX_XATTR_VALUE = 64 * 1024  # Linux' limit for one extended attribute value
+_LENGTH_SLACK = 64 * 1024  # above the largest inline file: xattr values, targets, a little headroom
 PATH_MAX = 4096  # symlink targets are at most PATH_MAX - 1 bytes on Linux
 
 
@@ -284,6 +285,10 @@ def _open_untrusted(path: str) -> apsw.Connection:
     with an error, never a crash; these make that true for crafted ones.
     """
     db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    # No value read may be larger than an inline file can be (plus slack):
+    # a crafted multi-gigabyte payload fails with SQLITE_TOOBIG instead of
+    # being read into memory.  Manifest narrows it to the repository's threshold.
+    db.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_INLINE_SIZE + _LENGTH_SLACK)
     db.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
     db.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0)
     db.execute("PRAGMA cell_size_check=ON; PRAGMA mmap_size=0")
@@ -376,6 +381,8 @@ class Manifest:
         if type(cs) is not int or not MIN_CHUNK_SIZE <= cs <= MAX_CHUNK_SIZE or cs & (cs - 1):
             raise IntegrityError(f"manifest {os.path.basename(path)} is malformed: invalid chunk size {cs!r}")
         self.chunk_size: int = cs
+        if max_inline is not None:
+            self.db.limit(apsw.SQLITE_LIMIT_LENGTH, max(0, min(max_inline, MAX_INLINE_SIZE)) + _LENGTH_SLACK)
         if validate:
             try:
                 self.validate(max_inline=min(cs, MAX_INLINE_SIZE) if max_inline is None else max_inline)
@@ -421,16 +428,41 @@ class Manifest:
             f"typeof({c}) != 'integer'"
             for c in ("mode", "uid", "gid", "size", "blocks", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "rdev")
         )
-        check(
-            "inodes with a field of the wrong type or out of range",
-            f"SELECT count(*) FROM inodes WHERE {ints} OR ino < 1 "
-            "OR uid NOT BETWEEN 0 AND 4294967295 OR gid NOT BETWEEN 0 AND 4294967295 "
-            "OR size NOT BETWEEN 0 AND 4611686018427387904 OR blocks < 0 OR nlink NOT BETWEEN 1 AND 4294967295 "
-            f"OR (mode & ~0o177777) != 0 OR (mode & {IFMT}) NOT IN ({kinds}) "
-            f"OR (rdev != 0 AND (mode & {IFMT}) NOT IN ({stat.S_IFCHR}, {stat.S_IFBLK})) OR rdev < 0 "
-            "OR (content IS NOT NULL AND (typeof(content) != 'blob' OR length(content) != 32)) "
-            "OR (data IS NOT NULL AND typeof(data) != 'integer')".replace("0o177777", str(0o177777)),
-        )
+        # One scan of inodes for every per-inode rule (each a separate count, for the message).
+        inode_rules = [
+            (
+                "inodes with a field of the wrong type or out of range",
+                f"{ints} OR ino < 1 OR uid NOT BETWEEN 0 AND 4294967295 OR gid NOT BETWEEN 0 AND 4294967295 "
+                "OR size NOT BETWEEN 0 AND 4611686018427387904 OR blocks < 0 OR nlink NOT BETWEEN 1 AND 4294967295 "
+                f"OR (mode & ~{0o177777}) != 0 OR (mode & {IFMT}) NOT IN ({kinds}) "
+                f"OR (rdev != 0 AND (mode & {IFMT}) NOT IN ({stat.S_IFCHR}, {stat.S_IFBLK})) OR rdev < 0 "
+                "OR (content IS NOT NULL AND (typeof(content) != 'blob' OR length(content) != 32)) "
+                "OR (data IS NOT NULL AND typeof(data) != 'integer')",
+            ),
+            (
+                "symlinks without a valid target (1 to 4095 bytes, no NUL, size = its length)",
+                f"((mode & {IFMT}) = {IFLNK}) != (target IS NOT NULL) OR (target IS NOT NULL AND "
+                f"(typeof(target) != 'blob' OR length(target) NOT BETWEEN 1 AND {PATH_MAX - 1} "
+                "OR instr(target, X'00') > 0 OR size != length(target)))",
+            ),
+            (
+                "regular files without a content id, or other entries with content",
+                f"((mode & {IFMT}) = {IFREG}) != (content IS NOT NULL) OR ((mode & {IFMT}) != {IFREG} AND data IS NOT NULL)",
+            ),
+            # The data rows themselves (codec, id, exact size) are checked when
+            # a file is decoded (decode_inline), and their length is capped by
+            # the connection's length limit: scanning them here would read the
+            # whole file (24 ms for 86 MB), on every mount.
+            (f"inline files larger than {max_inline} bytes", f"data IS NOT NULL AND size > {int(max_inline)}"),
+        ]
+        counts = next(self.db.execute(
+            "SELECT " + ", ".join(f"coalesce(sum({rule}), 0)" for _, rule in inode_rules)
+            + f", coalesce(sum((mode & {IFMT}) = {IFDIR}), 0) FROM inodes"
+        ))
+        for (what, _), n in zip(inode_rules, counts, strict=False):
+            if n:
+                raise bad(f"{what} ({n})")
+        ndirs = counts[-1]
         try:
             root = self.getattr(ROOT_INO)
         except NotFound:
@@ -460,7 +492,6 @@ class Manifest:
             "SELECT count(*) FROM (SELECT d.ino FROM dentries d NOT INDEXED JOIN inodes i ON i.ino = d.ino "
             f"WHERE (i.mode & {IFMT}) = {IFDIR} GROUP BY d.ino HAVING count(*) > 1)",
         )
-        ndirs = self._one(f"SELECT count(*) FROM inodes WHERE (mode & {IFMT}) = {IFDIR}")
         # UNION ALL (no de-duplication) is safe now: with one parent per
         # directory and none for the root, no cycle is reachable from the root
         # (walking back along a cycle never leaves it), so the recursion ends.
@@ -471,26 +502,6 @@ class Manifest:
         )
         if reachable != ndirs:
             raise bad("directories not reachable from the root (a cycle or an orphan)")
-        check(
-            "symlinks without a valid target (1 to 4095 bytes, no NUL, size = its length)",
-            f"SELECT count(*) FROM inodes WHERE ((mode & {IFMT}) = {IFLNK}) != (target IS NOT NULL) "
-            f"OR (target IS NOT NULL AND (typeof(target) != 'blob' OR length(target) NOT BETWEEN 1 AND {PATH_MAX - 1} "
-            "OR instr(target, X'00') > 0 OR size != length(target)))",
-        )
-        check(
-            "regular files without a content id, or other entries with content",
-            f"SELECT count(*) FROM inodes WHERE ((mode & {IFMT}) = {IFREG}) != (content IS NOT NULL) "
-            f"OR ((mode & {IFMT}) != {IFREG} AND data IS NOT NULL)",
-        )
-        # Small files: inline content of the declared size, at most max_inline bytes.
-        check(
-            "inline content that is missing, too large, or not the file's",
-            "SELECT count(*) FROM inodes i LEFT JOIN data d ON d.id = i.data WHERE i.data IS NOT NULL AND "
-            "(d.id IS NULL OR i.size > :max OR i.content != d.cid OR typeof(d.payload) != 'blob' "
-            "OR d.codec NOT IN (0, 1) OR (d.codec = 0 AND length(d.payload) != i.size) "
-            "OR length(d.payload) > :max + 1024)",
-            {"max": max_inline},
-        )
         # Large files: chunks exactly tile the size, in order (the primary key
         # makes (ino, idx) unique; idx in range and the right count make it complete).
         cs = self.chunk_size
@@ -586,9 +597,16 @@ class Manifest:
 
     def inline_payload(self, node: Inode) -> tuple[bytes, int, bytes]:
         """``(content id, codec, payload)`` of a small file, undecoded: :func:`decode_inline` does the CPU part."""
-        for row in self.db.execute("SELECT cid, codec, payload FROM data WHERE id = ?", (node.data,)):
-            return row
-        raise IntegrityError(f"inline data of inode {node.ino} is missing")
+        try:
+            for cid, codec, payload in self.db.execute("SELECT cid, codec, payload FROM data WHERE id = ?", (node.data,)):
+                if type(cid) is not bytes or type(codec) is not int or type(payload) is not bytes:
+                    break
+                return cid, codec, payload
+            else:
+                raise IntegrityError(f"inline data of inode {node.ino} is missing")
+        except apsw.Error as e:  # too big for the length limit, or a corrupt page
+            raise IntegrityError(f"inline data of inode {node.ino} cannot be read: {e}") from None
+        raise IntegrityError(f"inline data of inode {node.ino} is malformed")
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         return dict(self.db.execute("SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", (ino,)))
