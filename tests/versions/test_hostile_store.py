@@ -17,7 +17,8 @@ import pytest
 
 from support.cli import Wsfs
 from support.crafted import index_says_table_says, publish_manifest, small_manifest, zstd_bomb
-from wsfs.repository import tag_key, version_key
+from wsfs.errors import IntegrityError
+from wsfs.repository import Ref, Repository, tag_key, version_key
 from wsfs.store import open_store
 
 
@@ -243,3 +244,44 @@ def test_a_local_store_object_that_is_not_a_file_is_refused(lw, tmp_path, kind):
         os.mkfifo(path)  # opening it for reading would block for ever
     r = lw("cat", "demo@t", "file", check=False, timeout=30)
     assert "not a regular file" in one_line_error(r, 8) or "symbolic link" in r.err
+
+
+def _count_validations(monkeypatch):
+    from wsfs.format.manifest import Manifest
+
+    calls = []
+    real = Manifest.validate
+
+    def counting(self, **kw):
+        calls.append(self.path)
+        return real(self, **kw)
+
+    monkeypatch.setattr(Manifest, "validate", counting)
+    return calls
+
+
+def test_a_manifest_is_validated_once_per_cache_then_marked(lw, monkeypatch):
+    calls = _count_validations(monkeypatch)
+    repo = Repository.open(open_store(lw.repo), lw.cache_dir)
+    record = repo.resolve(Ref.parse("demo"))
+    repo.open_manifest(record).close()
+    repo.open_manifest(record).close()
+    path = repo.manifest_path(record)
+    markers = [f for f in os.listdir(os.path.dirname(path)) if ".valid" in f]
+    assert len(calls) <= 1 and len(markers) == 1  # (push may have marked it already: then 0 calls)
+    assert os.stat(os.path.join(os.path.dirname(path), markers[0])).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown")
+def test_a_marker_in_a_cache_someone_else_controls_does_not_skip_validation(lw, tmp_path, monkeypatch):
+    """Root using a cache another user can write: that user swaps in a crafted manifest next to root's marker."""
+    repo = Repository.open(open_store(lw.repo), lw.cache_dir)
+    record = repo.resolve(Ref.parse("demo"))
+    repo.open_manifest(record).close()
+    path = repo.manifest_path(record)
+    crafted = index_says_table_says(str(tmp_path / "m.sqlite"), b"aaaaaaaaaaa", b"../../pwned")
+    os.replace(crafted, path)
+    os.chown(path, 65534, 65534)  # what the other user's file would be
+    with pytest.raises(IntegrityError, match="invalid entry names"):
+        repo.open_manifest(record)
+    assert not os.path.exists(path) and not any(".valid" in f for f in os.listdir(os.path.dirname(path)))

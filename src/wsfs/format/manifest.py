@@ -272,6 +272,9 @@ _EXPECTED_SCHEMA: set[tuple[str, str, str, str | None]] = set()
 # Tables ``PRAGMA optimize`` (run by the builder) may add: planner statistics only.
 _STAT_TABLES = frozenset({"sqlite_stat1", "sqlite_stat4"})
 MAX_XATTR_VALUE = 64 * 1024  # Linux' limit for one extended attribute value
+# The version of the rules Manifest.validate applies: a cache remembers which
+# manifests passed them (Repository.open_manifest); raise it when they get stricter.
+VALIDATION_VERSION = 2
 _LENGTH_SLACK = 64 * 1024  # above the largest inline file: xattr values, targets, a little headroom
 PATH_MAX = 4096  # symlink targets are at most PATH_MAX - 1 bytes on Linux
 
