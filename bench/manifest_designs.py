@@ -1,0 +1,640 @@
+#!/usr/bin/env python3
+"""Format 2 research (issue 12): what each manifest design costs per version.
+
+A measurement prototype, not product code.  For one input tree (a generated
+node_modules-like tree, or ``--tree DIR``) it builds versions under the edits
+of issue 12's goal table and, for each candidate encoding of a version,
+simulates the store as a dict of content-addressed objects (id -> stored
+size; nothing is uploaded anywhere) and reports:
+
+* uploaded bytes and objects (PUTs) per edit, against a store that holds v0;
+* bytes (and GETs) a host that has v0 cached downloads to mount the new version;
+* a cold mount of v0: objects, bytes, sequential request rounds and the widest
+  round (how many GETs can go in parallel), the part needed for the tree
+  (``find -ls``) and for the first ``ls`` of the root;
+* CPU time to encode a version from scratch, and with the parent's encoded
+  pieces remembered (what a commit that reuses its parent's pieces does);
+* determinism: the same final tree reached by two histories gives the same
+  objects (asserted for the content-defined designs).
+
+Large files (> 128 KiB) are 4 MiB chunks in every design (format 1's chunk
+blobs); they are counted separately (``chunks``) since no design changes them.
+
+Designs (encodings written here only, kept small):
+
+``f1``        format 1: the real ``ManifestBuilder`` (one SQLite file, stored zstd as a whole).
+``f1-pages``  the same SQLite file cut into fixed 256 KiB pieces (page-aligned), each an object.
+``rng-inl-*`` key ranges (lakeFS Graveler-like): entries sorted by (parent path, name), one
+              compact record each, small files' bytes inline in the record; cut where
+              hash(key) % R == 0 after a minimum size; a meta-range lists the ranges.
+``rng-pk-*``  the same ranges without file bytes (metadata only), plus data packs: the small
+              files' bytes in key order, cut by the same rule into packs (dedup inside a pack).
+``git-blob``  one tree object per directory + one blob per small file (Git).
+``git-dir``   one tree object per directory with its small files' bytes inside (packed per dir).
+
+Run: ``PYTHONPATH=src python bench/manifest_designs.py [--files 20000] [--tree DIR] [--json F]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
+
+import blake3
+
+from wsfs.format.blobs import content_id, encode_blob
+from wsfs.format.manifest import ROOT_INO, ManifestBuilder, content_id_chunked
+
+KiB = 1024
+MiB = 1024 * KiB
+INLINE = 128 * KiB
+CHUNK = 4 * MiB
+
+# -- the tree, in memory --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """One entry: what every design records.  ``data`` for small files, ``chunks`` for large ones."""
+
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    cid: bytes | None = None  # regular files: content id
+    data: bytes | None = None
+    chunks: tuple[bytes | None, ...] | None = None
+    target: bytes | None = None
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+
+
+Tree = dict[bytes, Node]  # relative path ('' = root) -> node
+CHUNK_SIZES: dict[bytes, int] = {}  # chunk id -> stored size (every large-file chunk seen)
+
+
+def small_file(mode: int, mtime_ns: int, data: bytes, uid: int = 0, gid: int = 0) -> Node:
+    return Node(mode, uid, gid, len(data), mtime_ns, content_id(data), data)
+
+
+def load_tree(top: str) -> Tree:
+    """Read a directory into memory (symlinks not followed, small files whole, large files as chunk ids)."""
+    tree: Tree = {}
+    st = os.lstat(top)
+    tree[b""] = Node(st.st_mode, st.st_uid, st.st_gid, 0, st.st_mtime_ns)
+    stack = [(os.fsencode(top), b"")]
+    while stack:
+        dpath, rel = stack.pop()
+        for name in sorted(os.listdir(dpath)):
+            p = dpath + b"/" + name
+            r = rel + b"/" + name if rel else name
+            st = os.lstat(p)
+            m = st.st_mode
+            xa = ()
+            if stat.S_ISDIR(m):
+                tree[r] = Node(m, st.st_uid, st.st_gid, 0, st.st_mtime_ns, xattrs=xa)
+                stack.append((p, r))
+            elif stat.S_ISLNK(m):
+                t = os.readlink(p)
+                tree[r] = Node(m, st.st_uid, st.st_gid, len(t), st.st_mtime_ns, target=t)
+            elif stat.S_ISREG(m):
+                with open(p, "rb") as f:
+                    data = f.read()
+                if len(data) <= INLINE:
+                    tree[r] = small_file(m, st.st_mtime_ns, data, st.st_uid, st.st_gid)
+                else:
+                    cids = []
+                    for off in range(0, len(data), CHUNK):
+                        piece = data[off : off + CHUNK]
+                        c = content_id(piece)
+                        if c not in CHUNK_SIZES:
+                            CHUNK_SIZES[c] = len(encode_blob(piece))
+                        cids.append(c)
+                    tree[r] = Node(m, st.st_uid, st.st_gid, len(data), st.st_mtime_ns,
+                                   content_id_chunked(len(data), CHUNK, cids), chunks=tuple(cids))
+            # fifos, devices, sockets: not in these trees
+    return tree
+
+
+def chunk_objects(tree: Tree) -> dict[bytes, int]:
+    return {c: CHUNK_SIZES[c] for n in tree.values() if n.chunks for c in n.chunks if c is not None}
+
+
+# -- edits (issue 12's goal table) ----------------------------------------------
+
+
+def _modified(n: Node, rng: random.Random) -> Node:
+    assert n.data is not None
+    extra = f"\n// edited {rng.randrange(1 << 30)}\n".encode()
+    return small_file(n.mode, n.mtime_ns + 1_000_000_000, n.data + extra, n.uid, n.gid)
+
+
+def _small_files(tree: Tree) -> list[bytes]:
+    return sorted(p for p, n in tree.items() if n.data is not None)
+
+
+def edit_one(tree: Tree, seed: int = 1) -> Tree:
+    rng = random.Random(seed)
+    files = _small_files(tree)
+    p = files[len(files) // 2]
+    return {**tree, p: _modified(tree[p], rng)}
+
+
+def edit_spread(tree: Tree, count: int = 100, seed: int = 2) -> Tree:
+    rng = random.Random(seed)
+    files = _small_files(tree)
+    step = len(files) / count
+    picks = [files[int(i * step + rng.random() * step)] for i in range(count)]
+    new = dict(tree)
+    for p in picks:
+        new[p] = _modified(tree[p], rng)
+    return new
+
+
+def edit_add_package(tree: Tree, nfiles: int = 50, seed: int = 3) -> Tree:
+    """A new package directory under the top node_modules (or the root) with *nfiles* JS-like files."""
+    rng = random.Random(seed)
+    top = b"node_modules" if b"node_modules" in tree else b""
+    pkg = (top + b"/" if top else b"") + b"zz-added-package-%d" % seed
+    assert pkg not in tree
+    files = _small_files(tree)
+    words = [rng.choice(files) for _ in range(64)]
+    pool = b"".join(tree[w].data or b"" for w in words)
+    d = tree[top]
+    new = dict(tree)
+    t = d.mtime_ns + 5_000_000_000
+    dirs = {pkg}
+    for i in range(nfiles):
+        sub = [b"", b"lib/", b"dist/", b"types/"][i % 4] if i else b""
+        name = b"package.json" if i == 0 else sub + b"f%03d.js" % i
+        size = min(INLINE, max(100, int(rng.lognormvariate(7.8, 1.0))))
+        off = rng.randrange(0, max(1, len(pool) - size))
+        new[pkg + b"/" + name] = small_file(0o100644, t, pool[off : off + size])
+        if sub:
+            dirs.add(pkg + b"/" + sub.rstrip(b"/"))
+    for dp in dirs:
+        new[dp] = Node(0o40755, d.uid, d.gid, 0, t)
+    new[top] = replace(d, mtime_ns=t)  # the parent directory's mtime changes too
+    return new
+
+
+# -- the simulated store -----------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """One version as a design stores it."""
+
+    root: bytes  # what the version record names
+    objects: dict[bytes, int]  # id -> stored size, everything the version references but large-file chunks
+    tree_objects: set[bytes]  # the part needed to serve the whole tree (find -ls); the rest is file data
+    first_ls: set[bytes]  # objects needed before the root directory can be listed
+    rounds: list[int]  # GETs per sequential round of a cold mount (after the record)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _put(objs: dict[bytes, int], raw: bytes, memo: dict[bytes, int] | None) -> bytes:
+    """Add the object of plaintext *raw* (stored as codec byte + zstd); returns its id."""
+    oid = blake3.blake3(raw).digest()
+    if memo is not None and oid in memo:
+        objs[oid] = memo[oid]
+    else:
+        objs[oid] = len(encode_blob(raw))
+        if memo is not None:
+            memo[oid] = objs[oid]
+    return oid
+
+
+def _uv(out: bytearray, *vals: int) -> None:
+    """Unsigned LEB128 varints."""
+    for v in vals:
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+
+
+def _bytes(out: bytearray, b: bytes) -> None:
+    _uv(out, len(b))
+    out += b
+
+
+def record(name: bytes, n: Node, *, with_data: bool) -> bytes:
+    """A compact entry record: name/key, attributes, content id (+ bytes), chunk ids, link target, xattrs."""
+    out = bytearray()
+    _bytes(out, name)
+    _uv(out, n.mode, n.uid, n.gid, n.size, n.mtime_ns)
+    if n.cid is not None:
+        out += n.cid
+        if n.chunks is not None:
+            _uv(out, len(n.chunks))
+            for c in n.chunks:
+                out += c if c is not None else bytes(32)
+        elif with_data:
+            assert n.data is not None
+            _bytes(out, n.data)
+    if n.target is not None:
+        _bytes(out, n.target)
+    _uv(out, len(n.xattrs))
+    for k, v in n.xattrs:
+        _bytes(out, k)
+        _bytes(out, v)
+    return bytes(out)
+
+
+# -- design 1: format 1, the real ManifestBuilder --------------------------------------
+
+
+class Format1:
+    name = "f1"
+
+    def __init__(self, workdir: str, pieces: int = 0) -> None:
+        self.workdir = workdir
+        self.pieces = pieces  # 0: one object; else fixed pieces of this size (f1-pages)
+        if pieces:
+            self.name = f"f1-pages{pieces // KiB}K"
+
+    def sqlite(self, tree: Tree, workspace: str) -> bytes:
+        """The manifest push would write for *tree* (same walk order: entries of a directory, then its subdirs)."""
+        path = os.path.join(self.workdir, "m.sqlite")
+        b = ManifestBuilder(path, chunk_size=CHUNK)
+        children: dict[bytes, list[bytes]] = {}
+        for p in tree:
+            if p:
+                children.setdefault(p.rpartition(b"/")[0], []).append(p)
+
+        def st(n: Node) -> SimpleNamespace:
+            return SimpleNamespace(st_mode=n.mode, st_uid=n.uid, st_gid=n.gid, st_size=n.size,
+                                   st_blocks=(n.size + 511) // 512, st_mtime_ns=n.mtime_ns, st_rdev=0)
+
+        root = b.add_inode(st(tree[b""]), nlink=2)
+        assert root == ROOT_INO
+        chunked = []
+        stack = [(b"", root)]
+        while stack:
+            dp, dino = stack.pop()
+            entries, subdirs = [], []
+            for p in sorted(children.get(dp, ())):
+                n = tree[p]
+                ino = b.add_inode(st(n), target=n.target)
+                if n.data is not None:
+                    b.set_inline(ino, n.data)
+                elif n.chunks is not None:
+                    chunked.append((ino, n.size, list(n.chunks)))
+                if stat.S_ISDIR(n.mode):
+                    subdirs.append((p, ino))
+                entries.append((p.rpartition(b"/")[2], ino))
+            b.add_dentries(dino, entries)
+            b.set_nlink(dino, 2 + len(subdirs))
+            stack.extend(reversed(subdirs))
+        for ino, size, cids in chunked:
+            b.set_chunks(ino, size, cids)
+        b.finish({"workspace": workspace})
+        with open(path, "rb") as f:
+            raw = f.read()
+        return raw
+
+    def encode(self, tree: Tree, workspace: str, memo: dict[bytes, int] | None) -> Encoded:
+        raw = self.sqlite(tree, workspace)
+        objs: dict[bytes, int] = {}
+        if not self.pieces:
+            oid = _put(objs, raw, memo)
+            return Encoded(oid, objs, {oid}, {oid}, [1])
+        ids = [_put(objs, raw[o : o + self.pieces], memo) for o in range(0, len(raw), self.pieces)]
+        index = _put(objs, b"".join(ids), memo)
+        return Encoded(index, objs, set(objs), set(objs), [1, len(ids)])
+
+
+# -- design 2: content-defined key ranges (Graveler-like) -------------------------------------
+
+_KEY_HASH: dict[bytes, int] = {}
+
+
+def key_of(path: bytes) -> bytes:
+    """Sort key: parent path, NUL, name; a directory's entries are contiguous (readdir = a range scan)."""
+    parent, _, name = path.rpartition(b"/")
+    return parent + b"\0" + name if path else b""
+
+
+def cut(items: list[tuple[bytes, bytes]], min_size: int, r: int, max_size: int) -> list[list[tuple[bytes, bytes]]]:
+    """Split sorted (key, record) into ranges: end after a key with hash % r == 0 once min_size is reached.
+
+    A function of the sorted items only, so any history that reaches the same
+    tree cuts the same ranges; an edit changes the range it falls in, and the
+    boundaries re-synchronise at the next boundary key.
+    """
+    out: list[list[tuple[bytes, bytes]]] = []
+    cur: list[tuple[bytes, bytes]] = []
+    size = 0
+    for k, rec in items:
+        cur.append((k, rec))
+        size += len(rec)
+        h = _KEY_HASH.get(k)
+        if h is None:
+            h = _KEY_HASH[k] = int.from_bytes(blake3.blake3(k).digest()[:8], "little")
+        if size >= max_size or (size >= min_size and h % r == 0):
+            out.append(cur)
+            cur, size = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+@dataclass(frozen=True)
+class RangeParams:
+    min_size: int  # raw (uncompressed) bytes before a cut is allowed
+    r: int  # a key is a boundary with probability 1/r
+    max_size: int  # forced cut
+
+
+class Ranges:
+    """Key ranges; ``packs`` None: file bytes inline in the records; else small-file data in packs cut likewise."""
+
+    def __init__(self, name: str, meta: RangeParams, packs: RangeParams | None) -> None:
+        self.name = name
+        self.meta = meta
+        self.packs = packs
+
+    def encode(self, tree: Tree, workspace: str, memo: dict[bytes, int] | None) -> Encoded:
+        objs: dict[bytes, int] = {}
+        inline = self.packs is None
+        keys = sorted((key_of(p), p) for p in tree)
+        items = [(k, record(k, tree[p], with_data=inline)) for k, p in keys]
+        ranges = cut(items, self.meta.min_size, self.meta.r, self.meta.max_size)
+        listing = bytearray()  # the meta-range: per range its id, first and last key; then the packs likewise
+        _uv(listing, len(ranges))
+        rids = []
+        for rg in ranges:
+            raw = bytearray()
+            _uv(raw, len(rg))
+            for _, rec in rg:
+                raw += rec
+            rid = _put(objs, bytes(raw), memo)
+            rids.append(rid)
+            listing += rid
+            _bytes(listing, rg[0][0])
+            _bytes(listing, rg[-1][0])
+        tree_ids = set(rids)
+        pids = []
+        if self.packs is not None:
+            # A pack: (content id, length) of each distinct content, then the bytes, one zstd frame.
+            # cut() weighs items by len(item[1]): the file's bytes.
+            pitems = [(k, tree[p].data) for k, p in keys if tree[p].data is not None]
+            packs = cut(pitems, self.packs.min_size, self.packs.r, self.packs.max_size)
+            _uv(listing, len(packs))
+            for pk in packs:
+                seen: set[bytes] = set()
+                head, body = bytearray(), bytearray()
+                for _k, p in pk:
+                    c = content_id(p)
+                    if c in seen:
+                        continue
+                    seen.add(c)
+                    head += c
+                    _uv(head, len(p))
+                    body += p
+                raw = bytearray()
+                _uv(raw, len(seen))
+                pid = _put(objs, bytes(raw + head + body), memo)
+                pids.append(pid)
+                listing += pid
+                _bytes(listing, pk[0][0])
+                _bytes(listing, pk[-1][0])
+        top = _put(objs, bytes(listing), memo)
+        tree_ids.add(top)
+        # The root's entries are the keys "\0name": in the first range(s).
+        first = {top} | {rids[i] for i, rg in enumerate(ranges) if rg[0][0] < b"\x01"}
+        sizes = [objs[r] for r in rids]
+        return Encoded(top, objs, tree_ids, first, [1, len(rids) + len(pids)],
+                       {"ranges": len(rids), "packs": len(pids), "range_kib": sum(sizes) / len(sizes) / KiB,
+                        "pack_kib": (sum(objs[p] for p in pids) / len(pids) / KiB) if pids else 0.0,
+                        "meta_range_kib": objs[top] / KiB})
+
+
+# -- design 3: Git-like tree objects ----------------------------------------------------------
+
+
+class GitTrees:
+    """One object per directory (entries sorted by name, child ids); small files as blobs or inside it."""
+
+    def __init__(self, name: str, inline: bool) -> None:
+        self.name = name
+        self.inline = inline
+
+    def encode(self, tree: Tree, workspace: str, memo: dict[bytes, int] | None) -> Encoded:
+        objs: dict[bytes, int] = {}
+        children: dict[bytes, list[bytes]] = {}
+        for p in tree:
+            if p:
+                children.setdefault(p.rpartition(b"/")[0], []).append(p)
+        def depth(p: bytes) -> int:
+            return p.count(b"/") + 1 if p else 0
+
+        dirs = sorted((p for p, n in tree.items() if stat.S_ISDIR(n.mode)), key=depth, reverse=True)  # deepest first
+        tid: dict[bytes, bytes] = {}
+        blobs = set()
+        level_count: dict[int, int] = {}
+        for d in dirs:
+            raw = bytearray()
+            for p in sorted(children.get(d, ())):
+                n = tree[p]
+                raw += record(p.rpartition(b"/")[2], n, with_data=self.inline)
+                if stat.S_ISDIR(n.mode):
+                    raw += tid[p]
+                elif n.data is not None and not self.inline:
+                    blobs.add(_put(objs, n.data, memo))
+            tid[d] = _put(objs, bytes(raw), memo)
+            level_count[depth(d)] = level_count.get(depth(d), 0) + 1
+        rounds = [level_count[i] for i in sorted(level_count)]
+        if blobs:
+            rounds.append(len(blobs))  # a directory's files can be fetched once it is known
+        tree_ids = set(objs) - blobs
+        return Encoded(tid[b""], objs, tree_ids, {tid[b""]}, rounds,
+                       {"tree_objects": len(tree_ids), "blobs": len(blobs)})
+
+
+# -- measurement ------------------------------------------------------------------------------
+
+
+def designs(workdir: str) -> list:
+    return [
+        Format1(workdir),
+        Format1(workdir, pieces=256 * KiB),
+        # inline ranges: file records average ~9 KB raw here; ~3x compression
+        Ranges("rng-inl-64K", RangeParams(96 * KiB, 12, 1 * MiB), None),
+        Ranges("rng-inl-256K", RangeParams(384 * KiB, 48, 4 * MiB), None),
+        # metadata-only ranges (~100 B records) + data packs
+        Ranges("rng-pk-32K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(48 * KiB, 6, 512 * KiB)),
+        Ranges("rng-pk-64K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(96 * KiB, 12, 1 * MiB)),
+        Ranges("rng-pk-256K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(384 * KiB, 48, 4 * MiB)),
+        GitTrees("git-blob", inline=False),
+        GitTrees("git-dir", inline=True),
+    ]
+
+
+def timed(fn: Callable[[], Encoded]) -> tuple[Encoded, float]:
+    t = time.process_time()
+    e = fn()
+    return e, time.process_time() - t
+
+
+def stat_walk(top: str) -> tuple[int, float]:
+    """What a stat cache costs on an unchanged tree: lstat of every entry, keyed by (dev, ino, size, mtime, ctime)."""
+    t = time.perf_counter()
+    seen = {}
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                s = e.stat(follow_symlinks=False)
+                seen[e.path] = (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+                if stat.S_ISDIR(s.st_mode):
+                    stack.append(e.path)
+    return len(seen), time.perf_counter() - t
+
+
+def fmt_b(n: float) -> str:
+    if n >= MiB:
+        return f"{n / MiB:.2f} MiB"
+    if n >= KiB:
+        return f"{n / KiB:.1f} KiB"
+    return f"{int(n)} B"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tree", help="a real tree to measure instead of a generated one")
+    ap.add_argument("--files", type=int, default=20000, help="generated tree: about this many files")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--only", help="comma-separated design names")
+    ap.add_argument("--json", help="write every number here")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="wsfs-mdesign-")
+    try:
+        if args.tree:
+            top = args.tree
+        else:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from bench_push_checkout import TreeGen
+
+            top = os.path.join(work, "tree")
+            os.makedirs(top)
+            TreeGen(args.seed, 8 * MiB).generate(top, args.files)
+        t = time.perf_counter()
+        v0 = load_tree(top)
+        load_s = time.perf_counter() - t
+        n_walk, walk_s = stat_walk(top)
+        n_walk, walk_s2 = stat_walk(top)
+        nfiles = sum(1 for n in v0.values() if stat.S_ISREG(n.mode))
+        ndirs = sum(1 for n in v0.values() if stat.S_ISDIR(n.mode))
+        nbytes = sum(n.size for n in v0.values() if stat.S_ISREG(n.mode))
+        print(f"tree: {top}: {nfiles} files, {ndirs} dirs, {len(v0) - nfiles - ndirs} other, {nbytes / 1e6:.1f} MB; "
+              f"loaded in {load_s:.1f} s; lstat walk of {n_walk} entries: {walk_s:.2f} s, again {walk_s2:.2f} s")
+        edits = {
+            "1 file modified": edit_one(v0),
+            "100 files modified": edit_spread(v0),
+            "package added (50 files)": edit_add_package(v0),
+            "nothing changed": dict(v0),
+        }
+        hist_final = edit_spread(edit_one(v0))  # history A: v0 -> one -> +spread; history B: that tree alone
+        chunks0 = chunk_objects(v0)
+        results: dict = {"tree": {"path": top, "files": nfiles, "dirs": ndirs, "bytes": nbytes,
+                                  "stat_walk_s": [walk_s, walk_s2]},
+                         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
+                                     "cpus": os.cpu_count()},
+                         "designs": {}}
+        only = set(args.only.split(",")) if args.only else None
+        for d in designs(work):
+            if only and d.name not in only:
+                continue
+            memo: dict[bytes, int] = {}
+            e0, cold_s = timed(lambda d=d, memo=memo: d.encode(v0, "ws1", memo))
+            store = dict(e0.objects) | chunks0
+            res: dict = {"cold": {
+                "objects": len(e0.objects), "bytes": sum(e0.objects.values()),
+                "tree_objects": len(e0.tree_objects), "tree_bytes": sum(e0.objects[o] for o in e0.tree_objects),
+                "first_ls_bytes": sum(e0.objects[o] for o in e0.first_ls), "rounds": e0.rounds,
+                "encode_s": cold_s, **e0.extra}, "edits": {}}
+            for label, tree in edits.items():
+                e, inc_s = timed(lambda d=d, tree=tree, memo=memo: d.encode(tree, "ws1", memo))
+                new = {o: s for o, s in e.objects.items() if o not in store}
+                newc = {o: s for o, s in chunk_objects(tree).items() if o not in store}
+                dl = {o: s for o, s in e.objects.items() if o not in e0.objects}
+                res["edits"][label] = {"put_objects": len(new) + len(newc) + 1, "put_bytes": sum(new.values()),
+                                       "put_chunk_bytes": sum(newc.values()),
+                                       "remount_gets": len(dl), "remount_bytes": sum(dl.values()),
+                                       "encode_s": inc_s}
+            # a second workspace pushes the same tree
+            e, inc_s = timed(lambda d=d, memo=memo: d.encode(v0, "ws2", memo))
+            new = {o: s for o, s in e.objects.items() if o not in store}
+            dl = {o: s for o, s in e.objects.items() if o not in e0.objects}
+            res["edits"]["second workspace, same tree"] = {
+                "put_objects": len(new) + 1, "put_bytes": sum(new.values()), "put_chunk_bytes": 0,
+                "remount_gets": len(dl), "remount_bytes": sum(dl.values()), "encode_s": inc_s}
+            # determinism across histories: A = v0 -> one -> final (with memo), B = final alone (fresh)
+            ea = d.encode(edit_one(v0), "ws1", memo)
+            ea = d.encode(hist_final, "ws1", memo)
+            eb = d.encode(hist_final, "ws1", None)
+            same = ea.root == eb.root and set(ea.objects) == set(eb.objects)
+            res["deterministic"] = same
+            if not d.name.startswith("f1"):
+                assert same, f"{d.name}: two histories gave different objects"
+            results["designs"][d.name] = res
+            c = res["cold"]
+            print(f"\n## {d.name}: cold v0 {c['objects']} objects, {fmt_b(c['bytes'])} "
+                  f"(tree part {c['tree_objects']} objects, {fmt_b(c['tree_bytes'])}; first ls {fmt_b(c['first_ls_bytes'])}); "
+                  f"rounds {c['rounds'][:8]}{'...' if len(c['rounds']) > 8 else ''}; encode {cold_s:.2f} s; "
+                  f"{ {k: round(v, 1) for k, v in e0.extra.items()} }; deterministic: {same}")
+            for label, r in res["edits"].items():
+                print(f"  {label:30s} PUT {r['put_objects']:5d} objs {fmt_b(r['put_bytes']):>11s}"
+                      f" (+chunks {fmt_b(r['put_chunk_bytes'])}) | re-mount {r['remount_gets']:5d} GETs "
+                      f"{fmt_b(r['remount_bytes']):>11s} | encode {r['encode_s']:.2f} s")
+            sys.stdout.flush()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        print_table(results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_table(results: dict) -> None:
+    """The decision record's tables, in Markdown."""
+    ds = results["designs"]
+    labels = list(next(iter(ds.values()))["edits"]) if ds else []
+    print("\n| design | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for name, res in ds.items():
+        cells = [f"{fmt_b(r['put_bytes'])} / {r['put_objects']}" for r in res["edits"].values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n(re-mount download from v0: bytes / GETs)\n\n| design | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for name, res in ds.items():
+        cells = [f"{fmt_b(r['remount_bytes'])} / {r['remount_gets']}" for r in res["edits"].values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n| design | cold objects | cold bytes | tree part (objects, bytes) | first ls bytes | rounds | widest round"
+          " | encode full (s) | encode 1-file edit, parent's pieces known (s) | same objects across histories |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, res in ds.items():
+        c = res["cold"]
+        print(f"| {name} | {c['objects']} | {fmt_b(c['bytes'])} | {c['tree_objects']}, {fmt_b(c['tree_bytes'])} | "
+              f"{fmt_b(c['first_ls_bytes'])} | {len(c['rounds'])} | {max(c['rounds'])} | {c['encode_s']:.2f} | "
+              f"{res['edits']['1 file modified']['encode_s']:.2f} | {'yes' if res['deterministic'] else 'no'} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
