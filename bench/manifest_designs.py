@@ -204,9 +204,14 @@ class Encoded:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+CAPTURE: dict[bytes, tuple[int, bytes]] | None = None  # when set: id -> (plaintext size, stored bytes)
+
+
 def _put(objs: dict[bytes, int], raw: bytes, memo: dict[bytes, int] | None) -> bytes:
     """Add the object of plaintext *raw* (stored as codec byte + zstd); returns its id."""
     oid = blake3.blake3(raw).digest()
+    if CAPTURE is not None:
+        CAPTURE[oid] = (len(raw), encode_blob(raw))
     if memo is not None and oid in memo:
         objs[oid] = memo[oid]
     else:
@@ -251,6 +256,45 @@ def record(name: bytes, n: Node, *, with_data: bool) -> bytes:
         _bytes(out, k)
         _bytes(out, v)
     return bytes(out)
+
+
+def changeset(old: Tree, new: Tree) -> bytes:
+    """The changeset a format 2 version would store against its parent: sorted (op, path, old id, new id).
+
+    Ids are the content id for regular files, else blake3 of the entry's
+    record (attributes, target); a change of attributes only is a modification
+    with equal content ids.  Returns the stored object (codec byte + zstd).
+    """
+    def rid(n: Node) -> bytes:
+        return n.cid if n.cid is not None else content_id(record(b"", n, with_data=False))
+
+    out = bytearray()
+    for p in sorted(old.keys() | new.keys()):
+        a, b = old.get(p), new.get(p)
+        if a == b:
+            continue
+        op = 0 if a is None else 1 if b is None else 2  # added, removed, modified
+        out.append(op)
+        _bytes(out, p)
+        if a is not None:
+            out += rid(a)
+        if b is not None:
+            out += rid(b)
+            _uv(out, b.mode, b.size, b.mtime_ns)
+    return encode_blob(bytes(out))
+
+
+def decode_cost(ids: set[bytes]) -> float:
+    """CPU seconds to decompress and verify (blake3) the captured objects *ids*: what a reader does first."""
+    from wsfs.format.blobs import decompress
+
+    assert CAPTURE is not None
+    t = time.process_time()
+    for oid in ids:
+        size, stored = CAPTURE[oid]
+        data = decompress(stored[0], stored[1:], size)
+        assert blake3.blake3(data).digest() == oid
+    return time.process_time() - t
 
 
 # -- design 1: format 1, the real ManifestBuilder --------------------------------------
@@ -549,25 +593,33 @@ def main() -> int:
             "package added (50 files)": edit_add_package(v0),
             "nothing changed": dict(v0),
         }
+        results_cs = {label: len(changeset(v0, tree)) for label, tree in edits.items()}
+        print("changeset objects (format 2, any design): " + ", ".join(f"{k}: {fmt_b(v)}" for k, v in results_cs.items()))
         hist_final = edit_spread(edit_one(v0))  # history A: v0 -> one -> +spread; history B: that tree alone
         chunks0 = chunk_objects(v0)
         results: dict = {"tree": {"path": top, "files": nfiles, "dirs": ndirs, "bytes": nbytes,
                                   "stat_walk_s": [walk_s, walk_s2]},
                          "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                                      "cpus": os.cpu_count()},
-                         "designs": {}}
+                         "changeset_bytes": results_cs, "designs": {}}
         only = set(args.only.split(",")) if args.only else None
         for d in designs(work):
             if only and d.name not in only:
                 continue
             memo: dict[bytes, int] = {}
+            global CAPTURE
+            CAPTURE = {}
             e0, cold_s = timed(lambda d=d, memo=memo: d.encode(v0, "ws1", memo))
+            dec_all, dec_tree, dec_first = (decode_cost(set(e0.objects)), decode_cost(e0.tree_objects),
+                                            decode_cost(e0.first_ls))
+            CAPTURE = None
             store = dict(e0.objects) | chunks0
             res: dict = {"cold": {
                 "objects": len(e0.objects), "bytes": sum(e0.objects.values()),
                 "tree_objects": len(e0.tree_objects), "tree_bytes": sum(e0.objects[o] for o in e0.tree_objects),
                 "first_ls_bytes": sum(e0.objects[o] for o in e0.first_ls), "rounds": e0.rounds,
-                "encode_s": cold_s, **e0.extra}, "edits": {}}
+                "encode_s": cold_s, "decode_all_s": dec_all, "decode_tree_s": dec_tree, "decode_first_ls_s": dec_first,
+                **e0.extra}, "edits": {}}
             for label, tree in edits.items():
                 e, inc_s = timed(lambda d=d, tree=tree, memo=memo: d.encode(tree, "ws1", memo))
                 new = {o: s for o, s in e.objects.items() if o not in store}
@@ -627,12 +679,14 @@ def print_table(results: dict) -> None:
         cells = [f"{fmt_b(r['remount_bytes'])} / {r['remount_gets']}" for r in res["edits"].values()]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print("\n| design | cold objects | cold bytes | tree part (objects, bytes) | first ls bytes | rounds | widest round"
-          " | encode full (s) | encode 1-file edit, parent's pieces known (s) | same objects across histories |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          " | decode+verify all / tree / first ls (s) | encode full (s) | encode 1-file edit, parent's pieces known (s)"
+          " | same objects across histories |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, res in ds.items():
         c = res["cold"]
         print(f"| {name} | {c['objects']} | {fmt_b(c['bytes'])} | {c['tree_objects']}, {fmt_b(c['tree_bytes'])} | "
-              f"{fmt_b(c['first_ls_bytes'])} | {len(c['rounds'])} | {max(c['rounds'])} | {c['encode_s']:.2f} | "
+              f"{fmt_b(c['first_ls_bytes'])} | {len(c['rounds'])} | {max(c['rounds'])} | "
+              f"{c['decode_all_s']:.2f} / {c['decode_tree_s']:.2f} / {c['decode_first_ls_s']:.3f} | {c['encode_s']:.2f} | "
               f"{res['edits']['1 file modified']['encode_s']:.2f} | {'yes' if res['deterministic'] else 'no'} |")
 
 
