@@ -564,17 +564,29 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--only", help="comma-separated design names")
     ap.add_argument("--json", help="write every number here")
+    ap.add_argument("--keep", metavar="DIR", help="generate the tree into DIR (once) and keep it, for runs in pieces")
+    ap.add_argument("--report", nargs="+", metavar="JSON", help="only print the tables of these --json files, merged")
     args = ap.parse_args()
+    if args.report:
+        merged: dict = {"designs": {}}
+        for path in args.report:
+            with open(path) as f:
+                r = json.load(f)
+            merged["designs"].update(r["designs"])
+        print_table(merged)
+        return 0
 
     work = tempfile.mkdtemp(prefix="wsfs-mdesign-")
     try:
         if args.tree:
             top = args.tree
+        elif args.keep and os.path.isdir(os.path.join(args.keep, "tree")):
+            top = os.path.join(args.keep, "tree")
         else:
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
             from bench_push_checkout import TreeGen
 
-            top = os.path.join(work, "tree")
+            top = os.path.join(args.keep or work, "tree")
             os.makedirs(top)
             TreeGen(args.seed, 8 * MiB).generate(top, args.files)
         t = time.perf_counter()
