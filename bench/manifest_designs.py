@@ -403,12 +403,28 @@ class RangeParams:
 
 
 class Ranges:
-    """Key ranges; ``packs`` None: file bytes inline in the records; else small-file data in packs cut likewise."""
+    """Key ranges; ``packs`` None: file bytes inline in the records; else small-file data in packs cut likewise.
 
-    def __init__(self, name: str, meta: RangeParams, packs: RangeParams | None) -> None:
+    ``two_level``: the meta-range's entries (one per range or pack) are cut
+    into pieces by the same rule, and the version's top object lists the
+    pieces (Graveler's meta-range is itself a range of ranges): a commit then
+    rewrites a piece of the listing, not all of it.
+    """
+
+    LISTING = RangeParams(8 * KiB, 32, 64 * KiB)  # listing entries are ~100 B: pieces of ~10 KiB raw
+
+    def __init__(self, name: str, meta: RangeParams, packs: RangeParams | None, two_level: bool = False) -> None:
         self.name = name
         self.meta = meta
         self.packs = packs
+        self.two_level = two_level
+
+    @staticmethod
+    def _entry(oid: bytes, first: bytes, last: bytes) -> bytes:
+        out = bytearray(oid)
+        _bytes(out, first)
+        _bytes(out, last)
+        return bytes(out)
 
     def encode(self, tree: Tree, workspace: str, memo: dict[bytes, int] | None) -> Encoded:
         objs: dict[bytes, int] = {}
@@ -416,28 +432,21 @@ class Ranges:
         keys = sorted((key_of(p), p) for p in tree)
         items = [(k, record(k, tree[p], with_data=inline)) for k, p in keys]
         ranges = cut(items, self.meta.min_size, self.meta.r, self.meta.max_size)
-        listing = bytearray()  # the meta-range: per range its id, first and last key; then the packs likewise
-        _uv(listing, len(ranges))
-        rids = []
+        # Listing entries: per range (then per pack) its id, first and last key.
+        rlist: list[tuple[bytes, bytes]] = []
         for rg in ranges:
             raw = bytearray()
             _uv(raw, len(rg))
             for _, rec in rg:
                 raw += rec
-            rid = _put(objs, bytes(raw), memo)
-            rids.append(rid)
-            listing += rid
-            _bytes(listing, rg[0][0])
-            _bytes(listing, rg[-1][0])
-        tree_ids = set(rids)
-        pids = []
+            rlist.append((rg[0][0], self._entry(_put(objs, bytes(raw), memo), rg[0][0], rg[-1][0])))
+        rids = [e[:32] for _, e in rlist]
+        plist: list[tuple[bytes, bytes]] = []
         if self.packs is not None:
             # A pack: (content id, length) of each distinct content, then the bytes, one zstd frame.
             # cut() weighs items by len(item[1]): the file's bytes.
             pitems = [(k, tree[p].data) for k, p in keys if tree[p].data is not None]
-            packs = cut(pitems, self.packs.min_size, self.packs.r, self.packs.max_size)
-            _uv(listing, len(packs))
-            for pk in packs:
+            for pk in cut(pitems, self.packs.min_size, self.packs.r, self.packs.max_size):
                 seen: set[bytes] = set()
                 head, body = bytearray(), bytearray()
                 for _k, p in pk:
@@ -450,20 +459,40 @@ class Ranges:
                     body += p
                 raw = bytearray()
                 _uv(raw, len(seen))
-                pid = _put(objs, bytes(raw + head + body), memo)
-                pids.append(pid)
-                listing += pid
-                _bytes(listing, pk[0][0])
-                _bytes(listing, pk[-1][0])
+                plist.append((pk[0][0], self._entry(_put(objs, bytes(raw + head + body), memo), pk[0][0], pk[-1][0])))
+        pids = [e[:32] for _, e in plist]
+        tree_ids = set(rids)
+        # The root's entries are the keys "\0name": in the first range(s).
+        first = {rids[i] for i, rg in enumerate(ranges) if rg[0][0] < b"\x01"}
+        rounds = [1, len(rids) + len(pids)]
+        listing = bytearray()
+        if not self.two_level:
+            for lst in (rlist, plist):
+                _uv(listing, len(lst))
+                for _, e in lst:
+                    listing += e
+        else:
+            npieces = 0
+            for lst in (rlist, plist):
+                pieces = cut(lst, self.LISTING.min_size, self.LISTING.r, self.LISTING.max_size) if lst else []
+                _uv(listing, len(pieces))
+                for i, pc in enumerate(pieces):
+                    pid = _put(objs, b"".join(e for _, e in pc), memo)
+                    npieces += 1
+                    if lst is rlist:
+                        tree_ids.add(pid)
+                        if i == 0:
+                            first.add(pid)
+                    listing += self._entry(pid, pc[0][0], pc[-1][0])
+            rounds = [1, npieces, len(rids) + len(pids)]
         top = _put(objs, bytes(listing), memo)
         tree_ids.add(top)
-        # The root's entries are the keys "\0name": in the first range(s).
-        first = {top} | {rids[i] for i, rg in enumerate(ranges) if rg[0][0] < b"\x01"}
+        first.add(top)
         sizes = [objs[r] for r in rids]
-        return Encoded(top, objs, tree_ids, first, [1, len(rids) + len(pids)],
+        return Encoded(top, objs, tree_ids, first, rounds,
                        {"ranges": len(rids), "packs": len(pids), "range_kib": sum(sizes) / len(sizes) / KiB,
                         "pack_kib": (sum(objs[p] for p in pids) / len(pids) / KiB) if pids else 0.0,
-                        "meta_range_kib": objs[top] / KiB})
+                        "top_kib": objs[top] / KiB})
 
 
 # -- design 3: Git-like tree objects ----------------------------------------------------------
@@ -521,6 +550,8 @@ def designs(workdir: str) -> list:
         # metadata-only ranges (~100 B records) + data packs
         Ranges("rng-pk-32K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(48 * KiB, 6, 512 * KiB)),
         Ranges("rng-pk-64K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(96 * KiB, 12, 1 * MiB)),
+        Ranges("rng-pk-32K-2l", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(48 * KiB, 6, 512 * KiB), True),
+        Ranges("rng-pk-64K-2l", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(96 * KiB, 12, 1 * MiB), True),
         Ranges("rng-pk-256K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(384 * KiB, 48, 4 * MiB)),
         GitTrees("git-blob", inline=False),
         GitTrees("git-dir", inline=True),
