@@ -189,6 +189,31 @@ def edit_add_package(tree: Tree, nfiles: int = 50, seed: int = 3) -> Tree:
     return new
 
 
+def edit_rename_dir(tree: Tree) -> Tree:
+    """Rename the child of the top node_modules (or root) holding the most small files (under a third of all)."""
+    top = b"node_modules" if b"node_modules" in tree else b""
+    pre = top + b"/" if top else b""
+    counts: dict[bytes, int] = {}
+    for p, n in tree.items():
+        if n.data is not None and p.startswith(pre):
+            head = p[len(pre):].split(b"/", 1)[0]
+            if head.startswith(b"@"):  # a scope: count its packages
+                head = b"/".join(p[len(pre):].split(b"/", 2)[:2])
+            counts[head] = counts.get(head, 0) + 1
+    limit = len(_small_files(tree)) // 3
+    victim = max((c, h) for h, c in counts.items() if c < limit and (pre + h) in tree and stat.S_ISDIR(tree[pre + h].mode))[1]
+    old, new = pre + victim, pre + victim + b"-renamed"
+    out: Tree = {}
+    for p, n in tree.items():
+        if p == old or p.startswith(old + b"/"):
+            out[new + p[len(old):]] = n
+        else:
+            out[p] = n
+    parent = old.rpartition(b"/")[0]
+    out[parent] = replace(tree[parent], mtime_ns=tree[parent].mtime_ns + 7_000_000_000)
+    return out
+
+
 # -- the simulated store -----------------------------------------------------------
 
 
@@ -371,7 +396,8 @@ def key_of(path: bytes) -> bytes:
     return parent + b"\0" + name if path else b""
 
 
-def cut(items: list[tuple[bytes, bytes]], min_size: int, r: int, max_size: int) -> list[list[tuple[bytes, bytes]]]:
+def cut(items: list[tuple[bytes, bytes]], min_size: int, r: int, max_size: int,
+        by: list[bytes] | None = None) -> list[list[tuple[bytes, bytes]]]:
     """Split sorted (key, record) into ranges: end after a key with hash % r == 0 once min_size is reached.
 
     A function of the sorted items only, so any history that reaches the same
@@ -381,12 +407,13 @@ def cut(items: list[tuple[bytes, bytes]], min_size: int, r: int, max_size: int) 
     out: list[list[tuple[bytes, bytes]]] = []
     cur: list[tuple[bytes, bytes]] = []
     size = 0
-    for k, rec in items:
+    for i, (k, rec) in enumerate(items):
         cur.append((k, rec))
         size += len(rec)
-        h = _KEY_HASH.get(k)
+        hk = k if by is None else by[i]  # what decides a boundary: the key, or (packs) the content id
+        h = _KEY_HASH.get(hk)
         if h is None:
-            h = _KEY_HASH[k] = int.from_bytes(blake3.blake3(k).digest()[:8], "little")
+            h = _KEY_HASH[hk] = int.from_bytes(blake3.blake3(hk).digest()[:8], "little")
         if size >= max_size or (size >= min_size and h % r == 0):
             out.append(cur)
             cur, size = [], 0
@@ -413,7 +440,9 @@ class Ranges:
 
     LISTING = RangeParams(8 * KiB, 32, 64 * KiB)  # listing entries are ~100 B: pieces of ~10 KiB raw
 
-    def __init__(self, name: str, meta: RangeParams, packs: RangeParams | None, two_level: bool = False) -> None:
+    def __init__(self, name: str, meta: RangeParams, packs: RangeParams | None, two_level: bool = False,
+                 packs_by_content: bool = False) -> None:
+        self.packs_by_content = packs_by_content  # pack boundaries from content ids: a renamed subtree keeps its packs
         self.name = name
         self.meta = meta
         self.packs = packs
@@ -446,7 +475,8 @@ class Ranges:
             # A pack: (content id, length) of each distinct content, then the bytes, one zstd frame.
             # cut() weighs items by len(item[1]): the file's bytes.
             pitems = [(k, tree[p].data) for k, p in keys if tree[p].data is not None]
-            for pk in cut(pitems, self.packs.min_size, self.packs.r, self.packs.max_size):
+            by = [tree[p].cid for _, p in keys if tree[p].data is not None] if self.packs_by_content else None
+            for pk in cut(pitems, self.packs.min_size, self.packs.r, self.packs.max_size, by):  # type: ignore[arg-type]
                 seen: set[bytes] = set()
                 head, body = bytearray(), bytearray()
                 for _k, p in pk:
@@ -552,6 +582,8 @@ def designs(workdir: str) -> list:
         Ranges("rng-pk-64K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(96 * KiB, 12, 1 * MiB)),
         Ranges("rng-pk-32K-2l", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(48 * KiB, 6, 512 * KiB), True),
         Ranges("rng-pk-64K-2l", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(96 * KiB, 12, 1 * MiB), True),
+        Ranges("rng-pk-32K-2l-c", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(48 * KiB, 6, 512 * KiB), True,
+               packs_by_content=True),
         Ranges("rng-pk-256K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(384 * KiB, 48, 4 * MiB)),
         GitTrees("git-blob", inline=False),
         GitTrees("git-dir", inline=True),
@@ -635,7 +667,11 @@ def main() -> int:
             "100 files modified": edit_spread(v0),
             "package added (50 files)": edit_add_package(v0),
             "nothing changed": dict(v0),
+            "directory renamed": edit_rename_dir(v0),
         }
+        moved = sorted(v0.keys() - edits["directory renamed"].keys())
+        print(f"directory renamed: {moved[0].decode(errors='replace')} ({len(moved)} entries, "
+              f"{sum(1 for p in moved if v0[p].data is not None)} small files)")
         results_cs = {label: len(changeset(v0, tree)) for label, tree in edits.items()}
         print("changeset objects (format 2, any design): " + ", ".join(f"{k}: {fmt_b(v)}" for k, v in results_cs.items()))
         hist_final = edit_spread(edit_one(v0))  # history A: v0 -> one -> +spread; history B: that tree alone
