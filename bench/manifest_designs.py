@@ -15,7 +15,12 @@ size; nothing is uploaded anywhere) and reports:
 * CPU time to encode a version from scratch, and with the parent's encoded
   pieces remembered (what a commit that reuses its parent's pieces does);
 * determinism: the same final tree reached by two histories gives the same
-  objects (asserted for the content-defined designs).
+  objects (asserted for the content-defined designs);
+* the changeset object each version would store, per edit.
+
+Edits: 1 small file modified, 100 spread over the tree, a 50-file package
+added, nothing changed, the biggest top-level package renamed, and a second
+workspace pushing the same tree.
 
 Large files (> 128 KiB) are 4 MiB chunks in every design (format 1's chunk
 blobs); they are counted separately (``chunks``) since no design changes them.
@@ -29,6 +34,8 @@ Designs (encodings written here only, kept small):
               hash(key) % R == 0 after a minimum size; a meta-range lists the ranges.
 ``rng-pk-*``  the same ranges without file bytes (metadata only), plus data packs: the small
               files' bytes in key order, cut by the same rule into packs (dedup inside a pack).
+``*-2l``      the meta-range itself cut into pieces by the same rule, under a small top object.
+``*-2l-c``    and pack boundaries decided by the content id, not the key (a renamed subtree keeps its packs).
 ``git-blob``  one tree object per directory + one blob per small file (Git).
 ``git-dir``   one tree object per directory with its small files' bytes inside (packed per dir).
 
@@ -583,6 +590,8 @@ def designs(workdir: str) -> list:
         Ranges("rng-pk-32K-2l", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(48 * KiB, 6, 512 * KiB), True),
         Ranges("rng-pk-64K-2l", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(96 * KiB, 12, 1 * MiB), True),
         Ranges("rng-pk-32K-2l-c", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(48 * KiB, 6, 512 * KiB), True,
+               packs_by_content=True),
+        Ranges("rng-pk-16K-2l-c", RangeParams(16 * KiB, 128, 128 * KiB), RangeParams(24 * KiB, 3, 256 * KiB), True,
                packs_by_content=True),
         Ranges("rng-pk-256K", RangeParams(32 * KiB, 256, 256 * KiB), RangeParams(384 * KiB, 48, 4 * MiB)),
         GitTrees("git-blob", inline=False),
