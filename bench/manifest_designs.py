@@ -621,6 +621,83 @@ def stat_walk(top: str) -> tuple[int, float]:
     return len(seen), time.perf_counter() - t
 
 
+def s3_fanout(rtts: list[float], total_mib: int, piece_kib: list[int], threads: list[int]) -> dict:
+    """Wall and client CPU time of a cold fetch: one streamed GET of *total_mib* vs many parallel GETs of pieces.
+
+    SeaweedFS on loopback (tests/support/s3server.py) behind bench/latency_proxy.py
+    (a process of its own), read with the product's S3Store (botocore, its
+    pool of 32 connections): what a format 2 cold hydration would pay per
+    piece, without the decoding, against format 1's single manifest GET.
+    """
+    import concurrent.futures
+    from pathlib import Path
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [here, os.path.join(os.path.dirname(here), "tests")]
+    from latency_proxy import LatencyProxy
+
+    from support.s3server import seaweedfs_server, server_env
+    from wsfs.store.s3 import S3Store
+
+    rng = random.Random(1)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="wsfs-fanout-") as td, seaweedfs_server(Path(td)) as s3:
+        os.environ.update(server_env(s3.endpoint_url))
+        port = int(s3.endpoint_url.rsplit(":", 1)[1])
+        direct = S3Store(s3.bucket, "fanout", endpoint_url=s3.endpoint_url)
+        big = rng.randbytes(total_mib * MiB)
+        direct.put("big", big)
+        sets = {}
+        for kib in piece_kib:
+            n = total_mib * MiB // (kib * KiB)
+            keys = [f"p{kib}/{i}" for i in range(n)]
+            with concurrent.futures.ThreadPoolExecutor(16) as ex:
+                piece = big[:kib * KiB]
+                list(ex.map(lambda k, piece=piece: direct.put(k, piece), keys))
+            sets[kib] = keys
+        for rtt in rtts:
+            with LatencyProxy(port, rtt) as proxy:
+                store = S3Store(s3.bucket, "fanout", endpoint_url=f"http://127.0.0.1:{proxy.port}")
+                store.get("big")  # connection set up, as a mount's record GET would
+                t, c = time.perf_counter(), time.process_time()
+                n = sum(len(p) for p in store.get_stream("big"))
+                assert n == len(big)
+                row = {"1 GET streamed": (time.perf_counter() - t, time.process_time() - c, 1)}
+                for kib, keys in sets.items():
+                    for th in threads:
+                        with concurrent.futures.ThreadPoolExecutor(th) as ex:
+                            list(ex.map(store.get, keys[:th]))  # warm the connections
+                            t, c = time.perf_counter(), time.process_time()
+                            got = sum(map(len, ex.map(store.get, keys)))
+                            row[f"{len(keys)} GETs of {kib} KiB, {th} threads"] = (
+                                time.perf_counter() - t, time.process_time() - c, len(keys))
+                        assert got == len(keys) * kib * KiB
+                    # The same GETs without botocore on the request path: URLs presigned by
+                    # botocore (counted), bodies fetched with urllib3 on 32 threads.
+                    import urllib3
+
+                    pool = urllib3.PoolManager(maxsize=32)
+                    client = store._client
+
+                    def fetch(url: str, pool: urllib3.PoolManager = pool) -> bytes:
+                        return pool.request("GET", url, preload_content=True).data
+
+                    with concurrent.futures.ThreadPoolExecutor(32) as ex:
+                        list(ex.map(fetch, [client.generate_presigned_url(
+                            "get_object", Params={"Bucket": s3.bucket, "Key": store._key(k)}) for k in keys[:32]]))
+                        t, c = time.perf_counter(), time.process_time()
+                        urls = [client.generate_presigned_url(
+                            "get_object", Params={"Bucket": s3.bucket, "Key": store._key(k)}) for k in keys]
+                        got = sum(map(len, ex.map(fetch, urls)))
+                        row[f"{len(keys)} GETs of {kib} KiB, presigned + urllib3, 32 threads"] = (
+                            time.perf_counter() - t, time.process_time() - c, len(keys))
+                    assert got == len(keys) * kib * KiB
+                out[f"rtt {rtt:g} ms"] = row
+                for k, (wall, cpu, _) in row.items():
+                    print(f"rtt {rtt:g} ms  {k:40s} wall {wall:6.2f} s  client CPU {cpu:6.2f} s", flush=True)
+    return out
+
+
 def fmt_b(n: float) -> str:
     if n >= MiB:
         return f"{n / MiB:.2f} MiB"
@@ -638,7 +715,17 @@ def main() -> int:
     ap.add_argument("--json", help="write every number here")
     ap.add_argument("--keep", metavar="DIR", help="generate the tree into DIR (once) and keep it, for runs in pieces")
     ap.add_argument("--report", nargs="+", metavar="JSON", help="only print the tables of these --json files, merged")
+    ap.add_argument("--s3-fanout", action="store_true",
+                    help="instead: time one streamed GET vs many parallel small GETs against SeaweedFS (+latency proxy)")
+    ap.add_argument("--fanout-rtt", default="0,20", help="--s3-fanout: added RTTs in ms")
+    ap.add_argument("--fanout-mb", type=int, default=56, help="--s3-fanout: total MiB")
     args = ap.parse_args()
+    if args.s3_fanout:
+        r = s3_fanout([float(x) for x in args.fanout_rtt.split(",")], args.fanout_mb, [24, 44], [16, 32])
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(r, f, indent=1)
+        return 0
     if args.report:
         merged: dict = {"designs": {}}
         for path in args.report:
