@@ -621,6 +621,63 @@ def stat_walk(top: str) -> tuple[int, float]:
     return len(seen), time.perf_counter() - t
 
 
+class LeanGet:
+    """GET with SigV4 signed here (one SHA-256 and one HMAC per request) over http.client, one connection per thread.
+
+    What a GET could cost without botocore on the request path: a sketch for
+    the measurement, not hardened (no retries, no time budget).
+    """
+
+    def __init__(self, endpoint: str, bucket: str, access: str, secret: str, region: str) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        u = urlsplit(endpoint)
+        self.host, self.port, self.bucket = u.hostname, u.port, bucket
+        self.hosthdr = f"{u.hostname}:{u.port}"
+        self.access, self.secret, self.region = access, secret, region
+        self._local = threading.local()
+        self._keys: dict[str, bytes] = {}
+
+    def _signing_key(self, day: str) -> bytes:
+        import hmac
+
+        k = self._keys.get(day)
+        if k is None:
+            k = ("AWS4" + self.secret).encode()
+            for part in (day, self.region, "s3", "aws4_request"):
+                k = hmac.new(k, part.encode(), "sha256").digest()
+            self._keys[day] = k
+        return k
+
+    def get(self, key: str) -> bytes:
+        import hashlib
+        import hmac
+        import http.client
+        from urllib.parse import quote
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        now = time.gmtime()
+        amzdate, day = time.strftime("%Y%m%dT%H%M%SZ", now), time.strftime("%Y%m%d", now)
+        path = "/" + self.bucket + "/" + quote(key, safe="/~")
+        canonical = (f"GET\n{path}\n\nhost:{self.hosthdr}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\n"
+                     f"x-amz-date:{amzdate}\n\nhost;x-amz-content-sha256;x-amz-date\nUNSIGNED-PAYLOAD")
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amzdate}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        sig = hmac.new(self._signing_key(day), to_sign.encode(), "sha256").hexdigest()
+        conn.request("GET", path, headers={
+            "Host": self.hosthdr, "x-amz-date": amzdate, "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={self.access}/{scope}, "
+                             f"SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={sig}"})
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"GET {key}: HTTP {r.status} {data[:200]!r}")
+        return data
+
+
 def s3_fanout(rtts: list[float], total_mib: int, piece_kib: list[int], threads: list[int]) -> dict:
     """Wall and client CPU time of a cold fetch: one streamed GET of *total_mib* vs many parallel GETs of pieces.
 
@@ -636,7 +693,7 @@ def s3_fanout(rtts: list[float], total_mib: int, piece_kib: list[int], threads: 
     sys.path[:0] = [here, os.path.join(os.path.dirname(here), "tests")]
     from latency_proxy import LatencyProxy
 
-    from support.s3server import seaweedfs_server, server_env
+    from support.s3server import ACCESS_KEY, REGION, SECRET_KEY, seaweedfs_server, server_env
     from wsfs.store.s3 import S3Store
 
     rng = random.Random(1)
@@ -692,9 +749,17 @@ def s3_fanout(rtts: list[float], total_mib: int, piece_kib: list[int], threads: 
                         row[f"{len(keys)} GETs of {kib} KiB, presigned + urllib3, 32 threads"] = (
                             time.perf_counter() - t, time.process_time() - c, len(keys))
                     assert got == len(keys) * kib * KiB
+                    lean = LeanGet(f"http://127.0.0.1:{proxy.port}", s3.bucket, ACCESS_KEY, SECRET_KEY, REGION)
+                    with concurrent.futures.ThreadPoolExecutor(32) as ex:
+                        list(ex.map(lean.get, [store._key(k) for k in keys[:32]]))
+                        t, c = time.perf_counter(), time.process_time()
+                        got = sum(map(len, ex.map(lean.get, [store._key(k) for k in keys])))
+                        row[f"{len(keys)} GETs of {kib} KiB, own SigV4 + http.client, 32 threads"] = (
+                            time.perf_counter() - t, time.process_time() - c, len(keys))
+                    assert got == len(keys) * kib * KiB
                 out[f"rtt {rtt:g} ms"] = row
                 for k, (wall, cpu, _) in row.items():
-                    print(f"rtt {rtt:g} ms  {k:40s} wall {wall:6.2f} s  client CPU {cpu:6.2f} s", flush=True)
+                    print(f"rtt {rtt:g} ms  {k:62s} wall {wall:6.2f} s  client CPU {cpu:6.2f} s", flush=True)
     return out
 
 
