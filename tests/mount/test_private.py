@@ -319,15 +319,21 @@ def test_a_password_in_endpoint_url_is_in_no_cmdline(s3_server, tmp_path: Path, 
 # -- B: bit rot ----------------------------------------------------------------------------
 
 
-def test_b_a_flipped_byte_with_its_mtime_restored_is_not_served(tmp_path: Path, mount) -> None:
-    """The daemon verified the chunk earlier; the edit keeps inode, size and mtime, not the ctime."""
+def _pushed_big_file(tmp_path: Path, chunks: int) -> tuple[bytes, Wsfs]:
+    """``ws@1`` in a new local repository: one random file ``big.bin`` of *chunks* chunks."""
     src = tmp_path / "src"
     src.mkdir()
-    big = os.urandom(20 * CHUNK)  # more than the daemon keeps in memory (48 MiB)
+    big = os.urandom(chunks * CHUNK)
     (src / "big.bin").write_bytes(big)
     w = Wsfs(str(tmp_path / "repo"), str(tmp_path / "push-cache"))
     w("init")
     w.push(src, "ws")
+    return big, w
+
+
+def test_b_a_flipped_byte_with_its_mtime_restored_is_not_served(tmp_path: Path, mount) -> None:
+    """The daemon verified the chunk earlier; the edit keeps inode, size and mtime, not the ctime."""
+    big, w = _pushed_big_file(tmp_path, 20)  # more than the daemon keeps in memory (48 MiB)
     cache = tmp_path / "cache"
     m = mount(w.repo, "ws@1", cache_dir=cache)
     m.expect_log(r"cached blob [0-9a-f]+ is corrupt")
@@ -346,13 +352,7 @@ def test_b_a_flipped_byte_with_its_mtime_restored_is_not_served(tmp_path: Path, 
 
 
 def test_b_fsck_cache_drops_what_fails_and_a_mount_fetches_it_again(tmp_path: Path, mount) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    big = os.urandom(3 * CHUNK)
-    (src / "big.bin").write_bytes(big)
-    w = Wsfs(str(tmp_path / "repo"), str(tmp_path / "push-cache"))
-    w("init")
-    w.push(src, "ws")
+    big, w = _pushed_big_file(tmp_path, 3)
     cache = tmp_path / "cache"
     m = mount(w.repo, "ws@1", cache_dir=cache)
     assert (m.path / "big.bin").read_bytes() == big
