@@ -79,7 +79,7 @@ from dataclasses import asdict, dataclass
 import apsw
 
 from wsfs.errors import IntegrityError, NotFound, WsfsError
-from wsfs.format.blobs import content_id, hexid
+from wsfs.format.blobs import content_id, hexid, is_hexid
 from wsfs.localfs import PRIVATE_DIR, private_dir, private_file, remove_stale, tighten, touch_private
 from wsfs.repository import Repository
 
@@ -432,12 +432,7 @@ class BlobCache:
         log.warning("cached blob %s is corrupt (%s); fetching it again", h, why)
         with self._lock:
             self.stats.corrupt += 1
-        with self._file_lock(path):
-            try:
-                if os.stat(path).st_ino == st_ino:  # not already replaced by another process
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _unlink_if_same(path, st_ino)
 
     # -- fetching ----------------------------------------------------------
 
@@ -817,7 +812,7 @@ def check_cache(cache_dir: str, progress: Callable[[int], None] = lambda n: None
             tighten(directory, PRIVATE_DIR)
             out.leftovers += remove_stale(directory, _tmp_pid, TMP_MAX_AGE)
             for h in sorted(os.listdir(directory)):
-                if len(h) != 64 or not _is_hex(h):
+                if not is_hexid(h):
                     continue
                 before = out.dropped
                 size = _check_one(os.path.join(directory, h), h, out)
@@ -873,19 +868,26 @@ def _check_one(path: str, h: str, out: CacheCheck) -> int:
     if content_id(data) == bytes.fromhex(h):
         return len(data)
     log.warning("cached blob %s is corrupt; dropping it", h)
-    with BlobCache._file_lock(path):
-        try:
-            if os.stat(path).st_ino == st.st_ino:  # not replaced by a fetch meanwhile
-                os.unlink(path)
-                out.dropped += 1
-                out.dropped_bytes += len(data)
-        except FileNotFoundError:
-            pass
+    if _unlink_if_same(path, st.st_ino):
+        out.dropped += 1
+        out.dropped_bytes += len(data)
     return -1
 
 
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
+def _unlink_if_same(path: str, st_ino: int) -> bool:
+    """Remove the content file *path* under its fetch lock if it is still inode *st_ino*; whether it was.
+
+    A process that fetched the blob again meanwhile installed a new inode,
+    which is sound and stays.
+    """
+    with BlobCache._file_lock(path):
+        try:
+            if os.stat(path).st_ino == st_ino:
+                os.unlink(path)
+                return True
+        except FileNotFoundError:
+            pass
+    return False
 
 
 @contextmanager

@@ -130,6 +130,11 @@ def tidy_cache_dir(cache_dir: str) -> int:
     return remove_stale(os.path.join(cache_dir, TMP_DIR), temp_pid, TMP_MAX_AGE)
 
 
+def _temp_path(cache_dir: str, prefix: str, suffix: str = "") -> str:
+    """A fresh path (not created) in the private ``<cache>/tmp``, named with our pid (see tidy_cache_dir)."""
+    return temp_name(private_dir(os.path.join(cache_dir, TMP_DIR)), prefix, suffix)
+
+
 def _local_dir(cache_dir: str, url: str) -> str:
     """Where local copies of one repository's immutable small objects live (descriptor, records)."""
     return os.path.join(cache_dir, "repos", blake3.blake3(url.encode()).hexdigest()[:16])
@@ -145,7 +150,7 @@ def _atomic_file(path: str, cache_dir: str, check: Callable[[str], None] | None 
     written and closed; an exception from it leaves nothing behind.
     """
     private_dir(os.path.dirname(path))
-    tmp = temp_name(private_dir(os.path.join(cache_dir, TMP_DIR)), "write")
+    tmp = _temp_path(cache_dir, "write")
     fd = private_file(tmp, os.O_WRONLY | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -221,7 +226,7 @@ class Repository:
 
     def temp_path(self, prefix: str, suffix: str = "") -> str:
         """A fresh path (not created) in the private ``<cache>/tmp``, removed by the next command if we are killed."""
-        return temp_name(private_dir(os.path.join(self.cache_dir, TMP_DIR)), prefix, suffix)
+        return _temp_path(self.cache_dir, prefix, suffix)
 
     # -- opening ----------------------------------------------------------
 
@@ -345,8 +350,7 @@ class Repository:
         """
         if not 0 < size <= MAX_MANIFEST_SIZE:
             raise IntegrityError(f"manifest {hexid(cid)} has an invalid size {size} in its version record")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        st = os.statvfs(os.path.dirname(path))
+        st = os.statvfs(private_dir(os.path.dirname(path)))
         if size > st.f_bavail * st.f_frsize:
             raise WsfsError(
                 f"not enough space in {os.path.dirname(path)} for manifest {hexid(cid)} ({size} bytes)"

@@ -54,6 +54,11 @@ def hexid(cid: bytes) -> str:
     return cid.hex()
 
 
+def is_hexid(text: str) -> bool:
+    """Whether *text* is a content id as :func:`hexid` writes it: 64 lowercase hex digits."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def parse_hexid(text: str) -> bytes:
     """Inverse of :func:`hexid`, with validation."""
     try:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from wsfs.errors import FormatError, IntegrityError
 from wsfs.format import FORMAT_VERSION
+from wsfs.format.blobs import is_hexid
 from wsfs.format.chunking import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_INLINE_SIZE, MIN_CHUNK_SIZE
 
 REPO_KEY = "wsfs-repo.json"
@@ -117,7 +118,7 @@ class VersionRecord:
             raise IntegrityError(f"{where} names {rec.workspace}@{rec.version}")
         if rec.parent is not None and not 0 < rec.parent < version:
             raise IntegrityError(f"{where} names an impossible parent {rec.parent}")
-        if len(rec.manifest) != 64 or not all(c in "0123456789abcdef" for c in rec.manifest):
+        if not is_hexid(rec.manifest):
             raise IntegrityError(f"{where} has a malformed manifest id")
         if rec.manifest_size < 0:
             raise IntegrityError(f"{where} has a negative manifest size")
