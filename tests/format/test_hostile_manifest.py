@@ -71,6 +71,7 @@ def test_a_schema_that_is_not_ours_is_rejected(tmp_path, sql):
         ("UPDATE inodes SET rdev = 5 WHERE ino = 2", "out of range"),
         ("UPDATE inodes SET content = X'00' WHERE ino = 2", "wrong type"),
         ("UPDATE dentries SET parent = 'a' WHERE ino = 2", "invalid entry names"),
+        ("UPDATE dentries SET id = -5 WHERE ino = 2", "entry ids"),  # a readdir cursor the kernel cannot take
         ("UPDATE meta SET value = 12345 WHERE key = 'chunk_size'", "chunk size"),
         ("UPDATE meta SET value = 'big' WHERE key = 'chunk_size'", "chunk size"),
         # inline content larger than any inline file may be, or not the file's

@@ -274,7 +274,7 @@ _STAT_TABLES = frozenset({"sqlite_stat1", "sqlite_stat4"})
 MAX_XATTR_VALUE = 64 * 1024  # Linux' limit for one extended attribute value
 # The version of the rules Manifest.validate applies: a cache remembers which
 # manifests passed them (Repository.open_manifest); raise it when they get stricter.
-VALIDATION_VERSION = 2
+VALIDATION_VERSION = 3
 _LENGTH_SLACK = 64 * 1024  # above the largest inline file: xattr values, targets, a little headroom
 PATH_MAX = 4096  # symlink targets are at most PATH_MAX - 1 bytes on Linux
 
@@ -473,10 +473,10 @@ class Manifest:
         if not root.is_dir:
             raise bad("root is not a directory")
         check(
-            "invalid entry names (empty, '.', '..', '/', NUL, longer than 255 bytes, not bytes)",
+            "invalid entry names (empty, '.', '..', '/', NUL, longer than 255 bytes, not bytes) or entry ids",
             "SELECT count(*) FROM dentries NOT INDEXED WHERE typeof(name) != 'blob' OR length(name) = 0 "
             "OR length(name) > 255 OR name IN (X'2E', X'2E2E') OR instr(name, X'2F') > 0 OR instr(name, X'00') > 0 "
-            "OR typeof(parent) != 'integer' OR typeof(ino) != 'integer'",
+            "OR typeof(parent) != 'integer' OR typeof(ino) != 'integer' OR id < 1",
         )
         check(
             "directory entries that refer to a missing inode",
