@@ -62,6 +62,7 @@ import blake3
 
 from wsfs.format.blobs import content_id, encode_blob
 from wsfs.format.manifest import ROOT_INO, ManifestBuilder, content_id_chunked
+from wsfs.format.tree import put_bytes, put_uv
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -254,17 +255,12 @@ def _put(objs: dict[bytes, int], raw: bytes, memo: dict[bytes, int] | None) -> b
 
 
 def _uv(out: bytearray, *vals: int) -> None:
-    """Unsigned LEB128 varints."""
+    """Unsigned LEB128 varints (format 2's own writer)."""
     for v in vals:
-        while v >= 0x80:
-            out.append((v & 0x7F) | 0x80)
-            v >>= 7
-        out.append(v)
+        put_uv(out, v)
 
 
-def _bytes(out: bytearray, b: bytes) -> None:
-    _uv(out, len(b))
-    out += b
+_bytes = put_bytes
 
 
 def record(name: bytes, n: Node, *, with_data: bool) -> bytes:

@@ -408,9 +408,7 @@ class Manifest:
         # A format 2 version is read through a local index that this host built
         # (wsfs.format.index): a manifest plus pack references.
         self.index = fmt == 2
-        extra = ("pack", "pack_offset") if self.index else ()
-        self._cols = ", ".join(_INODE_COLS.split(", ") + list(extra or ("NULL", "0")))
-        self._icols = ", ".join([f"i.{c}" for c in _INODE_COLS.split(", ") + list(extra)] + ([] if extra else ["NULL", "0"]))
+        self._cols, self._icols = self._inode_columns(""), self._inode_columns("i.")
         cs = self.meta.get("chunk_size")
         if type(cs) is not int or not MIN_CHUNK_SIZE <= cs <= MAX_CHUNK_SIZE or cs & (cs - 1):
             raise IntegrityError(f"manifest {os.path.basename(path)} is malformed: invalid chunk size {cs!r}")
@@ -422,6 +420,12 @@ class Manifest:
                 self.validate(max_inline=min(cs, MAX_INLINE_SIZE) if max_inline is None else max_inline)
             except apsw.Error as e:
                 raise IntegrityError(f"manifest {os.path.basename(path)} is malformed: {e}") from None
+
+    def _inode_columns(self, table: str) -> str:
+        """What to SELECT for an :class:`Inode` from ``inodes`` (prefixed *table*): a format 1 manifest has no packs."""
+        cols = [table + c for c in _INODE_COLS.split(", ")]
+        cols += [table + "pack", table + "pack_offset"] if self.index else ["NULL", "0"]
+        return ", ".join(cols)
 
     def close(self) -> None:
         self.db.close()
@@ -647,16 +651,6 @@ class Manifest:
         for cid, size in self.db.execute("SELECT cid, size FROM packs WHERE id = ?", (node.pack,)):
             return Chunk(0, cid, size), node.pack_offset
         raise IntegrityError(f"pack of inode {node.ino} is missing from the index")
-
-    def pack_row(self, row: int) -> tuple[bytes, int] | None:
-        """``(id, size)`` of pack *row* of an index, None past the last."""
-        for cid, size in self.db.execute("SELECT cid, size FROM packs WHERE id = ?", (row,)):
-            return cid, size
-        return None
-
-    def pack_sizes(self) -> dict[bytes, int]:
-        """``{pack id: size}`` of every pack (a format 2 index; empty otherwise)."""
-        return dict(self.db.execute("SELECT cid, size FROM packs")) if self.index else {}
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         return dict(self.db.execute("SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", (ino,)))

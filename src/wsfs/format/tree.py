@@ -46,9 +46,10 @@ from typing import NamedTuple
 
 import blake3
 
-from wsfs.errors import FormatError, IntegrityError
+from wsfs.errors import FormatError, IntegrityError, InvalidName
 from wsfs.format.blobs import content_id
-from wsfs.format.manifest import content_id_chunked
+from wsfs.format.manifest import MAX_XATTR_VALUE, PATH_MAX, content_id_chunked
+from wsfs.format.names import NAME_MAX, check_entry_name
 
 EMPTY_ID = blake3.blake3(b"").digest()
 ZERO_ID = bytes(32)  # a chunk of zeros (a hole) in a large file's chunk list
@@ -63,10 +64,7 @@ F_LINKED = 2  # this file has further names later in key order
 F_XATTRS = 4
 _FLAGS = F_LINK | F_LINKED | F_XATTRS
 
-NAME_MAX = 255
-PATH_MAX = 4096
 MAX_XATTRS = 1024
-MAX_XATTR_VALUE = 65536
 MAX_KEY = 1024 * 1024  # keys hold whole parent paths, which may exceed PATH_MAX (push walks by descriptors)
 MAX_PIECE = 64 * 1024 * 1024  # no range, listing piece, top or changeset is larger (plaintext)
 _KINDS = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK)
@@ -146,15 +144,17 @@ def packed(e: Entry, layout: Layout) -> bool:
 # -- varints ------------------------------------------------------------------
 
 
-def _uv(out: bytearray, n: int) -> None:
+def put_uv(out: bytearray, n: int) -> None:
+    """Append *n* as an unsigned LEB128 varint."""
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
 
 
-def _bytes(out: bytearray, b: bytes) -> None:
-    _uv(out, len(b))
+def put_bytes(out: bytearray, b: bytes) -> None:
+    """Append *b* preceded by its length."""
+    put_uv(out, len(b))
     out += b
 
 
@@ -167,13 +167,12 @@ class _Reader:
 
     __slots__ = ("buf", "pos", "what")
 
-    def __init__(self, buf: bytes | memoryview, what: str, magic: bytes) -> None:
+    def __init__(self, buf: bytes | memoryview, what: str, magic: bytes = b"") -> None:
         self.buf = bytes(buf)
-        self.pos = 0
         self.what = what
-        if self.buf[:4] != magic:
+        if self.buf[: len(magic)] != magic:
             raise self.bad("wrong kind of piece")
-        self.pos = 4
+        self.pos = len(magic)
 
     def bad(self, why: str) -> IntegrityError:
         return IntegrityError(f"{self.what} is malformed: {why}")
@@ -220,22 +219,22 @@ def encode_body(e: Entry, layout: Layout) -> bytes:
     """An entry's record without its key (also the form a changeset stores)."""
     out = bytearray()
     flags = (F_LINK if e.link is not None else 0) | (F_LINKED if e.linked else 0) | (F_XATTRS if e.xattrs else 0)
-    _uv(out, flags)
+    put_uv(out, flags)
     if e.link is not None:
-        _bytes(out, e.link)
+        put_bytes(out, e.link)
         return bytes(out)
-    _uv(out, e.mode)
-    _uv(out, e.uid)
-    _uv(out, e.gid)
-    _uv(out, e.size)
+    put_uv(out, e.mode)
+    put_uv(out, e.uid)
+    put_uv(out, e.gid)
+    put_uv(out, e.size)
     m = e.mtime_ns
-    _uv(out, (m << 1) ^ (m >> 63))  # zigzag: times before 1970 are negative
+    put_uv(out, (m << 1) ^ (m >> 63))  # zigzag: times before 1970 are negative
     fmt = stat.S_IFMT(e.mode)
     if fmt in (stat.S_IFCHR, stat.S_IFBLK):
-        _uv(out, e.rdev)
+        put_uv(out, e.rdev)
     elif fmt == stat.S_IFLNK:
         assert e.target is not None
-        _bytes(out, e.target)
+        put_bytes(out, e.target)
     elif fmt == stat.S_IFREG and e.size:
         if e.size <= layout.inline_threshold:
             assert e.content is not None
@@ -243,26 +242,24 @@ def encode_body(e: Entry, layout: Layout) -> bytes:
         else:
             out += b"".join(e.chunks)
     if e.xattrs:
-        _uv(out, len(e.xattrs))
+        put_uv(out, len(e.xattrs))
         for name, value in e.xattrs:
-            _bytes(out, name)
-            _bytes(out, value)
+            put_bytes(out, name)
+            put_bytes(out, value)
     return bytes(out)
-
-
-def _check_name(r: _Reader, name: bytes) -> None:
-    if not name or len(name) > NAME_MAX or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise r.bad(f"invalid entry name {name[:80]!r}")
 
 
 def _check_key(r: _Reader, key: bytes) -> None:
     parent, sep, name = key.partition(b"\0")
     if not sep:
         raise r.bad("a key without a name")
-    _check_name(r, name)
-    if parent:
-        for part in parent.split(b"/"):
-            _check_name(r, part)
+    try:
+        check_entry_name(name)
+        if parent:
+            for part in parent.split(b"/"):
+                check_entry_name(part)
+    except InvalidName:
+        raise r.bad(f"invalid entry name in key {key[:200]!r}") from None
 
 
 def _decode_body(r: _Reader, key: bytes, layout: Layout) -> Entry:
@@ -322,7 +319,7 @@ def _decode_body(r: _Reader, key: bytes, layout: Layout) -> Entry:
 
 def decode_body(body: bytes, key: bytes, layout: Layout, what: str = "record") -> Entry:
     """The entry that :func:`encode_body` encoded (IntegrityError if malformed)."""
-    r = _Reader(MAGIC_RANGE + body, what, MAGIC_RANGE)
+    r = _Reader(body, what)
     e = _decode_body(r, key, layout)
     r.end()
     return e
@@ -333,7 +330,7 @@ def decode_body(body: bytes, key: bytes, layout: Layout, what: str = "record") -
 
 def encode_range(entries: Sequence[Entry], layout: Layout, bodies: Sequence[bytes] | None = None) -> bytes:
     out = bytearray(MAGIC_RANGE)
-    _uv(out, len(entries))
+    put_uv(out, len(entries))
     prev = b""
     for i, e in enumerate(entries):
         key = e.key
@@ -341,8 +338,8 @@ def encode_range(entries: Sequence[Entry], layout: Layout, bodies: Sequence[byte
         limit = min(len(prev), len(key))
         while n < limit and prev[n] == key[n]:
             n += 1
-        _uv(out, n)
-        _bytes(out, key[n:])
+        put_uv(out, n)
+        put_bytes(out, key[n:])
         out += bodies[i] if bodies is not None else encode_body(e, layout)
         prev = key
     return bytes(out)
@@ -384,13 +381,13 @@ class Ref(NamedTuple):
 
 
 def _encode_refs(out: bytearray, refs: Sequence[Ref]) -> None:
-    _uv(out, len(refs))
+    put_uv(out, len(refs))
     for ref in refs:
         out += ref.id
-        _uv(out, ref.size)
-        _uv(out, ref.count)
-        _bytes(out, ref.first)
-        _bytes(out, ref.last)
+        put_uv(out, ref.size)
+        put_uv(out, ref.count)
+        put_bytes(out, ref.first)
+        put_bytes(out, ref.last)
 
 
 def _decode_refs(r: _Reader, limit: int) -> list[Ref]:
@@ -618,13 +615,13 @@ def encode_changeset(parent_top: bytes, items: Iterable[Change]) -> bytes:
     n = 0
     for c in items:
         n += 1
-        _bytes(body, c.key)
+        put_bytes(body, c.key)
         body.append((c.old is not None) | (c.new is not None) << 1)
         if c.old is not None:
-            _bytes(body, c.old)
+            put_bytes(body, c.old)
         if c.new is not None:
-            _bytes(body, c.new)
-    _uv(out, n)
+            put_bytes(body, c.new)
+    put_uv(out, n)
     return bytes(out + body)
 
 
