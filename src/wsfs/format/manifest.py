@@ -46,7 +46,6 @@ from typing import Any, NamedTuple
 import apsw
 
 from wsfs.errors import FormatError, IntegrityError, NotFound
-from wsfs.format import FORMAT_VERSION
 from wsfs.format.blobs import compress, content_id, decompress
 from wsfs.format.chunking import MAX_CHUNK_SIZE, MAX_INLINE_SIZE, MIN_CHUNK_SIZE
 from wsfs.format.names import split_path
@@ -81,6 +80,15 @@ CREATE TABLE xattrs (ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NU
                      PRIMARY KEY (ino, name)) WITHOUT ROWID;
 """
 
+# A local index of a format 2 version (wsfs.format.index) is a manifest plus
+# where each small file's bytes are: a slice of a pack (a blob).  Built on
+# this host from verified pieces, never downloaded.
+INDEX_SCHEMA = """
+ALTER TABLE inodes ADD COLUMN pack INTEGER;
+ALTER TABLE inodes ADD COLUMN pack_offset INTEGER;
+CREATE TABLE packs (id INTEGER PRIMARY KEY, cid BLOB NOT NULL, size INTEGER NOT NULL);
+"""
+
 _INODE_COLS = "ino, mode, uid, gid, size, blocks, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, content, data"
 
 
@@ -101,6 +109,8 @@ class Inode(NamedTuple):
     target: bytes | None
     content: bytes | None
     data: int | None
+    pack: int | None = None  # a local index of a format 2 version: row of ``packs`` holding the content
+    pack_offset: int = 0  # where in that pack
 
     @property
     def is_dir(self) -> bool:
@@ -118,6 +128,11 @@ class Inode(NamedTuple):
     def inline(self) -> bool:
         """Whether the content is stored in the manifest (small file)."""
         return self.data is not None
+
+    @property
+    def packed(self) -> bool:
+        """Whether the content is a slice of a pack (a small file of a format 2 version)."""
+        return self.pack is not None
 
 
 class Chunk(NamedTuple):
@@ -153,16 +168,19 @@ def prepare_inline(data: bytes) -> tuple[bytes, int, bytes]:
 class ManifestBuilder:
     """Writes a new manifest database.  Single-threaded; call :meth:`finish` once at the end."""
 
-    def __init__(self, path: str, *, chunk_size: int) -> None:
+    def __init__(self, path: str, *, chunk_size: int, index: bool = False) -> None:
         if os.path.exists(path):
             os.unlink(path)
         self.path = path
         self.chunk_size = chunk_size
+        self.index = index
         self.db = apsw.Connection(path)
         # Built once, in one transaction, then hashed and uploaded: durability of
         # the temporary file is not needed (a crash restarts the push).
         self.db.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=4096")
         self.db.execute(SCHEMA)
+        if index:
+            self.db.execute(INDEX_SCHEMA)
         self.db.execute("BEGIN")
         self._next_ino = ROOT_INO
         self._data_ids: dict[bytes, int] = {}
@@ -176,26 +194,34 @@ class ManifestBuilder:
         size: int | None = None,
     ) -> int:
         """Add an inode with the attributes of *st*; returns its inode number."""
+        return self.add_node(
+            st.st_mode, st.st_uid, st.st_gid, st.st_size if size is None else size, st.st_blocks, st.st_mtime_ns,
+            nlink=nlink, rdev=st.st_rdev if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else 0,
+            target=target,
+        )
+
+    def add_node(
+        self, mode: int, uid: int, gid: int, size: int, blocks: int, mtime_ns: int, *,
+        nlink: int = 1, rdev: int = 0, target: bytes | None = None, content: bytes | None = None,
+    ) -> int:
+        """Add an inode from its fields; returns its inode number."""
         ino = self._next_ino
         self._next_ino += 1
         self.db.execute(
-            f"INSERT INTO inodes ({_INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
-            (
-                ino,
-                st.st_mode,
-                st.st_uid,
-                st.st_gid,
-                st.st_size if size is None else size,
-                st.st_blocks,
-                st.st_mtime_ns,  # atime: see the module docstring
-                st.st_mtime_ns,
-                st.st_mtime_ns,  # ctime: likewise
-                nlink,
-                st.st_rdev if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else 0,
-                target,
-            ),
+            f"INSERT INTO inodes ({_INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+            # atime and ctime are the mtime: see the module docstring
+            (ino, mode, uid, gid, size, blocks, mtime_ns, mtime_ns, mtime_ns, nlink, rdev, target, content),
         )
         return ino
+
+    def add_pack(self, cid: bytes, size: int) -> int:
+        """(Index only) a pack's row number."""
+        self.db.execute("INSERT INTO packs (cid, size) VALUES (?,?)", (cid, size))
+        return self.db.last_insert_rowid()
+
+    def set_packed(self, ino: int, pack: int, offset: int) -> None:
+        """(Index only) a small file's bytes are ``[offset, offset + size)`` of pack row *pack*."""
+        self.db.execute("UPDATE inodes SET pack=?, pack_offset=? WHERE ino=?", (pack, offset, ino))
 
     def set_inline(self, ino: int, data: bytes) -> bytes:
         """Store a small file's content inline (deduplicated); returns its content id."""
@@ -215,11 +241,12 @@ class ManifestBuilder:
             data_id = self._data_ids[cid] = self.db.last_insert_rowid()
         self.db.execute("UPDATE inodes SET content=?, data=? WHERE ino=?", (cid, data_id, ino))
 
-    def set_chunks(self, ino: int, size: int, cids: list[bytes | None]) -> bytes:
-        """Record a large file's chunk ids (None = zeros); returns its content id."""
-        spans = [(ino, i, cid, min(self.chunk_size, size - i * self.chunk_size)) for i, cid in enumerate(cids)]
+    def set_chunks(self, ino: int, size: int, cids: list[bytes | None], cid: bytes | None = None) -> bytes:
+        """Record a large file's chunk ids (None = zeros); returns its content id (*cid* if known)."""
+        spans = [(ino, i, c, min(self.chunk_size, size - i * self.chunk_size)) for i, c in enumerate(cids)]
         self.db.executemany("INSERT INTO chunks (ino, idx, cid, length) VALUES (?,?,?,?)", spans)
-        cid = content_id_chunked(size, self.chunk_size, cids)
+        if cid is None:
+            cid = content_id_chunked(size, self.chunk_size, cids)
         self.db.execute("UPDATE inodes SET content=? WHERE ino=?", (cid, ino))
         return cid
 
@@ -245,7 +272,7 @@ class ManifestBuilder:
 
     def finish(self, meta: dict[str, Any]) -> None:
         """Write ``meta``, commit and close.  The file is then ready to hash and upload."""
-        meta = dict(meta, format=FORMAT_VERSION, chunk_size=self.chunk_size)
+        meta = dict(meta, format=2 if self.index else 1, chunk_size=self.chunk_size)
         self.db.executemany("INSERT INTO meta (key, value) VALUES (?,?)", sorted(meta.items()))
         self.db.execute("COMMIT")
         self.db.execute("PRAGMA optimize")
@@ -376,10 +403,14 @@ class Manifest:
         except apsw.Error as e:
             raise IntegrityError(f"manifest {path} is not a readable wsfs manifest: {e}") from None
         fmt = self.meta.get("format")
-        if fmt != FORMAT_VERSION:
-            raise FormatError(
-                f"manifest format version {fmt!r} is not supported by this wsfs (it reads version {FORMAT_VERSION})"
-            )
+        if fmt not in (1, 2) or type(fmt) is not int or (fmt == 2 and validate):
+            raise FormatError(f"manifest format version {fmt!r} is not supported by this wsfs (it reads version 1)")
+        # A format 2 version is read through a local index that this host built
+        # (wsfs.format.index): a manifest plus pack references.
+        self.index = fmt == 2
+        extra = ("pack", "pack_offset") if self.index else ()
+        self._cols = ", ".join(_INODE_COLS.split(", ") + list(extra or ("NULL", "0")))
+        self._icols = ", ".join([f"i.{c}" for c in _INODE_COLS.split(", ") + list(extra)] + ([] if extra else ["NULL", "0"]))
         cs = self.meta.get("chunk_size")
         if type(cs) is not int or not MIN_CHUNK_SIZE <= cs <= MAX_CHUNK_SIZE or cs & (cs - 1):
             raise IntegrityError(f"manifest {os.path.basename(path)} is malformed: invalid chunk size {cs!r}")
@@ -531,13 +562,13 @@ class Manifest:
     # -- point and range queries ------------------------------------------
 
     def getattr(self, ino: int) -> Inode:
-        for row in self.db.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino = ?", (ino,)):
+        for row in self.db.execute(f"SELECT {self._cols} FROM inodes WHERE ino = ?", (ino,)):
             return Inode(*row)
         raise NotFound(f"no inode {ino}")
 
     def lookup(self, parent: int, name: bytes) -> Inode | None:
         for row in self.db.execute(
-            f"SELECT i.{_INODE_COLS.replace(', ', ', i.')} FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            f"SELECT {self._icols} FROM dentries d JOIN inodes i ON i.ino = d.ino "
             "WHERE d.parent = ? AND d.name = ?",
             (parent, name),
         ):
@@ -549,7 +580,7 @@ class Manifest:
         return [
             (row[0], row[1], Inode(*row[2:]))
             for row in self.db.execute(
-                f"SELECT d.id, d.name, i.{_INODE_COLS.replace(', ', ', i.')} FROM dentries d "
+                f"SELECT d.id, d.name, {self._icols} FROM dentries d "
                 "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
                 (ino, after, limit),
             )
@@ -610,6 +641,22 @@ class Manifest:
         except apsw.Error as e:  # too big for the length limit, or a corrupt page
             raise IntegrityError(f"inline data of inode {node.ino} cannot be read: {e}") from None
         raise IntegrityError(f"inline data of inode {node.ino} is malformed")
+
+    def pack_ref(self, node: Inode) -> tuple[Chunk, int]:
+        """Where a packed file's bytes are: the pack as a blob (``Chunk(0, id, size)``) and the offset in it."""
+        for cid, size in self.db.execute("SELECT cid, size FROM packs WHERE id = ?", (node.pack,)):
+            return Chunk(0, cid, size), node.pack_offset
+        raise IntegrityError(f"pack of inode {node.ino} is missing from the index")
+
+    def pack_row(self, row: int) -> tuple[bytes, int] | None:
+        """``(id, size)`` of pack *row* of an index, None past the last."""
+        for cid, size in self.db.execute("SELECT cid, size FROM packs WHERE id = ?", (row,)):
+            return cid, size
+        return None
+
+    def pack_sizes(self) -> dict[bytes, int]:
+        """``{pack id: size}`` of every pack (a format 2 index; empty otherwise)."""
+        return dict(self.db.execute("SELECT cid, size FROM packs")) if self.index else {}
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         return dict(self.db.execute("SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", (ino,)))

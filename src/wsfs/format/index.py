@@ -1,0 +1,155 @@
+"""The local index of a format 2 version: its entries as a manifest database on this host.
+
+Format 2 stores a version as ranges of records and packs of small files
+(:mod:`wsfs.format.tree`).  Readers (mount, history mounts, checkout, cat,
+ls, diff) need point and range queries by inode and by (directory, name);
+rather than a second reader for every one of them, the host that first uses
+a version writes its entries into the same SQLite schema as a format 1
+manifest (``wsfs.format.manifest``), plus where each small file's bytes are
+(a pack and an offset).  The index is built from verified pieces, streamed
+range by range (memory: one range plus one ``path -> inode`` entry per
+directory), and checked here for what ranges alone cannot show: keys
+strictly increasing across ranges, the root first, every entry's parent a
+directory, hard links naming a file, packs covering exactly the packed files
+with the sizes their references declare.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterable
+
+from wsfs.errors import IntegrityError
+from wsfs.format.manifest import ROOT_INO, ManifestBuilder
+from wsfs.format.tree import ZERO_ID, Entry, Layout, Ref, packed
+
+
+class _Packs:
+    """Assigns packed files, in key order, to the packs their references list."""
+
+    def __init__(self, b: ManifestBuilder, refs: list[Ref]) -> None:
+        self.b = b
+        self.refs = iter(refs)
+        self.ref: Ref | None = None
+        self.row = 0
+        self.left = 0
+        self.offsets: dict[bytes, int] = {}
+        self.end = 0
+
+    def place(self, e: Entry) -> tuple[int, int]:
+        if self.left == 0:
+            self.ref = next(self.refs, None)
+            if self.ref is None:
+                raise IntegrityError(f"{e.path!r} is a small file in no pack")
+            if self.ref.first != e.key:
+                raise IntegrityError(f"a pack's first key is not that of {e.path!r}")
+            self.row = self.b.add_pack(self.ref.id, self.ref.size)
+            self.left, self.offsets, self.end = self.ref.count, {}, 0
+        assert self.ref is not None and e.content is not None
+        off = self.offsets.get(e.content)
+        if off is None:
+            off = self.offsets[e.content] = self.end
+            self.end += e.size
+        self.left -= 1
+        if self.left == 0 and (self.ref.last != e.key or self.end != self.ref.size):
+            raise IntegrityError(f"a pack's reference does not match its files (ending at {e.path!r})")
+        return self.row, off
+
+    def finish(self) -> None:
+        if self.left or next(self.refs, None) is not None:
+            raise IntegrityError("packs are listed for files that do not exist")
+
+
+def build_index(
+    path: str, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout, meta: dict[str, object]
+) -> None:
+    """Write the index of the version whose ranges (in order) yield *ranges* to *path*."""
+    b = ManifestBuilder(path, chunk_size=layout.chunk_size, index=True)
+    try:
+        _fill(b, ranges, pack_refs, layout)
+        b.finish(meta)
+    except BaseException:
+        b.abort()
+        raise
+
+
+def _fill(b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout) -> None:
+    cs = layout.chunk_size
+    dirs: dict[bytes, int] = {}  # directory path -> inode
+    subdirs: dict[int, int] = {}
+    linked: dict[bytes, int] = {}  # key of a file with further names -> inode
+    nlinks: dict[int, int] = {}
+    packs = _Packs(b, pack_refs)
+    prev: bytes | None = None
+    run_parent: int | None = None
+    run: list[tuple[bytes, int]] = []
+    for entries in ranges:
+        for e in entries:
+            key = e.key
+            if prev is None:
+                if key != b"" or not stat.S_ISDIR(e.mode):
+                    raise IntegrityError("the first entry of a version is not its root directory")
+                ino = b.add_node(e.mode, e.uid, e.gid, 0, 0, e.mtime_ns, nlink=2)
+                assert ino == ROOT_INO
+                if e.xattrs:
+                    b.add_xattrs(ino, dict(e.xattrs))
+                dirs[b""] = ino
+                subdirs[ino] = 0
+                prev = key
+                continue
+            if not key > prev:
+                raise IntegrityError("keys of a version are not strictly increasing across its ranges")
+            prev = key
+            parent_path, _, name = key.partition(b"\0")
+            parent = dirs.get(parent_path)
+            if parent is None:
+                raise IntegrityError(f"{e.path!r} has no parent directory")
+            if parent != run_parent:
+                if run_parent is not None:
+                    b.add_dentries(run_parent, run)
+                run_parent, run = parent, []
+            if e.link is not None:
+                ino = linked.get(e.link)
+                if ino is None:
+                    raise IntegrityError(f"{e.path!r} is a hard link to no file")
+                nlinks[ino] += 1
+                run.append((name, ino))
+                continue
+            fmt = stat.S_IFMT(e.mode)
+            if fmt == stat.S_IFREG:
+                if e.chunks:
+                    blocks = sum(min(cs, e.size - i * cs) for i, c in enumerate(e.chunks) if c != ZERO_ID)
+                else:
+                    blocks = e.size
+                blocks = (blocks + 511) // 512
+            else:
+                blocks = 0
+            ino = b.add_node(
+                e.mode, e.uid, e.gid, e.size, blocks, e.mtime_ns, nlink=2 if fmt == stat.S_IFDIR else 1,
+                rdev=e.rdev, target=e.target, content=e.content,
+            )
+            run.append((name, ino))
+            if e.xattrs:
+                b.add_xattrs(ino, dict(e.xattrs))
+            if fmt == stat.S_IFDIR:
+                dirs[e.path] = ino
+                subdirs[ino] = 0
+                subdirs[parent] += 1
+            elif e.chunks:
+                b.set_chunks(ino, e.size, [None if c == ZERO_ID else c for c in e.chunks], cid=e.content)
+            elif packed(e, layout):
+                b.set_packed(ino, *packs.place(e))
+            if e.linked:
+                linked[key] = ino
+                nlinks[ino] = 1
+    if prev is None:
+        raise IntegrityError("a version without entries")
+    if run_parent is not None:
+        b.add_dentries(run_parent, run)
+    packs.finish()
+    for ino, n in subdirs.items():
+        if n:
+            b.set_nlink(ino, 2 + n)
+    for ino, n in nlinks.items():
+        if n != 1:
+            b.set_nlink(ino, n)
