@@ -275,6 +275,20 @@ class Repository:
     def open_url(cls, url: str, cache_dir: str, *, endpoint_url: str | None = None) -> Repository:
         return cls.open(open_store(url, endpoint_url=endpoint_url), cache_dir)
 
+    def upgrade(self) -> None:
+        """Make a format 1 repository format 2: its descriptor only (versions keep their own format)."""
+        config = RepoConfig(format=2, chunk_size=self.config.chunk_size, inline_threshold=self.config.inline_threshold)
+        raw = config.to_json()
+        self.store.put(REPO_KEY, raw)
+        _write_atomically(os.path.join(_local_dir(self.cache_dir, self.store.url), REPO_KEY), raw, self.cache_dir)
+        self.config = config
+
+    def reload_config(self) -> None:
+        """Read the descriptor from the store again (another host may have upgraded it)."""
+        raw = _get_small(self.store, REPO_KEY)
+        self.config = RepoConfig.from_json(raw)
+        _write_atomically(os.path.join(_local_dir(self.cache_dir, self.store.url), REPO_KEY), raw, self.cache_dir)
+
     # -- blobs ------------------------------------------------------------
 
     def has_blob(self, cid: bytes) -> bool:
@@ -381,14 +395,17 @@ class Repository:
             sizes = [n for n in pool.map(one, todo.values()) if n >= 0]
         return len(sizes), sum(sizes)
 
-    def version_refs(self, record: VersionRecord, pool: object | None = None) -> tuple[list[tree.Ref], list[tree.Ref]]:
-        """``(range references, pack references)`` of a format 2 version: its top and listing pieces, checked."""
+    def version_refs(self, record: VersionRecord, *, packs: bool = True) -> tuple[list[tree.Ref], list[tree.Ref]]:
+        """``(range references, pack references)`` of a format 2 version: its top and listing pieces, checked.
+
+        With *packs* False the packs' listing is not fetched (an empty list is returned for it).
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         top: tree.Top = tree.decode_top(self.get_piece(parse_hexid(record.manifest), record.manifest_size, "top"))
         out: list[list[tree.Ref]] = []
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="wsfs-pieces") as ex:
-            for listing in (top.ranges, top.packs):
+            for listing in (top.ranges, top.packs if packs else []):
                 refs: list[tree.Ref] = []
                 got = ex.map(lambda r: tree.decode_listing(self.get_piece(r.id, r.size, "listing piece"), tree.MAX_PIECE), listing)
                 for lref, sub in zip(listing, got, strict=True):

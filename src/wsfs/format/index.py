@@ -89,7 +89,7 @@ def _fill(b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref
             if prev is None:
                 if key != b"" or not stat.S_ISDIR(e.mode):
                     raise IntegrityError("the first entry of a version is not its root directory")
-                ino = b.add_node(e.mode, e.uid, e.gid, 0, 0, e.mtime_ns, nlink=2)
+                ino = b.add_node(e.mode, e.uid, e.gid, e.size, (e.size + 511) // 512, e.mtime_ns, nlink=2)
                 assert ino == ROOT_INO
                 if e.xattrs:
                     b.add_xattrs(ino, dict(e.xattrs))
@@ -123,7 +123,7 @@ def _fill(b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref
                     blocks = e.size
                 blocks = (blocks + 511) // 512
             else:
-                blocks = 0
+                blocks = (e.size + 511) // 512 if fmt == stat.S_IFDIR else 0
             ino = b.add_node(
                 e.mode, e.uid, e.gid, e.size, blocks, e.mtime_ns, nlink=2 if fmt == stat.S_IFDIR else 1,
                 rdev=e.rdev, target=e.target, content=e.content,

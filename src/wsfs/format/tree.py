@@ -67,6 +67,7 @@ NAME_MAX = 255
 PATH_MAX = 4096
 MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 65536
+MAX_KEY = 1024 * 1024  # keys hold whole parent paths, which may exceed PATH_MAX (push walks by descriptors)
 MAX_PIECE = 64 * 1024 * 1024  # no range, listing piece, top or changeset is larger (plaintext)
 _KINDS = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK)
 
@@ -269,7 +270,7 @@ def _decode_body(r: _Reader, key: bytes, layout: Layout) -> Entry:
     if flags & F_LINK:
         if flags != F_LINK:
             raise r.bad(f"{key!r}: a link with other flags")
-        link = r.bytes_(len(key))
+        link = r.bytes_(MAX_KEY)
         if not link < key:
             raise r.bad(f"{key!r}: a hard link must name an earlier key")
         return Entry(key, link=link)
@@ -301,8 +302,8 @@ def _decode_body(r: _Reader, key: bytes, layout: Layout) -> Entry:
             content = content_id_chunked(size, layout.chunk_size, (None if c == ZERO_ID else c for c in chunks))
     if fmt != stat.S_IFREG and (flags & F_LINKED):
         raise r.bad(f"{key!r}: only regular files have further names")
-    if fmt not in (stat.S_IFREG, stat.S_IFLNK) and size:
-        raise r.bad(f"{key!r}: a size on a {'directory' if fmt == stat.S_IFDIR else 'special file'}")
+    if fmt not in (stat.S_IFREG, stat.S_IFLNK, stat.S_IFDIR) and size:
+        raise r.bad(f"{key!r}: a size on a special file")
     xattrs: tuple[tuple[bytes, bytes], ...] = ()
     if flags & F_XATTRS:
         n = r.uv(MAX_XATTRS)
@@ -355,7 +356,7 @@ def decode_range(data: bytes | memoryview, layout: Layout, what: str = "range") 
     prev: bytes | None = None
     for _ in range(n):
         shared = r.uv(len(prev) if prev is not None else 0)
-        key = (prev or b"")[:shared] + r.bytes_(PATH_MAX + NAME_MAX)
+        key = (prev or b"")[:shared] + r.bytes_(MAX_KEY)
         if prev is not None and not key > prev:
             raise r.bad("keys are not strictly increasing")
         if key or prev is not None:
@@ -396,7 +397,7 @@ def _decode_refs(r: _Reader, limit: int) -> list[Ref]:
     n = r.uv(len(r.buf))
     refs: list[Ref] = []
     for _ in range(n):
-        ref = Ref(r.raw(32), r.uv(limit), r.uv(1 << 40), r.bytes_(PATH_MAX + NAME_MAX), r.bytes_(PATH_MAX + NAME_MAX))
+        ref = Ref(r.raw(32), r.uv(limit), r.uv(1 << 40), r.bytes_(MAX_KEY), r.bytes_(MAX_KEY))
         if ref.count < 1 or ref.first > ref.last or (refs and not ref.first > refs[-1].last):
             raise r.bad("piece references are empty, out of order or overlapping")
         refs.append(ref)
@@ -634,7 +635,7 @@ def decode_changeset(data: bytes | memoryview, what: str = "changeset") -> tuple
     n = r.uv(len(r.buf))
     out: list[Change] = []
     for _ in range(n):
-        key = r.bytes_(PATH_MAX + NAME_MAX)
+        key = r.bytes_(MAX_KEY)
         if out and not key > out[-1].key:
             raise r.bad("keys are not strictly increasing")
         flags = r.uv(3)

@@ -53,6 +53,7 @@ from wsfs.format.tree import (
     Piece,
     build_version,
     changes,
+    decode_top,
     encode_body,
     encode_changeset,
     key_of,
@@ -520,7 +521,7 @@ def _entry(key: bytes, st: os.stat_result, **fields: object) -> Entry:
     mode = st.st_mode
     special = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
     base = Entry(
-        key, mode, st.st_uid, st.st_gid, st.st_size if stat.S_ISREG(mode) else 0, st.st_mtime_ns,
+        key, mode, st.st_uid, st.st_gid, st.st_size if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else 0, st.st_mtime_ns,
         st.st_rdev if special else 0,
     )
     return base._replace(**fields) if fields else base
@@ -570,6 +571,9 @@ class _Parent:
             ranges, packs = repo.version_refs(record)
             layout = repo.config.layout
             out = cls(top=bytes.fromhex(record.manifest), bodies=[])
+            top = decode_top(repo.get_piece(out.top, record.manifest_size, "top"))
+            out.pieces.add(out.top)
+            out.pieces.update(r.id for r in top.ranges + top.packs)
             entries: list[Entry] = []
             for run in repo.version_ranges(ranges):
                 entries.extend(run)
@@ -610,6 +614,8 @@ def push(
     """
     check_workspace(workspace)
     if repo.config.format != 2:
+        repo.reload_config()  # a local copy from before another host's upgrade
+    if repo.config.format != 2:
         raise UsageError(f"{repo.store.url} is a format {repo.config.format} repository; convert it with: wsfs upgrade")
     root = os.fsencode(src).rstrip(b"/") or b"/"
     stats = PushStats()
@@ -643,10 +649,10 @@ def push(
             known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies,
         )
         changeset = None
-        if parent.bodies is not None:
+        if parent.bodies is not None and top_id != parent.top:
             changeset = encode_changeset(parent.top, changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
             pieces.append(Piece(content_id(changeset), changeset))
-        pieces.append(Piece(top_id, top))
+        pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
         n_up, b_up = repo.put_pieces(pieces, workers)
         stats.blobs_uploaded += n_up
         stats.bytes_uploaded += b_up
