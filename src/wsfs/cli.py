@@ -11,6 +11,7 @@ stdout as raw bytes, so any name round-trips.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -119,6 +120,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     Repository.init(store, config, s.cache_dir)
     print(f"initialized wsfs repository at {store.url} (chunks {_size(config.chunk_size)}, "
           f"inline files up to {_size(config.inline_threshold)})")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    repo = _open_repo(args)
+    if repo.config.format == 2:
+        print(f"{repo.store.url} is already a format 2 repository")
+        return 0
+    repo.upgrade()
+    print(f"upgraded {repo.store.url} to format 2: its versions stay as they are; new versions are format 2 "
+          "(wsfs releases before format 2 no longer open it)")
     return 0
 
 
@@ -259,13 +271,17 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from wsfs.versions.diff import diff
+    from wsfs.versions.diff import diff, diff_versions
 
     repo = _open_repo(args)
     ra, rb = repo.resolve(Ref.parse(args.a)), repo.resolve(Ref.parse(args.b))
     n = 0
-    with repo.open_manifest(ra) as ma, repo.open_manifest(rb) as mb:
-        for status, path in diff(ma, mb):
+    with contextlib.ExitStack() as stack:
+        items = diff_versions(repo, ra, rb)
+        if items is None:  # a format 1 version: compare the trees
+            ma = stack.enter_context(repo.open_manifest(ra))
+            items = diff(ma, stack.enter_context(repo.open_manifest(rb)))
+        for status, path in items:
             _out(status.encode() + b" " + _name(path) + b"\n")
             n += 1
     return 1 if (n and args.exit_code) else 0
@@ -357,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="chunk size of large files, a power of two (default 4MiB)")
     sp.add_argument("--inline-threshold", type=_parse_size, default=DEFAULT_INLINE_THRESHOLD,
                     help="files up to this size are stored inside the manifest (default 128KiB)")
+
+    sp = add("upgrade", cmd_upgrade, "convert a format 1 repository to format 2 (in place: existing versions stay readable)")
+    sp.epilog = ("Rewrites wsfs-repo.json only. Versions pushed before stay format 1 and keep being read; "
+                 "every new version is format 2. Older wsfs releases refuse the repository afterwards.")
 
     sp = add("push", cmd_push, "snapshot DIR as the next version of WORKSPACE")
     sp.epilog = ("Symlinks are stored, never followed. wsfs' own repository (when local), cache and "

@@ -110,11 +110,11 @@ def test_unknown_repository_format_is_refused(w, tmp_path):
     p = os.path.join(w.repo, "wsfs-repo.json")
     with open(p) as f:
         d = json.load(f)
-    d["format"] = 2
+    d["format"] = 3
     with open(p, "w") as f:
         json.dump(d, f)
     r = w("log", "demo", check=False)
-    assert r.code == 7 and "format version 2" in r.err and "upgrade" in r.err
+    assert r.code == 7 and "format version 3" in r.err and "upgrade" in r.err
 
 
 def test_default_repository_needs_no_configuration(tmp_path):

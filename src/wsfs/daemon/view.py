@@ -46,8 +46,8 @@ import trio
 
 from wsfs.cache import BlobCache
 from wsfs.daemon.profile import AccessRecorder
-from wsfs.errors import StoreTimeout, UsageError, WsfsError
-from wsfs.format.blobs import hexid
+from wsfs.errors import IntegrityError, StoreTimeout, UsageError, WsfsError
+from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, decode_inline
 from wsfs.store.base import DEFAULT_TIMEOUT
 
@@ -344,6 +344,11 @@ class VersionView:
         for _, _, node in entries:
             if node.is_dir:
                 self._parents[node.ino] = ino
+            elif node.packed:
+                # A listed directory's small files are read next (ls -l, tar, an
+                # editor's project scan): their packs start coming now.
+                if self.nursery is not None and len(self._prefetching) < _SMALL_PREFETCH_PENDING:
+                    self._start_prefetch(self.manifest.pack_ref(node)[0])
             elif node.is_reg and node.data is None and 0 < node.size <= self.small_prefetch_max:
                 self._prefetch_listed(node)
         return entries
@@ -387,6 +392,8 @@ class VersionView:
             return b""
         if node.inline:
             return (await self._inline(node))[off:end]
+        if node.packed:
+            return (await self._packed(node))[off:end]
         chunks = self._chunk_list(node)
         # Before any await: the kernel sends several READs of a sequential
         # stream at once, and they must be seen in the order they arrive.
@@ -420,6 +427,22 @@ class VersionView:
                 # A repository with a larger threshold: megabytes of decoding
                 # must not stall every other request behind it.
                 data = await trio.to_thread.run_sync(decode_inline, node, *row, limiter=self.limiter)
+            self._small.put(node.ino, data)
+        return data
+
+    async def _packed(self, node: Inode) -> bytes:
+        """A small file of a format 2 version: its slice of a pack (a blob, cached like a chunk), verified."""
+        data = self._small.get_(node.ino)
+        if data is None:
+            pack, offset = self.manifest.pack_ref(node)
+            got = self._ready(node, pack, offset, node.size)
+            if got is None:
+                got = await self.deadline.run(
+                    f"read of inode {node.ino}", functools.partial(self._fetch, node, pack, offset, node.size)
+                )
+            data = bytes(got)
+            if content_id(data) != node.content:
+                raise IntegrityError(f"inode {node.ino}: its bytes in pack {hexid(pack.cid)} do not match its content id")
             self._small.put(node.ino, data)
         return data
 

@@ -4,5 +4,8 @@ Imports only :mod:`wsfs.errors` and the standard library / codecs: the format
 is pure data, independent of where the bytes are stored.
 """
 
-FORMAT_VERSION = 1
-"""Version of the repository layout and of manifests this wsfs writes and reads."""
+FORMAT_VERSION = 2
+"""Version of the repository layout and of versions this wsfs writes (format 2: wsfs.format.tree)."""
+
+READ_FORMATS = (1, 2)
+"""Formats this wsfs reads: 1 (one SQLite manifest per version) and 2."""

@@ -652,6 +652,12 @@ class Manifest:
             return Chunk(0, cid, size), node.pack_offset
         raise IntegrityError(f"pack of inode {node.ino} is missing from the index")
 
+    def pack_row(self, row: int) -> tuple[bytes, int] | None:
+        """``(id, size)`` of pack *row* of an index, None past the last."""
+        for cid, size in self.db.execute("SELECT cid, size FROM packs WHERE id = ?", (row,)):
+            return cid, size
+        return None
+
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         return dict(self.db.execute("SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", (ino,)))
 

@@ -10,9 +10,10 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from wsfs.errors import FormatError, IntegrityError
-from wsfs.format import FORMAT_VERSION
+from wsfs.format import FORMAT_VERSION, READ_FORMATS
 from wsfs.format.blobs import is_hexid
 from wsfs.format.chunking import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_INLINE_SIZE, MIN_CHUNK_SIZE
+from wsfs.format.tree import Cuts, Layout
 
 REPO_KEY = "wsfs-repo.json"
 DEFAULT_INLINE_THRESHOLD = 128 * 1024
@@ -28,6 +29,11 @@ class RepoConfig:
     chunking: str = "fixed"
     chunk_size: int = DEFAULT_CHUNK_SIZE
     inline_threshold: int = DEFAULT_INLINE_THRESHOLD
+    cuts: Cuts = field(default_factory=Cuts)  # format 2: where pieces are cut
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.chunk_size, self.inline_threshold)
 
     def __post_init__(self) -> None:
         if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE or self.chunk_size & (self.chunk_size - 1):
@@ -36,7 +42,10 @@ class RepoConfig:
             raise FormatError(f"inline threshold {self.inline_threshold} must be in [0, chunk size]")
 
     def to_json(self) -> bytes:
-        return json.dumps({"kind": "wsfs-repository", **asdict(self)}, indent=1).encode() + b"\n"
+        d = {"kind": "wsfs-repository", **asdict(self)}
+        if self.format == 1:
+            del d["cuts"]
+        return json.dumps(d, indent=1).encode() + b"\n"
 
     @classmethod
     def from_json(cls, raw: bytes) -> RepoConfig:
@@ -46,19 +55,22 @@ class RepoConfig:
             raise FormatError("wsfs-repo.json is not valid JSON") from None
         if not isinstance(d, dict) or d.get("kind") != "wsfs-repository":
             raise FormatError("wsfs-repo.json does not describe a wsfs repository")
-        if d.get("format") != FORMAT_VERSION:
+        fmt = d.get("format")
+        if fmt not in READ_FORMATS or type(fmt) is not int:
             raise FormatError(
-                f"repository format version {d.get('format')!r} is not supported by this wsfs "
-                f"(it reads version {FORMAT_VERSION}); upgrade wsfs"
+                f"repository format version {fmt!r} is not supported by this wsfs "
+                f"(it reads versions {', '.join(map(str, READ_FORMATS))}); upgrade wsfs"
             )
         if (d.get("hash"), d.get("compression"), d.get("chunking")) != ("blake3", "zstd", "fixed"):
             raise FormatError("repository uses a hash, compression or chunking this wsfs does not know")
         try:
-            return cls(
-                chunk_size=int(d["chunk_size"]), inline_threshold=int(d["inline_threshold"])
-            )
+            cs, it = d["chunk_size"], d["inline_threshold"]
+            if type(cs) is not int or type(it) is not int:
+                raise TypeError
+            cuts = Cuts(**d["cuts"]) if fmt == 2 else Cuts()
+            return cls(format=fmt, chunk_size=cs, inline_threshold=it, cuts=cuts)
         except (KeyError, TypeError, ValueError):
-            raise FormatError("wsfs-repo.json is missing chunk_size or inline_threshold") from None
+            raise FormatError("wsfs-repo.json is missing or has malformed chunk_size, inline_threshold or cuts") from None
 
 
 @dataclass(frozen=True)
@@ -75,9 +87,16 @@ class VersionRecord:
     message: str
     stats: dict[str, int] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+    # Format 2: ``manifest`` is the version's top piece (wsfs.format.tree); the
+    # changeset against the parent is a blob too (absent for a first version).
+    changeset: str | None = None
+    changeset_size: int = 0
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
+        d = asdict(self)
+        if self.format == 1:
+            del d["changeset"], d["changeset_size"]
+        return json.dumps(d, indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
     def from_json(cls, raw: bytes, *, workspace: str, version: int) -> VersionRecord:
@@ -94,32 +113,40 @@ class VersionRecord:
             raise IntegrityError(f"{where} is not valid JSON") from None
         if not isinstance(d, dict):
             raise IntegrityError(f"{where} is not a JSON object")
-        if d.get("format") != FORMAT_VERSION or type(d.get("format")) is not int:
-            raise FormatError(f"version {workspace}@{version} has format {d.get('format')!r}; this wsfs reads {FORMAT_VERSION}")
+        fmt = d.get("format", 1)
+        if fmt not in READ_FORMATS or type(fmt) is not int:
+            raise FormatError(
+                f"version {workspace}@{version} has format {fmt!r}; this wsfs reads "
+                f"{', '.join(map(str, READ_FORMATS))}"
+            )
         expected: dict[str, tuple[type, ...]] = {
             "workspace": (str,), "version": (int,), "parent": (int, type(None)), "manifest": (str,),
             "manifest_size": (int,), "time": (str,), "author": (str,), "message": (str,), "stats": (dict,),
             "format": (int,),
         }
+        if fmt == 2:
+            expected.update(changeset=(str, type(None)), changeset_size=(int,))
         for key, value in d.items():
             types = expected.get(key)
             if types is None:
                 raise IntegrityError(f"{where} has an unknown field {key!r}")
             if type(value) not in types:  # type(): True is not a version number
                 raise IntegrityError(f"{where}: field {key!r} has the wrong type")
-        missing = set(expected) - set(d) - {"stats", "format"}
+        missing = set(expected) - set(d) - {"stats", "format", "changeset", "changeset_size"}
         if missing:
             raise IntegrityError(f"{where} lacks {', '.join(sorted(missing))}")
         stats = d.get("stats", {})
         if not all(isinstance(k, str) and type(v) is int and 0 <= v < 1 << 63 for k, v in stats.items()):
             raise IntegrityError(f"{where}: field 'stats' has the wrong type")
-        rec = cls(**d)
+        rec = cls(**dict(d, format=fmt))
         if rec.workspace != workspace or rec.version != version:
             raise IntegrityError(f"{where} names {rec.workspace}@{rec.version}")
         if rec.parent is not None and not 0 < rec.parent < version:
             raise IntegrityError(f"{where} names an impossible parent {rec.parent}")
         if not is_hexid(rec.manifest):
             raise IntegrityError(f"{where} has a malformed manifest id")
-        if rec.manifest_size < 0:
-            raise IntegrityError(f"{where} has a negative manifest size")
+        if rec.manifest_size < 0 or rec.changeset_size < 0:
+            raise IntegrityError(f"{where} has a negative manifest or changeset size")
+        if rec.changeset is not None and not is_hexid(rec.changeset):
+            raise IntegrityError(f"{where} has a malformed changeset id")
         return rec

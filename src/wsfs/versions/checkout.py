@@ -37,6 +37,7 @@ from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
 from wsfs.format.names import check_entry_name
 from wsfs.repository import Repository
 from wsfs.versions.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, open_node, proc_path
+from wsfs.versions.read import SmallFiles
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class _Materializer:
         self.euid = os.geteuid()
         self.stats = CheckoutStats()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-checkout")
+        self.small = SmallFiles(repo, m, workers=workers)
         self.max_window = 2 * workers
         self.max_files = 8 * workers
         self.any_xattrs = m.has_xattrs()
@@ -146,6 +148,7 @@ class _Materializer:
                 self._link(ino, didx, name)
         except BaseException:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self.small.close()
             for f in self.inflight:
                 os.close(f.fd)
                 with contextlib.suppress(OSError):
@@ -239,9 +242,9 @@ class _Materializer:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         self.stats.files += 1
         self.stats.bytes += node.size
-        if node.inline:
+        if node.inline or node.packed:
             try:
-                os.write(fd, self.m.inline_data(node))
+                os.write(fd, self.small.data(node))
                 self._finish(dfd, idx, tmp, name, node, fd)
             except BaseException:
                 with contextlib.suppress(OSError):

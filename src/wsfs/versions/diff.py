@@ -5,6 +5,12 @@ largest directory).  Statuses: ``A`` added, ``D`` removed, ``M`` modified
 (content, symlink target, mode, owner or xattrs; a change of times alone is
 not a modification), ``T`` type changed.  Under an added or removed
 directory every entry is listed.
+
+Two format 2 versions are compared by their records, not their trees
+(:func:`diff_versions`): adjacent versions from the newer one's changeset
+alone, any other pair from the ranges the two do not share (an entry in a
+range both versions reference is the same in both, so only ranges present
+in one of them are fetched and merged).
 """
 
 from __future__ import annotations
@@ -12,7 +18,12 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator
 
+from wsfs.errors import IntegrityError
+from wsfs.format.blobs import parse_hexid
 from wsfs.format.manifest import ROOT_INO, Inode, Manifest
+from wsfs.format.records import VersionRecord
+from wsfs.format.tree import Change, Entry, changes, decode_body, decode_changeset, encode_body, path_of
+from wsfs.repository import Repository
 
 
 def _same(a: Manifest, na: Inode, b: Manifest, nb: Inode) -> bool:
@@ -81,3 +92,54 @@ def diff(a: Manifest, b: Manifest) -> Iterator[tuple[str, bytes]]:
             yield status, path
         else:
             stack.append(_dir(a, b, ia, ib, path))
+
+
+def record_changes(repo: Repository, a: VersionRecord, b: VersionRecord) -> Iterator[Change] | None:
+    """The keys whose records differ from format 2 version *a* to *b*, by key; None if either is format 1."""
+    if a.format != 2 or b.format != 2:
+        return None
+    if a.manifest == b.manifest:
+        return iter(())
+    if b.changeset is not None and b.parent == a.version and b.workspace == a.workspace:
+        parent_top, items = decode_changeset(repo.get_piece(parse_hexid(b.changeset), b.changeset_size, "changeset"))
+        if parent_top != parse_hexid(a.manifest):
+            raise IntegrityError(f"the changeset of {b.workspace}@{b.version} is not against version {a.version}")
+        return iter(items)
+    ra, rb = repo.version_refs(a, packs=False)[0], repo.version_refs(b, packs=False)[0]
+    ids_a, ids_b = {r.id for r in ra}, {r.id for r in rb}
+    layout = repo.config.layout
+
+    def bodies(refs: list, other: set[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        for run in repo.version_ranges([r for r in refs if r.id not in other]):
+            for e in run:
+                yield e.key, encode_body(e, layout)
+
+    return changes(bodies(ra, ids_b), bodies(rb, ids_a))
+
+
+def _same_entry(a: Entry, b: Entry) -> bool:
+    """Equal but for times (see the module docstring)."""
+    return a._replace(mtime_ns=0) == b._replace(mtime_ns=0)
+
+
+def diff_versions(repo: Repository, a: VersionRecord, b: VersionRecord) -> Iterator[tuple[str, bytes]] | None:
+    """``(status, path)`` from the records of two format 2 versions, in path order; None if either is format 1."""
+    items = record_changes(repo, a, b)
+    if items is None:
+        return None
+    layout = repo.config.layout
+    out: list[tuple[str, bytes]] = []
+    for c in items:
+        if not c.key:
+            continue  # the root's own attributes: not an entry of the tree
+        path = path_of(c.key)
+        if c.old is None or c.new is None:
+            out.append((c.op, path))
+            continue
+        old, new = decode_body(c.old, c.key, layout), decode_body(c.new, c.key, layout)
+        if old.link is None and new.link is None and stat.S_IFMT(old.mode) != stat.S_IFMT(new.mode):
+            out.append(("T", path))
+        elif not _same_entry(old, new):
+            out.append(("M", path))
+    out.sort(key=lambda item: item[1].split(b"/"))
+    return iter(out)

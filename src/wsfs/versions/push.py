@@ -37,16 +37,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NoReturn
 
-import apsw
-
 from wsfs.config import default_state_dir
 from wsfs.errors import Conflict, FormatError, IntegrityError, NotFound, SourceError, UsageError, WsfsError
 from wsfs.format.blobs import content_id
 from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
-from wsfs.format.manifest import ROOT_INO, ManifestBuilder, prepare_inline
+from wsfs.format.manifest import content_id_chunked
 from wsfs.format.names import check_workspace
 from wsfs.format.records import VersionRecord
-from wsfs.localfs import private_umask
+from wsfs.format.tree import (
+    MAX_XATTR_VALUE,
+    PATH_MAX,
+    ZERO_ID,
+    Entry,
+    PackPlan,
+    Piece,
+    build_version,
+    changes,
+    decode_top,
+    encode_body,
+    encode_changeset,
+    key_of,
+    pack_signatures,
+)
 from wsfs.repository import Repository
 from wsfs.store.local import LocalStore
 from wsfs.versions import fsops
@@ -147,17 +159,50 @@ class _Uploader:
 
 @dataclass
 class _PendingFile:
-    ino: int
+    idx: int  # in _Walker.entries
     size: int
     futures: list[Future[bytes | None]]
     submitted: int  # futures that are real uploads (not holes)
+
+
+class _Spill:
+    """Small files' bytes as they are read, once per content, in a private temporary file.
+
+    Packs are cut only once the whole tree is known and sorted; until then
+    the bytes wait here rather than in memory.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.at: dict[bytes, tuple[int, int]] = {}
+        self.end = 0
+
+    def add(self, cid: bytes, data: bytes) -> None:
+        if cid not in self.at:
+            self.at[cid] = (self.end, len(data))
+            os.write(self.fd, data)
+            self.end += len(data)
+
+    def read(self, cid: bytes) -> bytes | None:
+        where = self.at.get(cid)
+        if where is None:
+            return None
+        return os.pread(self.fd, where[1], where[0])
+
+    def close(self) -> None:
+        os.close(self.fd)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 class _Walker:
     def __init__(
         self,
         repo: Repository,
-        builder: ManifestBuilder,
+        spill: _Spill,
         uploader: _Uploader,
         stats: PushStats,
         skip_unreadable: bool,
@@ -166,19 +211,16 @@ class _Walker:
     ) -> None:
         self.repo = repo
         self.exclude = exclude
-        self.b = builder
+        self.spill = spill
         self.up = uploader
         self.stats = stats
         self.skip_unreadable = skip_unreadable
         self.progress = progress
         self.chunk_size = repo.config.chunk_size
         self.inline_threshold = repo.config.inline_threshold
-        self.hardlinks: dict[tuple[int, int], int] = {}
-        self.nlinks: collections.Counter[int] = collections.Counter()
+        self.entries: list[Entry] = []  # walk order; sorted by key at the end
+        self.hardlinks: dict[tuple[int, int], list[int]] = {}  # (dev, ino) -> indexes of its names
         self.pending: collections.deque[_PendingFile] = collections.deque()
-        self.chunked: list[tuple[int, int, list[bytes | None]]] = []
-        self.inline_q: collections.deque[tuple[int, Future[tuple[bytes, int, bytes]]]] = collections.deque()
-        self.max_inline_q = 256  # small files in flight: bounded memory (256 x 128 KiB at most)
         self.window = 0  # chunks in flight
         self.max_window = max(8, 2 * uploader.pool._max_workers)
 
@@ -206,27 +248,26 @@ class _Walker:
         try:
             self._refuse_own(rfd, root)
             st = os.fstat(rfd)
-            ino = self.b.add_inode(st, nlink=2)
+            self.entries.append(_entry(b"", st))
             self.stats.dirs += 1
-            # (depth, name, ident, inode, path for messages): directories still to list
-            stack: list[tuple[int, bytes, Ident, int, bytes]] = [(0, b"", ident(st), ino, root)]
+            # (depth, name, ident, index in entries, path for messages): directories still to list
+            stack: list[tuple[int, bytes, Ident, int, bytes]] = [(0, b"", ident(st), 0, root)]
             while stack:
-                depth, name, dident, dino, path = stack.pop()
-                subdirs = self._directory(chain, depth, name, dident, dino, path)
+                depth, name, dident, didx, path = stack.pop()
+                subdirs = self._directory(chain, depth, name, dident, didx, path)
                 stack.extend(reversed(subdirs))
         finally:
             chain.close()
-        while self.inline_q:
-            self._record_inline()
         self._drain(0)
-        # Chunk lists are written only now, in walk order: when uploads finish
-        # must not change the manifest's bytes (an unchanged tree gives the
-        # same manifest, which is then not uploaded again).
-        for ino, size, cids in self.chunked:
-            self.b.set_chunks(ino, size, cids)
-        for ino, n in self.nlinks.items():
-            if n != 1:
-                self.b.set_nlink(ino, n)
+        # A file with several names: its first name in key order holds it, the others name that one.
+        for idxs in self.hardlinks.values():
+            if len(idxs) > 1:
+                first = min(self.entries[i].key for i in idxs)
+                base = self.entries[idxs[0]]
+                for i in idxs:
+                    key = self.entries[i].key
+                    self.entries[i] = base._replace(key=key, linked=True) if key == first else Entry(key, link=first)
+        self.entries.sort(key=lambda e: e.key)
 
     def _refuse_own(self, rfd: int, root: bytes) -> None:
         """Refuse a root that is (inside) one of wsfs' own directories: found by walking up through ``..``."""
@@ -252,11 +293,13 @@ class _Walker:
             os.close(fd)
 
     def _directory(
-        self, chain: DirChain, depth: int, name: bytes, dident: Ident, dino: int, path: bytes
+        self, chain: DirChain, depth: int, name: bytes, dident: Ident, didx: int, path: bytes
     ) -> list[tuple[int, bytes, Ident, int, bytes]]:
         try:
             dfd = chain.enter(depth, name, dident) if depth else chain.fd()
-            self.b.add_xattrs(dino, self._xattrs(dfd, path))
+            xattrs = self._xattrs(dfd, path)
+            if xattrs:
+                self.entries[didx] = self.entries[didx]._replace(xattrs=xattrs)
             names = list_names(dfd)
         except Moved as e:
             try:
@@ -268,26 +311,23 @@ class _Walker:
                 self._fail(path, "cannot list directory", e)
             except _Skip:
                 return []
-        entries: list[tuple[bytes, int]] = []
         subdirs: list[tuple[int, bytes, Ident, int, bytes]] = []
+        parent = self.entries[didx].path
+        before = len(self.entries)
         for child in names:
             cpath = path + b"/" + child
             try:
-                ino, st = self._entry(dfd, child, cpath)
+                idx, st = self._entry(dfd, key_of(parent, child), cpath)
             except _Skip:
                 continue
-            if ino is None:
-                continue
-            entries.append((child, ino))
-            if st is not None:
-                subdirs.append((depth + 1, child, ident(st), ino, cpath))
-        self.b.add_dentries(dino, entries)
-        self.b.set_nlink(dino, 2 + len(subdirs))
-        self.progress(len(entries))
+            if idx is not None and st is not None:
+                subdirs.append((depth + 1, child, ident(st), idx, cpath))
+        self.progress(len(self.entries) - before)
         return subdirs
 
-    def _entry(self, dfd: int, name: bytes, path: bytes) -> tuple[int | None, os.stat_result | None]:
-        """Record entry *name* of the directory open at *dfd*; returns its inode and, for a directory, its stat."""
+    def _entry(self, dfd: int, key: bytes, path: bytes) -> tuple[int | None, os.stat_result | None]:
+        """Record the entry *key* of the directory open at *dfd*; returns its index and, for a directory, its stat."""
+        name = key.rpartition(b"\0")[2]
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError as e:
@@ -301,19 +341,19 @@ class _Walker:
                 log.warning("left out %s: it is wsfs' own %s", os.fsdecode(path), what)
                 self.stats.skipped.append(os.fsdecode(path))
                 return None, None
-            ino = self.b.add_inode(st, nlink=2)  # its xattrs are read when it is listed
+            self.entries.append(_entry(key, st))  # its xattrs are read when it is listed
             self.stats.dirs += 1
-            return ino, st
+            return len(self.entries) - 1, st
         if stat.S_ISSOCK(mode):
             log.warning("%s: sockets are not stored; left out", os.fsdecode(path))
             self.stats.skipped.append(os.fsdecode(path))
             return None, None
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in self.hardlinks:
-            ino = self.hardlinks[key]
-            self.nlinks[ino] += 1
+        node = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and node in self.hardlinks:
+            self.hardlinks[node].append(len(self.entries))
+            self.entries.append(Entry(key))  # completed after the walk
             self.stats.hardlinks += 1
-            return ino, None
+            return len(self.entries) - 1, None
         if stat.S_ISLNK(mode):
             try:
                 target = os.readlink(name, dir_fd=dfd)
@@ -323,26 +363,27 @@ class _Walker:
                 if e.errno == errno.EINVAL:  # no longer a symlink
                     self._fail(path, "changed while being read")
                 self._fail(path, "cannot read link", e)
-            ino = self.b.add_inode(st, target=target, size=len(target))
+            if not target or len(target) >= PATH_MAX:
+                self._fail(path, "symlink target cannot be stored (empty or longer than 4095 bytes)")
+            self.entries.append(_entry(key, st, size=len(target), target=target))
             self.stats.symlinks += 1
         elif stat.S_ISREG(mode):
-            ino = self._file(dfd, name, path, st)
+            self._file(dfd, key, path, st)
         else:  # fifo, character or block device: stored as nodes, no content
             xattrs = self._node_xattrs(dfd, name, path, st)
-            ino = self.b.add_inode(st, size=0)
-            self.b.add_xattrs(ino, xattrs)
+            self.entries.append(_entry(key, st, size=0, xattrs=xattrs))
             self.stats.specials += 1
-        self.nlinks[ino] = 1
-        if st.st_nlink > 1:
-            self.hardlinks[key] = ino
-        return ino, None
+        idx = len(self.entries) - 1
+        if st.st_nlink > 1 and stat.S_ISREG(mode):
+            self.hardlinks[node] = [idx]
+        return idx, None
 
-    def _xattrs(self, fd: int | str, path: bytes) -> dict[bytes, bytes]:
-        """The ``user.*`` xattrs of the file open at *fd* (or a ``/proc/self/fd`` path)."""
+    def _xattrs(self, fd: int | str, path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+        """The ``user.*`` xattrs of the file open at *fd* (or a ``/proc/self/fd`` path), sorted by name."""
         try:
             names = os.listxattr(fd)
         except OSError:
-            return {}  # filesystem without xattr support
+            return ()  # filesystem without xattr support
         out = {}
         for n in names:
             bn = os.fsencode(n)
@@ -351,9 +392,13 @@ class _Walker:
                     out[bn] = os.getxattr(fd, n)
                 except OSError as e:
                     self._fail(path, f"cannot read xattr {n}", e)
-        return out
+                if len(out[bn]) > MAX_XATTR_VALUE:
+                    self._fail(path, f"xattr {n} is larger than {MAX_XATTR_VALUE} bytes")
+        return tuple(sorted(out.items()))
 
-    def _node_xattrs(self, dfd: int, name: bytes, path: bytes, st: os.stat_result) -> dict[bytes, bytes]:
+    def _node_xattrs(
+        self, dfd: int, name: bytes, path: bytes, st: os.stat_result
+    ) -> tuple[tuple[bytes, bytes], ...]:
         """Xattrs of a fifo or device node, through an ``O_PATH`` descriptor (opening it could block)."""
         try:
             fd, fst = open_node(name, dfd)
@@ -368,7 +413,8 @@ class _Walker:
         finally:
             os.close(fd)
 
-    def _file(self, dfd: int, name: bytes, path: bytes, st: os.stat_result) -> int:
+    def _file(self, dfd: int, key: bytes, path: bytes, st: os.stat_result) -> None:
+        name = key.rpartition(b"\0")[2]
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(name, flags | _O_NOATIME, dir_fd=dfd)
@@ -390,40 +436,28 @@ class _Walker:
             if ident(before) != ident(st) or not stat.S_ISREG(before.st_mode):
                 self._fail(path, "changed while being read")
             size = before.st_size
-            ino = self.b.add_inode(before)
-            try:
-                self.b.add_xattrs(ino, self._xattrs(fd, path))
-                if size <= self.inline_threshold:
-                    data = self._read_all(fd, path, size)
+            xattrs = self._xattrs(fd, path)
+            entry = _entry(key, before, xattrs=xattrs)
+            if size <= self.inline_threshold:
+                data = self._read_all(fd, path, size)
+                self._check_unchanged(fd, path, before)
+                cid = content_id(data)  # blake3 of at most the inline threshold: cheaper here than a pool hop
+                if size:
+                    self.spill.add(cid, data)
+                self.entries.append(entry._replace(content=cid))
+                self.stats.inline_files += 1
+            else:
+                self.entries.append(entry)  # chunk ids filled in by _drain
+                try:
+                    self._chunked(fd, path, len(self.entries) - 1, size)
                     self._check_unchanged(fd, path, before)
-                    self._inline(ino, data)
-                    self.stats.inline_files += 1
-                else:
-                    self._chunked(fd, path, ino, size)
-                    self._check_unchanged(fd, path, before)
-            except _Skip:
-                self.b.drop_inode(ino)  # (an inline file is queued only once it can no longer be skipped)
-                raise
+                except _Skip:
+                    self.entries.pop()
+                    raise
         finally:
             os.close(fd)
         self.stats.files += 1
         self.stats.bytes += size
-        return ino
-
-    def _inline(self, ino: int, data: bytes) -> None:
-        """Hash and compress a small file on the pool; record results in walk order.
-
-        The queue is drained by count, never by which job finished first, so
-        the manifest's bytes do not depend on thread timing.
-        """
-        self.inline_q.append((ino, self.up.pool.submit(prepare_inline, data)))
-        if len(self.inline_q) > self.max_inline_q:
-            self._record_inline()
-
-    def _record_inline(self) -> None:
-        ino, fut = self.inline_q.popleft()
-        cid, codec, payload = fut.result()
-        self.b.set_inline_prepared(ino, cid, lambda: (codec, payload))
 
     def _read_all(self, fd: int, path: bytes, size: int) -> bytes:
         try:
@@ -443,9 +477,9 @@ class _Walker:
         ):
             self._fail(path, "changed while being read")
 
-    def _chunked(self, fd: int, path: bytes, ino: int, size: int) -> None:
+    def _chunked(self, fd: int, path: bytes, idx: int, size: int) -> None:
         ranges = data_ranges(fd, size)
-        pf = _PendingFile(ino, size, [], 0)
+        pf = _PendingFile(idx, size, [], 0)
         zero: Future[bytes | None] = Future()
         zero.set_result(None)
         try:
@@ -476,7 +510,21 @@ class _Walker:
             pf = self.pending.popleft()
             cids = [f.result() for f in pf.futures]
             self.window -= pf.submitted
-            self.chunked.append((pf.ino, pf.size, cids))
+            e = self.entries[pf.idx]
+            self.entries[pf.idx] = e._replace(
+                chunks=tuple(c or ZERO_ID for c in cids), content=content_id_chunked(pf.size, self.chunk_size, cids)
+            )
+
+
+def _entry(key: bytes, st: os.stat_result, **fields: object) -> Entry:
+    """The entry of *key* with the attributes of *st* (only mtime of the times: see wsfs.format.manifest)."""
+    mode = st.st_mode
+    special = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+    base = Entry(
+        key, mode, st.st_uid, st.st_gid, st.st_size if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else 0, st.st_mtime_ns,
+        st.st_rdev if special else 0,
+    )
+    return base._replace(**fields) if fields else base
 
 
 def own_directories(repo: Repository) -> dict[Ident, str]:
@@ -498,6 +546,49 @@ def own_directories(repo: Repository) -> dict[Ident, str]:
         if stat.S_ISDIR(st.st_mode):
             out.setdefault(ident(st), what)
     return out
+
+
+@dataclass
+class _Parent:
+    """What a push reuses from the parent version: ids known stored, pack signatures, records."""
+
+    top: bytes = bytes(32)
+    pieces: set[bytes] = field(default_factory=set)  # ranges, listings, packs: stored
+    chunks: set[bytes] = field(default_factory=set)  # chunks: stored
+    packs: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
+    bodies: list[tuple[bytes, bytes]] | None = None  # (key, record) of each entry, for the changeset
+
+    @classmethod
+    def load(cls, repo: Repository, workspace: str, n: int | None) -> _Parent:
+        if n is None:
+            return cls()
+        try:
+            record = repo.record(workspace, n)
+            if record.format == 1:
+                # Only chunks carry over (a changeset against format 1 is not written).
+                with repo.open_manifest(record) as pm:
+                    return cls(chunks=pm.chunk_ids())
+            ranges, packs = repo.version_refs(record)
+            layout = repo.config.layout
+            out = cls(top=bytes.fromhex(record.manifest), bodies=[])
+            top = decode_top(repo.get_piece(out.top, record.manifest_size, "top"))
+            out.pieces.add(out.top)
+            out.pieces.update(r.id for r in top.ranges + top.packs)
+            entries: list[Entry] = []
+            for run in repo.version_ranges(ranges):
+                entries.extend(run)
+            assert out.bodies is not None
+            for e in entries:
+                out.bodies.append((e.key, encode_body(e, layout)))
+                out.chunks.update(c for c in e.chunks if c != ZERO_ID)
+            out.pieces.update(r.id for r in ranges)
+            out.pieces.update(r.id for r in packs)
+            out.packs = pack_signatures(entries, packs, layout)
+            return out
+        except (NotFound, IntegrityError, FormatError) as e:
+            # A parent that cannot be read costs this push its reuse and its changeset, nothing else.
+            log.warning("not reusing %s@%d: %s", workspace, n, e)
+            return cls()
 
 
 class _Skip(Exception):
@@ -522,46 +613,57 @@ def push(
     (the value says what they are); by default, wsfs' own (:func:`own_directories`).
     """
     check_workspace(workspace)
+    if repo.config.format != 2:
+        repo.reload_config()  # a local copy from before another host's upgrade
+    if repo.config.format != 2:
+        raise UsageError(f"{repo.store.url} is a format {repo.config.format} repository; convert it with: wsfs upgrade")
     root = os.fsencode(src).rstrip(b"/") or b"/"
     stats = PushStats()
+    layout = repo.config.layout
     parent_n = repo.latest(workspace)
-    known: set[bytes] = set()
-    if parent_n is not None:
-        try:
-            with repo.open_manifest(repo.record(workspace, parent_n)) as pm:
-                known = pm.chunk_ids()
-        except (NotFound, IntegrityError, FormatError) as e:
-            # Only an optimisation (skipping HEADs): a bad parent must not stop a push.
-            log.warning("not using %s@%d to skip uploads: %s", workspace, parent_n, e)
-    # Every small file's content goes into this file: private, and named with our
-    # pid so that the next command removes it if we are killed (Repository.temp_path).
-    mpath = repo.temp_path("manifest", ".sqlite")
+    parent = _Parent.load(repo, workspace, parent_n)
     if exclude is None:
-        exclude = own_directories(repo)  # now that the cache exists
-    with private_umask():  # SQLite creates the file (0644 & ~umask); no other thread runs yet
-        builder = ManifestBuilder(mpath, chunk_size=repo.config.chunk_size)
-    uploader = _Uploader(repo, known, stats, workers)
+        exclude = own_directories(repo)
+    # Every small file's bytes wait in this file until packs are cut: private, and
+    # named with our pid so that the next command removes it if we are killed.
+    spill = _Spill(repo.temp_path("spill"))
+    uploader = _Uploader(repo, parent.chunks, stats, workers)
     try:
-        walker = _Walker(repo, builder, uploader, stats, skip_unreadable, progress, exclude)
+        walker = _Walker(repo, spill, uploader, stats, skip_unreadable, progress, exclude)
         walker.run(root)
-        assert ROOT_INO == 1
-        builder.finish({"workspace": workspace})
-        manifest_hex, manifest_size = repo.put_manifest(mpath)
-    except apsw.FullError:
         uploader.close()
-        builder.abort()
-        raise WsfsError(f"no space left on device for the manifest being built in {os.path.dirname(mpath)}") from None
-    except BaseException:
-        uploader.close()
-        builder.abort()
+        entries = walker.entries
+        bodies = [encode_body(e, layout) for e in entries]
+
+        def pack_bytes(plan: PackPlan) -> bytes:
+            out = []
+            for cid, _size in plan.contents:
+                data = spill.read(cid)
+                if data is None:
+                    raise IntegrityError(f"content {cid.hex()} of a pack was not read")
+                out.append(data)
+            return b"".join(out)
+
+        top_id, top, pieces = build_version(
+            entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
+            known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies,
+        )
+        changeset = None
+        if parent.bodies is not None and top_id != parent.top:
+            changeset = encode_changeset(parent.top, changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
+            pieces.append(Piece(content_id(changeset), changeset))
+        pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
+        n_up, b_up = repo.put_pieces(pieces, workers)
+        stats.blobs_uploaded += n_up
+        stats.bytes_uploaded += b_up
+        stats.blobs_reused += len(pieces) - n_up
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise WsfsError(f"no space left on device for the push's temporary data in {os.path.dirname(spill.path)}") from None
         raise
-    else:
-        uploader.close()
     finally:
-        try:
-            os.unlink(mpath)
-        except FileNotFoundError:
-            pass
+        uploader.close()
+        spill.close()
     when = datetime.now(UTC).isoformat(timespec="seconds")
     n = (parent_n or 0) + 1
     for _attempt in range(100):
@@ -569,8 +671,10 @@ def push(
             workspace=workspace,
             version=n,
             parent=n - 1 if n > 1 else None,
-            manifest=manifest_hex,
-            manifest_size=manifest_size,
+            manifest=top_id.hex(),
+            manifest_size=len(top),
+            changeset=None if changeset is None else content_id(changeset).hex(),
+            changeset_size=0 if changeset is None else len(changeset),
             time=when,
             author=author or _default_author(),
             message=message,

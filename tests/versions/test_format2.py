@@ -1,0 +1,220 @@
+"""Format 2: a version costs what changed (issue 12's goals, at test scale).
+
+Counts come from the store's own request and byte counters (``push --json``)
+and, for reads, from a Repository whose store counts what it fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from support.cli import Wsfs
+from support.trees import assert_same_tree
+from wsfs.repository import Repository
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def make_tree(root: Path, ndirs: int = 40, nfiles: int = 50, seed: int = 5) -> list[Path]:
+    rng = random.Random(seed)
+    files = []
+    for d in range(ndirs):
+        dd = root / "node_modules" / f"pkg{d:02d}" / "lib"
+        dd.mkdir(parents=True)
+        for f in range(nfiles):
+            p = dd / f"m{f:02d}.js"
+            words = " ".join(rng.choice(["const", "let", "return", "function", "x", "y", "=>", "{}"]) for _ in range(300))
+            p.write_text(f"// {d}/{f}\n{words}\n")
+            files.append(p)
+    (root / "large.bin").write_bytes(random.Random(seed).randbytes(300_000))
+    return files
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "src"
+    files = make_tree(src)
+    return src, files
+
+
+def uploaded(r: dict) -> tuple[int, int]:
+    return r["store"]["requests"].get("put", 0), r["store"]["bytes_out"]
+
+
+def test_one_file_changed_uploads_kilobytes(wsfs, tree):
+    src, files = tree
+    first = wsfs.push(src, "demo")
+    assert first["stats"]["files"] == 2001
+    files[1000].write_text("changed\n")
+    r = wsfs.push(src, "demo")
+    puts, out = uploaded(r)
+    # a range, a pack, two listing pieces, the top, the changeset, the record
+    assert puts <= 8, r["store"]
+    assert out < 40_000, r["store"]
+    assert uploaded(first)[1] > 20 * out  # against the whole tree's metadata and data
+    assert wsfs("diff", "demo@1", "demo@2").out == b"M " + bytes(files[1000].relative_to(src)) + b"\n"
+
+
+def test_spread_changes_upload_a_fraction(wsfs, tree):
+    """1% of the files, spread evenly (the issue's 100 of ~10,000+, at this scale)."""
+    src, files = tree
+    first = wsfs.push(src, "demo")
+    for p in files[::100]:
+        p.write_text(p.read_text() + "// edited\n")
+    r = wsfs.push(src, "demo")
+    assert uploaded(r)[1] < uploaded(first)[1] // 3, (uploaded(r), uploaded(first))
+    assert len(wsfs("diff", "demo@1", "demo@2").out.splitlines()) == 20
+
+
+def test_nothing_changed_writes_the_record_only(wsfs, tree):
+    src, _ = tree
+    first = wsfs.push(src, "demo")
+    r = wsfs.push(src, "demo")
+    assert r["manifest"] == first["manifest"]
+    assert r["store"]["requests"].get("put", 0) == 1
+    assert r["store"]["requests"].get("head", 0) == 0
+    assert wsfs("diff", "demo@1", "demo@2").out == b""
+
+
+def test_second_workspace_with_the_same_tree_stores_nothing_new(wsfs, tree):
+    src, _ = tree
+    wsfs.push(src, "demo")
+    cold = Wsfs(wsfs.repo, str(Path(wsfs.cache_dir).parent / "cold-cache"), wsfs.env)
+    r = cold.push(src, "other")
+    assert r["store"]["requests"].get("put", 0) == 1  # the record
+    assert r["store"]["bytes_out"] < 2000
+
+
+def test_same_tree_same_pieces_whatever_the_history(wsfs, tree, tmp_path):
+    src, files = tree
+    wsfs.push(src, "a")
+    files[3].unlink()
+    (src / "node_modules" / "pkg07").rename(src / "node_modules" / "pkg07-renamed")
+    b = wsfs.push(src, "a")
+    fresh = Wsfs(str(tmp_path / "repo2"), str(tmp_path / "cache2"), wsfs.env)
+    fresh("init")
+    alone = fresh.push(src, "b")
+    assert alone["manifest"] == b["manifest"]
+    assert alone["store"]["bytes_out"] > b["store"]["bytes_out"]
+
+
+def _counting_repo(w: Wsfs) -> Repository:
+    env = dict(os.environ)
+    os.environ.update(w.env)
+    try:
+        return Repository.open_url(w.repo, w.cache_dir, endpoint_url=w.env.get("AWS_ENDPOINT_URL"))
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+
+
+def test_mounting_the_next_version_fetches_only_what_changed(wsfs, tree):
+    src, files = tree
+    wsfs.push(src, "demo")
+    wsfs("ls", "demo@1")  # this host now has version 1's pieces
+    files[500].write_text("changed\n")
+    wsfs.push(src, "demo")
+    shutil.rmtree(os.path.join(wsfs.cache_dir, "manifests"))  # indexes are rebuilt, pieces stay
+    repo = _counting_repo(wsfs)
+    repo.store.stats.__init__()
+    with repo.open_manifest(repo.record("demo", 2)) as m:
+        assert m.resolve(bytes(files[500].relative_to(src))).size == 8
+    got = repo.store.stats.snapshot()
+    # the record was cached by the push; new: the top, a listing piece, one range
+    assert got["requests"].get("get", 0) <= 4, got
+    assert got["bytes_in"] < 16_000, got
+
+
+def test_diff_of_adjacent_versions_reads_the_changeset_only(wsfs, tree):
+    src, files = tree
+    wsfs.push(src, "demo")
+    files[10].write_text("x\n")
+    (files[11].parent / "new.js").write_text("new\n")
+    files[12].unlink()
+    wsfs.push(src, "demo")
+    shutil.rmtree(os.path.join(wsfs.cache_dir, "pieces"))
+    repo = _counting_repo(wsfs)
+    from wsfs.versions.diff import diff_versions
+
+    a, b = repo.record("demo", 1), repo.record("demo", 2)
+    repo.store.stats.__init__()
+    got = list(diff_versions(repo, a, b))
+    rel = lambda p: bytes(p.relative_to(src))  # noqa: E731
+    assert got == sorted([("M", rel(files[10])), ("A", rel(files[11].parent / "new.js")), ("D", rel(files[12]))],
+                         key=lambda x: x[1].split(b"/"))
+    assert repo.store.stats.snapshot()["requests"].get("get", 0) == 1  # the changeset
+
+
+def test_diff_of_distant_versions_fetches_only_ranges_that_differ(wsfs, tree):
+    src, files = tree
+    wsfs.push(src, "demo")
+    files[10].write_text("x\n")
+    wsfs.push(src, "demo")
+    files[20].write_text("y\n")
+    wsfs.push(src, "demo")
+    shutil.rmtree(os.path.join(wsfs.cache_dir, "pieces"))
+    repo = _counting_repo(wsfs)
+    from wsfs.versions.diff import diff_versions
+
+    a, b = repo.record("demo", 1), repo.record("demo", 3)
+    repo.store.stats.__init__()
+    got = list(diff_versions(repo, a, b))
+    assert [s for s, _ in got] == ["M", "M"]
+    gets = repo.store.stats.snapshot()["requests"].get("get", 0)
+    ra, rb = repo.version_refs(a)[0], repo.version_refs(b)[0]
+    unshared = len({r.id for r in ra} ^ {r.id for r in rb})
+    assert 0 < unshared < len(ra) + len(rb) - 4
+    from wsfs.format.tree import decode_top
+
+    listings = sum(len(decode_top(repo.get_piece(bytes.fromhex(r.manifest), r.manifest_size)).ranges) for r in (a, b))
+    # two tops, their range listings, and the ranges only one of them has: nothing else
+    assert gets == 2 + listings + unshared, (gets, listings, unshared)
+
+
+def test_checkout_and_mount_agree_with_the_source(wsfs, tmp_path):
+    from support.trees import make_rich_tree
+
+    src = make_rich_tree(tmp_path / "rich")
+    wsfs.push(src, "demo")
+    wsfs("checkout", "demo", str(tmp_path / "out"))
+    assert_same_tree(src, tmp_path / "out")
+
+
+def test_format1_repository_still_reads(tmp_path, subprocess_env):
+    """A repository written by wsfs before format 2 (tests/data, made by e90c909's code)."""
+    with tarfile.open(DATA / "format1-repo.tar.gz") as t:
+        t.extractall(tmp_path, filter="data")
+    w = Wsfs(str(tmp_path / "repo"), str(tmp_path / "cache"), subprocess_env)
+    assert b"first [v1]" in w("log", "demo").out
+    assert w("cat", "demo@1", "a/hello.txt").out == b"hello\n"
+    assert w("cat", "demo@2", "a/hello.txt").out == b"hello\nchanged\n"
+    assert w("diff", "demo@1", "demo@2").out.splitlines() == [
+        b"M a/hardlink", b"M a/hello.txt", b"D d/text.txt", b"A new", b"A new/x"
+    ]
+    out = tmp_path / "out"
+    w("checkout", "demo@v1", str(out))
+    assert (out / "d" / "text.txt").read_text() == "line\n" * 3000
+    assert os.readlink(out / "link") == "a/hello.txt"
+    assert os.stat(out / "a" / "hello.txt").st_ino == os.stat(out / "a" / "hardlink").st_ino
+    assert len((out / "a" / "b" / "c" / "big.bin").read_bytes()) == 150000
+    r = w("push", str(out), "demo", check=False)
+    assert r.code == 2 and "wsfs upgrade" in r.err
+    # upgraded in place: old versions still read, new ones are format 2
+    w("upgrade")
+    (out / "a" / "hello.txt").write_text("third\n")
+    third = w.push(out, "demo")
+    assert third["version"] == 3
+    assert json.loads((tmp_path / "repo" / "workspaces" / "demo" / "versions" / "0000000003").read_text())["format"] == 2
+    assert w("cat", "demo@3", "a/hello.txt").out == b"third\n"
+    assert w("cat", "demo@1", "a/hello.txt").out == b"hello\n"
+    assert b"M a/hello.txt" in w("diff", "demo@1", "demo@3").out
+    again = tmp_path / "again"
+    w("checkout", "demo@3", str(again))
+    assert_same_tree(out, again)
