@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import re
+import stat
 import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing, contextmanager
@@ -92,11 +93,17 @@ SMALL_OBJECT_MAX = 1 << 20  # the descriptor, a version record or a tag: never m
 
 
 def _ours(path: str) -> bool:
-    """Whether *path* exists and belongs to this process' effective user."""
+    """Whether *path* is a regular file of this process' effective user that no one else may write.
+
+    A symbolic link is not followed: in a cache directory someone else can
+    write (root using a user's cache), that user's link to a file of ours
+    (another version's index, a blob holding a crafted database) is not ours.
+    """
     try:
-        return os.stat(path).st_uid == os.geteuid()
+        st = os.lstat(path)
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def _get_small(store: ObjectStore, key: str, limit: int = SMALL_OBJECT_MAX) -> bytes:
@@ -449,7 +456,8 @@ class Repository:
             raise
 
     def manifest_path(self, record: VersionRecord) -> str:
-        """Local path of a version's manifest (format 2: its local index), fetched and verified if not cached yet."""
+        """Local path of a version's manifest, fetched and verified if not cached yet (format 2: its local index,
+        built from verified pieces if there is none that is ours and private, see :func:`_ours`)."""
         cid = parse_hexid(record.manifest)
         if record.format == 2:
             path = self._index_path(cid)
@@ -527,12 +535,12 @@ class Repository:
         Copies cached before those rules existed have no marker and are
         validated on their next open.  The marker counts only if it and the
         manifest belong to us: in a cache directory someone else controls
-        (root using a user's cache), every open validates.
+        (root using a user's cache), every open validates.  A format 2
+        version is read through its local index (:meth:`_open_index`).
         """
         path = self.manifest_path(record)
         if record.format == 2:
-            # Built here from verified, checked pieces (wsfs.format.index); owned by us.
-            return Manifest(path, validate=False)
+            return self._open_index(record, path)
         marker = f"{path}.valid{VALIDATION_VERSION}"
         validated = _ours(marker) and _ours(path)
         try:
@@ -553,6 +561,30 @@ class Repository:
             except OSError as e:  # only costs the next open a validation
                 log.debug("cannot mark %s as validated: %s", path, e)
         return m
+
+    def _open_index(self, record: VersionRecord, path: str) -> Manifest:
+        """The local index of format 2 *record* at *path*: built by this host from verified pieces, so not validated.
+
+        :meth:`manifest_path` rebuilds a file that is not ours and private;
+        one that is but is not this version's index (renamed in a cache
+        directory someone else can write, or damaged) is dropped and built again, once.
+        """
+        for attempt in (1, 2):
+            try:
+                m = Manifest(path, validate=False)
+            except (IntegrityError, FormatError):
+                pass
+            else:
+                if m.index and m.meta.get("top") == record.manifest:
+                    return m
+                m.close()
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            if attempt == 1:
+                path = self.manifest_path(record)
+        raise IntegrityError(f"the local index of {record.workspace}@{record.version} ({path}) is not that version's")
 
     # -- workspaces, versions, tags -----------------------------------------
 

@@ -1,7 +1,7 @@
 """Local attacks on what wsfs keeps on a host (docs/daemon.md, "Cache": modes, verification, fsck).
 
 Each test performs the attack: a second uid opening the cache, a push killed
-with its temporary manifest on disk, a ``-vv`` run with a session token, a
+with its spill file (small files' bytes) on disk, a ``-vv`` run with a session token, a
 password in ``endpoint_url=`` read from ``/proc/*/cmdline``, a flipped byte
 in a cached chunk with its mtime restored, and ``wsfs fsck --cache`` finding
 it.  They need root (another uid, mounts).
@@ -176,12 +176,16 @@ def test_a_second_user_cannot_read_the_cache_tmp_or_logs(tmp_path: Path, open_di
         w("mount", "ws@1", mnt)  # background: logs to <cache>/logs
         pids.add(_daemon_pid(w, mnt))
         assert (mnt / "private.bin").read_bytes() == secret
+        assert (mnt / "small.txt").read_bytes() == b"inline secret\n"
         w("stats", mnt)  # written behind: wait for the content files (stats drains the writes)
         paths = _everything(cache)
         names = {os.path.basename(p) for p, _ in paths}
         assert {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm", content_id(secret[:CHUNK]).hex()} <= names
-        assert any(p.endswith(".log") for p, _ in paths) and any(p.endswith(".sqlite") and "manifests" in p
-                                                                  for p, _ in paths)
+        assert any(p.endswith(".log") for p, _ in paths)
+        # format 2: the version's local index, its metadata pieces, and the pack holding small.txt
+        assert any(p.endswith(".index") and "manifests" in p for p, _ in paths)
+        assert any(not d and f"{os.sep}pieces{os.sep}" in p for p, d in paths)
+        assert _blob_path(cache, b"inline secret\n") in {p for p, _ in paths}  # the pack: small.txt alone
         assert _opened_by_nobody(paths) == []
         assert _wide(paths) == []
     finally:
@@ -191,8 +195,8 @@ def test_a_second_user_cannot_read_the_cache_tmp_or_logs(tmp_path: Path, open_di
     assert _wide(paths) == []
 
 
-def test_a_killed_push_leaves_a_private_manifest_that_the_next_command_removes(tmp_path: Path,
-                                                                              open_dir: Path) -> None:
+def test_a_killed_push_leaves_a_private_spill_file_that_the_next_command_removes(tmp_path: Path,
+                                                                                open_dir: Path) -> None:
     src = tmp_path / "src"
     for i in range(6000):
         d = src / f"d{i // 100}"
@@ -208,7 +212,7 @@ def test_a_killed_push_leaves_a_private_manifest_that_the_next_command_removes(t
         deadline = time.monotonic() + 60
         while leftover is None and proc.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(FileNotFoundError):
-                found = [n for n in os.listdir(cache / "tmp") if n.startswith("manifest")]
+                found = [n for n in os.listdir(cache / "tmp") if n.startswith("spill")]
                 if found:
                     leftover = cache / "tmp" / found[0]
                     proc.send_signal(signal.SIGKILL)
@@ -217,14 +221,15 @@ def test_a_killed_push_leaves_a_private_manifest_that_the_next_command_removes(t
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    assert leftover is not None, "the push ended before its temporary manifest was seen"
+    assert leftover is not None, "the push ended before its spill file (small files' bytes) was seen"
     assert proc.returncode == -signal.SIGKILL
     assert leftover.exists()
     assert _opened_by_nobody(_everything(cache)) == []
+    assert _wide(_everything(cache)) == []
     assert os.stat(leftover).st_mode & 0o777 == 0o600
     assert os.stat(cache / "tmp").st_mode & 0o777 == 0o700
-    # A live push's manifest is kept: another pid's file is removed only if that pid is dead.
-    live = cache / "tmp" / f"manifest-{os.getpid()}-abc123.sqlite"
+    # A live push's spill file is kept: another pid's file is removed only if that pid is dead.
+    live = cache / "tmp" / f"spill-{os.getpid()}-abc123"
     live.write_bytes(b"")
     w("workspaces")
     assert not leftover.exists()
@@ -232,7 +237,7 @@ def test_a_killed_push_leaves_a_private_manifest_that_the_next_command_removes(t
     # fsck --cache sweeps tmp/ too
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
-    leftover = cache / "tmp" / f"manifest-{dead}-def456.sqlite"
+    leftover = cache / "tmp" / f"spill-{dead}-def456"
     leftover.write_bytes(b"")
     r = w("fsck", "--cache")
     assert "1 leftover temporary files removed" in r.text and not leftover.exists() and live.exists()

@@ -28,12 +28,15 @@ import apsw
 import pytest
 
 from wsfs.errors import IntegrityError, SourceError, WsfsError
+from wsfs.format.blobs import content_id
 from wsfs.format.manifest import Manifest, ManifestBuilder
 from wsfs.format.records import RepoConfig
+from wsfs.format.tree import decode_top
 from wsfs.repository import Repository
 from wsfs.store import open_store
 from wsfs.versions.checkout import checkout
 from wsfs.versions.push import push
+from wsfs.versions.read import SmallFiles
 
 local_only = pytest.mark.parametrize("store_kind", ["local"], indirect=True)
 
@@ -180,12 +183,16 @@ def test_push_never_follows_a_directory_swapped_for_a_symlink(repo, tmp_path):
     assert len(outcomes) >= 5
     for record in filter(None, outcomes):
         with repo.open_manifest(record) as m:
-            for path, node in m.walk():
-                if node.is_reg:
-                    data = m.inline_data(node)
-                    assert secret not in data, f"{record.version}: {path!r} holds the secret"
-                    if path.startswith(b"sub/"):
-                        assert data == real[path[4:].decode()]
+            small = SmallFiles(repo, m)  # format 2: small files are slices of packs, each checked against its id
+            try:
+                files = [(path, small.data(node)) for path, node in m.walk() if node.is_reg]
+            finally:
+                small.close()
+            assert files, record.version
+            for path, data in files:
+                assert secret not in data, f"{record.version}: {path!r} holds the secret"
+                if path.startswith(b"sub/"):
+                    assert data == real[path[4:].decode()]
 
 
 def test_checkout_never_writes_through_a_directory_swapped_for_a_symlink(repo, tmp_path):
@@ -375,7 +382,8 @@ def test_push_of_home_leaves_out_wsfs_own_repository_and_cache(tmp_path):
     home = tmp_path / "home"
     (home / "docs").mkdir(parents=True)
     (home / "docs" / "note").write_text("hello")
-    (home / "big").write_bytes(os.urandom(300_000))
+    big = os.urandom(300_000)
+    (home / "big").write_bytes(big)
     (home / ".local" / "state" / "wsfs").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("XDG_") and k not in ("WSFS_REPO", "WSFS_CACHE_DIR")}
@@ -396,7 +404,17 @@ def test_push_of_home_leaves_out_wsfs_own_repository_and_cache(tmp_path):
     assert own[0].is_dir() and own[1].is_dir()
     for r in results:
         assert sorted(r["stats"]["skipped"]) == sorted(map(str, own))
-    assert results[0]["stats"]["blobs_uploaded"] == 1
+    # Format 2: what the store holds is big's one chunk, one pack (docs/note's 5 bytes) and the version's
+    # own pieces (top, listings, ranges): nothing of ours.
+    repo = Repository.open(open_store(str(own[0])), str(tmp_path / "reader-cache"))
+    record = repo.record("home", 1)
+    ranges, packs = repo.version_refs(record)
+    top = decode_top(repo.get_piece(bytes.fromhex(record.manifest), record.manifest_size))
+    assert [p.size for p in packs] == [5] and record.changeset is None
+    pieces = {bytes.fromhex(record.manifest)} | {r.id for r in top.ranges + top.packs + ranges}
+    stored = {bytes.fromhex(f) for _, _, names in os.walk(own[0] / "blobs") for f in names}
+    assert stored == pieces | {packs[0].id, content_id(big)}
+    assert results[0]["stats"]["blobs_uploaded"] == len(stored)
     assert results[1]["stats"]["blobs_uploaded"] == 0  # nothing of ours grew in between
     assert results[1]["manifest"] == results[0]["manifest"]
     assert run("ls", "home", ".local/share/wsfs").stdout == ""

@@ -10,9 +10,14 @@ working, and nothing written where it should not be.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
+import tarfile
 import time
+from pathlib import Path
 
+import apsw
 import pytest
 
 from support.cli import Wsfs
@@ -20,6 +25,8 @@ from support.crafted import index_says_table_says, publish_manifest, small_manif
 from wsfs.errors import IntegrityError
 from wsfs.repository import Ref, Repository, tag_key, version_key
 from wsfs.store import open_store
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 @pytest.fixture
@@ -260,23 +267,32 @@ def _count_validations(monkeypatch):
     return calls
 
 
-def test_a_manifest_is_validated_once_per_cache_then_marked(lw, monkeypatch):
+@pytest.fixture
+def format1(tmp_path):
+    """A format 1 repository written by wsfs before format 2 (tests/data), opened on a fresh cache: demo@1."""
+    with tarfile.open(DATA / "format1-repo.tar.gz") as t:
+        t.extractall(tmp_path / "f1", filter="data")
+    repo = Repository.open(open_store(str(tmp_path / "f1" / "repo")), str(tmp_path / "f1" / "cache"))
+    record = repo.resolve(Ref.parse("demo@1"))
+    assert record.format == 1
+    return repo, record
+
+
+def test_a_manifest_is_validated_once_per_cache_then_marked(format1, monkeypatch):
     calls = _count_validations(monkeypatch)
-    repo = Repository.open(open_store(lw.repo), lw.cache_dir)
-    record = repo.resolve(Ref.parse("demo"))
+    repo, record = format1
     repo.open_manifest(record).close()
     repo.open_manifest(record).close()
     path = repo.manifest_path(record)
     markers = [f for f in os.listdir(os.path.dirname(path)) if ".valid" in f]
-    assert len(calls) <= 1 and len(markers) == 1  # (push may have marked it already: then 0 calls)
+    assert len(calls) == 1 and len(markers) == 1
     assert os.stat(os.path.join(os.path.dirname(path), markers[0])).st_mode & 0o777 == 0o600
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown")
-def test_a_marker_in_a_cache_someone_else_controls_does_not_skip_validation(lw, tmp_path, monkeypatch):
+def test_a_marker_in_a_cache_someone_else_controls_does_not_skip_validation(format1, tmp_path):
     """Root using a cache another user can write: that user swaps in a crafted manifest next to root's marker."""
-    repo = Repository.open(open_store(lw.repo), lw.cache_dir)
-    record = repo.resolve(Ref.parse("demo"))
+    repo, record = format1
     repo.open_manifest(record).close()
     path = repo.manifest_path(record)
     crafted = index_says_table_says(str(tmp_path / "m.sqlite"), b"aaaaaaaaaaa", b"../../pwned")
@@ -285,3 +301,75 @@ def test_a_marker_in_a_cache_someone_else_controls_does_not_skip_validation(lw, 
     with pytest.raises(IntegrityError, match="invalid entry names"):
         repo.open_manifest(record)
     assert not os.path.exists(path) and not any(".valid" in f for f in os.listdir(os.path.dirname(path)))
+
+
+def test_an_index_is_built_once_per_cache_and_private(lw, monkeypatch):
+    """Format 2: the index is built from verified pieces once per cache; no validation, and later opens cost nothing."""
+    import wsfs.repository
+
+    calls = _count_validations(monkeypatch)
+    builds = []
+    real = wsfs.repository.build_index
+    monkeypatch.setattr(wsfs.repository, "build_index", lambda *a, **kw: builds.append(a[0]) or real(*a, **kw))
+    repo = Repository.open(open_store(lw.repo), lw.cache_dir)
+    record = repo.resolve(Ref.parse("demo"))
+    assert record.format == 2
+    repo.open_manifest(record).close()
+    repo.store.stats.__init__()
+    with repo.open_manifest(record) as m:
+        assert [p for p, _ in m.walk()] == [b"file"]
+    assert repo.store.stats.snapshot()["requests"] == {}
+    assert len(builds) == 1 and calls == []
+    path = repo.manifest_path(record)
+    st = os.lstat(path)
+    assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o600
+    assert not [f for f in os.listdir(os.path.dirname(path)) if ".valid" in f]
+
+
+def _plant(kind: str, path: str, crafted: str, tmp_path) -> None:
+    """Put *crafted* (an index claiming to be that of the version whose index is *path*) at *path*, as *kind* says."""
+    os.unlink(path)
+    if kind == "symlink":  # another user's link to a file of ours
+        os.symlink(crafted, path)
+        os.lchown(path, 65534, 65534)
+        return
+    os.replace(crafted, path)
+    if kind == "foreign":  # the other user's file
+        os.chown(path, 65534, 65534)
+    elif kind == "writable":  # ours, but anyone could have written it
+        os.chmod(path, 0o666)
+
+
+@pytest.mark.parametrize("kind", [
+    pytest.param("foreign", marks=pytest.mark.skipif(os.geteuid() != 0, reason="chown")),
+    pytest.param("symlink", marks=pytest.mark.skipif(os.geteuid() != 0, reason="chown")),
+    "writable",
+    "renamed",
+])
+def test_an_index_planted_in_the_cache_is_not_trusted(lw, tmp_path, kind):
+    """Format 2: a crafted index (``../../pwned``) at the index path is rebuilt from the store, not read.
+
+    foreign / symlink / writable: root using a cache another user can write;
+    renamed: the genuine index of another version, in this version's place.
+    """
+    (tmp_path / "src" / "more").write_bytes(b"more\n")
+    lw.push(tmp_path / "src", "demo")
+    repo = Repository.open(open_store(lw.repo), lw.cache_dir)
+    one, two = repo.resolve(Ref.parse("demo@1")), repo.resolve(Ref.parse("demo@2"))
+    repo.open_manifest(one).close()
+    path = repo.manifest_path(one)
+    crafted = str(tmp_path / "crafted.index")
+    shutil.copyfile(repo.manifest_path(two), crafted)
+    db = apsw.Connection(crafted)
+    db.execute("UPDATE dentries SET name = ? WHERE name = ?", (b"../../pwned", b"more"))
+    if kind != "renamed":
+        db.execute("UPDATE meta SET value = ? WHERE key = 'top'", (one.manifest,))
+    db.close()
+    os.chmod(crafted, 0o600)
+    _plant(kind, path, crafted, tmp_path)
+    with repo.open_manifest(one) as m:
+        assert [p for p, _ in m.walk()] == [b"file"]
+    st = os.lstat(path)
+    assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o600
+    assert lw("cat", "demo@1", "file").out == b"good content\n"
+    assert lw("ls", "demo@1").out.split() == [b"file"]
