@@ -146,6 +146,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             args.workspace,
             message=args.message,
             skip_unreadable=args.skip_unreadable,
+            rehash=args.rehash,
             workers=args.jobs,
             progress=progress,
         )
@@ -380,12 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("push", cmd_push, "snapshot DIR as the next version of WORKSPACE")
     sp.epilog = ("Symlinks are stored, never followed. wsfs' own repository (when local), cache and "
-                 "state directory are left out with a warning.")
+                 "state directory are left out with a warning. A file whose device, inode, size, mtime and "
+                 "ctime are what they were at the last push of DIR is not read again (its content id is "
+                 "remembered in the cache, as git's index does); --rehash reads every file.")
     sp.add_argument("dir", metavar="DIR")
     sp.add_argument("workspace", metavar="WORKSPACE")
     sp.add_argument("-m", "--message", default="", help="version message")
     sp.add_argument("--skip-unreadable", action="store_true",
                     help="leave out unreadable or vanished entries with a warning instead of failing")
+    sp.add_argument("--rehash", action="store_true",
+                    help="read and hash every file, even those unchanged since the last push (ignore the stat cache)")
     sp.add_argument("-j", "--jobs", type=int, default=8, help="parallel hash/upload workers (default 8)")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -296,6 +296,22 @@ class Repository:
         self.config = RepoConfig.from_json(raw)
         _write_atomically(os.path.join(_local_dir(self.cache_dir, self.store.url), REPO_KEY), raw, self.cache_dir)
 
+    # -- local state ------------------------------------------------------
+
+    def local_state(self, name: str) -> bytes | None:
+        """File *name* of this repository's private local directory in the cache, or None if there is none."""
+        try:
+            fd = os.open(os.path.join(_local_dir(self.cache_dir, self.store.url), name),
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def save_local_state(self, name: str, data: bytes) -> None:
+        """Replace file *name* of this repository's local directory (private, atomic)."""
+        _write_atomically(os.path.join(_local_dir(self.cache_dir, self.store.url), name), data, self.cache_dir)
+
     # -- blobs ------------------------------------------------------------
 
     def has_blob(self, cid: bytes) -> bool:

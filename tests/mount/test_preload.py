@@ -165,3 +165,57 @@ def test_helper_stores_verified_bytes_only(tmp_path: Path) -> None:
     assert (length, code, unique) == (len(out), preload.FUSE_NOTIFY_STORE, 0)
     assert (nodeid, offset, size) == (good, 0, 5) and out[40:] == b"hello"
     assert helper.stored == 1 and helper.failed == 1
+
+
+def test_helper_stores_packed_files_from_the_blob_cache(tmp_path: Path, monkeypatch) -> None:
+    """Format 2: a packed file is sliced from its pack's cache file and verified; a damaged slice is skipped,
+    a pack that never arrives is given up after the last delay, and nothing else is written."""
+    from support.cli import Wsfs
+    from wsfs.repository import Repository
+    from wsfs.store import open_store
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good").write_bytes(b"hello")
+    (src / "bad").write_bytes(b"secret")
+    w = Wsfs(str(tmp_path / "repo"), str(tmp_path / "cache"))
+    w("init")
+    w.push(src, "t")
+    repo = Repository.open(open_store(w.repo), w.cache_dir)
+    m = repo.open_manifest(repo.record("t", 1))
+    nodes = {name: node for _, name, node in m.readdir(ROOT_INO)}
+    assert nodes[b"good"].packed and nodes[b"bad"].packed
+    pack, _ = m.pack_ref(nodes[b"good"])
+    assert m.pack_ref(nodes[b"bad"])[0].cid == pack.cid  # one pack holds both
+    pack_bytes = repo.get_blob(pack.cid, pack.length)
+    path = m.path
+    m.close()
+
+    def run(blobs: Path) -> tuple[bytes, preload._Helper]:
+        r, wfd = os.pipe()
+        helper = preload._Helper(path, wfd, "t@1", str(blobs))
+        helper.directory(ROOT_INO)
+        while (wait := helper.due()) is not None:
+            time.sleep(wait)
+        helper.close(0.0)
+        os.close(wfd)
+        out = os.read(r, 65536)
+        os.close(r)
+        return out, helper
+
+    monkeypatch.setattr(preload, "_PACK_DELAYS", (0.01, 0.02))
+    out, helper = run(tmp_path / "empty")
+    assert out == b"" and helper.missed == 2 and helper.stored == 0
+
+    blobs = tmp_path / "blobs"
+    h = pack.cid.hex()
+    (blobs / h[:2]).mkdir(parents=True)
+    damaged = bytes(pack_bytes).replace(b"secret", b"SECRET")
+    assert damaged != bytes(pack_bytes)
+    (blobs / h[:2] / h).write_bytes(damaged)
+    out, helper = run(blobs)
+    length, code, unique = struct.unpack_from("<IiQ", out)
+    nodeid, offset, size, _ = struct.unpack_from("<QQII", out, 16)
+    assert (length, code, unique) == (len(out), preload.FUSE_NOTIFY_STORE, 0)
+    assert (nodeid, offset, size) == (nodes[b"good"].ino, 0, 5) and out[40:] == b"hello"
+    assert helper.stored == 1 and helper.failed == 1 and helper.missed == 0

@@ -301,7 +301,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
                 f"cannot mount {mountpoint}: {e} (is /dev/fuse usable, and allow_other permitted in /etc/fuse.conf?)"
             ) from None
         if isinstance(view, VersionView) and options.preload:
-            daemon.preloader = Preloader.start(view.manifest.path, label)
+            daemon.preloader = Preloader.start(view.manifest.path, cache.root, label)
         clean = False
         try:
             trio.run(daemon.main, verdict)

@@ -16,8 +16,13 @@ helper does the rest on the other CPU:
 
 * it opens the same manifest file read-only (apsw, no validation: the
   daemon validated it) and, for each directory it is told about, reads the
-  directory's inline files, decompresses each and **verifies it against its
-  content id** (``Manifest.inline_data``), exactly as a READ would;
+  directory's small files and **verifies each against its content id**,
+  exactly as a READ would: inline files (format 1) are decompressed from the
+  manifest (``Manifest.inline_data``); packed files (format 2) are sliced
+  from their pack's file in the blob cache, which the daemon's listing
+  prefetch is filling (a pack not there yet is looked for again after
+  ``_PACK_DELAYS``; the slice is checked, not the file, so a damaged or
+  foreign cache file can cost a preload, never serve wrong bytes);
 * it writes each file to the FUSE device as one ``FUSE_NOTIFY_STORE``
   message (``struct fuse_out_header`` with ``unique = 0`` and ``error =
   FUSE_NOTIFY_STORE``, then ``struct fuse_notify_store_out``, then the
@@ -56,7 +61,8 @@ import sys
 import time
 
 from wsfs.errors import WsfsError
-from wsfs.format.manifest import Manifest
+from wsfs.format.blobs import content_id, hexid
+from wsfs.format.manifest import Inode, Manifest
 from wsfs.terminal import EscapingFormatter
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,9 @@ _HINT = struct.Struct("<Q")  # one listed directory's inode, daemon -> helper
 # the kernel creates the entries' inodes while the lister parses it.
 _RETRY_DELAYS = (0.0002, 0.001, 0.005, 0.025, 0.1)
 _MAX_RETRIES = 4096  # stores waiting for a retry at once; beyond that they are given up
+# A packed file whose pack is not in the blob cache yet (the daemon started
+# fetching it with the listing) is looked for again after these delays.
+_PACK_DELAYS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 _STOP_WAIT = 2.0  # seconds the daemon waits for the helper to exit before killing it
 
@@ -105,7 +114,7 @@ class Preloader:
         self.dropped = 0  # hints dropped because the pipe was full
 
     @classmethod
-    def start(cls, manifest_path: str, label: str) -> Preloader | None:
+    def start(cls, manifest_path: str, blobs: str, label: str) -> Preloader | None:
         """Start the helper on the FUSE descriptor of this process; None (logged) if that cannot be done."""
         fd = find_fuse_fd()
         if fd is None:
@@ -115,7 +124,7 @@ class Preloader:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "wsfs.daemon.preload", "--fuse-fd", str(fd), "--label", label,
-                 "--parent", str(os.getpid()),
+                 "--parent", str(os.getpid()), "--blobs", blobs,
                  *(["-v"] if log.isEnabledFor(logging.DEBUG) else []), manifest_path],
                 stdin=r,
                 stdout=subprocess.DEVNULL,
@@ -172,28 +181,63 @@ class _Gone(Exception):
 
 
 class _Helper:
-    """The helper process's state: the manifest, the FUSE descriptor, stores waiting for a retry."""
+    """The helper process's state: the manifest, the FUSE descriptor, stores and packs waiting for a retry."""
 
-    def __init__(self, manifest_path: str, fuse_fd: int, label: str) -> None:
+    def __init__(self, manifest_path: str, fuse_fd: int, label: str, blobs: str | None = None) -> None:
         self.manifest = Manifest(manifest_path, validate=False)
         self.fd = fuse_fd
         self.label = label
+        self.blobs = blobs  # the blob cache's directory, where packs arrive (format 2)
         self.retries: list[tuple[float, int, int, bytes]] = []  # heap of (due, attempt, ino, data)
+        self.waiting: list[tuple[float, int, Inode]] = []  # heap of (due, attempt, node): pack not cached yet
         self.dirs = self.stored = self.stored_bytes = self.unknown = self.failed = self.retried = 0
+        self.missed = 0  # packed files whose pack never arrived in time
 
     def directory(self, dino: int) -> None:
-        """Store every non-empty inline file of directory *dino*, verified."""
+        """Store every non-empty small file of directory *dino*, verified."""
         self.dirs += 1
         for _, _, node in self.manifest.readdir(dino):
-            if not node.inline or node.size == 0:
+            if node.size == 0:
                 continue
-            try:
-                data = self.manifest.inline_data(node)  # verified against its content id
-            except WsfsError as e:
-                self.failed += 1
-                log.error("%s: inline data of inode %d not preloaded: %s", self.label, node.ino, e)
-                continue
-            self.store(node.ino, data, 0)
+            if node.inline:
+                try:
+                    data = self.manifest.inline_data(node)  # verified against its content id
+                except WsfsError as e:
+                    self.failed += 1
+                    log.error("%s: inline data of inode %d not preloaded: %s", self.label, node.ino, e)
+                    continue
+                self.store(node.ino, data, 0)
+            elif node.packed and self.blobs is not None:
+                self.packed(node, 0)
+
+    def packed(self, node: Inode, attempt: int) -> None:
+        """Store packed file *node* from its pack's cache file, verified; wait for the pack if it is not there."""
+        pack, offset = self.manifest.pack_ref(node)
+        assert pack.cid is not None and self.blobs is not None
+        h = hexid(pack.cid)
+        try:
+            fd = os.open(os.path.join(self.blobs, h[:2], h), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if attempt < len(_PACK_DELAYS):
+                heapq.heappush(self.waiting, (time.monotonic() + _PACK_DELAYS[attempt], attempt + 1, node))
+            else:
+                self.missed += 1
+            return
+        except OSError as e:
+            self.failed += 1
+            log.error("%s: pack %s of inode %d not readable: %s", self.label, h, node.ino, e)
+            return
+        try:
+            data = os.pread(fd, node.size, offset)
+        finally:
+            os.close(fd)
+        if len(data) != node.size or content_id(data) != node.content:
+            # The daemon drops a damaged cache file on its own read; we only skip it.
+            self.failed += 1
+            log.error("%s: inode %d in cached pack %s does not match its content id; not preloaded",
+                      self.label, node.ino, h)
+            return
+        self.store(node.ino, data, 0)
 
     def store(self, ino: int, data: bytes, attempt: int) -> None:
         try:
@@ -216,32 +260,43 @@ class _Helper:
 
     def due(self) -> float | None:
         """Seconds until the next retry is due (None: none waiting); runs those that are due."""
+        waits = []
         while self.retries:
             when, attempt, ino, data = self.retries[0]
             wait = when - time.monotonic()
             if wait > 0:
-                return wait
+                waits.append(wait)
+                break
             heapq.heappop(self.retries)
             self.store(ino, data, attempt)
-        return None
+        while self.waiting:
+            when, attempt, node = self.waiting[0]
+            wait = when - time.monotonic()
+            if wait > 0:
+                waits.append(wait)
+                break
+            heapq.heappop(self.waiting)
+            self.packed(node, attempt)
+        return min(waits) if waits else (0.0 if self.retries or self.waiting else None)
 
     def close(self, elapsed: float) -> None:
         self.manifest.close()
         cpu = os.times()
         log.info("%s: preload helper: %d files (%d bytes) stored from %d directory listings in %.2f s "
-                 "(%.2f CPU s); %d retried, %d unknown to the kernel, %d failed verification",
+                 "(%.2f CPU s); %d retried, %d unknown to the kernel, %d failed verification, "
+                 "%d whose pack did not arrive in time",
                  self.label, self.stored, self.stored_bytes, self.dirs, elapsed, cpu.user + cpu.system,
-                 self.retried, self.unknown, self.failed)
+                 self.retried, self.unknown, self.failed, self.missed)
 
 
-def serve(manifest_path: str, fuse_fd: int, hints: int, label: str) -> int:
+def serve(manifest_path: str, fuse_fd: int, hints: int, label: str, blobs: str | None = None) -> int:
     """Read directory inodes from *hints* until EOF; store their inline files through *fuse_fd*.
 
     Directories are not de-duplicated: the kernel lists a directory again
     only after it dropped its cached listing, when the files' pages are
     usually gone too.
     """
-    helper = _Helper(manifest_path, fuse_fd, label)
+    helper = _Helper(manifest_path, fuse_fd, label, blobs)
     t0 = time.monotonic()
     buf = b""
     try:
@@ -273,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fuse-fd", type=int, required=True, help="inherited /dev/fuse descriptor of the mount")
     p.add_argument("--label", default="wsfs", help="workspace@version, for log lines")
     p.add_argument("--parent", type=int, help="the daemon's pid: exit when it is gone")
+    p.add_argument("--blobs", help="the blob cache directory, where packs of small files arrive (format 2)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.add_argument("manifest", help="the mounted version's manifest.sqlite")
     a = p.parse_args(argv)
@@ -292,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     # nice 10, the files still stored before tar reads them).
     os.nice(10)
     try:
-        return serve(a.manifest, a.fuse_fd, sys.stdin.fileno(), a.label)
+        return serve(a.manifest, a.fuse_fd, sys.stdin.fileno(), a.label, a.blobs)
     except Exception:  # noqa: BLE001 - the mount goes on without us; say why
         log.exception("%s: page-cache preload helper failed", a.label)
         return 1

@@ -31,6 +31,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,8 +62,9 @@ from wsfs.format.tree import (
 )
 from wsfs.repository import Repository
 from wsfs.store.local import LocalStore
-from wsfs.versions import fsops
+from wsfs.versions import fsops, statcache
 from wsfs.versions.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, list_names, open_node, proc_path
+from wsfs.versions.statcache import Known
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class PushStats:
     blobs_uploaded: int = 0
     bytes_uploaded: int = 0
     blobs_reused: int = 0
+    unread_files: int = 0  # regular files whose content the stat cache vouched for (not read)
     skipped: list[str] = field(default_factory=list)
 
     def tree(self) -> dict[str, int]:
@@ -208,9 +211,20 @@ class _Walker:
         skip_unreadable: bool,
         progress: Callable[[int], None],
         exclude: dict[Ident, str],
+        known: dict[statcache.Key, Known] | None = None,
     ) -> None:
         self.repo = repo
         self.exclude = exclude
+        # The stat cache (wsfs.versions.statcache): what files held when last read, and what this push learns.
+        self.known = known or {}
+        self.learnt: list[tuple[statcache.Key, int, os.stat_result]] = []  # (file, index in entries, its stat)
+        self.started_ns = time.time_ns()
+        self.root = b""
+        self.root_ident: Ident | None = None
+        # Directories by index in entries (before the final sort): (parent's index, name, ident).
+        self.dirs: dict[int, tuple[int, bytes, Ident]] = {}
+        # Small files not read thanks to the stat cache, by content id: (directory's index, name, ident, size).
+        self.unread: dict[bytes, tuple[int, bytes, Ident, int]] = {}
         self.spill = spill
         self.up = uploader
         self.stats = stats
@@ -248,6 +262,8 @@ class _Walker:
         try:
             self._refuse_own(rfd, root)
             st = os.fstat(rfd)
+            self.root, self.root_ident = root, ident(st)
+            self.dirs[0] = (-1, b"", ident(st))
             self.entries.append(_entry(b"", st))
             self.stats.dirs += 1
             # (depth, name, ident, index in entries, path for messages): directories still to list
@@ -259,6 +275,11 @@ class _Walker:
         finally:
             chain.close()
         self._drain(0)
+        self.learnt_rows = [
+            ((st.st_dev, st.st_ino), Known(st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.entries[i].content,
+                                          self.entries[i].chunks, self.entries[i].xattrs))
+            for (_, i, st) in self.learnt
+        ]
         # A file with several names: its first name in key order holds it, the others name that one.
         for idxs in self.hardlinks.values():
             if len(idxs) > 1:
@@ -317,7 +338,7 @@ class _Walker:
         for child in names:
             cpath = path + b"/" + child
             try:
-                idx, st = self._entry(dfd, key_of(parent, child), cpath)
+                idx, st = self._entry(dfd, key_of(parent, child), cpath, didx)
             except _Skip:
                 continue
             if idx is not None and st is not None:
@@ -325,7 +346,7 @@ class _Walker:
         self.progress(len(self.entries) - before)
         return subdirs
 
-    def _entry(self, dfd: int, key: bytes, path: bytes) -> tuple[int | None, os.stat_result | None]:
+    def _entry(self, dfd: int, key: bytes, path: bytes, didx: int) -> tuple[int | None, os.stat_result | None]:
         """Record the entry *key* of the directory open at *dfd*; returns its index and, for a directory, its stat."""
         name = key.rpartition(b"\0")[2]
         try:
@@ -343,6 +364,7 @@ class _Walker:
                 return None, None
             self.entries.append(_entry(key, st))  # its xattrs are read when it is listed
             self.stats.dirs += 1
+            self.dirs[len(self.entries) - 1] = (didx, name, ident(st))
             return len(self.entries) - 1, st
         if stat.S_ISSOCK(mode):
             log.warning("%s: sockets are not stored; left out", os.fsdecode(path))
@@ -368,7 +390,8 @@ class _Walker:
             self.entries.append(_entry(key, st, size=len(target), target=target))
             self.stats.symlinks += 1
         elif stat.S_ISREG(mode):
-            self._file(dfd, key, path, st)
+            if not self._unchanged(key, st, didx):
+                self._file(dfd, key, path, st)
         else:  # fifo, character or block device: stored as nodes, no content
             xattrs = self._node_xattrs(dfd, name, path, st)
             self.entries.append(_entry(key, st, size=0, xattrs=xattrs))
@@ -454,10 +477,69 @@ class _Walker:
                 except _Skip:
                     self.entries.pop()
                     raise
+            self._learn(len(self.entries) - 1, before)
         finally:
             os.close(fd)
         self.stats.files += 1
         self.stats.bytes += size
+
+    def _unchanged(self, key: bytes, st: os.stat_result, didx: int) -> bool:
+        """Record regular file *key* from the stat cache if it vouches for it; False if the file must be read."""
+        k = self.known.get((st.st_dev, st.st_ino))
+        if k is None or (k.size, k.mtime_ns, k.ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return False
+        small = st.st_size <= self.inline_threshold
+        if small == bool(k.chunks) or not all(c == ZERO_ID or c in self.up.known for c in k.chunks):
+            return False  # another repository layout, or chunks the parent does not reference (maybe not stored)
+        self.entries.append(_entry(key, st, xattrs=k.xattrs, content=k.content, chunks=k.chunks))
+        if small and st.st_size:
+            self.unread.setdefault(k.content, (didx, key.rpartition(b"\0")[2], ident(st), st.st_size))
+        self._learn(len(self.entries) - 1, st)
+        self.stats.unread_files += 1
+        self.stats.inline_files += small
+        self.stats.files += 1
+        self.stats.bytes += st.st_size
+        return True
+
+    def _learn(self, idx: int, st: os.stat_result) -> None:
+        """Remember what file *idx* (read, or vouched for, with stat *st*) holds, unless it is racily clean."""
+        if st.st_ctime_ns < self.started_ns - statcache.RACY_NS:
+            self.learnt.append(((st.st_dev, st.st_ino), idx, st))
+
+    def reread(self, cid: bytes) -> bytes:
+        """The bytes of a small file the stat cache let the walk skip, read again now (its pack is being
+        rebuilt) through directory descriptors, and checked against the remembered content id."""
+        didx, name, fident, size = self.unread[cid]
+        steps = []
+        while didx > 0:
+            didx, dname, dident = self.dirs[didx][0], self.dirs[didx][1], self.dirs[didx][2]
+            steps.append((dname, dident))
+        steps.reverse()
+        path = os.path.join(self.root, *(n for n, _ in steps), name)
+        try:
+            rfd = os.open(self.root, fsops.O_DIR)
+        except OSError as e:
+            raise SourceError(f"{os.fsdecode(self.root)}: {e.strerror}") from None
+        chain = DirChain(rfd)
+        try:
+            if chain.root_ident != self.root_ident:
+                raise SourceError(f"{os.fsdecode(self.root)}: changed while being read")
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=chain.goto(steps))
+            try:
+                if ident(os.fstat(fd)) != fident:
+                    raise Moved(name)
+                data = os.pread(fd, size + 1, 0)
+            finally:
+                os.close(fd)
+        except Moved:
+            raise SourceError(f"{os.fsdecode(path)}: changed while being read") from None
+        except OSError as e:
+            raise SourceError(f"{os.fsdecode(path)}: cannot read: {e.strerror}") from None
+        finally:
+            chain.close()
+        if content_id(data) != cid:
+            raise SourceError(f"{os.fsdecode(path)}: changed while being read")
+        return data
 
     def _read_all(self, fd: int, path: bytes, size: int) -> bytes:
         try:
@@ -606,11 +688,14 @@ def push(
     workers: int = 8,
     progress: Callable[[int], None] = lambda n: None,
     exclude: dict[Ident, str] | None = None,
+    rehash: bool = False,
 ) -> tuple[VersionRecord, PushStats]:
     """Snapshot *src* as the next version of *workspace*; returns the published record and stats.
 
     Directories whose ``(st_dev, st_ino)`` is a key of *exclude* are left out
     (the value says what they are); by default, wsfs' own (:func:`own_directories`).
+    Files the stat cache vouches for are not read (:mod:`wsfs.versions.statcache`),
+    unless *rehash*.
     """
     check_workspace(workspace)
     if repo.config.format != 2:
@@ -626,10 +711,11 @@ def push(
         exclude = own_directories(repo)
     # Every small file's bytes wait in this file until packs are cut: private, and
     # named with our pid so that the next command removes it if we are killed.
+    cache_name, known = _stat_cache(repo, root, rehash)
     spill = _Spill(repo.temp_path("spill"))
     uploader = _Uploader(repo, parent.chunks, stats, workers)
     try:
-        walker = _Walker(repo, spill, uploader, stats, skip_unreadable, progress, exclude)
+        walker = _Walker(repo, spill, uploader, stats, skip_unreadable, progress, exclude, known)
         walker.run(root)
         uploader.close()
         entries = walker.entries
@@ -640,7 +726,7 @@ def push(
             for cid, _size in plan.contents:
                 data = spill.read(cid)
                 if data is None:
-                    raise IntegrityError(f"content {cid.hex()} of a pack was not read")
+                    data = walker.reread(cid)  # the stat cache spared the walk reading it
                 out.append(data)
             return b"".join(out)
 
@@ -682,10 +768,37 @@ def push(
         )
         try:
             repo.publish(record)
-            return record, stats
         except Conflict:
             # Another push took this number; ours is a full snapshot, so it
             # simply becomes the next version after theirs.
             latest = repo.latest(workspace) or n
             n = max(n, latest) + 1
+            continue
+        learnt = dict(walker.learnt_rows)
+        if cache_name is not None and learnt != known:
+            try:
+                repo.save_local_state(cache_name, statcache.encode(learnt.items()))
+            except OSError as e:
+                log.warning("stat cache not saved (the next push reads every file): %s", e.strerror)
+        return record, stats
     raise Conflict(f"could not publish a version of {workspace!r}: too many concurrent writers")
+
+
+def _stat_cache(repo: Repository, root: bytes, rehash: bool) -> tuple[str | None, dict[statcache.Key, Known]]:
+    """The name of the stat cache of pushes of directory *root* to *repo*, and what it holds
+    (nothing with *rehash*, or if it is unreadable)."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None, {}  # the walk says why
+    name = f"statcache-{st.st_dev:x}-{st.st_ino:x}"
+    if rehash:
+        return name, {}
+    raw = repo.local_state(name)
+    if raw is None:
+        return name, {}
+    try:
+        return name, statcache.decode(raw)
+    except ValueError as e:
+        log.warning("ignoring the stat cache %s (every file is read): %s", name, e)
+        return name, {}
