@@ -73,8 +73,12 @@ def tighten(path: str, mode: int, fd: int | None = None) -> None:
 
 
 def private_file(path: str, flags: int = os.O_RDWR) -> int:
-    """Open *path* (created ``0600`` if missing, narrowed if ours and wider); a descriptor (close-on-exec)."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    """Open *path* (created ``0600`` if missing, narrowed if ours and wider); a descriptor (close-on-exec).
+
+    Never through a symlink (ELOOP): a link planted where a private file is
+    expected (root using a user's cache) must not create or open its target.
+    """
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE_FILE)
     try:
         tighten(path, PRIVATE_FILE, fd)
     except BaseException:
