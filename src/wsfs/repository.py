@@ -323,28 +323,29 @@ class Repository:
         self.store.put(blob_key(cid), enc)
         return len(enc)
 
-    def get_blob(self, cid: bytes, size: int | None) -> bytes | memoryview:
+    def get_blob(self, cid: bytes, size: int | None, what: str = "blob") -> bytes | memoryview:
         """Fetch, decode and verify a blob of *size* plaintext bytes (a raw one as a view, see decode_blob).
 
         *size* is what the referencing manifest declares (a chunk's length);
         None means "at most one chunk" (the repository's chunk size), for
-        callers that do not know it.  One retry before IntegrityError.
+        callers that do not know it.  One retry before IntegrityError, whose
+        message names the blob as *what* (``pack``, ``range``...).
         """
         key = blob_key(cid)
         try:
             try:
-                return self._decode_blob(cid, self.store.get(key), size)
+                return self._decode_blob(cid, self.store.get(key), size, what)
             except IntegrityError:
                 # A torn read on the way; a second failure is real.
-                return self._decode_blob(cid, self.store.get(key), size)
+                return self._decode_blob(cid, self.store.get(key), size, what)
         except NotFound:
-            raise IntegrityError(f"blob {hexid(cid)} is missing from the store") from None
+            raise IntegrityError(f"{what} {hexid(cid)} is missing from the store") from None
 
-    def _decode_blob(self, cid: bytes, stored: bytes, size: int | None) -> bytes | memoryview:
+    def _decode_blob(self, cid: bytes, stored: bytes, size: int | None, what: str) -> bytes | memoryview:
         if size is None:
             # Unknown size: bounded by one chunk, and exact once the header said it.
             size = declared_size(stored, self.config.chunk_size)
-        return decode_blob(cid, stored, size)
+        return decode_blob(cid, stored, size, what)
 
     # -- manifests --------------------------------------------------------
 
@@ -393,7 +394,7 @@ class Repository:
             else:
                 if len(data) == size and content_id(data) == cid:
                     return data
-        data = bytes(self.get_blob(cid, size))
+        data = bytes(self.get_blob(cid, size, what))
         _write_atomically(path, data, self.cache_dir)
         return data
 

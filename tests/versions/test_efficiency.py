@@ -1,11 +1,19 @@
 """Storage efficiency, checked with the store's own request and byte counters.
 
-Both store kinds: the counts are what a user pays for on S3.
+Both store kinds: the counts are what a user pays for on S3.  Every object a
+push creates is a blob (chunks, packs and metadata pieces, format 2) but the
+version record: ``stats.blobs_uploaded`` is its PUTs minus one.
 """
 
 import os
 
 from support.cli import Wsfs
+from wsfs.repository import Repository
+from wsfs.store import open_store
+
+
+def puts(r: dict) -> int:
+    return r["store"]["requests"].get("put", 0)
 
 
 def test_unchanged_tree_uploads_no_blob(wsfs, tmp_path):
@@ -14,18 +22,21 @@ def test_unchanged_tree_uploads_no_blob(wsfs, tmp_path):
     (src / "big").write_bytes(os.urandom(9 << 20))
     (src / "small").write_bytes(b"s")
     first = wsfs.push(src, "demo")
-    assert first["stats"]["blobs_uploaded"] == 3
+    # 3 chunks (4 + 4 + 1 MiB), the pack of "small", one range, the two listings, the top
+    assert first["stats"]["blobs_uploaded"] == 8
+    assert puts(first) == 8 + 1  # and the version record
     again = wsfs.push(src, "demo")
     assert again["version"] == 2
     assert again["stats"]["blobs_uploaded"] == 0
     assert again["stats"]["bytes_uploaded"] == 0
-    # only the version record is new: the manifest is identical, content-addressed, and already stored
-    assert again["store"]["requests"].get("put", 0) == 1
+    # only the version record is new: the top is identical, content-addressed, and already stored
+    assert puts(again) == 1
     assert again["manifest"] == first["manifest"]
-    # a cold client (new cache) with no parent knowledge asks before uploading
+    # a cold client (new cache) learns what is stored from the parent version's pieces
     cold = Wsfs(wsfs.repo, str(tmp_path / "cold"), wsfs.env)
     third = cold.push(src, "demo")
     assert third["stats"]["blobs_uploaded"] == 0
+    assert puts(third) == 1
 
 
 def test_repeated_content_is_stored_once(wsfs, tmp_path):
@@ -37,10 +48,14 @@ def test_repeated_content_is_stored_once(wsfs, tmp_path):
         (src / f"copy{i}").write_bytes(data)
         (src / f"small{i}").write_bytes(small)
     r = wsfs.push(src, "demo")
-    assert r["stats"]["blobs_uploaded"] == 3  # 4 + 4 + 1 MiB, once
+    # 4 + 4 + 1 MiB once, one pack, one range, two listings, the top
+    assert r["stats"]["blobs_uploaded"] == 3 + 5
+    # everything but the 9 MiB (the pack and the version's metadata) fits in 4 KiB
     assert r["stats"]["bytes_uploaded"] < len(data) + 4096
-    # and the 20 identical small files are one inline row: the manifest stays small
-    assert r["manifest_size"] < 64 * 1024
+    # and the 20 identical small files are stored once, in one pack
+    repo = Repository.open(open_store(wsfs.repo), wsfs.cache_dir)
+    _, packs = repo.version_refs(repo.record("demo", 1))
+    assert [(p.size, p.count) for p in packs] == [(len(small), 20)]
 
 
 def test_one_small_change_in_10000_files_uploads_only_it(wsfs, tmp_path):
@@ -53,12 +68,16 @@ def test_one_small_change_in_10000_files_uploads_only_it(wsfs, tmp_path):
     (src / "large").write_bytes(os.urandom(5 << 20))
     first = wsfs.push(src, "demo")
     assert first["stats"]["files"] == 10_001
+    # what the first push uploaded besides the large file: the whole tree's metadata and small files
+    tree = first["store"]["bytes_out"] - (5 << 20)
     (src / "pkg42" / "f7.js").write_bytes(b"changed\n")
     r = wsfs.push(src, "demo")
-    assert r["stats"]["blobs_uploaded"] == 0  # the file is inline: it travels in the manifest
-    req = r["store"]["requests"]
-    assert req.get("put", 0) == 2  # the new manifest and the version record, nothing else
-    assert r["store"]["bytes_out"] < r["manifest_size"] + 4096
+    # The file is packed: it travels in a new pack, its entry in a new range.  Nothing else is
+    # uploaded but the pieces above them: no chunk, no other range or pack.
+    assert r["stats"]["blobs_uploaded"] == puts(r) - 1
+    assert puts(r) <= 8  # a range, a pack, two listing pieces, the top, the changeset, the record
+    assert r["store"]["bytes_out"] < 64 * 1024
+    assert r["store"]["bytes_out"] * 8 < tree
     assert wsfs("diff", "demo@1", "demo@2").out == b"M pkg42/f7.js\n"
 
 

@@ -15,8 +15,9 @@ import pytest
 
 from support.cli import Wsfs
 from wsfs.errors import Conflict
-from wsfs.format.blobs import content_id
-from wsfs.repository import Repository, blob_key, manifest_key
+from wsfs.format.blobs import ZSTD, content_id
+from wsfs.format.tree import ZERO_ID, decode_top
+from wsfs.repository import Repository, blob_key
 from wsfs.store import open_store
 
 
@@ -106,6 +107,18 @@ def _blob_count(store):
     return sum(1 for _ in store.list("blobs/"))
 
 
+def _version_blobs(repo, record):
+    """Store keys of a format 2 version's chunks, and of its pieces (top, listings, ranges, packs, changeset)."""
+    top_id = bytes.fromhex(record.manifest)
+    top = decode_top(repo.get_piece(top_id, record.manifest_size, "top"))
+    ranges, packs = repo.version_refs(record)
+    pieces = {top_id, *(r.id for r in top.ranges + top.packs + ranges + packs)}
+    if record.changeset:
+        pieces.add(bytes.fromhex(record.changeset))
+    chunks = {c for run in repo.version_ranges(ranges) for e in run for c in e.chunks if c != ZERO_ID}
+    return {blob_key(c) for c in chunks}, {blob_key(p) for p in pieces}
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_push_leaves_repo_valid_and_rerun_reuploads_nothing(wsfs, tmp_path, sig):
     src = tmp_path / "src"
@@ -132,11 +145,20 @@ def test_killed_push_leaves_repo_valid_and_rerun_reuploads_nothing(wsfs, tmp_pat
     assert versions(wsfs, "demo") == []
     r = wsfs.push(src, "demo")
     assert r["version"] == 1
+    # The store holds the version's blobs and nothing else: its 24 chunks and its
+    # metadata pieces (top, listings, ranges: no pack, there is no small file).
+    repo = Repository.open(store, str(tmp_path / "check-cache"))
+    chunks, pieces = _version_blobs(repo, repo.record("demo", 1))
+    assert len(chunks) == 24
+    stored = set(store.list("blobs/"))
+    assert stored == chunks | pieces
     # Everything stored before the re-run is reused (a PUT the killed process had
-    # fully sent may still land on the server after we counted: hence >=).
+    # fully sent may still land on the server after we counted: hence >=), and
+    # each blob is counted once, uploaded or reused.
     assert r["stats"]["blobs_reused"] >= before
-    assert r["stats"]["blobs_uploaded"] + r["stats"]["blobs_reused"] == 24
-    assert _blob_count(store) == 24
+    assert r["stats"]["blobs_uploaded"] + r["stats"]["blobs_reused"] == len(stored)
+    # So the re-run's PUTs are the blobs that were missing, and the version record.
+    assert r["store"]["requests"]["put"] == r["stats"]["blobs_uploaded"] + 1 <= len(stored) - before + 1
     out = tmp_path / "out"
     wsfs("checkout", "demo", out)
     assert (out / "big7").read_bytes() == (src / "big7").read_bytes()
@@ -204,17 +226,32 @@ def test_corrupt_blob_is_detected_not_served(wsfs, tmp_path, damage):
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "trailing"])
-def test_corrupt_manifest_is_detected(wsfs, tmp_path, damage):
+@pytest.mark.parametrize("piece", ["top", "listing piece", "range", "pack"], ids=["top", "listing", "range", "pack"])
+def test_corrupt_manifest_is_detected(wsfs, tmp_path, piece, damage):
+    """A damaged piece of a version's metadata (format 2: no one manifest object) or of a pack.
+
+    Metadata: nothing of the version is listed.  A pack: only its files fail,
+    the rest of the version still reads.  Either way the error names the
+    piece, and nothing corrupt is kept in the cache.
+    """
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"x")
-    for i in range(300):  # a manifest of several stream pieces (1 MiB each)
-        (src / f"g{i}").write_bytes(os.urandom(8000))
-    r = wsfs.push(src, "demo")
+    for i in range(1500):  # several ranges and packs, each listed in one listing piece
+        (src / f"g{i:04d}").write_bytes(os.urandom(200))
+    wsfs.push(src, "demo")
+    repo = Repository.open(open_store(wsfs.repo), wsfs.cache_dir)
+    record = repo.record("demo", 1)
+    top = decode_top(repo.get_piece(bytes.fromhex(record.manifest), record.manifest_size))
+    ranges, packs = repo.version_refs(record)
+    assert len(ranges) > 2 and len(packs) > 2 and len(top.ranges) == len(top.packs) == 1
+    target = {"top": bytes.fromhex(record.manifest), "listing piece": top.ranges[0].id,
+              "range": ranges[len(ranges) // 2].id, "pack": packs[len(packs) // 2].id}[piece]
     store = open_store(wsfs.repo)
-    key = manifest_key(bytes.fromhex(r["manifest"]))
+    key = blob_key(target)
     stored = bytearray(store.get(key))
-    assert len(stored) > 2 * 1024 * 1024
+    if piece == "range":
+        assert stored[0] == ZSTD  # trailing bytes after a zstd frame, not only after raw bytes
     if damage == "flip":
         stored[len(stored) // 2] ^= 0xFF
     elif damage == "truncate":
@@ -223,8 +260,23 @@ def test_corrupt_manifest_is_detected(wsfs, tmp_path, damage):
         stored += b"extra"
     store.put(key, bytes(stored))
     cold = Wsfs(wsfs.repo, str(tmp_path / "cold-cache"), wsfs.env)
-    r = cold("ls", "demo", check=False)
-    assert r.code == 6 and "manifest" in r.err
-    # nothing left behind: neither the manifest nor a partly written temporary file
-    manifests = tmp_path / "cold-cache" / "manifests"
-    assert not manifests.exists() or os.listdir(manifests) == []
+    if piece == "pack":
+        name = packs[len(packs) // 2].first.rpartition(b"\0")[2]
+        r = cold("cat", "demo", name, check=False)
+        assert r.code == 6 and r.out == b""
+        assert len(cold("ls", "demo").out.splitlines()) == 1501
+        assert cold("cat", "demo", "f").out == b"x"  # in another pack
+    else:
+        r = cold("ls", "demo", check=False)
+        assert r.code == 6 and r.out == b""
+    assert f"{piece} {target.hex()} failed verification" in r.err
+    # nothing left behind: neither the bad piece, nor an index, nor a partly written temporary file
+    cache = tmp_path / "cold-cache"
+    assert not [p for p in cache.rglob("*") if target.hex() in p.name]
+    for p in (cache / "pieces").rglob("*"):
+        assert p.is_dir() or content_id(p.read_bytes()).hex() == p.name
+    if piece != "pack":
+        manifests = cache / "manifests"
+        assert not manifests.exists() or os.listdir(manifests) == []
+    tmp = cache / "tmp"
+    assert not tmp.exists() or os.listdir(tmp) == []

@@ -101,7 +101,8 @@ def decompress(codec: int, payload: bytes | memoryview, size: int) -> bytes | me
             declared = zstandard.frame_content_size(payload)
             if declared not in (size, -1):
                 raise IntegrityError(f"compressed content declares {declared} bytes, expected {size}")
-            data = _dctx().decompress(payload, max_output_size=size)
+            # One frame and nothing after it: what encode_blob writes, and what BlobDecoder accepts.
+            data = _dctx().decompress(payload, max_output_size=size, allow_extra_data=False)
         except zstandard.ZstdError as e:
             raise IntegrityError(f"corrupt compressed data: {e}") from None
         if len(data) != size:

@@ -54,7 +54,7 @@ class SmallFiles:
         if fut is None:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wsfs-packs")
-            fut = self._packs[row] = self._pool.submit(self.repo.get_blob, cid, size)
+            fut = self._packs[row] = self._pool.submit(self.repo.get_blob, cid, size, "pack")
             while len(self._packs) > self.keep + self.ahead:
                 self._packs.popitem(last=False)[1].cancel()
         else:
