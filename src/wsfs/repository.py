@@ -442,17 +442,28 @@ class Repository:
 
     def version_ranges(self, refs: list[tree.Ref], workers: int = 16) -> Iterator[list[tree.Entry]]:
         """The entries of each range of *refs*, in order, fetched in parallel and checked against the references."""
+        for entries, _ in self.version_range_bodies(refs, workers):
+            yield entries
+
+    def version_range_bodies(
+        self, refs: list[tree.Ref], workers: int = 16
+    ) -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
+        """As :meth:`version_ranges`, with each entry's record body as stored."""
         from concurrent.futures import ThreadPoolExecutor
 
         layout = self.config.layout
 
-        def one(ref: tree.Ref) -> list[tree.Entry]:
-            entries = tree.decode_range(self.get_piece(ref.id, ref.size, "range"), layout, f"range {hexid(ref.id)}")
+        def one(ref: tree.Ref) -> tuple[list[tree.Entry], list[bytes]]:
+            data = self.get_piece(ref.id, ref.size, "range")
+            entries, bodies = tree.decode_range_bodies(data, layout, f"range {hexid(ref.id)}")
             if len(entries) != ref.count or not entries or entries[0].key != ref.first or entries[-1].key != ref.last:
                 raise IntegrityError(f"range {hexid(ref.id)} does not match its reference")
-            return entries
+            return entries, bodies
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as ex:
+        if len(refs) <= 1:
+            yield from map(one, refs)
+            return
+        with ThreadPoolExecutor(max_workers=min(workers, len(refs)), thread_name_prefix="wsfs-pieces") as ex:
             yield from ex.map(one, refs)
 
     def _index_path(self, cid: bytes) -> str:

@@ -347,9 +347,15 @@ def encode_range(entries: Sequence[Entry], layout: Layout, bodies: Sequence[byte
 
 def decode_range(data: bytes | memoryview, layout: Layout, what: str = "range") -> list[Entry]:
     """The entries of a range, keys strictly increasing and well formed."""
+    return decode_range_bodies(data, layout, what)[0]
+
+
+def decode_range_bodies(data: bytes | memoryview, layout: Layout, what: str = "range") -> tuple[list[Entry], list[bytes]]:
+    """The entries of a range and each one's record body as stored (what a changeset compares)."""
     r = _Reader(data, what, MAGIC_RANGE)
     n = r.uv(len(r.buf))
     out: list[Entry] = []
+    bodies: list[bytes] = []
     prev: bytes | None = None
     for _ in range(n):
         shared = r.uv(len(prev) if prev is not None else 0)
@@ -358,13 +364,15 @@ def decode_range(data: bytes | memoryview, layout: Layout, what: str = "range") 
             raise r.bad("keys are not strictly increasing")
         if key or prev is not None:
             _check_key(r, key)
+        start = r.pos
         e = _decode_body(r, key, layout)
         if not key and not stat.S_ISDIR(e.mode):
             raise r.bad("the root is not a directory")
         out.append(e)
+        bodies.append(r.buf[start : r.pos])
         prev = key
     r.end()
-    return out
+    return out, bodies
 
 
 # -- listings -----------------------------------------------------------------
@@ -507,6 +515,7 @@ def build_version(
     known_packs: dict[bytes, tuple[bytes, int]] | None = None,
     pack_bytes: Callable[[PackPlan], bytes],
     bodies: Sequence[bytes] | None = None,
+    known_ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] | None = None,
 ) -> tuple[bytes, bytes, list[Piece]]:
     """Encode a version: ``(top id, top plaintext, pieces)``.
 
@@ -516,8 +525,12 @@ def build_version(
     of a stored pack, so unchanged packs are neither read nor hashed;
     *pack_bytes* returns the bytes of any other pack.  *bodies* are the
     entries' :func:`encode_body`, if the caller has them already.
+    *known_ranges* maps the first key of a stored range to ``(its reference,
+    its keys, its bodies)``: a range cut with the same keys and bodies is that
+    range, and is neither encoded nor hashed again.
     """
     known_packs = known_packs or {}
+    known_ranges = known_ranges or {}
     pieces: list[Piece] = []
     range_refs: list[Ref] = []
     run: list[Entry] = []
@@ -532,10 +545,15 @@ def build_version(
         if i == n - 1 or raw >= cuts.range_max or (
             raw >= cuts.range_min and _cut(blake3.blake3(e.key).digest(), cuts.range_r)
         ):
-            data = encode_range(run, layout, run_bodies)
-            rid = content_id(data)
-            pieces.append(Piece(rid, None if known(rid) else data))
-            range_refs.append(Ref(rid, len(data), len(run), run[0].key, run[-1].key))
+            same = known_ranges.get(run[0].key)
+            if same is not None and same[2] == run_bodies and same[1] == [x.key for x in run]:
+                pieces.append(Piece(same[0].id, None))
+                range_refs.append(same[0])
+            else:
+                data = encode_range(run, layout, run_bodies)
+                rid = content_id(data)
+                pieces.append(Piece(rid, None if known(rid) else data))
+                range_refs.append(Ref(rid, len(data), len(run), run[0].key, run[-1].key))
             run, run_bodies, raw = [], [], 0
     pack_refs: list[Ref] = []
     for plan in plan_packs(entries, layout, cuts):
@@ -606,6 +624,23 @@ def changes(old: Iterable[tuple[bytes, bytes]], new: Iterable[tuple[bytes, bytes
             if x[1] != y[1]:
                 yield Change(x[0], x[1], y[1])
             x, y = next(a, None), next(b, None)
+
+
+def with_link_names(items: list[Change], links: Iterable[tuple[bytes, bytes | None, bytes]]) -> list[Change]:
+    """*items* plus every further name of a hard-linked file whose record changed.
+
+    *links* gives ``(key, target key, body)`` of the new version's link
+    records.  A link record names its file's first key; when that key's
+    record changes (content, mode...), the file changed under every name,
+    though the link records are byte-for-byte the same: each is added as a
+    change with equal old and new bodies, so that a reader of the changeset
+    alone sees every path of the file.
+    """
+    changed = {c.key for c in items}
+    extra = [Change(key, body, body) for key, target, body in links if target in changed and key not in changed]
+    if not extra:
+        return items
+    return sorted(items + extra, key=lambda c: c.key)
 
 
 def encode_changeset(parent_top: bytes, items: Iterable[Change]) -> bytes:

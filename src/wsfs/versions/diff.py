@@ -22,7 +22,16 @@ from wsfs.errors import IntegrityError
 from wsfs.format.blobs import parse_hexid
 from wsfs.format.manifest import ROOT_INO, Inode, Manifest
 from wsfs.format.records import VersionRecord
-from wsfs.format.tree import Change, Entry, changes, decode_body, decode_changeset, encode_body, path_of
+from wsfs.format.tree import (
+    Change,
+    Entry,
+    changes,
+    decode_body,
+    decode_changeset,
+    encode_body,
+    path_of,
+    with_link_names,
+)
 from wsfs.repository import Repository
 
 
@@ -114,7 +123,13 @@ def record_changes(repo: Repository, a: VersionRecord, b: VersionRecord) -> Iter
             for e in run:
                 yield e.key, encode_body(e, layout)
 
-    return changes(bodies(ra, ids_b), bodies(rb, ids_a))
+    items = list(changes(bodies(ra, ids_b), bodies(rb, ids_a)))
+    if any(decode_body(c.new, c.key, layout).linked for c in items if c.new is not None):
+        # A hard-linked file changed: its other names may sit in ranges both
+        # versions share; find them in *b* (rare: only then is every range read).
+        links = ((e.key, e.link, encode_body(e, layout)) for run in repo.version_ranges(rb) for e in run if e.link)
+        items = with_link_names(items, links)
+    return iter(items)
 
 
 def _same_entry(a: Entry, b: Entry) -> bool:
@@ -135,6 +150,9 @@ def diff_versions(repo: Repository, a: VersionRecord, b: VersionRecord) -> Itera
         path = path_of(c.key)
         if c.old is None or c.new is None:
             out.append((c.op, path))
+            continue
+        if c.old == c.new:
+            out.append(("M", path))  # a further name of a hard-linked file that changed
             continue
         old, new = decode_body(c.old, c.key, layout), decode_body(c.new, c.key, layout)
         if old.link is None and new.link is None and stat.S_IFMT(old.mode) != stat.S_IFMT(new.mode):

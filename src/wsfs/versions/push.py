@@ -50,8 +50,10 @@ from wsfs.format.tree import (
     PATH_MAX,
     ZERO_ID,
     Entry,
+    Layout,
     PackPlan,
     Piece,
+    Ref,
     build_version,
     changes,
     decode_top,
@@ -59,6 +61,7 @@ from wsfs.format.tree import (
     encode_changeset,
     key_of,
     pack_signatures,
+    with_link_names,
 )
 from wsfs.repository import Repository
 from wsfs.store.local import LocalStore
@@ -491,7 +494,9 @@ class _Walker:
         small = st.st_size <= self.inline_threshold
         if small == bool(k.chunks) or not all(c == ZERO_ID or c in self.up.known for c in k.chunks):
             return False  # another repository layout, or chunks the parent does not reference (maybe not stored)
-        self.entries.append(_entry(key, st, xattrs=k.xattrs, content=k.content, chunks=k.chunks))
+        self.entries.append(
+            Entry(key, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, 0, None, k.content, k.chunks, k.xattrs)
+        )  # as _entry(key, st, ...) makes it for a regular file, without its two tuple copies
         if small and st.st_size:
             self.unread.setdefault(k.content, (didx, key.rpartition(b"\0")[2], ident(st), st.st_size))
         self._learn(len(self.entries) - 1, st)
@@ -639,6 +644,13 @@ class _Parent:
     chunks: set[bytes] = field(default_factory=set)  # chunks: stored
     packs: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
     bodies: list[tuple[bytes, bytes]] | None = None  # (key, record) of each entry, for the changeset
+    ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] = field(default_factory=dict)  # see build_version
+    records: dict[bytes, tuple[Entry, bytes]] = field(default_factory=dict)  # key -> (entry, its body)
+
+    def body(self, e: Entry, layout: Layout) -> bytes:
+        """The record body of *e*: the parent's bytes if the parent has the same entry, else encoded."""
+        hit = self.records.get(e.key)
+        return hit[1] if hit is not None and hit[0] == e else encode_body(e, layout)
 
     @classmethod
     def load(cls, repo: Repository, workspace: str, n: int | None) -> _Parent:
@@ -657,12 +669,16 @@ class _Parent:
             out.pieces.add(out.top)
             out.pieces.update(r.id for r in top.ranges + top.packs)
             entries: list[Entry] = []
-            for run in repo.version_ranges(ranges):
-                entries.extend(run)
             assert out.bodies is not None
+            for ref, (run, bodies) in zip(ranges, repo.version_range_bodies(ranges), strict=True):
+                keys = [e.key for e in run]
+                out.ranges[ref.first] = (ref, keys, bodies)
+                out.bodies.extend(zip(keys, bodies, strict=True))
+                out.records.update(zip(keys, zip(run, bodies, strict=True), strict=True))
+                entries.extend(run)
             for e in entries:
-                out.bodies.append((e.key, encode_body(e, layout)))
-                out.chunks.update(c for c in e.chunks if c != ZERO_ID)
+                if e.chunks:
+                    out.chunks.update(c for c in e.chunks if c != ZERO_ID)
             out.pieces.update(r.id for r in ranges)
             out.pieces.update(r.id for r in packs)
             out.packs = pack_signatures(entries, packs, layout)
@@ -719,7 +735,7 @@ def push(
         walker.run(root)
         uploader.close()
         entries = walker.entries
-        bodies = [encode_body(e, layout) for e in entries]
+        bodies = [parent.body(e, layout) for e in entries]
 
         def pack_bytes(plan: PackPlan) -> bytes:
             out = []
@@ -732,11 +748,13 @@ def push(
 
         top_id, top, pieces = build_version(
             entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
-            known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies,
+            known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
         )
         changeset = None
         if parent.bodies is not None and top_id != parent.top:
-            changeset = encode_changeset(parent.top, changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
+            items = list(changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
+            links = ((e.key, e.link, body) for e, body in zip(entries, bodies, strict=True) if e.link is not None)
+            changeset = encode_changeset(parent.top, with_link_names(items, links))
             pieces.append(Piece(content_id(changeset), changeset))
         pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
         n_up, b_up = repo.put_pieces(pieces, workers)
