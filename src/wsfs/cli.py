@@ -167,8 +167,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     print(
         f"pushed {record.workspace}@{record.version}{parent}: {stats.files} files, {stats.dirs} dirs, "
         f"{stats.symlinks} symlinks, {_size(stats.bytes)} in {elapsed:.1f}s; uploaded {stats.blobs_uploaded} "
-        f"blobs ({_size(stats.bytes_uploaded)}), {stats.blobs_reused} already stored; "
-        f"manifest {_size(record.manifest_size)}"
+        f"objects ({_size(stats.bytes_uploaded)}), {stats.blobs_reused} already stored"
+        + ("" if stats.changed is None else f"; {stats.changed} entries changed")
+        + ("" if record.format != 1 else f"; manifest {_size(record.manifest_size)}")
     )
     if stats.skipped:
         print(f"left out {len(stats.skipped)} entries (see warnings above)", file=sys.stderr)

@@ -90,6 +90,7 @@ class PushStats:
     bytes_uploaded: int = 0
     blobs_reused: int = 0
     unread_files: int = 0  # regular files whose content the stat cache vouched for (not read)
+    changed: int | None = None  # entries added, removed or modified since the parent (None: no changeset)
     skipped: list[str] = field(default_factory=list)
 
     def tree(self) -> dict[str, int]:
@@ -751,10 +752,14 @@ def push(
             known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
         )
         changeset = None
-        if parent.bodies is not None and top_id != parent.top:
+        if parent.bodies is not None and top_id == parent.top:
+            stats.changed = 0
+        elif parent.bodies is not None:
             items = list(changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
             links = ((e.key, e.link, body) for e, body in zip(entries, bodies, strict=True) if e.link is not None)
-            changeset = encode_changeset(parent.top, with_link_names(items, links))
+            items = with_link_names(items, links)
+            stats.changed = len(items)
+            changeset = encode_changeset(parent.top, items)
             pieces.append(Piece(content_id(changeset), changeset))
         pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
         n_up, b_up = repo.put_pieces(pieces, workers)
