@@ -168,7 +168,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         f"pushed {record.workspace}@{record.version}{parent}: {stats.files} files, {stats.dirs} dirs, "
         f"{stats.symlinks} symlinks, {_size(stats.bytes)} in {elapsed:.1f}s; uploaded {stats.blobs_uploaded} "
         f"objects ({_size(stats.bytes_uploaded)}), {stats.blobs_reused} already stored"
-        + ("" if stats.changed is None else f"; {stats.changed} entries changed")
+        + ("" if stats.changed is None else f"; {stats.changed} {'entry' if stats.changed == 1 else 'entries'} changed")
         + ("" if record.format != 1 else f"; manifest {_size(record.manifest_size)}")
     )
     if stats.skipped:
