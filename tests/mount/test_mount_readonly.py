@@ -206,23 +206,36 @@ def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> 
     assert s["cache"]["fetches"] == packs
 
 
+def _listed_packs(repo: Path, ref: str, *dirs: bytes) -> dict[bytes, int]:
+    """``{id: size}`` of the packs holding the small files directly in directories *dirs* of format 2 version *ref*."""
+    r = Repository.open_url(str(repo), str(repo.parent / "count-cache"))
+    with r.open_manifest(r.resolve(Ref.parse(ref))) as man:
+        return {c.cid: c.length for d in dirs for _, _, node in man.readdir(man.resolve(d).ino)
+                if node.packed and (c := man.pack_ref(node)[0])}
+
+
 def test_listing_prefetches_one_chunk_files(rich: PushedTree, mount) -> None:
-    """Listing a directory fetches its one-chunk files up to prefetch_small in the background, only those."""
+    """Listing a directory fetches its one-chunk files up to prefetch_small and its small files' packs
+    in the background, only those."""
     m = mount(rich.repo, "rich@1")  # default prefetch_small=1M
     gets0 = m.gets()
     os.listdir(m.path / "a")  # a/big-hardlink is over128k (one chunk), listed here
+    want = 1 + len(_listed_packs(rich.repo, "rich@1", b"a"))
     deadline = time.monotonic() + 20
-    while m.stats()["cache"]["fetches"] < 1 and time.monotonic() < deadline:
+    while m.stats()["cache"]["fetches"] < want and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # nothing else may follow
     s = m.stats()
-    assert s["cache"]["fetches"] == 1 and m.gets() == gets0 + 1, s
+    assert s["cache"]["fetches"] == want and m.gets() == gets0 + want, s
     # The read is then served from the cache; big9m (3 chunks) was listed too but not fetched.
     os.listdir(m.path)
+    packs = _listed_packs(rich.repo, "rich@1", b"a", b"")
+    want = 1 + len(packs)
     time.sleep(0.3)
     assert (m.path / "over128k").read_bytes() == (rich.src / "over128k").read_bytes()
     s = m.stats()
-    assert s["cache"]["fetches"] == 1 and m.gets() == gets0 + 1, s
+    assert s["cache"]["fetches"] == want and m.gets() == gets0 + want, s
+    assert s["cache"]["fetch_bytes"] == (rich.src / "over128k").stat().st_size + sum(packs.values())
 
 
 def test_random_read_fetches_exactly_one_chunk(rich: PushedTree, mount) -> None:
@@ -301,13 +314,13 @@ def test_two_versions_share_one_cache(tmp_path: Path, mount) -> None:
     assert (m1.path / "changing.txt").read_bytes() == b"version one\n"
     assert (m2.path / "changing.txt").read_bytes() == b"version two!\n"
     assert not (m1.path / "added").exists() and (m2.path / "added").read_bytes() == b"only in two"
-    g1, g2 = m1.gets(), m2.gets()
+    s1, s2 = m1.stats(), m2.stats()  # the small files came from each version's own pack
     assert hashlib.sha256((m1.path / "shared.bin").read_bytes()).digest() == hashlib.sha256(shared).digest()
     assert (m2.path / "shared.bin").read_bytes() == shared
-    s1, s2 = m1.stats(), m2.stats()
-    assert s1["store"]["requests"]["get"] - g1 == 2  # both chunks, once
-    assert s2["store"]["requests"].get("get", 0) - g2 == 0  # served from the files m1 fetched
-    assert s2["cache"]["fetches"] == 0 and s2["cache"]["hits"] >= 1
+    t1, t2 = m1.stats(), m2.stats()
+    assert t1["store"]["requests"]["get"] - s1["store"]["requests"]["get"] == 2  # both chunks, once
+    assert t2["store"]["requests"].get("get", 0) - s2["store"]["requests"].get("get", 0) == 0  # m1's files
+    assert t2["cache"]["fetches"] == s2["cache"]["fetches"] and t2["cache"]["hits"] > s2["cache"]["hits"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
