@@ -182,8 +182,8 @@ def _pieces(repo: Path, ref: str) -> tuple[int, int]:
 
 
 def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> None:
-    # Its own, cold cache: the tree was fetched at mount.  No prefetch of
-    # listed one-chunk files (over128k), which test_listing_prefetches_one_chunk_files checks.
+    # Its own, cold cache: the tree was fetched at mount.  No prefetch of listed one-chunk files
+    # (over128k) or packs, which test_listing_prefetches_one_chunk_files checks.
     m = mount(rich.repo, "rich@1", extra=("-o", "prefetch_small=0"))
     gets0 = m.gets()
     meta, packs = _pieces(rich.repo, "rich@1")
@@ -201,7 +201,7 @@ def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> 
                 small += 1
     assert small > 40
     s = m.stats()
-    # small files: one GET per pack (listing a directory starts its packs), never one per file
+    # small files: one GET per pack (the first file read of each), never one per file
     assert s["store"]["requests"].get("get", 0) == gets0 + packs < gets0 + small / 4, s["store"]
     assert s["cache"]["fetches"] == packs
 
