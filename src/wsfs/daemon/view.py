@@ -402,6 +402,9 @@ class VersionView:
         ranges = []
         for idx in range(off // cs, (end - 1) // cs + 1):
             c = chunks[idx]
+            if self.recorder is not None and c.cid is not None:
+                # Large files' chunks only: a small file's pack comes with its directory's listing.
+                self.recorder.record(c.cid)
             base = idx * cs
             a, b = max(off, base) - base, min(end, base + c.length) - base
             ranges.append((c, a, b - a))
@@ -458,8 +461,6 @@ class VersionView:
         cid = c.cid
         if cid is None:
             return bytes(length)  # a hole: all zeros, nothing stored
-        if self.recorder is not None:
-            self.recorder.record(cid)
         data = self.cache.try_read(cid, start, length, size=c.length)
         if data is not None and len(data) != length:
             raise _IOError(f"chunk {c.idx} of inode {node.ino} is shorter than the manifest says")
