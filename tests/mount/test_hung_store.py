@@ -109,17 +109,21 @@ def _result(reader: subprocess.Popen[bytes], timeout: float) -> dict[str, float]
     try:
         out, err = reader.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        reader.kill()
-        reader.wait()
+        _kill(reader)
         pytest.fail(f"a read of the mount still blocked after {timeout} s")
     assert reader.returncode == 0, err.decode(errors="replace")
     return dict(json.loads(out))
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """End *proc* if it runs, and close its pipes: left to the garbage collector, a failed test's pipes
+    turn into ResourceWarnings that pytest reports as an error of whichever later test collects them."""
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _wait_for(cond: object, seconds: float) -> None:
