@@ -26,11 +26,20 @@ from pathlib import Path
 import blake3
 import pyfuse3
 import pytest
-from mountkit import CHUNK, INLINE, KIB, PushedTree, helper_pids, is_mounted, running, wait_gone
+from mountkit import (
+    CHUNK,
+    INLINE,
+    KIB,
+    PushedTree,
+    helper_pids,
+    is_mounted,
+    running,
+    version_costs,
+    wait_gone,
+)
 
 from support.cli import Wsfs
 from support.trees import assert_same_tree
-from wsfs.format.tree import decode_top
 from wsfs.repository import Ref, Repository
 
 
@@ -172,21 +181,12 @@ def test_pyfuse3_is_patched() -> None:
     assert getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False), "run scripts/install_pyfuse3.sh"
 
 
-def _pieces(repo: Path, ref: str) -> tuple[int, int]:
-    """``(metadata pieces, packs)`` of format 2 version *ref*: what a cold mount fetches before and after listing."""
-    r = Repository.open_url(str(repo), str(repo.parent / "count-cache"))
-    record = r.resolve(Ref.parse(ref))
-    ranges, packs = r.version_refs(record)
-    top = decode_top(r.get_piece(bytes.fromhex(record.manifest), record.manifest_size))
-    return 1 + len(top.ranges) + len(top.packs) + len(ranges), len(packs)
-
-
 def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> None:
     # Its own, cold cache: the tree was fetched at mount.  No prefetch of listed one-chunk files
     # (over128k) or packs, which test_listing_prefetches_one_chunk_files checks.
     m = mount(rich.repo, "rich@1", extra=("-o", "prefetch_small=0"))
     gets0 = m.gets()
-    meta, packs = _pieces(rich.repo, "rich@1")
+    meta, packs = version_costs(rich.repo, rich.repo.parent / "count-cache", "rich@1")
     assert gets0 == 2 + meta  # at mount: wsfs-repo.json, the version record, the tree's pieces
     subprocess.run(["find", str(m.path), "-printf", "%p %s %m %u %T@\n"], check=True, capture_output=True)
     subprocess.run(["ls", "-laR", str(m.path)], check=True, capture_output=True)
