@@ -256,6 +256,20 @@ class Mounter:
         return m
 
 
+def version_costs(url: str | Path, cache: Path, ref: str) -> tuple[int, int]:
+    """``(metadata pieces, packs)`` of format 2 version *ref*: the GETs a cold mount makes to open it (besides
+    the descriptor and the record), and those that reading every small file adds.  Read in-process, through
+    a cache directory of its own (*cache*), not the mount's."""
+    from wsfs.format.tree import decode_top
+    from wsfs.repository import Ref, Repository
+
+    r = Repository.open_url(str(url), str(cache))
+    record = r.resolve(Ref.parse(ref))
+    ranges, packs = r.version_refs(record)
+    top = decode_top(r.get_piece(bytes.fromhex(record.manifest), record.manifest_size))
+    return 1 + len(top.ranges) + len(top.packs) + len(ranges), len(packs)
+
+
 # -- the source tree -----------------------------------------------------------------
 
 NS = 1_000_000_000

@@ -2,8 +2,8 @@
 
 Three versions of the rich tree (``mountkit.make_tree``) are pushed, with
 changes between them (content, hard-linked content, deletions, renames,
-modes, xattrs, a truncated chunked file, new directories), and version 2 is
-tagged.  Each pushed tree is kept as its own directory, so every version of
+modes, xattrs, a truncated chunked file, new directories) and a directory
+that no version changes, and version 2 is tagged.  Each pushed tree is kept as its own directory, so every version of
 the mount is compared with exactly what was pushed.  The last tests drive
 :class:`~wsfs.daemon.history.HistoryView` in-process (no mount) for what a
 mount cannot show quickly: the bounded set of open manifests and the
@@ -59,6 +59,10 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     w = Wsfs(str(base / "repo"), str(base / "push-cache"))
     w("init")
     s1 = make_tree(base / "v1")
+    # Enough entries for several ranges: those of "bulk", which no later version changes, are shared.
+    (s1 / "bulk").mkdir()
+    for i in range(1500):
+        write(s1 / "bulk" / f"f{i:04d}", b"bulk %d\n" % i)
     w.push(s1, WS)
 
     s2 = _copy(s1, base / "v2")
@@ -88,8 +92,26 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
 
 
 def _manifests(cache_dir: Path) -> set[str]:
+    """The versions (their ``manifest`` field) whose manifest, or format 2 index, is in *cache_dir*."""
     d = cache_dir / "manifests"
-    return {p.name.removesuffix(".sqlite") for p in d.glob("*.sqlite")} if d.exists() else set()
+    return {p.name.rsplit(".", 1)[0] for p in [*d.glob("*.sqlite"), *d.glob("*.index")]} if d.exists() else set()
+
+
+def _cached_pieces(cache_dir: Path) -> set[str]:
+    d = cache_dir / "pieces"
+    return {p.name for p in d.glob("*/*")} if d.exists() else set()
+
+
+def _pieces(history: History, n: int, count_cache: Path) -> set[str]:
+    """The metadata pieces of format 2 version *n*: its top, listing pieces and ranges (what opening it reads)."""
+    from wsfs.format.tree import decode_top
+    from wsfs.repository import Repository
+
+    r = Repository.open_url(str(history.repo), str(count_cache))
+    record = r.record(WS, n)
+    top = decode_top(r.get_piece(bytes.fromhex(record.manifest), record.manifest_size))
+    ranges, _ = r.version_refs(record)
+    return {record.manifest} | {ref.id.hex() for ref in [*top.ranges, *top.packs, *ranges]}
 
 
 def test_every_version_matches_what_was_pushed(history: History, mount) -> None:
@@ -144,23 +166,32 @@ def test_inode_numbers_are_unique_across_versions(history: History, mount) -> No
     assert os.path.samestat(os.stat(m.path / "3" / ".."), root)
 
 
-def test_opening_a_version_fetches_only_its_manifest(history: History, mount) -> None:
+def test_opening_a_version_fetches_only_its_manifest(history: History, mount, tmp_path: Path) -> None:
+    pieces = {n: _pieces(history, n, tmp_path / "count-cache") for n in (1, 2, 3)}
+    assert pieces[1] & pieces[2] and pieces[2] - pieces[1]  # versions share pieces, and each has its own
     m = mount(history.repo, WS, extra=("--history",))  # its own, empty cache directory
     records = history.records()
     assert _manifests(m.cache_dir) == set()  # the mount listed versions and tags, nothing more
     assert sorted(os.listdir(m.path)) == ["1", "2", "3", TAG]  # a listing opens no manifest either
-    assert _manifests(m.cache_dir) == set()
+    assert _manifests(m.cache_dir) == set() and _cached_pieces(m.cache_dir) == set()
     gets = m.gets()
     assert sorted(os.listdir(m.path / "2")) == sorted(os.listdir(history.srcs[2]))
     assert (m.path / "2" / "added-in-2").read_bytes() == b"new in two\n"
     assert _manifests(m.cache_dir) == {records[2]["manifest"]}
+    assert _cached_pieces(m.cache_dir) == pieces[2]  # its pieces, nothing of other versions
     s = m.stats()
-    assert s["store"]["requests"].get("get", 0) - gets == 2  # version 2's record and manifest
+    # version 2's record, each of its pieces once, and the pack of the one file read (no listed file is prefetched)
+    assert s["store"]["requests"].get("get", 0) - gets == 1 + len(pieces[2]) + 1
+    assert s["cache"]["fetches"] == 1
     assert s["history"]["open_versions"] == [2] and s["history"]["manifest_opens"] == 1
-    # stat of each entry (ls -l) needs each version's real root attributes: now all are fetched.
+    # stat of each entry (ls -l) needs each version's real root attributes: now all are fetched,
+    # the pieces they share with version 2 (or with each other) from the cache.
+    gets = m.gets()
     for name in os.listdir(m.path):
         os.lstat(m.path / name)
     assert _manifests(m.cache_dir) == {r["manifest"] for r in records.values()}
+    assert _cached_pieces(m.cache_dir) == pieces[1] | pieces[2] | pieces[3]
+    assert m.gets() - gets == 2 + len((pieces[1] | pieces[3]) - pieces[2])  # two records, the new pieces
 
 
 def test_missing_versions_enoent_and_writes_erofs(history: History, mount) -> None:
@@ -233,16 +264,16 @@ def _view(history: History, cache_dir: Path, **kw: Any) -> Any:
 
 def test_open_manifests_are_bounded_and_reopened(history: History, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from wsfs.format.manifest import Manifest
+    from wsfs import repository
 
-    validations = []
-    real_validate = Manifest.validate
+    builds = []  # format 2: a version's local index is built from its pieces (format 1: its manifest validated)
+    real_build = repository.build_index
 
-    def counting_validate(self: Manifest, **kw: int) -> None:
-        validations.append(self.path)
-        real_validate(self, **kw)
+    def counting_build(path: str, *args: Any, **kw: Any) -> None:
+        builds.append(path)
+        real_build(path, *args, **kw)
 
-    monkeypatch.setattr(Manifest, "validate", counting_validate)
+    monkeypatch.setattr(repository, "build_index", counting_build)
     view = _view(history, tmp_path / "cache", max_open=1)
 
     async def main() -> None:
@@ -255,7 +286,7 @@ def test_open_manifests_are_bounded_and_reopened(history: History, tmp_path: Pat
             assert len(view._open) == 1  # never more than max_open manifests open
         s = view.statistics()
         assert s["open_versions"] == [1] and s["manifest_opens"] == 4
-        assert len(validations) == 3  # version 1 was reopened from the same file, unvalidated
+        assert len(builds) == 3  # version 1 was reopened from the same file, not built again
         # A remembered version root answers lookup and getattr without opening anything.
         assert (await _ask(view.getattr, (2 << 40) | 1)).ino == (2 << 40) | 1
         assert view.statistics()["manifest_opens"] == 4

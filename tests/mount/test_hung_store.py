@@ -3,14 +3,14 @@
 The endpoint is :mod:`support.blackhole` (a thread of this process on
 127.0.0.1): ``silent`` never answers a request, ``stall`` sends the headers
 and the first bytes of a body, then nothing.  The version was pushed through
-a moto server of our own, and the manifest, the version record and one file's
-chunk were cached before the moto server stopped; the mounts then point at
-the black hole.  Reads of the mount and clocks run in subprocesses, so a
+a moto server of our own, and the version's tree (its pieces and index), its
+record, one file's chunk and the packs of the small files were cached before
+the moto server stopped; the mounts then point at the black hole.  Reads of the mount and clocks run in subprocesses, so a
 regression fails a subprocess timeout instead of hanging the test run.
 
 What must hold: a read of an uncached chunk fails with ETIMEDOUT within the
-deadline (``-o timeout=``), while listings, inline files and cached chunks
-keep working; a second read of the same blob times out as well; SIGTERM and
+deadline (``-o timeout=``), while listings, small files and chunks in the
+cache keep working; a second read of the same blob times out as well; SIGTERM and
 ``wsfs umount`` take less than 2 s however many threads are blocked in the
 store; the CLI (``cat``, ``log``, ``checkout``) fails with exit 8 within
 about the deadline.
@@ -70,7 +70,7 @@ class HungRepo:
 
 @pytest.fixture(scope="module")
 def hung(tmp_path_factory: pytest.TempPathFactory, aws_env: dict[str, str]) -> Iterator[HungRepo]:
-    """``ws@1`` in S3 with its manifest, record and ``cached.bin`` cached locally, ``big.bin`` not."""
+    """``ws@1`` in S3 with its tree, record, ``cached.bin`` and the small files cached locally, ``big.bin`` not."""
     base = tmp_path_factory.mktemp("hung")
     src = base / "src"
     (src / "dir").mkdir(parents=True)
@@ -88,6 +88,8 @@ def hung(tmp_path_factory: pytest.TempPathFactory, aws_env: dict[str, str]) -> I
         repo = Repository.open(open_store(url, endpoint_url=srv.endpoint_url), str(cache))
         with repo.open_manifest(repo.resolve(Ref.parse("ws@1"))) as m:
             chunks = m.chunks(m.resolve(b"cached.bin").ino)
+            # format 2: the small files are slices of packs, cached like chunks
+            chunks += [m.pack_ref(m.resolve(p))[0] for p in (b"small.txt", b"dir/leaf")]
         blobs = BlobCache(repo, str(cache))
         try:
             for c in chunks:
@@ -107,17 +109,21 @@ def _result(reader: subprocess.Popen[bytes], timeout: float) -> dict[str, float]
     try:
         out, err = reader.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        reader.kill()
-        reader.wait()
+        _kill(reader)
         pytest.fail(f"a read of the mount still blocked after {timeout} s")
     assert reader.returncode == 0, err.decode(errors="replace")
     return dict(json.loads(out))
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """End *proc* if it runs, and close its pipes: left to the garbage collector, a failed test's pipes
+    turn into ResourceWarnings that pytest reports as an error of whichever later test collects them."""
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _wait_for(cond: object, seconds: float) -> None:

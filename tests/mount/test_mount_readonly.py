@@ -26,11 +26,20 @@ from pathlib import Path
 import blake3
 import pyfuse3
 import pytest
-from mountkit import CHUNK, INLINE, KIB, PushedTree, helper_pids, is_mounted, running, wait_gone
+from mountkit import (
+    CHUNK,
+    INLINE,
+    KIB,
+    PushedTree,
+    helper_pids,
+    is_mounted,
+    running,
+    version_costs,
+    wait_gone,
+)
 
 from support.cli import Wsfs
 from support.trees import assert_same_tree
-from wsfs.format.tree import decode_top
 from wsfs.repository import Ref, Repository
 
 
@@ -172,21 +181,12 @@ def test_pyfuse3_is_patched() -> None:
     assert getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False), "run scripts/install_pyfuse3.sh"
 
 
-def _pieces(repo: Path, ref: str) -> tuple[int, int]:
-    """``(metadata pieces, packs)`` of format 2 version *ref*: what a cold mount fetches before and after listing."""
-    r = Repository.open_url(str(repo), str(repo.parent / "count-cache"))
-    record = r.resolve(Ref.parse(ref))
-    ranges, packs = r.version_refs(record)
-    top = decode_top(r.get_piece(bytes.fromhex(record.manifest), record.manifest_size))
-    return 1 + len(top.ranges) + len(top.packs) + len(ranges), len(packs)
-
-
 def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> None:
-    # Its own, cold cache: the tree was fetched at mount.  No prefetch of
-    # listed one-chunk files (over128k), which test_listing_prefetches_one_chunk_files checks.
+    # Its own, cold cache: the tree was fetched at mount.  No prefetch of listed one-chunk files
+    # (over128k) or packs, which test_listing_prefetches_one_chunk_files checks.
     m = mount(rich.repo, "rich@1", extra=("-o", "prefetch_small=0"))
     gets0 = m.gets()
-    meta, packs = _pieces(rich.repo, "rich@1")
+    meta, packs = version_costs(rich.repo, rich.repo.parent / "count-cache", "rich@1")
     assert gets0 == 2 + meta  # at mount: wsfs-repo.json, the version record, the tree's pieces
     subprocess.run(["find", str(m.path), "-printf", "%p %s %m %u %T@\n"], check=True, capture_output=True)
     subprocess.run(["ls", "-laR", str(m.path)], check=True, capture_output=True)
@@ -201,28 +201,41 @@ def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> 
                 small += 1
     assert small > 40
     s = m.stats()
-    # small files: one GET per pack (listing a directory starts its packs), never one per file
+    # small files: one GET per pack (the first file read of each), never one per file
     assert s["store"]["requests"].get("get", 0) == gets0 + packs < gets0 + small / 4, s["store"]
     assert s["cache"]["fetches"] == packs
 
 
+def _listed_packs(repo: Path, ref: str, *dirs: bytes) -> dict[bytes, int]:
+    """``{id: size}`` of the packs holding the small files directly in directories *dirs* of format 2 version *ref*."""
+    r = Repository.open_url(str(repo), str(repo.parent / "count-cache"))
+    with r.open_manifest(r.resolve(Ref.parse(ref))) as man:
+        return {c.cid: c.length for d in dirs for _, _, node in man.readdir(man.resolve(d).ino)
+                if node.packed and (c := man.pack_ref(node)[0])}
+
+
 def test_listing_prefetches_one_chunk_files(rich: PushedTree, mount) -> None:
-    """Listing a directory fetches its one-chunk files up to prefetch_small in the background, only those."""
+    """Listing a directory fetches its one-chunk files up to prefetch_small and its small files' packs
+    in the background, only those."""
     m = mount(rich.repo, "rich@1")  # default prefetch_small=1M
     gets0 = m.gets()
     os.listdir(m.path / "a")  # a/big-hardlink is over128k (one chunk), listed here
+    want = 1 + len(_listed_packs(rich.repo, "rich@1", b"a"))
     deadline = time.monotonic() + 20
-    while m.stats()["cache"]["fetches"] < 1 and time.monotonic() < deadline:
+    while m.stats()["cache"]["fetches"] < want and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # nothing else may follow
     s = m.stats()
-    assert s["cache"]["fetches"] == 1 and m.gets() == gets0 + 1, s
+    assert s["cache"]["fetches"] == want and m.gets() == gets0 + want, s
     # The read is then served from the cache; big9m (3 chunks) was listed too but not fetched.
     os.listdir(m.path)
+    packs = _listed_packs(rich.repo, "rich@1", b"a", b"")
+    want = 1 + len(packs)
     time.sleep(0.3)
     assert (m.path / "over128k").read_bytes() == (rich.src / "over128k").read_bytes()
     s = m.stats()
-    assert s["cache"]["fetches"] == 1 and m.gets() == gets0 + 1, s
+    assert s["cache"]["fetches"] == want and m.gets() == gets0 + want, s
+    assert s["cache"]["fetch_bytes"] == (rich.src / "over128k").stat().st_size + sum(packs.values())
 
 
 def test_random_read_fetches_exactly_one_chunk(rich: PushedTree, mount) -> None:
@@ -301,13 +314,13 @@ def test_two_versions_share_one_cache(tmp_path: Path, mount) -> None:
     assert (m1.path / "changing.txt").read_bytes() == b"version one\n"
     assert (m2.path / "changing.txt").read_bytes() == b"version two!\n"
     assert not (m1.path / "added").exists() and (m2.path / "added").read_bytes() == b"only in two"
-    g1, g2 = m1.gets(), m2.gets()
+    s1, s2 = m1.stats(), m2.stats()  # the small files came from each version's own pack
     assert hashlib.sha256((m1.path / "shared.bin").read_bytes()).digest() == hashlib.sha256(shared).digest()
     assert (m2.path / "shared.bin").read_bytes() == shared
-    s1, s2 = m1.stats(), m2.stats()
-    assert s1["store"]["requests"]["get"] - g1 == 2  # both chunks, once
-    assert s2["store"]["requests"].get("get", 0) - g2 == 0  # served from the files m1 fetched
-    assert s2["cache"]["fetches"] == 0 and s2["cache"]["hits"] >= 1
+    t1, t2 = m1.stats(), m2.stats()
+    assert t1["store"]["requests"]["get"] - s1["store"]["requests"]["get"] == 2  # both chunks, once
+    assert t2["store"]["requests"].get("get", 0) - s2["store"]["requests"].get("get", 0) == 0  # m1's files
+    assert t2["cache"]["fetches"] == s2["cache"]["fetches"] and t2["cache"]["hits"] > s2["cache"]["hits"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

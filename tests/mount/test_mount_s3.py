@@ -1,8 +1,9 @@
 """Mounts of versions stored in S3 (the fixtures' SeaweedFS, over real HTTP).
 
 What a user pays for on S3 is requests: these tests count the daemon's GETs
-and check they do not grow with the number of files, and that a random read
-of a cold large file fetches one chunk.
+and check they do not grow with the number of files (format 2: pieces of the
+tree and packs of small files, each holding many files), and that a random
+read of a cold large file fetches one chunk.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import random
 from pathlib import Path
 
 import pytest
-from mountkit import CHUNK
+from mountkit import CHUNK, version_costs
 
 from support.cli import Wsfs
+from wsfs.format.tree import Cuts
 
 pytestmark = pytest.mark.parametrize("store_kind", ["s3"], indirect=True)
 
@@ -44,16 +46,21 @@ def test_gets_do_not_grow_with_the_number_of_files(repo_url, subprocess_env, tmp
     w("init")
     w.push(_tree(tmp_path / "small", 100, big), "small")
     w.push(_tree(tmp_path / "large", 2000, big), "large")
-    gets = {}
+    pack_min = Cuts().pack_min
     for ws, n in (("small", 100), ("large", 2000)):
+        meta, packs = version_costs(repo_url, tmp_path / f"count-cache-{ws}", f"{ws}@1")
         m = mount(repo_url, f"{ws}@1", env=subprocess_env)
-        before = m.gets()  # the repository descriptor, the version record, the manifest
+        # the repository descriptor, the version record, the tree's pieces: its top, two listing pieces and
+        # ranges of at least range_min (16 KiB) of entries, more than 200 of these each
+        entries = n + n // 50 + 2  # the files, the pkg directories, big.bin, the root
+        assert m.gets() == 2 + meta and meta <= 3 + entries // 200 + 1, (ws, meta)
         names = [os.path.join(d, f) for d, _, fs in os.walk(m.path) for f in fs]
         assert len(names) == n + 1
-        assert _read_all_small(m.path) == _read_all_small(tmp_path / ws)
-        gets[ws] = (before, m.gets())
-        assert gets[ws][1] == gets[ws][0], "reading small files and listing must not GET anything"
-    assert gets["small"][0] == gets["large"][0] <= 4
+        small = _read_all_small(m.path)
+        assert small == _read_all_small(tmp_path / ws)
+        # one GET per pack, and a pack holds at least pack_min bytes of small files but the last
+        assert m.gets() == 2 + meta + packs, ws
+        assert packs <= small // pack_min + 1 and packs * 20 < n, (ws, packs)
 
 
 def test_cold_random_read_fetches_one_chunk_over_http(repo_url, subprocess_env, tmp_path, mount):

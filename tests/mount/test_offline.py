@@ -30,6 +30,7 @@ def test_cached_version_mounts_and_reads_offline(tmp_path: Path, mount, aws_env)
         w.push(src, "ws")
         m1 = mount(url, "ws", cache_dir=cache, env=env)
         assert (m1.path / "a.bin").read_bytes() == a
+        assert (m1.path / "small.txt").read_bytes() == b"small"  # format 2: caches its pack
         m1.unmount()
 
     # the server is gone; a short retry budget keeps the failures quick

@@ -40,7 +40,7 @@ def test_profile_is_recorded_and_prefetched(tmp_path: Path, mount) -> None:
     assert _wait_prefetched(m1)["profile"]["prefetched"] == 0
     for name in ("model0.bin", "model2.bin"):
         assert (m1.path / name).read_bytes() == data[name]
-    assert (m1.path / "small.txt").read_bytes() == b"small"  # inline: not part of a profile
+    assert (m1.path / "small.txt").read_bytes() == b"small"  # a small file (its pack): not part of a profile
     assert m1.stats()["profile"]["recorded"] == 4
     m1.unmount()
     r = Repository.open(open_store(str(repo)), str(tmp_path / "check"))

@@ -202,7 +202,7 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                     help="comma-separated: ro, allow_other, history, noprofile (no access profile), "
                          "nopreload (no helper process putting listed small files into the page cache), cache_dir=DIR, cache_size=SIZE, "
-                         "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE in the background; "
+                         "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE, and listed small files' packs, in the background; "
                          "default 1M, 0: off), timeout=SECONDS (an operation that waits longer for the store "
                          "fails with ETIMEDOUT, and so does each store request; default $WSFS_OP_TIMEOUT or 30), "
                          "log=PATH")

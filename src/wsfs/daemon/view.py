@@ -278,7 +278,7 @@ class VersionView:
         self._reported: dict[bytes, float] = {}  # blob -> when its read failure was last logged
         self._prefetching: set[bytes] = set()  # read-ahead in progress
         self._prepared = _LRU(_PREPARED)  # chunks read-ahead already made ready
-        self.small_prefetch_max = SMALL_PREFETCH_MAX  # 0: do not prefetch listed files
+        self.small_prefetch_max = SMALL_PREFETCH_MAX  # 0: do not prefetch listed files (nor their packs)
         # Called with a directory's inode when the kernel lists it from the start
         # (set by the daemon: the page-cache preload, daemon/preload.py).
         self.listed_hook: Callable[[int], None] | None = None
@@ -347,7 +347,7 @@ class VersionView:
             elif node.packed:
                 # A listed directory's small files are read next (ls -l, tar, an
                 # editor's project scan): their packs start coming now.
-                if self.nursery is not None and len(self._prefetching) < _SMALL_PREFETCH_PENDING:
+                if self.small_prefetch_max and len(self._prefetching) < _SMALL_PREFETCH_PENDING:
                     self._start_prefetch(self.manifest.pack_ref(node)[0])
             elif node.is_reg and node.data is None and 0 < node.size <= self.small_prefetch_max:
                 self._prefetch_listed(node)
@@ -402,6 +402,9 @@ class VersionView:
         ranges = []
         for idx in range(off // cs, (end - 1) // cs + 1):
             c = chunks[idx]
+            if self.recorder is not None and c.cid is not None:
+                # Large files' chunks only: a small file's pack comes with its directory's listing.
+                self.recorder.record(c.cid)
             base = idx * cs
             a, b = max(off, base) - base, min(end, base + c.length) - base
             ranges.append((c, a, b - a))
@@ -458,8 +461,6 @@ class VersionView:
         cid = c.cid
         if cid is None:
             return bytes(length)  # a hole: all zeros, nothing stored
-        if self.recorder is not None:
-            self.recorder.record(cid)
         data = self.cache.try_read(cid, start, length, size=c.length)
         if data is not None and len(data) != length:
             raise _IOError(f"chunk {c.idx} of inode {node.ino} is shorter than the manifest says")

@@ -23,6 +23,11 @@ from wsfs.errors import IntegrityError
 from wsfs.format.manifest import ROOT_INO, ManifestBuilder
 from wsfs.format.tree import ZERO_ID, Entry, Layout, Ref, packed
 
+# st_blocks are not stored in format 2: a regular file's are its data (chunks of
+# zeros left out) rounded up to this, in 512-byte units, what ext4 and tmpfs
+# allocate for it, so that ``du`` on a mount agrees with the source tree.
+ALLOC_UNIT = 4096
+
 
 class _Packs:
     """Assigns packed files, in key order, to the packs their references list."""
@@ -118,10 +123,10 @@ def _fill(b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref
             fmt = stat.S_IFMT(e.mode)
             if fmt == stat.S_IFREG:
                 if e.chunks:
-                    blocks = sum(min(cs, e.size - i * cs) for i, c in enumerate(e.chunks) if c != ZERO_ID)
+                    data = sum(min(cs, e.size - i * cs) for i, c in enumerate(e.chunks) if c != ZERO_ID)
                 else:
-                    blocks = e.size
-                blocks = (blocks + 511) // 512
+                    data = e.size
+                blocks = -(-data // ALLOC_UNIT) * (ALLOC_UNIT // 512)
             else:
                 blocks = (e.size + 511) // 512 if fmt == stat.S_IFDIR else 0
             ino = b.add_node(
