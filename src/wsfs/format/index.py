@@ -40,6 +40,7 @@ class _Packs:
         self.left = 0
         self.offsets: dict[bytes, int] = {}
         self.end = 0
+        self.rows: list[tuple[int, bytes, int]] = []  # (row, id, size), written by finish()
 
     def place(self, e: Entry) -> tuple[int, int]:
         if self.left == 0:
@@ -48,7 +49,8 @@ class _Packs:
                 raise IntegrityError(f"{e.path!r} is a small file in no pack")
             if self.ref.first != e.key:
                 raise IntegrityError(f"a pack's first key is not that of {e.path!r}")
-            self.row = self.b.add_pack(self.ref.id, self.ref.size)
+            self.row += 1
+            self.rows.append((self.row, self.ref.id, self.ref.size))
             self.left, self.offsets, self.end = self.ref.count, {}, 0
         assert self.ref is not None and e.content is not None
         off = self.offsets.get(e.content)
@@ -63,6 +65,7 @@ class _Packs:
     def finish(self) -> None:
         if self.left or next(self.refs, None) is not None:
             raise IntegrityError("packs are listed for files that do not exist")
+        self.b.add_packs(self.rows)
 
 
 def build_index(
@@ -78,6 +81,9 @@ def build_index(
         raise
 
 
+_BATCH = 4096  # rows handed to SQLite at once (memory stays bounded whatever the tree's size)
+
+
 def _fill(b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout) -> None:
     cs = layout.chunk_size
     dirs: dict[bytes, int] = {}  # directory path -> inode
@@ -86,8 +92,9 @@ def _fill(b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref
     nlinks: dict[int, int] = {}
     packs = _Packs(b, pack_refs)
     prev: bytes | None = None
-    run_parent: int | None = None
-    run: list[tuple[bytes, int]] = []
+    inodes: list[tuple] = []
+    chunks: list[tuple[int, int, bytes | None, int]] = []
+    dentries: list[tuple[int, bytes, int]] = []
     for entries in ranges:
         for e in entries:
             key = e.key
@@ -109,52 +116,48 @@ def _fill(b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref
             parent = dirs.get(parent_path)
             if parent is None:
                 raise IntegrityError(f"{e.path!r} has no parent directory")
-            if parent != run_parent:
-                if run_parent is not None:
-                    b.add_dentries(run_parent, run)
-                run_parent, run = parent, []
             if e.link is not None:
                 ino = linked.get(e.link)
                 if ino is None:
                     raise IntegrityError(f"{e.path!r} is a hard link to no file")
                 nlinks[ino] += 1
-                run.append((name, ino))
+                dentries.append((parent, name, ino))
                 continue
             fmt = stat.S_IFMT(e.mode)
+            ino = b.new_ino()
+            pack = offset = None
             if fmt == stat.S_IFREG:
                 if e.chunks:
                     data = sum(min(cs, e.size - i * cs) for i, c in enumerate(e.chunks) if c != ZERO_ID)
+                    chunks.extend(
+                        (ino, i, None if c == ZERO_ID else c, min(cs, e.size - i * cs)) for i, c in enumerate(e.chunks)
+                    )
                 else:
                     data = e.size
+                    if packed(e, layout):
+                        pack, offset = packs.place(e)
                 blocks = -(-data // ALLOC_UNIT) * (ALLOC_UNIT // 512)
             else:
                 blocks = (e.size + 511) // 512 if fmt == stat.S_IFDIR else 0
-            ino = b.add_node(
-                e.mode, e.uid, e.gid, e.size, blocks, e.mtime_ns, nlink=2 if fmt == stat.S_IFDIR else 1,
-                rdev=e.rdev, target=e.target, content=e.content,
-            )
-            run.append((name, ino))
+            inodes.append((
+                ino, e.mode, e.uid, e.gid, e.size, blocks, e.mtime_ns, 2 if fmt == stat.S_IFDIR else 1,
+                e.rdev, e.target, e.content, pack, offset,
+            ))
+            dentries.append((parent, name, ino))
             if e.xattrs:
                 b.add_xattrs(ino, dict(e.xattrs))
             if fmt == stat.S_IFDIR:
                 dirs[e.path] = ino
                 subdirs[ino] = 0
                 subdirs[parent] += 1
-            elif e.chunks:
-                b.set_chunks(ino, e.size, [None if c == ZERO_ID else c for c in e.chunks], cid=e.content)
-            elif packed(e, layout):
-                b.set_packed(ino, *packs.place(e))
             if e.linked:
                 linked[key] = ino
                 nlinks[ino] = 1
+            if len(inodes) >= _BATCH or len(chunks) >= _BATCH:
+                b.add_rows(inodes, chunks, dentries)
+                inodes, chunks, dentries = [], [], []
     if prev is None:
         raise IntegrityError("a version without entries")
-    if run_parent is not None:
-        b.add_dentries(run_parent, run)
+    b.add_rows(inodes, chunks, dentries)
     packs.finish()
-    for ino, n in subdirs.items():
-        if n:
-            b.set_nlink(ino, 2 + n)
-    for ino, n in nlinks.items():
-        if n != 1:
-            b.set_nlink(ino, n)
+    b.set_nlinks([(2 + n, ino) for ino, n in subdirs.items() if n] + [(n, ino) for ino, n in nlinks.items() if n != 1])

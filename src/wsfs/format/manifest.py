@@ -214,10 +214,36 @@ class ManifestBuilder:
         )
         return ino
 
-    def add_pack(self, cid: bytes, size: int) -> int:
-        """(Index only) a pack's row number."""
-        self.db.execute("INSERT INTO packs (cid, size) VALUES (?,?)", (cid, size))
-        return self.db.last_insert_rowid()
+    def new_ino(self) -> int:
+        """(Index only) the next inode number, for a row given later to :meth:`add_rows`."""
+        ino = self._next_ino
+        self._next_ino += 1
+        return ino
+
+    def add_rows(
+        self,
+        inodes: list[tuple[Any, ...]],
+        chunks: list[tuple[int, int, bytes | None, int]],
+        dentries: list[tuple[int, bytes, int]],
+    ) -> None:
+        """(Index only) many rows at once: inodes as ``(ino, mode, uid, gid, size, blocks, mtime_ns, nlink,
+        rdev, target, content, pack, pack_offset)``, chunks as ``(ino, idx, cid, length)``, dentries as
+        ``(parent, name, ino)`` (each directory's names contiguous and sorted, as :meth:`add_dentries`)."""
+        self.db.executemany(
+            f"INSERT INTO inodes ({_INODE_COLS}, pack, pack_offset) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,?,?)",
+            # atime and ctime are the mtime: see the module docstring
+            [(i, m, u, g, sz, bl, mt, mt, mt, nl, rd, t, c, p, po) for i, m, u, g, sz, bl, mt, nl, rd, t, c, p, po in inodes],
+        )
+        self.db.executemany("INSERT INTO chunks (ino, idx, cid, length) VALUES (?,?,?,?)", chunks)
+        self.db.executemany("INSERT INTO dentries (parent, name, ino) VALUES (?,?,?)", dentries)
+
+    def set_nlinks(self, pairs: list[tuple[int, int]]) -> None:
+        """``nlink`` of many inodes: ``(nlink, ino)`` pairs."""
+        self.db.executemany("UPDATE inodes SET nlink=? WHERE ino=?", pairs)
+
+    def add_packs(self, rows: list[tuple[int, bytes, int]]) -> None:
+        """(Index only) packs as ``(row, id, size)``: rows numbered from 1 in key order."""
+        self.db.executemany("INSERT INTO packs (id, cid, size) VALUES (?,?,?)", rows)
 
     def set_packed(self, ino: int, pack: int, offset: int) -> None:
         """(Index only) a small file's bytes are ``[offset, offset + size)`` of pack row *pack*."""
