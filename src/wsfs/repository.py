@@ -44,7 +44,7 @@ from wsfs.format.blobs import (
     hexid,
     parse_hexid,
 )
-from wsfs.format.index import build_index
+from wsfs.format.index import INDEX_VERSION, build_index
 from wsfs.format.manifest import VALIDATION_VERSION, Manifest, check_database
 from wsfs.format.names import check_tag, check_workspace, version_number
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
@@ -595,7 +595,8 @@ class Repository:
 
         :meth:`manifest_path` rebuilds a file that is not ours and private;
         one that is but is not this version's index (renamed in a cache
-        directory someone else can write, or damaged) is dropped and built again, once.
+        directory someone else can write, or damaged), or was built by other
+        code (another ``INDEX_VERSION``), is dropped and built again, once.
         """
         for attempt in (1, 2):
             try:
@@ -603,7 +604,7 @@ class Repository:
             except (IntegrityError, FormatError):
                 pass
             else:
-                if m.index and m.meta.get("top") == record.manifest:
+                if m.index and m.meta.get("top") == record.manifest and m.meta.get("index_version") == INDEX_VERSION:
                     return m
                 m.close()
             try:

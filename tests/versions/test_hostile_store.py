@@ -326,6 +326,29 @@ def test_an_index_is_built_once_per_cache_and_private(lw, monkeypatch):
     assert not [f for f in os.listdir(os.path.dirname(path)) if ".valid" in f]
 
 
+def test_an_index_built_by_other_code_is_rebuilt(lw, monkeypatch):
+    """An index whose INDEX_VERSION is not this code's (say, built before st_blocks changed) is built again."""
+    import apsw
+
+    import wsfs.repository
+    from wsfs.format.index import INDEX_VERSION
+
+    repo = Repository.open(open_store(lw.repo), lw.cache_dir)
+    record = repo.resolve(Ref.parse("demo"))
+    repo.open_manifest(record).close()
+    path = repo.manifest_path(record)
+    db = apsw.Connection(path)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'index_version'", (INDEX_VERSION - 1,))
+    db.close()
+    builds = []
+    real = wsfs.repository.build_index
+    monkeypatch.setattr(wsfs.repository, "build_index", lambda *a, **kw: builds.append(a[0]) or real(*a, **kw))
+    with repo.open_manifest(record) as m:
+        assert m.meta["index_version"] == INDEX_VERSION
+        assert [p for p, _ in m.walk()] == [b"file"]
+    assert len(builds) == 1
+
+
 def _plant(kind: str, path: str, crafted: str, tmp_path) -> None:
     """Put *crafted* (an index claiming to be that of the version whose index is *path*) at *path*, as *kind* says."""
     os.unlink(path)

@@ -28,6 +28,11 @@ from wsfs.format.tree import ZERO_ID, Entry, Layout, Ref, packed
 # allocate for it, so that ``du`` on a mount agrees with the source tree.
 ALLOC_UNIT = 4096
 
+# What an index holds, as this code builds it (its meta "index_version"): an
+# index built by other code (say, before st_blocks were rounded to ALLOC_UNIT)
+# is rebuilt rather than read.
+INDEX_VERSION = 2
+
 
 class _Packs:
     """Assigns packed files, in key order, to the packs their references list."""
@@ -75,7 +80,7 @@ def build_index(
     b = ManifestBuilder(path, chunk_size=layout.chunk_size, index=True)
     try:
         _fill(b, ranges, pack_refs, layout)
-        b.finish(meta)
+        b.finish(dict(meta, index_version=INDEX_VERSION))
     except BaseException:
         b.abort()
         raise
