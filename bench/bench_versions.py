@@ -55,6 +55,7 @@ import random
 import resource
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import time
@@ -412,13 +413,13 @@ class Bench:
             print(f"  wsfs open of other@{r['version']} on the host that has demo: {rm['meta_gets']} GETs "
                   f"{fmt_bytes(rm['meta_bytes'])}, content {rm['content_gets']} GETs", flush=True)
 
-    def final_sizes(self) -> dict[str, Any]:
+    def final_sizes(self, gc: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if "wsfs" in self.args.tools:
             out["wsfs repository"] = dir_usage(self.work / "wsfs-repo")[0]
         if "git" in self.args.tools:
             out["git objects (loose)"] = dir_usage(self.work / "git" / "objects")[0]
-            if not self.args.no_gc:
+            if gc:
                 _, wall, _ = run(["git", "gc", "-q"], self.git_env, self.timeout * 4, cwd=str(self.src))
                 out["git objects after git gc"] = dir_usage(self.work / "git" / "objects")[0]
                 out["git gc seconds"] = round(wall, 2)
@@ -430,6 +431,29 @@ class Bench:
         return out
 
 
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Run 1's numbers, with the median of every run's seconds and CPU seconds (each run's list kept);
+    sizes that differ between runs are listed as ``<key>_runs``."""
+    out: dict[str, dict[str, Any]] = {}
+    for edit, row in runs[0]["results"].items():
+        out[edit] = {}
+        for tool, r in row.items():
+            all_r = [run["results"].get(edit, {}).get(tool, {}) for run in runs]
+            agg = dict(r)
+            if "error" not in r:
+                for key in ("seconds", "cpu", "push_seconds"):
+                    if key in r:
+                        vals = [x[key] for x in all_r if key in x]
+                        agg[key] = statistics.median(vals)
+                        agg[f"{key}_runs"] = [round(v, 3) for v in vals]
+                for key in ("bytes", "objects"):
+                    vals = [x.get(key) for x in all_r]
+                    if len(set(vals)) > 1:
+                        agg[f"{key}_runs"] = vals
+            out[edit][tool] = agg
+    return out
+
+
 # -- report -------------------------------------------------------------------------
 
 
@@ -438,6 +462,9 @@ def cell(r: dict[str, Any] | None, key: str, f: Any) -> str:
         return ""
     if "error" in r:
         return "FAILED"
+    if f is None:  # a median and its range
+        runs = r.get(f"{key}_runs", [])
+        return fmt_s(r[key]) + (f" ({min(runs):.2f}-{max(runs):.2f})" if len(runs) > 1 else "")
     return f(r[key])
 
 
@@ -451,7 +478,8 @@ def report(res: dict[str, Any]) -> None:
                            fmt_bytes),
                           ("objects written (wsfs: PUTs; git: loose objects; restic: files; tar: 1)", "objects",
                            lambda x: f"{x:,}"),
-                          ("seconds (wall, warm page cache)", "seconds", fmt_s),
+                          (f"seconds (wall, warm page cache; median of {res['runs']} runs, min-max)", "seconds",
+                           None),
                           ("CPU seconds (user+sys)", "cpu", fmt_s)):
         print(f"### {title}\n")
         print("| edit | " + " | ".join(tools) + " |")
@@ -504,7 +532,15 @@ def report(res: dict[str, Any]) -> None:
                 print(f"| {e} | {s['files_new']} / {s['files_changed']} / {s['files_unmodified']} | "
                       f"{fmt_bytes(s['data_added'])} |")
         print()
-    print("### repository size after the sequence\n")
+    varied = [(e, t, k, r[k]) for e, row in res["results"].items() for t, r in row.items()
+              for k in ("bytes_runs", "objects_runs")
+              if k in r and None not in r[k] and max(r[k]) - min(r[k]) > 0.01 * max(r[k])]
+    if varied:  # timestamps in records and commits make a few bytes differ in any case
+        print("### sizes that differed by more than 1% between runs (run 1's are shown above)\n")
+        for e, t, k, v in varied:
+            print(f"* {e}, {t}, {k[:-5]}: {v}")
+        print()
+    print("### repository size after the sequence (run 1)\n")
     for k, v in res["final"].items():
         print(f"* {k}: {v if 'seconds' in k else fmt_bytes(v)}")
     print()
@@ -568,6 +604,7 @@ def main() -> int:
     ap.add_argument("--workdir", default="/var/tmp/wsfs-bench-versions", help="where the copy and the repositories go")
     ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
     ap.add_argument("--step-timeout", type=float, default=900, help="seconds allowed to one command")
+    ap.add_argument("--runs", type=int, default=3, help="repeat the whole sequence; median times (default 3)")
     ap.add_argument("--no-gc", action="store_true", help="skip the final git gc (the packed size)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", metavar="FILE", help="write everything measured")
@@ -596,15 +633,21 @@ def main() -> int:
     machine = {"nproc": os.cpu_count(), "kernel": platform.release(), "loadavg_start": os.getloadavg()}
     print(f"machine: {machine['nproc']} CPUs, kernel {machine['kernel']}, load average {machine['loadavg_start']}")
     print("versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
-    b = Bench(args)
     t0 = time.perf_counter()
-    tree = b.prepare()
-    b.measure()
-    final = b.final_sizes()
+    runs: list[dict[str, Any]] = []
+    for i in range(args.runs):
+        print(f"\n######## run {i + 1} of {args.runs}", flush=True)
+        b = Bench(args)
+        tree = b.prepare()
+        b.measure()
+        final = b.final_sizes(gc=i == 0 and not args.no_gc)
+        runs.append({"results": b.results, "remount": b.remounts, "final": final, "tree": tree})
+        if not args.keep:
+            shutil.rmtree(b.work, ignore_errors=True)
     machine["loadavg_end"] = os.getloadavg()
-    res = {"label": args.label, "tree": tree, "tools": args.tools, "versions": versions, "machine": machine,
-           "results": b.results, "remount": b.remounts, "final": final,
-           "seconds_total": round(time.perf_counter() - t0, 1)}
+    res = {"label": args.label, "tree": runs[0]["tree"], "tools": args.tools, "versions": versions,
+           "machine": machine, "runs": len(runs), "results": aggregate(runs), "remount": runs[0]["remount"],
+           "final": runs[0]["final"], "all_runs": runs, "seconds_total": round(time.perf_counter() - t0, 1)}
     report(res)
     print(f"load average at the end {machine['loadavg_end']}; whole run {res['seconds_total']} s")
     if args.json:
@@ -613,8 +656,6 @@ def main() -> int:
     if args.plot:
         for p in plot(res, Path(args.plot)):
             print(f"wrote {p}")
-    if not args.keep:
-        shutil.rmtree(b.work, ignore_errors=True)
     return 0
 
 
