@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bench/bench_mount.py compares wsfs with, where missing:
 #   rclone, s3fs (s3fs-fuse), squashfuse + squashfs-tools, fuse3, zstd, node + npm  (apt-get, root)
+#   restic, git (bench_versions.py)                                              (apt-get, root)
 #   matplotlib (--plot), py-spy (--profile)                                    (pip, this python)
 # Idempotent: a tool already on PATH is left alone (a NodeSource nodejs already ships npm, and
 # Debian's npm package would conflict with it).  Usage, from the repository root, as root:
@@ -18,6 +19,8 @@ need squashfuse_ll squashfuse
 need mksquashfs squashfs-tools
 need fusermount3 fuse3
 need zstd zstd
+need restic restic
+need git git
 need node nodejs
 need npm npm
 
@@ -30,7 +33,7 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    echo "setup.sh: rclone, s3fs, squashfuse, squashfs-tools, fuse3, zstd, node and npm already present"
+    echo "setup.sh: rclone, s3fs, squashfuse, squashfs-tools, fuse3, zstd, restic, git, node and npm already present"
 fi
 
 pip_missing=()
@@ -41,6 +44,6 @@ if ((${#pip_missing[@]})); then
     "$PYTHON" -m pip install -q "${pip_missing[@]}"
 fi
 
-for tool in rclone s3fs squashfuse_ll mksquashfs node npm; do
+for tool in rclone s3fs squashfuse_ll mksquashfs restic git node npm; do
     printf '  %-14s %s\n' "$tool" "$(command -v "$tool" || echo MISSING)"
 done
