@@ -401,22 +401,55 @@ class Repository:
     def put_pieces(self, pieces: list[tree.Piece], workers: int = 8) -> tuple[int, int]:
         """Store the pieces that have data and are not stored yet; returns ``(pieces, bytes)`` uploaded.
 
+        Children before parents: ranges, packs and the changeset first, then
+        listing pieces, then the top. So a stored top means its listings and
+        every piece they list are stored, and a stored listing piece means its
+        pieces are: a push of a tree some workspace already has costs a HEAD of
+        its top, not one per piece (gc must delete parents before children).
         Metadata pieces are also kept locally, so that the next push and
         mount on this host need not fetch them.
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        def one(p: tree.Piece) -> int:
+        todo = {p.id: p for p in pieces if p.data is not None}
+        for p in todo.values():
             assert p.data is not None
             if p.data[:2] == b"WS" and len(p.data) <= tree.MAX_PIECE:  # ranges, listings, tops: small, kept
                 _write_atomically(self._piece_path(p.id), p.data, self.cache_dir)
-            if self.has_blob(p.id):
-                return -1
-            return self.put_blob(p.id, p.data)
+        kind = {pid: bytes(p.data[:4]) for pid, p in todo.items() if p.data is not None}
+        tops = [pid for pid in todo if kind[pid] == tree.MAGIC_TOP]
+        lists = [pid for pid in todo if kind[pid] == tree.MAGIC_LIST]
+        leaves = [pid for pid in todo if kind[pid] not in (tree.MAGIC_TOP, tree.MAGIC_LIST)]
+        stored: set[bytes] = set()
+        sizes: list[int] = []
 
-        todo = {p.id: p for p in pieces if p.data is not None}
+        def data(pid: bytes) -> bytes:
+            d = todo[pid].data
+            assert d is not None
+            return d
+
+        def ask(pool: ThreadPoolExecutor, ids: list[bytes]) -> list[bytes]:
+            """Those of *ids* not known stored that the store does not have."""
+            ids = [pid for pid in ids if pid not in stored]
+            missing = [pid for pid, there in zip(ids, pool.map(self.has_blob, ids), strict=True) if not there]
+            stored.update(set(ids) - set(missing))
+            return missing
+
+        def put(pid: bytes) -> None:
+            sizes.append(self.put_blob(pid, data(pid)))
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool:
-            sizes = [n for n in pool.map(one, todo.values()) if n >= 0]
+            missing_tops = ask(pool, tops)
+            for pid in tops:
+                if pid in stored:
+                    top = tree.decode_top(data(pid))
+                    stored.update(r.id for r in top.ranges + top.packs)
+            missing_lists = ask(pool, lists)
+            for pid in lists:
+                if pid in stored:
+                    stored.update(r.id for r in tree.decode_listing(data(pid), tree.MAX_PIECE))
+            for level in (ask(pool, leaves), missing_lists, missing_tops):
+                list(pool.map(put, [pid for pid in level if pid not in stored]))
         return len(sizes), sum(sizes)
 
     def version_refs(self, record: VersionRecord, *, packs: bool = True) -> tuple[list[tree.Ref], list[tree.Ref]]:
