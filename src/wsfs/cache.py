@@ -87,6 +87,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 10 * 1024**3
 DEFAULT_FETCH_WORKERS = 8
+# Blobs of at most SMALL_BLOB bytes (packs of small files, format 2 pieces) are
+# fetched under their own, wider bound: what limits a cold tree walk is how
+# many of them are in flight per round trip, and each holds little memory.
+SMALL_BLOB = 1 << 20
+SMALL_FETCH_WORKERS = 32
 # Verified blobs kept in memory after a fetch or a first-use verification, so
 # the reads that follow (a sequential reader, read-ahead running ahead of it)
 # are served without touching the content file.  More than the daemon's
@@ -179,6 +184,7 @@ class BlobCache:
         self._lock = threading.Lock()  # protects stats, flights, verified, touched, broken
         self._db_lock = threading.Lock()  # one apsw connection, used by one thread at a time
         self._fetch_slots = threading.BoundedSemaphore(fetch_workers)  # concurrent store GETs
+        self._small_slots = threading.BoundedSemaphore(SMALL_FETCH_WORKERS)  # ... of small blobs
         self._flights: dict[str, _Flight] = {}
         # _verified_key() of the files this process has verified: a file replaced
         # or changed by anyone has a new inode or ctime and is verified again.
@@ -583,7 +589,8 @@ class BlobCache:
 
     def _download(self, cid: bytes, h: str, size: int | None) -> bytes | memoryview:
         try:
-            with self._fetch_slots:
+            slots = self._small_slots if size is not None and size <= SMALL_BLOB else self._fetch_slots
+            with slots:
                 data = self.repo.get_blob(cid, size)  # decoded and verified against cid and size
             if size is not None and len(data) != size:
                 raise IntegrityError(f"blob {h} has {len(data)} bytes, the manifest says {size}")

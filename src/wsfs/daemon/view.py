@@ -82,6 +82,9 @@ _SEQ_FILES = 4096  # files whose sequential-read state is remembered
 READAHEAD_MIN_RUN = 1 << 20
 READAHEAD_MAX_CHUNKS = 8  # the window doubles with the run up to this many chunks ahead
 READAHEAD_THREADS = 6  # chunks read ahead at once (the limiter below)
+# Packs of listed directories fetched at once (format 2): small blobs, many per
+# tree walk, so the round trip rather than the bytes limits them.
+PACK_PREFETCH_THREADS = 24
 # A file stored as one chunk of at most this size is fetched in the background
 # as soon as its directory is listed: a tree walk (tar, cp -r, rsync, a build)
 # then finds it ready instead of paying one store round trip per such file in
@@ -261,6 +264,7 @@ class VersionView:
         # sequential read (4 gave 13% less there, bench/bench_seq_read.py).
         self.limiter = limiter or trio.CapacityLimiter(16)
         self.readahead_limiter = trio.CapacityLimiter(READAHEAD_THREADS)
+        self.pack_limiter = trio.CapacityLimiter(PACK_PREFETCH_THREADS)
         self.deadline = deadline or Deadline(label=label)
         # blobs whose read ran out of time while its worker thread still runs (see _fetch)
         self._stuck: dict[bytes, trio.Event] = {}
@@ -348,7 +352,7 @@ class VersionView:
                 # A listed directory's small files are read next (ls -l, tar, an
                 # editor's project scan): their packs start coming now.
                 if self.small_prefetch_max and len(self._prefetching) < _SMALL_PREFETCH_PENDING:
-                    self._start_prefetch(self.manifest.pack_ref(node)[0])
+                    self._start_prefetch(self.manifest.pack_ref(node)[0], self.pack_limiter)
             elif node.is_reg and node.data is None and 0 < node.size <= self.small_prefetch_max:
                 self._prefetch_listed(node)
         return entries
@@ -566,21 +570,21 @@ class VersionView:
         if len(chunks) == 1:
             self._start_prefetch(chunks[0])
 
-    def _start_prefetch(self, c: Chunk) -> None:
+    def _start_prefetch(self, c: Chunk, limiter: trio.CapacityLimiter | None = None) -> None:
         """Prepare chunk *c* in the background unless it is a hole, ready, or already on its way."""
         cid = c.cid
         if cid is None or cid in self._prefetching or self._prepared.get_(cid) or self.nursery is None:
             return
         self._prefetching.add(cid)
-        self.nursery.start_soon(self._prefetch, cid, c.length)
+        self.nursery.start_soon(self._prefetch, cid, c.length, limiter or self.readahead_limiter)
 
-    async def _prefetch(self, cid: bytes, length: int) -> None:
+    async def _prefetch(self, cid: bytes, length: int, limiter: trio.CapacityLimiter) -> None:
         try:
             # abandon_on_cancel: a read-ahead has no caller waiting, and its only
             # effect (an atomically installed cache file) is harmless if it finishes late.
             await trio.to_thread.run_sync(
                 lambda: self.cache.prepare(cid, size=length),
-                limiter=self.readahead_limiter,
+                limiter=limiter,
                 abandon_on_cancel=True,
             )
             self._prepared.put(cid, True)

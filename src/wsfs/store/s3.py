@@ -254,7 +254,7 @@ class S3Store:
             retries={"total_max_attempts": self._max_attempts, "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            max_pool_connections=32,
+            max_pool_connections=48,  # the blob cache: 8 large GETs + 32 small ones, plus metadata
             tcp_keepalive=True,
             s3={"addressing_style": "path"} if endpoint else None,
             # No CRC32 of every GET body (botocore's default since 1.36): what
