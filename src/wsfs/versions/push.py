@@ -229,6 +229,7 @@ class _Walker:
         self.dirs: dict[int, tuple[int, bytes, Ident]] = {}
         # Small files not read thanks to the stat cache, by content id: (directory's index, name, ident, size).
         self.unread: dict[bytes, tuple[int, bytes, Ident, int]] = {}
+        self._rechain: DirChain | None = None  # the directories of files read again (reread), shared
         self.spill = spill
         self.up = uploader
         self.stats = stats
@@ -522,14 +523,16 @@ class _Walker:
             steps.append((dname, dident))
         steps.reverse()
         path = os.path.join(self.root, *(n for n, _ in steps), name)
-        try:
-            rfd = os.open(self.root, fsops.O_DIR)
-        except OSError as e:
-            raise SourceError(f"{os.fsdecode(self.root)}: {e.strerror}") from None
-        chain = DirChain(rfd)
-        try:
-            if chain.root_ident != self.root_ident:
+        if self._rechain is None:
+            try:
+                rfd = os.open(self.root, fsops.O_DIR)
+            except OSError as e:
+                raise SourceError(f"{os.fsdecode(self.root)}: {e.strerror}") from None
+            self._rechain = DirChain(rfd)
+            if self._rechain.root_ident != self.root_ident:
                 raise SourceError(f"{os.fsdecode(self.root)}: changed while being read")
+        chain = self._rechain
+        try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=chain.goto(steps))
             try:
                 if ident(os.fstat(fd)) != fident:
@@ -541,11 +544,15 @@ class _Walker:
             raise SourceError(f"{os.fsdecode(path)}: changed while being read") from None
         except OSError as e:
             raise SourceError(f"{os.fsdecode(path)}: cannot read: {e.strerror}") from None
-        finally:
-            chain.close()
         if content_id(data) != cid:
             raise SourceError(f"{os.fsdecode(path)}: changed while being read")
         return data
+
+    def close(self) -> None:
+        """Close the descriptors :meth:`reread` keeps open."""
+        if self._rechain is not None:
+            self._rechain.close()
+            self._rechain = None
 
     def _read_all(self, fd: int, path: bytes, size: int) -> bytes:
         try:
@@ -731,6 +738,7 @@ def push(
     cache_name, known = _stat_cache(repo, root, rehash)
     spill = _Spill(repo.temp_path("spill"))
     uploader = _Uploader(repo, parent.chunks, stats, workers)
+    walker: _Walker | None = None
     try:
         walker = _Walker(repo, spill, uploader, stats, skip_unreadable, progress, exclude, known)
         walker.run(root)
@@ -773,6 +781,8 @@ def push(
     finally:
         uploader.close()
         spill.close()
+        if walker is not None:
+            walker.close()
     when = datetime.now(UTC).isoformat(timespec="seconds")
     n = (parent_n or 0) + 1
     for _attempt in range(100):
