@@ -143,7 +143,7 @@ def test_changes_and_changeset():
 
 @pytest.mark.parametrize("case", [
     "truncated", "trailing", "unsorted", "dotdot", "slash-in-name", "empty-name", "bad-type", "link-forward",
-    "target-nul", "size-on-fifo", "huge-count",
+    "target-nul", "size-on-fifo", "huge-count", "dotdot-in-next-parent", "dotdot-after-same-parent",
 ])
 def test_hostile_ranges_are_refused(case):
     good = [Entry(key_of(b"", b"a"), DIR), Entry(key_of(b"", b"b"), REG, size=3, content=b"\5" * 32)]
@@ -167,6 +167,10 @@ def test_hostile_ranges_are_refused(case):
         raw = encode_range([Entry(key_of(b"", b"a"), stat.S_IFLNK | 0o777, size=3, target=b"a\0b")], LAYOUT)
     elif case == "size-on-fifo":
         raw = encode_range([Entry(key_of(b"", b"a"), stat.S_IFIFO | 0o644, size=5)], LAYOUT)
+    elif case == "dotdot-in-next-parent":  # a parent's names are checked whenever the parent changes
+        raw = encode_range([Entry(key_of(b"a", b"x"), DIR), Entry(key_of(b"a/..", b"y"), DIR)], LAYOUT)
+    elif case == "dotdot-after-same-parent":  # ... and a name under an unchanged parent still is
+        raw = encode_range([Entry(key_of(b"a", b"x"), DIR), Entry(key_of(b"a", b"y/.."), DIR)], LAYOUT)
     else:
         raw = MAGIC_RANGE + b"\xff\xff\xff\xff\x0f"
     with pytest.raises(IntegrityError):

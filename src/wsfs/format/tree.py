@@ -179,6 +179,12 @@ class _Reader:
 
     def uv(self, limit: int = (1 << 64) - 1) -> int:
         buf, pos = self.buf, self.pos
+        if pos < len(buf) and buf[pos] < 0x80:  # one byte: most numbers of a record
+            n = buf[pos]
+            if n > limit:
+                raise self.bad(f"a value ({n}) exceeds {limit}")
+            self.pos = pos + 1
+            return n
         n = shift = 0
         while True:
             if pos >= len(buf):
@@ -249,17 +255,20 @@ def encode_body(e: Entry, layout: Layout) -> bytes:
     return bytes(out)
 
 
-def _check_key(r: _Reader, key: bytes) -> None:
+def _check_key(r: _Reader, key: bytes, checked: bytes | None = None) -> bytes:
+    """Check *key*'s names; returns its parent path.  The names of a parent
+    equal to *checked* (the previous key's, already checked) are not checked again."""
     parent, sep, name = key.partition(b"\0")
     if not sep:
         raise r.bad("a key without a name")
     try:
         check_entry_name(name)
-        if parent:
+        if parent and parent != checked:
             for part in parent.split(b"/"):
                 check_entry_name(part)
     except InvalidName:
         raise r.bad(f"invalid entry name in key {key[:200]!r}") from None
+    return parent
 
 
 def _decode_body(r: _Reader, key: bytes, layout: Layout) -> Entry:
@@ -357,13 +366,14 @@ def decode_range_bodies(data: bytes | memoryview, layout: Layout, what: str = "r
     out: list[Entry] = []
     bodies: list[bytes] = []
     prev: bytes | None = None
+    parent: bytes | None = None  # of the previous key, whose names were checked
     for _ in range(n):
         shared = r.uv(len(prev) if prev is not None else 0)
         key = (prev or b"")[:shared] + r.bytes_(MAX_KEY)
         if prev is not None and not key > prev:
             raise r.bad("keys are not strictly increasing")
         if key or prev is not None:
-            _check_key(r, key)
+            parent = _check_key(r, key, parent)
         start = r.pos
         e = _decode_body(r, key, layout)
         if not key and not stat.S_ISDIR(e.mode):
