@@ -46,12 +46,14 @@ import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import botocore.config
 import botocore.exceptions
 import botocore.loaders
 import botocore.session
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from wsfs.errors import (
@@ -281,6 +283,14 @@ class S3Store:
         except ValueError as e:  # botocore rejects a malformed endpoint URL with ValueError
             raise UsageError(f"invalid S3 endpoint URL {_strip_userinfo(str(endpoint))!r}: {e}") from None
         self.endpoint = _strip_userinfo(self._client.meta.endpoint_url)
+        # GETs of objects skip botocore's request pipeline (parameter validation,
+        # endpoint rules, event hooks, response parsing: 1.9 of 2.0 ms of CPU per
+        # GET): signed with the client's credentials, sent on the client's own
+        # HTTP session (same pool, timeouts, TLS and proxy settings).  Only with
+        # path-style addressing (a configured endpoint), where the URL is plain;
+        # anything but a 200/206/404 answer goes back to the client's path.
+        http = getattr(getattr(self._client, "_endpoint", None), "http_session", None)
+        self._fast_http = http if endpoint and http is not None and hasattr(http, "send") else None
         # The budget first: an attempt it stops is not sent, so it is not counted.
         self._client.meta.events.register(
             "before-send.s3", self._check_budget, unique_id=f"wsfs-budget-{id(self)}"
@@ -434,6 +444,9 @@ class S3Store:
             kwargs["Range"] = byte_range
         attempt = 0
         with self._request("get", key):
+            fast = self._fast_get(key, byte_range)
+            if fast is not None:
+                return fast
             while True:
                 attempt += 1
                 try:
@@ -457,6 +470,53 @@ class S3Store:
                     raise self._error(e, key, op="get") from None
                 self.stats.add_bytes(bytes_in=len(data))
                 return data
+
+    def _fast_get(self, key: str, byte_range: str | None) -> bytes | None:
+        """A GET outside botocore's pipeline (see ``_fast_http``); None: let the client do it.
+
+        Attempts, retries (connection failures, 5xx, 429: up to
+        ``WSFS_S3_MAX_ATTEMPTS``, within the budget) and errors are those of
+        the client's path: a failure is mapped by :meth:`_error` from the same
+        botocore exception, or from a ``ClientError`` built from the answer.
+        A range past the end (416) returns None, for the client to answer.
+        """
+        http = self._fast_http
+        creds = getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
+        if http is None or creds is None:
+            return None
+        url = f"{self._client.meta.endpoint_url.rstrip('/')}/{self.bucket}/{quote(self._key(key), safe='/~')}"
+        attempt = 0
+        while True:
+            attempt += 1
+            if not self._fits():
+                raise _OutOfTime()
+            request = AWSRequest(method="GET", url=url, headers={"Range": byte_range} if byte_range else {})
+            try:
+                S3SigV4Auth(creds.get_frozen_credentials(), "s3", self._client.meta.region_name).add_auth(request)
+            except Exception:  # noqa: BLE001 - no usable credentials: the client says why
+                return None
+            self._budget.attempts += 1
+            self.stats.count("get")
+            try:
+                response = http.send(request.prepare())
+                status, data = response.status_code, response.content
+            except (BotoCoreError, *_BODY_ERRORS) as e:
+                if attempt < self._max_attempts and self._fits():
+                    _backoff(attempt)
+                    continue
+                raise self._error(e, key, op="get") from None
+            if status in (200, 206):
+                self.stats.add_bytes(bytes_in=len(data))
+                return data
+            if status == 416:
+                return None
+            if (status >= 500 or status == 429) and attempt < self._max_attempts and self._fits():
+                _backoff(attempt)
+                continue
+            m = re.search(rb"<Code>([^<]{1,100})</Code>", data or b"")
+            code = m.group(1).decode("ascii", "replace") if m else str(status)
+            error = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+            raise self._error(error, key, op="get")
 
     # -- the ObjectStore protocol ---------------------------------------------
 
