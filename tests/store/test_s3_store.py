@@ -420,3 +420,21 @@ def test_blobs_are_verified_without_botocore_checksums(store: S3Store, tmp_path)
         cache.read(cid, 0, 10, size=len(data))
     assert not cache.contains(cid) and cache.statistics()["fetches"] == 0
     cache.close()
+
+
+@S3
+def test_gets_skip_the_botocore_pipeline(store: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Object GETs go out signed on the client's HTTP session, not through get_object (1.9 of 2.0 ms of CPU),
+    still counted once, and a missing key is NotFound after one request."""
+    store.put("k", b"abcde")
+
+    def refuse(**kwargs: object) -> None:
+        raise AssertionError("get_object called")
+
+    monkeypatch.setattr(store._client, "get_object", refuse)
+    store.stats.__init__()
+    assert store.get("k") == b"abcde"
+    assert store.get_range("k", 1, 3) == b"bcd"
+    with pytest.raises(NotFound):
+        store.get("missing")
+    assert store.stats.requests == {"get": 3}
