@@ -253,8 +253,9 @@ def test_a_session_token_and_signatures_never_reach_a_vv_log(s3_server, tmp_path
     w = Wsfs(url, str(tmp_path / "cache"), env)
     r = w("-vv", "workspaces", check=False)
     # botocore logged the headers, the canonical request and the signature: all masked.
-    assert "'X-Amz-Security-Token': b'***'" in r.err and "x-amz-security-token:***" in r.err, r.err[-3000:]
-    assert "'Authorization': b'***'" in r.err and "Signature:" in r.err
+    # (header values are bytes in the client's requests, str in the store's own GETs)
+    assert re.search(r"'X-Amz-Security-Token': b?'\*\*\*'", r.err) and "x-amz-security-token:***" in r.err, r.err[-3000:]
+    assert re.search(r"'Authorization': b?'\*\*\*'", r.err) and "Signature:" in r.err
     assert TOKEN not in r.err
     assert not re.search(r"Signature[=:]\s*[0-9a-f]{16}", r.err)
     assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in r.err

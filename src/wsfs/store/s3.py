@@ -38,6 +38,7 @@ the budget T):
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -95,6 +96,8 @@ _DENIED_CODES = frozenset(
 
 # Errors while *streaming a response body*.  botocore's retry loop ends when the
 # response headers arrive, so a connection that drops mid-body is ours to retry.
+_ENDPOINT_LOG = logging.getLogger("botocore.endpoint")
+
 _BODY_ERRORS: tuple[type[Exception], ...] = (
     botocore.exceptions.ResponseStreamingError,
     botocore.exceptions.ReadTimeoutError,
@@ -495,6 +498,8 @@ class S3Store:
             except Exception:  # noqa: BLE001 - no usable credentials: the client says why
                 return None
             prepared = request.prepare()
+            # What botocore's endpoint logs at debug level (-vv), masked as the client's lines are.
+            _ENDPOINT_LOG.debug("Sending http request: %s", prepared)
             try:
                 # As botocore's endpoint does: the before-send hooks (our budget
                 # check and request count, a test's fault injector) may answer.
