@@ -118,6 +118,18 @@ def _counting_repo(w: Wsfs) -> Repository:
         os.environ.update(env)
 
 
+def _diff_from_store(wsfs: Wsfs, a: int, b: int) -> tuple[list, Repository, object, object]:
+    """``diff_versions`` of demo@a and demo@b on a host without local pieces, on a store whose counters
+    start at zero: ``(changes, repository, record a, record b)``."""
+    from wsfs.versions.diff import diff_versions
+
+    shutil.rmtree(os.path.join(wsfs.cache_dir, "pieces"))
+    repo = _counting_repo(wsfs)
+    ra, rb = repo.record("demo", a), repo.record("demo", b)
+    repo.store.stats.__init__()
+    return list(diff_versions(repo, ra, rb)), repo, ra, rb
+
+
 def test_mounting_the_next_version_fetches_only_what_changed(wsfs, tree):
     src, files = tree
     wsfs.push(src, "demo")
@@ -142,13 +154,7 @@ def test_diff_of_adjacent_versions_reads_the_changeset_only(wsfs, tree):
     (files[11].parent / "new.js").write_text("new\n")
     files[12].unlink()
     wsfs.push(src, "demo")
-    shutil.rmtree(os.path.join(wsfs.cache_dir, "pieces"))
-    repo = _counting_repo(wsfs)
-    from wsfs.versions.diff import diff_versions
-
-    a, b = repo.record("demo", 1), repo.record("demo", 2)
-    repo.store.stats.__init__()
-    got = list(diff_versions(repo, a, b))
+    got, repo, _, _ = _diff_from_store(wsfs, 1, 2)
     rel = lambda p: bytes(p.relative_to(src))  # noqa: E731
     assert got == sorted([("M", rel(files[10])), ("A", rel(files[11].parent / "new.js")), ("D", rel(files[12]))],
                          key=lambda x: x[1].split(b"/"))
@@ -162,13 +168,7 @@ def test_diff_of_distant_versions_fetches_only_ranges_that_differ(wsfs, tree):
     wsfs.push(src, "demo")
     files[20].write_text("y\n")
     wsfs.push(src, "demo")
-    shutil.rmtree(os.path.join(wsfs.cache_dir, "pieces"))
-    repo = _counting_repo(wsfs)
-    from wsfs.versions.diff import diff_versions
-
-    a, b = repo.record("demo", 1), repo.record("demo", 3)
-    repo.store.stats.__init__()
-    got = list(diff_versions(repo, a, b))
+    got, repo, a, b = _diff_from_store(wsfs, 1, 3)
     assert [s for s, _ in got] == ["M", "M"]
     gets = repo.store.stats.snapshot()["requests"].get("get", 0)
     ra, rb = repo.version_refs(a)[0], repo.version_refs(b)[0]

@@ -245,10 +245,6 @@ class ManifestBuilder:
         """(Index only) packs as ``(row, id, size)``: rows numbered from 1 in key order."""
         self.db.executemany("INSERT INTO packs (id, cid, size) VALUES (?,?,?)", rows)
 
-    def set_packed(self, ino: int, pack: int, offset: int) -> None:
-        """(Index only) a small file's bytes are ``[offset, offset + size)`` of pack row *pack*."""
-        self.db.execute("UPDATE inodes SET pack=?, pack_offset=? WHERE ino=?", (pack, offset, ino))
-
     def set_inline(self, ino: int, data: bytes) -> bytes:
         """Store a small file's content inline (deduplicated); returns its content id."""
         cid = content_id(data)

@@ -28,7 +28,6 @@ from wsfs.format.tree import (
     changes,
     decode_body,
     decode_changeset,
-    encode_body,
     path_of,
     with_link_names,
 )
@@ -119,15 +118,21 @@ def record_changes(repo: Repository, a: VersionRecord, b: VersionRecord) -> Iter
     layout = repo.config.layout
 
     def bodies(refs: list, other: set[bytes]) -> Iterator[tuple[bytes, bytes]]:
-        for run in repo.version_ranges([r for r in refs if r.id not in other]):
-            for e in run:
-                yield e.key, encode_body(e, layout)
+        """``(key, record body as stored)`` of the ranges of *refs* not in *other*: what changesets compare."""
+        for run, stored in repo.version_range_bodies([r for r in refs if r.id not in other]):
+            for e, body in zip(run, stored, strict=True):
+                yield e.key, body
 
     items = list(changes(bodies(ra, ids_b), bodies(rb, ids_a)))
     if any(decode_body(c.new, c.key, layout).linked for c in items if c.new is not None):
         # A hard-linked file changed: its other names may sit in ranges both
         # versions share; find them in *b* (rare: only then is every range read).
-        links = ((e.key, e.link, encode_body(e, layout)) for run in repo.version_ranges(rb) for e in run if e.link)
+        links = (
+            (e.key, e.link, body)
+            for run, stored in repo.version_range_bodies(rb)
+            for e, body in zip(run, stored, strict=True)
+            if e.link
+        )
         items = with_link_names(items, links)
     return iter(items)
 
