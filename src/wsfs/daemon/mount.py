@@ -55,7 +55,7 @@ from wsfs.config import Settings
 from wsfs.daemon import control
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
-from wsfs.daemon.preload import Preloader
+from wsfs.daemon.preload import Preloader, StoreAccess
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_briefly
 from wsfs.daemon.view import SMALL_PREFETCH_MAX, Deadline, VersionView, raise_kernel_readahead
 from wsfs.errors import MountError, UsageError, WsfsError
@@ -301,7 +301,10 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
                 f"cannot mount {mountpoint}: {e} (is /dev/fuse usable, and allow_other permitted in /etc/fuse.conf?)"
             ) from None
         if isinstance(view, VersionView) and options.preload:
-            daemon.preloader = Preloader.start(view.manifest.path, cache.root, label)
+            # The helper fetches the packs of listed directories (daemon/preload.py), unless prefetch is off.
+            access = (StoreAccess(settings.repo, settings.endpoint_url, settings.cache_dir, timeout, options.cache_size)
+                      if options.prefetch_small else None)
+            daemon.preloader = Preloader.start(view.manifest.path, cache.root, label, access)
         clean = False
         try:
             trio.run(daemon.main, verdict)
@@ -368,6 +371,8 @@ class _Daemon:
             "cache": self.view.cache.statistics(),
             "store": self.repo.store.stats.snapshot(),
         }
+        if self.preloader is not None:
+            out["store"] = self.preloader.add_store_requests(out["store"])
         if isinstance(self.view, HistoryView):
             out["history"] = self.view.statistics()
         elif self.view.recorder is not None:
@@ -400,6 +405,8 @@ class _Daemon:
                 # reply: the kernel is then creating the listed inodes already.
                 token, listed = trio.lowlevel.current_trio_token(), self.preloader.listed
                 self.view.listed_hook = lambda ino: token.run_sync_soon(listed, ino)
+                preloader = self.preloader
+                self.view.packs_elsewhere = lambda: preloader.fetches_packs
             if isinstance(self.view, VersionView) and self.view.recorder is not None and self.version is not None:
                 nursery.start_soon(self._prefetch_profile, self.view, self.version)
             log.info("%s: mounted at %s (pid %d)", self.label, self.mountpoint, os.getpid())

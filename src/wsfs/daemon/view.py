@@ -286,6 +286,9 @@ class VersionView:
         # Called with a directory's inode when the kernel lists it from the start
         # (set by the daemon: the page-cache preload, daemon/preload.py).
         self.listed_hook: Callable[[int], None] | None = None
+        # True while someone else (the preload helper) fetches the packs of the
+        # directories the listed hook is told about: the daemon then leaves them alone.
+        self.packs_elsewhere: Callable[[], bool] = lambda: False
 
     # -- attributes --------------------------------------------------------
 
@@ -345,13 +348,14 @@ class VersionView:
             # the kernel has not created yet (it does so while the lister
             # parses the reply).
             self.listed_hook(ino)
+        packs_here = self.small_prefetch_max and not self.packs_elsewhere()
         for _, _, node in entries:
             if node.is_dir:
                 self._parents[node.ino] = ino
             elif node.packed:
                 # A listed directory's small files are read next (ls -l, tar, an
                 # editor's project scan): their packs start coming now.
-                if self.small_prefetch_max and len(self._prefetching) < _SMALL_PREFETCH_PENDING:
+                if packs_here and len(self._prefetching) < _SMALL_PREFETCH_PENDING:
                     self._start_prefetch(self.manifest.pack_ref(node)[0], self.pack_limiter)
             elif node.is_reg and node.data is None and 0 < node.size <= self.small_prefetch_max:
                 self._prefetch_listed(node)
