@@ -80,6 +80,7 @@ import apsw
 
 from wsfs.errors import IntegrityError, NotFound, WsfsError
 from wsfs.format.blobs import content_id, hexid, is_hexid
+from wsfs.format.manifest import Place
 from wsfs.localfs import PRIVATE_DIR, private_dir, private_file, remove_stale, tighten, touch_private
 from wsfs.repository import Repository
 
@@ -320,21 +321,23 @@ class BlobCache:
         self._hit(h, st.st_size)
         return data
 
-    def read(self, cid: bytes, offset: int, length: int, *, size: int | None = None) -> bytes | memoryview:
+    def read(
+        self, cid: bytes, offset: int, length: int, *, size: int | None = None, place: Place | None = None
+    ) -> bytes | memoryview:
         """``length`` bytes of blob *cid* from ``offset`` (fewer at its end); fetches on a miss.
 
         *size*, when known (the chunk length in the manifest), is checked
-        against the file.  Raises :class:`~wsfs.errors.IntegrityError` if the
-        store has no valid copy, :class:`~wsfs.errors.StoreUnavailable` if it
-        cannot be reached.
+        against the file; *place* says where a pack is stored.  Raises
+        :class:`~wsfs.errors.IntegrityError` if the store has no valid copy,
+        :class:`~wsfs.errors.StoreUnavailable` if it cannot be reached.
         """
         data = self._read_local(cid, offset, length, size)
         if data is not None:
             return data
-        whole = self._fetch(cid, size)
+        whole = self._fetch(cid, size, place=place)
         return whole[offset : offset + length]
 
-    def prepare(self, cid: bytes, *, size: int | None = None) -> None:
+    def prepare(self, cid: bytes, *, size: int | None = None, place: Place | None = None) -> None:
         """Read-ahead: make *cid* present and verified, so a later ``try_read`` hits.
 
         Fetches it if missing, verifies it if this process has not yet.
@@ -346,7 +349,7 @@ class BlobCache:
                 return
             with self._lock:
                 self.stats.prefetches += 1
-            self._fetch(cid, size, count=False)
+            self._fetch(cid, size, count=False, place=place)
         except WsfsError as e:
             log.debug("read-ahead of %s failed: %s", hexid(cid), e)
 
@@ -442,8 +445,28 @@ class BlobCache:
 
     # -- fetching ----------------------------------------------------------
 
-    def _fetch(self, cid: bytes, size: int | None, *, count: bool = True) -> bytes | memoryview:
-        """The whole verified blob, fetched once however many threads and processes ask."""
+    def local(self, cid: bytes, size: int) -> bytes | memoryview | None:
+        """The whole blob *cid* of *size* bytes if this host has it (verified), else None; never fetches."""
+        return self._read_local(cid, 0, size, size, count=False)
+
+    def offer(self, cid: bytes, data: bytes | memoryview) -> None:
+        """Keep *data*, the verified content of blob *cid* fetched by the caller, unless it is here already.
+
+        For a caller that fetched several blobs with one request
+        (:meth:`Repository.get_pack_run`): each is installed as a fetch of
+        its own would have installed it, under the same locks.
+        """
+        if self._read_local(cid, 0, 0, len(data), count=False) is None:
+            self._fetch(cid, len(data), count=False, source=lambda: data)
+
+    def _fetch(
+        self, cid: bytes, size: int | None, *, count: bool = True, place: Place | None = None,
+        source: Callable[[], bytes | memoryview] | None = None,
+    ) -> bytes | memoryview:
+        """The whole verified blob, fetched once however many threads and processes ask.
+
+        *source*: the verified bytes are at hand already (:meth:`offer`).
+        """
         h = hexid(cid)
         with self._lock:
             if count:
@@ -466,7 +489,7 @@ class BlobCache:
             assert flight.data is not None
             return flight.data
         try:
-            flight.data = self._fetch_locked(cid, h, size)
+            flight.data = self._fetch_locked(cid, h, size, place, source)
             return flight.data
         except BaseException as e:
             flight.error = e
@@ -476,14 +499,17 @@ class BlobCache:
                 del self._flights[h]
             flight.done.set()
 
-    def _fetch_locked(self, cid: bytes, h: str, size: int | None) -> bytes | memoryview:
+    def _fetch_locked(
+        self, cid: bytes, h: str, size: int | None, place: Place | None,
+        source: Callable[[], bytes | memoryview] | None,
+    ) -> bytes | memoryview:
         path = os.path.join(self.root, h[:2], h)
         os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR, exist_ok=True)  # narrowed by _tidy
         lock_fd = self._lock_file(path)
         try:
             data = self._filled_by_other(cid, h, path, size)
             if data is None:
-                data = self._download(cid, h, size)
+                data = source() if source is not None else self._download(cid, h, size, place)
                 fetched = True
             else:
                 fetched = False
@@ -587,11 +613,11 @@ class BlobCache:
             while self._written < target:
                 self._pending_cond.wait()
 
-    def _download(self, cid: bytes, h: str, size: int | None) -> bytes | memoryview:
+    def _download(self, cid: bytes, h: str, size: int | None, place: Place | None) -> bytes | memoryview:
         try:
             slots = self._small_slots if size is not None and size <= SMALL_BLOB else self._fetch_slots
             with slots:
-                data = self.repo.get_blob(cid, size)  # decoded and verified against cid and size
+                data = self.repo.get_blob(cid, size, place=place)  # decoded and verified against cid and size
             if size is not None and len(data) != size:
                 raise IntegrityError(f"blob {h} has {len(data)} bytes, the manifest says {size}")
         except NotFound:

@@ -40,6 +40,7 @@ from wsfs.format.blobs import (
     content_id,
     declared_size,
     decode_blob,
+    decompress,
     encode_blob,
     hexid,
     parse_hexid,
@@ -64,6 +65,26 @@ _REF_RE = re.compile(r"(?P<ws>[^@]+)(?:@(?P<ref>.+))?")
 def blob_key(cid: bytes) -> str:
     h = hexid(cid)
     return f"blobs/{h[:2]}/{h}"
+
+
+def segment_key(sid: bytes) -> str:
+    h = hexid(sid)
+    return f"segments/{h[:2]}/{h}"
+
+
+def pack_map_key(top: bytes) -> str:
+    h = hexid(top)
+    return f"packmaps/{h[:2]}/{h}"
+
+
+# The packs a push adds are uploaded back to back in segments of about this
+# many encoded bytes (format.md, "Where packs are stored"): a cold mount then
+# reads them with a few large ranged GETs instead of one GET per 24-40 KiB pack.
+SEGMENT_TARGET = 16 * 1024 * 1024
+# Consecutive packs of one segment are read with one ranged GET of up to this
+# many bytes (gaps of dead packs up to RUN_GAP are read through).
+RUN_MAX = 2 * 1024 * 1024
+RUN_GAP = 64 * 1024
 
 
 def manifest_key(cid: bytes) -> str:
@@ -323,23 +344,73 @@ class Repository:
         self.store.put(blob_key(cid), enc)
         return len(enc)
 
-    def get_blob(self, cid: bytes, size: int | None, what: str = "blob") -> bytes | memoryview:
+    def get_blob(
+        self, cid: bytes, size: int | None, what: str = "blob", *, place: tree.Place | None = None
+    ) -> bytes | memoryview:
         """Fetch, decode and verify a blob of *size* plaintext bytes (a raw one as a view, see decode_blob).
 
         *size* is what the referencing manifest declares (a chunk's length);
         None means "at most one chunk" (the repository's chunk size), for
-        callers that do not know it.  One retry before IntegrityError, whose
+        callers that do not know it.  *place*: a pack stored in a segment
+        (read with a ranged GET).  One retry before IntegrityError, whose
         message names the blob as *what* (``pack``, ``range``...).
         """
-        key = blob_key(cid)
+        if place is not None and place.segment is not None:
+            seg, start, length = segment_key(place.segment), place.offset, place.length
+
+            def fetch() -> bytes:
+                return self.store.get_range(seg, start, length)
+        else:
+            key = blob_key(cid)
+
+            def fetch() -> bytes:
+                return self.store.get(key)
         try:
             try:
-                return self._decode_blob(cid, self.store.get(key), size, what)
+                return self._decode_blob(cid, fetch(), size, what)
             except IntegrityError:
                 # A torn read on the way; a second failure is real.
-                return self._decode_blob(cid, self.store.get(key), size, what)
+                return self._decode_blob(cid, fetch(), size, what)
         except NotFound:
             raise IntegrityError(f"{what} {hexid(cid)} is missing from the store") from None
+
+    def get_pack_run(self, run: list[tuple[bytes, int, tree.Place]]) -> list[bytes | memoryview | WsfsError]:
+        """Packs ``(id, size, place)`` stored close together in one segment, read with one ranged GET.
+
+        Each is decoded and verified on its own: the result is its bytes or
+        the IntegrityError it failed with (a store failure raises).
+        """
+        seg = run[0][2].segment
+        assert seg is not None and all(p.segment == seg for _, _, p in run)
+        start = min(p.offset for _, _, p in run)
+        end = max(p.offset + p.length for _, _, p in run)
+        raw = memoryview(self.store.get_range(segment_key(seg), start, end - start))
+        out: list[bytes | memoryview | WsfsError] = []
+        for cid, size, p in run:
+            try:
+                piece = raw[p.offset - start : p.offset - start + p.length]
+                if len(piece) != p.length:
+                    raise IntegrityError(f"segment {hexid(seg)} ends before pack {hexid(cid)}")
+                out.append(self._decode_blob(cid, bytes(piece), size, "pack"))
+            except IntegrityError as e:
+                out.append(e)
+        return out
+
+    def pack_places(self, record: VersionRecord, packs: int) -> list[tree.Place]:
+        """Where each of a format 2 version's *packs* packs is stored (its pack map; all blobs of their own if none)."""
+        if packs == 0:
+            return []  # no packs, no map
+        top = parse_hexid(record.manifest)
+        limit = 64 + packs * 64  # a segment id and a place per pack at most, and the header
+        try:
+            raw = _get_small(self.store, pack_map_key(top), limit)
+        except NotFound:
+            return [tree.STANDALONE] * packs
+        try:
+            data = decompress(raw[0], memoryview(raw)[1:], declared_size(raw, limit)) if raw else b""
+        except IntegrityError as e:
+            raise IntegrityError(f"pack map of {record.workspace}@{record.version} is malformed: {e}") from None
+        return tree.decode_pack_map(data, packs, f"pack map of {record.workspace}@{record.version}")
 
     def _decode_blob(self, cid: bytes, stored: bytes, size: int | None, what: str) -> bytes | memoryview:
         if size is None:
@@ -398,28 +469,42 @@ class Repository:
         _write_atomically(path, data, self.cache_dir)
         return data
 
-    def put_pieces(self, pieces: list[tree.Piece], workers: int = 8) -> tuple[int, int]:
-        """Store the pieces that have data and are not stored yet; returns ``(pieces, bytes)`` uploaded.
+    def put_pieces(
+        self,
+        pieces: list[tree.Piece],
+        workers: int = 8,
+        *,
+        packs: list[bytes] | None = None,
+        places: dict[bytes, tree.Place] | None = None,
+    ) -> tuple[int, int]:
+        """Store the pieces that have data and are not stored yet; returns ``(objects, bytes)`` uploaded.
 
-        Children before parents: ranges, packs and the changeset first, then
-        listing pieces, then the top. So a stored top means its listings and
-        every piece they list are stored, and a stored listing piece means its
-        pieces are: a push of a tree some workspace already has costs a HEAD of
-        its top, not one per piece (gc must delete parents before children).
-        Metadata pieces are also kept locally, so that the next push and
-        mount on this host need not fetch them.
+        Children before parents: ranges and the changeset first, the packs
+        not stored yet in new segments, then the pack map, then listing
+        pieces, then the top. So a stored top means its pack map, its
+        listings and every piece they list are stored, and a stored listing
+        piece means its ranges are: a push of a tree some workspace already
+        has costs a HEAD of its top, not one per piece (gc must delete
+        parents before children).  *packs* are the version's pack ids in
+        order and *places* where the parent's packs are stored: a pack is
+        stored again (in a segment) unless its place is known.  Metadata
+        pieces are also kept locally, so that the next push and mount on
+        this host need not fetch them.
         """
         from concurrent.futures import ThreadPoolExecutor
 
+        packs = packs or []
+        places = dict(places or {})
+        pack_ids = set(packs)
         todo = {p.id: p for p in pieces if p.data is not None}
         for p in todo.values():
             assert p.data is not None
-            if p.data[:2] == b"WS" and len(p.data) <= tree.MAX_PIECE:  # ranges, listings, tops: small, kept
+            if p.id not in pack_ids and len(p.data) <= tree.MAX_PIECE:  # ranges, listings, tops: small, kept
                 _write_atomically(self._piece_path(p.id), p.data, self.cache_dir)
         kind = {pid: bytes(p.data[:4]) for pid, p in todo.items() if p.data is not None}
-        tops = [pid for pid in todo if kind[pid] == tree.MAGIC_TOP]
-        lists = [pid for pid in todo if kind[pid] == tree.MAGIC_LIST]
-        leaves = [pid for pid in todo if kind[pid] not in (tree.MAGIC_TOP, tree.MAGIC_LIST)]
+        tops = [pid for pid in todo if pid not in pack_ids and kind[pid] == tree.MAGIC_TOP]
+        lists = [pid for pid in todo if pid not in pack_ids and kind[pid] == tree.MAGIC_LIST]
+        leaves = [pid for pid in todo if pid not in pack_ids and kind[pid] not in (tree.MAGIC_TOP, tree.MAGIC_LIST)]
         stored: set[bytes] = set()
         sizes: list[int] = []
 
@@ -438,6 +523,10 @@ class Repository:
         def put(pid: bytes) -> None:
             sizes.append(self.put_blob(pid, data(pid)))
 
+        def put_object(key: str, raw: bytes) -> None:
+            self.store.put(key, raw)
+            sizes.append(len(raw))
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool:
             missing_tops = ask(pool, tops)
             for pid in tops:
@@ -447,10 +536,46 @@ class Repository:
             missing_lists = ask(pool, lists)
             for pid in lists:
                 if pid in stored:
-                    stored.update(r.id for r in tree.decode_listing(data(pid), tree.MAX_PIECE))
-            for level in (ask(pool, leaves), missing_lists, missing_tops):
+                    stored.update(r.id for r in tree.decode_listing(data(pid), tree.MAX_PIECE) if r.id not in pack_ids)
+            list(pool.map(put, [pid for pid in ask(pool, leaves) if pid not in stored]))
+            if missing_tops and packs:
+                # A new tree: the packs whose place is not known go into new segments, then the map says where all are.
+                segments = self._segments([(pid, data(pid)) for pid in dict.fromkeys(packs)
+                                           if pid not in places and pid in todo], places)
+                list(pool.map(lambda seg: put_object(segment_key(seg[0]), seg[1]), segments))
+                pack_map = tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs])
+                put_object(pack_map_key(missing_tops[0]), encode_blob(pack_map))
+            for level in (missing_lists, missing_tops):
                 list(pool.map(put, [pid for pid in level if pid not in stored]))
         return len(sizes), sum(sizes)
+
+    @staticmethod
+    def _segments(new: list[tuple[bytes, bytes]], places: dict[bytes, tree.Place]) -> list[tuple[bytes, bytes]]:
+        """Cut the encoded *new* packs into segments ``(id, bytes)``; records each pack's place in *places*."""
+        out: list[tuple[bytes, bytes]] = []
+        run: list[tuple[bytes, bytes]] = []
+        used = 0
+
+        def close() -> None:
+            nonlocal run, used
+            raw = b"".join(enc for _, enc in run)
+            sid = content_id(raw)
+            offset = 0
+            for pid, enc in run:
+                places[pid] = tree.Place(sid, offset, len(enc))
+                offset += len(enc)
+            out.append((sid, raw))
+            run, used = [], 0
+
+        for pid, plain in new:
+            enc = encode_blob(plain)
+            run.append((pid, enc))
+            used += len(enc)
+            if used >= SEGMENT_TARGET:
+                close()
+        if run:
+            close()
+        return out
 
     def version_refs(self, record: VersionRecord, *, packs: bool = True) -> tuple[list[tree.Ref], list[tree.Ref]]:
         """``(range references, pack references)`` of a format 2 version: its top and listing pieces, checked.
@@ -506,7 +631,8 @@ class Repository:
         ranges, packs = self.version_refs(record)
         tmp = _temp_path(self.cache_dir, "index")
         try:
-            build_index(tmp, self.version_ranges(ranges), packs, self.config.layout, {"top": record.manifest})
+            build_index(tmp, self.version_ranges(ranges), packs, self.config.layout, {"top": record.manifest},
+                        self.pack_places(record, len(packs)))
             os.chmod(tmp, 0o600)
             os.rename(tmp, path)
         except BaseException:

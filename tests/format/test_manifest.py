@@ -44,7 +44,7 @@ def test_round_trip(small):
         first = m.readdir(ROOT_INO, 0, 1)
         assert [n for _, n, _ in m.readdir(ROOT_INO, first[0][0])] == [b"d", b"l"]
         f = m.resolve(b"d/b")
-        assert [tuple(c) for c in m.chunks(f.ino)] == [(0, None, 10)]
+        assert [tuple(c)[:3] for c in m.chunks(f.ino)] == [(0, None, 10)]
         assert m.resolve(b"l", follow=True).ino == a.ino
         assert m.resolve(b"l").is_link
         assert m.lookup(ROOT_INO, b"missing") is None

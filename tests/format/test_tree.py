@@ -203,3 +203,29 @@ def test_packed_files_are_the_small_nonempty_ones():
     assert not packed(Entry(b"\0a", REG, size=0), LAYOUT)
     assert not packed(Entry(b"\0a", REG, size=LAYOUT.inline_threshold + 1), LAYOUT)
     assert not packed(Entry(b"\0a", link=b""), LAYOUT)
+
+
+def test_pack_map_round_trip_and_hostile_maps() -> None:
+    """A pack map lists one place per pack, in order; anything else is an IntegrityError naming the map."""
+    from wsfs.format.tree import STANDALONE, Place, decode_pack_map, encode_pack_map
+
+    s1, s2 = bytes(range(32)), bytes(range(1, 33))
+    places = [Place(s1, 0, 100), Place(s1, 100, 7), STANDALONE, Place(s2, 0, 1 << 20), Place(s1, 107, 3)]
+    raw = encode_pack_map(places)
+    assert decode_pack_map(raw, 5) == places
+    assert raw.count(s1) == 1  # each segment named once
+    assert decode_pack_map(encode_pack_map([]), 0) == []
+    bad = {
+        "fewer packs": (raw, 6),
+        "more packs": (raw, 4),
+        "truncated": (raw[:-1], 5),
+        "trailing": (raw + b"\0", 5),
+        "wrong kind": (b"WSR2" + raw[4:], 5),
+        "segment index past the list": (encode_pack_map([Place(s1, 0, 1)])[:-3] + b"\x05\x00\x01", 1),
+        "zero length": (encode_pack_map([Place(s1, 0, 1)])[:-1] + b"\x00", 1),
+        "huge offset": (encode_pack_map([Place(s1, 1 << 40, 1)]), 1),
+    }
+    for why, (data, n) in bad.items():
+        with pytest.raises(IntegrityError, match="pack map"):
+            decode_pack_map(data, n)
+            pytest.fail(why)

@@ -257,9 +257,9 @@ class Mounter:
 
 
 def version_costs(url: str | Path, cache: Path, ref: str) -> tuple[int, int]:
-    """``(metadata pieces, packs)`` of format 2 version *ref*: the GETs a cold mount makes to open it (besides
-    the descriptor and the record), and those that reading every small file adds.  Read in-process, through
-    a cache directory of its own (*cache*), not the mount's."""
+    """``(metadata objects, packs)`` of format 2 version *ref*: the GETs a cold mount makes to open it (besides
+    the descriptor and the record: its pieces and, if it has packs, its pack map), and the packs that hold its
+    small files.  Read in-process, through a cache directory of its own (*cache*), not the mount's."""
     from wsfs.format.tree import decode_top
     from wsfs.repository import Ref, Repository
 
@@ -267,7 +267,31 @@ def version_costs(url: str | Path, cache: Path, ref: str) -> tuple[int, int]:
     record = r.resolve(Ref.parse(ref))
     ranges, packs = r.version_refs(record)
     top = decode_top(r.get_piece(bytes.fromhex(record.manifest), record.manifest_size))
-    return 1 + len(top.ranges) + len(top.packs) + len(ranges), len(packs)
+    return 1 + len(top.ranges) + len(top.packs) + len(ranges) + (1 if packs else 0), len(packs)
+
+
+def pack_ids(url: str | Path, cache: Path, ref: str, *dirs: bytes) -> set[bytes]:
+    """The ids of format 2 version *ref*'s packs; with *dirs*, of those holding the small files directly in them."""
+    from wsfs.repository import Ref, Repository
+
+    r = Repository.open_url(str(url), str(cache))
+    record = r.resolve(Ref.parse(ref))
+    if not dirs:
+        return {p.id for p in r.version_refs(record)[1]}
+    with r.open_manifest(record) as man:
+        return {c.cid for d in dirs for _, _, node in man.readdir(man.resolve(d).ino)
+                if node.packed and (c := man.pack_ref(node)[0]).cid is not None}
+
+
+def wait_for_blobs(cache_dir: Path, ids: set[bytes], timeout: float = 20.0) -> None:
+    """Wait until the blob cache in *cache_dir* holds every one of *ids* (the preload helper fetches packs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [i for i in ids if not (cache_dir / "blobs" / i.hex()[:2] / i.hex()).exists()]
+        if not missing:
+            return
+        assert time.monotonic() < deadline, f"{len(missing)} of {len(ids)} blobs never arrived in {cache_dir}"
+        time.sleep(0.05)
 
 
 # -- the source tree -----------------------------------------------------------------

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from typing import Any
+
 import pytest
 
 from wsfs.cache import TMP_MAX_AGE, BlobCache
@@ -47,9 +49,9 @@ def gets(repo: Repository) -> int:
 def slow_gets(repo: Repository, monkeypatch: pytest.MonkeyPatch, delay: float = 0.2) -> None:
     real = repo.get_blob
 
-    def slow(cid: bytes, size: int | None) -> bytes:
+    def slow(cid: bytes, size: int | None, *args: Any, **kwargs: Any) -> bytes:
         time.sleep(delay)
-        return real(cid, size)
+        return real(cid, size, *args, **kwargs)
 
     monkeypatch.setattr(repo, "get_blob", slow)
 
@@ -104,9 +106,9 @@ from wsfs.repository import Repository
 from wsfs.store.local import LocalStore
 repo = Repository.open(LocalStore(sys.argv[1]), sys.argv[2])
 real = repo.get_blob
-def slow(cid, size):
+def slow(cid, size, *args, **kwargs):
     time.sleep(0.3)
-    return real(cid, size)
+    return real(cid, size, *args, **kwargs)
 repo.get_blob = slow
 cache = BlobCache(repo, sys.argv[2])
 ids = [bytes.fromhex(h) for h in sys.argv[4:]]

@@ -180,8 +180,9 @@ def test_opening_a_version_fetches_only_its_manifest(history: History, mount, tm
     assert _manifests(m.cache_dir) == {records[2]["manifest"]}
     assert _cached_pieces(m.cache_dir) == pieces[2]  # its pieces, nothing of other versions
     s = m.stats()
-    # version 2's record, each of its pieces once, and the pack of the one file read (no listed file is prefetched)
-    assert s["store"]["requests"].get("get", 0) - gets == 1 + len(pieces[2]) + 1
+    # version 2's record, each of its pieces once, its pack map, and the pack of the one file read (no listed
+    # file is prefetched)
+    assert s["store"]["requests"].get("get", 0) - gets == 1 + len(pieces[2]) + 1 + 1
     assert s["cache"]["fetches"] == 1
     assert s["history"]["open_versions"] == [2] and s["history"]["manifest_opens"] == 1
     # stat of each entry (ls -l) needs each version's real root attributes: now all are fetched,
@@ -191,7 +192,8 @@ def test_opening_a_version_fetches_only_its_manifest(history: History, mount, tm
         os.lstat(m.path / name)
     assert _manifests(m.cache_dir) == {r["manifest"] for r in records.values()}
     assert _cached_pieces(m.cache_dir) == pieces[1] | pieces[2] | pieces[3]
-    assert m.gets() - gets == 2 + len((pieces[1] | pieces[3]) - pieces[2])  # two records, the new pieces
+    # two records, the new pieces, two pack maps
+    assert m.gets() - gets == 2 + len((pieces[1] | pieces[3]) - pieces[2]) + 2
 
 
 def test_missing_versions_enoent_and_writes_erofs(history: History, mount) -> None:

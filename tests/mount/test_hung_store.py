@@ -94,7 +94,7 @@ def hung(tmp_path_factory: pytest.TempPathFactory, aws_env: dict[str, str]) -> I
         try:
             for c in chunks:
                 assert c.cid is not None
-                blobs.read(c.cid, 0, c.length, size=c.length)
+                blobs.read(c.cid, 0, c.length, size=c.length, place=c.place)
         finally:
             blobs.close()
     yield HungRepo(url, cache, big, cached)

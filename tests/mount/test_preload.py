@@ -187,7 +187,7 @@ def test_helper_stores_packed_files_from_the_blob_cache(tmp_path: Path, monkeypa
     assert nodes[b"good"].packed and nodes[b"bad"].packed
     pack, _ = m.pack_ref(nodes[b"good"])
     assert m.pack_ref(nodes[b"bad"])[0].cid == pack.cid  # one pack holds both
-    pack_bytes = repo.get_blob(pack.cid, pack.length)
+    pack_bytes = repo.get_blob(pack.cid, pack.length, place=pack.place)
     path = m.path
     m.close()
 

@@ -22,9 +22,10 @@ def test_unchanged_tree_uploads_no_blob(wsfs, tmp_path):
     (src / "big").write_bytes(os.urandom(9 << 20))
     (src / "small").write_bytes(b"s")
     first = wsfs.push(src, "demo")
-    # 3 chunks (4 + 4 + 1 MiB), the pack of "small", one range, the two listings, the top
-    assert first["stats"]["blobs_uploaded"] == 8
-    assert puts(first) == 8 + 1  # and the version record
+    # 3 chunks (4 + 4 + 1 MiB), a segment holding the pack of "small", one range, the two listings, the
+    # pack map, the top
+    assert first["stats"]["blobs_uploaded"] == 9
+    assert puts(first) == 9 + 1  # and the version record
     again = wsfs.push(src, "demo")
     assert again["version"] == 2
     assert again["stats"]["blobs_uploaded"] == 0
@@ -48,8 +49,8 @@ def test_repeated_content_is_stored_once(wsfs, tmp_path):
         (src / f"copy{i}").write_bytes(data)
         (src / f"small{i}").write_bytes(small)
     r = wsfs.push(src, "demo")
-    # 4 + 4 + 1 MiB once, one pack, one range, two listings, the top
-    assert r["stats"]["blobs_uploaded"] == 3 + 5
+    # 4 + 4 + 1 MiB once, one segment (one pack), one range, two listings, the pack map, the top
+    assert r["stats"]["blobs_uploaded"] == 3 + 6
     # everything but the 9 MiB (the pack and the version's metadata) fits in 4 KiB
     assert r["stats"]["bytes_uploaded"] < len(data) + 4096
     # and the 20 identical small files are stored once, in one pack

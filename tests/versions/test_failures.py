@@ -15,9 +15,9 @@ import pytest
 
 from support.cli import Wsfs
 from wsfs.errors import Conflict
-from wsfs.format.blobs import ZSTD, content_id
-from wsfs.format.tree import ZERO_ID, decode_top
-from wsfs.repository import Repository, blob_key
+from wsfs.format.blobs import ZSTD, content_id, encode_blob
+from wsfs.format.tree import ZERO_ID, decode_top, encode_pack_map
+from wsfs.repository import Repository, blob_key, pack_map_key, segment_key
 from wsfs.store import open_store
 
 
@@ -248,17 +248,34 @@ def test_corrupt_manifest_is_detected(wsfs, tmp_path, piece, damage):
     target = {"top": bytes.fromhex(record.manifest), "listing piece": top.ranges[0].id,
               "range": ranges[len(ranges) // 2].id, "pack": packs[len(packs) // 2].id}[piece]
     store = open_store(wsfs.repo)
-    key = blob_key(target)
-    stored = bytearray(store.get(key))
-    if piece == "range":
-        assert stored[0] == ZSTD  # trailing bytes after a zstd frame, not only after raw bytes
-    if damage == "flip":
-        stored[len(stored) // 2] ^= 0xFF
-    elif damage == "truncate":
-        del stored[len(stored) // 2 :]
+    if piece == "pack":
+        # Packs are stored back to back in a segment: damage this one's bytes there.  "trailing": its pack
+        # map claims 5 bytes more than the pack has (the first bytes of the next pack).
+        places = repo.pack_places(record, len(packs))
+        place = places[len(packs) // 2]
+        assert place.segment is not None and places[len(packs) // 2 + 1].segment == place.segment
+        key = segment_key(place.segment)
+        stored = bytearray(store.get(key))
+        if damage == "flip":
+            stored[place.offset + place.length // 2] ^= 0xFF
+        elif damage == "truncate":
+            del stored[place.offset + place.length // 2 :]
+        else:
+            places[len(packs) // 2] = place._replace(length=place.length + 5)
+            store.put(pack_map_key(bytes.fromhex(record.manifest)), encode_blob(encode_pack_map(places)))
+        store.put(key, bytes(stored))
     else:
-        stored += b"extra"
-    store.put(key, bytes(stored))
+        key = blob_key(target)
+        stored = bytearray(store.get(key))
+        if piece == "range":
+            assert stored[0] == ZSTD  # trailing bytes after a zstd frame, not only after raw bytes
+        if damage == "flip":
+            stored[len(stored) // 2] ^= 0xFF
+        elif damage == "truncate":
+            del stored[len(stored) // 2 :]
+        else:
+            stored += b"extra"
+        store.put(key, bytes(stored))
     cold = Wsfs(wsfs.repo, str(tmp_path / "cold-cache"), wsfs.env)
     if piece == "pack":
         name = packs[len(packs) // 2].first.rpartition(b"\0")[2]

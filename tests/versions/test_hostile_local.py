@@ -404,8 +404,8 @@ def test_push_of_home_leaves_out_wsfs_own_repository_and_cache(tmp_path):
     assert own[0].is_dir() and own[1].is_dir()
     for r in results:
         assert sorted(r["stats"]["skipped"]) == sorted(map(str, own))
-    # Format 2: what the store holds is big's one chunk, one pack (docs/note's 5 bytes) and the version's
-    # own pieces (top, listings, ranges): nothing of ours.
+    # Format 2: what the store holds is big's one chunk, one pack (docs/note's 5 bytes) in one segment,
+    # the version's own pieces (top, listings, ranges) and its pack map: nothing of ours.
     repo = Repository.open(open_store(str(own[0])), str(tmp_path / "reader-cache"))
     record = repo.record("home", 1)
     ranges, packs = repo.version_refs(record)
@@ -413,8 +413,12 @@ def test_push_of_home_leaves_out_wsfs_own_repository_and_cache(tmp_path):
     assert [p.size for p in packs] == [5] and record.changeset is None
     pieces = {bytes.fromhex(record.manifest)} | {r.id for r in top.ranges + top.packs + ranges}
     stored = {bytes.fromhex(f) for _, _, names in os.walk(own[0] / "blobs") for f in names}
-    assert stored == pieces | {packs[0].id, content_id(big)}
-    assert results[0]["stats"]["blobs_uploaded"] == len(stored)
+    assert stored == pieces | {content_id(big)}
+    (place,) = repo.pack_places(record, 1)
+    assert place.segment is not None
+    assert [f for _, _, names in os.walk(own[0] / "segments") for f in names] == [place.segment.hex()]
+    assert [f for _, _, names in os.walk(own[0] / "packmaps") for f in names] == [record.manifest]
+    assert results[0]["stats"]["blobs_uploaded"] == len(stored) + 2
     assert results[1]["stats"]["blobs_uploaded"] == 0  # nothing of ours grew in between
     assert results[1]["manifest"] == results[0]["manifest"]
     assert run("ls", "home", ".local/share/wsfs").stdout == ""

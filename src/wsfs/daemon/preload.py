@@ -316,9 +316,14 @@ class _Gone(Exception):
 class _PackFetcher:
     """Packs fetched in worker threads into the shared blob cache; the main loop gets their bytes.
 
-    A finished fetch is queued with its verified bytes (``done``) and the
-    main loop is woken through a pipe (``wakeup``): slicing and storing stay
-    on the main thread, which owns the manifest.
+    Packs wanted (by a listed directory's files, or read ahead) are queued by
+    their row, and at the end of each directory the queue is cut into runs:
+    packs stored next to each other in one segment are read with one ranged
+    GET of up to ``RUN_MAX`` bytes (``Repository.get_pack_run``), each
+    verified and installed in the cache on its own.  A finished fetch is
+    queued with its verified bytes (``done``) and the main loop is woken
+    through a pipe (``wakeup``): slicing and storing stay on the main
+    thread, which owns the manifest.
     """
 
     def __init__(self, access: StoreAccess, label: str, counters: SharedCounters | None = None) -> None:
@@ -327,77 +332,124 @@ class _PackFetcher:
         from wsfs.store import open_store
 
         store = open_store(access.repo, endpoint_url=access.endpoint_url, timeout=access.timeout)
-        self.cache = BlobCache(Repository.open(store, access.cache_dir), access.cache_dir, max_bytes=access.cache_size)
+        self.repo = Repository.open(store, access.cache_dir)
+        self.cache = BlobCache(self.repo, access.cache_dir, max_bytes=access.cache_size)
         self.label = label
         self.pool = ThreadPoolExecutor(PACK_FETCHERS, thread_name_prefix="wsfs-pack")
         self.wakeup, self._wake = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.done: collections.deque[tuple[bytes, bytes | None]] = collections.deque()
         self.waiting: dict[bytes, list[tuple[Inode, int]]] = {}  # pack -> (file, offset) waiting for it
-        self.fetched = self.failed = 0
+        self.queued: dict[int, Chunk] = {}  # row -> pack, not yet handed to a worker
+        self.fetched = self.failed = self.runs = 0
         self.frontier = 0  # packs up to this row are requested (read-ahead)
         self.ahead = PACK_AHEAD_MIN
         self.counters = counters
         self._lock = threading.Lock()
         self._packs = self._failures = 0  # fetches finished (worker threads, under _lock)
 
-    def want(self, pack: Chunk, node: Inode, offset: int) -> None:
-        """Store *node* (at *offset* of *pack*) once the pack is here; fetch it unless on its way."""
+    def want(self, row: int, pack: Chunk, node: Inode, offset: int) -> None:
+        """Store *node* (at *offset* of pack *row*) once the pack is here; fetch it unless on its way."""
         assert pack.cid is not None
         waiting = self.waiting.get(pack.cid)
         if waiting is not None:
             waiting.append((node, offset))
             return
         self.waiting[pack.cid] = [(node, offset)]
-        self.pool.submit(self._get, pack.cid, pack.length)
+        self.queued[row] = pack
 
-    def read_ahead(self, row: int, pack_row: Callable[[int], tuple[bytes, int] | None]) -> None:
-        """A listed directory needs packs up to *row*: fetch the packs after it, up to the read-ahead window."""
-        if row + self.ahead <= self.frontier:
+    def read_ahead(self, row: int, pack_row: Callable[[int], Chunk | None]) -> None:
+        """A listed directory needs packs up to *row*: queue the packs after it, up to the read-ahead window.
+
+        Like a file's asynchronous read-ahead: nothing while the walk is more
+        than half a window behind the frontier, then a whole window at once
+        (so that the queue cuts into long runs).
+        """
+        if row + self.ahead // 2 <= self.frontier:
             return
         if row <= self.frontier + self.ahead:
             self.ahead = min(PACK_AHEAD_MAX, self.ahead * 2)  # the walk catches up with the window: widen it
         else:
             self.ahead = PACK_AHEAD_MIN  # a jump elsewhere in the tree: start small again
-        end = row + self.ahead
+        end = max(self.frontier, row) + self.ahead
         for r in range(max(self.frontier, row) + 1, end + 1):
-            ref = pack_row(r)
-            if ref is None:
+            pack = pack_row(r)
+            if pack is None:
                 end = r - 1
                 break
-            cid, size = ref
-            if cid not in self.waiting:
-                self.waiting[cid] = []
-                self.pool.submit(self._get, cid, size)
+            assert pack.cid is not None
+            if pack.cid not in self.waiting:
+                self.waiting[pack.cid] = []
+                self.queued[r] = pack
         self.frontier = max(self.frontier, end)
 
-    def _get(self, cid: bytes, size: int) -> None:
-        data: bytes | None
+    def flush(self) -> None:
+        """Hand the queued packs to the workers, as runs of neighbours in one segment."""
+        if not self.queued:
+            return
+        from wsfs.repository import RUN_GAP, RUN_MAX
+
+        run: list[Chunk] = []
+        for _, pack in sorted(self.queued.items()):
+            p, last = pack.place, run[-1].place if run else None
+            if run and (p is None or p.segment is None or last is None or p.segment != last.segment
+                        or not 0 <= p.offset - (last.offset + last.length) <= RUN_GAP
+                        or p.offset + p.length - run[0].place.offset > RUN_MAX):  # type: ignore[union-attr]
+                self.pool.submit(self._get, run)
+                run = []
+            run.append(pack)
+        self.pool.submit(self._get, run)
+        self.queued = {}
+
+    def _get(self, run: list[Chunk]) -> None:
+        """(worker) Fetch a run of packs (those not in the cache yet), install them, queue their bytes."""
+        got: list[tuple[bytes, bytes | None]] = []
+        todo: list[Chunk] = []
+        for pack in run:
+            assert pack.cid is not None
+            data = self.cache.local(pack.cid, pack.length)
+            if data is None:
+                todo.append(pack)
+            else:
+                got.append((pack.cid, bytes(data)))
         try:
-            data = bytes(self.cache.read(cid, 0, size, size=size))  # verified; fetched unless cached
+            if len(todo) == 1 or (todo and (todo[0].place is None or todo[0].place.segment is None)):
+                for pack in todo:
+                    assert pack.cid is not None
+                    got.append((pack.cid, bytes(self.cache.read(pack.cid, 0, pack.length, size=pack.length,
+                                                                place=pack.place))))
+            elif todo:
+                self.runs += 1
+                results = self.repo.get_pack_run([(p.cid, p.length, p.place) for p in todo])  # type: ignore[misc]
+                for pack, res in zip(todo, results, strict=True):
+                    assert pack.cid is not None
+                    if isinstance(res, WsfsError):
+                        log.debug("%s: pack %s not fetched: %s", self.label, hexid(pack.cid), res)
+                        got.append((pack.cid, None))
+                    else:
+                        self.cache.offer(pack.cid, res)
+                        got.append((pack.cid, bytes(res)))
         except WsfsError as e:
-            # The daemon fetches it again for a READ and reports the error there.
-            log.debug("%s: pack %s not fetched: %s", self.label, hexid(cid), e)
-            data = None
+            # The daemon fetches them again for a READ and reports the error there.
+            log.debug("%s: packs not fetched: %s", self.label, e)
         except Exception:  # noqa: BLE001 - a preload must not end the helper
-            log.exception("%s: pack %s not fetched", self.label, hexid(cid))
-            data = None
-        self._report(data is not None)
-        self.done.append((cid, data))
+            log.exception("%s: packs not fetched", self.label)
+        done = {cid for cid, _ in got}
+        got.extend((p.cid, None) for p in run if p.cid not in done)  # type: ignore[misc]
+        self._report(sum(d is not None for _, d in got), sum(d is None for _, d in got))
+        self.done.extend(got)
         try:
             os.write(self._wake, b"\0")
         except BlockingIOError:
             pass  # the main loop has wake-ups pending already
 
-    def _report(self, ok: bool) -> None:
-        """Publish the store's counters to the daemon (before the pack's files are stored)."""
+    def _report(self, ok: int, failed: int) -> None:
+        """Publish the store's counters to the daemon (before the packs' files are stored)."""
         with self._lock:
-            if ok:
-                self._packs += 1
-            else:
-                self._failures += 1
+            self._packs += ok
+            self._failures += failed
             if self.counters is None:
                 return
-            snap = self.cache.repo.store.stats.snapshot()
+            snap = self.repo.store.stats.snapshot()
             requests: dict[str, int] = snap["requests"]  # type: ignore[assignment]
             self.counters.write({**{op: requests.get(op, 0) for op in ("get", "head", "put", "list", "delete")},
                                  "bytes_in": int(snap["bytes_in"]),  # type: ignore[call-overload]
@@ -425,8 +477,6 @@ class _PackFetcher:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.cache.drain()  # the packs fetched so far are written
         self.cache.flush(force=True)
-        os.close(self.wakeup)
-        os.close(self._wake)
 
 
 class _Helper:
@@ -463,12 +513,13 @@ class _Helper:
                 self.store(node.ino, data, 0)
             elif node.packed and self.fetcher is not None:
                 pack, offset = self.manifest.pack_ref(node)
-                self.fetcher.want(pack, node, offset)
+                self.fetcher.want(node.pack or 0, pack, node, offset)
                 last_pack = max(last_pack, node.pack or 0)
             elif node.packed and self.blobs is not None:
                 self.packed(node, 0)
         if last_pack and self.fetcher is not None:
             self.fetcher.read_ahead(last_pack, self.manifest.pack_row)
+            self.fetcher.flush()
 
     def fetched(self) -> None:
         """Store the files whose packs the fetcher brought."""
@@ -558,9 +609,9 @@ class _Helper:
         fetched = ""
         if self.fetcher is not None:
             self.fetcher.close()
-            st = self.fetcher.cache.repo.store.stats
+            st = self.fetcher.repo.store.stats.snapshot()
             fetched = (f"; {self.fetcher.fetched} packs fetched or found cached, {self.fetcher.failed} failed, "
-                       f"{st.snapshot()['requests'].get('get', 0)} store GETs")
+                       f"{st['requests'].get('get', 0)} store GETs ({self.fetcher.runs} of several packs)")
         cpu = os.times()
         log.info("%s: preload helper: %d files (%d bytes) stored from %d directory listings in %.2f s "
                  "(%.2f CPU s); %d retried, %d unknown to the kernel, %d failed verification, "

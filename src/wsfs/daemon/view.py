@@ -48,7 +48,7 @@ from wsfs.cache import BlobCache
 from wsfs.daemon.profile import AccessRecorder
 from wsfs.errors import IntegrityError, StoreTimeout, UsageError, WsfsError
 from wsfs.format.blobs import content_id, hexid
-from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, decode_inline
+from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, Place, decode_inline
 from wsfs.store.base import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -508,7 +508,7 @@ class VersionView:
         def work() -> bytes | memoryview:
             timed_out = False
             try:
-                return self.cache.read(cid, start, length, size=c.length)
+                return self.cache.read(cid, start, length, size=c.length, place=c.place)
             except StoreTimeout:
                 timed_out = True
                 raise
@@ -580,14 +580,16 @@ class VersionView:
         if cid is None or cid in self._prefetching or self._prepared.get_(cid) or self.nursery is None:
             return
         self._prefetching.add(cid)
-        self.nursery.start_soon(self._prefetch, cid, c.length, limiter or self.readahead_limiter)
+        self.nursery.start_soon(self._prefetch, cid, c.length, limiter or self.readahead_limiter, c.place)
 
-    async def _prefetch(self, cid: bytes, length: int, limiter: trio.CapacityLimiter) -> None:
+    async def _prefetch(
+        self, cid: bytes, length: int, limiter: trio.CapacityLimiter, place: Place | None = None
+    ) -> None:
         try:
             # abandon_on_cancel: a read-ahead has no caller waiting, and its only
             # effect (an atomically installed cache file) is harmless if it finishes late.
             await trio.to_thread.run_sync(
-                lambda: self.cache.prepare(cid, size=length),
+                lambda: self.cache.prepare(cid, size=length, place=place),
                 limiter=limiter,
                 abandon_on_cancel=True,
             )

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from wsfs.errors import IntegrityError
 from wsfs.format.manifest import ROOT_INO, ManifestBuilder
-from wsfs.format.tree import ZERO_ID, Entry, Layout, Ref, packed
+from wsfs.format.tree import STANDALONE, ZERO_ID, Entry, Layout, Place, Ref, packed
 
 # st_blocks are not stored in format 2: a regular file's are its data (chunks of
 # zeros left out) rounded up to this, in 512-byte units, what ext4 and tmpfs
@@ -30,22 +30,23 @@ ALLOC_UNIT = 4096
 
 # What an index holds, as this code builds it (its meta "index_version"): an
 # index built by other code (say, before st_blocks were rounded to ALLOC_UNIT)
-# is rebuilt rather than read.
-INDEX_VERSION = 2
+# is rebuilt rather than read.  3: packs carry where they are stored (segment, offset, length).
+INDEX_VERSION = 3
 
 
 class _Packs:
     """Assigns packed files, in key order, to the packs their references list."""
 
-    def __init__(self, b: ManifestBuilder, refs: list[Ref]) -> None:
+    def __init__(self, b: ManifestBuilder, refs: list[Ref], places: list[Place] | None) -> None:
         self.b = b
         self.refs = iter(refs)
+        self.places = places or [STANDALONE] * len(refs)
         self.ref: Ref | None = None
         self.row = 0
         self.left = 0
         self.offsets: dict[bytes, int] = {}
         self.end = 0
-        self.rows: list[tuple[int, bytes, int]] = []  # (row, id, size), written by finish()
+        self.rows: list[tuple[int, bytes, int, bytes | None, int, int]] = []  # written by finish()
 
     def place(self, e: Entry) -> tuple[int, int]:
         if self.left == 0:
@@ -55,7 +56,8 @@ class _Packs:
             if self.ref.first != e.key:
                 raise IntegrityError(f"a pack's first key is not that of {e.path!r}")
             self.row += 1
-            self.rows.append((self.row, self.ref.id, self.ref.size))
+            where = self.places[self.row - 1]
+            self.rows.append((self.row, self.ref.id, self.ref.size, where.segment, where.offset, where.length))
             self.left, self.offsets, self.end = self.ref.count, {}, 0
         assert self.ref is not None and e.content is not None
         off = self.offsets.get(e.content)
@@ -74,12 +76,18 @@ class _Packs:
 
 
 def build_index(
-    path: str, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout, meta: dict[str, object]
+    path: str, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout, meta: dict[str, object],
+    places: list[Place] | None = None,
 ) -> None:
-    """Write the index of the version whose ranges (in order) yield *ranges* to *path*."""
+    """Write the index of the version whose ranges (in order) yield *ranges* to *path*.
+
+    *places*: where each pack is stored (its pack map), in the order of *pack_refs*; default: blobs of their own.
+    """
+    if places is not None and len(places) != len(pack_refs):
+        raise IntegrityError(f"the pack map places {len(places)} packs, the version has {len(pack_refs)}")
     b = ManifestBuilder(path, chunk_size=layout.chunk_size, index=True)
     try:
-        _fill(b, ranges, pack_refs, layout)
+        _fill(b, ranges, pack_refs, layout, places)
         b.finish(dict(meta, index_version=INDEX_VERSION))
     except BaseException:
         b.abort()
@@ -89,13 +97,15 @@ def build_index(
 _BATCH = 4096  # rows handed to SQLite at once (memory stays bounded whatever the tree's size)
 
 
-def _fill(b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout) -> None:
+def _fill(
+    b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout, places: list[Place] | None
+) -> None:
     cs = layout.chunk_size
     dirs: dict[bytes, int] = {}  # directory path -> inode
     subdirs: dict[int, int] = {}
     linked: dict[bytes, int] = {}  # key of a file with further names -> inode
     nlinks: dict[int, int] = {}
-    packs = _Packs(b, pack_refs)
+    packs = _Packs(b, pack_refs, places)
     prev: bytes | None = None
     inodes: list[tuple] = []
     chunks: list[tuple[int, int, bytes | None, int]] = []

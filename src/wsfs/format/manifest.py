@@ -86,7 +86,8 @@ CREATE TABLE xattrs (ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NU
 INDEX_SCHEMA = """
 ALTER TABLE inodes ADD COLUMN pack INTEGER;
 ALTER TABLE inodes ADD COLUMN pack_offset INTEGER;
-CREATE TABLE packs (id INTEGER PRIMARY KEY, cid BLOB NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE packs (id INTEGER PRIMARY KEY, cid BLOB NOT NULL, size INTEGER NOT NULL,
+                    segment BLOB, seg_offset INTEGER, seg_length INTEGER);  -- segment NULL: a blob of its own
 """
 
 _INODE_COLS = "ino, mode, uid, gid, size, blocks, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, content, data"
@@ -135,12 +136,25 @@ class Inode(NamedTuple):
         return self.pack is not None
 
 
+class Place(NamedTuple):
+    """Where an encoded pack is stored: ``segment`` None means a blob of its own (``blobs/<pack id>``)."""
+
+    segment: bytes | None
+    offset: int
+    length: int
+
+
 class Chunk(NamedTuple):
-    """One chunk of a large file; ``cid`` None means the chunk is all zeros."""
+    """One chunk of a large file; ``cid`` None means the chunk is all zeros.
+
+    A pack of a format 2 index is described as a chunk too (``Chunk(0, id,
+    size, place)``), with *place* saying where it is stored.
+    """
 
     idx: int
     cid: bytes | None
     length: int
+    place: Place | None = None
 
 
 def content_id_chunked(size: int, chunk_size: int, cids: Iterable[bytes | None]) -> bytes:
@@ -241,9 +255,11 @@ class ManifestBuilder:
         """``nlink`` of many inodes: ``(nlink, ino)`` pairs."""
         self.db.executemany("UPDATE inodes SET nlink=? WHERE ino=?", pairs)
 
-    def add_packs(self, rows: list[tuple[int, bytes, int]]) -> None:
-        """(Index only) packs as ``(row, id, size)``: rows numbered from 1 in key order."""
-        self.db.executemany("INSERT INTO packs (id, cid, size) VALUES (?,?,?)", rows)
+    def add_packs(self, rows: list[tuple[int, bytes, int, bytes | None, int, int]]) -> None:
+        """(Index only) packs as ``(row, id, size, segment, offset, length)``: rows numbered from 1 in key order."""
+        self.db.executemany(
+            "INSERT INTO packs (id, cid, size, segment, seg_offset, seg_length) VALUES (?,?,?,?,?,?)", rows
+        )
 
     def set_inline(self, ino: int, data: bytes) -> bytes:
         """Store a small file's content inline (deduplicated); returns its content id."""
@@ -670,14 +686,17 @@ class Manifest:
 
     def pack_ref(self, node: Inode) -> tuple[Chunk, int]:
         """Where a packed file's bytes are: the pack as a blob (``Chunk(0, id, size)``) and the offset in it."""
-        for cid, size in self.db.execute("SELECT cid, size FROM packs WHERE id = ?", (node.pack,)):
-            return Chunk(0, cid, size), node.pack_offset
-        raise IntegrityError(f"pack of inode {node.ino} is missing from the index")
+        pack = self.pack_row(node.pack or 0)
+        if pack is None:
+            raise IntegrityError(f"pack of inode {node.ino} is missing from the index")
+        return pack, node.pack_offset
 
-    def pack_row(self, row: int) -> tuple[bytes, int] | None:
-        """``(id, size)`` of pack *row* of an index, None past the last."""
-        for cid, size in self.db.execute("SELECT cid, size FROM packs WHERE id = ?", (row,)):
-            return cid, size
+    def pack_row(self, row: int) -> Chunk | None:
+        """Pack *row* of an index as ``Chunk(0, id, size, place)``, None past the last."""
+        for cid, size, seg, off, length in self.db.execute(
+            "SELECT cid, size, segment, seg_offset, seg_length FROM packs WHERE id = ?", (row,)
+        ):
+            return Chunk(0, cid, size, Place(seg, off or 0, length or 0))
         return None
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:

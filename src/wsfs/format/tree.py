@@ -48,7 +48,7 @@ import blake3
 
 from wsfs.errors import FormatError, IntegrityError, InvalidName
 from wsfs.format.blobs import content_id
-from wsfs.format.manifest import MAX_XATTR_VALUE, PATH_MAX, content_id_chunked
+from wsfs.format.manifest import MAX_XATTR_VALUE, PATH_MAX, Place, content_id_chunked
 from wsfs.format.names import NAME_MAX, check_entry_name
 
 EMPTY_ID = blake3.blake3(b"").digest()
@@ -58,6 +58,7 @@ MAGIC_RANGE = b"WSR2"
 MAGIC_LIST = b"WSL2"
 MAGIC_TOP = b"WST2"
 MAGIC_CHANGES = b"WSC2"
+MAGIC_MAP = b"WSM2"
 
 F_LINK = 1  # a further name of a file: the record is only the key of its first name
 F_LINKED = 2  # this file has further names later in key order
@@ -526,6 +527,7 @@ def build_version(
     pack_bytes: Callable[[PackPlan], bytes],
     bodies: Sequence[bytes] | None = None,
     known_ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] | None = None,
+    pack_ids: list[bytes] | None = None,
 ) -> tuple[bytes, bytes, list[Piece]]:
     """Encode a version: ``(top id, top plaintext, pieces)``.
 
@@ -537,7 +539,8 @@ def build_version(
     entries' :func:`encode_body`, if the caller has them already.
     *known_ranges* maps the first key of a stored range to ``(its reference,
     its keys, its bodies)``: a range cut with the same keys and bodies is that
-    range, and is neither encoded nor hashed again.
+    range, and is neither encoded nor hashed again.  *pack_ids*, if given,
+    receives the version's pack ids in order (what its pack map describes).
     """
     known_packs = known_packs or {}
     known_ranges = known_ranges or {}
@@ -579,6 +582,8 @@ def build_version(
                 data = None
         pieces.append(Piece(pid, data))
         pack_refs.append(Ref(pid, plan.size, len(plan.files), plan.files[0].key, plan.files[-1].key))
+        if pack_ids is not None:
+            pack_ids.append(pid)
     top = Top(_listing(range_refs, cuts, known, pieces), _listing(pack_refs, cuts, known, pieces))
     data = encode_top(top)
     return content_id(data), data, pieces
@@ -688,3 +693,64 @@ def decode_changeset(data: bytes | memoryview, what: str = "changeset") -> tuple
         out.append(Change(key, old, new))
     r.end()
     return parent, out
+
+
+# -- where packs are stored ---------------------------------------------------------
+#
+# A pack is identified by its content id like any piece, but stored inside a
+# *segment*: one object per push holding the encoded bytes (as a blob would be
+# stored) of the packs that push added, back to back.  A version's **pack map**
+# says where each of its packs is, in the order of its pack references: the
+# segment and the byte range of the encoded pack in it, or "a blob of its own"
+# (the layout of versions pushed before segments existed).  The map depends on
+# history (where the bytes happened to be uploaded), so it is not a piece: it
+# is stored under its version's top and any complete map of a top is valid.
+# Nothing in it is trusted: a wrong place yields bytes that fail the pack's id.
+
+MAX_SEGMENT = 1 << 34  # a segment is far smaller (SEGMENT_TARGET plus one pack); offsets beyond are invalid
+MAX_STORED_PACK = MAX_PIECE + 1024  # an encoded pack: header plus at most its plaintext (stored raw if zstd gains nothing)
+
+
+STANDALONE = Place(None, 0, 0)
+
+
+def encode_pack_map(places: Sequence[Place]) -> bytes:
+    """A pack map: the segments once each, then one place per pack, in the version's pack order."""
+    index: dict[bytes, int] = {}
+    for p in places:
+        if p.segment is not None:
+            index.setdefault(p.segment, len(index) + 1)
+    out = bytearray(MAGIC_MAP)
+    put_uv(out, len(index))
+    for seg in index:
+        out += seg
+    put_uv(out, len(places))
+    for p in places:
+        if p.segment is None:
+            put_uv(out, 0)
+        else:
+            put_uv(out, index[p.segment])
+            put_uv(out, p.offset)
+            put_uv(out, p.length)
+    return bytes(out)
+
+
+def decode_pack_map(data: bytes | memoryview, packs: int, what: str = "pack map") -> list[Place]:
+    """The places of a version's *packs* packs; an IntegrityError unless the map has exactly that many."""
+    r = _Reader(data, what, MAGIC_MAP)
+    segments = [r.raw(32) for _ in range(r.uv(packs))]
+    if r.uv(packs + 1) != packs:
+        raise r.bad(f"the map does not list the version's {packs} packs")
+    out: list[Place] = []
+    for _ in range(packs):
+        i = r.uv(len(segments))
+        if i == 0:
+            out.append(STANDALONE)
+        else:
+            offset = r.uv(MAX_SEGMENT)
+            length = r.uv(MAX_STORED_PACK)
+            if length == 0:
+                raise r.bad("a pack of 0 stored bytes")
+            out.append(Place(segments[i - 1], offset, length))
+    r.end()
+    return out

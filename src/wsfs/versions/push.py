@@ -52,6 +52,7 @@ from wsfs.format.tree import (
     Entry,
     Layout,
     PackPlan,
+    Place,
     Piece,
     Ref,
     build_version,
@@ -651,6 +652,7 @@ class _Parent:
     pieces: set[bytes] = field(default_factory=set)  # ranges, listings, packs: stored
     chunks: set[bytes] = field(default_factory=set)  # chunks: stored
     packs: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
+    places: dict[bytes, Place] = field(default_factory=dict)  # where the parent's packs are stored
     bodies: list[tuple[bytes, bytes]] | None = None  # (key, record) of each entry, for the changeset
     ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] = field(default_factory=dict)  # see build_version
     records: dict[bytes, tuple[Entry, bytes]] = field(default_factory=dict)  # key -> (entry, its body)
@@ -690,6 +692,7 @@ class _Parent:
             out.pieces.update(r.id for r in ranges)
             out.pieces.update(r.id for r in packs)
             out.packs = pack_signatures(entries, packs, layout)
+            out.places = dict(zip((r.id for r in packs), repo.pack_places(record, len(packs)), strict=True))
             return out
         except (NotFound, IntegrityError, FormatError) as e:
             # A parent that cannot be read costs this push its reuse and its changeset, nothing else.
@@ -755,9 +758,11 @@ def push(
                 out.append(data)
             return b"".join(out)
 
+        pack_ids: list[bytes] = []
         top_id, top, pieces = build_version(
             entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
             known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
+            pack_ids=pack_ids,
         )
         changeset = None
         if parent.bodies is not None and top_id == parent.top:
@@ -770,7 +775,7 @@ def push(
             changeset = encode_changeset(parent.top, items)
             pieces.append(Piece(content_id(changeset), changeset))
         pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
-        n_up, b_up = repo.put_pieces(pieces, workers)
+        n_up, b_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places)
         stats.blobs_uploaded += n_up
         stats.bytes_uploaded += b_up
         stats.blobs_reused += len(pieces) - n_up

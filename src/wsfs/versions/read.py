@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from wsfs.errors import IntegrityError
 from wsfs.format.blobs import content_id, hexid
-from wsfs.format.manifest import Inode, Manifest
+from wsfs.format.manifest import Chunk, Inode, Manifest
 from wsfs.repository import Repository
 
 
@@ -36,25 +36,28 @@ class SmallFiles:
             return self.m.inline_data(node)
         assert node.pack is not None
         chunk, off = self.m.pack_ref(node)
-        fut = self._get(node.pack, chunk.cid, chunk.length)
+        assert chunk.cid is not None
+        fut = self._get(node.pack, chunk)
         for row in range(node.pack + 1, node.pack + 1 + self.ahead):
             if row not in self._packs:
                 ref = self.m.pack_row(row)
                 if ref is None:
                     break
-                self._get(row, *ref)
+                self._get(row, ref)
         pack = fut.result()
         out = bytes(pack[off : off + node.size])
         if len(out) != node.size or content_id(out) != node.content:
             raise IntegrityError(f"a file in pack {hexid(chunk.cid)} does not match its content id")
         return out
 
-    def _get(self, row: int, cid: bytes, size: int) -> Future[bytes | memoryview]:
+    def _get(self, row: int, pack: Chunk) -> Future[bytes | memoryview]:
         fut = self._packs.get(row)
         if fut is None:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wsfs-packs")
-            fut = self._packs[row] = self._pool.submit(self.repo.get_blob, cid, size, "pack")
+            assert pack.cid is not None
+            fut = self._packs[row] = self._pool.submit(self.repo.get_blob, pack.cid, pack.length, "pack",
+                                                       place=pack.place)
             while len(self._packs) > self.keep + self.ahead:
                 self._packs.popitem(last=False)[1].cancel()
         else:
