@@ -366,6 +366,7 @@ class _Daemon:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             **self.ops.stats.snapshot(),
+            "kernel": self.ops.statistics(),
             "cache": self.view.cache.statistics(),
             "store": self.repo.store.stats.snapshot(),
         }

@@ -17,8 +17,10 @@ Every request that would change the tree gets ``EROFS``.  The kernel already
 refuses most of them on an ``ro`` mount; the handlers are there for the rest
 and so that a request never falls back to pyfuse3's ``ENOSYS`` default.
 
-Lookup counts are not tracked: inode numbers are manifest rows that live as
-long as the mount, so ``forget`` has nothing to free.
+The adapter keeps the kernel's side of the state: the lookup count of every
+inode it handed out (:class:`~wsfs.daemon.inodes.InodeTable`; a read-only
+tree's inodes are manifest rows that live as long as the mount, so ``forget``
+only counts).
 
 A tree method that needs blocking work first (a history mount opening a
 version's manifest) raises :class:`~wsfs.daemon.tree.NotReady`; the wrapper
@@ -47,6 +49,7 @@ import pyfuse3
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext, XAttrNameT
 
 from wsfs.daemon import policy as cache_policy
+from wsfs.daemon.inodes import InodeTable
 from wsfs.daemon.policy import CachePolicy
 from wsfs.daemon.tree import Attributes, FsStats, NotReady, Tree
 from wsfs.errors import WsfsError
@@ -136,7 +139,7 @@ async def _when_ready(fn: Callable[..., Awaitable[Any]], self: Operations, args:
     """Call a handler; if the tree first needs blocking work (``NotReady``), await it and call again.
 
     Handlers raise ``NotReady`` only from their first tree call, before any
-    reply is built, so calling one again is safe.  A few rounds allow
+    reply is built or lookup counted, so calling one again is safe.  A few rounds allow
     for a manifest that other requests pushed out of the history's LRU in the
     meantime; after that a ``NotReady`` is a bug and becomes EIO like any other.
     """
@@ -206,10 +209,16 @@ class Operations(pyfuse3.Operations):
             listings_change=tree.listings_change, has_xattrs=tree.has_xattrs,
         )
         self.stats = OpStats()
+        self.inodes = InodeTable(label=tree.label)
 
     def _entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
+        """The reply for an entry the kernel will count a lookup of (the caller counts it)."""
         entry_timeout, attr_timeout = self.policy.timeouts[self.tree.lifetime(node)]
         return entry_attributes(node, entry_timeout, attr_timeout)
+
+    def statistics(self) -> dict[str, Any]:
+        """The kernel's side of the state, for ``wsfs stats``: the inodes it knows."""
+        return {"policy": self.policy.mode, **self.inodes.statistics()}
 
     # -- names and attributes ----------------------------------------------
 
@@ -223,15 +232,17 @@ class Operations(pyfuse3.Operations):
             a.st_ino = 0
             a.entry_timeout = self.policy.negative(self.tree.miss_lifetime(parent_inode))
             return a
-        return self._entry(node)
+        reply = self._entry(node)
+        self.inodes.remember(node.ino)
+        return reply
 
     @_handler
     async def getattr(self, inode: InodeT, ctx: RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(self.tree.getattr(inode))
+        return self._entry(self.tree.getattr(inode))  # (a getattr reply hands out no lookup)
 
     @_handler
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
-        return None  # nothing to free: inodes are manifest rows (see the module docstring)
+        self.inodes.forget(inode_list)
 
     @_handler
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
@@ -269,14 +280,17 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # pyfuse3 always answers with readdirplus, so each entry carries its
-        # attributes and the kernel needs no lookup afterwards.  The tree's
-        # cursors are stable: next_id resumes after that entry.
+        # attributes and the kernel needs no lookup afterwards; it counts one
+        # for every entry it accepted.  The tree's cursors are stable: next_id
+        # resumes after that entry.
+        remember = self.inodes.remember
         after = start_id
         while True:
             batch = self.tree.readdir(fh, after, _READDIR_BATCH)
             for cursor, name, node in batch:
                 if not pyfuse3.readdir_reply(token, FileNameT(name), self._entry(node), cursor):
                     return
+                remember(node.ino)
             if len(batch) < _READDIR_BATCH:
                 return
             after = batch[-1][0]
