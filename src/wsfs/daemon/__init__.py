@@ -9,6 +9,7 @@ Modules, top to bottom (each imports only the ones below it, plus ``cache``,
 ``control``  the control socket (JSON over AF_UNIX) and its client
 ``ops``      the ``pyfuse3.Operations`` adapter: arguments in, errno out
 ``inodes``   the kernel's lookup counts and ``forget`` (``InodeTable``)
+``handles``  open files and directories (``HandleTable``)
 ``policy``   ``CachePolicy``: kernel-cache timeouts and the requests answered
              ``ENOSYS``, chosen per mount mode
 ``history``  :class:`~wsfs.daemon.history.HistoryView`, every version of a

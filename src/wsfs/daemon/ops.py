@@ -20,7 +20,9 @@ and so that a request never falls back to pyfuse3's ``ENOSYS`` default.
 The adapter keeps the kernel's side of the state: the lookup count of every
 inode it handed out (:class:`~wsfs.daemon.inodes.InodeTable`; a read-only
 tree's inodes are manifest rows that live as long as the mount, so ``forget``
-only counts).
+only counts) and the handles of open files and directories
+(:class:`~wsfs.daemon.handles.HandleTable`; empty when the policy answers
+OPEN and OPENDIR ``ENOSYS``, see ``policy.py``).
 
 A tree method that needs blocking work first (a history mount opening a
 version's manifest) raises :class:`~wsfs.daemon.tree.NotReady`; the wrapper
@@ -49,6 +51,7 @@ import pyfuse3
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext, XAttrNameT
 
 from wsfs.daemon import policy as cache_policy
+from wsfs.daemon.handles import HandleTable
 from wsfs.daemon.inodes import InodeTable
 from wsfs.daemon.policy import CachePolicy
 from wsfs.daemon.tree import Attributes, FsStats, NotReady, Tree
@@ -210,6 +213,7 @@ class Operations(pyfuse3.Operations):
         )
         self.stats = OpStats()
         self.inodes = InodeTable(label=tree.label)
+        self.handles = HandleTable()
 
     def _entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
         """The reply for an entry the kernel will count a lookup of (the caller counts it)."""
@@ -217,8 +221,8 @@ class Operations(pyfuse3.Operations):
         return entry_attributes(node, entry_timeout, attr_timeout)
 
     def statistics(self) -> dict[str, Any]:
-        """The kernel's side of the state, for ``wsfs stats``: the inodes it knows."""
-        return {"policy": self.policy.mode, **self.inodes.statistics()}
+        """The kernel's side of the state, for ``wsfs stats``: inodes it knows, handles it holds."""
+        return {"policy": self.policy.mode, **self.inodes.statistics(), **self.handles.statistics()}
 
     # -- names and attributes ----------------------------------------------
 
@@ -275,7 +279,7 @@ class Operations(pyfuse3.Operations):
             # cache afterwards (the patched pyfuse3 hands readdir the inode).
             raise pyfuse3.FUSEError(errno.ENOSYS)
         self.tree.opendir(inode)
-        return FileHandleT(inode)  # the directory's inode is its handle: no per-open state
+        return FileHandleT(self.handles.open(inode, is_dir=True))
 
     @_handler
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -283,10 +287,11 @@ class Operations(pyfuse3.Operations):
         # attributes and the kernel needs no lookup afterwards; it counts one
         # for every entry it accepted.  The tree's cursors are stable: next_id
         # resumes after that entry.
+        ino = fh if self.policy.no_opendir else self.handles.get(fh).ino
         remember = self.inodes.remember
         after = start_id
         while True:
-            batch = self.tree.readdir(fh, after, _READDIR_BATCH)
+            batch = self.tree.readdir(ino, after, _READDIR_BATCH)
             for cursor, name, node in batch:
                 if not pyfuse3.readdir_reply(token, FileNameT(name), self._entry(node), cursor):
                     return
@@ -297,7 +302,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def releasedir(self, fh: FileHandleT) -> None:
-        return None
+        self.handles.release(fh)
 
     @_handler
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
@@ -316,11 +321,12 @@ class Operations(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         self.tree.open(inode)
-        return pyfuse3.FileInfo(fh=FileHandleT(inode), keep_cache=self.policy.keep_cache)
+        return pyfuse3.FileInfo(fh=FileHandleT(self.handles.open(inode, flags)), keep_cache=self.policy.keep_cache)
 
     @_handler
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        return await self.tree.read(fh, off, size)
+        ino = fh if self.policy.no_open else self.handles.get(fh).ino
+        return await self.tree.read(ino, off, size)
 
     @_handler
     async def flush(self, fh: FileHandleT) -> None:
@@ -333,7 +339,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def release(self, fh: FileHandleT) -> None:
-        return None
+        self.handles.release(fh)
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
