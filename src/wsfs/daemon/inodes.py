@@ -76,4 +76,6 @@ class InodeTable:
                         self.label, n, ino, known)
 
     def statistics(self) -> dict[str, int]:
+        # Called from the control socket's worker thread: len() and sum() over
+        # the dict run in C without releasing the GIL, so they see one state.
         return {"inodes": len(self.counts), "lookups": sum(self.counts.values()), "mismatches": self.mismatches}

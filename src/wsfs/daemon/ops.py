@@ -216,7 +216,10 @@ class Operations(pyfuse3.Operations):
         self.handles = HandleTable()
 
     def _entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
-        """The reply for an entry the kernel will count a lookup of (the caller counts it)."""
+        """*node* as the kernel's reply, with the policy's timeouts for its lifetime.
+
+        A lookup or readdir that hands it out counts the lookup; a getattr does not.
+        """
         entry_timeout, attr_timeout = self.policy.timeouts[self.tree.lifetime(node)]
         return entry_attributes(node, entry_timeout, attr_timeout)
 
@@ -242,7 +245,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: InodeT, ctx: RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(self.tree.getattr(inode))  # (a getattr reply hands out no lookup)
+        return self._entry(self.tree.getattr(inode))
 
     @_handler
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
