@@ -1,6 +1,6 @@
 """Every version of a workspace as one read-only tree: ``<mnt>/<n>/...`` and ``<mnt>/<tag> -> <n>``.
 
-:class:`HistoryView` has the interface the adapter (``ops``) uses from
+:class:`HistoryView` is a :class:`~wsfs.daemon.tree.Tree`, like
 :class:`~wsfs.daemon.view.VersionView`.  The root directory and the tag
 symlinks are its own; everything below ``<n>`` is delegated to a
 ``VersionView`` of version *n*, with inode numbers translated on the way in
@@ -30,12 +30,13 @@ reopening) and the record (``_RECORDS``).
 
 The listing is refreshed at most every ``REFRESH_INTERVAL`` seconds, when
 the root is listed or a name in it is missing, so new versions and tags
-appear; the root and its entries are therefore given short kernel timeouts
-(``ROOT_TIMEOUT``), while everything inside a version keeps the long ones.
-A root listing carries no version's real attributes unless the root of that
-version is known already: the others are placeholder directories with an
-attribute timeout of 0, so ``ls`` of the root opens no manifest and a later
-``stat`` asks again.
+appear; the root and its entries are therefore ``Lifetime.LISTED`` (short
+kernel timeouts, ``policy.ROOT_TIMEOUT``), while everything inside a version
+is ``FIXED``, and the root's listing is never left to the kernel's cache
+(``listings_change``).  A root listing carries no version's real attributes
+unless the root of that version is known already: the others are
+placeholder directories (``PROVISIONAL``: an attribute timeout of 0), so
+``ls`` of the root opens no manifest and a later ``stat`` asks again.
 
 Blocking work (the store listing, a record and manifest download, the
 validation) never runs on the trio thread: a view method that needs it
@@ -56,19 +57,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import pyfuse3
 import trio
 
 from wsfs.cache import BlobCache
-from wsfs.daemon.view import (
-    ATTR_TIMEOUT,
-    BLKSIZE,
-    ENTRY_TIMEOUT,
-    Deadline,
-    NotReady,
-    VersionView,
-    entry_attributes,
-)
+from wsfs.daemon.tree import FsStats, Lifetime, NotReady
+from wsfs.daemon.view import Deadline, VersionView
 from wsfs.errors import IntegrityError, NotFound, UsageError, WsfsError
 from wsfs.format.manifest import ROOT_INO, Inode, Manifest
 from wsfs.format.records import VersionRecord
@@ -84,9 +77,9 @@ _FIRST_TAG_INO = 2
 _TAG_CURSOR = MAX_VERSION + 1  # readdir cursors: n for version n, _TAG_CURSOR + ino for a tag
 
 # The root changes when versions and tags are added: the kernel keeps its
-# entries, attributes and misses only briefly, and we list the store at most
-# every REFRESH_INTERVAL (a miss in the root may wait that long to turn into a hit).
-ROOT_TIMEOUT = 1.0
+# entries, attributes and misses only briefly (policy.ROOT_TIMEOUT), and we
+# list the store at most every REFRESH_INTERVAL (a miss in the root may wait
+# that long to turn into a hit).
 REFRESH_INTERVAL = 30.0
 MAX_OPEN = 8  # manifests open at once
 _SMALL_CACHE_BYTES = 8 * 1024 * 1024  # decoded small files kept per open version (8 x 8 MiB at most)
@@ -371,25 +364,23 @@ class HistoryView:
         return _Placeholder(ino, stat.S_IFDIR | 0o555, self._uid, self._gid, 0, 0, t, t, t, 2, 0,
                             None, None, None)
 
-    # -- the interface of VersionView ------------------------------------------------
+    # -- the Tree interface ------------------------------------------------------------
 
-    def attributes(self, node: Inode) -> pyfuse3.EntryAttributes:
-        """Long timeouts inside a version; short ones for the root and its entries."""
-        if node.ino >> VERSION_SHIFT == 0:  # the root or a tag: follows the listing
-            return entry_attributes(node, entry_timeout=ROOT_TIMEOUT, attr_timeout=ROOT_TIMEOUT)
+    listings_change = True  # the root lists new versions and tags
+
+    def lifetime(self, node: Inode) -> Lifetime:
+        """Fixed inside a version; the root and its entries follow the listing."""
+        if node.ino >> VERSION_SHIFT == 0:  # the root or a tag
+            return Lifetime.LISTED
         if node.ino & LOCAL_MASK == ROOT_INO:
             # <n> is an entry of the root, but the directory itself never changes;
-            # a placeholder's attributes are not the real ones: never cache them.
-            attr_timeout = 0.0 if isinstance(node, _Placeholder) else ATTR_TIMEOUT
-            return entry_attributes(node, entry_timeout=ROOT_TIMEOUT, attr_timeout=attr_timeout)
-        return entry_attributes(node)
+            # a placeholder's attributes are not the real ones.
+            return Lifetime.PROVISIONAL if isinstance(node, _Placeholder) else Lifetime.LISTED_FIXED
+        return Lifetime.FIXED
 
-    def negative_entry(self, parent: int) -> pyfuse3.EntryAttributes:
-        """A cacheable miss: briefly in the root (the name may appear), for long inside a version."""
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = 0
-        a.entry_timeout = ROOT_TIMEOUT if parent == HISTORY_ROOT else ENTRY_TIMEOUT
-        return a
+    def miss_lifetime(self, parent: int) -> Lifetime:
+        """A missing name in the root may appear at the next refresh; inside a version it never will."""
+        return Lifetime.LISTED if parent == HISTORY_ROOT else Lifetime.FIXED
 
     def getattr(self, ino: int) -> Inode:
         n = ino >> VERSION_SHIFT
@@ -475,15 +466,9 @@ class HistoryView:
                 self._retired.discard(view)
                 view.manifest.close()
 
-    def statfs(self) -> pyfuse3.StatvfsData:
+    def statfs(self) -> FsStats:
         """Nothing is free on a read-only file system; a history has no single size, so none is claimed."""
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = BLKSIZE
-        s.f_frsize = 4096
-        s.f_blocks = s.f_bfree = s.f_bavail = 0
-        s.f_files = s.f_ffree = s.f_favail = 0
-        s.f_namemax = 255
-        return s
+        return FsStats()
 
     def statistics(self) -> dict[str, Any]:
         """For ``wsfs stats``: the listing, the open versions and how often manifests were opened."""

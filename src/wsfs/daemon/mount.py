@@ -286,7 +286,8 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         close = manifest.close
         if options.profile:
             view.recorder = AccessRecorder()
-    ops = Operations(view, cache_dirs=not options.history)  # the history root lists new versions
+    # The read-only policy for this tree (the history root's listing changes, so OPENDIR stays on).
+    ops = Operations(view)
     fuse_options = {f"fsname=wsfs:{label}", "subtype=wsfs", "ro", "default_permissions"}
     if options.allow_other:
         fuse_options.add("allow_other")
@@ -368,6 +369,7 @@ class _Daemon:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             **self.ops.stats.snapshot(),
+            "kernel": self.ops.statistics(),
             "cache": self.view.cache.statistics(),
             "store": self.repo.store.stats.snapshot(),
         }

@@ -1,7 +1,9 @@
-"""The pyfuse3 ``Operations`` adapter for a read-only version: a protocol adapter only.
+"""The pyfuse3 ``Operations`` adapter: a protocol adapter only, and the one module that builds FUSE replies.
 
-Each handler converts its arguments, calls one :class:`~wsfs.daemon.view.VersionView`
-method, and converts the result (``EntryAttributes``, ``FileInfo``, bytes) or
+Each handler converts its arguments, calls one method of the mount's
+:class:`~wsfs.daemon.tree.Tree` (a ``VersionView`` or a ``HistoryView``), and
+converts the result (attributes to ``EntryAttributes`` with the timeouts of
+the mount's :class:`~wsfs.daemon.policy.CachePolicy`, ``FileInfo``, bytes) or
 the exception.  No SQL, no chunk arithmetic, no store access here.
 
 pyfuse3's contract is that a handler may raise only ``FUSEError``: its
@@ -15,14 +17,18 @@ Every request that would change the tree gets ``EROFS``.  The kernel already
 refuses most of them on an ``ro`` mount; the handlers are there for the rest
 and so that a request never falls back to pyfuse3's ``ENOSYS`` default.
 
-Lookup counts are not tracked: inode numbers are manifest rows that live as
-long as the mount, so ``forget`` has nothing to free.
+The adapter keeps the kernel's side of the state: the lookup count of every
+inode it handed out (:class:`~wsfs.daemon.inodes.InodeTable`; a read-only
+tree's inodes are manifest rows that live as long as the mount, so ``forget``
+only counts) and the handles of open files and directories
+(:class:`~wsfs.daemon.handles.HandleTable`; empty when the policy answers
+OPEN and OPENDIR ``ENOSYS``, see ``policy.py``).
 
-A view method that needs blocking work first (a history mount opening a
-version's manifest) raises :class:`~wsfs.daemon.view.NotReady`; the wrapper
+A tree method that needs blocking work first (a history mount opening a
+version's manifest) raises :class:`~wsfs.daemon.tree.NotReady`; the wrapper
 awaits the work and calls the handler again (:func:`_when_ready`).
 
-Every wait (that work, a blob read) runs under the view's
+Every wait (that work, a blob read) runs under the tree's
 :class:`~wsfs.daemon.view.Deadline`: past it the operation answers
 ``ETIMEDOUT`` (``StoreTimeout``), and at shutdown ``ENOTCONN``.  An
 operation with nothing to wait for pays nothing for it.
@@ -39,21 +45,29 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pyfuse3
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext, XAttrNameT
 
-from wsfs.daemon.view import NotReady, VersionView
+from wsfs.daemon import policy as cache_policy
+from wsfs.daemon.handles import HandleTable
+from wsfs.daemon.inodes import InodeTable
+from wsfs.daemon.policy import CachePolicy
+from wsfs.daemon.tree import Attributes, FsStats, NotReady, Tree
 from wsfs.errors import WsfsError
-
-if TYPE_CHECKING:
-    from wsfs.daemon.history import HistoryView
 
 log = logging.getLogger(__name__)
 
+# wsfs' pyfuse3 patch (third_party/pyfuse3): read() and readdir() get the inode
+# when the kernel sends no handle, so OPEN and OPENDIR can be answered ENOSYS.
+INODE_AS_HANDLE = bool(getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False))
+# st_blksize is only a hint to applications (cp, cat, stdio buffers): 128 KiB
+# matches FUSE's largest read request, so one read(2) is one FUSE request.
+BLKSIZE = 128 * 1024
+
 _READDIR_BATCH = 256  # entries fetched per manifest query while filling a readdir reply
-_READY_ROUNDS = 4  # times a handler may wait for its view (NotReady) before that is an error
+_READY_ROUNDS = 4  # times a handler may wait for its tree (NotReady) before that is an error
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -116,7 +130,7 @@ def _handler(fn: F) -> F:
             log.debug("%s%r: %s", op, args[:2], e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
-            log.exception("%s: unexpected error in %s%r; answering EIO", self.view.label, op, args[:2])
+            log.exception("%s: unexpected error in %s%r; answering EIO", self.tree.label, op, args[:2])
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             self.stats.record(op, time.perf_counter_ns() - t0, failed)
@@ -125,18 +139,18 @@ def _handler(fn: F) -> F:
 
 
 async def _when_ready(fn: Callable[..., Awaitable[Any]], self: Operations, args: tuple[Any, ...]) -> Any:
-    """Call a handler; if the view first needs blocking work (``NotReady``), await it and call again.
+    """Call a handler; if the tree first needs blocking work (``NotReady``), await it and call again.
 
-    Handlers raise ``NotReady`` only from their first view call, before any
-    reply is built, so calling one again is safe.  A few rounds allow for a
-    manifest that other requests pushed out of the view's LRU in the meantime;
-    after that a ``NotReady`` is a bug and becomes EIO like any other.
+    Handlers raise ``NotReady`` only from their first tree call, before any
+    reply is built or lookup counted, so calling one again is safe.  A few rounds allow
+    for a manifest that other requests pushed out of the history's LRU in the
+    meantime; after that a ``NotReady`` is a bug and becomes EIO like any other.
     """
     for _ in range(_READY_ROUNDS):
         try:
             return await fn(self, *args)
         except NotReady as e:
-            await self.view.deadline.run(fn.__name__, e.wait)
+            await self.tree.deadline.run(fn.__name__, e.wait)
     return await fn(self, *args)
 
 
@@ -150,53 +164,103 @@ def _read_only(op: str) -> Callable[..., Awaitable[Any]]:
     return handler
 
 
-class Operations(pyfuse3.Operations):
-    """Read-only FUSE operations over one :class:`VersionView`, or a ``HistoryView`` (same interface)."""
+def entry_attributes(node: Attributes, entry_timeout: float, attr_timeout: float) -> pyfuse3.EntryAttributes:
+    """The kernel's view of *node* (its ``ino`` as given)."""
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = node.ino
+    a.generation = 0  # inode numbers are never reused within a mount
+    a.entry_timeout = entry_timeout
+    a.attr_timeout = attr_timeout
+    a.st_mode = node.mode
+    a.st_nlink = node.nlink
+    a.st_uid = node.uid
+    a.st_gid = node.gid
+    a.st_rdev = node.rdev
+    a.st_size = node.size
+    a.st_blksize = BLKSIZE
+    a.st_blocks = node.blocks
+    a.st_atime_ns = node.atime_ns
+    a.st_mtime_ns = node.mtime_ns
+    a.st_ctime_ns = node.ctime_ns
+    return a
 
-    # The kernel asks for "." and ".." only when exporting over NFS; the view answers them.
+
+def statvfs(stats: FsStats) -> pyfuse3.StatvfsData:
+    """The kernel's ``statfs`` reply for a tree's totals."""
+    s = pyfuse3.StatvfsData()
+    s.f_bsize = BLKSIZE
+    s.f_frsize = stats.frsize
+    s.f_blocks, s.f_bfree, s.f_bavail = stats.blocks, stats.bfree, stats.bavail
+    s.f_files, s.f_ffree, s.f_favail = stats.files, stats.ffree, stats.favail
+    s.f_namemax = stats.namemax
+    return s
+
+
+class Operations(pyfuse3.Operations):
+    """FUSE operations over one :class:`~wsfs.daemon.tree.Tree`, with one mount's :class:`CachePolicy`."""
+
+    # The kernel asks for "." and ".." only when exporting over NFS; the tree answers them.
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, view: VersionView | HistoryView, *, cache_dirs: bool = True) -> None:
+    def __init__(self, tree: Tree, policy: CachePolicy | None = None) -> None:
         super().__init__()
-        self.view = view
+        self.tree = tree
+        # By default, a read-only mount's policy for this tree and the pyfuse3 installed.
+        self.policy = policy or cache_policy.choose(
+            writable=False, inode_as_handle=INODE_AS_HANDLE,
+            listings_change=tree.listings_change, has_xattrs=tree.has_xattrs,
+        )
         self.stats = OpStats()
-        # With wsfs' pyfuse3 patch, read() and readdir() get the inode when the
-        # kernel sends no handle, so OPEN and OPENDIR can be answered ENOSYS
-        # (see open()).  *cache_dirs* False keeps OPENDIR for a view whose
-        # listings change (the history root lists new versions).
-        self.no_open = bool(getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False))
-        self.no_opendir = self.no_open and cache_dirs
+        self.inodes = InodeTable(label=tree.label)
+        self.handles = HandleTable()
+
+    def _entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
+        """*node* as the kernel's reply, with the policy's timeouts for its lifetime.
+
+        A lookup or readdir that hands it out counts the lookup; a getattr does not.
+        """
+        entry_timeout, attr_timeout = self.policy.timeouts[self.tree.lifetime(node)]
+        return entry_attributes(node, entry_timeout, attr_timeout)
+
+    def statistics(self) -> dict[str, Any]:
+        """The kernel's side of the state, for ``wsfs stats``: inodes it knows, handles it holds."""
+        return {"policy": self.policy.mode, **self.inodes.statistics(), **self.handles.statistics()}
 
     # -- names and attributes ----------------------------------------------
 
     @_handler
     async def lookup(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> pyfuse3.EntryAttributes:
-        node = self.view.lookup(parent_inode, name)
+        node = self.tree.lookup(parent_inode, name)
         if node is None:
-            # A negative entry the kernel caches (for ENTRY_TIMEOUT inside a version):
+            # A negative entry the kernel caches (for a day inside a version):
             # repeated probes for missing files (PATH, node_modules, .pyc) cost nothing.
-            return self.view.negative_entry(parent_inode)
-        return self.view.attributes(node)
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = 0
+            a.entry_timeout = self.policy.negative(self.tree.miss_lifetime(parent_inode))
+            return a
+        reply = self._entry(node)
+        self.inodes.remember(node.ino)
+        return reply
 
     @_handler
     async def getattr(self, inode: InodeT, ctx: RequestContext) -> pyfuse3.EntryAttributes:
-        return self.view.attributes(self.view.getattr(inode))
+        return self._entry(self.tree.getattr(inode))
 
     @_handler
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
-        return None  # nothing to free: inodes are manifest rows (see the module docstring)
+        self.inodes.forget(inode_list)
 
     @_handler
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
-        return FileNameT(self.view.readlink(inode))
+        return FileNameT(self.tree.readlink(inode))
 
     @_handler
     async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:
         # Not called with default_permissions (the kernel checks); kept for mounts without it.
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
-        node = self.view.getattr(inode)
+        node = self.tree.getattr(inode)
         if ctx.uid == 0:
             return not (mode & os.X_OK) or stat.S_ISDIR(node.mode) or bool(node.mode & 0o111)
         if ctx.uid == node.uid:
@@ -211,33 +275,37 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
-        if self.no_opendir:
+        if self.policy.no_opendir:
             # ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR for this
             # mount and opens every directory with FOPEN_KEEP_CACHE |
             # FOPEN_CACHE_DIR, so a listing read once is served from the page
             # cache afterwards (the patched pyfuse3 hands readdir the inode).
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        self.view.opendir(inode)
-        return FileHandleT(inode)  # the directory's inode is its handle: no per-open state
+        self.tree.opendir(inode)
+        return FileHandleT(self.handles.open(inode, is_dir=True))
 
     @_handler
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # pyfuse3 always answers with readdirplus, so each entry carries its
-        # attributes and the kernel needs no lookup afterwards.  The manifest's
-        # dentry ids are stable cursors: next_id resumes after that entry.
+        # attributes and the kernel needs no lookup afterwards; it counts one
+        # for every entry it accepted.  The tree's cursors are stable: next_id
+        # resumes after that entry.
+        ino = fh if self.policy.no_opendir else self.handles.get(fh).ino
+        remember = self.inodes.remember
         after = start_id
         while True:
-            batch = self.view.readdir(fh, after, _READDIR_BATCH)
+            batch = self.tree.readdir(ino, after, _READDIR_BATCH)
             for cursor, name, node in batch:
-                if not pyfuse3.readdir_reply(token, FileNameT(name), self.view.attributes(node), cursor):
+                if not pyfuse3.readdir_reply(token, FileNameT(name), self._entry(node), cursor):
                     return
+                remember(node.ino)
             if len(batch) < _READDIR_BATCH:
                 return
             after = batch[-1][0]
 
     @_handler
     async def releasedir(self, fh: FileHandleT) -> None:
-        return None
+        self.handles.release(fh)
 
     @_handler
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
@@ -247,7 +315,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> pyfuse3.FileInfo:
-        if self.no_open:
+        if self.policy.no_open:
             # ENOSYS: the kernel stops sending OPEN and RELEASE for this mount
             # (two of the three round trips of reading a small file) and opens
             # files with FOPEN_KEEP_CACHE; read() gets the inode as handle.
@@ -255,28 +323,26 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        self.view.open(inode)
-        # keep_cache: the content never changes, so pages cached by an earlier
-        # open stay valid and a re-read costs no request at all.
-        return pyfuse3.FileInfo(fh=FileHandleT(inode), keep_cache=True)
+        self.tree.open(inode)
+        return pyfuse3.FileInfo(fh=FileHandleT(self.handles.open(inode, flags)), keep_cache=self.policy.keep_cache)
 
     @_handler
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        return await self.view.read(fh, off, size)
+        ino = fh if self.policy.no_open else self.handles.get(fh).ino
+        return await self.tree.read(ino, off, size)
 
+    @_handler
     async def flush(self, fh: FileHandleT) -> None:
-        """``close(2)``: nothing to flush.  ENOSYS makes the kernel stop sending flushes at all.
-
-        (The kernel treats ENOSYS from FLUSH as success and sets ``no_flush``
-        for the connection, which saves one round trip on every close; OPEN
-        and OPENDIR use the same trick, see :meth:`open`.)
-        """
-        self.stats.record("flush", 0, False)
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        if self.policy.no_flush:
+            # close(2) has nothing to flush: the kernel treats ENOSYS from FLUSH
+            # as success and sets no_flush for the connection, which saves one
+            # round trip on every close.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        return None
 
     @_handler
     async def release(self, fh: FileHandleT) -> None:
-        return None
+        self.handles.release(fh)
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
@@ -286,14 +352,11 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        if not self.view.has_xattrs:
+        if self.policy.no_getxattr:
             # No entry of this tree has an xattr: ENOSYS makes the kernel stop
-            # asking for the rest of the mount (fc->no_getxattr), which saves a
-            # round trip per file on every `ls -l` (security.selinux, ACLs...).
-            # Callers then get EOPNOTSUPP instead of ENODATA, which ls, cp,
-            # tar and rsync all read as "no attribute".
+            # asking for the rest of the mount (fc->no_getxattr).
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        value = self.view.xattrs(inode).get(name)
+        value = self.tree.xattrs(inode).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -302,11 +365,11 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
         # (No ENOSYS here: the kernel would then fail listxattr with EOPNOTSUPP
         # instead of an empty list; only xattr-aware tools call it anyway.)
-        return [XAttrNameT(n) for n in self.view.xattrs(inode)]
+        return [XAttrNameT(n) for n in self.tree.xattrs(inode)]
 
     @_handler
     async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
-        return self.view.statfs()
+        return statvfs(self.tree.statfs())
 
     # -- everything that would write ---------------------------------------------
 

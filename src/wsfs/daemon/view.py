@@ -1,9 +1,11 @@
-"""A version's tree as the kernel sees it: attributes, entries, link targets, bytes.
+"""A version's tree: attributes, entries, link targets, bytes (a :class:`~wsfs.daemon.tree.Tree`).
 
 :class:`VersionView` holds the format and cache knowledge the FUSE adapter
-must not have: how manifest rows become ``EntryAttributes``, where a file's
-bytes are (inline in the manifest, or chunks in the blob cache), how a byte
-range maps onto chunks, read-ahead, and which calls may block.
+must not have: manifest rows as attributes, where a file's bytes are (inline
+in the manifest, a slice of a pack, or chunks in the blob cache), how a byte
+range maps onto chunks, read-ahead, and which calls may block.  It knows no
+FUSE type: ``ops`` builds the kernel's replies, with the timeouts of the
+mount's ``policy.CachePolicy``.
 
 Threading: the manifest's apsw connection is used on the trio thread only.
 Its queries are indexed point and range lookups that cost a few
@@ -25,7 +27,7 @@ of starting another thread.  At shutdown :meth:`Deadline.stop` ends every
 wait at once.
 
 Immutable data makes every cache here safe without invalidation: a version
-never changes while it is mounted.
+never changes while it is mounted (every answer is ``Lifetime.FIXED``).
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pyfuse3
 import trio
 
 from wsfs.cache import BlobCache
 from wsfs.daemon.profile import AccessRecorder
+from wsfs.daemon.tree import FsStats, Lifetime
+from wsfs.daemon.tree import NotReady as NotReady  # where it used to live
 from wsfs.errors import IntegrityError, StoreTimeout, UsageError, WsfsError
 from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, Place, decode_inline
@@ -53,14 +56,6 @@ from wsfs.store.base import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 
-# Kernel caching.  A mounted version never changes, so the kernel may keep
-# entries (positive and negative), attributes and page-cache contents for as
-# long as it likes; a day is "forever" without overflowing anything.
-ENTRY_TIMEOUT = 86400.0
-ATTR_TIMEOUT = 86400.0
-# st_blksize is only a hint to applications (cp, cat, stdio buffers): 128 KiB
-# matches FUSE's largest read request, so one read(2) is one FUSE request.
-BLKSIZE = 128 * 1024
 # The kernel's read-ahead for the mount (read_ahead_kb of its backing device,
 # 128 KiB by default).  The kernel reads a sequential stream in FUSE READs of
 # up to twice this, capped by the connection's max_pages (1 MiB with libfuse3's
@@ -123,29 +118,6 @@ class _LRU(collections.OrderedDict[Any, Any]):
         while self.weight > self.limit:
             _, old = self.popitem(last=False)
             self.weight -= self.weigh(old) if self.weigh else 1
-
-
-def entry_attributes(
-    node: Inode, *, entry_timeout: float = ENTRY_TIMEOUT, attr_timeout: float = ATTR_TIMEOUT
-) -> pyfuse3.EntryAttributes:
-    """The kernel's view of *node* (its ``ino`` as given), by default with the long timeouts."""
-    a = pyfuse3.EntryAttributes()
-    a.st_ino = node.ino
-    a.generation = 0  # inode numbers are never reused within a mount
-    a.entry_timeout = entry_timeout
-    a.attr_timeout = attr_timeout
-    a.st_mode = node.mode
-    a.st_nlink = node.nlink
-    a.st_uid = node.uid
-    a.st_gid = node.gid
-    a.st_rdev = node.rdev
-    a.st_size = node.size
-    a.st_blksize = BLKSIZE
-    a.st_blocks = node.blocks
-    a.st_atime_ns = node.atime_ns
-    a.st_mtime_ns = node.mtime_ns
-    a.st_ctime_ns = node.ctime_ns
-    return a
 
 
 async def raise_kernel_readahead(mountpoint: str, kib: int = KERNEL_READAHEAD_KIB) -> None:
@@ -219,27 +191,15 @@ class Deadline:
             scope.cancel()
 
 
-class NotReady(Exception):
-    """A view needs blocking work (a store listing, a manifest download) before it can answer.
-
-    A synchronous view method raises it instead of blocking the trio thread.
-    The adapter then awaits :attr:`wait`, which does the work in a worker
-    thread, and calls the handler again; an exception from ``wait`` is the
-    answer.  :class:`VersionView` never raises it (its manifest is open for
-    the whole mount); :class:`~wsfs.daemon.history.HistoryView` does.
-    """
-
-    def __init__(self, wait: Callable[[], Awaitable[None]]) -> None:
-        super().__init__()
-        self.wait = wait
-
-
 class VersionView:
     """One immutable version: a manifest plus the blob cache that holds its large files.
 
     Methods raise :class:`~wsfs.errors.WsfsError` subclasses (``NotFound`` ->
     ENOENT, ``IntegrityError`` -> EIO, ...); the adapter turns them into errno.
+    Attributes are the manifest's ``Inode`` rows as they are.
     """
+
+    listings_change = False  # a version never changes
 
     def __init__(
         self,
@@ -292,20 +252,13 @@ class VersionView:
 
     # -- attributes --------------------------------------------------------
 
-    def attributes(self, node: Inode) -> pyfuse3.EntryAttributes:
-        """The kernel's view of *node*, with our (long) timeouts."""
-        return entry_attributes(node)
+    def lifetime(self, node: Inode) -> Lifetime:
+        """Every entry of a version and its attributes hold for the whole mount."""
+        return Lifetime.FIXED
 
-    def negative_entry(self, parent: int) -> pyfuse3.EntryAttributes:
-        """A cacheable "no such entry" reply for a name in directory *parent*.
-
-        ``st_ino == 0`` with an entry timeout; every directory of a version is
-        immutable, so a miss is cached as long as a hit.
-        """
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = 0
-        a.entry_timeout = ENTRY_TIMEOUT
-        return a
+    def miss_lifetime(self, parent: int) -> Lifetime:
+        """Every directory of a version is immutable, so a miss holds as long as a hit."""
+        return Lifetime.FIXED
 
     def getattr(self, ino: int) -> Inode:
         node = self._nodes.get_(ino)
@@ -376,17 +329,12 @@ class VersionView:
             raise _IsADirectory(f"inode {ino} is a directory")
         return node
 
-    def statfs(self) -> pyfuse3.StatvfsData:
+    def statfs(self) -> FsStats:
         """Totals of the version; nothing is free on a read-only file system."""
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = BLKSIZE
-        s.f_frsize = 4096
-        s.f_blocks = (int(self.tree_stats.get("bytes", 0)) + 4095) // 4096
-        s.f_bfree = s.f_bavail = 0
-        s.f_files = sum(int(self.tree_stats.get(k, 0)) for k in ("files", "dirs", "symlinks", "specials"))
-        s.f_ffree = s.f_favail = 0
-        s.f_namemax = 255
-        return s
+        return FsStats(
+            blocks=(int(self.tree_stats.get("bytes", 0)) + 4095) // 4096,
+            files=sum(int(self.tree_stats.get(k, 0)) for k in ("files", "dirs", "symlinks", "specials")),
+        )
 
     # -- reading -----------------------------------------------------------
 
