@@ -17,7 +17,7 @@ with the sizes their references declare.
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from wsfs.errors import IntegrityError
 from wsfs.format.manifest import ROOT_INO, ManifestBuilder
@@ -37,10 +37,12 @@ INDEX_VERSION = 3
 class _Packs:
     """Assigns packed files, in key order, to the packs their references list."""
 
-    def __init__(self, b: ManifestBuilder, refs: list[Ref], places: list[Place] | None) -> None:
+    def __init__(self, b: ManifestBuilder, refs: list[Ref], places: Callable[[], list[Place]] | None) -> None:
         self.b = b
         self.refs = iter(refs)
-        self.places = places or [STANDALONE] * len(refs)
+        self.n = len(refs)
+        self._get_places = places
+        self.places: list[Place] | None = None
         self.ref: Ref | None = None
         self.row = 0
         self.left = 0
@@ -56,6 +58,10 @@ class _Packs:
             if self.ref.first != e.key:
                 raise IntegrityError(f"a pack's first key is not that of {e.path!r}")
             self.row += 1
+            if self.places is None:  # on first use: the caller may still be fetching the map
+                self.places = self._get_places() if self._get_places is not None else [STANDALONE] * self.n
+                if len(self.places) != self.n:
+                    raise IntegrityError(f"the pack map places {len(self.places)} packs, the version has {self.n}")
             where = self.places[self.row - 1]
             self.rows.append((self.row, self.ref.id, self.ref.size, where.segment, where.offset, where.length))
             self.left, self.offsets, self.end = self.ref.count, {}, 0
@@ -77,14 +83,13 @@ class _Packs:
 
 def build_index(
     path: str, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout, meta: dict[str, object],
-    places: list[Place] | None = None,
+    places: Callable[[], list[Place]] | None = None,
 ) -> None:
     """Write the index of the version whose ranges (in order) yield *ranges* to *path*.
 
-    *places*: where each pack is stored (its pack map), in the order of *pack_refs*; default: blobs of their own.
+    *places* returns where each pack is stored (its pack map), in the order of *pack_refs*; called when
+    the first packed file is placed.  Default: blobs of their own.
     """
-    if places is not None and len(places) != len(pack_refs):
-        raise IntegrityError(f"the pack map places {len(places)} packs, the version has {len(pack_refs)}")
     b = ManifestBuilder(path, chunk_size=layout.chunk_size, index=True)
     try:
         _fill(b, ranges, pack_refs, layout, places)
@@ -98,7 +103,8 @@ _BATCH = 4096  # rows handed to SQLite at once (memory stays bounded whatever th
 
 
 def _fill(
-    b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout, places: list[Place] | None
+    b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout,
+    places: Callable[[], list[Place]] | None,
 ) -> None:
     cs = layout.chunk_size
     dirs: dict[bytes, int] = {}  # directory path -> inode

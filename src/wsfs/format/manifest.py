@@ -72,8 +72,6 @@ CREATE TABLE inodes (
 );
 CREATE TABLE data (id INTEGER PRIMARY KEY, cid BLOB NOT NULL UNIQUE, codec INTEGER NOT NULL, payload BLOB NOT NULL);
 CREATE TABLE dentries (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL);
-CREATE UNIQUE INDEX dentries_name ON dentries(parent, name);
-CREATE INDEX dentries_parent ON dentries(parent);
 CREATE TABLE chunks (ino INTEGER NOT NULL, idx INTEGER NOT NULL, cid BLOB, length INTEGER NOT NULL,
                      PRIMARY KEY (ino, idx)) WITHOUT ROWID;
 CREATE TABLE xattrs (ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
@@ -88,6 +86,14 @@ ALTER TABLE inodes ADD COLUMN pack INTEGER;
 ALTER TABLE inodes ADD COLUMN pack_offset INTEGER;
 CREATE TABLE packs (id INTEGER PRIMARY KEY, cid BLOB NOT NULL, size INTEGER NOT NULL,
                     segment BLOB, seg_offset INTEGER, seg_length INTEGER);  -- segment NULL: a blob of its own
+"""
+
+# The dentry indexes: part of SCHEMA, created last by the builder (one sort of
+# the finished table instead of two B-trees kept sorted row by row: building
+# the index of the 20,022-file benchmark tree took 0.64 s in inserts).
+DENTRY_INDEXES = """
+CREATE UNIQUE INDEX dentries_name ON dentries(parent, name);
+CREATE INDEX dentries_parent ON dentries(parent);
 """
 
 _INODE_COLS = "ino, mode, uid, gid, size, blocks, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, content, data"
@@ -191,7 +197,8 @@ class ManifestBuilder:
         self.db = apsw.Connection(path)
         # Built once, in one transaction, then hashed and uploaded: durability of
         # the temporary file is not needed (a crash restarts the push).
-        self.db.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=4096")
+        self.db.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=4096; "
+                        "PRAGMA cache_size=-65536")  # 64 MiB: the tables of a 100k-entry tree stay in memory
         self.db.execute(SCHEMA)
         if index:
             self.db.execute(INDEX_SCHEMA)
@@ -312,6 +319,7 @@ class ManifestBuilder:
         """Write ``meta``, commit and close.  The file is then ready to hash and upload."""
         meta = dict(meta, format=2 if self.index else 1, chunk_size=self.chunk_size)
         self.db.executemany("INSERT INTO meta (key, value) VALUES (?,?)", sorted(meta.items()))
+        self.db.execute(DENTRY_INDEXES)
         self.db.execute("COMMIT")
         self.db.execute("PRAGMA optimize")
         self.db.close()
@@ -328,6 +336,7 @@ def _expected_schema() -> list[tuple[str, str, str, str | None]]:
     """``sqlite_schema`` rows of a manifest as :data:`SCHEMA` creates it."""
     db = apsw.Connection(":memory:")
     db.execute(SCHEMA)
+    db.execute(DENTRY_INDEXES)
     rows = list(db.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema"))
     db.close()
     return rows

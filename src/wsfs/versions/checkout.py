@@ -96,7 +96,9 @@ class _Materializer:
         self.euid = os.geteuid()
         self.stats = CheckoutStats()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-checkout")
-        self.small = SmallFiles(repo, m, workers=workers)
+        # A checkout reads every small file in key order: a long read-ahead makes long runs of packs (one GET
+        # per RUN_MAX of a segment), 64 packs of 24-40 KiB being about 2 MiB.
+        self.small = SmallFiles(repo, m, workers=workers, ahead=64)
         self.max_window = 2 * workers
         self.max_files = 8 * workers
         self.any_xattrs = m.has_xattrs()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from wsfs.errors import IntegrityError
+from wsfs.errors import IntegrityError, WsfsError
 from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import Chunk, Inode, Manifest
 from wsfs.repository import Repository
@@ -16,8 +15,9 @@ from wsfs.repository import Repository
 class SmallFiles:
     """The content of small files: inline (format 1) or slices of packs (format 2), verified.
 
-    Packs are fetched whole, on a pool, with the next few (in key order, the
-    order a walk of the tree mostly reads them in) fetched ahead; the last
+    Packs are fetched on a pool, with the next few (in key order, the order a
+    walk of the tree mostly reads them in) fetched ahead; neighbours in one
+    segment come with one ranged GET (``Repository.get_pack_run``).  The last
     *keep* stay in memory.  Every file is checked against its own content id.
     """
 
@@ -29,44 +29,97 @@ class SmallFiles:
         self._pool: ThreadPoolExecutor | None = None
         self.workers = workers
         self._packs: collections.OrderedDict[int, Future[bytes | memoryview]] = collections.OrderedDict()
-        self._lock = threading.Lock()
 
     def data(self, node: Inode) -> bytes:
         if not node.packed:
             return self.m.inline_data(node)
         assert node.pack is not None
         chunk, off = self.m.pack_ref(node)
-        assert chunk.cid is not None
-        fut = self._get(node.pack, chunk)
-        for row in range(node.pack + 1, node.pack + 1 + self.ahead):
-            if row not in self._packs:
-                ref = self.m.pack_row(row)
-                if ref is None:
-                    break
-                self._get(row, ref)
+        fut = self._packs.get(node.pack)
+        if fut is None:
+            self._fetch_from(node.pack, chunk)
+            fut = self._packs[node.pack]
+        else:
+            self._packs.move_to_end(node.pack)
+        # Less than half the read-ahead window on its way: fetch the next window (long runs, few GETs).
+        row = node.pack + 1
+        while row in self._packs and row <= node.pack + self.ahead:
+            row += 1
+        if self.ahead and row <= node.pack + self.ahead // 2 + 1:
+            nxt = self.m.pack_row(row)
+            if nxt is not None:
+                self._fetch_from(row, nxt)
         pack = fut.result()
         out = bytes(pack[off : off + node.size])
         if len(out) != node.size or content_id(out) != node.content:
             raise IntegrityError(f"a file in pack {hexid(chunk.cid)} does not match its content id")
         return out
 
-    def _get(self, row: int, pack: Chunk) -> Future[bytes | memoryview]:
-        fut = self._packs.get(row)
-        if fut is None:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wsfs-packs")
-            assert pack.cid is not None
-            fut = self._packs[row] = self._pool.submit(self.repo.get_blob, pack.cid, pack.length, "pack",
-                                                       place=pack.place)
-            while len(self._packs) > self.keep + self.ahead:
-                self._packs.popitem(last=False)[1].cancel()
-        else:
-            self._packs.move_to_end(row)
-        return fut
+    def _fetch_from(self, row: int, first: Chunk) -> None:
+        """Start fetching pack *row* and up to ``ahead`` following ones, as runs of neighbours (one GET each)."""
+        from wsfs.repository import RUN_GAP, RUN_MAX
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wsfs-packs")
+        run: list[tuple[int, Chunk]] = []
+        r, pack = row, first
+        while True:
+            if run and not _neighbours(run[0][1], run[-1][1], pack, RUN_GAP, RUN_MAX):
+                self._submit(run)
+                run = []
+            run.append((r, pack))
+            r += 1
+            if r > row + self.ahead or r in self._packs:
+                break
+            nxt = self.m.pack_row(r)
+            if nxt is None:
+                break
+            pack = nxt
+        self._submit(run)
+        while len(self._packs) > self.keep + self.ahead:
+            self._packs.popitem(last=False)[1].cancel()
+
+    def _submit(self, run: list[tuple[int, Chunk]]) -> None:
+        futures: list[Future[bytes | memoryview]] = []
+        for r, _ in run:
+            fut: Future[bytes | memoryview] = Future()
+            fut.set_running_or_notify_cancel()
+            self._packs[r] = fut
+            futures.append(fut)
+        assert self._pool is not None
+        self._pool.submit(self._fetch_run, [p for _, p in run], futures)
+
+    def _fetch_run(self, packs: list[Chunk], futures: list[Future[bytes | memoryview]]) -> None:
+        try:
+            if len(packs) == 1:
+                p = packs[0]
+                assert p.cid is not None
+                results: list[bytes | memoryview | WsfsError] = [
+                    self.repo.get_blob(p.cid, p.length, "pack", place=p.place)
+                ]
+            else:
+                results = self.repo.get_pack_run([(p.cid, p.length, p.place) for p in packs])  # type: ignore[misc]
+        except BaseException as e:  # noqa: BLE001 - each waiting reader gets the error
+            for fut in futures:
+                fut.set_exception(e)
+            return
+        for fut, res in zip(futures, results, strict=True):
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _neighbours(first: Chunk, last: Chunk, nxt: Chunk, gap: int, limit: int) -> bool:
+    """Whether pack *nxt* can join the run *first* .. *last* (same segment, just after it, within *limit*)."""
+    a, b, c = first.place, last.place, nxt.place
+    if a is None or b is None or c is None or c.segment is None or c.segment != b.segment:
+        return False
+    return 0 <= c.offset - (b.offset + b.length) <= gap and c.offset + c.length - a.offset <= limit
 
 
 def iter_content(repo: Repository, m: Manifest, node: Inode, *, workers: int = 4) -> Iterator[bytes]:
