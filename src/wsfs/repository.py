@@ -87,6 +87,14 @@ RUN_MAX = 2 * 1024 * 1024
 RUN_GAP = 64 * 1024
 
 
+def joins_run(first: tree.Place | None, last: tree.Place | None, nxt: tree.Place | None) -> bool:
+    """Whether the pack at *nxt* can be read with the run of packs *first* .. *last* (one ranged GET):
+    the same segment, just after it (a gap of at most ``RUN_GAP``), all within ``RUN_MAX``."""
+    if first is None or last is None or nxt is None or nxt.segment is None or nxt.segment != last.segment:
+        return False
+    return 0 <= nxt.offset - (last.offset + last.length) <= RUN_GAP and nxt.offset + nxt.length - first.offset <= RUN_MAX
+
+
 def manifest_key(cid: bytes) -> str:
     h = hexid(cid)
     return f"manifests/{h[:2]}/{h}"

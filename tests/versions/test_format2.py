@@ -221,3 +221,30 @@ def test_format1_repository_still_reads(tmp_path, subprocess_env):
     again = tmp_path / "again"
     w("checkout", "demo@3", str(again))
     assert_same_tree(out, again)
+
+
+def test_small_files_are_read_in_runs_of_packs(wsfs, tree, tmp_path):
+    """The packs a push adds lie side by side in one segment: a checkout reads them with a few ranged GETs
+    (up to RUN_MAX each), not one GET per pack."""
+    from wsfs.format.manifest import Manifest
+    from wsfs.repository import RUN_MAX
+    from wsfs.store import open_store
+    from wsfs.versions.checkout import checkout
+
+    src, _ = tree
+    wsfs.push(src, "demo")
+    repo = Repository.open(open_store(wsfs.repo), str(tmp_path / "cold-cache"))
+    record = repo.record("demo", 1)
+    with repo.open_manifest(record) as m:
+        assert isinstance(m, Manifest)
+        _, packs = repo.version_refs(record)
+        places = repo.pack_places(record, len(packs))
+        assert len(packs) >= 8 and len({p.segment for p in places}) == 1
+        stored = sum(p.length for p in places)
+        chunks = len(m.chunk_sizes())  # the large files' chunks: a GET each
+        before = repo.store.stats.snapshot()["requests"].get("get", 0)
+        checkout(repo, m, str(tmp_path / "out"))
+        gets = repo.store.stats.snapshot()["requests"].get("get", 0) - before - chunks
+    assert_same_tree(src, tmp_path / "out")
+    # each GET reads up to RUN_MAX bytes of the segment; the read-ahead window (64 packs) cuts runs short
+    assert 1 <= gets <= stored // RUN_MAX + 1 + len(packs) // 32 + 1 < len(packs) // 8, (gets, len(packs))

@@ -174,7 +174,7 @@ class SharedCounters:
         """(helper) Set the counters named in *values*; the others keep their value."""
         with self._lock:
             seq, *old = self._LAYOUT.unpack_from(self._map)
-            new = [values.get(k, v) for k, v in zip(self.FIELDS, old)]
+            new = [values.get(k, v) for k, v in zip(self.FIELDS, old, strict=True)]
             struct.pack_into("<Q", self._map, 0, seq + 1)  # odd: writing
             self._LAYOUT.pack_into(self._map, 0, seq + 1, *new)
             struct.pack_into("<Q", self._map, 0, seq + 2)
@@ -185,7 +185,7 @@ class SharedCounters:
             seq, *values = self._LAYOUT.unpack_from(self._map)
             (again,) = struct.unpack_from("<Q", self._map, 0)
             if seq % 2 == 0 and again == seq:
-                return dict(zip(self.FIELDS, values))
+                return dict(zip(self.FIELDS, values, strict=True))
             time.sleep(0)
 
     def close(self) -> None:
@@ -386,14 +386,11 @@ class _PackFetcher:
         """Hand the queued packs to the workers, as runs of neighbours in one segment."""
         if not self.queued:
             return
-        from wsfs.repository import RUN_GAP, RUN_MAX
+        from wsfs.repository import joins_run
 
         run: list[Chunk] = []
         for _, pack in sorted(self.queued.items()):
-            p, last = pack.place, run[-1].place if run else None
-            if run and (p is None or p.segment is None or last is None or p.segment != last.segment
-                        or not 0 <= p.offset - (last.offset + last.length) <= RUN_GAP
-                        or p.offset + p.length - run[0].place.offset > RUN_MAX):  # type: ignore[union-attr]
+            if run and not joins_run(run[0].place, run[-1].place, pack.place):
                 self.pool.submit(self._get, run)
                 run = []
             run.append(pack)

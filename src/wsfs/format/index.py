@@ -63,6 +63,11 @@ class _Packs:
                 if len(self.places) != self.n:
                     raise IntegrityError(f"the pack map places {len(self.places)} packs, the version has {self.n}")
             where = self.places[self.row - 1]
+            if where.length > self.ref.size + self.ref.size // 64 + 1024:
+                # An encoded pack is its codec byte plus at most about its plaintext: a map claiming more would
+                # only make readers download bytes that cannot verify.
+                raise IntegrityError(f"the pack map gives pack {self.ref.id.hex()} {where.length} stored bytes "
+                                     f"for {self.ref.size} of content")
             self.rows.append((self.row, self.ref.id, self.ref.size, where.segment, where.offset, where.length))
             self.left, self.offsets, self.end = self.ref.count, {}, 0
         assert self.ref is not None and e.content is not None

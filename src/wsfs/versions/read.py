@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from wsfs.errors import IntegrityError, WsfsError
 from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import Chunk, Inode, Manifest
-from wsfs.repository import Repository
+from wsfs.repository import Repository, joins_run
 
 
 class SmallFiles:
@@ -57,14 +57,12 @@ class SmallFiles:
 
     def _fetch_from(self, row: int, first: Chunk) -> None:
         """Start fetching pack *row* and up to ``ahead`` following ones, as runs of neighbours (one GET each)."""
-        from wsfs.repository import RUN_GAP, RUN_MAX
-
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wsfs-packs")
         run: list[tuple[int, Chunk]] = []
         r, pack = row, first
         while True:
-            if run and not _neighbours(run[0][1], run[-1][1], pack, RUN_GAP, RUN_MAX):
+            if run and not joins_run(run[0][1].place, run[-1][1].place, pack.place):
                 self._submit(run)
                 run = []
             run.append((r, pack))
@@ -112,14 +110,6 @@ class SmallFiles:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _neighbours(first: Chunk, last: Chunk, nxt: Chunk, gap: int, limit: int) -> bool:
-    """Whether pack *nxt* can join the run *first* .. *last* (same segment, just after it, within *limit*)."""
-    a, b, c = first.place, last.place, nxt.place
-    if a is None or b is None or c is None or c.segment is None or c.segment != b.segment:
-        return False
-    return 0 <= c.offset - (b.offset + b.length) <= gap and c.offset + c.length - a.offset <= limit
 
 
 def iter_content(repo: Repository, m: Manifest, node: Inode, *, workers: int = 4) -> Iterator[bytes]:
