@@ -347,6 +347,7 @@ class Bench:
         t1 = time.perf_counter()
         s1 = stats.snapshot()
         ranges, packs = repo.version_refs(record)  # pieces now cached: no request
+        places = dict(zip((r.id for r in packs), repo.pack_places(record, len(packs)), strict=True))  # its map: a GET
         want: dict[bytes, int | None] = {r.id: r.size for r in packs}
         for entries in repo.version_ranges(ranges):
             for e in entries:
@@ -356,7 +357,7 @@ class Bench:
         s2 = stats.snapshot()
         new = [(c, size) for c, size in want.items() if c not in self.reader_seen]
         for c, size in new:
-            repo.get_blob(c, size, "pack" if size is not None else "chunk")
+            repo.get_blob(c, size, "pack" if size is not None else "chunk", place=places.get(c))
         t2 = time.perf_counter()
         s3 = stats.snapshot()
         self.reader_seen.update(want)
