@@ -21,6 +21,11 @@ printf 'console.log(require("left-pad")("hi", 5));\n' > "$demo/src/src/main.js"
 ln -s src/main.js "$demo/src/main"
 head -c 20000000 /dev/urandom > "$demo/src/assets.bin"
 
+repo="${XDG_DATA_HOME:-$HOME/.local/share}/wsfs/repo"
+if [ -f "$repo/wsfs-repo.json" ] && grep -q '"format": 1' "$repo/wsfs-repo.json"; then
+    echo "== the default repository was made by an older wsfs (format 1): converting it in place"
+    say wsfs upgrade  # its versions stay readable; new ones are format 2
+fi
 say wsfs push -m "first version" "$demo/src" "$ws"
 say wsfs ls -l "$ws"
 say wsfs cat "$ws" node_modules/left-pad/index.js
@@ -42,4 +47,4 @@ if python3 -m wsfs mount --help >/dev/null 2>&1 && [ -e /dev/fuse ]; then
     say wsfs umount "$demo/mnt"
 fi
 echo
-echo "done: the repository is at ${XDG_DATA_HOME:-$HOME/.local/share}/wsfs/repo (workspace $ws)"
+echo "done: the repository is at $repo (workspace $ws)"
