@@ -80,7 +80,7 @@ import apsw
 
 from wsfs.errors import IntegrityError, NotFound, WsfsError
 from wsfs.format.blobs import content_id, hexid, is_hexid
-from wsfs.format.manifest import Place
+from wsfs.format.manifest import Chunk, Place
 from wsfs.localfs import PRIVATE_DIR, private_dir, private_file, remove_stale, tighten, touch_private
 from wsfs.repository import Repository
 
@@ -448,6 +448,46 @@ class BlobCache:
     def local(self, cid: bytes, size: int) -> bytes | memoryview | None:
         """The whole blob *cid* of *size* bytes if this host has it (verified), else None; never fetches."""
         return self._read_local(cid, 0, size, size, count=False)
+
+    def prepare_run(self, packs: list[Chunk]) -> list[bytes | memoryview | None]:
+        """Packs stored side by side in one segment (``repository.joins_run``), made present and verified.
+
+        Those not on this host are read with one ranged GET
+        (``Repository.get_pack_run``), each verified and installed on its
+        own (:meth:`offer`).  Returns each pack's bytes, or None for one that
+        could not be had (logged at debug level: the read that needs it
+        fetches it again and reports the error).
+        """
+        out: list[bytes | memoryview | None] = []
+        todo: list[tuple[int, Chunk]] = []
+        for i, pack in enumerate(packs):
+            assert pack.cid is not None
+            data = self.local(pack.cid, pack.length)
+            out.append(data)
+            if data is None:
+                todo.append((i, pack))
+        if not todo:
+            return out
+        try:
+            if len(todo) == 1 or todo[0][1].place is None or todo[0][1].place.segment is None:
+                for i, pack in todo:
+                    assert pack.cid is not None
+                    out[i] = self.read(pack.cid, 0, pack.length, size=pack.length, place=pack.place)
+                return out
+            with self._lock:
+                self.stats.prefetches += 1
+            got = self.repo.get_pack_run([(p.cid, p.length, p.place) for _, p in todo])  # type: ignore[misc]
+        except WsfsError as e:
+            log.debug("packs %s not fetched: %s", ", ".join(hexid(p.cid) for _, p in todo), e)  # type: ignore[arg-type]
+            return out
+        for (i, pack), res in zip(todo, got, strict=True):
+            assert pack.cid is not None
+            if isinstance(res, WsfsError):
+                log.debug("pack %s not fetched: %s", hexid(pack.cid), res)
+            else:
+                self.offer(pack.cid, res)
+                out[i] = res
+        return out
 
     def offer(self, cid: bytes, data: bytes | memoryview) -> None:
         """Keep *data*, the verified content of blob *cid* fetched by the caller, unless it is here already.

@@ -418,3 +418,28 @@ def test_ready_notification_reaches_abstract_sockets(monkeypatch: pytest.MonkeyP
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
         notify_systemd("READY=1")
         assert s.recv(100) == b"READY=1"
+
+
+def test_without_the_helper_the_daemon_prefetches_listed_packs_in_runs(tmp_path: Path, mount) -> None:
+    """With -o nopreload the daemon prefetches a listed directory's packs itself: neighbours in one segment
+    with one ranged GET, not one GET per pack."""
+    src = tmp_path / "src"
+    (src / "many").mkdir(parents=True)
+    rng = random.Random(3)
+    for i in range(600):
+        (src / "many" / f"f{i:03d}").write_bytes(rng.randbytes(400))  # incompressible: ~240 KB of packs
+    repo = tmp_path / "repo"
+    w = Wsfs(str(repo), str(tmp_path / "push-cache"))
+    w("init")
+    w.push(src, "t")
+    want = pack_ids(repo, tmp_path / "count-cache", "t@1", b"many")
+    assert len(want) >= 5
+    m = mount(repo, "t@1", extra=("-o", "nopreload"))
+    gets0 = m.gets()
+    os.listdir(m.path / "many")
+    wait_for_blobs(m.cache_dir, want)
+    time.sleep(0.3)
+    # at most a run per readdir reply of the daemon (256 entries each: 3 here), however many packs
+    assert m.gets() - gets0 <= 3 < len(want), (m.gets() - gets0, len(want))
+    assert (m.path / "many" / "f007").read_bytes() == (src / "many" / "f007").read_bytes()
+    assert m.stats()["cache"]["failures"] == 0

@@ -340,7 +340,7 @@ class _PackFetcher:
         self.done: collections.deque[tuple[bytes, bytes | None]] = collections.deque()
         self.waiting: dict[bytes, list[tuple[Inode, int]]] = {}  # pack -> (file, offset) waiting for it
         self.queued: dict[int, Chunk] = {}  # row -> pack, not yet handed to a worker
-        self.fetched = self.failed = self.runs = 0
+        self.fetched = self.failed = 0
         self.frontier = 0  # packs up to this row are requested (read-ahead)
         self.ahead = PACK_AHEAD_MIN
         self.counters = counters
@@ -399,41 +399,18 @@ class _PackFetcher:
 
     def _get(self, run: list[Chunk]) -> None:
         """(worker) Fetch a run of packs (those not in the cache yet), install them, queue their bytes."""
-        got: list[tuple[bytes, bytes | None]] = []
-        todo: list[Chunk] = []
-        for pack in run:
-            assert pack.cid is not None
-            data = self.cache.local(pack.cid, pack.length)
-            if data is None:
-                todo.append(pack)
-            else:
-                got.append((pack.cid, bytes(data)))
         try:
-            if len(todo) == 1 or (todo and (todo[0].place is None or todo[0].place.segment is None)):
-                for pack in todo:
-                    assert pack.cid is not None
-                    got.append((pack.cid, bytes(self.cache.read(pack.cid, 0, pack.length, size=pack.length,
-                                                                place=pack.place))))
-            elif todo:
-                self.runs += 1
-                results = self.repo.get_pack_run([(p.cid, p.length, p.place) for p in todo])  # type: ignore[misc]
-                for pack, res in zip(todo, results, strict=True):
-                    assert pack.cid is not None
-                    if isinstance(res, WsfsError):
-                        log.debug("%s: pack %s not fetched: %s", self.label, hexid(pack.cid), res)
-                        got.append((pack.cid, None))
-                    else:
-                        self.cache.offer(pack.cid, res)
-                        got.append((pack.cid, bytes(res)))
+            got = self.cache.prepare_run(run)
         except WsfsError as e:
             # The daemon fetches them again for a READ and reports the error there.
             log.debug("%s: packs not fetched: %s", self.label, e)
+            got = [None] * len(run)
         except Exception:  # noqa: BLE001 - a preload must not end the helper
             log.exception("%s: packs not fetched", self.label)
-        done = {cid for cid, _ in got}
-        got.extend((p.cid, None) for p in run if p.cid not in done)  # type: ignore[misc]
-        self._report(sum(d is not None for _, d in got), sum(d is None for _, d in got))
-        self.done.extend(got)
+            got = [None] * len(run)
+        done = [(p.cid, None if d is None else bytes(d)) for p, d in zip(run, got, strict=True)]
+        self._report(sum(d is not None for _, d in done), sum(d is None for _, d in done))
+        self.done.extend(done)  # type: ignore[arg-type]
         try:
             os.write(self._wake, b"\0")
         except BlockingIOError:
@@ -608,7 +585,7 @@ class _Helper:
             self.fetcher.close()
             st = self.fetcher.repo.store.stats.snapshot()
             fetched = (f"; {self.fetcher.fetched} packs fetched or found cached, {self.fetcher.failed} failed, "
-                       f"{st['requests'].get('get', 0)} store GETs ({self.fetcher.runs} of several packs)")
+                       f"{st['requests'].get('get', 0)} store GETs")
         cpu = os.times()
         log.info("%s: preload helper: %d files (%d bytes) stored from %d directory listings in %.2f s "
                  "(%.2f CPU s); %d retried, %d unknown to the kernel, %d failed verification, "

@@ -52,6 +52,7 @@ from wsfs.daemon.tree import NotReady as NotReady  # where it used to live
 from wsfs.errors import IntegrityError, StoreTimeout, UsageError, WsfsError
 from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, Place, decode_inline
+from wsfs.repository import joins_run
 from wsfs.store.base import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -302,16 +303,19 @@ class VersionView:
             # parses the reply).
             self.listed_hook(ino)
         packs_here = self.small_prefetch_max and not self.packs_elsewhere()
+        packs: dict[int, Chunk] = {}  # row -> pack of the listed small files, to prefetch
         for _, _, node in entries:
             if node.is_dir:
                 self._parents[node.ino] = ino
             elif node.packed:
                 # A listed directory's small files are read next (ls -l, tar, an
                 # editor's project scan): their packs start coming now.
-                if packs_here and len(self._prefetching) < _SMALL_PREFETCH_PENDING:
-                    self._start_prefetch(self.manifest.pack_ref(node)[0], self.pack_limiter)
+                if packs_here and node.pack not in packs and len(self._prefetching) < _SMALL_PREFETCH_PENDING:
+                    packs[node.pack or 0] = self.manifest.pack_ref(node)[0]
             elif node.is_reg and node.data is None and 0 < node.size <= self.small_prefetch_max:
                 self._prefetch_listed(node)
+        if packs:
+            self._prefetch_packs(packs)
         return entries
 
     def readlink(self, ino: int) -> bytes:
@@ -521,6 +525,40 @@ class VersionView:
         chunks = self._chunk_list(node)
         if len(chunks) == 1:
             self._start_prefetch(chunks[0])
+
+    def _prefetch_packs(self, packs: dict[int, Chunk]) -> None:
+        """Prepare these packs (by row) in the background: neighbours in a segment with one GET each run."""
+        if self.nursery is None:
+            return
+        run: list[Chunk] = []
+        for _, pack in sorted(packs.items()):
+            if pack.cid is None or pack.cid in self._prefetching or self._prepared.get_(pack.cid):
+                continue
+            if run and not joins_run(run[0].place, run[-1].place, pack.place):
+                self._start_pack_run(run)
+                run = []
+            run.append(pack)
+        if run:
+            self._start_pack_run(run)
+
+    def _start_pack_run(self, run: list[Chunk]) -> None:
+        assert self.nursery is not None
+        for pack in run:
+            self._prefetching.add(pack.cid)  # type: ignore[arg-type]
+        self.nursery.start_soon(self._prefetch_run, run)
+
+    async def _prefetch_run(self, run: list[Chunk]) -> None:
+        try:
+            # abandon_on_cancel: as _prefetch (nobody waits; the effect is installed cache files).
+            got = await trio.to_thread.run_sync(
+                lambda: self.cache.prepare_run(run), limiter=self.pack_limiter, abandon_on_cancel=True
+            )
+            for pack, data in zip(run, got, strict=True):
+                if data is not None:
+                    self._prepared.put(pack.cid, True)
+        finally:
+            for pack in run:
+                self._prefetching.discard(pack.cid)  # type: ignore[arg-type]
 
     def _start_prefetch(self, c: Chunk, limiter: trio.CapacityLimiter | None = None) -> None:
         """Prepare chunk *c* in the background unless it is a hole, ready, or already on its way."""
