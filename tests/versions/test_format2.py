@@ -248,3 +248,46 @@ def test_small_files_are_read_in_runs_of_packs(wsfs, tree, tmp_path):
     assert_same_tree(src, tmp_path / "out")
     # each GET reads up to RUN_MAX bytes of the segment; the read-ahead window (64 packs) cuts runs short
     assert 1 <= gets <= stored // RUN_MAX + 1 + len(packs) // 32 + 1 < len(packs) // 8, (gets, len(packs))
+
+
+def test_versions_without_a_pack_map_still_read_and_push_on(wsfs, tree, tmp_path):
+    """Format 2 versions pushed before segments have their packs as blobs of their own and no pack map: they
+    read, and the next push keeps pointing at those packs (standalone places) and puts only new ones in a
+    segment."""
+    from wsfs.format.tree import STANDALONE
+    from wsfs.repository import pack_map_key, segment_key
+    from wsfs.store import open_store
+
+    src, files = tree
+    first = wsfs.push(src, "demo")
+    # Rewrite version 1 as the older code stored it: each pack a blob of its own, no segment, no map.
+    store = open_store(wsfs.repo)
+    repo = Repository.open(store, str(tmp_path / "rewrite-cache"))
+    record = repo.record("demo", 1)
+    _, packs = repo.version_refs(record)
+    places = repo.pack_places(record, len(packs))
+    for ref, place in zip(packs, places, strict=True):
+        repo.put_blob(ref.id, bytes(repo.get_blob(ref.id, ref.size, "pack", place=place)))
+    for seg in {p.segment for p in places}:
+        assert seg is not None
+        store.delete(segment_key(seg))
+    store.delete(pack_map_key(bytes.fromhex(first["manifest"])))
+    assert repo.pack_places(record, len(packs)) == [STANDALONE] * len(packs)
+
+    cold = Wsfs(wsfs.repo, str(tmp_path / "cold-cache"), wsfs.env)
+    name = files[1000].relative_to(src)
+    assert cold("cat", "demo@1", str(name)).out == files[1000].read_bytes()
+    cold("checkout", "demo@1", str(tmp_path / "out1"))
+    assert_same_tree(src, tmp_path / "out1")
+
+    files[1000].write_text("changed\n")
+    wsfs.push(src, "demo")
+    record2 = repo.record("demo", 2)
+    _, packs2 = repo.version_refs(record2)
+    places2 = repo.pack_places(record2, len(packs2))
+    new = [p for p in places2 if p.segment is not None]
+    assert 1 <= len(new) <= 2 and len(places2) - len(new) >= len(packs) - 2  # the old packs stay where they are
+    cold2 = Wsfs(wsfs.repo, str(tmp_path / "cold-cache-2"), wsfs.env)
+    assert cold2("cat", "demo@2", str(name)).out == b"changed\n"
+    cold2("checkout", "demo@2", str(tmp_path / "out2"))
+    assert_same_tree(src, tmp_path / "out2")
