@@ -78,6 +78,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+from wsfs.daemon.packs import PackWindow, runs
 from wsfs.errors import WsfsError
 from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import Chunk, Inode, Manifest
@@ -100,15 +101,6 @@ _PACK_DELAYS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 # Packs the helper fetches at once: as the daemon's own listing prefetch did
 # (a pack is 24-40 KiB, so a cold tree walk is bound by round trips in flight).
 PACK_FETCHERS = 32
-# Read-ahead in pack order: packs are in key order, and keys sort by parent
-# path, so the directories a walk (find, tar, du, an editor's scan) lists next
-# mostly have the packs that follow.  Past the highest pack a listed directory
-# needs, the helper also fetches this many more, doubling with every listing
-# that needs a pack beyond the last one fetched (the read-ahead of a
-# sequential file read, in pack rows): `ls` of one directory costs a few packs
-# more, a tree walk gets a stream of packs ahead of it.
-PACK_AHEAD_MIN = 8
-PACK_AHEAD_MAX = 256
 # Where the daemon hands the helper what it needs to open the store (not argv:
 # the environment is private to the process).
 _STORE_ENV = "WSFS_PRELOAD_STORE"
@@ -341,8 +333,7 @@ class _PackFetcher:
         self.waiting: dict[bytes, list[tuple[Inode, int]]] = {}  # pack -> (file, offset) waiting for it
         self.queued: dict[int, Chunk] = {}  # row -> pack, not yet handed to a worker
         self.fetched = self.failed = 0
-        self.frontier = 0  # packs up to this row are requested (read-ahead)
-        self.ahead = PACK_AHEAD_MIN
+        self.window = PackWindow()  # read-ahead in pack order
         self.counters = counters
         self._lock = threading.Lock()
         self._packs = self._failures = 0  # fetches finished (worker threads, under _lock)
@@ -358,43 +349,20 @@ class _PackFetcher:
         self.queued[row] = pack
 
     def read_ahead(self, row: int, pack_row: Callable[[int], Chunk | None]) -> None:
-        """A listed directory needs packs up to *row*: queue the packs after it, up to the read-ahead window.
-
-        Like a file's asynchronous read-ahead: nothing while the walk is more
-        than half a window behind the frontier, then a whole window at once
-        (so that the queue cuts into long runs).
-        """
-        if row + self.ahead // 2 <= self.frontier:
-            return
-        if row <= self.frontier + self.ahead:
-            self.ahead = min(PACK_AHEAD_MAX, self.ahead * 2)  # the walk catches up with the window: widen it
-        else:
-            self.ahead = PACK_AHEAD_MIN  # a jump elsewhere in the tree: start small again
-        end = max(self.frontier, row) + self.ahead
-        for r in range(max(self.frontier, row) + 1, end + 1):
+        """A listed directory needs packs up to *row*: queue the packs after it (``packs.PackWindow``)."""
+        for r in self.window.advance(row):
             pack = pack_row(r)
             if pack is None:
-                end = r - 1
                 break
             assert pack.cid is not None
             if pack.cid not in self.waiting:
                 self.waiting[pack.cid] = []
                 self.queued[r] = pack
-        self.frontier = max(self.frontier, end)
 
     def flush(self) -> None:
         """Hand the queued packs to the workers, as runs of neighbours in one segment."""
-        if not self.queued:
-            return
-        from wsfs.repository import joins_run
-
-        run: list[Chunk] = []
-        for _, pack in sorted(self.queued.items()):
-            if run and not joins_run(run[0].place, run[-1].place, pack.place):
-                self.pool.submit(self._get, run)
-                run = []
-            run.append(pack)
-        self.pool.submit(self._get, run)
+        for run in runs(pack for _, pack in sorted(self.queued.items())):
+            self.pool.submit(self._get, run)
         self.queued = {}
 
     def _get(self, run: list[Chunk]) -> None:

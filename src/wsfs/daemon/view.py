@@ -46,13 +46,13 @@ from typing import Any
 import trio
 
 from wsfs.cache import BlobCache
+from wsfs.daemon.packs import PackWindow, runs
 from wsfs.daemon.profile import AccessRecorder
 from wsfs.daemon.tree import FsStats, Lifetime
 from wsfs.daemon.tree import NotReady as NotReady  # where it used to live
 from wsfs.errors import IntegrityError, StoreTimeout, UsageError, WsfsError
 from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, Place, decode_inline
-from wsfs.repository import joins_run
 from wsfs.store.base import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,7 @@ class VersionView:
         self.limiter = limiter or trio.CapacityLimiter(16)
         self.readahead_limiter = trio.CapacityLimiter(READAHEAD_THREADS)
         self.pack_limiter = trio.CapacityLimiter(PACK_PREFETCH_THREADS)
+        self._pack_window = PackWindow()  # read-ahead of packs in pack order, as a walk lists directories
         self.deadline = deadline or Deadline(label=label)
         # blobs whose read ran out of time while its worker thread still runs (see _fetch)
         self._stuck: dict[bytes, trio.Event] = {}
@@ -315,6 +316,11 @@ class VersionView:
             elif node.is_reg and node.data is None and 0 < node.size <= self.small_prefetch_max:
                 self._prefetch_listed(node)
         if packs:
+            for r in self._pack_window.advance(max(packs)):  # and the packs a walk lists next
+                pack = self.manifest.pack_row(r)
+                if pack is None:
+                    break
+                packs.setdefault(r, pack)
             self._prefetch_packs(packs)
         return entries
 
@@ -530,15 +536,9 @@ class VersionView:
         """Prepare these packs (by row) in the background: neighbours in a segment with one GET each run."""
         if self.nursery is None:
             return
-        run: list[Chunk] = []
-        for _, pack in sorted(packs.items()):
-            if pack.cid is None or pack.cid in self._prefetching or self._prepared.get_(pack.cid):
-                continue
-            if run and not joins_run(run[0].place, run[-1].place, pack.place):
-                self._start_pack_run(run)
-                run = []
-            run.append(pack)
-        if run:
+        todo = (p for _, p in sorted(packs.items())
+                if p.cid is not None and p.cid not in self._prefetching and not self._prepared.get_(p.cid))
+        for run in runs(todo):
             self._start_pack_run(run)
 
     def _start_pack_run(self, run: list[Chunk]) -> None:
