@@ -165,3 +165,9 @@ class AttributeTooBig(FsError):
 
 class LayerMismatch(UsageError):
     """A write layer's state folder belongs to another workspace (or another format)."""
+
+
+class NotPermitted(FsError):
+    """An operation the file system never allows (a hard link to a directory)."""
+
+    errno = errno.EPERM
