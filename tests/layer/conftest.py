@@ -18,8 +18,9 @@ from wsfs.store import open_store
 class Base:
     """A pushed version: its index, and a ``read_base`` that counts what the layer asks for."""
 
-    def __init__(self, repo: Repository, ws: str, version: int) -> None:
+    def __init__(self, repo: Repository, ws: str, version: int, repo_url: str, cache_dir: str) -> None:
         self.repo = repo
+        self.repo_url, self.cache_dir = repo_url, cache_dir
         record = repo.record(ws, version)
         self.m: Manifest = repo.open_manifest(record)
         self.id = BaseId(ws, version, record.manifest)
@@ -63,7 +64,7 @@ def push_tree(tmp_path: Path, build: Callable[[Path], None], ws: str = "w") -> B
     w("init")
     w.push(src, ws)
     repo = Repository.open(open_store(w.repo), w.cache_dir)
-    return Base(repo, ws, 1)
+    return Base(repo, ws, 1, w.repo, w.cache_dir)
 
 
 def standard_tree(src: Path) -> None:

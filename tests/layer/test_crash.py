@@ -1,0 +1,112 @@
+"""kill -9 of a process using a write layer, at random moments: the reopened layer is a prefix, never less than the last fsync.
+
+Each iteration starts ``crash_child.py`` on a fresh state folder, lets it run
+random operations (writes across blocks, truncations, renames of files and
+directories, hard links, unlinks, chmods, fsyncs, syncs; batches committed
+every few milliseconds as well) for a random time, kills it with SIGKILL,
+reopens the state folder in this process and compares the whole tree
+(names, kinds, modes, content hashes, link targets) with the model after
+each prefix of the printed operations: it must equal one of them, and the
+prefix must include every operation an fsync or sync acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Base, push_tree
+from crash_model import Model
+from layer_support import tree
+from wsfs.layer import WriteLayer
+
+HERE = Path(__file__).parent
+ITERATIONS = 24
+
+
+def small_tree(src: Path) -> None:
+    (src / "a").write_bytes(b"a" * 1000)
+    (src / "b").write_bytes(os.urandom(100_000))
+    (src / "d").mkdir()
+    (src / "d" / "c").write_bytes(b"cc")
+    (src / "d" / "e").mkdir()
+    (src / "l").symlink_to("a")
+
+
+@pytest.fixture(scope="module")
+def crash_base(tmp_path_factory: pytest.TempPathFactory) -> Base:
+    return push_tree(tmp_path_factory.mktemp("crashbase"), small_tree)
+
+
+def test_kill_9_leaves_a_prefix_no_shorter_than_the_last_fsync(crash_base: Base, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
+    rng = random.Random(int(os.environ.get("WSFS_CRASH_SEED", time.time_ns())))
+    base0 = None
+    stats = {"ops": 0, "synced": 0, "beyond_sync": 0}
+    for it in range(ITERATIONS):
+        seed = rng.randrange(1 << 30)
+        state = tmp_path / f"state{it}"
+        interval = rng.choice(["0.005", "0.05", "10"])
+        child = _spawn(crash_base, state, seed, interval, env)
+        try:
+            assert child.stdout is not None
+            first = child.stdout.readline()
+            assert first == b"R\n", child.stderr.read().decode() if child.stderr else first
+            time.sleep(rng.uniform(0.02, 0.4))
+            child.send_signal(signal.SIGKILL)
+            out, err = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert child.returncode == -signal.SIGKILL, err.decode()
+        ops, synced = [], -1
+        for line in out.splitlines():
+            if line.startswith(b"O "):
+                ops.append(json.loads(line[2:]))
+            elif line.startswith(b"S "):
+                synced = int(line[2:])
+        layer = WriteLayer(str(state), crash_base.m, crash_base.id, crash_base.read_base)
+        try:
+            got = Model(tree(layer)).snapshot()
+            if base0 is None:
+                base0 = tree(WriteLayer(str(tmp_path / "pristine"), crash_base.m, crash_base.id, crash_base.read_base))
+            # The tree after the first j operations, for every j that keeps all
+            # fsync'ed ones (j > synced): the reopened tree must be one of them.
+            model = Model(base0)
+            matches = []
+            for j in range(len(ops) + 1):
+                if j > synced and model.snapshot() == got:
+                    matches.append(j)
+                if j < len(ops):
+                    model.apply(ops[j], seed)
+            assert matches, (f"iteration {it} (seed {seed}): the reopened tree is no prefix of the {len(ops)} "
+                             f"operations that keeps the fsync of operation {synced}")
+            stats["ops"] += len(ops)
+            stats["synced"] += synced + 1
+            stats["beyond_sync"] += max(matches) - (synced + 1)
+            # and the layer goes on working
+            f = layer.create(1, b"after-crash", 0o100644, 0, 0)
+            layer.write(f.ino, 0, b"ok")
+            layer.sync_all()
+        finally:
+            layer.close()
+    print(f"crash test: {ITERATIONS} kills, {stats}")
+    assert stats["ops"] > 200  # the children did real work
+
+
+def _spawn(base: Base, state: Path, seed: int, interval: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "crash_child.py"), base.repo_url, base.cache_dir, base.id.workspace, str(state),
+         str(seed), interval],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
