@@ -60,15 +60,19 @@ def test_kill_9_leaves_a_prefix_no_shorter_than_the_last_fsync(crash_base: Base,
         try:
             assert child.stdout is not None
             first = child.stdout.readline()
-            assert first == b"R\n", child.stderr.read().decode() if child.stderr else first
+            assert first == b"R\n", (state.parent / "child.err").read_text()
             time.sleep(rng.uniform(0.02, 0.4))
             child.send_signal(signal.SIGKILL)
-            out, err = child.communicate(timeout=30)
+            # read() of the same buffered reader: readline() may hold the first operations
+            out = first + child.stdout.read()
+            child.wait(timeout=30)
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-        assert child.returncode == -signal.SIGKILL, err.decode()
+            if child.stdout is not None:
+                child.stdout.close()
+        assert child.returncode == -signal.SIGKILL, (state.parent / "child.err").read_text()
         ops, synced = [], -1
         for line in out.splitlines():
             if line.startswith(b"O "):
@@ -79,7 +83,8 @@ def test_kill_9_leaves_a_prefix_no_shorter_than_the_last_fsync(crash_base: Base,
         try:
             got = Model(tree(layer)).snapshot()
             if base0 is None:
-                base0 = tree(WriteLayer(str(tmp_path / "pristine"), crash_base.m, crash_base.id, crash_base.read_base))
+                with WriteLayer(str(tmp_path / "pristine"), crash_base.m, crash_base.id, crash_base.read_base) as pristine:
+                    base0 = tree(pristine)
             # The tree after the first j operations, for every j that keeps all
             # fsync'ed ones (j > synced): the reopened tree must be one of them.
             model = Model(base0)
@@ -88,7 +93,10 @@ def test_kill_9_leaves_a_prefix_no_shorter_than_the_last_fsync(crash_base: Base,
                 if j > synced and model.snapshot() == got:
                     matches.append(j)
                 if j < len(ops):
-                    model.apply(ops[j], seed)
+                    try:
+                        model.apply(ops[j], seed)
+                    except KeyError:
+                        raise AssertionError(f"iteration {it} (seed {seed}): cannot replay {ops[j]}: {out.decode()[-3000:]}")
             assert matches, (f"iteration {it} (seed {seed}): the reopened tree is no prefix of the {len(ops)} "
                              f"operations that keeps the fsync of operation {synced}")
             stats["ops"] += len(ops)
@@ -105,8 +113,9 @@ def test_kill_9_leaves_a_prefix_no_shorter_than_the_last_fsync(crash_base: Base,
 
 
 def _spawn(base: Base, state: Path, seed: int, interval: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "crash_child.py"), base.repo_url, base.cache_dir, base.id.workspace, str(state),
-         str(seed), interval],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )
+    with open(state.parent / "child.err", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, str(HERE / "crash_child.py"), base.repo_url, base.cache_dir, base.id.workspace,
+             str(state), str(seed), interval],
+            stdout=subprocess.PIPE, stderr=err, env=env,
+        )

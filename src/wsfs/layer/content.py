@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable
 
 from wsfs.errors import NoSpace
-from wsfs.layer.state import StateDir, no_space
+from wsfs.layer.state import DB_MARGIN, StateDir, no_space
 
 BLOCK = 64 * 1024  # copy-on-write unit; small enough that an append after a commit copies little
 
@@ -104,23 +104,33 @@ class Content:
 
     # -- writing -----------------------------------------------------------
 
-    def write(self, off: int, data: bytes | memoryview) -> None:
-        """Write *data* at *off* (content only; the caller keeps the times)."""
+    def write(self, off: int, data: bytes | memoryview) -> int:
+        """Write *data* at *off* (content only; the caller keeps the times); how many bytes were written.
+
+        A full state folder fails the write with NoSpace if no block of it was
+        written, else it is short (as write(2) is): what was written stands.
+        """
         if not data:
-            return
+            return 0
         end = off + len(data)
         if off > self.size:
             self._zero_tail(off)
         view = memoryview(data)
         pos = off
-        while pos < end:
-            blk, inner = divmod(pos, BLOCK)
-            n = min(BLOCK - inner, end - pos)
-            self._write_block(blk, inner, view[pos - off:pos - off + n], max(self.size, end))
-            pos += n
+        try:
+            while pos < end:
+                blk, inner = divmod(pos, BLOCK)
+                n = min(BLOCK - inner, end - pos)
+                self._write_block(blk, inner, view[pos - off:pos - off + n], max(self.size, end))
+                pos += n
+        except NoSpace:
+            if pos == off:
+                raise
+            end = pos
         if end > self.size:
             self.size = end
         self.dirty = True
+        return end - off
 
     def _zero_tail(self, upto: int) -> None:
         """The size grows to *upto*: zero what the old last block's slot holds beyond the old size."""
@@ -158,6 +168,8 @@ class Content:
             self._pwrite(data, slot * BLOCK + inner)
 
     def _allocate(self) -> int:
+        if self.state.free_bytes() < DB_MARGIN:  # keep room for the batch's commit (state.DB_MARGIN)
+            raise NoSpace(f"state folder {self.state.path} is full")
         self._open(create=True)
         if self.free:
             return self.free.pop()

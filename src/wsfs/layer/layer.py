@@ -103,6 +103,7 @@ class WriteLayer:
             self._new_files = False  # staged files created since the last durable commit
             self._lost_unsynced = False  # a staged file closed with unsynced data: sync the file system
             self._base_parents: dict[int, int] | None = None
+            self._closed = False
             self._recover()
         except BaseException:
             self.state.close()
@@ -198,6 +199,9 @@ class WriteLayer:
 
     def close(self) -> None:
         """Commit durably and close the state folder (what unmount does)."""
+        if self._closed:
+            return
+        self._closed = True
         self.sync_all()
         for c in self.contents.values():
             c.close()
@@ -755,7 +759,7 @@ class WriteLayer:
             c = self._content(ino)
             if c.fd < 0:
                 self._new_files = True
-            c.write(off, data)
+            written = c.write(off, data)
             now = self._now()
             c.times = (now, now)
             if kill_suid:
@@ -763,7 +767,7 @@ class WriteLayer:
                 cleared = mode & ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
                 if cleared != mode:
                     c.mode = cleared
-            return len(data)
+            return written
 
     def open(self, ino: int) -> None:
         """A handle on *ino* was opened: an unlinked inode lives on until its last :meth:`release`."""

@@ -58,6 +58,12 @@ from wsfs.versions.fsops import O_DIR, proc_path
 LAYER_FORMAT = 1  # meta "format": a folder written by another layout is refused, not guessed at
 DB_NAME = "layer.db"
 DATA_DIR = "data"
+# Space kept for the database: staged content may not take the last
+# DB_MARGIN bytes of the file system (a write that would fails with ENOSPC),
+# so that the open batch can still commit, and the application delete files
+# to make room.  SQLite rolls a whole batch back when its COMMIT finds the
+# disk full; this margin is what keeps that from happening to content alone.
+DB_MARGIN = 2 * 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -165,6 +171,11 @@ class StateDir:
                 f"{self.path} holds changes over {base.workspace}@{meta.get('version')}, not @{base.version}"
             )
         return meta
+
+    def free_bytes(self) -> int:
+        """Space left for us on the state folder's file system."""
+        st = os.fstatvfs(self.fd)
+        return st.f_bavail * st.f_frsize
 
     def open_data(self, ino: int, create: bool) -> int:
         """The staged content file of *ino* (read-write; created ``0600`` if *create*), never through a symlink."""
