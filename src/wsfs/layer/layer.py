@@ -58,6 +58,7 @@ TARGET_MAX = 4095
 XATTR_VALUE_MAX = 64 * 1024  # what format 2 records can hold
 LAYER_CURSOR = 1 << 48  # readdir cursors: base dentry ids below, LAYER_CURSOR + layer dentry id above
 ALLOC_UNIT = 4096
+SYNC_FILES_MAX = 16  # a durable commit fdatasyncs up to this many staged files, else syncfs
 _NODE_COLS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, parent, base_size, xattrs"
 _S_KILL = stat.S_ISUID | stat.S_ISGID
 
@@ -155,12 +156,17 @@ class WriteLayer:
         # no commit that could survive a power loss refers to them: make it durable.
         durable = durable or bool(self._doomed) or any(c.retired for c in self._tx_contents)
         if durable:
-            # Content before the rows that refer to it.
-            for c in self.contents.values():
-                c.sync()
-            if self._lost_unsynced:
+            # Content before the rows that refer to it: one fdatasync per file
+            # for a few files, one syncfs for many (2,000 fdatasyncs on ext4: 0.6 s).
+            unsynced = [c for c in self.contents.values() if c.unsynced]
+            if self._lost_unsynced or len(unsynced) > SYNC_FILES_MAX:
                 _syncfs(self.state.data_fd)
+                for c in unsynced:
+                    c.unsynced = False
                 self._lost_unsynced = False
+            else:
+                for c in unsynced:
+                    c.sync()
             if self._new_files:
                 self.state.sync_data_dir()
                 self._new_files = False
