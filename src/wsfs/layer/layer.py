@@ -25,7 +25,6 @@ Not thread-safe: one caller thread (the daemon's trio thread) at a time.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import stat
@@ -43,7 +42,7 @@ from wsfs.errors import (
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
 from wsfs.format.names import NAME_MAX
 from wsfs.layer.changes import Change, changes
-from wsfs.layer.content import BLOCK, Content
+from wsfs.layer.content import BLOCK, Content, SlotPool
 from wsfs.layer.state import BaseId, StateDir, no_space
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ TARGET_MAX = 4095
 XATTR_VALUE_MAX = 64 * 1024  # what format 2 records can hold
 LAYER_CURSOR = 1 << 48  # readdir cursors: base dentry ids below, LAYER_CURSOR + layer dentry id above
 ALLOC_UNIT = 4096
-SYNC_FILES_MAX = 16  # a durable commit fdatasyncs up to this many staged files, else syncfs
 _NODE_COLS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, parent, base_size, xattrs"
 _S_KILL = stat.S_ISUID | stat.S_ISGID
 
@@ -100,12 +98,10 @@ class WriteLayer:
             self._tx_start = 0.0
             self._tx_ops = 0
             self._tx_contents: set[Content] = set()  # whose rows are in the open batch
-            self._doomed: set[int] = set()  # staged files to delete once a durable commit dropped their rows
-            self._new_files = False  # staged files created since the last durable commit
-            self._lost_unsynced = False  # a staged file closed with unsynced data: sync the file system
             self._base_parents: dict[int, int] | None = None
             self._closed = False
             self._recover()
+            self.pool = SlotPool(self.state, {r[0] for r in self.db.execute("SELECT slot FROM blocks")})
         except BaseException:
             self.state.close()
             raise
@@ -139,9 +135,9 @@ class WriteLayer:
             log.error("the state folder %s is full: the changes since the last commit were lost", self.state.path)
             self._tx = False
             self._tx_contents.clear()
-            for c in self.contents.values():
-                c.close()
             self.contents.clear()
+            self.pool.close()
+            self.pool = SlotPool(self.state, {r[0] for r in self.db.execute("SELECT slot FROM blocks")})
 
     def commit_if_due(self) -> None:
         """Commit the open batch if it is older than ``commit_interval`` or holds ``batch_ops`` changes."""
@@ -152,24 +148,11 @@ class WriteLayer:
         for c in list(self.contents.values()):
             if c.dirty or c.changed or c.times or c.mode is not None:
                 self._persist(c)
-        # Slots retired and staged files deleted may only be reused or removed once
-        # no commit that could survive a power loss refers to them: make it durable.
-        durable = durable or bool(self._doomed) or any(c.retired for c in self._tx_contents)
+        # Retired slots may only be reused once no commit that could survive a
+        # power loss refers to them: a commit that retires some is made durable.
+        durable = durable or bool(self.pool.retired)
         if durable:
-            # Content before the rows that refer to it: one fdatasync per file
-            # for a few files, one syncfs for many (2,000 fdatasyncs on ext4: 0.6 s).
-            unsynced = [c for c in self.contents.values() if c.unsynced]
-            if self._lost_unsynced or len(unsynced) > SYNC_FILES_MAX:
-                _syncfs(self.state.data_fd)
-                for c in unsynced:
-                    c.unsynced = False
-                self._lost_unsynced = False
-            else:
-                for c in unsynced:
-                    c.sync()
-            if self._new_files:
-                self.state.sync_data_dir()
-                self._new_files = False
+            self.pool.sync()  # content before the rows that refer to it
         if self._tx:
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'next_ino'", (self._next_ino,))
             self.db.execute("COMMIT")
@@ -178,14 +161,11 @@ class WriteLayer:
         if durable:
             self._sync_wal()
         for c in self._tx_contents:
-            c.committed(durable)
+            c.committed()
         self._tx_contents.clear()
-        if durable:
-            for ino in self._doomed:
-                self.state.remove_data(ino)
-            self._doomed.clear()
-        for ino in [i for i, c in self.contents.items() if not self.opens.get(i) and not c.dirty and not c.retired]:
-            self._drop_content(ino)
+        self.pool.committed(durable)
+        for ino in [i for i, c in self.contents.items() if not self.opens.get(i) and not c.dirty]:
+            del self.contents[ino]
 
     def _sync_wal(self) -> None:
         """fsync the WAL: with ``synchronous=NORMAL`` a commit is in it but not durable until then."""
@@ -209,11 +189,10 @@ class WriteLayer:
             return
         self._closed = True
         self.sync_all()
-        for c in self.contents.values():
-            c.close()
         self.contents.clear()
         if self._wal_fd >= 0:
             os.close(self._wal_fd)
+        self.pool.close()
         self.state.close()
 
     def __enter__(self) -> WriteLayer:
@@ -223,16 +202,13 @@ class WriteLayer:
         self.close()
 
     def _recover(self) -> None:
-        """After a crash: drop inodes unlinked while open, and staged files no row refers to."""
+        """After a crash: drop inodes unlinked while open (their slots are free once no row names them)."""
         db = self.db
-        gone = [r[0] for r in db.execute("SELECT ino FROM nodes WHERE nlink = 0")]
-        with db:
-            for ino in gone:
-                self._purge_rows(ino)
-        used = {r[0] for r in db.execute("SELECT DISTINCT ino FROM blocks")}
-        for name in self.state.data_names():
-            if name.isdigit() and int(name) not in used:
-                self.state.remove_data(int(name))
+        gone = [r[0] for r in db.execute("SELECT ino FROM nodes WHERE nlink = 0 AND (size > 0 OR xattrs = 0)")]
+        if gone:
+            with db:
+                for ino in gone:
+                    self._purge_rows(ino)
 
     # -- rows ----------------------------------------------------------------
 
@@ -518,14 +494,14 @@ class WriteLayer:
         """An inode without names: gone now, or at its last release if open."""
         if self.opens.get(ino):
             return
-        self._purge_rows(ino)
         c = self.contents.pop(ino, None)
         if c is not None:
-            if c.unsynced:
-                self._lost_unsynced = True
-            c.close()
+            c.drop()
             self._tx_contents.discard(c)
-        self._doomed.add(ino)
+        else:  # slots of the last commit, or of this batch: reusable after a durable commit either way
+            for (slot,) in self.db.execute("SELECT slot FROM blocks WHERE ino = ?", (ino,)):
+                self.pool.release(slot, durable=True)
+        self._purge_rows(ino)
 
     def _purge_rows(self, ino: int) -> None:
         self.db.execute("DELETE FROM blocks WHERE ino = ?", (ino,))
@@ -709,7 +685,7 @@ class WriteLayer:
         else:
             size, base_size = r[4], r[12]
             blocks = dict(self.db.execute("SELECT blk, slot FROM blocks WHERE ino = ?", (ino,)))
-        c = Content(self.state, ino, size, base_size, blocks, read_base)
+        c = Content(self.pool, ino, size, base_size, blocks, read_base)
         self.contents[ino] = c
         return c
 
@@ -722,7 +698,6 @@ class WriteLayer:
             cols["mtime_ns"], cols["ctime_ns"] = c.times
         if c.mode is not None:
             cols["mode"] = c.mode
-        had_file = c.fd >= 0
         put, drop = c.rows()
         self._update(c.ino, **cols)
         if put:
@@ -732,14 +707,8 @@ class WriteLayer:
         c.times = None
         c.mode = None
         c.dirty = False
-        if had_file:
+        if put or drop:
             self._tx_contents.add(c)
-
-    def _drop_content(self, ino: int) -> None:
-        c = self.contents.pop(ino)
-        if c.unsynced:
-            self._lost_unsynced = True
-        c.close()
 
     def read(self, ino: int, off: int, size: int) -> bytes:
         """Bytes [off, off + size) of regular file *ino*, short at its end."""
@@ -763,8 +732,6 @@ class WriteLayer:
             if off < 0:
                 raise InvalidArgument("negative offset")
             c = self._content(ino)
-            if c.fd < 0:
-                self._new_files = True
             written = c.write(off, data)
             now = self._now()
             c.times = (now, now)
@@ -896,10 +863,3 @@ class WriteLayer:
         has_blocks = self.db.execute("SELECT 1 FROM blocks WHERE ino = ? LIMIT 1", (ino,)).fetchall()
         return not has_blocks and r[4] == r[12] == base.size
 
-
-def _syncfs(fd: int) -> None:
-    """syncfs(2) on the file system holding *fd* (Python has no binding): one call for many staged files."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syncfs(fd) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))

@@ -3,7 +3,7 @@
 Layout (every directory ``0700``, every file ``0600``)::
 
     <state>/layer.db (+ -wal, -shm)   apsw, WAL: namespace, attributes, xattrs, block maps
-    <state>/data/<ino>                 staged content of inode <ino>: slots of BLOCK bytes
+    <state>/data/slots                 staged content of every changed file: slots of BLOCK bytes
 
 Every path operation goes through a descriptor of the state folder opened
 with ``O_NOFOLLOW | O_DIRECTORY`` (``versions.fsops.O_DIR``): a symlink planted
@@ -58,6 +58,7 @@ from wsfs.versions.fsops import O_DIR, proc_path
 LAYER_FORMAT = 1  # meta "format": a folder written by another layout is refused, not guessed at
 DB_NAME = "layer.db"
 DATA_DIR = "data"
+DATA_FILES = ("slots",)  # under DATA_DIR; a list so that a later layout can add files (one per size class...)
 # Space kept for the database: staged content may not take the last
 # DB_MARGIN bytes of the file system (a write that would fails with ENOSPC),
 # so that the open batch can still commit, and the application delete files
@@ -177,28 +178,22 @@ class StateDir:
         st = os.fstatvfs(self.fd)
         return st.f_bavail * st.f_frsize
 
-    def open_data(self, ino: int, create: bool) -> int:
-        """The staged content file of *ino* (read-write; created ``0600`` if *create*), never through a symlink."""
+    def open_data(self, n: int, create: bool) -> int:
+        """Staged content file *n* (0: ``slots``; read-write, created ``0600`` if *create*), never through a symlink."""
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         try:
-            return os.open(str(ino), flags, PRIVATE_FILE, dir_fd=self.data_fd)
+            fd = os.open(DATA_FILES[n], flags, PRIVATE_FILE, dir_fd=self.data_fd)
         except OSError as e:
             if no_space(e):
                 raise NoSpace(f"state folder {self.path} is full") from None
             raise
-
-    def remove_data(self, ino: int) -> None:
         try:
-            os.unlink(str(ino), dir_fd=self.data_fd)
-        except FileNotFoundError:
-            pass
-
-    def data_names(self) -> list[str]:
-        return os.listdir(self.data_fd)
-
-    def sync_data_dir(self) -> None:
-        """Make the names of new staged files durable (a durable commit refers to them)."""
-        os.fsync(self.data_fd)
+            tighten(os.path.join(self.path, DATA_DIR, DATA_FILES[n]), PRIVATE_FILE, fd)
+            os.fsync(self.data_fd)  # its name is durable before any commit refers to it
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def close(self) -> None:
         self.db.close()
