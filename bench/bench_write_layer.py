@@ -14,6 +14,10 @@ folder under ``--dir`` (default ``$TMPDIR``):
 * ``renames``: renames of files between directories;
 * ``fsync loop``: 1,000 x (write 4 KiB + fsync) of one file (an editor or a database).
 
+and, for scale, the first two done directly on the state folder's file system
+(``os.open``/``os.pwrite``/``os.close`` from Python, and one ``fsync``): what a
+FUSE daemon would add the layer's cost to.
+
 For each: operations per second, MB/s where it applies, and the share of
 wall time spent inside SQLite calls (``execute``/``executemany`` timed by a
 proxy around the connection; stepping of rows a caller iterates later is not
@@ -23,6 +27,7 @@ counted, which for these point queries is nothing).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import stat
@@ -140,6 +145,34 @@ def main() -> None:
         layer.fsync(f.ino)
         report(f"sequential {args.gib:g} GiB, 128 KiB writes", size // len(block), time.perf_counter() - t, timed, size)
         layer.close()
+
+        raw = work / "raw"
+        raw.mkdir()
+        t = time.perf_counter()
+        dfds = []
+        for i in range(300):
+            os.mkdir(raw / ("d%d" % i))
+            dfds.append(os.open(raw / ("d%d" % i), os.O_RDONLY | os.O_DIRECTORY))
+        for i in range(args.files):
+            fd = os.open("file-%d.js" % i, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfds[i % 300])
+            os.pwrite(fd, payload[:1024 + (i * 7919) % 3072], 0)
+            os.close(fd)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs(dfds[0])  # this file system only, as sync_all syncs the layer's files
+        secs = time.perf_counter() - t
+        print(f"{'  same, directly on the file system':<34} {args.files:>8} ops in {secs:6.2f} s: {args.files / secs:>10.0f} ops/s")
+        for fd in dfds:
+            os.close(fd)
+        fd = os.open(raw / "big", os.O_WRONLY | os.O_CREAT, 0o644)
+        t = time.perf_counter()
+        for off in range(0, size, len(block)):
+            os.pwrite(fd, block, off)
+        os.fsync(fd)
+        os.close(fd)
+        secs = time.perf_counter() - t
+        print(f"{'  sequential, directly':<34} {size // len(block):>8} ops in {secs:6.2f} s: "
+              f"{size // len(block) / secs:>10.0f} ops/s, {size / secs / 1e6:8.1f} MB/s")
+        shutil.rmtree(raw)
 
         layer, timed = fresh(work, m, bid, "s3")
         a, b = layer.mkdir(1, b"a", 0o755, 0, 0).ino, layer.mkdir(1, b"b", 0o755, 0, 0).ino
