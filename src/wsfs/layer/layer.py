@@ -151,8 +151,11 @@ class WriteLayer:
         # Retired slots may only be reused once no commit that could survive a
         # power loss refers to them: a commit that retires some is made durable.
         durable = durable or bool(self.pool.retired)
-        if durable:
-            self.pool.sync()  # content before the rows that refer to it
+        # Content before the rows that refer to it, for every commit (one
+        # fdatasync of one file, at most once per commit_interval unless the
+        # application fsyncs): so whichever commits a power loss keeps, the
+        # content they refer to is on disk.
+        self.pool.sync()
         if self._tx:
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'next_ino'", (self._next_ino,))
             self.db.execute("COMMIT")
