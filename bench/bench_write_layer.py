@@ -151,10 +151,10 @@ def main() -> None:
         t = time.perf_counter()
         dfds = []
         for i in range(300):
-            os.mkdir(raw / ("d%d" % i))
-            dfds.append(os.open(raw / ("d%d" % i), os.O_RDONLY | os.O_DIRECTORY))
+            os.mkdir(raw / f"d{i}")
+            dfds.append(os.open(raw / f"d{i}", os.O_RDONLY | os.O_DIRECTORY))
         for i in range(args.files):
-            fd = os.open("file-%d.js" % i, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfds[i % 300])
+            fd = os.open(f"file-{i}.js", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfds[i % 300])
             os.pwrite(fd, payload[:1024 + (i * 7919) % 3072], 0)
             os.close(fd)
         libc = ctypes.CDLL(None, use_errno=True)

@@ -12,6 +12,7 @@ import sys
 
 from crash_model import Model, run_on_layer
 from layer_support import resolve, tree
+
 from wsfs.layer import BaseId, WriteLayer
 from wsfs.repository import Repository
 from wsfs.store import open_store

@@ -113,7 +113,7 @@ class Model:
         if roll < 0.53:
             return {"op": "mkdir", "path": s(fresh(rng.choice(dirs))), "perm": 0o755}
         if roll < 0.56:
-            return {"op": "symlink", "path": s(fresh(rng.choice(dirs))), "target": "t%d" % rng.randrange(99)}
+            return {"op": "symlink", "path": s(fresh(rng.choice(dirs))), "target": f"t{rng.randrange(99)}"}
         if roll < 0.62 and others:
             return {"op": "unlink", "path": s(rng.choice(others))}
         if roll < 0.65:

@@ -70,7 +70,7 @@ def check_full(layer: WriteLayer, state: str, base) -> None:
     layer.close()
     layer = WriteLayer(state, base.m, base.id, base.read_base)
     try:
-        for i, (ino, data) in enumerate(written.items()):
+        for i, data in enumerate(written.values()):
             if i % 2:
                 assert layer.read(layer.lookup(ROOT_INO, b"f%d" % i).ino, 0, len(data) + 1) == data
         assert layer.read(layer.lookup(ROOT_INO, b"after").ino, 0, 100) == b"room again"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from layer_support import names, resolve, tree
+
 from wsfs.errors import LayerMismatch, NotFound, WsfsError
 from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, BaseId, WriteLayer
@@ -105,7 +104,6 @@ def test_rmdir_follows_the_merged_view(layer: WriteLayer) -> None:
 
 def test_rename_rules(layer: WriteLayer) -> None:
     d = layer.lookup(R, b"d").ino
-    empty = layer.lookup(R, b"empty").ino
 
     def fails(code: int, *args: object) -> None:
         with pytest.raises(WsfsError) as e:

@@ -36,8 +36,17 @@ from typing import Any
 import apsw
 
 from wsfs.errors import (
-    AttributeTooBig, Exists, InvalidArgument, IsADirectory, NameTooLong, NoAttribute, NoSpace, NotADirectory,
-    NotEmpty, NotFound, NotPermitted,
+    AttributeTooBig,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NoAttribute,
+    NoSpace,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
 )
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
 from wsfs.format.names import NAME_MAX
