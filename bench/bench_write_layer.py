@@ -52,21 +52,19 @@ class TimedDb:
         self.seconds = 0.0
         self.calls = 0
 
-    def execute(self, *a: Any) -> Any:
+    def _timed(self, fn: Any, *a: Any) -> Any:
         t = time.perf_counter()
         try:
-            return self._db.execute(*a)
+            return fn(*a)
         finally:
             self.seconds += time.perf_counter() - t
             self.calls += 1
 
+    def execute(self, *a: Any) -> Any:
+        return self._timed(self._db.execute, *a)
+
     def executemany(self, *a: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return self._db.executemany(*a)
-        finally:
-            self.seconds += time.perf_counter() - t
-            self.calls += 1
+        return self._timed(self._db.executemany, *a)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)

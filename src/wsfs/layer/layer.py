@@ -450,13 +450,17 @@ class WriteLayer:
             self._touch_dir(newparent, now)
             return self.getattr(ino)
 
+    def _entry(self, parent: int, name: bytes) -> Inode:
+        """The entry *name* of directory *parent*, for a change (NotADirectory, NotFound)."""
+        self._dir(parent)
+        ino = self._lookup_ino(parent, name)
+        if not ino:
+            raise NotFound(f"no entry {name!r} in {parent}")
+        return self.getattr(ino)
+
     def unlink(self, parent: int, name: bytes) -> None:
         with self._op():
-            self._dir(parent)
-            ino = self._lookup_ino(parent, name)
-            if not ino:
-                raise NotFound(f"no entry {name!r} in {parent}")
-            a = self.getattr(ino)
+            a = self._entry(parent, name)
             if a.is_dir:
                 raise IsADirectory(f"{name!r} is a directory")
             now = self._now()
@@ -483,11 +487,8 @@ class WriteLayer:
 
     def rmdir(self, parent: int, name: bytes) -> None:
         with self._op():
-            self._dir(parent)
-            ino = self._lookup_ino(parent, name)
-            if not ino:
-                raise NotFound(f"no entry {name!r} in {parent}")
-            a = self.getattr(ino)
+            a = self._entry(parent, name)
+            ino = a.ino
             if not a.is_dir:
                 raise NotADirectory(f"{name!r} is not a directory")
             if not self._dir_empty(ino):
@@ -561,13 +562,10 @@ class WriteLayer:
             if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
                 raise InvalidArgument(f"rename flags {flags}")
             _check_name(newname)
-            self._dir(parent)
+            sa = self._entry(parent, name)
+            src = sa.ino
             self._dir(newparent)
-            src = self._lookup_ino(parent, name)
-            if not src:
-                raise NotFound(f"no entry {name!r} in {parent}")
             dst = self._lookup_ino(newparent, newname)
-            sa = self.getattr(src)
             if (parent, name) == (newparent, newname):
                 if flags & RENAME_NOREPLACE:
                     raise Exists(f"{newname!r} exists")
