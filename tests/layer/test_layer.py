@@ -305,3 +305,19 @@ def test_tree_helper_sees_the_merged_view(layer: WriteLayer) -> None:
     layer.write(layer.lookup(R, b"a.txt").ino, 0, b"ALPHA")
     t = tree(layer)
     assert t[b"a.txt"][2] == b"ALPHA\n" and t[b"link"] == ("l", 0o777, b"a.txt")
+
+
+def test_what_commit_can_reuse(layer: WriteLayer, base) -> None:
+    medium = layer.lookup(R, b"medium").ino
+    layer.setattr(medium, mode=0o600)  # attributes only: the content id is reused, no chunk read
+    assert layer.content_unchanged(medium) and layer.chunk_sources(medium)[0] is not None
+    layer.write(medium, 200 * 1024, b"!")
+    assert not layer.content_unchanged(medium) and layer.chunk_sources(medium) == [None]
+    f = layer.create(R, b"fresh", REG, 0, 0)
+    layer.write(f.ino, 0, b"x" * 10)
+    assert layer.chunk_sources(f.ino) == [None] and not layer.content_unchanged(f.ino)
+    # a hard link added to a base file: the new name is added, the file itself unchanged
+    layer.link(layer.lookup(R, b"a.txt").ino, R, b"a-again")
+    kinds = {c.path: c.kind for c in layer.changes()}
+    assert kinds[b"a-again"] == "A" and kinds[b"medium"] == "M" and kinds[b"fresh"] == "A"
+    assert kinds[b"a.txt"] == "M"  # a further name: its record's LINKED flag changes

@@ -53,6 +53,8 @@ def _node_changed(layer: WriteLayer, b: Inode, c: Inode) -> bool:
     same = (b.mode, b.uid, b.gid, b.mtime_ns, b.rdev, b.target) == (c.mode, c.uid, c.gid, c.mtime_ns, c.rdev, c.target)
     if not same or layer.xattrs(c.ino) != layer.m.xattrs(b.ino):
         return True
+    if not stat.S_ISDIR(c.mode) and b.nlink != c.nlink:
+        return True  # names added or removed: its LINK/LINKED flags change in the records
     if stat.S_ISREG(c.mode):
         return not layer.content_unchanged(c.ino)
     return False
