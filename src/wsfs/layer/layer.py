@@ -679,13 +679,15 @@ class WriteLayer:
         c = self.contents.get(ino)
         if c is not None:
             return c
-        a = self.getattr(ino)
+        r = self._row(ino)
+        base = self._base(ino)
+        a = self._attr_row(r) if r is not None else base
+        if a is None:
+            raise NotFound(f"no inode {ino}")
         if a.is_dir:
             raise IsADirectory(f"inode {ino} is a directory")
         if not a.is_reg:
             raise InvalidArgument(f"inode {ino} is not a regular file")
-        r = self._row(ino)
-        base = self._base(ino)
         read_base = None
         if base is not None:
             def read_base(off: int, n: int, _b: Inode = base) -> bytes:
@@ -701,7 +703,6 @@ class WriteLayer:
 
     def _persist(self, c: Content) -> None:
         """Write *c*'s size, times and block map into the open batch (content was pwritten before)."""
-        self._ensure_row(c.ino)
         self._begin()
         cols: dict[str, Any] = {"size": c.size, "base_size": c.base_size}
         if c.times:
