@@ -369,6 +369,7 @@ class WriteLayer:
         return out
 
     def readlink(self, ino: int) -> bytes:
+        """The target of symlink *ino*."""
         a = self.getattr(ino)
         if not stat.S_ISLNK(a.mode) or a.target is None:
             raise InvalidArgument(f"inode {ino} is not a symlink")
@@ -423,9 +424,11 @@ class WriteLayer:
         return self._make(parent, name, mode, uid, gid, rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0)
 
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        """A new directory (a new inode: nothing of a base directory once at that name shows through)."""
         return self._make(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Inode:
+        """A new symlink to *target* (1-4095 bytes, no NUL: what format 2 records hold)."""
         if len(target) > TARGET_MAX:
             raise NameTooLong(f"symlink target of {len(target)} bytes")
         if not target:
@@ -459,6 +462,7 @@ class WriteLayer:
         return self.getattr(ino)
 
     def unlink(self, parent: int, name: bytes) -> None:
+        """Remove a name of a non-directory; the inode goes with its last name and last handle."""
         with self._op():
             a = self._entry(parent, name)
             if a.is_dir:
@@ -486,6 +490,7 @@ class WriteLayer:
         return bool(hidden == base)
 
     def rmdir(self, parent: int, name: bytes) -> None:
+        """Remove an empty directory (empty in the merged view: base entries all whited out)."""
         with self._op():
             a = self._entry(parent, name)
             ino = a.ino
@@ -793,12 +798,14 @@ class WriteLayer:
         return self.m.xattrs(ino) if ino <= self.base_max else {}
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
+        """One extended attribute (NoAttribute: ENODATA)."""
         try:
             return self.xattrs(ino)[name]
         except KeyError:
             raise NoAttribute(f"no attribute {name!r}") from None
 
     def listxattr(self, ino: int) -> list[bytes]:
+        """The names of *ino*'s extended attributes, sorted."""
         return list(self.xattrs(ino))
 
     def _own_xattrs(self, ino: int) -> dict[bytes, bytes]:
@@ -812,6 +819,7 @@ class WriteLayer:
         return current
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        """Set an extended attribute (``XATTR_CREATE``: EEXIST if set; ``XATTR_REPLACE``: ENODATA if not)."""
         with self._op():
             if not name or len(name) > NAME_MAX or b"\0" in name:
                 raise AttributeTooBig(f"attribute name of {len(name)} bytes") if name else InvalidArgument("empty name")
@@ -826,6 +834,7 @@ class WriteLayer:
             self._update(ino, ctime_ns=self._now())
 
     def removexattr(self, ino: int, name: bytes) -> None:
+        """Remove an extended attribute (ENODATA if not set)."""
         with self._op():
             if name not in self._own_xattrs(ino):
                 raise NoAttribute(f"no attribute {name!r}")
