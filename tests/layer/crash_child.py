@@ -11,7 +11,7 @@ import random
 import sys
 
 from crash_model import Model, run_on_layer
-from layer_support import resolve, tree
+from layer_support import resolve
 
 from wsfs.layer import BaseId, WriteLayer
 from wsfs.repository import Repository
@@ -30,7 +30,7 @@ def main() -> None:
         return bytes(repo.get_blob(pack.cid, pack.length, place=pack.place)[at + off:at + off + n])
 
     layer = WriteLayer(state, m, BaseId(ws, 1, record.manifest), read_base, commit_interval=float(interval))
-    model = Model(tree(layer))
+    model = Model.from_layer(layer)
     rng = random.Random(seed_n)
     os.write(1, b"R\n")
     i = 0

@@ -32,6 +32,32 @@ class Model:
             self.inodes[n] = [kind, perm, bytearray(data) if kind == "f" else data]
         self.next = len(self.inodes) + 1
 
+    @classmethod
+    def from_layer(cls, layer: Any) -> Model:
+        """The tree a layer shows, hard links as one inode (what a later run starts from)."""
+        model = cls({})
+        by_ino: dict[int, int] = {}
+
+        def walk(ino: int, prefix: bytes) -> None:
+            for _, name, a in layer.readdir(ino):
+                path = prefix + b"/" + name if prefix else name
+                if a.ino not in by_ino:
+                    by_ino[a.ino] = model.next
+                    model.next += 1
+                    if stat.S_ISDIR(a.mode):
+                        entry = ["d", stat.S_IMODE(a.mode), None]
+                    elif stat.S_ISLNK(a.mode):
+                        entry = ["l", stat.S_IMODE(a.mode), layer.readlink(a.ino)]
+                    else:
+                        entry = ["f", stat.S_IMODE(a.mode), bytearray(layer.read(a.ino, 0, a.size))]
+                    model.inodes[by_ino[a.ino]] = entry
+                model.entries[path] = by_ino[a.ino]
+                if stat.S_ISDIR(a.mode):
+                    walk(a.ino, path)
+
+        walk(1, b"")
+        return model
+
     def kind(self, path: bytes) -> str:
         return self.inodes[self.entries[path]][0]
 

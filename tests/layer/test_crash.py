@@ -1,6 +1,8 @@
 """kill -9 of a process using a write layer, at random moments: the reopened layer is a prefix, never less than the last fsync.
 
-Each iteration starts ``crash_child.py`` on a fresh state folder, lets it run
+Each iteration starts ``crash_child.py`` on the state folder the previous one
+left (recovered, checked, and given one more write by this process; a fresh
+one every ``CHAIN`` iterations), lets it run
 random operations (writes across blocks, truncations, renames of files and
 directories, hard links, unlinks, chmods, fsyncs, syncs; batches committed
 every few milliseconds as well) for a random time, kills it with SIGKILL,
@@ -23,13 +25,13 @@ from pathlib import Path
 
 import pytest
 from crash_model import Model
-from layer_support import tree
 
 from conftest import Base, push_tree
 from wsfs.layer import WriteLayer
 
 HERE = Path(__file__).parent
 ITERATIONS = 24
+CHAIN = 6  # iterations on one state folder, each child starting from what the previous kill left
 
 
 def small_tree(src: Path) -> None:
@@ -50,11 +52,13 @@ def test_kill_9_leaves_a_prefix_no_shorter_than_the_last_fsync(crash_base: Base,
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
     rng = random.Random(int(os.environ.get("WSFS_CRASH_SEED", time.time_ns())))
-    base0 = None
     stats = {"ops": 0, "synced": 0, "beyond_sync": 0}
     for it in range(ITERATIONS):
         seed = rng.randrange(1 << 30)
-        state = tmp_path / f"state{it}"
+        if it % CHAIN == 0:  # a fresh state folder now and then: the tree (and the checks) stay small
+            state = tmp_path / f"state{it}"
+            with WriteLayer(str(state), crash_base.m, crash_base.id, crash_base.read_base) as first:
+                start = Model.from_layer(first)
         interval = rng.choice(["0.005", "0.05", "10"])
         child = _spawn(crash_base, state, seed, interval, env)
         try:
@@ -81,13 +85,10 @@ def test_kill_9_leaves_a_prefix_no_shorter_than_the_last_fsync(crash_base: Base,
                 synced = int(line[2:])
         layer = WriteLayer(str(state), crash_base.m, crash_base.id, crash_base.read_base)
         try:
-            got = Model(tree(layer)).snapshot()
-            if base0 is None:
-                with WriteLayer(str(tmp_path / "pristine"), crash_base.m, crash_base.id, crash_base.read_base) as pristine:
-                    base0 = tree(pristine)
+            got = Model.from_layer(layer).snapshot()
             # The tree after the first j operations, for every j that keeps all
             # fsync'ed ones (j > synced): the reopened tree must be one of them.
-            model = Model(base0)
+            model = start
             matches = []
             for j in range(len(ops) + 1):
                 if j > synced and model.snapshot() == got:
@@ -102,10 +103,12 @@ def test_kill_9_leaves_a_prefix_no_shorter_than_the_last_fsync(crash_base: Base,
             stats["ops"] += len(ops)
             stats["synced"] += synced + 1
             stats["beyond_sync"] += max(matches) - (synced + 1)
-            # and the layer goes on working
-            f = layer.create(1, b"after-crash", 0o100644, 0, 0)
+            # and the layer goes on working; the next child starts from here
+            name = b"after-crash-%d" % it
+            f = layer.create(1, name, 0o100644, 0, 0)
             layer.write(f.ino, 0, b"ok")
             layer.sync_all()
+            start = Model.from_layer(layer)
         finally:
             layer.close()
     print(f"crash test: {ITERATIONS} kills, {stats}")
