@@ -321,3 +321,44 @@ def test_what_commit_can_reuse(layer: WriteLayer, base) -> None:
     kinds = {c.path: c.kind for c in layer.changes()}
     assert kinds[b"a-again"] == "A" and kinds[b"medium"] == "M" and kinds[b"fresh"] == "A"
     assert kinds[b"a.txt"] == "M"  # a further name: its record's LINKED flag changes
+
+
+def test_readdir_cursor_survives_changes(layer: WriteLayer) -> None:
+    d = layer.lookup(R, b"d").ino
+    for i in range(5):
+        layer.create(d, b"n%d" % i, REG, 0, 0)
+    first = layer.readdir(d, 0, 3)  # partly base, partly layer
+    victim = next(n for _, n, a in first if not a.is_dir)
+    layer.unlink(d, victim)  # an entry already listed
+    layer.create(d, b"late", REG, 0, 0)
+    rest = layer.readdir(d, first[-1][0])
+    listed = [n for _, n, _ in first] + [n for _, n, _ in rest]
+    stayed = {b"x", b"y", b"sub", *(b"n%d" % i for i in range(5))} - {victim}
+    assert stayed <= set(listed) and len(listed) == len(set(listed))  # nothing that stayed is skipped or repeated
+
+
+def test_exchange_directories_across_parents(layer: WriteLayer) -> None:
+    d, empty = layer.lookup(R, b"d").ino, layer.lookup(R, b"empty").ino
+    sub = layer.lookup(d, b"sub").ino
+    other = layer.mkdir(empty, b"other", 0o700, 0, 0).ino
+    n_d, n_empty = layer.getattr(d).nlink, layer.getattr(empty).nlink
+    layer.rename(d, b"sub", empty, b"other", RENAME_EXCHANGE)
+    assert layer.lookup(empty, b"other").ino == sub and layer.lookup(d, b"sub").ino == other
+    assert (layer.getattr(d).nlink, layer.getattr(empty).nlink) == (n_d, n_empty)  # a directory each way
+    assert layer.parent_of(sub) == empty and layer.parent_of(other) == d
+    with pytest.raises(WsfsError) as e:
+        layer.rename(R, b"empty", sub, b"in-itself", RENAME_EXCHANGE)
+    assert err(e) == errno.EINVAL
+
+
+def test_xattrs_and_modes_persist(layer_factory) -> None:
+    layer = layer_factory()
+    a = layer.lookup(R, b"a.txt").ino
+    layer.setxattr(a, b"user.k", b"v")
+    layer.removexattr(a, b"user.color")
+    layer.setattr(a, mode=0o640, uid=7)
+    layer.close()
+    again = layer_factory()
+    assert again.xattrs(a) == {b"user.k": b"v"}
+    got = again.getattr(a)
+    assert (stat.S_IMODE(got.mode), got.uid, again.read(a, 0, 10)) == (0o640, 7, b"alpha\n")
