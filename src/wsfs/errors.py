@@ -167,6 +167,12 @@ class LayerMismatch(UsageError):
     """A write layer's state folder belongs to another workspace (or another format)."""
 
 
+class LayerBusy(UsageError):
+    """A write layer's state folder is open in another process (a mount of it is running)."""
+
+    errno = errno.EBUSY
+
+
 class NotPermitted(FsError):
     """An operation the file system never allows (a hard link to a directory)."""
 

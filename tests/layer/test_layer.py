@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from layer_support import names, resolve, tree
 
-from wsfs.errors import LayerMismatch, NotFound, WsfsError
+from wsfs.errors import LayerBusy, LayerMismatch, NotFound, WsfsError
 from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, BaseId, WriteLayer
 
@@ -284,6 +284,13 @@ def test_persists_and_refuses_another_workspace(layer_factory, base, tmp_path: P
     again.close()
     with pytest.raises(LayerMismatch):
         WriteLayer(str(tmp_path / "state"), base.m, BaseId("other", 1, base.id.top), base.read_base)
+    with pytest.raises(LayerMismatch):  # another version of the workspace: rebasing is commit's work
+        WriteLayer(str(tmp_path / "state"), base.m, BaseId(base.id.workspace, 2, base.id.top), base.read_base)
+    open_one = layer_factory()
+    with pytest.raises(LayerBusy) as e:  # one process (one open layer) at a time
+        WriteLayer(str(tmp_path / "state"), base.m, base.id, base.read_base)
+    assert err(e) == errno.EBUSY
+    open_one.close()
     st = tmp_path / "state"
     assert stat.S_IMODE(os.stat(st).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(st / "data").st_mode) == 0o700

@@ -39,7 +39,7 @@ import ctypes
 import os
 from collections.abc import Callable
 
-from wsfs.errors import NoSpace
+from wsfs.errors import IntegrityError, NoSpace
 from wsfs.layer.state import DB_MARGIN, StateDir, no_space
 
 BLOCK = 64 * 1024  # copy-on-write unit; small enough that an append after a commit copies little
@@ -164,7 +164,7 @@ class Content:
         based = max(0, min(n, self.base_size - start))
         data = self.read_base(start, based) if based and self.read_base is not None else b""
         if len(data) != based:
-            raise OSError(5, f"base content of inode {self.ino} is short")
+            raise IntegrityError(f"base content of inode {self.ino} is short at {start}: {len(data)} of {based} bytes")
         return data + bytes(n - based) if based < n else data
 
     # -- writing -----------------------------------------------------------

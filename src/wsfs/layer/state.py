@@ -46,12 +46,13 @@ is a new inode: its base entries cannot show through, no "opaque" flag needed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from typing import Any
 
 import apsw
 
-from wsfs.errors import LayerMismatch, NoSpace
+from wsfs.errors import LayerBusy, LayerMismatch, NoSpace
 from wsfs.localfs import PRIVATE_DIR, PRIVATE_FILE, private_dir, private_umask, tighten
 from wsfs.versions.fsops import O_DIR, proc_path
 
@@ -112,6 +113,13 @@ class StateDir:
         self.path = path
         self.fd = os.open(path, O_DIR)
         try:
+            # One process at a time: two daemons batching into one database
+            # would each commit the other's half-done batches.  Released by
+            # the kernel when the process dies, so a crash leaves no stale lock.
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LayerBusy(f"state folder {path} is in use by another process") from None
             tighten(path, PRIVATE_DIR, self.fd)
             self.data_fd = self._subdir(DATA_DIR)
             self.db = self._open_db()
