@@ -34,11 +34,12 @@ def main() -> None:
     rng = random.Random(seed_n)
     os.write(1, b"R\n")
     i = 0
+    handles: list[int] = []
     while True:
         op = model.draw(rng, i)
         op["i"] = i
         os.write(1, b"O " + json.dumps(op).encode() + b"\n")
-        run_on_layer(layer, op, seed_n, resolve)
+        run_on_layer(layer, op, seed_n, resolve, handles)
         model.apply(op, seed_n)
         if op["op"] in ("fsync", "sync"):
             os.write(1, b"S %d\n" % i)

@@ -31,6 +31,8 @@ class Model:
             self.entries[path] = n
             self.inodes[n] = [kind, perm, bytearray(data) if kind == "f" else data]
         self.next = len(self.inodes) + 1
+        self.open_count = 0  # handles the child holds (open/release: no change to the tree)
+        self._digests: dict[int, bytes] = {}  # inode -> SHA-1 of its bytes, dropped when they change
 
     @classmethod
     def from_layer(cls, layer: Any) -> Model:
@@ -65,7 +67,13 @@ class Model:
         out: Snapshot = {}
         for path, ino in self.entries.items():
             kind, perm, data = self.inodes[ino]
-            out[path] = (kind, perm, hashlib.sha1(bytes(data)).digest() if kind == "f" else (data or b""))
+            if kind == "f":
+                digest = self._digests.get(ino)
+                if digest is None:
+                    digest = self._digests[ino] = hashlib.sha1(data).digest()
+                out[path] = (kind, perm, digest)
+            else:
+                out[path] = (kind, perm, data or b"")
         return out
 
     def _new(self, path: bytes, kind: str, perm: int, data: Any) -> None:
@@ -82,12 +90,14 @@ class Model:
         elif kind == "symlink":
             self._new(p, "l", 0o777, op["target"].encode())
         elif kind == "write":
+            self._digests.pop(self.entries[p], None)
             d = self.inodes[self.entries[p]][2]
             off, data = op["off"], payload(seed, op["i"], op["len"])
             if off > len(d):
                 d.extend(bytes(off - len(d)))
             d[off:off + len(data)] = data
         elif kind == "truncate":
+            self._digests.pop(self.entries[p], None)
             d = self.inodes[self.entries[p]][2]
             del d[op["size"]:]
             d.extend(bytes(op["size"] - len(d)))
@@ -95,6 +105,10 @@ class Model:
             self.inodes[self.entries[p]][1] = op["perm"]
         elif kind in ("unlink", "rmdir"):
             del self.entries[p]
+        elif kind == "open":
+            self.open_count += 1
+        elif kind == "release":
+            self.open_count -= 1
         elif kind == "link":
             self.entries[op["dst"].encode("utf-8", "surrogateescape")] = self.entries[p]
         elif kind == "rename":
@@ -159,18 +173,25 @@ class Model:
             return {"op": "link", "path": s(rng.choice(files)), "dst": s(fresh(rng.choice(dirs)))}
         if roll < 0.85 and self.entries:
             return {"op": "chmod", "path": s(rng.choice(list(self.entries))), "perm": rng.choice([0o600, 0o755, 0o4711])}
-        if roll < 0.88 and files:
+        if roll < 0.86 and files:
             return {"op": "fsync", "path": s(rng.choice(files))}
+        if roll < 0.875 and files:  # a handle kept while the file may be unlinked, written, renamed
+            return {"op": "open", "path": s(rng.choice(files))}
+        if roll < 0.89 and self.open_count:
+            return {"op": "release"}
         if roll < 0.89:
             return {"op": "sync"}
         return {"op": "flush", "path": s(rng.choice(files))} if files else {"op": "sync"}
 
 
-def run_on_layer(layer: Any, op: dict[str, Any], seed: int, resolve: Any) -> None:
-    """Run *op* as one call of *layer*."""
+def run_on_layer(layer: Any, op: dict[str, Any], seed: int, resolve: Any, handles: list[int]) -> None:
+    """Run *op* as one call of *layer*; *handles*: the inodes opened and not yet released, oldest first."""
     kind = op["op"]
     if kind == "sync":
         layer.sync_all()
+        return
+    if kind == "release":
+        layer.release(handles.pop(0))
         return
     p = op["path"].encode("utf-8", "surrogateescape")
     head, _, name = p.rpartition(b"/")
@@ -201,5 +222,9 @@ def run_on_layer(layer: Any, op: dict[str, Any], seed: int, resolve: Any) -> Non
             layer.link(layer.lookup(parent, name).ino, dparent, dname)
     elif kind == "fsync":
         layer.fsync(layer.lookup(parent, name).ino)
+    elif kind == "open":
+        ino = layer.lookup(parent, name).ino
+        layer.open(ino)
+        handles.append(ino)
     elif kind == "flush":
         layer.flush(layer.lookup(parent, name).ino)
