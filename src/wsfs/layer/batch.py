@@ -216,10 +216,13 @@ class Batches:
         return r
 
     def _update(self, ino: int, **cols: Any) -> None:
-        self._ensure_row(ino)
+        """Set columns of *ino*'s row, copying the base's attributes up first if it has none."""
         self._begin()
-        sets = ", ".join(f"{k} = ?" for k in cols)
-        self.db.execute(f"UPDATE nodes SET {sets} WHERE ino = ?", (*cols.values(), ino))
+        sql = f"UPDATE nodes SET {', '.join(f'{k} = ?' for k in cols)} WHERE ino = ?"
+        self.db.execute(sql, (*cols.values(), ino))
+        if not self.db.changes():  # the first change of a base inode (one statement less than asking first)
+            self._ensure_row(ino)
+            self.db.execute(sql, (*cols.values(), ino))
 
     def _attr_row(self, r: tuple[Any, ...]) -> Inode:
         ino, mode, uid, gid, size, atime, mtime, ctime, nlink, rdev, target = r[:11]

@@ -127,7 +127,8 @@ class WriteLayer(Namespace):
             size, base_size, blocks = a.size, a.size, {}
         else:
             size, base_size = r[4], r[12]
-            blocks = dict(self.db.execute("SELECT blk, slot FROM blocks WHERE ino = ?", (ino,)))
+            # No block lies wholly beyond the size: an empty file has none to load.
+            blocks = dict(self.db.execute("SELECT blk, slot FROM blocks WHERE ino = ?", (ino,))) if size else {}
         c = Content(self.pool, ino, size, base_size, blocks, read_base)
         self.contents[ino] = c
         return c

@@ -156,13 +156,11 @@ class Namespace(Batches):
             is_dir = stat.S_ISDIR(mode)
             size = len(target) if target is not None else 0
             self._begin()
-            self.db.execute(
-                f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,0)",
-                (ino, mode, uid, gid, size, now, now, now, 2 if is_dir else 1, rdev, target, parent if is_dir else None),
-            )
+            row = (ino, mode, uid, gid, size, now, now, now, 2 if is_dir else 1, rdev, target, parent if is_dir else None)
+            self.db.execute(f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,0)", row)
             self._set_dentry(parent, name, ino)
             self._touch_dir(parent, now, 1 if is_dir else 0)
-            return self.getattr(ino)
+            return self._attr_row(row)
 
     def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
         """A new regular file, fifo, socket or device node (mode includes the type; EEXIST if taken)."""
