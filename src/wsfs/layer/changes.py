@@ -13,7 +13,8 @@ under the new one, which is what commit must write.
 
 Finding the names of an inode changed in place (chmod or write, no entry
 changed) needs one scan of the base's ``dentries`` (it has no index by
-inode): a few milliseconds per 20,000 entries, once per call.
+inode), once per call and only if there is such an inode: linear in the
+base, not measured at scale.
 """
 
 from __future__ import annotations
