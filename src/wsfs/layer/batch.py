@@ -160,12 +160,14 @@ class Batches:
         if self._closed:
             return
         self._closed = True
-        self.sync_all()
-        self.contents.clear()
-        if self._wal_fd >= 0:
-            os.close(self._wal_fd)
-        self.pool.close()
-        self.state.close()
+        try:
+            self.sync_all()
+        finally:
+            self.contents.clear()
+            if self._wal_fd >= 0:
+                os.close(self._wal_fd)
+            self.pool.close()
+            self.state.close()
 
     def __enter__(self) -> Self:
         return self
@@ -176,7 +178,10 @@ class Batches:
     def _recover(self) -> None:
         """After a crash: drop inodes unlinked while open (their slots are free once no row names them)."""
         db = self.db
-        gone = [r[0] for r in db.execute("SELECT ino FROM nodes WHERE nlink = 0 AND (size > 0 OR xattrs = 0)")]
+        # A new inode without names has no business here; a base inode's row
+        # stays as a tombstone (size 0, its own empty xattrs) once purged.
+        gone = [r[0] for r in db.execute(
+            "SELECT ino FROM nodes WHERE nlink = 0 AND (ino > ? OR size > 0 OR xattrs = 0)", (self.base_max,))]
         if gone:
             with db:
                 for ino in gone:
