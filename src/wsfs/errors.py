@@ -97,3 +97,83 @@ class MountError(WsfsError):
     """The file system could not be mounted (FUSE refused, or the daemon failed to start)."""
 
     exit_code = 10
+
+
+# -- file system errors of the write layer ------------------------------------
+# A read-write tree answers POSIX calls; each refusal is a class carrying its
+# errno, so the daemon maps them with no table of its own.  Exit code 1: the
+# CLI never shows them but as "other error".
+
+
+class FsError(WsfsError):
+    """A file system call refused (the subclass's ``errno`` says why)."""
+
+
+class NotEmpty(FsError):
+    """rmdir, or rename over a directory, that still has entries."""
+
+    errno = errno.ENOTEMPTY
+
+
+class Exists(FsError):
+    """The name is taken (create, mkdir, link, RENAME_NOREPLACE; xattr create)."""
+
+    errno = errno.EEXIST
+
+
+class IsADirectory(FsError):
+    """A file operation (unlink, read, rename of a file over a directory) on a directory."""
+
+    errno = errno.EISDIR
+
+
+class NotADirectory(FsError):
+    """A directory operation on something else (lookup in a file, rmdir of a file)."""
+
+    errno = errno.ENOTDIR
+
+
+class InvalidArgument(FsError):
+    """A bad argument: a directory moved into itself, an invalid name or flag combination."""
+
+    errno = errno.EINVAL
+
+
+class NameTooLong(FsError):
+    """A name longer than 255 bytes, or a symlink target longer than 4095."""
+
+    errno = errno.ENAMETOOLONG
+
+
+class NoSpace(FsError):
+    """The local state folder of a write layer is full: that write failed, earlier ones stand."""
+
+    errno = errno.ENOSPC
+
+
+class NoAttribute(FsError):
+    """No extended attribute of that name (ENODATA, which Linux also calls ENOATTR)."""
+
+    errno = errno.ENODATA
+
+
+class AttributeTooBig(FsError):
+    """An extended attribute name over 255 bytes or value over 64 KiB."""
+
+    errno = errno.E2BIG
+
+
+class LayerMismatch(UsageError):
+    """A write layer's state folder belongs to another workspace (or another format)."""
+
+
+class LayerBusy(UsageError):
+    """A write layer's state folder is open in another process (a mount of it is running)."""
+
+    errno = errno.EBUSY
+
+
+class NotPermitted(FsError):
+    """An operation the file system never allows (a hard link to a directory)."""
+
+    errno = errno.EPERM

@@ -1,0 +1,291 @@
+"""WriteLayer: a read-write tree made of an immutable base version and local changes.
+
+What it owns: the merged view (getattr, lookup, readdir, readlink, xattrs,
+read) and every mutation (create, mkdir, symlink, link, unlink, rmdir,
+rename, setattr, write, xattrs), recorded in a state folder
+(:mod:`wsfs.layer.state`).  What it is not: a FUSE adapter (no pyfuse3 type
+here; errors are :mod:`wsfs.errors` classes carrying their errno), nor a
+store client (base content comes from the caller's ``read_base``), nor a
+permission checker (the caller passes what its rules decided, e.g.
+``kill_suid``).  Imports: errors, format, localfs, versions.fsops; never the daemon.
+
+Batching and durability (``docs/write-layer.md`` has the full guarantee):
+changes go into one open SQLite transaction (a *batch*); content goes to
+staged files with ``pwrite`` and the per-file metadata (size, block map,
+times) stays in memory until the file is flushed or released, so a
+``write(2)`` costs no SQL at all.  A batch is committed when the application
+fsyncs (:meth:`fsync`, :meth:`sync_all`: content ``fdatasync``-ed first,
+then the commit, then the WAL ``fsync``-ed) or when it is older than
+``commit_interval`` (checked at each call and by :meth:`commit_if_due`).
+After a ``kill -9`` the layer shows exactly its last commit: a prefix of the
+operations, never less than the last fsync.
+
+Not thread-safe: one caller thread (the daemon's trio thread) at a time.
+
+The class is built in three steps, one module each: :class:`~wsfs.layer.batch.Batches`
+(state folder, the open batch, commits, node rows), :class:`~wsfs.layer.namespace.Namespace`
+(entries, whiteouts, links, renames), and :class:`WriteLayer` here (attributes,
+content, xattrs, what commit and status need).
+"""
+
+from __future__ import annotations
+
+import stat
+from typing import Any
+
+from wsfs.errors import (
+    AttributeTooBig,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NoAttribute,
+    NotFound,
+)
+from wsfs.format.manifest import Chunk, Inode
+from wsfs.format.names import NAME_MAX
+from wsfs.layer.changes import Change, changes
+from wsfs.layer.content import BLOCK, Content
+from wsfs.layer.namespace import Namespace
+
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+XATTR_VALUE_MAX = 64 * 1024  # what format 2 records can hold
+
+
+class WriteLayer(Namespace):
+    """A base version (``Manifest``) plus the changes kept in *state_dir*; see the module docstring."""
+
+    # -- attributes ------------------------------------------------------------
+
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+                kill_suid: bool = False) -> Inode:
+        """chmod (permission bits of *mode*), chown, truncate, utimens; ctime is always now.
+
+        *kill_suid*: clear SUID, and SGID if group-executable, as the caller's
+        rules decide (Linux: on chown, and on truncate/write by a non-root user).
+        A size change sets mtime to now unless *mtime_ns* is given (tmpfs).
+        """
+        with self._op():
+            a = self.getattr(ino)
+            now = self._now()
+            if size is not None:
+                if a.is_dir:
+                    raise IsADirectory(f"inode {ino} is a directory")
+                if not a.is_reg:
+                    raise InvalidArgument(f"inode {ino} is not a regular file")
+                if size < 0:
+                    raise InvalidArgument("negative size")
+                c = self._content(ino)
+                if size != c.size:
+                    c.truncate(size)
+                    c.times = (now, now)
+                    self._tx_contents.add(c)
+            c = self.contents.get(ino)
+            if c is not None:
+                self._persist(c)
+            a = self.getattr(ino)
+            cols: dict[str, Any] = {"ctime_ns": now}
+            new_mode = a.mode
+            if mode is not None:
+                new_mode = stat.S_IFMT(a.mode) | (mode & 0o7777)
+            if kill_suid and not a.is_dir:
+                new_mode &= ~(stat.S_ISUID | (stat.S_ISGID if new_mode & stat.S_IXGRP else 0))
+            if new_mode != a.mode:
+                cols["mode"] = new_mode
+            if uid is not None:
+                cols["uid"] = uid
+            if gid is not None:
+                cols["gid"] = gid
+            if atime_ns is not None:
+                cols["atime_ns"] = atime_ns
+            if mtime_ns is not None:
+                cols["mtime_ns"] = mtime_ns
+            self._update(ino, **cols)
+            return self.getattr(ino)
+
+    # -- content ---------------------------------------------------------------
+
+    def _content(self, ino: int) -> Content:
+        c = self.contents.get(ino)
+        if c is not None:
+            return c
+        r = self._row(ino)
+        base = self._base(ino)
+        a = self._attr_row(r) if r is not None else base
+        if a is None:
+            raise NotFound(f"no inode {ino}")
+        if a.is_dir:
+            raise IsADirectory(f"inode {ino} is a directory")
+        if not a.is_reg:
+            raise InvalidArgument(f"inode {ino} is not a regular file")
+        read_base = None
+        if base is not None:
+            def read_base(off: int, n: int, _b: Inode = base) -> bytes:
+                return self._read_base(_b, off, n)
+        if r is None:
+            size, base_size, blocks = a.size, a.size, {}
+        else:
+            size, base_size = r[4], r[12]
+            # No block lies wholly beyond the size: an empty file has none to load.
+            blocks = dict(self.db.execute("SELECT blk, slot FROM blocks WHERE ino = ?", (ino,))) if size else {}
+        c = Content(self.pool, ino, size, base_size, blocks, read_base)
+        self.contents[ino] = c
+        return c
+
+    def read(self, ino: int, off: int, size: int) -> bytes:
+        """Bytes [off, off + size) of regular file *ino*, short at its end."""
+        c = self.contents.get(ino)
+        if c is None:
+            r = self._row(ino)
+            if r is None:  # an unchanged base file: straight from the base
+                a = self.getattr(ino)
+                if a.is_dir:
+                    raise IsADirectory(f"inode {ino} is a directory")
+                if not a.is_reg:
+                    raise InvalidArgument(f"inode {ino} is not a regular file")
+                n = max(0, min(size, a.size - off))
+                return self._read_base(a, off, n) if n else b""
+            c = self._content(ino)
+        return c.read(off, size)
+
+    def write(self, ino: int, off: int, data: bytes | memoryview, *, kill_suid: bool = False) -> int:
+        """Write *data* at *off* into regular file *ino*; mtime and ctime become now.  No SQL: see the module docstring."""
+        with self._op():
+            if off < 0:
+                raise InvalidArgument("negative offset")
+            c = self._content(ino)
+            written = c.write(off, data)
+            now = self._now()
+            c.times = (now, now)
+            if kill_suid:
+                mode = c.mode if c.mode is not None else self.getattr(ino).mode
+                cleared = mode & ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
+                if cleared != mode:
+                    c.mode = cleared
+            return written
+
+    def open(self, ino: int) -> None:
+        """A handle on *ino* was opened: an unlinked inode lives on until its last :meth:`release`."""
+        self.opens[ino] = self.opens.get(ino, 0) + 1
+
+    def flush(self, ino: int) -> None:
+        """close(2) of a descriptor: *ino*'s metadata joins the open batch (no commit, no sync)."""
+        with self._op():
+            c = self.contents.get(ino)
+            if c is not None and (c.dirty or c.changed or c.times):
+                self._persist(c)
+
+    def release(self, ino: int) -> None:
+        """The last close of a handle: flush, and remove the inode if it has no name left."""
+        with self._op():
+            n = self.opens.get(ino, 0) - 1
+            if n > 0:
+                self.opens[ino] = n
+            else:
+                self.opens.pop(ino, None)
+            c = self.contents.get(ino)
+            if c is not None and (c.dirty or c.changed or c.times):
+                self._persist(c)
+            if n <= 0:
+                r = self._row(ino)
+                if r is not None and r[8] == 0:
+                    self._begin()
+                    self._maybe_purge(ino)
+
+    # -- extended attributes -----------------------------------------------------
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        """All extended attributes of *ino*."""
+        r = self._row(ino)
+        if r is not None and r[13]:
+            return dict(self.db.execute("SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", (ino,)))
+        if r is None:
+            self.getattr(ino)  # NotFound
+        return self.m.xattrs(ino) if ino <= self.base_max else {}
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        """One extended attribute (NoAttribute: ENODATA)."""
+        try:
+            return self.xattrs(ino)[name]
+        except KeyError:
+            raise NoAttribute(f"no attribute {name!r}") from None
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        """The names of *ino*'s extended attributes, sorted."""
+        return list(self.xattrs(ino))
+
+    def _own_xattrs(self, ino: int) -> dict[bytes, bytes]:
+        """Copy-up of *ino*'s xattrs into the layer (once); the current set."""
+        current = self.xattrs(ino)
+        r = self._ensure_row(ino)
+        if not r[13]:
+            self._begin()
+            self.db.executemany("INSERT INTO xattrs VALUES (?, ?, ?)", [(ino, k, v) for k, v in current.items()])
+            self.db.execute("UPDATE nodes SET xattrs = 1 WHERE ino = ?", (ino,))
+        return current
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        """Set an extended attribute (``XATTR_CREATE``: EEXIST if set; ``XATTR_REPLACE``: ENODATA if not)."""
+        with self._op():
+            if not name or len(name) > NAME_MAX or b"\0" in name:
+                raise AttributeTooBig(f"attribute name of {len(name)} bytes") if name else InvalidArgument("empty name")
+            if len(value) > XATTR_VALUE_MAX:
+                raise AttributeTooBig(f"attribute value of {len(value)} bytes")
+            current = self._own_xattrs(ino)
+            if flags & XATTR_CREATE and name in current:
+                raise Exists(f"attribute {name!r} exists")
+            if flags & XATTR_REPLACE and name not in current:
+                raise NoAttribute(f"no attribute {name!r}")
+            self.db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
+            self._update(ino, ctime_ns=self._now())
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        """Remove an extended attribute (ENODATA if not set)."""
+        with self._op():
+            if name not in self._own_xattrs(ino):
+                raise NoAttribute(f"no attribute {name!r}")
+            self.db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+            self._update(ino, ctime_ns=self._now())
+
+    # -- for commit and status ---------------------------------------------------
+
+    def changes(self) -> list[Change]:
+        """What differs from the base, as paths (A/D/M/T) in format 2 key order: :mod:`wsfs.layer.changes`."""
+        return changes(self)
+
+    def chunk_sources(self, ino: int) -> list[Chunk | None]:
+        """Per chunk of regular file *ino*: the base chunk if unchanged (its id is reused), else None (read it).
+
+        A chunk is unchanged when no block inside it was written and it lies
+        wholly below ``base_size`` with the base chunk's length; only the
+        others need reading (through :meth:`read`) and hashing at commit.
+        """
+        a = self.getattr(ino)
+        cs = self.m.chunk_size
+        n = -(-a.size // cs)
+        c = self._content(ino)
+        base = self._base(ino)
+        chunks = {ch.idx: ch for ch in self.m.chunks(ino)} if base is not None and not base.packed and not base.inline else {}
+        written = {b * BLOCK // cs for b in c.blocks}
+        out: list[Chunk | None] = []
+        for i in range(n):
+            ch = chunks.get(i)
+            length = min(cs, a.size - i * cs)
+            ok = ch is not None and i not in written and i * cs + ch.length <= c.base_size and ch.length == length
+            out.append(ch if ok else None)
+        return out
+
+    def content_unchanged(self, ino: int) -> bool:
+        """Whether regular file *ino* still holds exactly its base content (its content id is reused)."""
+        base = self._base(ino)
+        if base is None or not base.is_reg:
+            return False
+        c = self.contents.get(ino)
+        if c is not None:
+            return not c.blocks and c.size == c.base_size == base.size
+        r = self._row(ino)
+        if r is None:
+            return True
+        has_blocks = self.db.execute("SELECT 1 FROM blocks WHERE ino = ? LIMIT 1", (ino,)).fetchall()
+        return not has_blocks and r[4] == r[12] == base.size
