@@ -296,7 +296,7 @@ def test_paths_longer_than_path_max_round_trip(wsfs, tmp_path):
 def test_deep_tree_with_few_descriptors(repo, tmp_path, monkeypatch):
     """Push and checkout keep at most MAX_OPEN directories open: deeper ones are re-opened by name."""
     from support.trees import assert_same_tree
-    from wsfs.versions import fsops
+    from wsfs import fsops
 
     monkeypatch.setattr(fsops, "MAX_OPEN", 3)
     src = tmp_path / "src"

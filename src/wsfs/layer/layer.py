@@ -7,7 +7,7 @@ rename, setattr, write, xattrs), recorded in a state folder
 here; errors are :mod:`wsfs.errors` classes carrying their errno), nor a
 store client (base content comes from the caller's ``read_base``), nor a
 permission checker (the caller passes what its rules decided, e.g.
-``kill_suid``).  Imports: errors, format, localfs, versions.fsops; never the daemon.
+``kill_suid``).  Imports: errors, format, localfs, fsops; never the daemon.
 
 Batching and durability (``docs/write-layer.md`` has the full guarantee):
 changes go into one open SQLite transaction (a *batch*); content goes to

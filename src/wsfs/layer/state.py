@@ -6,7 +6,7 @@ Layout (every directory ``0700``, every file ``0600``)::
     <state>/data/slots                 staged content of every changed file: slots of BLOCK bytes
 
 Every path operation goes through a descriptor of the state folder opened
-with ``O_NOFOLLOW | O_DIRECTORY`` (``versions.fsops.O_DIR``): a symlink planted
+with ``O_NOFOLLOW | O_DIRECTORY`` (``fsops.O_DIR``): a symlink planted
 at ``data`` or at a staged file's name is refused (ELOOP), never followed.
 SQLite takes a path; it gets ``/proc/self/fd/<state fd>/layer.db``, which the
 kernel resolves through the open descriptor, not through the folder's name.
@@ -53,8 +53,8 @@ from typing import Any
 import apsw
 
 from wsfs.errors import LayerBusy, LayerMismatch, NoSpace
+from wsfs.fsops import O_DIR, proc_path
 from wsfs.localfs import PRIVATE_DIR, PRIVATE_FILE, private_dir, private_umask, tighten
-from wsfs.versions.fsops import O_DIR, proc_path
 
 LAYER_FORMAT = 1  # meta "format": a folder written by another layout is refused, not guessed at
 DB_NAME = "layer.db"

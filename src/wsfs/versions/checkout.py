@@ -10,7 +10,7 @@ directory times last, children before parents.
 
 Nothing a manifest says can make checkout leave its destination, and nobody
 racing it can redirect it: every entry is created relative to an open
-descriptor of its parent (:mod:`wsfs.versions.fsops`), under a name checked
+descriptor of its parent (:mod:`wsfs.fsops`), under a name checked
 again here (``..``, ``a/b``, NUL are an IntegrityError); directories are
 created 0700, checked to be ours, and re-opened with ``O_NOFOLLOW`` and an
 identity check; attributes go to descriptors, never to paths that could
@@ -35,8 +35,8 @@ from typing import NamedTuple
 from wsfs.errors import IntegrityError, InvalidName, UsageError, WsfsError
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
 from wsfs.format.names import check_entry_name
+from wsfs.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, open_node, proc_path
 from wsfs.repository import Repository
-from wsfs.versions.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, open_node, proc_path
 from wsfs.versions.read import SmallFiles
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ Order of writes (what makes a crash at any point harmless):
    push is a whole snapshot, so nothing needs merging.
 
 Nothing is followed out of the tree: the walk goes through directory
-descriptors only (:mod:`wsfs.versions.fsops`): every entry is ``fstatat``'d
+descriptors only (:mod:`wsfs.fsops`): every entry is ``fstatat``'d
 and opened relative to its parent with ``O_NOFOLLOW`` and checked to be the
 file (``st_dev``, ``st_ino``) that was seen when the parent was listed, so a
 directory swapped for a symlink by another user is never followed, and paths
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NoReturn
 
+from wsfs import fsops
 from wsfs.config import default_state_dir
 from wsfs.errors import Conflict, FormatError, IntegrityError, NotFound, SourceError, UsageError, WsfsError
 from wsfs.format.blobs import content_id
@@ -64,10 +65,10 @@ from wsfs.format.tree import (
     pack_signatures,
     with_link_names,
 )
+from wsfs.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, list_names, open_node, proc_path
 from wsfs.repository import Repository
 from wsfs.store.local import LocalStore
-from wsfs.versions import fsops, statcache
-from wsfs.versions.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, list_names, open_node, proc_path
+from wsfs.versions import statcache
 from wsfs.versions.statcache import Known
 
 log = logging.getLogger(__name__)
