@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import errno
 import functools
 import logging
 import os
@@ -62,7 +61,7 @@ import trio
 from wsfs.cache import BlobCache
 from wsfs.daemon.tree import FsStats, Lifetime, NotReady
 from wsfs.daemon.view import Deadline, VersionView
-from wsfs.errors import IntegrityError, NotFound, UsageError, WsfsError
+from wsfs.errors import IntegrityError, InvalidArgument, IsADirectory, NotADirectory, NotFound, WsfsError
 from wsfs.format.manifest import ROOT_INO, Inode, Manifest
 from wsfs.format.records import VersionRecord
 from wsfs.repository import Repository
@@ -396,7 +395,7 @@ class HistoryView:
         if n == 0:
             if parent != HISTORY_ROOT:
                 self._reserved_node(parent)  # NotFound if it is gone
-                raise _NotADirectory(f"inode {parent} is not a directory")
+                raise NotADirectory(f"inode {parent} is not a directory")
             return self._lookup_root(name)
         local = parent & LOCAL_MASK
         if local == ROOT_INO and name == b"..":
@@ -408,7 +407,7 @@ class HistoryView:
         n = ino >> VERSION_SHIFT
         if n == 0:
             if not self._reserved_node(ino).is_dir:
-                raise _NotADirectory(f"inode {ino} is not a directory")
+                raise NotADirectory(f"inode {ino} is not a directory")
             return
         self._view(n).opendir(ino & LOCAL_MASK)
 
@@ -417,7 +416,7 @@ class HistoryView:
         n = ino >> VERSION_SHIFT
         if n == 0:
             if ino != HISTORY_ROOT:
-                raise _NotADirectory(f"inode {ino} is not a directory")
+                raise NotADirectory(f"inode {ino} is not a directory")
             return self._readdir_root(after, limit)
         entries = self._view(n).readdir(ino & LOCAL_MASK, after, limit)
         return [(cursor, name, self._out(n, node)) for cursor, name, node in entries]
@@ -427,7 +426,7 @@ class HistoryView:
         if n == 0:
             node = self._reserved_node(ino)
             if node.target is None:
-                raise _InvalidArgument(f"inode {ino} is not a symbolic link")
+                raise InvalidArgument(f"inode {ino} is not a symbolic link")
             return node.target
         return self._view(n).readlink(ino & LOCAL_MASK)
 
@@ -445,7 +444,7 @@ class HistoryView:
         if n == 0:
             node = self._reserved_node(ino)
             if node.is_dir:
-                raise _IsADirectory(f"inode {ino} is a directory")
+                raise IsADirectory(f"inode {ino} is a directory")
             return node
         return self._out(n, self._view(n).open(ino & LOCAL_MASK))
 
@@ -453,7 +452,7 @@ class HistoryView:
         """Up to *size* bytes of regular file *ino* from *off*."""
         n = ino >> VERSION_SHIFT
         if n == 0:
-            raise _InvalidArgument(f"inode {ino} is not a regular file")
+            raise InvalidArgument(f"inode {ino} is not a regular file")
         view = self._view(n)
         self._reading[view] = self._reading.get(view, 0) + 1
         try:
@@ -490,19 +489,3 @@ def _remember(lru: collections.OrderedDict[int, Any], key: int, value: Any, limi
     lru.move_to_end(key)
     while len(lru) > limit:
         lru.popitem(last=False)
-
-
-class _NotADirectory(WsfsError):
-    """A directory operation on something else (ENOTDIR)."""
-
-    errno = errno.ENOTDIR
-
-
-class _IsADirectory(WsfsError):
-    """A file operation on a directory (EISDIR)."""
-
-    errno = errno.EISDIR
-
-
-class _InvalidArgument(UsageError):
-    """readlink of a non-link, read of a non-file (EINVAL)."""

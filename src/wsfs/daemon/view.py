@@ -50,7 +50,7 @@ from wsfs.daemon.packs import PackWindow, runs
 from wsfs.daemon.profile import AccessRecorder
 from wsfs.daemon.tree import FsStats, Lifetime
 from wsfs.daemon.tree import NotReady as NotReady  # where it used to live
-from wsfs.errors import IntegrityError, StoreTimeout, UsageError, WsfsError
+from wsfs.errors import IntegrityError, InvalidArgument, IsADirectory, NotADirectory, StoreTimeout, WsfsError
 from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest, Place, decode_inline
 from wsfs.store.base import DEFAULT_TIMEOUT
@@ -278,7 +278,7 @@ class VersionView:
         node = self.manifest.lookup(parent, name)
         if node is None:
             if not self.getattr(parent).is_dir:
-                raise _NotADirectory(f"inode {parent} is not a directory")
+                raise NotADirectory(f"inode {parent} is not a directory")
             return None
         if node.is_dir:
             self._parents[node.ino] = parent
@@ -286,7 +286,7 @@ class VersionView:
 
     def opendir(self, ino: int) -> None:
         if not self.getattr(ino).is_dir:
-            raise _NotADirectory(f"inode {ino} is not a directory")
+            raise NotADirectory(f"inode {ino} is not a directory")
 
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, Inode]]:
         """Up to *limit* ``(cursor, name, inode)`` after cursor *after* (0 = from the start)."""
@@ -327,7 +327,7 @@ class VersionView:
     def readlink(self, ino: int) -> bytes:
         node = self.getattr(ino)
         if not node.is_link or node.target is None:
-            raise _InvalidArgument(f"inode {ino} is not a symbolic link")
+            raise InvalidArgument(f"inode {ino} is not a symbolic link")
         return node.target
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
@@ -336,7 +336,7 @@ class VersionView:
     def open(self, ino: int) -> Inode:
         node = self.getattr(ino)
         if stat.S_ISDIR(node.mode):
-            raise _IsADirectory(f"inode {ino} is a directory")
+            raise IsADirectory(f"inode {ino} is a directory")
         return node
 
     def statfs(self) -> FsStats:
@@ -352,7 +352,7 @@ class VersionView:
         """Up to *size* bytes of regular file *ino* from *off* (short only at end of file)."""
         node = self.getattr(ino)
         if not node.is_reg:
-            raise _InvalidArgument(f"inode {ino} is not a regular file")
+            raise InvalidArgument(f"inode {ino} is not a regular file")
         end = min(node.size, off + size)
         if off >= end:
             return b""
@@ -582,22 +582,6 @@ class VersionView:
             self._prepared.put(cid, True)
         finally:
             self._prefetching.discard(cid)
-
-
-class _NotADirectory(WsfsError):
-    """A directory operation on something else (ENOTDIR)."""
-
-    errno = errno.ENOTDIR
-
-
-class _IsADirectory(WsfsError):
-    """A file operation on a directory (EISDIR)."""
-
-    errno = errno.EISDIR
-
-
-class _InvalidArgument(UsageError):
-    """readlink of a non-link, read of a non-file (EINVAL)."""
 
 
 class _IOError(WsfsError):
