@@ -484,8 +484,12 @@ class Repository:
         *,
         packs: list[bytes] | None = None,
         places: dict[bytes, tree.Place] | None = None,
-    ) -> tuple[int, int]:
-        """Store the pieces that have data and are not stored yet; returns ``(objects, bytes)`` uploaded.
+    ) -> tuple[int, int, int]:
+        """Store the pieces that have data and are not stored yet.
+
+        Returns ``(objects, bytes, pieces)`` uploaded: objects count segments
+        and the pack map, pieces count what of *pieces* was written (a pack
+        as the piece it is, inside its segment).
 
         Children before parents: ranges and the changeset first, the packs
         not stored yet in new segments, then the pack map, then listing
@@ -528,8 +532,12 @@ class Repository:
             stored.update(set(ids) - set(missing))
             return missing
 
+        written: list[bytes] = []  # pieces written as blobs of their own (list.append: safe from the pool's threads)
+        new_packs: list[tuple[bytes, bytes]] = []  # packs written into new segments
+
         def put(pid: bytes) -> None:
             sizes.append(self.put_blob(pid, data(pid)))
+            written.append(pid)
 
         def put_object(key: str, raw: bytes) -> None:
             self.store.put(key, raw)
@@ -548,14 +556,14 @@ class Repository:
             list(pool.map(put, [pid for pid in ask(pool, leaves) if pid not in stored]))
             if missing_tops and packs:
                 # A new tree: the packs whose place is not known go into new segments, then the map says where all are.
-                segments = self._segments([(pid, data(pid)) for pid in dict.fromkeys(packs)
-                                           if pid not in places and pid in todo], places)
+                new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
+                segments = self._segments(new_packs, places)
                 list(pool.map(lambda seg: put_object(segment_key(seg[0]), seg[1]), segments))
                 pack_map = tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs])
                 put_object(pack_map_key(missing_tops[0]), encode_blob(pack_map))
             for level in (missing_lists, missing_tops):
                 list(pool.map(put, [pid for pid in level if pid not in stored]))
-        return len(sizes), sum(sizes)
+        return len(sizes), sum(sizes), len(written) + len(new_packs)
 
     @staticmethod
     def _segments(new: list[tuple[bytes, bytes]], places: dict[bytes, tree.Place]) -> list[tuple[bytes, bytes]]:

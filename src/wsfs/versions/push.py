@@ -776,10 +776,10 @@ def push(
             changeset = encode_changeset(parent.top, items)
             pieces.append(Piece(content_id(changeset), changeset))
         pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
-        n_up, b_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places)
+        n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places)
         stats.blobs_uploaded += n_up
         stats.bytes_uploaded += b_up
-        stats.blobs_reused += len(pieces) - n_up
+        stats.blobs_reused += len(pieces) - pieces_up
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise WsfsError(f"no space left on device for the push's temporary data in {os.path.dirname(spill.path)}") from None
