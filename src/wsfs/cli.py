@@ -329,6 +329,20 @@ def cmd_workspaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from wsfs.service.auth import new_token
+    from wsfs.service.server import run
+
+    if args.new_token:
+        token, digest = new_token()
+        print(f"token (give it to the client; it is not stored):\n  {token}\n"
+              f"config entry (--config FILE):\n  [[token]]\n  name = \"CHANGE-ME\"\n  sha256 = \"{digest}\"\n"
+              f"  scopes = [\"read\"]\n  workspaces = [\"*\"]")
+        return 0
+    return run(args.listen, args.config, lambda: _open_repo(args), _settings(args).cache_dir,
+               access_log=args.verbose >= 1, threads=args.threads)
+
+
 # -- parser ----------------------------------------------------------------
 
 
@@ -441,6 +455,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")
+
+    sp = add("serve", cmd_serve, "serve the repository's versions read-only over HTTP (REST API, docs/api.md)")
+    sp.epilog = ("Endpoints under /v1 (workspaces, versions, tags, tree, files with Range/ETag, tar archives, diff); "
+                 "the OpenAPI document at /openapi.json. Loopback only unless --config names bearer tokens: a "
+                 "non-loopback address without tokens is refused. Plain HTTP: put a TLS proxy in front for remote "
+                 "clients. Access log with -v. Stop with Ctrl-C or SIGTERM.")
+    sp.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                    help="address to listen on (default 127.0.0.1:8080; [::1]:PORT for IPv6)")
+    sp.add_argument("--config", metavar="FILE",
+                    help="TOML file of [[token]] entries (name, sha256, scopes, workspaces): every request then "
+                    "needs Authorization: Bearer <token>")
+    sp.add_argument("--threads", type=int, default=16, help="threads reading content (default 16)")
+    sp.add_argument("--new-token", action="store_true",
+                    help="print a new random token and its config entry, then exit")
 
     from wsfs.daemon.cli import register as register_daemon_commands
 

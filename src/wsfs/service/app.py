@@ -1,0 +1,460 @@
+"""The Starlette application of ``wsfs serve``: routes, HTTP caching and ranges, JSON errors, auth.
+
+Handlers parse and check the request on the event loop (cheap), then run
+the blocking work on the backend's pools (``Backend.meta`` for records and
+manifest queries, ``Backend.blobs`` for content) with
+``loop.run_in_executor``: the event loop never touches the store, a disk
+cache or SQLite.  File bodies are streamed part by part (1 MiB, a few in
+flight), so memory per response is bounded whatever the file's size.  The
+rules are in ``docs/api.md``; ``service.openapi`` describes the same routes.
+Imports ``service.*``, ``format``, ``errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import functools
+import logging
+import re
+import stat
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from wsfs.errors import (
+    FormatError,
+    IntegrityError,
+    NotADirectory,
+    NotFound,
+    StoreTimeout,
+    StoreUnavailable,
+    UsageError,
+    WsfsError,
+)
+from wsfs.format.manifest import Inode
+from wsfs.format.names import check_workspace
+from wsfs.format.records import VersionRecord
+from wsfs.service.auth import AuthConfig, Forbidden, Grant, Unauthorized
+from wsfs.service.backend import (
+    MAX_PAGE,
+    ArchiveStream,
+    Backend,
+    FileInfo,
+    IsDirectory,
+    IsSymlink,
+    kind,
+    record_json,
+)
+from wsfs.service.names import named, query_path, query_values, url_path_names
+from wsfs.service.openapi import document
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"  # `latest` and listings: may be stored, but asked again every time (ETag still works)
+_FILE_PREFIX = 7  # b"", v1, workspaces, {ws}, versions, {v}, files: the segments before a file's path
+
+
+def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """The JSON error body every failure has: ``{"error": code, "detail": message, ...}``."""
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def _wsfs_error(e: WsfsError) -> JSONResponse:
+    if isinstance(e, IsSymlink):
+        return error(409, "symlink", str(e), {"X-Wsfs-Symlink-Target": named("target", e.target)["target_pct"]},
+                     **named("path", e.path), **named("target", e.target))
+    if isinstance(e, IsDirectory):
+        return error(409, "not_a_file", str(e) + " (list a directory with .../tree?path=, fetch it with .../archive?path=)",
+                     type=e.kind)
+    if isinstance(e, NotADirectory):
+        return error(409, "not_a_directory", str(e))
+    if isinstance(e, UsageError):  # InvalidName too
+        return error(400, "bad_request", str(e))
+    if isinstance(e, NotFound):
+        return error(404, "not_found", str(e))
+    if isinstance(e, IntegrityError):
+        log.error("integrity error: %s", e)
+        return error(502, "integrity_error", f"the store holds bad data; nothing of it was served: {e}")
+    if isinstance(e, StoreTimeout):
+        return error(504, "store_timeout", str(e))
+    if isinstance(e, StoreUnavailable):
+        log.error("store unavailable: %s", e)
+        return error(503, "store_unavailable", str(e), {"Retry-After": "5"})
+    if isinstance(e, FormatError):
+        return error(500, "unsupported_format", str(e))
+    log.error("request failed: %s", e)
+    return error(500, "internal_error", str(e))
+
+
+# -- HTTP helpers ----------------------------------------------------------------
+
+_RANGE_RE = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
+UNSATISFIABLE = (-1, -1)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a single ``bytes=`` range; None to ignore the header (serve 200); UNSATISFIABLE for 416.
+
+    Ignored (RFC 9110 allows a server to): another unit, a malformed value,
+    several ranges (no multipart/byteranges; the whole file is sent).
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec:
+        return None
+    if "," in spec:
+        return None
+    m = _RANGE_RE.fullmatch(spec)
+    if not m or (not m[1] and not m[2]):
+        return None
+    if not m[1]:  # suffix: the last N bytes
+        n = int(m[2])
+        if n == 0 or size == 0:
+            return UNSATISFIABLE
+        return max(0, size - n), size
+    first = int(m[1])
+    last = int(m[2]) if m[2] else size - 1
+    if last < first:
+        return None  # invalid syntax: ignored
+    if first >= size:
+        return UNSATISFIABLE
+    return first, min(last, size - 1) + 1
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """``If-None-Match``: weak comparison against any listed tag, or ``*``."""
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+def if_range_ok(header: str | None, etag: str) -> bool:
+    """Whether a ``Range`` applies under ``If-Range``: only a strong match of our ETag (a date never matches)."""
+    return header is None or header.strip() == etag
+
+
+def _int(q: dict[str, bytes], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = q.get(name)
+    if raw is None or raw == b"":
+        return default
+    try:
+        n = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise UsageError(f"{name} must be an integer") from None
+    if not lo <= n <= hi:
+        raise UsageError(f"{name} must be in [{lo}, {hi}]")
+    return n
+
+
+def _ascii(q: dict[str, bytes], name: str) -> str | None:
+    raw = q.get(name)
+    if raw is None or raw == b"":
+        return None
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise UsageError(f"{name} must be ASCII") from None
+
+
+def encode_cursor(name: bytes) -> str:
+    return base64.urlsafe_b64encode(name).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise UsageError("after: not a cursor this API gave") from None
+
+
+def entry_json(name: bytes, node: Inode) -> dict[str, Any]:
+    """One directory entry's attributes."""
+    d: dict[str, Any] = {
+        **named("name", name),
+        "type": kind(node.mode),
+        "mode": stat.S_IMODE(node.mode),
+        "size": node.size,
+        "mtime_ns": node.mtime_ns,
+        "uid": node.uid,
+        "gid": node.gid,
+        "nlink": node.nlink,
+    }
+    if node.is_reg and node.content is not None:
+        d["etag"] = f'"{node.content.hex()}"'
+    if node.is_link:
+        d.update(named("target", node.target or b""))
+    if stat.S_ISCHR(node.mode) or stat.S_ISBLK(node.mode):
+        d["rdev"] = node.rdev
+    return d
+
+
+# -- the application ------------------------------------------------------------------
+
+
+def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
+    """The ASGI application serving *backend*; with *auth*, every ``/v1`` request needs a bearer token."""
+
+    async def meta(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(backend.meta, functools.partial(fn, *args))
+
+    def authorize(request: Request, ws: str | None) -> Grant | None:
+        if auth is None:
+            return None
+        grant = auth.check(request.headers.get("authorization"))
+        if ws is not None and not grant.allows(ws):
+            raise Forbidden(f"token {grant.name!r} may not read workspace {ws!r}")
+        return grant
+
+    def workspace(request: Request) -> str:
+        ws = check_workspace(request.path_params["ws"])
+        authorize(request, ws)
+        return ws
+
+    async def version(request: Request) -> tuple[VersionRecord, bool]:
+        ws = workspace(request)
+        return await meta(backend.resolve, ws, request.path_params["v"])
+
+    def query(request: Request) -> dict[str, bytes]:
+        return query_values(request.scope.get("query_string", b""))
+
+    async def index(request: Request) -> Response:
+        return JSONResponse({"api": "/v1", "openapi": "/openapi.json", "docs": "docs/api.md"})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document(), headers={"Cache-Control": REVALIDATE})
+
+    async def list_workspaces(request: Request) -> Response:
+        grant = authorize(request, None)
+        names = await meta(backend.workspaces)
+        if grant is not None:
+            names = [w for w in names if grant.allows(w)]
+        return JSONResponse({"workspaces": [{"name": w} for w in names]}, headers={"Cache-Control": REVALIDATE})
+
+    async def list_versions(request: Request) -> Response:
+        ws = workspace(request)
+        q = query(request)
+        before = _int(q, "after", None, 1, 10**18)
+        limit = _int(q, "limit", 100, 1, MAX_PAGE)
+        assert limit is not None
+        records, nxt = await meta(backend.versions_page, ws, before, limit)
+        return JSONResponse({"workspace": ws, "versions": [record_json(r) for r in records], "next": nxt},
+                            headers={"Cache-Control": REVALIDATE})
+
+    async def get_version(request: Request) -> Response:
+        record, immutable = await version(request)
+        return JSONResponse(record_json(record), headers={"Cache-Control": IMMUTABLE if immutable else REVALIDATE})
+
+    async def tags(request: Request) -> Response:
+        ws = workspace(request)
+        return JSONResponse({"workspace": ws, "tags": await meta(backend.tags, ws)}, headers={"Cache-Control": REVALIDATE})
+
+    async def tree(request: Request) -> Response:
+        record, immutable = await version(request)
+        q = query(request)
+        names = query_path(q.get("path", b""))
+        after = _ascii(q, "after")
+        limit = _int(q, "limit", MAX_PAGE, 1, MAX_PAGE)
+        assert limit is not None
+        _, entries, nxt = await meta(backend.tree_page, record, names, None if after is None else decode_cursor(after), limit)
+        return JSONResponse(
+            {
+                "workspace": record.workspace,
+                "version": record.version,
+                **named("path", b"/".join(names)),
+                "entries": [entry_json(n, node) for n, node in entries],
+                "next": None if nxt is None else encode_cursor(nxt),
+            },
+            headers={"Cache-Control": IMMUTABLE if immutable else REVALIDATE},
+        )
+
+    async def content(info: FileInfo, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
+        """Bytes ``[start, end)`` of a file, verified, parts read ahead on the blob pool."""
+        loop = asyncio.get_running_loop()
+        parts = info.parts(start, end)
+        ahead: collections.deque[asyncio.Future[bytes | memoryview]] = collections.deque()
+        try:
+            while True:
+                while len(ahead) < backend.read_ahead:
+                    p = next(parts, None)
+                    if p is None:
+                        break
+                    ahead.append(loop.run_in_executor(backend.blobs, backend.read_part, info, p))
+                if not ahead:
+                    return
+                yield await ahead.popleft()
+        finally:
+            for f in ahead:
+                f.cancel()
+
+    async def files(request: Request) -> Response:
+        raw = request.scope.get("raw_path") or request.scope["path"].encode()
+        segments = raw.split(b"/")
+        if len(segments) < _FILE_PREFIX or segments[_FILE_PREFIX - 1] != b"files":
+            return error(400, "bad_request", "expected /v1/workspaces/{ws}/versions/{v}/files/{path}")
+        segments = segments[_FILE_PREFIX:]
+        if segments and segments[-1] == b"":
+            segments.pop()  # a trailing slash
+        names = url_path_names(segments)
+        record, immutable = await version(request)
+        info: FileInfo = await meta(backend.file, record, names)
+        etag = f'"{info.etag}"'
+        headers = {
+            "ETag": etag,
+            "Cache-Control": IMMUTABLE if immutable else REVALIDATE,
+            "Accept-Ranges": "bytes",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Type": "application/octet-stream",
+        }
+        inm = request.headers.get("if-none-match")
+        if inm is not None and etag_matches(inm, etag):
+            return Response(status_code=304, headers={k: headers[k] for k in ("ETag", "Cache-Control")})
+        start, end, status = 0, info.size, 200
+        rng = request.headers.get("range")
+        if rng is not None and if_range_ok(request.headers.get("if-range"), etag):
+            r = parse_range(rng, info.size)
+            if r == UNSATISFIABLE:
+                return error(416, "range_not_satisfiable", f"the file has {info.size} bytes",
+                             {"Content-Range": f"bytes */{info.size}", **{k: headers[k] for k in ("ETag", "Accept-Ranges")}})
+            if r is not None:
+                start, end, status = r[0], r[1], 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+        headers["Content-Length"] = str(end - start)
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers)
+        body = content(info, start, end)
+        # The first part is read before the status line goes out: a file whose
+        # first bytes do not verify (every small file) gets a JSON error, not a cut stream.
+        try:
+            first = await anext(body, None)
+        except BaseException:
+            await body.aclose()
+            raise
+
+        async def stream() -> AsyncIterator[bytes | memoryview]:
+            try:
+                if first is not None:
+                    yield first
+                async for piece in body:
+                    yield piece
+            except WsfsError as e:
+                # Headers are out: all that is left is to cut the response short (the client sees fewer bytes
+                # than Content-Length), never to send a byte that did not verify.
+                log.error("%s@%d %s: response cut after a failure: %s", record.workspace, record.version,
+                          info.path.decode(errors="replace"), e)
+                raise
+            finally:
+                await body.aclose()
+
+        return StreamingResponse(stream(), status_code=status, headers=headers)
+
+    async def archive(request: Request) -> Response:
+        record, immutable = await version(request)
+        names = query_path(query(request).get("path", b""))
+        node = await meta(backend.stat_path, record, names)
+        if node.is_link and names:
+            raise IsSymlink(b"/".join(names), node.target or b"")
+        if not backend.archives.acquire(blocking=False):
+            return error(503, "busy", "too many archives are being built; try again shortly", {"Retry-After": "5"})
+        a = ArchiveStream(backend, record, names)
+        a.start()
+        loop = asyncio.get_running_loop()
+        try:
+            first = await loop.run_in_executor(backend.waits, a.get)
+        except BaseException:
+            await loop.run_in_executor(backend.waits, a.close)
+            raise
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                piece = first
+                while piece is not None:
+                    yield piece
+                    piece = await loop.run_in_executor(backend.waits, a.get)
+            except WsfsError as e:
+                log.error("%s@%d archive: cut after a failure: %s", record.workspace, record.version, e)
+                raise
+            finally:
+                await loop.run_in_executor(backend.waits, a.close)
+
+        name = f"{record.workspace}-{record.version}.tar"
+        return StreamingResponse(stream(), media_type="application/x-tar", headers={
+            "Cache-Control": IMMUTABLE if immutable else REVALIDATE,
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-Content-Type-Options": "nosniff",
+        })
+
+    async def diff(request: Request) -> Response:
+        ws = workspace(request)
+        q = query(request)
+        to, immutable_b = await meta(backend.resolve, ws, _ascii(q, "to") or "latest")
+        frm_ref = _ascii(q, "from")
+        if frm_ref is None:
+            if to.parent is None:
+                raise UsageError(f"{ws}@{to.version} has no parent: give from=")
+            frm_ref = str(to.parent)
+        frm, immutable_a = await meta(backend.resolve, ws, frm_ref)
+        changes = await meta(backend.diff, frm, to)
+        return JSONResponse(
+            {
+                "workspace": ws,
+                "from": frm.version,
+                "to": to.version,
+                "changes": [{"status": s, **named("path", p)} for s, p in changes],
+            },
+            headers={"Cache-Control": IMMUTABLE if immutable_a and immutable_b else REVALIDATE},
+        )
+
+    async def on_wsfs_error(request: Request, e: Exception) -> Response:
+        assert isinstance(e, WsfsError)
+        return _wsfs_error(e)
+
+    async def on_unauthorized(request: Request, e: Exception) -> Response:
+        assert isinstance(e, Unauthorized)
+        challenge = 'Bearer realm="wsfs"' + (', error="invalid_token"' if e.invalid else "")
+        return error(401, "unauthorized", str(e), {"WWW-Authenticate": challenge})
+
+    async def on_forbidden(request: Request, e: Exception) -> Response:
+        return error(403, "forbidden", str(e))
+
+    async def on_http(request: Request, e: Exception) -> Response:
+        assert isinstance(e, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return error(e.status_code, code, str(e.detail), dict(e.headers or {}))
+
+    async def on_internal(request: Request, e: Exception) -> Response:
+        return error(500, "internal_error", f"{type(e).__name__} (see the server's log)")
+
+    ws_ = "/v1/workspaces/{ws}"
+    routes = [
+        Route("/", index),
+        Route("/openapi.json", openapi),
+        Route("/v1/workspaces", list_workspaces),
+        Route(ws_ + "/versions", list_versions),
+        Route(ws_ + "/versions/{v}", get_version),
+        Route(ws_ + "/tags", tags),
+        Route(ws_ + "/versions/{v}/tree", tree),
+        Route(ws_ + "/versions/{v}/files/{path:path}", files, methods=["GET", "HEAD"]),
+        Route(ws_ + "/versions/{v}/archive", archive),
+        Route(ws_ + "/diff", diff),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            WsfsError: on_wsfs_error,
+            Unauthorized: on_unauthorized,
+            Forbidden: on_forbidden,
+            HTTPException: on_http,
+            Exception: on_internal,
+        },
+    )

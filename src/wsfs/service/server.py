@@ -1,0 +1,114 @@
+"""Running ``wsfs serve``: the listen address policy, the socket, uvicorn.
+
+Loopback by default.  A non-loopback address is refused unless a token
+config is given: without tokens every workspace of the repository would be
+readable by anyone who can reach the port (and the server speaks plain
+HTTP: put a TLS proxy in front of it for anything but a trusted network).
+The socket is bound here, before uvicorn starts, so that "address in use"
+is a one-line error with an exit code like every other failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import sys
+from collections.abc import Callable
+
+from wsfs import redact
+from wsfs.errors import UsageError, WsfsError
+from wsfs.repository import Repository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``; ``localhost`` is 127.0.0.1) as an IP address and a port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    host = host.removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"--listen {text!r}: the host must be an IP address (or localhost)") from None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+def check_exposure(host: str, has_tokens: bool) -> None:
+    """Refuse a non-loopback address without tokens (see the module docstring)."""
+    if not is_loopback(host) and not has_tokens:
+        raise UsageError(
+            f"refusing to listen on {host}: without a token config (--config FILE with [[token]] entries) "
+            "every workspace would be readable by anyone who reaches the port; listen on 127.0.0.1 or give tokens"
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise WsfsError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: object, sock: socket.socket, *, access_log: bool) -> None:
+    """Run uvicorn on *sock* until SIGINT/SIGTERM."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_config=None,  # the CLI's logging (redacting, escaping) stays in charge
+        access_log=access_log,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def run(
+    listen: str,
+    config: str | None,
+    open_repo: Callable[[], Repository],
+    cache_dir: str,
+    *,
+    access_log: bool = False,
+    threads: int = 16,
+) -> int:
+    """``wsfs serve``: check the address and config, open the repository and cache, serve until stopped."""
+    from wsfs.cache import BlobCache
+    from wsfs.service.app import create_app
+    from wsfs.service.auth import AuthConfig
+    from wsfs.service.backend import Backend
+
+    auth = AuthConfig.load(config) if config else None
+    host, port = parse_listen(listen)
+    check_exposure(host, auth is not None)
+    repo = open_repo()
+    backend = Backend(repo, BlobCache(repo, cache_dir), blob_workers=threads)
+    try:
+        sock = bind(host, port)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"wsfs: serving {redact.redact(repo.store.url)} read-only on http://{shown}:{sock.getsockname()[1]}"
+              + (f" ({len(auth.grants)} tokens)" if auth else " (no tokens: open read on loopback)"),
+              file=sys.stderr, flush=True)
+        with sock:
+            serve(create_app(backend, auth), sock, access_log=access_log)
+    finally:
+        backend.close()
+    return 0
