@@ -122,12 +122,12 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
             return UNSATISFIABLE
         return max(0, size - n), size
     first = int(m[1])
-    last = int(m[2]) if m[2] else size - 1
-    if last < first:
+    last = int(m[2]) if m[2] else None
+    if last is not None and last < first:
         return None  # invalid syntax: ignored
     if first >= size:
         return UNSATISFIABLE
-    return first, min(last, size - 1) + 1
+    return first, (size if last is None else min(last + 1, size))
 
 
 def etag_matches(header: str, etag: str) -> bool:
@@ -173,7 +173,7 @@ def encode_cursor(name: bytes) -> str:
 
 def decode_cursor(text: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise UsageError("after: not a cursor this API gave") from None
 
