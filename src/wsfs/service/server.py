@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 
 from wsfs import redact
@@ -62,12 +64,14 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise WsfsError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    # Listening now: connections made once the address is printed queue until uvicorn accepts them.
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
 
 def serve(app: object, sock: socket.socket, *, access_log: bool) -> None:
-    """Run uvicorn on *sock* until SIGINT/SIGTERM."""
+    """Run uvicorn on *sock* until SIGINT/SIGTERM (then return: exit status 0)."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -78,7 +82,19 @@ def serve(app: object, sock: socket.socket, *, access_log: bool) -> None:
         server_header=False,
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    if threading.current_thread() is not threading.main_thread():
+        server.run(sockets=[sock])
+        return
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again
+    # under the handler that was there before it; with these no-op handlers that
+    # is a clean exit 0 (a stop asked for is not a failure) instead of death by signal.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(
