@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def test_cli_serves_and_stops(tmp_path: Path) -> None:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         assert "serving" in line and "(1 tokens)" in line, line
-        port = int(line.rsplit(":", 1)[1].split()[0])
+        port = int(re.search(r"http://\S+:(\d+)", line)[1])
         r = request(port, "GET", file_url("demo", 1, b"f"), {"Authorization": f"Bearer {token}"})
         assert r.status == 200 and r.body == b"hi"
         proc.send_signal(signal.SIGTERM)

@@ -283,6 +283,7 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         loop = asyncio.get_running_loop()
         parts = info.parts(start, end)
         ahead: collections.deque[asyncio.Future[bytes | memoryview]] = collections.deque()
+        done = -1
         try:
             while True:
                 while len(ahead) < backend.read_ahead:
@@ -290,6 +291,7 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
                     if p is None:
                         break
                     ahead.append(loop.run_in_executor(backend.blobs, backend.read_part, info, p))
+                    done = backend.prefetch(info, p, done)
                 if not ahead:
                     return
                 yield await ahead.popleft()
@@ -306,8 +308,9 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         if segments and segments[-1] == b"":
             segments.pop()  # a trailing slash
         names = url_path_names(segments)
-        record, immutable = await version(request)
-        info: FileInfo = await meta(backend.file, record, names)
+        ws = workspace(request)
+        info, immutable = await meta(backend.file_at, ws, request.path_params["v"], names)
+        record = info.record
         etag = f'"{info.etag}"'
         headers = {
             "ETag": etag,

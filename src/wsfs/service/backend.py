@@ -208,7 +208,8 @@ class Backend:
         *,
         meta_workers: int = 8,
         blob_workers: int = 16,
-        read_ahead: int = 8,
+        read_ahead: int = 4,
+        chunks_ahead: int = 4,
         max_archives: int = 4,
     ) -> None:
         self.repo = repo
@@ -218,10 +219,14 @@ class Backend:
         self.meta = ThreadPoolExecutor(max_workers=meta_workers, thread_name_prefix="wsfs-serve-meta")
         self.blobs = ThreadPoolExecutor(max_workers=blob_workers, thread_name_prefix="wsfs-serve-blobs")
         self.read_ahead = read_ahead  # parts of one response in flight
+        self.chunks_ahead = chunks_ahead  # chunks of one response fetched ahead into the cache
         self.archives = threading.BoundedSemaphore(max_archives)
         # Where archive consumers wait for the next piece: one waiter and one closer per archive at most.
         self.waits = ThreadPoolExecutor(max_workers=2 * max_archives, thread_name_prefix="wsfs-serve-tar-wait")
         self._tags: dict[tuple[str, str], int] = {}  # tags are immutable: resolved once
+        # Immutable things read before, kept (LRU, bounded): records by (ws, n), files by (ws, n, path).
+        self._records: collections.OrderedDict[tuple[str, int], VersionRecord] = collections.OrderedDict()
+        self._files: collections.OrderedDict[tuple[str, int, bytes], FileInfo] = collections.OrderedDict()
         self._small: collections.OrderedDict[tuple[str, bytes], bytes] = collections.OrderedDict()
         self._small_bytes = 0
         self._small_max = 16 * 1024**2
@@ -240,22 +245,39 @@ class Backend:
         return sorted(self.repo.workspaces())
 
     def resolve(self, ws: str, v: str) -> tuple[VersionRecord, bool]:
-        """``(record, immutable)`` of ``ws@v``: immutable unless *v* is ``latest``."""
+        """``(record, immutable)`` of ``ws@v``: immutable unless *v* is ``latest`` (a listing each time)."""
         check_workspace(ws)
         ref = parse_version(v)
         if ref == "latest":
             n = self.repo.latest(ws)
             if n is None:
                 raise NotFound(f"workspace {ws!r} has no versions")
-            return self.repo.record(ws, n), False
+            return self.record(ws, n), False
         if isinstance(ref, int):
-            return self.repo.record(ws, ref), True
+            return self.record(ws, ref), True
         n = self._tags.get((ws, ref))
         if n is None:
             n = self.repo.resolve(Ref(ws, ref)).version
             with self._lock:
                 self._tags[(ws, ref)] = n
-        return self.repo.record(ws, n), True
+        return self.record(ws, n), True
+
+    def record(self, ws: str, n: int) -> VersionRecord:
+        """A version's record, kept in memory once read (records are immutable)."""
+        key = (ws, n)
+        rec = self._records.get(key)
+        if rec is None:
+            rec = self.repo.record(ws, n)
+            with self._lock:
+                self._records[key] = rec
+                while len(self._records) > 4096:
+                    self._records.popitem(last=False)
+        return rec
+
+    def file_at(self, ws: str, v: str, names: list[bytes]) -> tuple[FileInfo, bool]:
+        """``(file, immutable)``: :meth:`resolve` then :meth:`file` in one call (one thread hop per request)."""
+        record, immutable = self.resolve(ws, v)
+        return self.file(record, names), immutable
 
     def versions_page(self, ws: str, before: int | None, limit: int) -> tuple[list[VersionRecord], int | None]:
         """Up to *limit* records of *ws*, newest first, numbered below *before*; and the cursor of the next page."""
@@ -313,8 +335,21 @@ class Backend:
     # -- files ---------------------------------------------------------------
 
     def file(self, record: VersionRecord, names: list[bytes]) -> FileInfo:
-        """The regular file at *names* (IsSymlink, IsDirectory, NotFound otherwise)."""
+        """The regular file at *names* (IsSymlink, IsDirectory, NotFound otherwise); the last few kept in memory."""
         path = b"/".join(names)
+        key = (record.workspace, record.version, path)
+        info = self._files.get(key)
+        if info is not None:
+            return info
+        info = self._lookup_file(record, names, path)
+        if len(info.chunks) <= 4096:  # a file of up to 16 GiB in 4 MiB chunks: < 0.5 MB of chunk list
+            with self._lock:
+                self._files[key] = info
+                while len(self._files) > 10_000:
+                    self._files.popitem(last=False)
+        return info
+
+    def _lookup_file(self, record: VersionRecord, names: list[bytes], path: bytes) -> FileInfo:
         with self.manifests.open(record) as m:
             node = lookup(m, names)
             if node.is_link:
@@ -367,10 +402,29 @@ class Backend:
                 self._small_bytes -= len(self._small.popitem(last=False)[1])
         return data
 
+    def prefetch(self, info: FileInfo, part: Part, done: int) -> int:
+        """Start fetching the :attr:`chunks_ahead` chunks after *part*'s (those after chunk *done*); returns the last.
+
+        Parts are 1 MiB: reading them ahead would keep only one or two 4 MiB
+        chunks in flight.  The chunks themselves are fetched ahead into the
+        cache (``BlobCache.prepare``: verified, kept in its bounded memory),
+        as the daemon's read-ahead does, so the parts that follow are hits.
+        """
+        c = part.chunk
+        if c is None:
+            return done
+        last = min(len(info.chunks) - 1, c.idx + self.chunks_ahead)
+        for j in range(max(done + 1, c.idx + 1), last + 1):
+            nxt = info.chunks[j]
+            if nxt.cid is not None:
+                self.blobs.submit(self.cache.prepare, nxt.cid, size=nxt.length)
+        return max(done, last)
+
     def iter_content(self, info: FileInfo, start: int = 0, end: int | None = None) -> Iterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of a file, in order, parts read ahead on the blob pool (for archives: a thread)."""
         parts = info.parts(start, info.size if end is None else end)
         ahead: collections.deque[Future[bytes | memoryview]] = collections.deque()
+        done = -1
         try:
             while True:
                 while len(ahead) < self.read_ahead:
@@ -378,6 +432,7 @@ class Backend:
                     if p is None:
                         break
                     ahead.append(self.blobs.submit(self.read_part, info, p))
+                    done = self.prefetch(info, p, done)
                 if not ahead:
                     return
                 yield ahead.popleft().result()

@@ -1,0 +1,184 @@
+"""Benchmark of ``wsfs serve``: a large file served vs read directly, and 200 concurrent range readers.
+
+    PYTHONPATH=src python3 bench/bench_serve.py [--size-mib 256] [--clients 200] [--requests 25] [--range-kib 64]
+
+Builds a local-directory repository in a temporary directory, pushes one
+file of random bytes, starts ``wsfs serve`` as a subprocess (its own cache
+directory) and measures, printing one line each:
+
+1. direct: the file read from the repository as ``wsfs cat`` does
+   (``versions.read.iter_content``: every chunk fetched and verified);
+2. served cold: ``GET`` of the whole file, the server's cache empty (it
+   fetches, verifies and caches every chunk);
+3. served warm: the same again (chunks from the server's cache);
+4. ranges: *clients* concurrent keep-alive connections, each doing
+   *requests* ``Range`` GETs of *range-kib* at random offsets (p50/p99
+   latency, requests/s, errors, every body checked against the file);
+5. the server's peak RSS (VmHWM) over the whole run.
+
+Exits 0 and prints the numbers; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from wsfs.format.records import RepoConfig
+from wsfs.repository import Ref, Repository
+from wsfs.store import open_store
+from wsfs.versions.push import push
+from wsfs.versions.read import iter_content
+
+
+def make_repo(tmp: str, size: int) -> tuple[str, bytes]:
+    src = os.path.join(tmp, "src")
+    os.makedirs(src)
+    data = os.urandom(size)
+    with open(os.path.join(src, "big"), "wb") as f:
+        f.write(data)
+    os.makedirs(os.path.join(tmp, "repo"))
+    repo = Repository.init(open_store(os.path.join(tmp, "repo")), RepoConfig(), os.path.join(tmp, "push-cache"))
+    push(repo, src, "bench")
+    return os.path.join(tmp, "repo"), data
+
+
+def direct(repo_dir: str, cache: str) -> float:
+    repo = Repository.open(open_store(repo_dir), cache)
+    rec = repo.resolve(Ref("bench", None))
+    t0 = time.perf_counter()
+    n = 0
+    with repo.open_manifest(rec) as m:
+        for piece in iter_content(repo, m, m.resolve(b"big")):
+            n += len(piece)
+    return time.perf_counter() - t0
+
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
+                   headers: dict[str, str]) -> tuple[int, bytes]:
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    return status, await reader.readexactly(length)
+
+
+async def whole(port: int) -> tuple[float, int]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+    t0 = time.perf_counter()
+    writer.write(b"GET /v1/workspaces/bench/versions/1/files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    got = 0
+    while got < length:
+        chunk = await reader.read(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    dt = time.perf_counter() - t0
+    writer.close()
+    return dt, got
+
+
+async def ranges(port: int, data: bytes, clients: int, requests: int, span: int) -> tuple[list[float], int, float]:
+    lat: list[float] = []
+    errors = 0
+
+    async def client(seed: int) -> None:
+        nonlocal errors
+        rnd = random.Random(seed)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        except OSError:
+            errors += requests
+            return
+        try:
+            for _ in range(requests):
+                a = rnd.randrange(0, len(data) - span)
+                t0 = time.perf_counter()
+                try:
+                    status, body = await _request(reader, writer, "/v1/workspaces/bench/versions/1/files/big",
+                                                  {"Range": f"bytes={a}-{a + span - 1}"})
+                except (OSError, asyncio.IncompleteReadError):
+                    errors += 1
+                    return
+                lat.append(time.perf_counter() - t0)
+                if status != 206 or body != data[a : a + span]:
+                    errors += 1
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return lat, errors, time.perf_counter() - t0
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=25)
+    ap.add_argument("--range-kib", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=16, help="the server's content threads")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="wsfs-bench-serve-")
+    proc = None
+    try:
+        repo_dir, data = make_repo(tmp, args.size_mib << 20)
+        print(f"file: {args.size_mib} MiB in a local repository ({tmp})")
+        t = direct(repo_dir, os.path.join(tmp, "direct-cache"))
+        direct_mibs = args.size_mib / t
+        print(f"direct read (iter_content, verified): {t:.2f} s, {direct_mibs:.0f} MiB/s")
+        env = {**os.environ, "WSFS_REPO": repo_dir, "WSFS_CACHE_DIR": os.path.join(tmp, "serve-cache")}
+        proc = subprocess.Popen([sys.executable, "-m", "wsfs", "serve", "--listen", "127.0.0.1:0",
+                                 "--threads", str(args.threads)], env=env, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        port = int(re.search(r"http://\S+:(\d+)", line)[1])
+        for label in ("served cold", "served warm"):
+            dt, got = asyncio.run(whole(port))
+            assert got == len(data), (got, len(data))
+            mibs = args.size_mib / dt
+            print(f"{label}: {dt:.2f} s, {mibs:.0f} MiB/s, {mibs / direct_mibs:.2f}x direct")
+        lat, errors, dt = asyncio.run(ranges(port, data, args.clients, args.requests, args.range_kib << 10))
+        lat.sort()
+        n = len(lat)
+        p50 = statistics.median(lat) * 1000 if lat else float("nan")
+        p99 = lat[min(n - 1, int(n * 0.99))] * 1000 if lat else float("nan")
+        print(f"ranges: {args.clients} clients x {args.requests} GETs of {args.range_kib} KiB: {n} done, "
+              f"{errors} errors, {n / dt:.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(f"server peak RSS: {peak_rss_mib(proc.pid):.0f} MiB")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+            if proc.stderr is not None:
+                proc.stderr.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
