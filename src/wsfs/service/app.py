@@ -291,7 +291,7 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
                     if p is None:
                         break
                     ahead.append(loop.run_in_executor(backend.blobs, backend.read_part, info, p))
-                    done = backend.prefetch(info, p, done)
+                    done = backend.prefetch(info, p, done, end)
                 if not ahead:
                     return
                 yield await ahead.popleft()
@@ -309,7 +309,12 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
             segments.pop()  # a trailing slash
         names = url_path_names(segments)
         ws = workspace(request)
-        info, immutable = await meta(backend.file_at, ws, request.path_params["v"], names)
+        v = request.path_params["v"]
+        known = backend.known_file(ws, v, names)
+        if known is not None:
+            info, immutable = known, True
+        else:
+            info, immutable = await meta(backend.file_at, ws, v, names)
         record = info.record
         etag = f'"{info.etag}"'
         headers = {

@@ -274,6 +274,22 @@ class Backend:
                     self._records.popitem(last=False)
         return rec
 
+    def known_file(self, ws: str, v: str, names: list[bytes]) -> FileInfo | None:
+        """The file at ``ws@v`` *names* if a request already looked it up in a numbered or tagged version, else None.
+
+        Dictionary lookups only (no I/O): the event loop may call it, and a
+        repeated request (range readers of one file) costs no thread hop for
+        its metadata.  Names are checked as :meth:`resolve` would.
+        """
+        check_workspace(ws)
+        ref = parse_version(v)
+        if ref == "latest":
+            return None
+        n = ref if isinstance(ref, int) else self._tags.get((ws, ref))
+        if n is None:
+            return None
+        return self._files.get((ws, n, b"/".join(names)))
+
     def file_at(self, ws: str, v: str, names: list[bytes]) -> tuple[FileInfo, bool]:
         """``(file, immutable)``: :meth:`resolve` then :meth:`file` in one call (one thread hop per request)."""
         record, immutable = self.resolve(ws, v)
@@ -402,8 +418,9 @@ class Backend:
                 self._small_bytes -= len(self._small.popitem(last=False)[1])
         return data
 
-    def prefetch(self, info: FileInfo, part: Part, done: int) -> int:
-        """Start fetching the :attr:`chunks_ahead` chunks after *part*'s (those after chunk *done*); returns the last.
+    def prefetch(self, info: FileInfo, part: Part, done: int, end: int) -> int:
+        """Start fetching the :attr:`chunks_ahead` chunks after *part*'s (those after chunk *done*, none from byte
+        *end* on: a range reader gets no read-ahead beyond its range); returns the last chunk started.
 
         Parts are 1 MiB: reading them ahead would keep only one or two 4 MiB
         chunks in flight.  The chunks themselves are fetched ahead into the
@@ -413,7 +430,7 @@ class Backend:
         c = part.chunk
         if c is None:
             return done
-        last = min(len(info.chunks) - 1, c.idx + self.chunks_ahead)
+        last = min(len(info.chunks) - 1, c.idx + self.chunks_ahead, (end - 1) // info.chunk_size)
         for j in range(max(done + 1, c.idx + 1), last + 1):
             nxt = info.chunks[j]
             if nxt.cid is not None:
@@ -422,7 +439,8 @@ class Backend:
 
     def iter_content(self, info: FileInfo, start: int = 0, end: int | None = None) -> Iterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of a file, in order, parts read ahead on the blob pool (for archives: a thread)."""
-        parts = info.parts(start, info.size if end is None else end)
+        end = info.size if end is None else end
+        parts = info.parts(start, end)
         ahead: collections.deque[Future[bytes | memoryview]] = collections.deque()
         done = -1
         try:
@@ -432,7 +450,7 @@ class Backend:
                     if p is None:
                         break
                     ahead.append(self.blobs.submit(self.read_part, info, p))
-                    done = self.prefetch(info, p, done)
+                    done = self.prefetch(info, p, done, end)
                 if not ahead:
                     return
                 yield ahead.popleft().result()
