@@ -146,6 +146,56 @@ async def ranges(port: int, data: bytes, clients: int, requests: int, span: int)
     return lat, errors, time.perf_counter() - t0
 
 
+def tree_pages(tmp: str, entries: int) -> None:
+    """``--tree N``: one directory of N empty files, listed page by page and fetched as a tar; time and peak RSS."""
+    import http.client
+    import json
+
+    src = os.path.join(tmp, "tree-src")
+    os.makedirs(os.path.join(src, "d"))
+    for i in range(entries):
+        open(os.path.join(src, "d", f"file-{i:07d}"), "wb").close()
+    os.makedirs(os.path.join(tmp, "tree-repo"))
+    repo = Repository.init(open_store(os.path.join(tmp, "tree-repo")), RepoConfig(), os.path.join(tmp, "push-cache"))
+    push(repo, src, "tree")
+    env = {**os.environ, "WSFS_REPO": os.path.join(tmp, "tree-repo"), "WSFS_CACHE_DIR": os.path.join(tmp, "tree-cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "wsfs", "serve", "--listen", "127.0.0.1:0"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        port = int(re.search(r"http://\S+:(\d+)", proc.stderr.readline())[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conn.request("GET", "/v1/workspaces/tree/versions/1")  # opening the version: the index is built
+        conn.getresponse().read()
+        conn.request("GET", "/v1/workspaces/tree/versions/1/tree?path=d&limit=1")
+        conn.getresponse().read()
+        base = peak_rss_mib(proc.pid)
+        t0 = time.perf_counter()
+        after, n, pages = "", 0, 0
+        while True:
+            conn.request("GET", f"/v1/workspaces/tree/versions/1/tree?path=d&limit=1000{after}")
+            page = json.loads(conn.getresponse().read())
+            n += len(page["entries"])
+            pages += 1
+            if page["next"] is None:
+                break
+            after = f"&after={page['next']}"
+        dt = time.perf_counter() - t0
+        print(f"tree: {n} entries of one directory in {pages} pages: {dt:.2f} s ({pages / dt:.0f} pages/s); "
+              f"server peak RSS {base:.0f} -> {peak_rss_mib(proc.pid):.0f} MiB")
+        t0 = time.perf_counter()
+        conn.request("GET", "/v1/workspaces/tree/versions/1/archive")
+        size = len(conn.getresponse().read())
+        print(f"archive of it: {size / 2**20:.0f} MiB tar in {time.perf_counter() - t0:.2f} s; "
+              f"server peak RSS {peak_rss_mib(proc.pid):.0f} MiB")
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 def peak_rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -164,8 +214,16 @@ def main() -> int:
     ap.add_argument("--s3", action="store_true",
                     help="the repository on a SeaweedFS S3 server on loopback (tests/support/s3server.py), "
                     "and a plain GET of the same bytes as one object as the baseline")
+    ap.add_argument("--tree", type=int, default=0, metavar="N",
+                    help="instead: one directory of N entries, listed in pages of 1000 and as a tar (peak RSS)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="wsfs-bench-serve-")
+    if args.tree:
+        try:
+            tree_pages(tmp, args.tree)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     with contextlib.ExitStack() as stack:
         s3 = None
         if args.s3:
