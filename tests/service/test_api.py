@@ -90,6 +90,7 @@ def test_tree_root_attributes(served: Served) -> None:
     assert by["link"]["type"] == "symlink" and by["link"]["target"] == "small.txt"
     assert by["abslink"]["target"] == "/etc/passwd"
     assert by["dir"]["type"] == "directory" and by["fifo"]["type"] == "fifo"
+    assert by["null-dev"]["type"] == "char-device" and by["null-dev"]["rdev"] == os.makedev(1, 3)
     assert by["big.bin"]["nlink"] == 2
     # the etag a listing gives is the one the file has
     r = served.get(file_url("demo", 1, b"big.bin"), method="HEAD")
@@ -282,7 +283,7 @@ def test_absolute_path_is_not_the_host(served: Served) -> None:
 
 
 def test_not_a_file(served: Served) -> None:
-    for path in (b"dir", b"fifo", b""):
+    for path in (b"dir", b"fifo", b"null-dev", b""):
         r = served.get(file_url("demo", 1, path))
         assert r.status == 409 and r.json()["error"] == "not_a_file"
     assert served.get(file_url("demo", 1, b"small.txt/x")).status == 404
@@ -332,6 +333,8 @@ def test_archive_equals_tree(served: Served) -> None:
             assert ti.isdir()
         elif stat.S_ISFIFO(st.st_mode):
             assert ti.isfifo()
+        elif stat.S_ISCHR(st.st_mode):
+            assert ti.ischr() and (ti.devmajor, ti.devminor) == (os.major(st.st_rdev), os.minor(st.st_rdev))
         elif ti.islnk():
             links += 1
             target = os.fsencode(ti.linkname)
@@ -339,8 +342,11 @@ def test_archive_equals_tree(served: Served) -> None:
         else:
             assert ti.isreg() and data == read(full), path
     assert links == 2  # dir/hard-big and hard-mid (or their first names) are links
-    # nanoseconds survive in the PAX header
+    # nanoseconds survive in the PAX header, and so do user xattrs
     assert members[b"small.txt"][0].pax_headers["mtime"] == "1234567890.123456789"
+    assert members[b"small.txt"][0].pax_headers["SCHILY.xattr.user.comment"] == "hello"
+    binary = members[b"dir"][0].pax_headers["SCHILY.xattr.user.binary"]
+    assert binary.encode("utf-8", "surrogateescape") == bytes(range(256))
 
 
 def test_archive_subtree(served: Served) -> None:

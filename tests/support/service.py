@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -137,6 +138,9 @@ def make_tree(root: Path) -> Path:
     os.link(root / "big.bin", root / "dir" / "hard-big")
     os.link(root / "mid.bin", root / "hard-mid")
     os.mkfifo(root / "fifo")
+    os.mknod(root / "null-dev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.setxattr(root / "small.txt", "user.comment", b"hello")
+    os.setxattr(root / "dir", "user.binary", bytes(range(256)))
     many = root / "many"
     many.mkdir()
     for i in range(MANY):

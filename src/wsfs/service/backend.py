@@ -480,7 +480,7 @@ class Backend:
         fifos and devices as such; modes (with setuid/setgid/sticky), owners
         and nanosecond mtimes (PAX) are kept.  Memory: one directory page per
         level of depth, the first name of each hard-linked file, and the
-        pieces in flight.  Extended attributes are not written.
+        pieces in flight.  Extended attributes go in PAX ``SCHILY.xattr.*`` records.
         """
         out = _Pipe(put)
         with self.manifests.open(record) as m:
@@ -491,15 +491,20 @@ class Backend:
                               encoding="utf-8", errors="surrogateescape")
             first: dict[int, str] = {}
             base = b"/".join(names)
+            xattrs = m.has_xattrs()  # else no entry is asked for its own
             for path, node in _walk(m, top, base):
-                self._add(tf, m, record, path, node, first)
+                self._add(tf, m, record, path, node, first, xattrs)
             tf.close()
         out.flush()
 
     def _add(self, tf: tarfile.TarFile, m: Manifest, record: VersionRecord, path: bytes, node: Inode,
-             first: dict[int, str]) -> None:
+             first: dict[int, str], xattrs: bool) -> None:
         name = path.decode("utf-8", "surrogateescape")
         ti = tarfile.TarInfo(name + "/" if node.is_dir else name)
+        if xattrs:
+            # The PAX keys GNU tar (--xattrs) and bsdtar read; values are bytes (hdrcharset=BINARY if not UTF-8).
+            for k, v in m.xattrs(node.ino).items():
+                ti.pax_headers["SCHILY.xattr." + k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
         ti.mode = stat.S_IMODE(node.mode)
         ti.uid, ti.gid = node.uid, node.gid
         ti.uname = ti.gname = ""

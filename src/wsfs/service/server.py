@@ -80,6 +80,8 @@ def serve(app: object, sock: socket.socket, *, access_log: bool) -> None:
         access_log=access_log,
         lifespan="off",
         server_header=False,
+        # Connections and requests at once, beyond which uvicorn answers 503: memory stays bounded.
+        limit_concurrency=1024,
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
