@@ -492,9 +492,16 @@ class Backend:
             first: dict[int, str] = {}
             base = b"/".join(names)
             xattrs = m.has_xattrs()  # else no entry is asked for its own
-            for path, node in _walk(m, top, base):
-                self._add(tf, m, record, path, node, first, xattrs)
-            tf.close()
+            try:
+                for path, node in _walk(m, top, base):
+                    self._add(tf, m, record, path, node, first, xattrs)
+                tf.close()
+            except BaseException:
+                # A failed or abandoned archive ends here: its tar stream must not try to write its
+                # end when it is collected (the consumer is gone).
+                tf.closed = True
+                tf.fileobj.closed = True  # type: ignore[attr-defined]
+                raise
         out.flush()
 
     def _add(self, tf: tarfile.TarFile, m: Manifest, record: VersionRecord, path: bytes, node: Inode,
