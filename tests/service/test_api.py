@@ -432,11 +432,13 @@ def test_clients_that_leave_free_their_resources(served: Served) -> None:
 
     for path in [f"{WS}/versions/1/archive"] * 6 + [file_url("demo", 1, b"sparse")] * 6:
         conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
-        conn.request("GET", path)
-        r = conn.getresponse()
-        assert r.status == 200
-        r.read(1000)
-        conn.close()  # gone before the end
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            assert r.status == 200
+            r.read(1000)
+        finally:
+            conn.close()  # gone before the end
     # more archives than the server builds at once (4) still succeed one after another
     for _ in range(6):
         r = served.get(f"{WS}/versions/1/archive?path=dir%2Fsub")

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"  # `latest` and listings: may be stored, but asked again every time (ETag still works)
+ARCHIVE_WAIT_POLLS = 100  # 5 s of waiting for an archive slot before answering 503
 _FILE_PREFIX = 7  # b"", v1, workspaces, {ws}, versions, {v}, files: the segments before a file's path
 
 
@@ -372,7 +373,13 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         node = await meta(backend.stat_path, record, names)
         if node.is_link and names:
             raise IsSymlink(b"/".join(names), node.target or b"")
-        if not backend.archives.acquire(blocking=False):
+        # A slot is freed when an archive ends or its client is seen gone: wait for one a little (polling,
+        # not a thread: the archives' own threads must never wait behind requests for a slot).
+        for _ in range(ARCHIVE_WAIT_POLLS):
+            if backend.archives.acquire(blocking=False):
+                break
+            await asyncio.sleep(0.05)
+        else:
             return error(503, "busy", "too many archives are being built; try again shortly", {"Retry-After": "5"})
         a = ArchiveStream(backend, record, names)
         a.start()
