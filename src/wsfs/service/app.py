@@ -169,10 +169,12 @@ def _ascii(q: dict[str, bytes], name: str) -> str | None:
 
 
 def encode_cursor(name: bytes) -> str:
+    """The ``next`` cursor of a tree page: base64url of the last name, unpadded (the same verbatim or urlencoded)."""
     return base64.urlsafe_b64encode(name).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> bytes:
+    """The name an ``after`` cursor holds; a value this API did not give is a 400."""
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
@@ -207,9 +209,11 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
     """The ASGI application serving *backend*; with *auth*, every ``/v1`` request needs a bearer token."""
 
     async def meta(fn: Callable[..., T], *args: Any) -> T:
+        """*fn* on the backend's metadata pool."""
         return await asyncio.get_running_loop().run_in_executor(backend.meta, functools.partial(fn, *args))
 
     def authorize(request: Request, ws: str | None) -> Grant | None:
+        """The request's grant (None without a token config); 401/403 unless it may read *ws*."""
         if auth is None:
             return None
         grant = auth.check(request.headers.get("authorization"))
@@ -218,15 +222,18 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         return grant
 
     def workspace(request: Request) -> str:
+        """The checked, authorized ``{ws}`` of the request."""
         ws = check_workspace(request.path_params["ws"])
         authorize(request, ws)
         return ws
 
     async def version(request: Request) -> tuple[VersionRecord, bool]:
+        """``(record, immutable)`` of the request's ``{ws}`` and ``{v}``."""
         ws = workspace(request)
         return await meta(backend.resolve, ws, request.path_params["v"])
 
     def query(request: Request) -> dict[str, bytes]:
+        """The query parameters, values as bytes (``service.names``)."""
         return query_values(request.scope.get("query_string", b""))
 
     async def index(request: Request) -> Response:
@@ -261,6 +268,7 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         return JSONResponse({"workspace": ws, "tags": await meta(backend.tags, ws)}, headers={"Cache-Control": REVALIDATE})
 
     async def tree(request: Request) -> Response:
+        """``GET .../tree?path=&after=&limit=``: one page of one directory."""
         record, immutable = await version(request)
         q = query(request)
         names = query_path(q.get("path", b""))
@@ -301,6 +309,7 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
                 f.cancel()
 
     async def files(request: Request) -> Response:
+        """``GET|HEAD .../files/{path}``: verified bytes, ranges, conditionals (docs/api.md, "Files")."""
         raw = request.scope.get("raw_path") or request.scope["path"].encode()
         segments = raw.split(b"/")
         if len(segments) < _FILE_PREFIX or segments[_FILE_PREFIX - 1] != b"files":
@@ -368,6 +377,7 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         return StreamingResponse(stream(), status_code=status, headers=headers)
 
     async def archive(request: Request) -> Response:
+        """``GET .../archive?path=``: a subtree as a tar stream built by a thread of its own."""
         record, immutable = await version(request)
         names = query_path(query(request).get("path", b""))
         node = await meta(backend.stat_path, record, names)
@@ -410,6 +420,7 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         })
 
     async def diff(request: Request) -> Response:
+        """``GET .../diff?from=&to=``: changed paths from the stored changesets."""
         ws = workspace(request)
         q = query(request)
         to, immutable_b = await meta(backend.resolve, ws, _ascii(q, "to") or "latest")

@@ -81,6 +81,7 @@ class AuthConfig:
 
     @classmethod
     def load(cls, path: str) -> AuthConfig:
+        """The config in TOML file *path*; UsageError (exit 2) naming what is wrong."""
         try:
             with open(path, "rb") as f:
                 cfg = tomllib.load(f)
@@ -92,6 +93,7 @@ class AuthConfig:
 
     @classmethod
     def parse(cls, cfg: dict, where: str = "config") -> AuthConfig:
+        """The config from parsed TOML *cfg*, every key and value checked."""
         unknown = set(cfg) - {"token"}
         if unknown:
             raise UsageError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))} (known: [[token]])")

@@ -106,6 +106,7 @@ class ManifestPool:
 
     @contextmanager
     def open(self, record: VersionRecord) -> Iterator[Manifest]:
+        """A manifest of *record* for this thread alone until the block ends (then kept for reuse)."""
         key = (record.manifest, record.format)
         with self._lock:
             idle = self._idle.get(key)
@@ -129,6 +130,7 @@ class ManifestPool:
                 d.close()
 
     def close(self) -> None:
+        """Close every idle manifest."""
         with self._lock:
             ms = [m for idle in self._idle.values() for m in idle]
             self._idle.clear()
@@ -233,6 +235,7 @@ class Backend:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        """Stop the pools (waiting for running work), close the manifests and the cache."""
         self.meta.shutdown(wait=True, cancel_futures=True)
         self.blobs.shutdown(wait=True, cancel_futures=True)
         self.waits.shutdown(wait=True, cancel_futures=True)
@@ -242,6 +245,7 @@ class Backend:
     # -- records -------------------------------------------------------------
 
     def workspaces(self) -> list[str]:
+        """Workspace names, sorted."""
         return sorted(self.repo.workspaces())
 
     def resolve(self, ws: str, v: str) -> tuple[VersionRecord, bool]:
@@ -312,6 +316,7 @@ class Backend:
         return out, (page[-1] if len(older) > limit else None)
 
     def tags(self, ws: str) -> dict[str, int]:
+        """``{tag: version}`` of *ws*."""
         check_workspace(ws)
         return self.repo.tags(ws)
 
@@ -345,6 +350,7 @@ class Backend:
         return node, entries, (entries[-1][0] if len(rows) > limit else None)
 
     def stat_path(self, record: VersionRecord, names: list[bytes]) -> Inode:
+        """The entry at *names* (no symlink followed)."""
         with self.manifests.open(record) as m:
             return lookup(m, names)
 
@@ -461,6 +467,7 @@ class Backend:
     # -- diff ------------------------------------------------------------------
 
     def diff(self, a: VersionRecord, b: VersionRecord) -> list[tuple[str, bytes]]:
+        """``(status, path)`` from *a* to *b*: from the records (format 2), else tree to tree."""
         from wsfs.versions.diff import diff, diff_versions
 
         items = diff_versions(self.repo, a, b)
@@ -626,6 +633,7 @@ class ArchiveStream:
         self.thread = threading.Thread(target=self._run, args=(record, names), name="wsfs-serve-tar", daemon=True)
 
     def start(self) -> None:
+        """Start building."""
         self.thread.start()
 
     def _put(self, item: tuple[bytes | None, BaseException | None]) -> None:
@@ -653,12 +661,14 @@ class ArchiveStream:
             self.backend.archives.release()
 
     def get(self) -> bytes | None:
+        """The next piece (blocking), None at the end; the builder's error is raised here."""
         piece, err = self.q.get()
         if err is not None:
             raise err
         return piece
 
     def close(self) -> None:
+        """Stop the builder (its client is gone or done) and wait for it."""
         self.stop.set()
         self.thread.join()
         try:  # a consumer still waiting in get() (its request was cancelled) wakes up
@@ -672,6 +682,7 @@ class _Stopped(Exception):
 
 
 def record_json(record: VersionRecord, tags: list[str] | None = None) -> dict[str, Any]:
+    """A version record as the API shows it (the stored record's fields)."""
     d = asdict(record)
     if tags is not None:
         d["tags"] = sorted(tags)

@@ -43,6 +43,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether IP address *host* is a loopback address."""
     return ipaddress.ip_address(host).is_loopback
 
 
@@ -56,6 +57,7 @@ def check_exposure(host: str, has_tokens: bool) -> None:
 
 
 def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on *host*:*port*; WsfsError (one line) if the address is taken or not ours."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
