@@ -23,7 +23,7 @@ export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # pyfuse3 with wsfs' two-line patch (no OPEN/OPENDIR round trips); falls back to the stock one.
 PYTHON="$PY" bash scripts/install_pyfuse3.sh
 "$PY" -m pip install -q -e '.[test]'
-"$PY" -c 'import wsfs, pyfuse3, apsw, blake3, zstandard, boto3' 
+"$PY" -c 'import wsfs, pyfuse3, apsw, blake3, zstandard, boto3, starlette, uvicorn'
 echo "wsfs installed: $("$PY" -m wsfs --version)"
 
 # mount(8) finds helpers in /sbin only (never $PATH): link mount.wsfs there, under both
