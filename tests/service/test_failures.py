@@ -226,3 +226,13 @@ def test_cli_serves_and_stops(tmp_path: Path) -> None:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_service_never_imports_the_daemon_or_the_write_layer() -> None:
+    code = (
+        "import sys, wsfs.service.app, wsfs.service.server, wsfs.service.backend, wsfs.versions.diff\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('wsfs.daemon', 'wsfs.layer', 'pyfuse3', 'trio')))\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
