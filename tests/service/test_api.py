@@ -49,6 +49,12 @@ def test_version_record_and_cache_control(served: Served) -> None:
         assert r.status == 200 and r.json()["version"] == n
         immutable = "immutable" in r.headers["cache-control"]
         assert immutable == (v != "latest"), (v, r.headers["cache-control"])
+        for sub in ("/tree", "/archive?path=dir%2Fsub"):
+            r = served.get(f"{WS}/versions/{v}{sub}")
+            assert r.status == 200 and ("immutable" in r.headers["cache-control"]) == (v != "latest")
+    # listings may change: always asked again
+    for path in ("/v1/workspaces", f"{WS}/versions", f"{WS}/tags"):
+        assert served.get(path).headers["cache-control"] == "no-cache"
 
 
 @pytest.mark.parametrize(
