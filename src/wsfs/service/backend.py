@@ -20,6 +20,7 @@ import queue
 import stat
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ EMPTY_ID = content_id(b"")
 MAX_PAGE = 1000  # entries or versions per page at most
 TAR_PIECE = 256 * 1024  # a tar stream is handed to the event loop in pieces of this size
 TAR_PIECES_AHEAD = 8  # ... at most this many waiting (2 MiB per archive)
+CONSUMER_TIMEOUT = 300.0  # seconds an archive waits for its reader to take a piece before giving up
 
 
 class IsSymlink(WsfsError):
@@ -637,8 +639,11 @@ class ArchiveStream:
         self.thread.start()
 
     def _put(self, item: tuple[bytes | None, BaseException | None]) -> None:
+        # A consumer that takes nothing for this long is gone without closing (a response abandoned before
+        # its body started never runs its cleanup): the builder stops and frees its slot.
+        deadline = time.monotonic() + CONSUMER_TIMEOUT
         while True:
-            if self.stop.is_set():
+            if self.stop.is_set() or time.monotonic() > deadline:
                 raise _Stopped
             try:
                 self.q.put(item, timeout=0.2)
