@@ -317,8 +317,8 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         segments = segments[_FILE_PREFIX:]
         if segments and segments[-1] == b"":
             segments.pop()  # a trailing slash
+        ws = workspace(request)  # authorization first: a client without a token learns nothing from a 400
         names = url_path_names(segments)
-        ws = workspace(request)
         v = request.path_params["v"]
         known = backend.known_file(ws, v, names)
         if known is not None:

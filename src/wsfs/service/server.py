@@ -116,6 +116,8 @@ def run(
     from wsfs.service.auth import AuthConfig
     from wsfs.service.backend import Backend
 
+    if threads < 1:
+        raise UsageError("--threads must be at least 1")
     auth = AuthConfig.load(config) if config else None
     host, port = parse_listen(listen)
     check_exposure(host, auth is not None)
