@@ -299,11 +299,39 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    code = 0
+    if args.cache:
+        code = max(code, _fsck_cache(args))
+    if args.targets or not args.cache:
+        code = max(code, _fsck_store(args))
+    return code
+
+
+def _fsck_store(args: argparse.Namespace) -> int:
+    from wsfs.versions.fsck import fsck
+
+    repo = _open_repo(args)
+    targets = [Ref.parse(t) for t in args.targets]
+    with _progress(args, "fsck", "objects") as progress:
+        r = fsck(repo, targets, full=args.full, sample=args.sample, progress=progress)
+    for line in r.problems:
+        print(f"problem: {line}")
+    checked = "verified" if args.full else f"{r.verified} sampled and verified" if args.sample else "present"
+    print(f"{repo.store.url}: {r.workspaces} workspace(s), {r.versions} version(s), {r.tags} tag(s), "
+          f"{r.pieces} metadata pieces verified, {r.objects} chunks and packs {checked}"
+          + (f" ({_size(r.verified_bytes)})" if r.verified else "") + f"; {len(r.problems)} problem(s)")
+    if r.problems:
+        print(f"wsfs: {len(r.problems)} problem(s) found in the repository", file=sys.stderr)
+        return 6
+    return 0
+
+
+def _fsck_cache(args: argparse.Namespace) -> int:
     from wsfs.cache import cache_usage, check_cache
 
     cache_dir = _settings(args).cache_dir
     leftovers = tidy_cache_dir(cache_dir)
-    with _progress(args, "fsck", "B", total=cache_usage(cache_dir)[0]) as progress:
+    with _progress(args, "fsck --cache", "B", total=cache_usage(cache_dir)[0]) as progress:
         r = check_cache(cache_dir, progress)
     r.leftovers += leftovers
     print(f"{cache_dir}: {r.files} cached blobs ({_size(r.bytes)}) checked: {r.dropped} corrupt"
@@ -432,12 +460,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("name", metavar="NAME")
 
-    sp = add("fsck", cmd_fsck, "check local data: with --cache, verify every cached blob and drop the bad ones "
-             "(exit 6 if any was dropped)")
-    # Only --cache exists yet; checking versions in the store (WORKSPACE, --full, --sample N) will come.
-    sp.add_argument("--cache", action="store_true", required=True,
-                    help="verify the local blob cache (size against the index, blake3 against the name); "
-                    "required: the only check implemented yet")
+    sp = add("fsck", cmd_fsck, "check the repository (every version of WORKSPACE, or of every workspace) and/or "
+             "the local cache; exit 6 if a problem was found")
+    sp.add_argument("targets", nargs="*", metavar="WORKSPACE[@V]",
+                    help="what to check: a workspace (every version and tag) or one version; default: every "
+                    "workspace (unless only --cache is given)")
+    how = sp.add_mutually_exclusive_group()
+    how.add_argument("--full", action="store_true",
+                     help="also fetch every chunk and pack and verify it against its id (reads the whole "
+                     "repository); without it, chunks and packs are only checked to be present")
+    how.add_argument("--sample", type=int, default=0, metavar="N",
+                     help="also fetch and verify N chunks and packs drawn at random")
+    sp.add_argument("--cache", action="store_true",
+                    help="verify the local blob cache (size against the index, blake3 against the name) and "
+                    "drop the bad entries")
 
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")
