@@ -36,8 +36,8 @@ from wsfs.errors import FormatError, IntegrityError, NotFound, StoreUnavailable,
 from wsfs.format import tree
 from wsfs.format.blobs import content_id, hexid, parse_hexid
 from wsfs.format.records import VersionRecord
-from wsfs.repository import Ref, Repository, blob_key, manifest_key, segment_key
-from wsfs.terminal import escape
+from wsfs.repository import Ref, Repository
+from wsfs.versions.reach import PIECES, Object, version_objects
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,6 @@ class FsckReport:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Blob:
-    """A chunk or pack some version references: where it is stored and who uses it (for the report)."""
-
-    cid: bytes
-    size: int
-    where: str  # "ws@v: path" of the first user
-    place: tree.Place | None = None  # a pack: its place (segment or a blob of its own)
-    contents: list[tuple[bytes, int]] | None = None  # a pack: its files' distinct contents, in stored order
-
-
 class _Checker:
     def __init__(self, repo: Repository, *, full: bool, sample: int, workers: int,
                  progress: Callable[[int], None]) -> None:
@@ -76,10 +65,8 @@ class _Checker:
         self.workers = workers
         self.progress = progress
         self.report = FsckReport()
-        self.layout = repo.config.layout
-        self.chunk_size = repo.config.chunk_size
         self.keys: set[str] = set()
-        self.blobs: dict[bytes, _Blob] = {}
+        self.blobs: dict[bytes, Object] = {}  # chunks and packs, by content id
         self.pieces_seen: set[bytes] = set()
         self.tops: dict[tuple[str, int], bytes] = {}  # (ws, n) -> top id, for changesets' parents
 
@@ -110,11 +97,9 @@ class _Checker:
             self.report.versions += 1
             if record.parent is not None and not 0 < record.parent < n:
                 self.problem(where, f"version record names parent {record.parent}, not an earlier version")
+            self.tops[(ws, n)] = parse_hexid(record.manifest)
             try:
-                if record.format == 2:
-                    self.version2(record, where)
-                else:
-                    self.version1(record, where)
+                self.version(record, where)
             except StoreUnavailable:
                 raise
             except WsfsError as e:
@@ -127,65 +112,38 @@ class _Checker:
                 if n not in known:
                     self.problem(f"{ws}@{tag}", f"the tag names version {n}, which does not exist")
 
-    def piece(self, cid: bytes, size: int, what: str, where: str) -> bytes:
-        """A metadata piece, verified (from the store with ``full``), and checked present in the store."""
-        if cid not in self.pieces_seen:
-            self.pieces_seen.add(cid)
-            self.report.pieces += 1
-            if not self.present(blob_key(cid)):
-                self.problem(where, f"{what} {hexid(cid)} is missing from the store")
-            elif self.full:
-                self.repo.get_blob(cid, size, what)  # the store's copy, not the local one
-        return self.repo.get_piece(cid, size, what)
+    def version(self, record: VersionRecord, where: str) -> None:
+        for o in version_objects(self.repo, record):
+            if o.kind in PIECES or o.kind == "manifest":
+                assert o.cid is not None
+                if o.kind == "changeset":
+                    self.changeset(record, o, where)  # per version: versions may share a changeset piece
+                if o.cid in self.pieces_seen:
+                    continue
+                self.pieces_seen.add(o.cid)
+                self.report.pieces += 1
+                if not self.present(o.key):
+                    self.problem(o.where, f"{o.kind} {hexid(o.cid)} is missing from the store")
+                elif self.full and o.kind != "manifest":  # a manifest was verified as it was downloaded
+                    self.repo.get_blob(o.cid, o.size, o.kind)  # the store's copy, not the local one
+            elif o.kind == "pack map":
+                continue  # decoded by version_objects; without it, its packs show up missing (below)
+            elif o.cid is not None and o.cid not in self.blobs:
+                self.blobs[o.cid] = o
 
-    def version2(self, record: VersionRecord, where: str) -> None:
-        top_id = parse_hexid(record.manifest)
-        self.tops[(record.workspace, record.version)] = top_id
-        top = tree.decode_top(self.piece(top_id, record.manifest_size, "top", where))
-        for ref in top.ranges + top.packs:
-            self.piece(ref.id, ref.size, "listing piece", where)
-        ranges, packs = self.repo.version_refs(record)
-        entries: list[tree.Entry] = []
-        for ref, (run, _bodies) in zip(ranges, self.repo.version_range_bodies(ranges), strict=True):
-            self.piece(ref.id, ref.size, "range", where)
-            entries.extend(run)
-        cs = self.chunk_size
-        for e in entries:
-            for i, c in enumerate(e.chunks):
-                if c != tree.ZERO_ID and c not in self.blobs:
-                    self.blobs[c] = _Blob(c, min(cs, e.size - i * cs), f"{where}: {_path(e.key)}")
-        places = self.repo.pack_places(record, len(packs))
-        grouped = list(tree.pack_contents(entries, packs, self.layout))
-        if len(grouped) != len(packs) or sum(r.count for r in packs) != sum(tree.packed(e, self.layout) for e in entries):
-            self.problem(where, f"its {len(packs)} packs do not hold its small files")
-        for (ref, contents), place in zip(grouped, places, strict=False):
-            if ref.id not in self.blobs:
-                self.blobs[ref.id] = _Blob(ref.id, ref.size, f"{where}: {_path(ref.first)} (pack)", place, contents)
-        if record.changeset is not None:
-            parent_top, _ = tree.decode_changeset(
-                self.piece(parse_hexid(record.changeset), record.changeset_size, "changeset", where))
-            if record.parent is not None:
-                try:
-                    expected = self.tops.get((record.workspace, record.parent)) or parse_hexid(
-                        self.repo.record(record.workspace, record.parent, stored=True).manifest)
-                except NotFound:
-                    expected = None  # the parent's record was dropped (gc): nothing to compare with
-                if expected is not None and parent_top != expected:
-                    self.problem(where, f"the changeset is against top {hexid(parent_top)}, "
-                                 f"not version {record.parent}'s {hexid(expected)}")
-
-    def version1(self, record: VersionRecord, where: str) -> None:
-        cid = parse_hexid(record.manifest)
-        if cid not in self.pieces_seen:
-            self.pieces_seen.add(cid)
-            self.report.pieces += 1
-            if not self.present(manifest_key(cid)):
-                self.problem(where, f"manifest {record.manifest} is missing from the store")
-                return
-        with self.repo.open_manifest(record) as m:
-            for c, size in m.chunk_sizes().items():
-                if c not in self.blobs:
-                    self.blobs[c] = _Blob(c, size, f"{where}: a large file")
+    def changeset(self, record: VersionRecord, o: Object, where: str) -> None:
+        assert o.cid is not None
+        parent_top, _ = tree.decode_changeset(self.repo.get_piece(o.cid, o.size, "changeset"))
+        if record.parent is None:
+            return
+        try:
+            expected = self.tops.get((record.workspace, record.parent)) or parse_hexid(
+                self.repo.record(record.workspace, record.parent, stored=True).manifest)
+        except NotFound:
+            return  # the parent's record was dropped (gc): nothing to compare with
+        if parent_top != expected:
+            self.problem(where, f"the changeset is against top {hexid(parent_top)}, "
+                         f"not version {record.parent}'s {hexid(expected)}")
 
     # -- chunks and packs -------------------------------------------------
 
@@ -194,15 +152,13 @@ class _Checker:
         self.report.objects = len(blobs)
         there = []
         for b in blobs:
-            seg = b.place.segment if b.place is not None else None
-            key = segment_key(seg) if seg is not None else blob_key(b.cid)
-            if self.present(key):
+            assert b.cid is not None
+            if self.present(b.key):
                 there.append(b)
-            elif seg is not None:
-                self.problem(b.where, f"pack {hexid(b.cid)}: its segment {hexid(seg)} is missing from the store")
+            elif b.place is not None and b.place.segment is not None:
+                self.problem(b.where, f"pack {hexid(b.cid)}: its segment {hexid(b.place.segment)} is missing from the store")
             else:
-                kind = "pack" if b.contents is not None else "chunk"
-                self.problem(b.where, f"{kind} {hexid(b.cid)} is missing from the store")
+                self.problem(b.where, f"{b.kind} {hexid(b.cid)} is missing from the store")
         if self.full:
             todo = there
         elif self.sample:
@@ -218,25 +174,20 @@ class _Checker:
                     self.report.verified_bytes += n
                 self.progress(1)
 
-    def verify(self, b: _Blob) -> tuple[_Blob, str | None, int]:
-        kind = "pack" if b.contents is not None else "chunk"
+    def verify(self, b: Object) -> tuple[Object, str | None, int]:
+        assert b.cid is not None
         try:
-            data = self.repo.get_blob(b.cid, b.size, kind, place=b.place)
+            data = self.repo.get_blob(b.cid, b.size, b.kind, place=b.place)
         except (IntegrityError, NotFound) as e:
             return b, str(e), 0
         off = 0
-        for cid, size in b.contents or ():
+        for cid, size in b.contents:
             if content_id(bytes(data[off : off + size])) != cid:
                 return b, f"pack {hexid(b.cid)}: a file's bytes (content {hexid(cid)}) do not match its id", 0
             off += size
-        if b.contents is not None and off != len(data):
+        if b.kind == "pack" and off != len(data):
             return b, f"pack {hexid(b.cid)} holds {len(data)} bytes, its files {off}", 0
         return b, None, len(data)
-
-
-def _path(key: bytes) -> str:
-    """A key as a path for a report line (any byte shown, never raw control characters)."""
-    return escape(tree.path_of(key).decode("utf-8", "backslashreplace") or "/")
 
 
 def fsck(
