@@ -344,6 +344,28 @@ def _fsck_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from wsfs.versions.gc import Retention, gc, parse_duration
+
+    repo = _open_repo(args)
+    retention = Retention(keep_last=args.keep_last,
+                          keep_within=None if args.keep_within is None else parse_duration(args.keep_within))
+    grace = parse_duration(args.grace)
+    with _progress(args, "gc", "versions") as progress:
+        r = gc(repo, retention, grace=grace, dry_run=args.dry_run, progress=progress)
+    would = "would be " if args.dry_run else ""
+    for v in r.dropped:
+        print(f"{'would drop' if args.dry_run else 'dropped'} {v}")
+    print(f"{r.versions} version(s): {r.kept} kept ({r.leased} named by a live mount's lease), "
+          f"{len(r.dropped)} {would}dropped")
+    print(f"objects: {r.referenced} referenced, {r.unreferenced} unreferenced ({_size(r.unreferenced_bytes)}); "
+          f"{r.deleted} {would}deleted ({_size(r.deleted_bytes)}), {r.marked} {would}marked for deletion "
+          f"after {args.grace} ({_size(r.marked_bytes)}), {r.waiting} marked earlier and waiting")
+    if r.dead_segment_bytes:
+        print(f"segments kept for their live packs hold {_size(r.dead_segment_bytes)} of dead packs")
+    return 0
+
+
 def cmd_workspaces(args: argparse.Namespace) -> int:
     repo = _open_repo(args)
     rows: list[dict[str, Any]] = []
@@ -474,6 +496,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", action="store_true",
                     help="verify the local blob cache (size against the index, blake3 against the name) and "
                     "drop the bad entries")
+
+    sp = add("gc", cmd_gc, "drop old versions by retention rules, then delete objects no version needs "
+             "(two runs at least --grace apart: the first marks, a later one deletes)")
+    sp.add_argument("--keep-last", type=int, metavar="N",
+                    help="keep the N newest versions of each workspace (the latest, tagged versions and "
+                    "versions a live mount uses are always kept); no rule: every version is kept")
+    sp.add_argument("--keep-within", metavar="AGE", help="keep versions younger than AGE (e.g. 30d, 12h)")
+    sp.add_argument("--grace", default="24h", metavar="AGE",
+                    help="an object is deleted only once it was unreferenced at two runs this far apart "
+                    "(default 24h; pushes and commits must finish within it)")
+    sp.add_argument("--dry-run", action="store_true", help="change nothing; print what would be dropped and deleted")
 
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")
