@@ -57,6 +57,30 @@ def _name(name: bytes) -> bytes:
     return escape_name(name) if sys.stdout.isatty() else name
 
 
+def json_name(key: str, name: bytes) -> dict[str, str]:
+    """A name from a version for JSON output: ``{key: text}`` if it is UTF-8, else ``{key_b64: base64 of the bytes}``."""
+    try:
+        return {key: name.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+
+        return {f"{key}_b64": base64.b64encode(name).decode()}
+
+
+class _JsonArray:
+    """Writes a JSON array to stdout one element at a time (a listing of any size in bounded memory)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, item: dict[str, Any]) -> None:
+        sys.stdout.write(("[" if not self.n else ",\n") + json.dumps(item))
+        self.n += 1
+
+    def close(self) -> None:
+        sys.stdout.write(("[" if not self.n else "") + "]\n")
+
+
 def _parse_size(text: str) -> int:
     units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
@@ -219,24 +243,46 @@ def _ls_line(name: bytes, node: Inode, long: bool) -> bytes:
     return line + b"\n"
 
 
+def _ls_json(name: bytes, node: Inode) -> dict[str, Any]:
+    kind = stat.S_IFMT(node.mode)
+    out: dict[str, Any] = json_name("name", name)
+    out.update(type={stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(kind, "special"),
+               mode=stat.S_IMODE(node.mode), nlink=node.nlink, uid=node.uid, gid=node.gid, size=node.size,
+               mtime_ns=node.mtime_ns)
+    if node.is_link and node.target is not None:
+        out.update(json_name("target", node.target))
+    return out
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     repo = _open_repo(args)
     record = repo.resolve(Ref.parse(args.ref))
+    out = _JsonArray() if args.json else None
+
+    def emit(entries: list[tuple[bytes, Inode]]) -> None:
+        if out is not None:
+            for name, child in entries:
+                out.add(_ls_json(name, child))
+        else:
+            _out(b"".join(_ls_line(name, child, args.long) for name, child in entries))
+
     with repo.open_manifest(record) as m:
         path = os.fsencode(args.path)
         node = m.resolve(path)
         if node.is_link and path.endswith(b"/"):
             node = m.resolve(path, follow=True)
         if not node.is_dir:
-            _out(_ls_line(path, node, args.long))
-            return 0
-        after = 0
-        while True:
-            batch = m.readdir(node.ino, after, 1000)
-            if not batch:
-                break
-            _out(b"".join(_ls_line(name, child, args.long) for _, name, child in batch))
-            after = batch[-1][0]
+            emit([(path, node)])
+        else:
+            after = 0
+            while True:
+                batch = m.readdir(node.ino, after, 1000)
+                if not batch:
+                    break
+                emit([(name, child) for _, name, child in batch])
+                after = batch[-1][0]
+    if out is not None:
+        out.close()
     return 0
 
 
@@ -283,9 +329,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
         if items is None:  # a format 1 version: compare the trees
             ma = stack.enter_context(repo.open_manifest(ra))
             items = diff(ma, stack.enter_context(repo.open_manifest(rb)))
+        out = _JsonArray() if args.json else None
         for status, path in items:
-            _out(status.encode() + b" " + _name(path) + b"\n")
+            if out is not None:
+                out.add({"status": status, **json_name("path", path)})
+            else:
+                _out(status.encode() + b" " + _name(path) + b"\n")
             n += 1
+        if out is not None:
+            out.close()
     return 1 if (n and args.exit_code) else 0
 
 
@@ -453,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("path", nargs="?", default="", metavar="PATH")
     sp.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime")
+    sp.add_argument("--json", action="store_true", help="a JSON array of entries (name, type, mode, size, ...; a "
+                    "name that is not UTF-8 comes as name_b64, its bytes in base64)")
 
     sp = add("cat", cmd_cat, "write one file of a version to stdout")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
@@ -477,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("a", metavar="WORKSPACE@A")
     sp.add_argument("b", metavar="WORKSPACE@B")
     sp.add_argument("--exit-code", action="store_true", help="exit 1 if there are differences")
+    sp.add_argument("--json", action="store_true", help='a JSON array of {"status", "path"} (a path that is not '
+                    "UTF-8 comes as path_b64, its bytes in base64)")
 
     sp = add("tag", cmd_tag, "name a version (tags are immutable)")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
