@@ -57,6 +57,30 @@ def _name(name: bytes) -> bytes:
     return escape_name(name) if sys.stdout.isatty() else name
 
 
+def json_name(key: str, name: bytes) -> dict[str, str]:
+    """A name from a version for JSON output: ``{key: text}`` if it is UTF-8, else ``{key_b64: base64 of the bytes}``."""
+    try:
+        return {key: name.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+
+        return {f"{key}_b64": base64.b64encode(name).decode()}
+
+
+class _JsonArray:
+    """Writes a JSON array to stdout one element at a time (a listing of any size in bounded memory)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, item: dict[str, Any]) -> None:
+        sys.stdout.write(("[" if not self.n else ",\n") + json.dumps(item))
+        self.n += 1
+
+    def close(self) -> None:
+        sys.stdout.write(("[" if not self.n else "") + "]\n")
+
+
 def _parse_size(text: str) -> int:
     units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
@@ -219,24 +243,46 @@ def _ls_line(name: bytes, node: Inode, long: bool) -> bytes:
     return line + b"\n"
 
 
+def _ls_json(name: bytes, node: Inode) -> dict[str, Any]:
+    kind = stat.S_IFMT(node.mode)
+    out: dict[str, Any] = json_name("name", name)
+    out.update(type={stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(kind, "special"),
+               mode=stat.S_IMODE(node.mode), nlink=node.nlink, uid=node.uid, gid=node.gid, size=node.size,
+               mtime_ns=node.mtime_ns)
+    if node.is_link and node.target is not None:
+        out.update(json_name("target", node.target))
+    return out
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     repo = _open_repo(args)
     record = repo.resolve(Ref.parse(args.ref))
+    out = _JsonArray() if args.json else None
+
+    def emit(entries: list[tuple[bytes, Inode]]) -> None:
+        if out is not None:
+            for name, child in entries:
+                out.add(_ls_json(name, child))
+        else:
+            _out(b"".join(_ls_line(name, child, args.long) for name, child in entries))
+
     with repo.open_manifest(record) as m:
         path = os.fsencode(args.path)
         node = m.resolve(path)
         if node.is_link and path.endswith(b"/"):
             node = m.resolve(path, follow=True)
         if not node.is_dir:
-            _out(_ls_line(path, node, args.long))
-            return 0
-        after = 0
-        while True:
-            batch = m.readdir(node.ino, after, 1000)
-            if not batch:
-                break
-            _out(b"".join(_ls_line(name, child, args.long) for _, name, child in batch))
-            after = batch[-1][0]
+            emit([(path, node)])
+        else:
+            after = 0
+            while True:
+                batch = m.readdir(node.ino, after, 1000)
+                if not batch:
+                    break
+                emit([(name, child) for _, name, child in batch])
+                after = batch[-1][0]
+    if out is not None:
+        out.close()
     return 0
 
 
@@ -283,9 +329,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
         if items is None:  # a format 1 version: compare the trees
             ma = stack.enter_context(repo.open_manifest(ra))
             items = diff(ma, stack.enter_context(repo.open_manifest(rb)))
+        out = _JsonArray() if args.json else None
         for status, path in items:
-            _out(status.encode() + b" " + _name(path) + b"\n")
+            if out is not None:
+                out.add({"status": status, **json_name("path", path)})
+            else:
+                _out(status.encode() + b" " + _name(path) + b"\n")
             n += 1
+        if out is not None:
+            out.close()
     return 1 if (n and args.exit_code) else 0
 
 
@@ -299,11 +351,39 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    code = 0
+    if args.cache:
+        code = max(code, _fsck_cache(args))
+    if args.targets or not args.cache:
+        code = max(code, _fsck_store(args))
+    return code
+
+
+def _fsck_store(args: argparse.Namespace) -> int:
+    from wsfs.versions.fsck import fsck
+
+    repo = _open_repo(args)
+    targets = [Ref.parse(t) for t in args.targets]
+    with _progress(args, "fsck", "objects") as progress:
+        r = fsck(repo, targets, full=args.full, sample=args.sample, progress=progress)
+    for line in r.problems:
+        print(f"problem: {line}")
+    checked = "verified" if args.full else f"{r.verified} sampled and verified" if args.sample else "present"
+    print(f"{repo.store.url}: {r.workspaces} workspace(s), {r.versions} version(s), {r.tags} tag(s), "
+          f"{r.pieces} metadata pieces verified, {r.objects} chunks and packs {checked}"
+          + (f" ({_size(r.verified_bytes)})" if r.verified else "") + f"; {len(r.problems)} problem(s)")
+    if r.problems:
+        print(f"wsfs: {len(r.problems)} problem(s) found in the repository", file=sys.stderr)
+        return 6
+    return 0
+
+
+def _fsck_cache(args: argparse.Namespace) -> int:
     from wsfs.cache import cache_usage, check_cache
 
     cache_dir = _settings(args).cache_dir
     leftovers = tidy_cache_dir(cache_dir)
-    with _progress(args, "fsck", "B", total=cache_usage(cache_dir)[0]) as progress:
+    with _progress(args, "fsck --cache", "B", total=cache_usage(cache_dir)[0]) as progress:
         r = check_cache(cache_dir, progress)
     r.leftovers += leftovers
     print(f"{cache_dir}: {r.files} cached blobs ({_size(r.bytes)}) checked: {r.dropped} corrupt"
@@ -313,6 +393,28 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         print(f"wsfs: {r.dropped} corrupt cached blob(s) dropped; they will be fetched again when read",
               file=sys.stderr)
         return 6
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from wsfs.versions.gc import Retention, gc, parse_duration
+
+    repo = _open_repo(args)
+    retention = Retention(keep_last=args.keep_last,
+                          keep_within=None if args.keep_within is None else parse_duration(args.keep_within))
+    grace = parse_duration(args.grace)
+    with _progress(args, "gc", "versions") as progress:
+        r = gc(repo, retention, grace=grace, dry_run=args.dry_run, progress=progress)
+    would = "would be " if args.dry_run else ""
+    for v in r.dropped:
+        print(f"{'would drop' if args.dry_run else 'dropped'} {v}")
+    print(f"{r.versions} version(s): {r.kept} kept ({r.leased} named by a live mount's lease), "
+          f"{len(r.dropped)} {would}dropped")
+    print(f"objects: {r.referenced} referenced, {r.unreferenced} unreferenced ({_size(r.unreferenced_bytes)}); "
+          f"{r.deleted} {would}deleted ({_size(r.deleted_bytes)}), {r.marked} {would}marked for deletion "
+          f"after {args.grace} ({_size(r.marked_bytes)}), {r.waiting} marked earlier and waiting")
+    if r.dead_segment_bytes:
+        print(f"segments kept for their live packs hold {_size(r.dead_segment_bytes)} of dead packs")
     return 0
 
 
@@ -417,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("path", nargs="?", default="", metavar="PATH")
     sp.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime")
+    sp.add_argument("--json", action="store_true", help="a JSON array of entries (name, type, mode, size, ...; a "
+                    "name that is not UTF-8 comes as name_b64, its bytes in base64)")
 
     sp = add("cat", cmd_cat, "write one file of a version to stdout")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
@@ -441,17 +545,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("a", metavar="WORKSPACE@A")
     sp.add_argument("b", metavar="WORKSPACE@B")
     sp.add_argument("--exit-code", action="store_true", help="exit 1 if there are differences")
+    sp.add_argument("--json", action="store_true", help='a JSON array of {"status", "path"} (a path that is not '
+                    "UTF-8 comes as path_b64, its bytes in base64)")
 
     sp = add("tag", cmd_tag, "name a version (tags are immutable)")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("name", metavar="NAME")
 
-    sp = add("fsck", cmd_fsck, "check local data: with --cache, verify every cached blob and drop the bad ones "
-             "(exit 6 if any was dropped)")
-    # Only --cache exists yet; checking versions in the store (WORKSPACE, --full, --sample N) will come.
-    sp.add_argument("--cache", action="store_true", required=True,
-                    help="verify the local blob cache (size against the index, blake3 against the name); "
-                    "required: the only check implemented yet")
+    sp = add("fsck", cmd_fsck, "check the repository (every version of WORKSPACE, or of every workspace) and/or "
+             "the local cache; exit 6 if a problem was found")
+    sp.add_argument("targets", nargs="*", metavar="WORKSPACE[@V]",
+                    help="what to check: a workspace (every version and tag) or one version; default: every "
+                    "workspace (unless only --cache is given)")
+    how = sp.add_mutually_exclusive_group()
+    how.add_argument("--full", action="store_true",
+                     help="also fetch every chunk and pack and verify it against its id (reads the whole "
+                     "repository); without it, chunks and packs are only checked to be present")
+    how.add_argument("--sample", type=int, default=0, metavar="N",
+                     help="also fetch and verify N chunks and packs drawn at random")
+    sp.add_argument("--cache", action="store_true",
+                    help="verify the local blob cache (size against the index, blake3 against the name) and "
+                    "drop the bad entries")
+
+    sp = add("gc", cmd_gc, "drop old versions by retention rules, then delete objects no version needs "
+             "(two runs at least --grace apart: the first marks, a later one deletes)")
+    sp.add_argument("--keep-last", type=int, metavar="N",
+                    help="keep the N newest versions of each workspace (the latest, tagged versions and "
+                    "versions a live mount uses are always kept); no rule: every version is kept")
+    sp.add_argument("--keep-within", metavar="AGE", help="keep versions younger than AGE (e.g. 30d, 12h)")
+    sp.add_argument("--grace", default="24h", metavar="AGE",
+                    help="an object is deleted only once it was unreferenced at two runs this far apart "
+                    "(default 24h; pushes and commits must finish within it)")
+    sp.add_argument("--dry-run", action="store_true", help="change nothing; print what would be dropped and deleted")
 
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")

@@ -852,21 +852,24 @@ class Repository:
             return []
         return sorted(v for n in names if n.endswith(".json") and (v := version_number(n[:-5])) is not None)
 
-    def record(self, ws: str, n: int) -> VersionRecord:
-        """A version's record; from the local copy if there is one (records are immutable)."""
+    def record(self, ws: str, n: int, *, stored: bool = False) -> VersionRecord:
+        """A version's record; from the local copy if there is one (records are immutable), unless
+        *stored*: then always the store's (fsck checks what the store holds)."""
         check_workspace(ws)
         local = self._record_path(ws, n)
-        try:
-            with open(local, "rb") as f:
-                return VersionRecord.from_json(f.read(), workspace=ws, version=n)
-        except (FileNotFoundError, IntegrityError, FormatError):
-            pass
+        if not stored:
+            try:
+                with open(local, "rb") as f:
+                    return VersionRecord.from_json(f.read(), workspace=ws, version=n)
+            except (FileNotFoundError, IntegrityError, FormatError):
+                pass
         try:
             raw = _get_small(self.store, version_key(ws, n))
         except NotFound:
             raise NotFound(f"workspace {ws!r} has no version {n}") from None
         record = VersionRecord.from_json(raw, workspace=ws, version=n)
-        _write_atomically(local, raw, self.cache_dir)
+        if not stored:
+            _write_atomically(local, raw, self.cache_dir)
         return record
 
     def publish(self, record: VersionRecord) -> None:

@@ -168,3 +168,27 @@ def test_ls_writes_raw_bytes_names(w, tmp_path):
     w("push", src, "demo")
     assert w("ls", "demo").out == b"\xff\xfe\n"
     assert w("cat", "demo", b"\xff\xfe").out == b""
+
+
+def test_ls_and_diff_as_json(w, tmp_path):
+    import base64
+    import json
+
+    src = tree(tmp_path, a=b"1")
+    (src / "d").mkdir()
+    open(os.fsencode(src) + b"/d/\xff x", "wb").close()
+    os.symlink("a", src / "l")
+    w("push", src, "demo")
+    rows = json.loads(w("ls", "--json", "demo").out)
+    assert [(r["name"], r["type"]) for r in rows] == [("a", "file"), ("d", "dir"), ("l", "symlink")]
+    assert rows[0]["size"] == 1 and rows[0]["mode"] == (src / "a").stat().st_mode & 0o7777
+    assert rows[2]["target"] == "a"
+    (odd,) = json.loads(w("ls", "--json", "demo", "d").out)
+    assert "name" not in odd and base64.b64decode(odd["name_b64"]) == b"\xff x"
+    assert json.loads(w("ls", "--json", "demo", "a").out)[0]["name"] == "a"
+    (src / "a").write_bytes(b"2")
+    (src / "new").write_bytes(b"")
+    w("push", src, "demo")
+    assert json.loads(w("diff", "--json", "demo@1", "demo@2").out) == [
+        {"status": "M", "path": "a"}, {"status": "A", "path": "new"}]
+    assert json.loads(w("diff", "--json", "demo@2", "demo@2").out) == []

@@ -147,6 +147,9 @@ def test_list_sorted_relative_nested(store: ObjectStore) -> None:
     assert list(store.list("b/d/")) == ["b/d/e", "b/d/f"]
     assert list(store.list("c/")) == ["c/z", "c/\u00e9"]
     assert list(store.list("nothing/")) == []
+    # With sizes: the same keys, each with its stored length.
+    assert list(store.list_sizes("b/")) == [("b/c", 3), ("b/d/e", 5), ("b/d/f", 5)]
+    assert [k for k, _ in store.list_sizes("")] == sorted(KEYS)
 
 
 def test_list_empty_store(store: ObjectStore) -> None:

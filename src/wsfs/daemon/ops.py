@@ -36,6 +36,7 @@ operation with nothing to wait for pays nothing for it.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import logging
@@ -74,8 +75,13 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 _EXPECTED_ERRNOS = frozenset((errno.ENOENT, pyfuse3.ENOATTR, errno.ENOSYS))
 
 
+# Upper bounds (µs) of the latency histogram buckets kept per operation (``metrics.py`` exports them).
+LATENCY_BUCKETS_US = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 250_000, 1_000_000, 5_000_000)
+_BUCKET_NS = tuple(b * 1000 for b in LATENCY_BUCKETS_US)
+
+
 class OpStats:
-    """Requests, errors and cumulative time by operation (thread-safe, cheap)."""
+    """Requests, errors, cumulative time and a latency histogram by operation (thread-safe, cheap)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -83,8 +89,10 @@ class OpStats:
         self.errors: Counter[str] = Counter()
         self.time_ns: Counter[str] = Counter()
         self.max_ns: Counter[str] = Counter()
+        self.buckets: dict[str, list[int]] = {}  # op -> count per bucket of LATENCY_BUCKETS_US (not cumulative)
 
     def record(self, op: str, ns: int, failed: bool) -> None:
+        i = bisect.bisect_left(_BUCKET_NS, ns)
         with self._lock:
             self.requests[op] += 1
             self.time_ns[op] += ns
@@ -92,6 +100,10 @@ class OpStats:
                 self.max_ns[op] = ns
             if failed:
                 self.errors[op] += 1
+            counts = self.buckets.get(op)
+            if counts is None:
+                counts = self.buckets[op] = [0] * (len(_BUCKET_NS) + 1)
+            counts[i] += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -106,6 +118,9 @@ class OpStats:
                     }
                     for op, n in self.requests.items()
                 },
+                # op -> requests per latency bucket (µs upper bounds in "latency_buckets_us", then +Inf)
+                "latency_histogram": {op: list(c) for op, c in self.buckets.items()},
+                "latency_buckets_us": list(LATENCY_BUCKETS_US),
             }
 
 

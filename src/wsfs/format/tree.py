@@ -589,9 +589,15 @@ def build_version(
     return content_id(data), data, pieces
 
 
-def pack_signatures(entries: Iterable[Entry], pack_refs: Sequence[Ref], layout: Layout) -> dict[bytes, tuple[bytes, int]]:
-    """``{signature: (pack id, size)}`` of a stored version's packs, from its entries and pack references."""
-    out: dict[bytes, tuple[bytes, int]] = {}
+def pack_contents(
+    entries: Iterable[Entry], pack_refs: Sequence[Ref], layout: Layout
+) -> Iterator[tuple[Ref, list[tuple[bytes, int]]]]:
+    """Each of a stored version's packs with its distinct contents ``(content id, size)`` in stored order.
+
+    A pack holds each distinct content of its files once, in the order of
+    their first file (:func:`plan_packs`): the i-th content starts where the
+    ones before it end.  Stops early if the entries run out.
+    """
     files = (e for e in entries if packed(e, layout))
     for ref in pack_refs:
         contents: list[tuple[bytes, int]] = []
@@ -599,13 +605,18 @@ def pack_signatures(entries: Iterable[Entry], pack_refs: Sequence[Ref], layout: 
         for _ in range(ref.count):
             e = next(files, None)
             if e is None:
-                return out
+                return
             assert e.content is not None
             if e.content not in seen:
                 seen.add(e.content)
                 contents.append((e.content, e.size))
-        out[PackPlan([], contents, 0).signature()] = (ref.id, ref.size)
-    return out
+        yield ref, contents
+
+
+def pack_signatures(entries: Iterable[Entry], pack_refs: Sequence[Ref], layout: Layout) -> dict[bytes, tuple[bytes, int]]:
+    """``{signature: (pack id, size)}`` of a stored version's packs, from its entries and pack references."""
+    return {PackPlan([], contents, 0).signature(): (ref.id, ref.size)
+            for ref, contents in pack_contents(entries, pack_refs, layout)}
 
 
 # -- changesets -----------------------------------------------------------------

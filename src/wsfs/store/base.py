@@ -125,6 +125,10 @@ class ObjectStore(Protocol):
         """Every key under ``prefix`` (a ``/``-terminated folder or ``""``), in sorted order."""
         ...
 
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """As :meth:`list`, with each object's stored size in bytes."""
+        ...
+
     def list_dirs(self, prefix: str) -> list[str]:
         """Names of the immediate sub-folders of ``prefix`` (``/``-terminated or ``""``), sorted."""
         ...

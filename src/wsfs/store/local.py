@@ -143,16 +143,30 @@ class LocalStore:
         return os.path.exists(path)
 
     def list(self, prefix: str) -> Iterator[str]:
+        return (key for key, _ in self._listing(prefix, sizes=False))
+
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return iter(self._listing(prefix, sizes=True))
+
+    def _listing(self, prefix: str, *, sizes: bool) -> list[tuple[str, int]]:
         self.stats.count("list")
         base = os.path.join(self.root, prefix) if prefix else self.root
-        keys: list[str] = []
+        keys: list[tuple[str, int]] = []
         for dirpath, dirnames, filenames in os.walk(base):
             rel = os.path.relpath(dirpath, self.root)
             if rel == ".":
                 dirnames[:] = [d for d in dirnames if d != ".tmp"]
                 rel = ""
-            keys.extend(f"{rel}/{n}" if rel else n for n in filenames)
-        return iter(sorted(keys))
+            for n in filenames:
+                size = 0
+                if sizes:
+                    try:
+                        size = os.stat(os.path.join(dirpath, n)).st_size
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile
+                keys.append((f"{rel}/{n}" if rel else n, size))
+        keys.sort()
+        return keys
 
     def list_dirs(self, prefix: str) -> list[str]:
         self.stats.count("list")

@@ -637,8 +637,11 @@ class S3Store:
         (the same order), but some compatible servers (SeaweedFS) list a
         folder's sub-folders before its other names, e.g. ``a/b`` before ``a-c``.
         """
+        return (key for key, _ in self.list_sizes(prefix))
+
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
         folder = self._folder(prefix)
-        keys: list[str] = []
+        keys: list[tuple[str, int]] = []
         with self._request("list", prefix or ""):
             try:
                 for page in self._client.get_paginator("list_objects_v2").paginate(
@@ -648,7 +651,7 @@ class S3Store:
                         rel = obj["Key"][len(self._root) :]
                         # Folder marker objects ("a/") made by other tools are not keys.
                         if rel and not rel.endswith("/"):
-                            keys.append(rel)
+                            keys.append((rel, int(obj.get("Size", 0))))
             except (ClientError, BotoCoreError) as e:
                 raise self._error(e, prefix or "", op="list") from None
         keys.sort()
