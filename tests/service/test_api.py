@@ -397,8 +397,8 @@ def test_openapi(served: Served) -> None:
     # every route of the application is described
     from wsfs.service.app import create_app
 
-    app = create_app(served.backend)
-    routes = {getattr(r, "path", "").replace(":path", "") for r in app.routes} - {"/", "/openapi.json"}
+    app = create_app(served.backend).app
+    routes = {getattr(r, "path", "").replace(":path", "") for r in app.routes} - {"/", "/openapi.json", "/metrics"}
     assert routes <= paths
 
 
@@ -449,3 +449,22 @@ def test_clients_that_leave_free_their_resources(served: Served) -> None:
     for _ in range(6):
         r = served.get(f"{WS}/versions/1/archive?path=dir%2Fsub")
         assert r.status == 200 and not r.incomplete
+
+
+def test_metrics(served: Served) -> None:
+    """``/metrics`` parses with prometheus_client's own parser and counts by route template."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    served.get(file_url("demo", 1, b"small.txt"))
+    served.get(file_url("demo", 1, b"nope"))
+    r = served.get("/metrics")
+    assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
+    fams = {f.name: f for f in text_string_to_metric_families(r.body.decode())}
+    files = "/v1/workspaces/{ws}/versions/{v}/files/{path:path}"
+    counts = {(s.labels["route"], s.labels["status"]): s.value for s in fams["wsfs_http_requests"].samples
+              if s.name == "wsfs_http_requests_total"}
+    assert counts[(files, "200")] >= 1 and counts[(files, "404")] >= 1
+    assert "small.txt" not in r.body.decode()  # templates, never names
+    assert "wsfs_http_request_duration_seconds" in fams and "wsfs_http_response_bytes" in fams
+    assert any(name.startswith("wsfs_cache_") for name in fams)
+    assert "wsfs_store_requests" in fams

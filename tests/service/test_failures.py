@@ -144,6 +144,8 @@ def test_tokens(authed, caplog: pytest.LogCaptureFixture) -> None:
     # the listing shows what the token may read
     assert request(port, "GET", "/v1/workspaces", ok).json() == {"workspaces": [{"name": "team-a"}]}
     assert request(port, "GET", "/openapi.json").status == 200  # the API's description is public
+    assert request(port, "GET", "/metrics").status == 401
+    assert request(port, "GET", "/metrics", ok).status == 200
     assert reader not in caplog.text and writer not in caplog.text
 
 

@@ -23,6 +23,7 @@ import stat
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -53,6 +54,7 @@ from wsfs.service.backend import (
     kind,
     record_json,
 )
+from wsfs.service.metrics import HttpMetrics
 from wsfs.service.names import named, query_path, query_values, url_path_names
 from wsfs.service.openapi import document
 
@@ -205,8 +207,11 @@ def entry_json(name: bytes, node: Inode) -> dict[str, Any]:
 # -- the application ------------------------------------------------------------------
 
 
-def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
-    """The ASGI application serving *backend*; with *auth*, every ``/v1`` request needs a bearer token."""
+def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
+    """The ASGI application serving *backend*; with *auth*, every ``/v1`` request needs a bearer token.
+
+    The Starlette application is wrapped by the metrics middleware (its ``.app``).
+    """
 
     async def meta(fn: Callable[..., T], *args: Any) -> T:
         """*fn* on the backend's metadata pool."""
@@ -461,10 +466,17 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
     async def on_internal(request: Request, e: Exception) -> Response:
         return error(500, "internal_error", f"{type(e).__name__} (see the server's log)")
 
+    async def metrics(request: Request) -> Response:
+        """``GET /metrics``: Prometheus text (with a token config, any valid token may scrape)."""
+        authorize(request, None)
+        body = await meta(observed.exposition)
+        return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
+
     ws_ = "/v1/workspaces/{ws}"
     routes = [
         Route("/", index),
         Route("/openapi.json", openapi),
+        Route("/metrics", metrics),
         Route("/v1/workspaces", list_workspaces),
         Route(ws_ + "/versions", list_versions),
         Route(ws_ + "/versions/{v}", get_version),
@@ -474,7 +486,7 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
         Route(ws_ + "/versions/{v}/archive", archive),
         Route(ws_ + "/diff", diff),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={
             WsfsError: on_wsfs_error,
@@ -484,3 +496,8 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> Starlette:
             Exception: on_internal,
         },
     )
+    observed = HttpMetrics(app, {r.endpoint: r.path for r in routes}, lambda: {
+        "cache": backend.cache.statistics(),
+        "store": backend.repo.store.stats.snapshot(),
+    })
+    return observed

@@ -175,6 +175,10 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "tar", "content": {"application/x-tar": {
                     "schema": {"type": "string", "format": "binary"}}}},
                               "409": _err("the path is a symlink"), **_COMMON_ERRORS}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus text exposition: requests by route template, the blob cache, the store",
+                "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              "401": _err("no or unknown token (only with a token config)")}}},
             "/v1/workspaces/{ws}/diff": {"get": _op("paths changed between two versions", _json(
                 {"type": "object", "properties": {
                     "workspace": {"type": "string"}, "from": {"type": "integer"}, "to": {"type": "integer"},
