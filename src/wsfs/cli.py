@@ -439,10 +439,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token, digest = new_token()
         print(f"token (give it to the client; it is not stored):\n  {token}\n"
               f"config entry (--config FILE):\n  [[token]]\n  name = \"CHANGE-ME\"\n  sha256 = \"{digest}\"\n"
-              f"  scopes = [\"read\"]\n  workspaces = [\"*\"]")
+              f"  scopes = [\"read\"]            # add \"write\" to let it POST new versions\n  workspaces = [\"*\"]")
         return 0
     return run(args.listen, args.config, lambda: _open_repo(args), _settings(args).cache_dir,
-               access_log=args.verbose >= 1, threads=args.threads)
+               access_log=args.verbose >= 1, threads=args.threads, max_upload=args.max_upload)
 
 
 # -- parser ----------------------------------------------------------------
@@ -581,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")
 
-    sp = add("serve", cmd_serve, "serve the repository's versions read-only over HTTP (REST API, docs/api.md)")
+    sp = add("serve", cmd_serve, "serve the repository's versions over HTTP (REST API, docs/api.md); writes "
+             "(POST of a tar as a new version) only with a write-scoped token")
     sp.epilog = ("Endpoints under /v1 (workspaces, versions, tags, tree, files with Range/ETag, tar archives, diff); "
                  "the OpenAPI document at /openapi.json. Loopback only unless --config names bearer tokens: a "
                  "non-loopback address without tokens is refused. Plain HTTP: put a TLS proxy in front for remote "
@@ -592,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TOML file of [[token]] entries (name, sha256, scopes, workspaces): every request then "
                     "needs Authorization: Bearer <token>")
     sp.add_argument("--threads", type=int, default=16, help="threads reading content (default 16)")
+    sp.add_argument("--max-upload", type=_parse_size, default=4 << 30, metavar="SIZE",
+                    help="largest tar body a POST of a new version may send (default 4G)")
     sp.add_argument("--new-token", action="store_true",
                     help="print a new random token and its config entry, then exit")
 

@@ -12,6 +12,7 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -209,12 +210,17 @@ def test_cli_serves_and_stops(tmp_path: Path) -> None:
     token, digest = new_token()
     cfg = tmp_path / "serve.toml"
     cfg.write_text(f'[[token]]\nname = "t"\nsha256 = "{digest}"\nworkspaces = ["*"]\n')
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # as systemd's $NOTIFY_SOCKET (Type=notify)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
     proc = subprocess.Popen([sys.executable, "-m", "wsfs", "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)],
-                            env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+                            env={**_env(tmp_path), "NOTIFY_SOCKET": str(tmp_path / "notify")},
+                            stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         assert "serving" in line and "(1 tokens)" in line, line
+        assert notify.recv(256) == b"READY=1"
         port = int(re.search(r"http://\S+:(\d+)", line)[1])
         r = request(port, "GET", file_url("demo", 1, b"f"), {"Authorization": f"Bearer {token}"})
         assert r.status == 200 and r.body == b"hi"
@@ -228,6 +234,7 @@ def test_cli_serves_and_stops(tmp_path: Path) -> None:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+        notify.close()
 
 
 def test_service_never_imports_the_daemon_or_the_write_layer() -> None:

@@ -86,10 +86,11 @@ class Served:
         return r.json()
 
 
-def request(port: int, method: str, path: str, headers: dict[str, str] | None = None) -> Reply:
+def request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+            body: bytes | None = None) -> Reply:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        conn.request(method, path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
         hs = {k.lower(): v for k, v in r.getheaders()}
         try:

@@ -38,7 +38,6 @@ import faulthandler
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -61,6 +60,7 @@ from wsfs.daemon.view import SMALL_PREFETCH_MAX, Deadline, VersionView, raise_ke
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.localfs import private_dir, touch_private
 from wsfs.repository import Ref, Repository
+from wsfs.sdnotify import notify_systemd
 from wsfs.store import open_store
 from wsfs.store.base import default_timeout
 from wsfs.terminal import EscapingFormatter
@@ -111,26 +111,6 @@ def default_log_path(cache_dir: str, mountpoint: str) -> str:
     """``<cache_dir>/logs/<mountpoint with / as _>.log`` (long names keep their tail)."""
     name = os.path.realpath(mountpoint).strip("/").replace("/", "_") or "root"
     return os.path.join(cache_dir, "logs", name[-120:] + ".log")
-
-
-def notify_systemd(message: str) -> None:
-    """Send *message* (``READY=1``...) to ``$NOTIFY_SOCKET`` if set; abstract sockets start with '@'.
-
-    A failure is logged, never raised: the mount works without a supervisor.
-    """
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr[0] == "@":
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(message.encode())
-    except OSError as e:
-        # At shutdown (STOPPING=1) the listener may be gone already: not worth a warning.
-        level = logging.WARNING if message.startswith("READY") else logging.DEBUG
-        log.log(level, "cannot notify %s of %s: %s", os.environ.get("NOTIFY_SOCKET"), message, e)
 
 
 def _setup_logging(options: MountOptions, log_path: str | None, *, to_stderr: bool) -> IO[str] | None:

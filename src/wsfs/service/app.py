@@ -18,9 +18,11 @@ import binascii
 import collections
 import functools
 import logging
+import os
 import re
 import stat
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -57,6 +59,7 @@ from wsfs.service.backend import (
 from wsfs.service.metrics import HttpMetrics
 from wsfs.service.names import named, query_path, query_values, url_path_names
 from wsfs.service.openapi import document
+from wsfs.service.upload import version_from_tar
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"  # `latest` and listings: may be stored, but asked again every time (ETag still works)
 ARCHIVE_WAIT_POLLS = 100  # 5 s of waiting for an archive slot before answering 503
 _FILE_PREFIX = 7  # b"", v1, workspaces, {ws}, versions, {v}, files: the segments before a file's path
+
+
+MAX_UPLOADS = 2  # tar bodies received and pushed at once
 
 
 def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -446,6 +452,46 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
             headers={"Cache-Control": IMMUTABLE if immutable_a and immutable_b else REVALIDATE},
         )
 
+    uploads = ThreadPoolExecutor(max_workers=MAX_UPLOADS, thread_name_prefix="wsfs-serve-upload")
+    upload_slots = asyncio.Semaphore(MAX_UPLOADS)
+
+    async def create_version(request: Request) -> Response:
+        """``POST .../versions`` with a tar body (write scope): the workspace's next version (201)."""
+        ws = check_workspace(request.path_params["ws"])
+        if auth is None:
+            raise Forbidden("creating versions needs a token with the write scope (start the server with --config)")
+        grant = auth.check(request.headers.get("authorization"))
+        if not grant.allows(ws, "write"):
+            raise Forbidden(f"token {grant.name!r} may not write workspace {ws!r}")
+        ctype = request.headers.get("content-type", "application/x-tar").split(";")[0].strip().lower()
+        if ctype not in ("application/x-tar", "application/octet-stream"):
+            return error(415, "unsupported_media_type", "send the tree as an uncompressed tar (application/x-tar)")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > backend.max_upload:
+            return error(413, "too_large", f"the body is over the server's limit of {backend.max_upload} bytes")
+        message = (_ascii(query(request), "message") or "").strip()
+        loop = asyncio.get_running_loop()
+        async with upload_slots:
+            path = backend.repo.temp_path("upload-body", ".tar")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                size = 0
+                with os.fdopen(fd, "wb") as f:
+                    async for piece in request.stream():
+                        size += len(piece)
+                        if size > backend.max_upload:
+                            return error(413, "too_large", f"the body is over the server's limit of {backend.max_upload} bytes")
+                        await loop.run_in_executor(uploads, f.write, piece)
+                record = await loop.run_in_executor(uploads, functools.partial(
+                    version_from_tar, backend.repo, ws, path, message=message, author=f"wsfs serve ({grant.name})"))
+            finally:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        return JSONResponse(record_json(record), status_code=201,
+                            headers={"Location": f"/v1/workspaces/{ws}/versions/{record.version}"})
+
     async def on_wsfs_error(request: Request, e: Exception) -> Response:
         assert isinstance(e, WsfsError)
         return _wsfs_error(e)
@@ -478,7 +524,8 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
         Route("/openapi.json", openapi),
         Route("/metrics", metrics),
         Route("/v1/workspaces", list_workspaces),
-        Route(ws_ + "/versions", list_versions),
+        Route(ws_ + "/versions", list_versions, methods=["GET", "HEAD"]),
+        Route(ws_ + "/versions", create_version, methods=["POST"]),
         Route(ws_ + "/versions/{v}", get_version),
         Route(ws_ + "/tags", tags),
         Route(ws_ + "/versions/{v}/tree", tree),

@@ -5,7 +5,7 @@ Config (``wsfs serve --config FILE``)::
     [[token]]
     name = "ci"                        # shown in logs instead of the token
     sha256 = "<64 hex digits>"         # sha256 of the token; `wsfs serve --new-token` makes both
-    scopes = ["read"]                  # "read" (every endpoint today); "write" is reserved
+    scopes = ["read"]                  # "read": every GET; "write": POST of a new version
     workspaces = ["demo", "team-*"]    # fnmatch patterns; ["*"] for all
 
 Tokens are random (``secrets.token_urlsafe(32)``: 256 bits), so a plain

@@ -215,8 +215,10 @@ class Backend:
         read_ahead: int = 4,
         chunks_ahead: int = 8,
         max_archives: int = 4,
+        max_upload: int = 4 << 30,
     ) -> None:
         self.repo = repo
+        self.max_upload = max_upload  # bytes of a tar body POSTed as a new version, at most
         self.cache = cache
         self.manifests = ManifestPool(repo)
         # Two pools so that listings are not queued behind content waiting for the store.

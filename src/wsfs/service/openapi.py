@@ -148,7 +148,22 @@ def document() -> dict[str, Any]:
                                                            "description": "pass as `after` for the next page"}}},
                 "a page of version records"),
                 [_WS, {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
-                       "description": "only versions numbered below this"}, _LIMIT])},
+                       "description": "only versions numbered below this"}, _LIMIT]),
+                "post": {
+                    "summary": "create the next version from a tar body (a token with the write scope)",
+                    "parameters": [_WS, {"name": "message", "in": "query", "required": False,
+                                         "schema": {"type": "string"}, "description": "the version's message (ASCII)"}],
+                    "requestBody": {"required": True, "content": {"application/x-tar": {
+                        "schema": {"type": "string", "format": "binary"}}}},
+                    "responses": {
+                        "201": {"description": "the new version's record (Location: its URL)",
+                                "content": {"application/json": {"schema": _ref("Record")}}},
+                        "403": _err("no token with the write scope for this workspace (or no token config)"),
+                        "413": _err("the body is over the server's --max-upload"),
+                        "415": _err("not application/x-tar"),
+                        **_COMMON_ERRORS,
+                    },
+                }},
             "/v1/workspaces/{ws}/versions/{v}": {"get": _op("one version's record", _json(_ref("Record"), "the record"), [_WS, _V])},
             "/v1/workspaces/{ws}/tags": {"get": _op("tags and the versions they name", _json(
                 {"type": "object", "properties": {"workspace": {"type": "string"},

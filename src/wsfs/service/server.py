@@ -21,6 +21,7 @@ from collections.abc import Callable
 from wsfs import redact
 from wsfs.errors import UsageError, WsfsError
 from wsfs.repository import Repository
+from wsfs.sdnotify import notify_systemd
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def run(
     *,
     access_log: bool = False,
     threads: int = 16,
+    max_upload: int = 4 << 30,
 ) -> int:
     """``wsfs serve``: check the address and config, open the repository and cache, serve until stopped."""
     from wsfs.cache import BlobCache
@@ -122,14 +124,15 @@ def run(
     host, port = parse_listen(listen)
     check_exposure(host, auth is not None)
     repo = open_repo()
-    backend = Backend(repo, BlobCache(repo, cache_dir), blob_workers=threads)
+    backend = Backend(repo, BlobCache(repo, cache_dir), blob_workers=threads, max_upload=max_upload)
     try:
         sock = bind(host, port)
         shown = f"[{host}]" if ":" in host else host
-        print(f"wsfs: serving {redact.redact(repo.store.url)} read-only on http://{shown}:{sock.getsockname()[1]}"
+        print(f"wsfs: serving {redact.redact(repo.store.url)} on http://{shown}:{sock.getsockname()[1]}"
               + (f" ({len(auth.grants)} tokens)" if auth else " (no tokens: open read on loopback)"),
               file=sys.stderr, flush=True)
         with sock:
+            notify_systemd("READY=1")  # bound and listening: connections wait in the backlog until uvicorn runs
             serve(create_app(backend, auth), sock, access_log=access_log)
     finally:
         backend.close()

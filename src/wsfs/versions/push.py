@@ -717,13 +717,14 @@ def push(
     progress: Callable[[int], None] = lambda n: None,
     exclude: dict[Ident, str] | None = None,
     rehash: bool = False,
+    stat_cache: bool = True,
 ) -> tuple[VersionRecord, PushStats]:
     """Snapshot *src* as the next version of *workspace*; returns the published record and stats.
 
     Directories whose ``(st_dev, st_ino)`` is a key of *exclude* are left out
     (the value says what they are); by default, wsfs' own (:func:`own_directories`).
     Files the stat cache vouches for are not read (:mod:`wsfs.versions.statcache`),
-    unless *rehash*.
+    unless *rehash*; with *stat_cache* False none is read or saved (a directory pushed once, e.g. an upload).
     """
     check_workspace(workspace)
     if repo.config.format != 2:
@@ -739,7 +740,7 @@ def push(
         exclude = own_directories(repo)
     # Every small file's bytes wait in this file until packs are cut: private, and
     # named with our pid so that the next command removes it if we are killed.
-    cache_name, known = _stat_cache(repo, root, rehash)
+    cache_name, known = _stat_cache(repo, root, rehash) if stat_cache else (None, {})
     spill = _Spill(repo.temp_path("spill"))
     uploader = _Uploader(repo, parent.chunks, stats, workers)
     walker: _Walker | None = None
