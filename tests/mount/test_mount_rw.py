@@ -307,3 +307,28 @@ def test_a_format_1_version_is_refused_read_write(tmp_path: Path) -> None:
     r = w("mount", "--rw", "-o", f"state_dir={tmp_path / 'state'}", "demo@1", mnt, check=False)
     assert r.code == 2 and "wsfs upgrade" in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert not is_mounted(mnt)
+
+
+def test_a_full_state_folder_fails_the_write_with_enospc_and_keeps_the_rest(mount: Mounter, rich: PushedTree,
+                                                                           tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(small)], check=True)
+    try:
+        m = rw(mount, rich, small / "state")
+        (m.path / "first").write_bytes(b"kept")
+        with pytest.raises(OSError) as e, open(m.path / "huge", "wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(MIB))
+                f.flush()
+        assert e.value.errno == errno.ENOSPC
+        assert os.statvfs(m.path).f_bavail * os.statvfs(m.path).f_frsize < 4 * MIB
+        os.unlink(m.path / "huge")
+        (m.path / "second").write_bytes(b"after")
+        assert (m.path / "first").read_bytes() == b"kept"
+        m.unmount()
+        m2 = rw(mount, rich, small / "state")
+        assert (m2.path / "first").read_bytes() == b"kept" and (m2.path / "second").read_bytes() == b"after"
+        m2.unmount()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
