@@ -332,3 +332,16 @@ def test_a_full_state_folder_fails_the_write_with_enospc_and_keeps_the_rest(moun
         m2.unmount()
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_sigterm_unmounts_and_commits_what_was_not_fsynced(mount: Mounter, rich: PushedTree, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    m = rw(mount, rich, state)
+    (m.path / "unsynced").write_bytes(b"closed, never fsynced")
+    os.rename(m.path / "one", m.path / "one-renamed")
+    os.kill(m.pid, signal.SIGTERM)
+    assert m.proc.wait(timeout=30) == 0
+    assert not is_mounted(m.path)
+    m2 = rw(mount, rich, state)
+    assert (m2.path / "unsynced").read_bytes() == b"closed, never fsynced"
+    assert (m2.path / "one-renamed").read_bytes() == b"1" and not (m2.path / "one").exists()
