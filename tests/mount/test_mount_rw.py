@@ -290,6 +290,9 @@ def test_a_state_folder_over_another_version_is_refused(mount: Mounter, tmp_path
     r = w("mount", "--rw", "-o", f"state_dir={state}", "ws@2", mnt, check=False)
     assert r.code == 2 and "ws@1" in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert not is_mounted(mnt)
+    m1 = mount(w.repo, "ws", extra=("--rw", "-o", f"state_dir={state}"))  # no version: the layer's base, not the latest
+    assert (m1.path / "g").read_bytes() == b"g" and (m1.path / "f").read_bytes() == b"1"
+    m1.unmount()
     # the default state folder: under $XDG_STATE_HOME, private
     env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
     m2 = mount(w.repo, "ws", extra=("--rw",), env={**os.environ, **env})

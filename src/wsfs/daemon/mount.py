@@ -203,7 +203,7 @@ def layer_base(state_dir: str) -> tuple[str, int] | None:
     if not os.path.isfile(path):
         return None
     try:
-        db = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         try:
             meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('workspace', 'version')"))
         finally:
