@@ -138,6 +138,16 @@ def test_names_links_modes_xattrs_and_errnos(mount: Mounter, rich: PushedTree, t
     assert (p / "x").read_bytes() == b"y" and (p / "y").read_bytes() == b"x"
     renameat2(p / "x", p / "z", RENAME_NOREPLACE)
     assert (p / "z").read_bytes() == b"y" and not (p / "x").exists()
+    os.mkdir(p / "e1")
+    (p / "e1" / "inside").write_bytes(b"i")
+    os.mkdir(p / "e2")
+    os.rename(p / "e1", p / "e2")  # a directory over an empty one
+    assert (p / "e2" / "inside").read_bytes() == b"i" and not (p / "e1").exists()
+    os.mkdir(p / "e3")
+    assert errno_of(os.rename, p / "e3", p / "d") == errno.ENOTEMPTY
+    assert errno_of(os.rename, p / "e3", p / "one") == errno.ENOTDIR
+    assert errno_of(os.rename, p / "one", p / "e3") == errno.EISDIR
+    assert errno_of(os.rename, p / "d", p / "d" / "moved-a" / "under") == errno.EINVAL
     os.rmdir(p / "sticky")  # an empty base directory
     # unlink while open: the data stays readable (and writable) until close
     fd = os.open(p / "z", os.O_RDWR)

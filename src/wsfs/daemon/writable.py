@@ -62,7 +62,6 @@ class WritableTree:
         self.state_dir = state_dir
         self._blocks = _LRU(_BASE_BLOCKS)  # (ino, blk) -> bytes of a base block
         self.layer: WriteLayer = layer_factory(self._read_base)
-        self.written: set[int] = set()  # inodes whose content changed through this mount
 
     # -- the Tree protocol -------------------------------------------------
 
@@ -116,14 +115,17 @@ class WritableTree:
 
     async def read(self, ino: int, off: int, size: int) -> bytes | memoryview:
         layer = self.layer
-        if ino not in self.written and layer.content_unchanged(ino):
+        if layer.content_unchanged(ino):
             return await self.view.read(ino, off, size)  # the base's fast path: cache, read-ahead
         await self._prepare(ino, off, size, write=False)
         return layer.read(ino, off, size)
 
     def keep_cache(self, ino: int) -> bool:
-        """Whether pages the kernel cached at an earlier open are still right: content never changed here."""
-        return ino not in self.written and self.layer.content_unchanged(ino)
+        """Whether pages the kernel cached at an earlier open are still right: the content is still the base's.
+
+        (Any write leaves blocks or another size behind, so the layer knows.)
+        """
+        return self.layer.content_unchanged(ino)
 
     # -- base content for the layer -----------------------------------------
 
@@ -185,15 +187,12 @@ class WritableTree:
         self.layer.rename(parent, name, newparent, newname, flags)
 
     def setattr(self, ino: int, **kw: Any) -> Inode:
-        if kw.get("size") is not None:
-            self.written.add(ino)
         return self.layer.setattr(ino, **kw)
 
     async def write(self, ino: int, off: int, data: bytes, *, kill_suid: bool) -> int:
         if off < 0:
             raise InvalidArgument("negative offset")
         await self._prepare(ino, off, len(data), write=True)
-        self.written.add(ino)
         return self.layer.write(ino, off, data, kill_suid=kill_suid)
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
