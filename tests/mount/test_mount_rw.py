@@ -358,3 +358,44 @@ def test_sigterm_unmounts_and_commits_what_was_not_fsynced(mount: Mounter, rich:
     m2 = rw(mount, rich, state)
     assert (m2.path / "unsynced").read_bytes() == b"closed, never fsynced"
     assert (m2.path / "one-renamed").read_bytes() == b"1" and not (m2.path / "one").exists()
+
+
+def test_offline_writes_go_on_and_only_uncached_base_bytes_fail(tmp_path: Path, mount: Mounter, aws_env) -> None:  # type: ignore[no-untyped-def]
+    from mountkit import CHUNK
+
+    from support.s3server import moto_server
+
+    a, b = os.urandom(2 * CHUNK), os.urandom(2 * CHUNK)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(a)
+    (src / "b.bin").write_bytes(b)
+    cache, state = tmp_path / "cache", tmp_path / "state"
+    with moto_server(tmp_path / "moto") as srv:
+        env = {**os.environ, **srv.env}
+        url = f"s3://{srv.bucket}/offline"
+        w = Wsfs(url, str(tmp_path / "push-cache"), env)
+        w("init")
+        w.push(src, "ws")
+        m1 = mount(url, "ws", cache_dir=cache, env=env, extra=("--rw", "-o", f"state_dir={state}"))
+        assert (m1.path / "a.bin").read_bytes() == a  # cached now
+        m1.unmount()
+    offline = {**env, "WSFS_S3_MAX_ATTEMPTS": "2", "WSFS_S3_CONNECT_TIMEOUT": "1", "WSFS_S3_READ_TIMEOUT": "2"}
+    m2 = mount(url, "ws", cache_dir=cache, env=offline, extra=("--rw", "-o", f"state_dir={state}"))
+    for pattern in ("store unreachable", "failed"):
+        m2.expect_log(pattern)
+    p = m2.path
+    (p / "new").write_bytes(b"offline")  # new files, appends and cached base bytes need no store
+    with open(p / "b.bin", "ab") as f:
+        f.write(b"tail")
+    with open(p / "a.bin", "r+b") as f:
+        f.seek(CHUNK + 10)
+        f.write(b"in a cached chunk")
+    with pytest.raises(OSError) as e, open(p / "b.bin", "r+b") as f:
+        f.seek(100)
+        f.write(b"x")
+        f.flush()
+    assert e.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    assert (p / "new").read_bytes() == b"offline"
+    assert (p / "a.bin").read_bytes()[CHUNK + 10:CHUNK + 27] == b"in a cached chunk"
+    assert os.stat(p / "b.bin").st_size == 2 * CHUNK + 4
