@@ -432,10 +432,12 @@ def _open_tree(view: VersionView, record: VersionRecord, state_dir: str, cache: 
 
 
 def _close_tree(tree: WritableTree, close_manifest: Any) -> None:
+    """Close the layer (a durable commit), then the manifest; a failed close is the daemon's exit status 1."""
     try:
         tree.close()
-    except Exception:  # noqa: BLE001 - logged; the layer keeps its last commit
+    except Exception as e:
         log.exception("%s: closing the write layer in %s failed; it keeps its last commit", tree.label, tree.state_dir)
+        raise WsfsError(f"closing the write layer in {tree.state_dir} failed ({e}); it keeps its last commit") from None
     finally:
         close_manifest()
 
