@@ -328,9 +328,10 @@ class Operations(pyfuse3.Operations):
             self.tree.open(inode)
             return pyfuse3.FileInfo(fh=FileHandleT(self.handles.open(inode, flags)), keep_cache=self.policy.keep_cache)
         node = rw.open(inode)
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and stat.S_ISREG(node.mode):
-            # The kernel passes O_TRUNC to us (atomic_o_trunc) instead of a SETATTR:
-            # truncate as ftruncate would, times set even if the size was already 0.
+        if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
+            # The kernel passes O_TRUNC to us (atomic_o_trunc) instead of a SETATTR,
+            # having checked write permission (even for O_RDONLY, which Linux truncates
+            # too): truncate as ftruncate would, times set even if the size was already 0.
             now = time.time_ns()
             rw.setattr(inode, size=0, mtime_ns=now, kill_suid=ctx.uid != 0)
         return self._opened(inode, flags, ctx)
