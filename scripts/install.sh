@@ -33,3 +33,12 @@ for name in mount.wsfs mount.fuse.wsfs; do ln -sfn "$SCRIPTS/mount.wsfs" "/sbin/
 [ "$(readlink -f /usr/local/bin/wsfs 2>/dev/null)" = "$(readlink -f "$SCRIPTS/wsfs")" ] \
     || ln -sfn "$SCRIPTS/wsfs" /usr/local/bin/wsfs
 echo "mount helper: /sbin/mount.wsfs -> $SCRIPTS/mount.wsfs"
+
+# The POSIX suites the read-write mount tests run (pjdfstest, fsx, fsstress), built from the
+# sources beside the repository (scripts/build_posix_suites.sh says where it looks).  Without
+# them those tests fail, loudly, unless WSFS_SKIP_POSIX_SUITES=1.
+if suites=$(bash scripts/build_posix_suites.sh); then
+    echo "POSIX suites: $suites"
+else
+    echo "warning: the POSIX suites could not be built; tests/mount/test_posix_suites.py will fail" >&2
+fi

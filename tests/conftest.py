@@ -43,6 +43,21 @@ RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``$XDG_STATE_HOME`` in a temporary folder: a read-write mount's default state folder (and any
+    other per-user state) never lands in the real ``~/.local/state``, for us and for subprocesses."""
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("XDG_STATE_HOME", None)
+        else:
+            os.environ["XDG_STATE_HOME"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Keep boto3 on loopback with fake credentials: no profiles, no instance metadata, no proxy.
 

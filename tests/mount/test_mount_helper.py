@@ -95,13 +95,15 @@ def test_translate_drops_fstab_options_and_maps_wsfs_ones() -> None:
                                 "cache_size=20G", "log=/var/log/wsfs.log"]
 
 
-def test_translate_rw_mounts_read_only_with_a_warning() -> None:
+def test_translate_rw_mounts_read_write() -> None:
     # mount(8) passes "-o rw" whenever no mode is given (plain mount -t wsfs, fstab "defaults").
-    tr = mh.translate_options(["rw"])
-    assert tr.mount_options == ["ro"]
-    assert tr.warnings == ["wsfs mounts are read-only; mounting read-only (add 'ro' to the options)"]
-    assert mh.translate_options(["rw", "ro"]).warnings == []  # the last one wins, as in mount(8)
+    tr = mh.translate_options(["rw", "state_dir=/var/lib/wsfs/demo"])
+    assert tr.mount_options == ["rw", "state_dir=/var/lib/wsfs/demo"]
+    assert tr.warnings == []
+    assert mh.translate_options(["rw", "ro"]).mount_options == ["ro"]  # the last one wins, as in mount(8)
     assert mh.translate_options([]).mount_options == ["ro"]
+    with pytest.raises(mh.HelperError, match="state_dir= is for read-write mounts"):
+        mh.translate_options(["ro", "state_dir=/x"])
 
 
 def test_translate_last_value_wins_and_flags_are_not_repeated() -> None:
@@ -194,15 +196,14 @@ def test_mounted_source_and_same_version(tmp_path: Path) -> None:
 def test_main_fake_and_usage_errors(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                     tmp_path: Path) -> None:
     monkeypatch.setenv("WSFS_ENVIRONMENT_FILE", str(tmp_path / "none"))
-    assert mh.main(["demo@1", "/mnt/x", "-f", "-v", "-s", "-o", "rw,odd,repo=/r"]) == mh.EX_SUCCESS
+    assert mh.main(["demo@1", "/mnt/x", "-f", "-v", "-s", "-o", "ro,odd,repo=/r"]) == mh.EX_SUCCESS
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "mount.wsfs: warning: ignoring unknown option 'odd' (sloppy mode)",
-        "mount.wsfs: warning: wsfs mounts are read-only; mounting read-only (add 'ro' to the options)",
         "mount.wsfs: wsfs mount --repo /r -o ro demo@1 /mnt/x",
     ]
     assert mh.main(["demo@1", "/mnt/x", "-o", "ro,odd"]) == mh.EX_USAGE
-    assert capsys.readouterr().err.startswith("mount.wsfs: unknown or malformed option 'odd' (known: ro, repo=URL")
+    assert capsys.readouterr().err.startswith("mount.wsfs: unknown or malformed option 'odd' (known: ro, rw, state_dir=DIR, repo=URL")
     bad_env = tmp_path / "bad"
     bad_env.write_text("not an assignment\n")
     monkeypatch.setenv("WSFS_ENVIRONMENT_FILE", str(bad_env))
@@ -442,15 +443,22 @@ def test_mount_t_wsfs_then_umount(sbin_helper: str, demo: tuple[Path, Path], pla
     _umount_and_check(place, pid)
 
 
-def test_mount_without_ro_mounts_read_only_with_a_warning(sbin_helper: str, demo: tuple[Path, Path],
-                                                         place: HelperMount) -> None:
+def test_mount_without_ro_mounts_read_write(sbin_helper: str, demo: tuple[Path, Path], place: HelperMount,
+                                            tmp_path: Path) -> None:
+    # No mode: mount(8) passes rw, as for any file system (fstab "defaults").
     src, repo = demo
-    r = _run(["mount", "-t", "wsfs", "demo@1", str(place.mnt), "-o", f"repo={repo},cache_dir={place.cache}"],
-             place.env)
+    state = tmp_path / "state"
+    r = _run(["mount", "-t", "wsfs", "demo@1", str(place.mnt), "-o",
+              f"repo={repo},cache_dir={place.cache},state_dir={state}"], place.env)
     assert r.returncode == 0, r.stderr
-    assert r.stderr == ("mount.wsfs: warning: wsfs mounts are read-only; mounting read-only "
-                        "(add 'ro' to the options)\n")
-    _umount_and_check(place, _check_live(place, src))
+    assert r.stderr == ""
+    assert _mountinfo(place.mnt) == [("fuse.wsfs", "wsfs:demo@1", "rw,nosuid,nodev,relatime")]
+    (place.mnt / "new").write_bytes(b"written")
+    assert (place.mnt / "hello.txt").read_bytes() == (src / "hello.txt").read_bytes()
+    pids = _daemon_pids(place.mnt, place.cache)
+    place.pids |= pids
+    _umount_and_check(place, pids.pop())
+    assert (state / "layer.db").exists()
 
 
 def test_mount_failures_are_one_line_and_mount_nothing(sbin_helper: str, demo: tuple[Path, Path],

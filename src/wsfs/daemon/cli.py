@@ -47,13 +47,12 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
             if not item or item in _IGNORED_OPTIONS:
                 continue
             key, eq, val = item.partition("=")
-            if key == "ro" and not eq:
-                continue  # the only mode there is, for now
-            if key == "rw" and not eq:
-                raise UsageError("read-write mounts are not implemented yet; mount read-only (-o ro)")
+            if key in ("ro", "rw") and not eq:
+                out["rw"] = key == "rw"  # the last one wins, as in mount(8)
+                continue
             if key in ("allow_other", "debug", "history", "noprofile", "nopreload") and not eq:
                 out[key] = True
-            elif key in ("cache_dir", "log") and eq and val:
+            elif key in ("cache_dir", "log", "state_dir") and eq and val:
                 out[key] = val
             elif key == "cache_size" and eq:
                 out[key] = _parse_size(val)
@@ -65,7 +64,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = parse_timeout(val, "timeout")
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, allow_other, history, noprofile, nopreload, cache_dir=DIR, cache_size=SIZE, "
+                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, cache_dir=DIR, cache_size=SIZE, "
                                  "prefetch_small=SIZE, timeout=SECONDS, log=PATH)")
     return out
 
@@ -86,7 +85,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         history=args.history or opts.get("history", False),
         profile=not opts.get("noprofile", False),
         preload=not opts.get("nopreload", False),
+        rw=args.rw or opts.get("rw", False),
+        state_dir=os.path.abspath(opts["state_dir"]) if opts.get("state_dir") else None,
     )
+    if options.state_dir and not options.rw:
+        raise UsageError("-o state_dir= is for read-write mounts: add --rw")
     if "cache_size" in opts:
         options.cache_size = opts["cache_size"]
     if "prefetch_small" in opts:
@@ -185,6 +188,40 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from wsfs.daemon.control import query
+    from wsfs.terminal import escape, escape_name
+
+    mp = os.path.abspath(args.mountpoint)
+    settings = resolve(args.repo, args.endpoint_url, args.cache_dir)
+    s = query(mp, settings.cache_dir, "changes", timeout=60.0)
+    s.pop("ok", None)
+    if args.json:
+        print(json.dumps(s, sort_keys=True))
+        return 0
+    if s.get("read_only"):
+        print(f"{s['workspace']}@{s['version']} at {s['mountpoint']}: read-only, no changes")
+        return 0
+    changes = s["changes"]
+    print(f"{s['workspace']}@{s['base_version']} at {s['mountpoint']} (read-write, pid {s['pid']})")
+    print(f"state folder: {escape(s['state_dir'])} ({_human(s['layer_bytes'])} on disk)")
+    print(f"{len(changes)} pending change{'s' if len(changes) != 1 else ''}" + (":" if changes else ""))
+    for c in changes:
+        size = f"  {_human(c['size'])}" if c.get("type") == "file" else ""
+        kind = "/" if c.get("type") == "dir" else ""
+        path = escape_name(os.fsencode(c["path"])).decode("utf-8", "backslashreplace")
+        print(f"{c['kind']} {path}{kind}{size}")
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
 def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     """Add ``mount``, ``umount`` and ``stats`` to the ``wsfs`` subparsers."""
 
@@ -193,14 +230,19 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("mount", cmd_mount, "mount a version (or with --history every version) read-only at MOUNTPOINT, "
-             "fetched lazily")
+    sp = add("mount", cmd_mount, "mount a version (or with --history every version) at MOUNTPOINT, fetched lazily: "
+             "read-only, or with --rw read-write (changes kept locally in a state folder until committed)")
+    sp.epilog = ("Read-write (--rw): changes go to the state folder at once and are committed there within about "
+                 "1 s (a crash loses at most the last second, as a whole); fsync, fdatasync and syncfs make every change so far durable (a crash or kill -9 "
+                 "keeps them); unmount commits everything durably. The changes stay in the state folder: "
+                 "wsfs status lists them. Base content is fetched per 64 KiB block touched, never per file.")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground and log to stderr (default: detach once mounted)")
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                    help="comma-separated: ro, allow_other, history, noprofile (no access profile), "
+                    help="comma-separated: ro, rw (same as --rw), state_dir=DIR (--rw: the folder keeping the "
+                         "changes; default <state dir>/layers/<repo hash>-<workspace>), allow_other, history, noprofile (no access profile), "
                          "nopreload (no helper process putting listed small files into the page cache), cache_dir=DIR, cache_size=SIZE, "
                          "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE, and listed small files' packs, in the background; "
                          "default 1M, 0: off), timeout=SECONDS (an operation that waits longer for the store "
@@ -209,11 +251,21 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     sp.add_argument("--history", action="store_true",
                     help="every version as MOUNTPOINT/<n>/..., every tag as a symlink MOUNTPOINT/<tag> -> <n> "
                          "(give WORKSPACE without @V; same as -o history)")
+    sp.add_argument("--rw", action="store_true",
+                    help="read-write: writes go to a local write layer (a state folder, kept across unmounts and "
+                         "crashes; fsync makes them durable) over the version, which must be format 2; a later --rw "
+                         "mount with the same state folder shows them again. WORKSPACE without @V then means the "
+                         "layer's base version")
     sp.add_argument("--log", metavar="PATH",
                     help="log file (default in background: <cache_dir>/logs/<mountpoint>.log)")
 
     sp = add("umount", cmd_umount, "unmount a wsfs mount and wait for its daemon to exit")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    sp = add("status", cmd_status, "a read-write mount's base version, pending changes (A/M/D/T, sizes), "
+             "layer size and state folder")
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    sp.add_argument("--json", action="store_true", help="print the status as JSON")
 
     sp = add("stats", cmd_stats, "request, cache and store counters of a mount")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")

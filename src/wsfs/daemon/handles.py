@@ -2,8 +2,8 @@
 
 Handles are numbers from a counter that is never reused (ratarmount's model):
 a late request on a released handle finds nothing (``EBADF``) instead of
-someone else's open file.  The state is small now (inode and open flags); a
-writable tree will hang its write buffer and ``keep_cache`` decision here.
+someone else's open file.  The state is small: inode, open flags and, on a read-write mount, the
+opener's uid (a WRITE request carries no credentials).
 
 With wsfs' pyfuse3 patch, a read-only mount answers OPEN and OPENDIR
 ``ENOSYS`` (``policy.CachePolicy.no_open``): the kernel then sends neither
@@ -26,6 +26,7 @@ class Handle:
     ino: int
     flags: int  # open flags (0 for a directory)
     is_dir: bool
+    uid: int = 0  # the opener's (a read-write mount: WRITE carries no credentials, yet a write by non-root kills SUID)
 
 
 class HandleTable:
@@ -39,11 +40,11 @@ class HandleTable:
     def __len__(self) -> int:
         return len(self.handles)
 
-    def open(self, ino: int, flags: int = 0, *, is_dir: bool = False) -> int:
+    def open(self, ino: int, flags: int = 0, *, is_dir: bool = False, uid: int = 0) -> int:
         """A new handle for *ino*."""
         fh = self._next
         self._next += 1
-        self.handles[fh] = Handle(ino, flags, is_dir)
+        self.handles[fh] = Handle(ino, flags, is_dir, uid)
         self.opened += 1
         return fh
 

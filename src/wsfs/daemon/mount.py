@@ -1,4 +1,4 @@
-"""Lifecycle of a read-only mount: open, mount, signal ready, serve, unmount.
+"""Lifecycle of a mount (read-only, or read-write over a write layer): open, mount, signal ready, serve, unmount.
 
 :func:`run_mount` is the whole story, in order:
 
@@ -10,14 +10,21 @@
    (these can fail with a clear message before anything is mounted); with
    ``--history``, list the workspace's versions and tags instead (each
    manifest is fetched on first use, see ``history.py``);
+   with ``--rw``, open the write layer in its state folder over that
+   version instead (:func:`open_layer_base`: a folder that holds changes
+   already keeps its base version);
 4. ``pyfuse3.init`` with ``fsname=wsfs:<ws>@<v>,subtype=wsfs,ro,default_permissions``
-   (``wsfs:<ws>@*`` for a history; ``allow_other`` on request);
+   (``rw`` for a read-write mount; ``wsfs:<ws>@*`` for a history;
+   ``allow_other`` on request);
 5. in ``trio.run``: start the control socket, the signal watcher and the
    cache maintenance task, then send ``READY=1`` to ``$NOTIFY_SOCKET``
    (systemd ``Type=notify``) and to the readiness pipe, then run
    ``pyfuse3.main`` until the file system is unmounted (``fusermount3 -u``)
    or a SIGTERM/SIGINT calls ``pyfuse3.terminate``;
-6. ``pyfuse3.close(unmount=clean)``: after a clean end the mount is removed
+6. a read-write mount closes its layer (a durable commit of everything
+   written: ``docs/write-layer.md``), also after SIGTERM and after a crash
+   of the main loop;
+7. ``pyfuse3.close(unmount=clean)``: after a clean end the mount is removed
    and the exit status is 0.  After a crash of the main loop it is left in
    place on purpose: users see ENOTCONN rather than an empty directory a
    sync tool could mirror (``wsfs umount`` lazily removes it).
@@ -35,6 +42,7 @@ the signal, a watchdog detaches the mount and ends it (``os._exit``).
 from __future__ import annotations
 
 import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -45,19 +53,23 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
+import blake3
 import pyfuse3
 import trio
 
 from wsfs import redact
 from wsfs.cache import DEFAULT_CACHE_SIZE, BlobCache
-from wsfs.config import Settings
+from wsfs.config import Settings, default_state_dir
 from wsfs.daemon import control
+from wsfs.daemon import policy as cache_policy
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.ops import Operations
 from wsfs.daemon.preload import Preloader, StoreAccess
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_briefly
 from wsfs.daemon.view import SMALL_PREFETCH_MAX, Deadline, VersionView, raise_kernel_readahead
+from wsfs.daemon.writable import WritableTree, layer_disk_bytes
 from wsfs.errors import MountError, UsageError, WsfsError
+from wsfs.format.records import VersionRecord
 from wsfs.localfs import private_dir, touch_private
 from wsfs.repository import Ref, Repository
 from wsfs.sdnotify import notify_systemd
@@ -69,6 +81,10 @@ log = logging.getLogger(__name__)
 
 _MAINTENANCE_INTERVAL = 5.0  # seconds between cache index flushes
 _STOP_GRACE = 1.8  # seconds after SIGTERM before the watchdog detaches the mount and exits
+# A read-write mount's stop commits its layer durably (local fsyncs of what was
+# written): more time, still bounded.  Killed past it, the layer keeps its last commit.
+_STOP_GRACE_RW = 30.0
+_COMMIT_TICK = 0.5  # seconds between the read-write mount's checks for a batch due to commit
 
 
 @dataclass
@@ -86,6 +102,8 @@ class MountOptions:
     prefetch_small: int = SMALL_PREFETCH_MAX  # listed one-chunk files up to this size are prefetched (0: off)
     preload: bool = True  # a helper process stores listed inline files in the page cache (daemon/preload.py)
     timeout: float | None = None  # deadline of a FUSE operation and budget of a store request (s); None: env/30
+    rw: bool = False  # read-write: changes go to a write layer in state_dir (daemon/writable.py)
+    state_dir: str | None = None  # the write layer's folder; None: default_layer_dir(repo, workspace)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -151,6 +169,56 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     log.error("uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
+def default_layer_dir(repo_url: str, workspace: str) -> str:
+    """``<state dir>/layers/<hash of the repository URL>-<workspace>``: one write layer per (repository, workspace)."""
+    key = blake3.blake3(repo_url.encode()).hexdigest()[:16]
+    return os.path.join(default_state_dir(), "layers", f"{key}-{workspace}")
+
+
+def layer_base(state_dir: str) -> tuple[str, int] | None:
+    """``(workspace, version)`` of the write layer in *state_dir*, or None if it holds none (read only, no lock)."""
+    import apsw
+
+    path = os.path.join(state_dir, "layer.db")
+    if not os.path.isfile(path):
+        return None
+    try:
+        db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('workspace', 'version')"))
+        finally:
+            db.close()
+    except apsw.Error:
+        return None  # no schema yet (a layer created and never written): as good as none
+    if "workspace" not in meta or "version" not in meta:
+        return None
+    return str(meta["workspace"]), int(meta["version"])
+
+
+def open_layer_base(repo: Repository, ref: Ref, state_dir: str) -> VersionRecord:
+    """The version a read-write mount of *ref* with *state_dir* is based on.
+
+    A state folder holding a layer keeps its base: *ref* without a version
+    means that one; a *ref* naming another version is refused (a layer is
+    rebased by commit, not by mounting).  A format 1 version is refused too.
+    """
+    held = layer_base(state_dir)
+    if held is not None:
+        ws, version = held
+        if ws != ref.workspace:
+            raise UsageError(f"state folder {state_dir} holds changes of workspace {ws}, not {ref.workspace}")
+        if ref.ref is None:
+            ref = Ref(ws, str(version))
+    record = repo.resolve(ref)
+    if held is not None and record.version != held[1]:
+        raise UsageError(f"state folder {state_dir} holds changes over {held[0]}@{held[1]}, not @{record.version}: "
+                         f"mount {held[0]}@{held[1]} (or {held[0]}) read-write, or name another -o state_dir=")
+    if record.format != 2:
+        raise UsageError(f"{record.workspace}@{record.version} is a format 1 version: read-write mounts need "
+                         "format 2 (run `wsfs upgrade`, then push a new version)")
+    return record
+
+
 # -- entry point ----------------------------------------------------------------
 
 
@@ -159,6 +227,10 @@ def run_mount(settings: Settings, ref: Ref, mountpoint: str, options: MountOptio
     mountpoint = os.path.abspath(mountpoint)
     if options.history and ref.ref is not None:
         raise UsageError(f"--history mounts every version of {ref.workspace}: give WORKSPACE, not {ref}")
+    if options.history and options.rw:
+        raise UsageError("--history mounts are read-only: drop --rw (or -o rw)")
+    if options.rw and options.state_dir is None:
+        options.state_dir = default_layer_dir(settings.repo, ref.workspace)
     if not os.path.isdir(mountpoint):
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
     if is_mounted(mountpoint):
@@ -245,6 +317,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
     store = open_store(settings.repo, endpoint_url=settings.endpoint_url, timeout=timeout)
     repo = Repository.open(store, settings.cache_dir)
     view: VersionView | HistoryView
+    tree: WritableTree | None = None
     if options.history:
         # Only the listing now; each version's record and manifest on first use.
         workspace, version, label = ref.workspace, None, f"{ref.workspace}@*"
@@ -257,23 +330,32 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             cache.close()
             raise
     else:
-        record = repo.resolve(ref)
+        record = open_layer_base(repo, ref, options.state_dir) if options.rw and options.state_dir else repo.resolve(ref)
         workspace, version, label = record.workspace, record.version, f"{record.workspace}@{record.version}"
         manifest = repo.open_manifest(record)
         cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
         view = VersionView(manifest, cache, label=label, stats=record.stats, deadline=Deadline(timeout, label=label))
         view.small_prefetch_max = options.prefetch_small
         close = manifest.close
-        if options.profile:
+        if options.rw and options.state_dir:
+            tree = _open_tree(view, record, options.state_dir, cache, close)
+            close = functools.partial(_close_tree, tree, manifest.close)
+        elif options.profile:
             view.recorder = AccessRecorder()
-    # The read-only policy for this tree (the history root's listing changes, so OPENDIR stays on).
-    ops = Operations(view)
-    fuse_options = {f"fsname=wsfs:{label}", "subtype=wsfs", "ro", "default_permissions"}
+    if tree is not None:
+        ops = Operations(tree, cache_policy.choose(writable=True, inode_as_handle=False, listings_change=True,
+                                                   has_xattrs=True))
+    else:
+        # The read-only policy for this tree (the history root's listing changes, so OPENDIR stays on).
+        ops = Operations(view)
+    fuse_options = {f"fsname=wsfs:{label}", "subtype=wsfs", "rw" if tree is not None else "ro",
+                    "default_permissions"}
     if options.allow_other:
         fuse_options.add("allow_other")
     if options.debug_fuse:
         fuse_options.add("debug")
     daemon = _Daemon(repo, view, ops, mountpoint, settings.cache_dir, workspace, version)
+    daemon.tree = tree
     try:
         try:
             pyfuse3.init(ops, mountpoint, fuse_options)
@@ -281,7 +363,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             raise MountError(
                 f"cannot mount {mountpoint}: {e} (is /dev/fuse usable, and allow_other permitted in /etc/fuse.conf?)"
             ) from None
-        if isinstance(view, VersionView) and options.preload:
+        if isinstance(view, VersionView) and options.preload and tree is None:
             # The helper fetches the packs of listed directories (daemon/preload.py), unless prefetch is off.
             access = (StoreAccess(settings.repo, settings.endpoint_url, settings.cache_dir, timeout, options.cache_size)
                       if options.prefetch_small else None)
@@ -306,8 +388,38 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
                 save_profile_briefly(repo, workspace, version, view.recorder)
         return 0
     finally:
+        try:
+            close()  # a read-write mount: its layer first (durable), then the manifest
+        finally:
+            cache.close()
+
+
+def _open_tree(view: VersionView, record: VersionRecord, state_dir: str, cache: BlobCache, close: Any) -> WritableTree:
+    """The write layer in *state_dir* over *record* (LayerBusy: another mount has it; exit 2)."""
+    from wsfs.layer import BaseId, WriteLayer
+
+    def factory(read_base: Any) -> WriteLayer:
+        return WriteLayer(state_dir, view.manifest, BaseId(record.workspace, record.version, record.manifest), read_base)
+
+    try:
+        tree = WritableTree(view, factory, label=view.label, state_dir=state_dir)
+    except BaseException:
         cache.close()
         close()
+        raise
+    log.info("%s: read-write, changes in %s", view.label, state_dir)
+    return tree
+
+
+def _close_tree(tree: WritableTree, close_manifest: Any) -> None:
+    """Close the layer (a durable commit), then the manifest; a failed close is the daemon's exit status 1."""
+    try:
+        tree.close()
+    except Exception as e:
+        log.exception("%s: closing the write layer in %s failed; it keeps its last commit", tree.label, tree.state_dir)
+        raise WsfsError(f"closing the write layer in {tree.state_dir} failed ({e}); it keeps its last commit") from None
+    finally:
+        close_manifest()
 
 
 def _short_stats(daemon: _Daemon) -> str:
@@ -340,6 +452,7 @@ class _Daemon:
         self.profile_prefetched: int | None = None  # chunks the access-profile prefetch prepared (when done)
         self.profile_loading = False  # the profile's GET has had no answer yet
         self.preloader: Preloader | None = None  # the page-cache preload helper, if running
+        self.tree: WritableTree | None = None  # a read-write mount's tree
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -370,10 +483,25 @@ class _Daemon:
             return {"ok": True}
         if cmd == "status":
             return {"ok": True, "pid": os.getpid(), "mountpoint": self.mountpoint, "workspace": self.workspace,
-                    "version": self.version, "history": self.version is None, "read_only": True}
+                    "version": self.version, "history": self.version is None, "read_only": self.tree is None}
         if cmd == "stats":
             return {"ok": True, **self.stats()}
+        if cmd == "changes":
+            return {"ok": True, **self.layer_status()}
+        # Extension point for the layer commands (commit, discard): run them on
+        # the trio thread through trio.from_thread, as layer_status does.
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def layer_status(self) -> dict[str, Any]:
+        """(worker thread) ``wsfs status``: the layer's base and pending changes, read on the trio thread."""
+        tree = self.tree
+        if tree is None:
+            return {"read_only": True, "mountpoint": self.mountpoint, "workspace": self.workspace,
+                    "version": self.version}
+        out = trio.from_thread.run_sync(tree.status)  # the layer is the trio thread's only
+        out.update(read_only=False, mountpoint=self.mountpoint, pid=os.getpid(),
+                   layer_bytes=layer_disk_bytes(tree.state_dir))
+        return out
 
     async def main(self, verdict: _Verdict) -> None:
         async with trio.open_nursery() as nursery:
@@ -381,6 +509,8 @@ class _Daemon:
             await nursery.start(self._watch_signals)
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)
+            if self.tree is not None:
+                nursery.start_soon(self._commit_timer, self.tree)
             nursery.start_soon(raise_kernel_readahead, self.mountpoint)
             if self.preloader is not None and isinstance(self.view, VersionView):
                 # Hints go out at the next scheduler tick, after the handler's
@@ -423,10 +553,23 @@ class _Daemon:
                 if signum == signal.SIGHUP:
                     continue  # a closed terminal must not unmount a background daemon
                 log.info("%s: %s received, unmounting", self.label, signal.Signals(signum).name)
-                _start_watchdog(self.mountpoint, self.label)
+                _start_watchdog(self.mountpoint, self.label, _STOP_GRACE if self.tree is None else _STOP_GRACE_RW)
                 self.view.deadline.stop()  # operations waiting for the store answer now
                 pyfuse3.terminate()
                 return
+
+    async def _commit_timer(self, tree: WritableTree) -> None:
+        """Commit the layer's open batch once it is due (``commit_interval``), so an idle mount commits too."""
+        failing = False
+        while True:
+            await trio.sleep(_COMMIT_TICK)
+            try:
+                tree.commit_if_due()
+                failing = False
+            except Exception as e:  # noqa: BLE001 - e.g. a full state folder: retried at the next tick
+                if not failing:
+                    log.error("%s: committing the write layer failed (retrying): %s", self.label, e)
+                failing = True
 
     async def _maintenance(self) -> None:
         while True:
@@ -437,7 +580,7 @@ class _Daemon:
                 log.warning("cache index flush failed", exc_info=True)
 
 
-def _start_watchdog(mountpoint: str, label: str) -> None:
+def _start_watchdog(mountpoint: str, label: str, grace: float = _STOP_GRACE) -> None:
     """After a stop signal: if the process still runs ``_STOP_GRACE`` s later, detach the mount and exit.
 
     Stopping is bounded by design (see the module docstring); this is the
@@ -447,9 +590,9 @@ def _start_watchdog(mountpoint: str, label: str) -> None:
     """
 
     def fire() -> None:
-        time.sleep(_STOP_GRACE)
+        time.sleep(grace)
         log.error("%s: still running %g s after the stop signal; detaching %s and exiting",
-                  label, _STOP_GRACE, mountpoint)
+                  label, grace, mountpoint)
         try:
             if is_mounted(mountpoint):
                 subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, timeout=2)

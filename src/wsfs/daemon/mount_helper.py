@@ -15,10 +15,11 @@ Options (``-o``, comma-separated):
 
 * mount(8)/fstab bookkeeping, dropped: ``defaults auto noauto user users
   nouser owner group user=* nofail _netdev x-* X-* comment=*``.
-* ``ro``: the only mode there is.  ``rw`` mounts read-only with a warning:
-  mount(8) passes ``rw`` whenever no mode is given (``defaults``), so
-  refusing it would break plain ``mount -t wsfs ws /mnt`` and ``defaults``
-  fstab lines (util-linux does the same for a write-protected device).
+* ``ro`` (read-only) or ``rw`` (read-write: ``wsfs mount --rw``, changes
+  kept in a write layer, ``state_dir=DIR`` names its folder); the last one
+  wins.  mount(8) passes ``rw`` whenever no mode is given (``defaults``), so
+  a plain ``mount -t wsfs ws /mnt`` is read-write, as for any file system:
+  write ``ro`` in fstab for a read-only mount.
 * wsfs-specific: ``repo=URL`` (``--repo``), ``endpoint_url=URL``
   (``--endpoint-url``), ``cache_dir=DIR`` (``--cache-dir``), and
   ``cache_size=SIZE``, ``timeout=SECONDS``, ``allow_other``, ``log=PATH``, ``debug`` (passed on
@@ -98,7 +99,7 @@ _KERNEL_FLAGS = frozenset({
 })
 # wsfs options that become ``wsfs`` arguments rather than ``-o`` items.
 _GLOBAL_OPTIONS = {"repo": "--repo", "endpoint_url": "--endpoint-url", "cache_dir": "--cache-dir"}
-_VALUE_OPTIONS = frozenset({"cache_size", "prefetch_small", "timeout", "log"})
+_VALUE_OPTIONS = frozenset({"cache_size", "prefetch_small", "timeout", "log", "state_dir"})
 _FLAG_OPTIONS = frozenset({"allow_other", "debug", "history", "noprofile", "nopreload"})
 
 OPTIONS_FD_VARIABLE = "WSFS_MOUNT_OPTIONS_FD"
@@ -106,7 +107,7 @@ _MAX_OPTIONS = 60_000  # bytes: the option string must fit in a pipe's buffer (6
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-KNOWN = "ro, repo=URL, endpoint_url=URL, cache_dir=DIR, cache_size=SIZE, prefetch_small=SIZE, timeout=SECONDS, allow_other, history, noprofile, nopreload, log=PATH, debug"
+KNOWN = "ro, rw, state_dir=DIR, repo=URL, endpoint_url=URL, cache_dir=DIR, cache_size=SIZE, prefetch_small=SIZE, timeout=SECONDS, allow_other, history, noprofile, nopreload, log=PATH, debug"
 
 
 class HelperError(Exception):
@@ -232,11 +233,11 @@ def translate_options(items: Iterable[str], *, sloppy: bool = False) -> Translat
             out.warnings.append(f"ignoring unknown option {item!r} (sloppy mode)")
         else:
             raise HelperError(f"unknown or malformed option {item!r} (known: {KNOWN})")
-    if asked_rw:
-        out.warnings.append("wsfs mounts are read-only; mounting read-only (add 'ro' to the options)")
+    if "state_dir" in values and not asked_rw:
+        raise HelperError("state_dir= is for read-write mounts (rw)")
     for key, val in globals_.items():
         out.global_args += [_GLOBAL_OPTIONS[key], val]
-    out.mount_options = ["ro", *flags, *(f"{k}={v}" for k, v in values.items())]
+    out.mount_options = ["rw" if asked_rw else "ro", *flags, *(f"{k}={v}" for k, v in values.items())]
     return out
 
 

@@ -13,9 +13,15 @@ a :class:`~wsfs.errors.WsfsError` becomes its ``errno``, anything unexpected
 is logged with a traceback and answered with ``EIO``.  It also counts
 requests, errors and time per operation for ``wsfs stats``.
 
-Every request that would change the tree gets ``EROFS``.  The kernel already
-refuses most of them on an ``ro`` mount; the handlers are there for the rest
-and so that a request never falls back to pyfuse3's ``ENOSYS`` default.
+On a read-only mount every request that would change the tree gets
+``EROFS`` (the kernel already refuses most of them on an ``ro`` mount; the
+handlers are there for the rest and so that a request never falls back to
+pyfuse3's ``ENOSYS`` default).  Over a :class:`~wsfs.daemon.writable.WritableTree`
+(a read-write mount) they convert and call its mutations; the rules the
+kernel's ``default_permissions`` leave to the file system (SUID/SGID cleared
+on write, truncate and chown, ``O_TRUNC`` at open, ``direct_io`` for
+``O_DIRECT`` opens) are decided here, from the request's context and the
+handle's opener (``docs/daemon.md``, "Read-write mounts").
 
 The adapter keeps the kernel's side of the state: the lookup count of every
 inode it handed out (:class:`~wsfs.daemon.inodes.InodeTable`; a read-only
@@ -56,6 +62,7 @@ from wsfs.daemon.handles import HandleTable
 from wsfs.daemon.inodes import InodeTable
 from wsfs.daemon.policy import CachePolicy
 from wsfs.daemon.tree import Attributes, FsStats, NotReady, Tree
+from wsfs.daemon.writable import WritableTree
 from wsfs.errors import WsfsError
 
 log = logging.getLogger(__name__)
@@ -169,16 +176,6 @@ async def _when_ready(fn: Callable[..., Awaitable[Any]], self: Operations, args:
     return await fn(self, *args)
 
 
-def _read_only(op: str) -> Callable[..., Awaitable[Any]]:
-    async def handler(self: Operations, *args: Any) -> Any:
-        self.stats.record(op, 0, True)
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    handler.__name__ = op
-    handler.__doc__ = f"``{op}``: this is a read-only mount (EROFS)."
-    return handler
-
-
 def entry_attributes(node: Attributes, entry_timeout: float, attr_timeout: float) -> pyfuse3.EntryAttributes:
     """The kernel's view of *node* (its ``ino`` as given)."""
     a = pyfuse3.EntryAttributes()
@@ -221,6 +218,8 @@ class Operations(pyfuse3.Operations):
     def __init__(self, tree: Tree, policy: CachePolicy | None = None) -> None:
         super().__init__()
         self.tree = tree
+        # The tree's mutations when it has any (a read-write mount), else None: every mutation is EROFS.
+        self.rw: WritableTree | None = tree if isinstance(tree, WritableTree) else None
         # By default, a read-only mount's policy for this tree and the pyfuse3 installed.
         self.policy = policy or cache_policy.choose(
             writable=False, inode_as_handle=INODE_AS_HANDLE,
@@ -273,7 +272,7 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:
         # Not called with default_permissions (the kernel checks); kept for mounts without it.
-        if mode & os.W_OK:
+        if mode & os.W_OK and self.rw is None:
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self.tree.getattr(inode)
         if ctx.uid == 0:
@@ -324,7 +323,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
-        return None
+        if self.rw is not None:
+            self.rw.sync_all()  # a directory's entries are in the batch: commit it durably
 
     # -- files ---------------------------------------------------------------
 
@@ -336,10 +336,29 @@ class Operations(pyfuse3.Operations):
             # files with FOPEN_KEEP_CACHE; read() gets the inode as handle.
             # The mount is "ro", so the VFS refuses write opens (EROFS) itself.
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
-            raise pyfuse3.FUSEError(errno.EROFS)
-        self.tree.open(inode)
-        return pyfuse3.FileInfo(fh=FileHandleT(self.handles.open(inode, flags)), keep_cache=self.policy.keep_cache)
+        rw = self.rw
+        if rw is None:
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+                raise pyfuse3.FUSEError(errno.EROFS)
+            self.tree.open(inode)
+            return pyfuse3.FileInfo(fh=FileHandleT(self.handles.open(inode, flags)), keep_cache=self.policy.keep_cache)
+        node = rw.open(inode)
+        if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
+            # The kernel passes O_TRUNC to us (atomic_o_trunc) instead of a SETATTR,
+            # having checked write permission (even for O_RDONLY, which Linux truncates
+            # too): truncate as ftruncate would, times set even if the size was already 0.
+            now = time.time_ns()
+            rw.setattr(inode, size=0, mtime_ns=now, kill_suid=ctx.uid != 0)
+        return self._opened(inode, flags, ctx)
+
+    def _opened(self, inode: int, flags: int, ctx: RequestContext) -> pyfuse3.FileInfo:
+        """A new handle on *inode* of a read-write mount, counted by the layer (an unlinked file lives until release)."""
+        assert self.rw is not None
+        self.rw.opened(inode)
+        fh = self.handles.open(inode, flags, uid=ctx.uid)
+        # O_DIRECT: the application asked for no page cache, so reads and writes come here as they are.
+        direct = bool(flags & getattr(os, "O_DIRECT", 0))
+        return pyfuse3.FileInfo(fh=FileHandleT(fh), direct_io=direct, keep_cache=not direct and self.rw.keep_cache(inode))
 
     @_handler
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
@@ -353,15 +372,39 @@ class Operations(pyfuse3.Operations):
             # as success and sets no_flush for the connection, which saves one
             # round trip on every close.
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        return None
+        if self.rw is not None:
+            self.rw.flush(self.handles.get(fh).ino)
 
     @_handler
     async def release(self, fh: FileHandleT) -> None:
-        self.handles.release(fh)
+        h = self.handles.release(fh)
+        if self.rw is not None:
+            self.rw.release(h.ino)
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        return None
+        if self.rw is not None:
+            # Durable: every change so far, not only this file's (docs/write-layer.md).
+            self.rw.fsync(self.handles.get(fh).ino, datasync)
+
+    @_handler
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        if self.rw is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        h = self.handles.get(fh)
+        # WRITE carries no credentials: the opener's decide (a write by anyone
+        # but root clears SUID, and SGID if group-executable, as on tmpfs).
+        return await self.rw.write(h.ino, off, buf, kill_suid=h.uid != 0)
+
+    @_handler
+    async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
+                     ctx: RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        rw = self._writable()
+        node = rw.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        reply = self._entry(node)
+        fi = self._opened(node.ino, flags, ctx)
+        self.inodes.remember(node.ino)
+        return fi, reply
 
     # -- extended attributes and the file system -------------------------------
 
@@ -386,17 +429,81 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
         return statvfs(self.tree.statfs())
 
-    # -- everything that would write ---------------------------------------------
+    @_handler
+    async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
+        # (pyfuse3 checks XATTR_CREATE / XATTR_REPLACE with getxattr first.)
+        self._writable().setxattr(inode, name, value)
 
-    setattr = _read_only("setattr")
-    mknod = _read_only("mknod")
-    mkdir = _read_only("mkdir")
-    unlink = _read_only("unlink")
-    rmdir = _read_only("rmdir")
-    symlink = _read_only("symlink")
-    rename = _read_only("rename")
-    link = _read_only("link")
-    create = _read_only("create")
-    write = _read_only("write")
-    setxattr = _read_only("setxattr")
-    removexattr = _read_only("removexattr")
+    @_handler
+    async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
+        self._writable().removexattr(inode, name)
+
+    # -- mutations (read-write mounts) ---------------------------------------------
+
+    def _writable(self) -> WritableTree:
+        if self.rw is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return self.rw
+
+    def _new_entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
+        reply = self._entry(node)
+        self.inodes.remember(node.ino)
+        return reply
+
+    @_handler
+    async def setattr(self, inode: InodeT, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: FileHandleT | None, ctx: RequestContext) -> pyfuse3.EntryAttributes:
+        rw = self._writable()
+        kw: dict[str, Any] = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns  # UTIME_NOW: pyfuse3 filled in the time; UTIME_OMIT: not set
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        # The kernel (handle_killpriv) leaves SUID/SGID to us: a chown clears
+        # them (for anyone, as Linux does), a truncate by anyone but root too;
+        # a chmod in the same request sets the bits it names.
+        chown = fields.update_uid or fields.update_gid
+        kw["kill_suid"] = not fields.update_mode and (chown or (fields.update_size and ctx.uid != 0))
+        return self._entry(rw.setattr(inode, **kw))
+
+    @_handler
+    async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
+                    ctx: RequestContext) -> pyfuse3.EntryAttributes:
+        return self._new_entry(self._writable().create(parent_inode, name, mode, ctx.uid, ctx.gid, rdev))
+
+    @_handler
+    async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
+                    ctx: RequestContext) -> pyfuse3.EntryAttributes:
+        return self._new_entry(self._writable().mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_handler
+    async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
+                      ctx: RequestContext) -> pyfuse3.EntryAttributes:
+        return self._new_entry(self._writable().symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+
+    @_handler
+    async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
+                   ctx: RequestContext) -> pyfuse3.EntryAttributes:
+        return self._new_entry(self._writable().link(inode, new_parent_inode, new_name))
+
+    @_handler
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
+        self._writable().unlink(parent_inode, name)
+
+    @_handler
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
+        self._writable().rmdir(parent_inode, name)
+
+    @_handler
+    async def rename(self, parent_inode_old: InodeT, name_old: FileNameT, parent_inode_new: InodeT,
+                     name_new: FileNameT, flags: FlagT, ctx: RequestContext) -> None:
+        # pyfuse3's RENAME_NOREPLACE / RENAME_EXCHANGE are Linux's, as the layer's.
+        self._writable().rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)

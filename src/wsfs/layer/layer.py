@@ -149,6 +149,49 @@ class WriteLayer(Namespace):
             c = self._content(ino)
         return c.read(off, size)
 
+    def base_blocks(self, ino: int, off: int, size: int, *, write: bool = False) -> list[int]:
+        """The blocks whose base bytes a :meth:`read` (or, *write*, a :meth:`write`) of [off, off + size) asks
+        ``read_base`` for, each for at most ``[blk * BLOCK, (blk + 1) * BLOCK)``.
+
+        For a caller whose base reads are slow (the daemon: the store): it
+        fetches these first, then calls read or write, which then find them.
+        Empty for an unchanged base file's :meth:`read` too (that reads the
+        base range itself), a new file, an append beyond ``base_size``.
+        """
+        base = self._base(ino)
+        if base is None or not base.is_reg or size <= 0:
+            return []
+        c = self.contents.get(ino)
+        if c is not None:
+            blocks, base_size, cur = set(c.blocks), c.base_size, c.size
+        else:
+            r = self._row(ino)
+            if r is None:
+                if not write:
+                    return []  # read() reads an unchanged base file's range itself, in one read_base call
+                cur = base_size = base.size
+                blocks = set()
+            else:
+                cur, base_size = r[4], r[12]
+                if not base_size:
+                    return []
+                blocks = {b for (b,) in self.db.execute(
+                    "SELECT blk FROM blocks WHERE ino = ? AND blk BETWEEN ? AND ?",
+                    (ino, off // BLOCK, (off + size) // BLOCK))}
+        end = off + size
+        if not write:
+            end = min(end, cur)
+            want = list(range(off // BLOCK, (end - 1) // BLOCK + 1)) if off < end else []
+        else:  # only a block the write covers partly is read (Content._write_block), and only its first and last
+            new_size = max(cur, end)
+            want = []
+            for b in sorted({off // BLOCK, (end - 1) // BLOCK}):
+                start = b * BLOCK
+                inner, wend = max(off, start) - start, min(end, start + BLOCK) - start
+                if inner > 0 or wend < min(BLOCK, new_size - start):
+                    want.append(b)
+        return [b for b in want if b not in blocks and b * BLOCK < base_size and b * BLOCK < cur]
+
     def write(self, ino: int, off: int, data: bytes | memoryview, *, kill_suid: bool = False) -> int:
         """Write *data* at *off* into regular file *ino*; mtime and ctime become now.  No SQL: see the module docstring."""
         with self._op():

@@ -1,0 +1,115 @@
+"""Benchmark of a read-write mount (``wsfs mount --rw``) against the same work on tmpfs and ext4 directly.
+
+Not collected by pytest.  Run from the repository root, as root (FUSE)::
+
+    PYTHONPATH=src python bench/bench_rw_mount.py [--files 5000] [--mib 512] [--dir /tmp]
+
+Steps, each in a fresh target directory:
+
+* ``untar``: ``tar -x`` of an archive of ``--files`` small files (1-4 KiB, in
+  50 directories), then ``sync -f`` (syncfs: on the mount, a durable commit of
+  the layer);
+* ``rm -rf`` of that tree;
+* ``sequential write``: ``dd`` of ``--mib`` MiB in 1 MiB writes with
+  ``conv=fsync``.
+
+Targets: a read-write mount of a small pushed version (state folder and
+cache under ``--dir``), a directory on tmpfs (``/dev/shm``), and a directory
+under ``--dir`` (ext4 here).  Prints seconds and rates; exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_tar(path: Path, files: int) -> int:
+    rnd = random.Random(1)
+    total = 0
+    with tarfile.open(path, "w") as t:
+        for i in range(files):
+            data = rnd.randbytes(rnd.randrange(1024, 4097))
+            info = tarfile.TarInfo(f"tree/d{i % 50:02d}/f{i:05d}.txt")
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            t.addfile(info, io.BytesIO(data))
+            total += len(data)
+    return total
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def run_steps(target: Path, tar: Path, files: int, mib: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    work = target / "work"
+    work.mkdir()
+    t0 = time.perf_counter()
+    subprocess.run(["tar", "-xf", str(tar)], cwd=work, check=True)
+    subprocess.run(["sync", "-f", "."], cwd=work, check=True)
+    out["untar_s"] = time.perf_counter() - t0
+    out["untar_files_per_s"] = files / out["untar_s"]
+    out["rm_s"] = timed(["rm", "-rf", "tree"], work)
+    t = timed(["dd", "if=/dev/zero", "of=seq.bin", "bs=1M", f"count={mib}", "conv=fsync"], work)
+    out["seq_write_mb_s"] = mib * 1.048576 / t
+    os.unlink(work / "seq.bin")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--files", type=int, default=5000)
+    ap.add_argument("--mib", type=int, default=512)
+    ap.add_argument("--dir", default=tempfile.gettempdir())
+    a = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="wsfs-bench-rw-", dir=a.dir))
+    env = {**os.environ, "WSFS_REPO": str(base / "repo"), "WSFS_CACHE_DIR": str(base / "cache")}
+    wsfs = [sys.executable, "-m", "wsfs"]
+    mnt = base / "mnt"
+    shm = Path(tempfile.mkdtemp(prefix="wsfs-bench-rw-", dir="/dev/shm"))
+    try:
+        tar = base / "files.tar"
+        total = make_tar(tar, a.files)
+        src = base / "src"
+        (src / "sub").mkdir(parents=True)
+        (src / "sub" / "hello").write_bytes(b"hello\n")
+        subprocess.run([*wsfs, "init"], env=env, check=True, capture_output=True)
+        subprocess.run([*wsfs, "push", str(src), "bench"], env=env, check=True, capture_output=True)
+        mnt.mkdir()
+        subprocess.run([*wsfs, "mount", "--rw", "-o", f"state_dir={base / 'state'},noprofile", "bench", str(mnt)],
+                       env=env, check=True)
+        results = {}
+        try:
+            results["wsfs rw mount"] = run_steps(mnt, tar, a.files, a.mib)
+        finally:
+            subprocess.run([*wsfs, "umount", str(mnt)], env=env, check=True)
+        results["tmpfs"] = run_steps(shm, tar, a.files, a.mib)
+        ext4 = base / "ext4"
+        ext4.mkdir()
+        results[f"{a.dir} directly"] = run_steps(ext4, tar, a.files, a.mib)
+        print(f"{a.files} files ({total / 1e6:.1f} MB) untarred, then sync -f; rm -rf; {a.mib} MiB dd conv=fsync")
+        print(f"{'target':<22} {'untar s':>8} {'files/s':>9} {'rm -rf s':>9} {'seq MB/s':>9}")
+        for name, r in results.items():
+            print(f"{name:<22} {r['untar_s']:>8.2f} {r['untar_files_per_s']:>9.0f} {r['rm_s']:>9.2f} "
+                  f"{r['seq_write_mb_s']:>9.0f}")
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
