@@ -144,7 +144,7 @@ def test_uncached_read_times_out_and_the_rest_is_served(hung: HungRepo, mount, m
     with black_hole(mode) as hole:
         # The store's own read timeout is long: only the operation's deadline can end the read.
         m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=hung.env(hole, WSFS_S3_READ_TIMEOUT="60"),
-                  extra=("-o", "timeout=3"))
+                  extra=("-o", "timeout=3,nolease"))
         m.expect_log("did not finish within 3 s")
         reader = _start_read(m.path / "big.bin")
         try:
@@ -188,7 +188,7 @@ def test_store_giving_up_first_is_etimedout_once(hung: HungRepo, mount) -> None:
     doubled the wait: 617 s for one read before deadlines existed).
     """
     with black_hole("silent") as hole:
-        m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=hung.env(hole), extra=("-o", "timeout=6"))
+        m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=hung.env(hole), extra=("-o", "timeout=6,nolease"))
         m.expect_log("failed: S3 endpoint .* did not answer within")
         r = _result(_start_read(m.path / "big.bin"), 20)
         print(f"read with the store giving up first: errno {r['errno']} after {r['seconds']:.2f} s")
@@ -201,7 +201,8 @@ def test_store_giving_up_first_is_etimedout_once(hung: HungRepo, mount) -> None:
 
 def test_sigterm_stops_within_two_seconds_while_a_read_is_stuck(hung: HungRepo, mount) -> None:
     with black_hole("silent") as hole:
-        m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=hung.env(hole, WSFS_S3_READ_TIMEOUT="60"))
+        m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=hung.env(hole, WSFS_S3_READ_TIMEOUT="60"),
+                  extra=("-o", "nolease"))
         reader = _start_read(m.path / "big.bin")  # default deadline: 30 s
         try:
             _wait_for(lambda: hole.requests >= 1, 10)
@@ -231,7 +232,7 @@ def test_umount_returns_within_two_seconds(hung: HungRepo, mount, case: str) -> 
         # fetch-stuck: a read timed out and its worker thread stays blocked in the store.
         stuck_read = case == "fetch-stuck"
         env = hung.env(hole, **({} if case == "profile-to-save" else {"WSFS_S3_READ_TIMEOUT": "60"}))
-        m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=env, extra=("-o", "timeout=2"), profile=True)
+        m = mount(hung.url, "ws@1", cache_dir=hung.cache, env=env, extra=("-o", "timeout=2,nolease"), profile=True)
         m.expect_log("access profile")
         m.expect_log("did not finish within")
         assert (m.path / "cached.bin").read_bytes() == hung.cached

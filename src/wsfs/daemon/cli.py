@@ -50,7 +50,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
             if key in ("ro", "rw") and not eq:
                 out["rw"] = key == "rw"  # the last one wins, as in mount(8)
                 continue
-            if key in ("allow_other", "debug", "history", "noprofile", "nopreload") and not eq:
+            if key in ("allow_other", "debug", "history", "noprofile", "nopreload", "nolease") and not eq:
                 out[key] = True
             elif key in ("cache_dir", "log", "state_dir") and eq and val:
                 out[key] = val
@@ -64,7 +64,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = parse_timeout(val, "timeout")
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, cache_dir=DIR, cache_size=SIZE, "
+                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, nolease, cache_dir=DIR, cache_size=SIZE, "
                                  "prefetch_small=SIZE, timeout=SECONDS, log=PATH)")
     return out
 
@@ -85,6 +85,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         history=args.history or opts.get("history", False),
         profile=not opts.get("noprofile", False),
         preload=not opts.get("nopreload", False),
+        lease=not opts.get("nolease", False),
         rw=args.rw or opts.get("rw", False),
         state_dir=os.path.abspath(opts["state_dir"]) if opts.get("state_dir") else None,
     )
@@ -243,7 +244,9 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                     help="comma-separated: ro, rw (same as --rw), state_dir=DIR (--rw: the folder keeping the "
                          "changes; default <state dir>/layers/<repo hash>-<workspace>), allow_other, history, noprofile (no access profile), "
-                         "nopreload (no helper process putting listed small files into the page cache), cache_dir=DIR, cache_size=SIZE, "
+                         "nopreload (no helper process putting listed small files into the page cache), nolease (write no lease "
+                         "on the version for gc: read-only credentials; gc's grace period alone then protects it), "
+                         "cache_dir=DIR, cache_size=SIZE, "
                          "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE, and listed small files' packs, in the background; "
                          "default 1M, 0: off), timeout=SECONDS (an operation that waits longer for the store "
                          "fails with ETIMEDOUT, and so does each store request; default $WSFS_OP_TIMEOUT or 30), "

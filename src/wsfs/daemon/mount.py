@@ -76,6 +76,7 @@ from wsfs.sdnotify import notify_systemd
 from wsfs.store import open_store
 from wsfs.store.base import default_timeout
 from wsfs.terminal import EscapingFormatter
+from wsfs.versions import leases
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class MountOptions:
     preload: bool = True  # a helper process stores listed inline files in the page cache (daemon/preload.py)
     timeout: float | None = None  # deadline of a FUSE operation and budget of a store request (s); None: env/30
     rw: bool = False  # read-write: changes go to a write layer in state_dir (daemon/writable.py)
+    lease: bool = True  # keep a lease on the mounted version in the store, for gc (versions/leases.py)
     state_dir: str | None = None  # the write layer's folder; None: default_layer_dir(repo, workspace)
 
 
@@ -356,6 +358,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         fuse_options.add("debug")
     daemon = _Daemon(repo, view, ops, mountpoint, settings.cache_dir, workspace, version)
     daemon.tree = tree
+    daemon.lease = options.lease
     try:
         try:
             pyfuse3.init(ops, mountpoint, fuse_options)
@@ -453,6 +456,7 @@ class _Daemon:
         self.profile_loading = False  # the profile's GET has had no answer yet
         self.preloader: Preloader | None = None  # the page-cache preload helper, if running
         self.tree: WritableTree | None = None  # a read-write mount's tree
+        self.lease = True  # keep a lease on the version in the store (MountOptions.lease)
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -509,6 +513,8 @@ class _Daemon:
             await nursery.start(self._watch_signals)
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)
+            if self.version is not None and self.lease:
+                nursery.start_soon(self._lease, self.version)
             if self.tree is not None:
                 nursery.start_soon(self._commit_timer, self.tree)
             nursery.start_soon(raise_kernel_readahead, self.mountpoint)
@@ -570,6 +576,39 @@ class _Daemon:
                 if not failing:
                     log.error("%s: committing the write layer failed (retrying): %s", self.label, e)
                 failing = True
+
+    async def _lease(self, version: int) -> None:
+        """Keep a lease on the mounted version in the store (``versions/leases.py``), so gc keeps it while mounted.
+
+        Written at mount, renewed every ``leases.RENEW`` s, deleted at unmount.  A store that cannot be
+        reached (or credentials that may not write) cost only the lease, logged once at INFO: the mount
+        works, and gc treats the version as unleased (its grace period still applies).
+        """
+        store, lease_id = self.repo.store, leases.new_lease_id()
+        mode = "ro" if self.tree is None else "rw"
+        key = None
+        failing = False
+        try:
+            while True:
+                try:
+                    key = await trio.to_thread.run_sync(functools.partial(
+                        leases.write_lease, store, self.workspace, version, lease_id, mode=mode),
+                        abandon_on_cancel=True)  # a hung store must not hold up the unmount
+                    failing = False
+                except WsfsError as e:
+                    # INFO, not a warning: offline mounts and read-only credentials are normal; without
+                    # a lease, gc's grace period is what protects the mounted version.
+                    if not failing:
+                        log.info("%s: cannot write its lease for gc (retrying): %s", self.label, e)
+                    failing = True
+                await trio.sleep(leases.RENEW if not failing else 30)
+        finally:
+            if key is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await trio.to_thread.run_sync(store.delete, key, abandon_on_cancel=True)
+                    except WsfsError as e:
+                        log.info("%s: lease %s not deleted (it expires by itself): %s", self.label, key, e)
 
     async def _maintenance(self) -> None:
         while True:
