@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -52,7 +53,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 continue
             if key in ("allow_other", "debug", "history", "noprofile", "nopreload", "nolease") and not eq:
                 out[key] = True
-            elif key in ("cache_dir", "log", "state_dir") and eq and val:
+            elif key in ("cache_dir", "log", "state_dir", "metrics") and eq and val:
                 out[key] = val
             elif key == "cache_size" and eq:
                 out[key] = _parse_size(val)
@@ -64,7 +65,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = parse_timeout(val, "timeout")
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, nolease, cache_dir=DIR, cache_size=SIZE, "
+                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, nolease, metrics=HOST:PORT, cache_dir=DIR, cache_size=SIZE, "
                                  "prefetch_small=SIZE, timeout=SECONDS, log=PATH)")
     return out
 
@@ -86,9 +87,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
         profile=not opts.get("noprofile", False),
         preload=not opts.get("nopreload", False),
         lease=not opts.get("nolease", False),
+        metrics=opts.get("metrics"),
         rw=args.rw or opts.get("rw", False),
         state_dir=os.path.abspath(opts["state_dir"]) if opts.get("state_dir") else None,
     )
+    if options.metrics is not None:
+        from wsfs.metrics import parse_listen
+
+        parse_listen(options.metrics)  # a usage error now, not after mounting
     if options.state_dir and not options.rw:
         raise UsageError("-o state_dir= is for read-write mounts: add --rw")
     if "cache_size" in opts:
@@ -171,6 +177,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s, sort_keys=True))
         return 0
+    if args.prometheus:
+        from wsfs.metrics import exposition
+
+        sys.stdout.buffer.write(exposition(s))
+        return 0
     what = f"{s['workspace']}@{s['version']}" if s["version"] is not None else f"{s['workspace']} (history)"
     print(f"{what} at {s['mountpoint']} (pid {s['pid']}, up {s['uptime_s']:.0f}s)")
     print(f"{'OP':<12} {'REQUESTS':>9} {'ERRORS':>7} {'MEAN µs':>9} {'MAX µs':>9}")
@@ -246,7 +257,7 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
                          "changes; default <state dir>/layers/<repo hash>-<workspace>), allow_other, history, noprofile (no access profile), "
                          "nopreload (no helper process putting listed small files into the page cache), nolease (write no lease "
                          "on the version for gc: read-only credentials; gc's grace period alone then protects it), "
-                         "cache_dir=DIR, cache_size=SIZE, "
+                         "metrics=HOST:PORT (serve Prometheus metrics on that loopback address), cache_dir=DIR, cache_size=SIZE, "
                          "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE, and listed small files' packs, in the background; "
                          "default 1M, 0: off), timeout=SECONDS (an operation that waits longer for the store "
                          "fails with ETIMEDOUT, and so does each store request; default $WSFS_OP_TIMEOUT or 30), "
@@ -272,4 +283,7 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
 
     sp = add("stats", cmd_stats, "request, cache and store counters of a mount")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
-    sp.add_argument("--json", action="store_true", help="print the counters as JSON")
+    fmt = sp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the counters as JSON")
+    fmt.add_argument("--prometheus", action="store_true",
+                     help="print them in the Prometheus text format (what -o metrics=HOST:PORT serves)")

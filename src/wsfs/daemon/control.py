@@ -99,8 +99,7 @@ async def serve(
 
         async def connection(stream: trio.SocketStream) -> None:
             async with stream:
-                with trio.move_on_after(10):
-                    await _answer(stream, handler)
+                await _answer(stream, handler)
 
         await trio.serve_listeners(connection, [listener])
     finally:
@@ -112,12 +111,17 @@ async def serve(
 
 
 async def _answer(stream: trio.SocketStream, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Read one request (within 10 s), run *handler* on it (as long as it takes: a commit may upload
+    gigabytes), send the reply."""
     buf = b""
-    while b"\n" not in buf and len(buf) < _MAX_REQUEST:
-        data = await stream.receive_some(4096)
-        if not data:
-            break
-        buf += data
+    with trio.move_on_after(10) as waited:
+        while b"\n" not in buf and len(buf) < _MAX_REQUEST:
+            data = await stream.receive_some(4096)
+            if not data:
+                break
+            buf += data
+    if waited.cancelled_caught:
+        return
     try:
         request = json.loads(buf.split(b"\n", 1)[0] or b"{}")
         if not isinstance(request, dict):
@@ -149,8 +153,10 @@ def remove_stale(mountpoint: str, cache_dir: str) -> None:
                 pass  # absent, or not ours to judge
 
 
-def query(mountpoint: str, cache_dir: str, cmd: str, *, timeout: float = 10.0) -> dict[str, Any]:
-    """Send ``{"cmd": cmd}`` to the daemon serving *mountpoint*; its reply."""
+def query(mountpoint: str, cache_dir: str, cmd: str, *, timeout: float | None = 10.0,
+          args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send ``{"cmd": cmd, **args}`` to the daemon serving *mountpoint*; its reply (*timeout* None: wait as
+    long as the daemon works on it)."""
     tried = []
     for path in socket_paths(mountpoint, cache_dir):
         if not os.path.exists(path):
@@ -162,7 +168,7 @@ def query(mountpoint: str, cache_dir: str, cmd: str, *, timeout: float = 10.0) -
                 s.connect(path)
             except (ConnectionRefusedError, FileNotFoundError):
                 continue  # a socket left by a daemon that died
-            s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            s.sendall(json.dumps({**(args or {}), "cmd": cmd}).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 data = s.recv(65536)
@@ -171,6 +177,10 @@ def query(mountpoint: str, cache_dir: str, cmd: str, *, timeout: float = 10.0) -
                 buf += data
         reply = json.loads(buf)
         if not reply.get("ok"):
+            if isinstance(reply.get("exit_code"), int):  # a WsfsError in the daemon: the same message and exit code
+                err = WsfsError(str(reply.get("error")))
+                err.exit_code = reply["exit_code"]
+                raise err
             raise WsfsError(f"the daemon of {mountpoint} refused {cmd!r}: {reply.get('error')}")
         return dict(reply)
     raise NotFound(

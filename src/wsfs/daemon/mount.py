@@ -105,6 +105,7 @@ class MountOptions:
     timeout: float | None = None  # deadline of a FUSE operation and budget of a store request (s); None: env/30
     rw: bool = False  # read-write: changes go to a write layer in state_dir (daemon/writable.py)
     lease: bool = True  # keep a lease on the mounted version in the store, for gc (versions/leases.py)
+    metrics: str | None = None  # HOST:PORT (loopback) of a Prometheus endpoint (wsfs/metrics.py); None: none
     state_dir: str | None = None  # the write layer's folder; None: default_layer_dir(repo, workspace)
 
 
@@ -359,6 +360,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
     daemon = _Daemon(repo, view, ops, mountpoint, settings.cache_dir, workspace, version)
     daemon.tree = tree
     daemon.lease = options.lease
+    daemon.metrics = options.metrics
     try:
         try:
             pyfuse3.init(ops, mountpoint, fuse_options)
@@ -457,6 +459,7 @@ class _Daemon:
         self.preloader: Preloader | None = None  # the page-cache preload helper, if running
         self.tree: WritableTree | None = None  # a read-write mount's tree
         self.lease = True  # keep a lease on the version in the store (MountOptions.lease)
+        self.metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (MountOptions.metrics)
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -478,6 +481,9 @@ class _Daemon:
             out["profile"] = {"recorded": len(self.view.recorder), "prefetched": self.profile_prefetched}
         if self.preloader is not None:
             out["preload"] = self.preloader.statistics()
+        if self.tree is not None:
+            out["layer"] = {"open_files": len(self.tree.layer.contents),
+                            "disk_bytes": layer_disk_bytes(self.tree.state_dir)}
         return out
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -527,12 +533,28 @@ class _Daemon:
                 self.view.packs_elsewhere = lambda: preloader.fetches_packs
             if isinstance(self.view, VersionView) and self.view.recorder is not None and self.version is not None:
                 nursery.start_soon(self._prefetch_profile, self.view, self.version)
+            endpoint = self._start_metrics() if self.metrics else None
             log.info("%s: mounted at %s (pid %d)", self.label, self.mountpoint, os.getpid())
             notify_systemd("READY=1")
             verdict.send("OK")
-            await pyfuse3.main()
+            try:
+                await pyfuse3.main()
+            finally:
+                if endpoint is not None:
+                    endpoint.shutdown()
+                    endpoint.server_close()
             self.view.deadline.stop()
             nursery.cancel_scope.cancel()
+
+    def _start_metrics(self) -> Any:
+        """The ``-o metrics=`` endpoint: each scrape reads ``stats()`` on the trio thread (which owns the state)."""
+        from wsfs import metrics
+
+        assert self.metrics is not None
+        token = trio.lowlevel.current_trio_token()
+        server, port = metrics.serve(self.metrics, lambda: trio.from_thread.run_sync(self.stats, trio_token=token))
+        log.info("%s: metrics at http://%s/metrics", self.label, self.metrics.rsplit(":", 1)[0] + f":{port}")
+        return server
 
     async def _prefetch_profile(self, view: VersionView, version: int) -> None:
         """Warm the cache with what earlier mounts of this workspace read (background, 2 threads)."""
