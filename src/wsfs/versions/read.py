@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from wsfs.errors import IntegrityError, WsfsError
 from wsfs.format.blobs import content_id, hexid
 from wsfs.format.manifest import Chunk, Inode, Manifest
 from wsfs.repository import Repository, joins_run
+
+if TYPE_CHECKING:
+    from wsfs.cache import BlobCache
 
 
 class SmallFiles:
@@ -146,3 +151,56 @@ def iter_content(repo: Repository, m: Manifest, node: Inode, *, workers: int = 4
             for _, fut in ahead:
                 if fut is not None:
                     fut.cancel()
+
+
+class RangeReader:
+    """Verified byte ranges of a version's files, from any thread: ``read(node, offset, length)``.
+
+    What a write layer's snapshot reads base content with while a commit runs
+    in a worker thread (the daemon's own base reads are asynchronous and live
+    on its trio thread).  It opens its own connection to the version's local
+    index, and reads through the shared blob cache (verified on first use,
+    fetched on a miss).  A small file is read whole and checked against its
+    content id before a slice of it is returned.  Thread-safe.
+    """
+
+    def __init__(self, repo: Repository, manifest_path: str, cache: BlobCache) -> None:
+        self.repo = repo
+        self.cache = cache
+        self._path = manifest_path
+        self._local = threading.local()
+
+    def _m(self) -> Manifest:
+        m = getattr(self._local, "m", None)
+        if m is None:
+            m = self._local.m = Manifest(self._path, validate=False)  # the daemon validated it when it opened it
+        return m
+
+    def read(self, node: Inode, offset: int, length: int) -> bytes:
+        end = min(node.size, offset + length)
+        if offset >= end:
+            return b""
+        m = self._m()
+        if node.inline:
+            return m.inline_data(node)[offset:end]
+        if node.packed:
+            pack, at = m.pack_ref(node)
+            assert pack.cid is not None
+            data = bytes(self.cache.read(pack.cid, at, node.size, size=pack.length, place=pack.place))
+            if len(data) != node.size or content_id(data) != node.content:
+                raise IntegrityError(f"a file in pack {hexid(pack.cid)} does not match its content id")
+            return data[offset:end]
+        cs = m.chunk_size
+        out = bytearray()
+        chunks = m.chunks(node.ino)
+        pos = offset
+        while pos < end:
+            c = chunks[pos // cs]
+            inner = pos - c.idx * cs
+            n = min(end - pos, c.length - inner)
+            piece = bytes(n) if c.cid is None else bytes(self.cache.read(c.cid, inner, n, size=c.length))
+            if len(piece) != n:
+                raise IntegrityError(f"chunk {c.idx} of inode {node.ino} is shorter than the manifest says")
+            out += piece
+            pos += n
+        return bytes(out)
