@@ -105,8 +105,10 @@ class Batches:
             self._tx = False
             self._tx_contents.clear()
             self.contents.clear()
-            self.pool.close()
+            old = self.pool
+            old.close()
             self.pool = SlotPool(self.state, {r[0] for r in self.db.execute("SELECT slot FROM blocks")})
+            self.pool.adopt_pins(old)
 
     def commit_if_due(self) -> None:
         """Commit the open batch if it is older than ``commit_interval`` or holds ``batch_ops`` changes."""

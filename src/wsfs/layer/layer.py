@@ -30,8 +30,9 @@ content, xattrs, what commit and status need).
 
 from __future__ import annotations
 
+import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsfs.errors import (
     AttributeTooBig,
@@ -46,6 +47,10 @@ from wsfs.format.names import NAME_MAX
 from wsfs.layer.changes import Change, changes
 from wsfs.layer.content import BLOCK, Content
 from wsfs.layer.namespace import Namespace
+
+if TYPE_CHECKING:
+    from wsfs.layer.batch import ReadBase
+    from wsfs.layer.snapshot import Snapshot
 
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
@@ -289,3 +294,44 @@ class WriteLayer(Namespace):
             return True
         has_blocks = self.db.execute("SELECT 1 FROM blocks WHERE ino = ? LIMIT 1", (ino,)).fetchall()
         return not has_blocks and r[4] == r[12] == base.size
+
+    # -- commit: snapshot, memo --------------------------------------------------
+
+    def snapshot(self, read_base: ReadBase | None = None) -> Snapshot:
+        """Commit the batch durably and return a read-only view of this moment for another thread.
+
+        *read_base* is what the view reads base content with (default: the
+        layer's own; it must be callable from the reading thread).  Close the
+        snapshot when done (:mod:`wsfs.layer.snapshot`); writes go on meanwhile.
+        """
+        from wsfs.layer.snapshot import Snapshot
+
+        self.sync_all()
+        return Snapshot(self, read_base)
+
+    def mark_published(self, snap: Snapshot) -> None:
+        """Record what *snap*'s commit published in the memo (durably), then drop its intent file.
+
+        Call on the layer's thread after :func:`wsfs.versions.commit.commit`
+        returned; nothing to do if it published nothing.
+        """
+        from wsfs.layer.snapshot import INTENT
+
+        pub = snap.publication
+        if pub is None:
+            return
+        with self._op():
+            self._begin()
+            self.db.executemany(
+                "INSERT OR REPLACE INTO published VALUES (?, ?, ?, ?)",
+                [(k, m.body, m.ino, m.ctime_ns) for k, m in pub.rows.items()],
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("published_version", pub.version), ("published_top", pub.top)],
+            )
+            self._commit(durable=True)
+        try:
+            os.unlink(INTENT, dir_fd=self.state.fd)
+        except FileNotFoundError:
+            pass
