@@ -7,11 +7,10 @@ from collections.abc import Callable, Iterator
 
 import blake3
 
+from conftest import Base
 from wsfs.format.manifest import ROOT_INO, Inode
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository
-
-from conftest import Base
 
 
 def _describe(walk: Iterator[tuple[bytes, Inode]], read: Callable[[Inode], bytes], link: Callable[[Inode], bytes],

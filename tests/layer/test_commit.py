@@ -7,13 +7,16 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from commit_support import describe_layer, describe_version
-from conftest import Base, push_tree
 from layer_support import resolve
+
+from conftest import Base, push_tree
+from wsfs.errors import NotFound, StoreUnavailable
 from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import WriteLayer
-from wsfs.versions.commit import commit_layer
+from wsfs.repository import Repository
+from wsfs.versions.commit import CommitConflict, commit, commit_layer
+from wsfs.versions.diff import record_changes
 
 
 def small_tree(src: Path) -> None:
@@ -71,3 +74,183 @@ def test_commit_of_every_kind_of_change(setup) -> None:
     # nothing changed since: nothing to commit
     record, stats = commit_layer(base.repo, lay)
     assert record is None and stats.ours == 0
+
+
+def write_file(lay: WriteLayer, path: bytes, data: bytes) -> int:
+    parent, _, name = path.rpartition(b"/")
+    pino = resolve(lay, parent).ino if parent else ROOT_INO
+    try:
+        ino = lay.lookup(pino, name).ino
+        lay.setattr(ino, size=0)
+    except NotFound:
+        ino = lay.create(pino, name, stat.S_IFREG | 0o644, 0, 0).ino
+    lay.write(ino, 0, data)
+    lay.flush(ino)
+    return ino
+
+
+def changeset_paths(base: Base, n: int) -> list[tuple[str, bytes]]:
+    repo = base.repo
+    return [(c.op, c.key) for c in record_changes(repo, repo.record("w", n - 1), repo.record("w", n))]
+
+
+def test_second_commit_publishes_only_what_changed_since_the_first(setup) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"one")
+    write_file(lay, b"d/new", b"new")
+    assert commit_layer(base.repo, lay)[0].version == 2
+    write_file(lay, b"d/x", b"changed x")
+    record, stats = commit_layer(base.repo, lay)
+    assert record.version == 3 and record.parent == 2
+    keys = {k for _, k in changeset_paths(base, 3)}
+    assert keys == {b"d\0x"}, keys  # not a.txt or d/new again
+    check_version(base, lay, 3)
+    # a change back to the base's content is a change too (against what was published)
+    lay.unlink(resolve(lay, b"d").ino, b"new")
+    record, _ = commit_layer(base.repo, lay)
+    assert (record.version, {k for _, k in changeset_paths(base, 4)}) == (4, {b"d\0new", b"\0d"})
+    check_version(base, lay, 4)
+
+
+def test_writes_after_the_snapshot_go_into_the_next_commit(setup) -> None:
+    base, lay = setup
+    ino = write_file(lay, b"a.txt", b"before")
+    big = resolve(lay, b"big.bin").ino
+    lay.write(big, 0, b"B" * 70000)  # a block of a committed slot: rewritten copy-on-write below
+    snap = lay.snapshot()
+    before = describe_layer(lay)
+    lay.write(ino, 0, b"AFTER!")  # in place? no: the snapshot committed these slots
+    lay.write(big, 10, b"C" * 100)
+    lay.unlink(ROOT_INO, b"b2.txt")
+    f = lay.create(ROOT_INO, b"late", stat.S_IFREG | 0o644, 0, 0)
+    lay.write(f.ino, 0, os.urandom(200_000))
+    lay.sync_all()  # retires slots: they must not be reused while the snapshot reads them
+    g = lay.create(ROOT_INO, b"later", stat.S_IFREG | 0o644, 0, 0)
+    lay.write(g.ino, 0, b"Z" * 300_000)  # would land in freed slots
+    lay.sync_all()
+    try:
+        record, _ = commit(base.repo, snap)
+        lay.mark_published(snap)
+    finally:
+        snap.close()
+    assert describe_version(base.repo, "w", record.version) == before
+    record, _ = commit_layer(base.repo, lay)
+    check_version(base, lay, record.version)
+
+
+def other_writer(base: Base, tmp_path: Path, edit) -> int:
+    other = open_layer(base, tmp_path / "other-state")
+    try:
+        edit(other)
+        record, _ = commit_layer(base.repo, other)
+        return record.version
+    finally:
+        other.close()
+
+
+def test_disjoint_changes_of_another_writer_are_kept(setup, tmp_path: Path) -> None:
+    base, lay = setup
+    write_file(lay, b"d/mine", b"mine")
+    write_file(lay, b"a.txt", b"mine too")
+    v = other_writer(base, tmp_path, lambda o: (write_file(o, b"d/theirs", b"theirs"), write_file(o, b"b.txt", b"b")))
+    assert v == 2
+    record, stats = commit_layer(base.repo, lay)
+    assert record.version == 3 and stats.rebased
+    tree = describe_version(base.repo, "w", 3)
+    mine = describe_layer(lay)
+    assert tree[b"d/mine"] == mine[b"d/mine"] and tree[b"a.txt"] == mine[b"a.txt"]
+    assert tree[b"d/theirs"][5][0] == 6 and tree[b"b.txt"][5][0] == 1
+    assert set(tree) == set(mine) | {b"d/theirs"}
+
+
+def test_overlapping_changes_conflict_and_ours_wins_on_request(setup, tmp_path: Path) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"mine")
+    write_file(lay, b"d/sub/new", b"below d")
+    other_writer(base, tmp_path, lambda o: write_file(o, b"a.txt", b"theirs"))
+    other_writer(base, tmp_path / "2", lambda o: (o.unlink(resolve(o, b"d/sub").ino, b"z"), o.rmdir(resolve(o, b"d").ino, b"sub")))
+    before = describe_layer(lay)
+    with pytest.raises(CommitConflict) as e:
+        commit_layer(base.repo, lay)
+    assert e.value.exit_code == 5
+    assert b"a.txt" in e.value.paths and b"d/sub" in e.value.paths and b"d/sub/new" in e.value.paths
+    assert base.repo.latest("w") == 3  # nothing published
+    assert describe_layer(lay) == before  # nothing lost
+    record, stats = commit_layer(base.repo, lay, ours=True)
+    assert record.version == 4 and b"a.txt" in stats.overwritten
+    tree = describe_version(base.repo, "w", 4)
+    assert tree[b"a.txt"] == before[b"a.txt"] and tree[b"d/sub/new"] == before[b"d/sub/new"]
+    assert b"d/sub/z" not in tree  # theirs where we did not overlap
+
+
+class LostAnswers:
+    """A store whose conditional creates succeed but answer as if the connection dropped (*lose* times)."""
+
+    def __init__(self, inner, lose: int = 1) -> None:
+        self.inner, self.lose = inner, lose
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self.inner.put_if_absent(key, data)
+        if self.lose:
+            self.lose -= 1
+            raise StoreUnavailable("connection reset by peer (after the write)")
+
+
+class Unreachable:
+    """A store that cannot be reached at all."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        def fail(*a, **kw):
+            raise StoreUnavailable("store unreachable: connection refused")
+        return fail
+
+
+def test_a_lost_answer_to_the_create_is_recognised(setup) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"lost answer")
+    repo = Repository(LostAnswers(base.repo.store), base.repo.config, base.cache_dir)
+    record, _ = commit_layer(repo, lay)
+    assert record.version == 2 and base.repo.versions("w") == [1, 2]
+    assert commit_layer(base.repo, lay)[0] is None  # the memo knows it was published
+
+
+def test_unreachable_store_keeps_everything_and_a_later_commit_succeeds(setup) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"offline")
+    before = describe_layer(lay)
+    offline = Repository(Unreachable(base.repo.store), base.repo.config, base.cache_dir)
+    with pytest.raises(StoreUnavailable) as e:
+        commit_layer(offline, lay)
+    assert e.value.exit_code == 8
+    assert describe_layer(lay) == before and base.repo.versions("w") == [1]
+    record, _ = commit_layer(base.repo, lay)
+    assert record.version == 2
+    check_version(base, lay, 2)
+
+
+def test_unreachable_after_the_create_is_recovered_from_the_intent(setup) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"published, answer lost for good")
+    repo = Repository(LostAnswers(base.repo.store, lose=1), base.repo.config, base.cache_dir)
+
+    class Blind(Repository):
+        def record(self, ws, n):  # the read-back of the new record fails too: the commit cannot tell
+            if n >= 2:
+                raise StoreUnavailable("unreachable")
+            return super().record(ws, n)
+
+    blind = Blind(repo.store, repo.config, base.cache_dir)
+    with pytest.raises(StoreUnavailable):
+        commit_layer(blind, lay)
+    assert base.repo.versions("w") == [1, 2]  # it was created
+    write_file(lay, b"b.txt", b"more")
+    record, stats = commit_layer(base.repo, lay)
+    assert stats.recovered == 2 and record.version == 3 and record.parent == 2
+    assert {k for _, k in changeset_paths(base, 3)} == {b"\0b.txt", b"\0b2.txt"}
+    check_version(base, lay, 3)
