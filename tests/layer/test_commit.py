@@ -7,15 +7,17 @@ import stat
 from pathlib import Path
 
 import pytest
-from commit_support import describe_layer, describe_version
+from commit_support import describe_layer, describe_version, layer_walk
 from layer_support import resolve
 
 from conftest import Base, push_tree
+from support.cli import Wsfs
 from wsfs.errors import NotFound, StoreUnavailable
 from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository
 from wsfs.versions.commit import CommitConflict, commit, commit_layer
+from wsfs.store import open_store
 from wsfs.versions.diff import record_changes
 
 
@@ -254,3 +256,107 @@ def test_unreachable_after_the_create_is_recovered_from_the_intent(setup) -> Non
     assert stats.recovered == 2 and record.version == 3 and record.parent == 2
     assert {k for _, k in changeset_paths(base, 3)} == {b"\0b.txt", b"\0b2.txt"}
     check_version(base, lay, 3)
+
+
+def materialize(lay: WriteLayer, dest: Path) -> None:
+    """Write the layer's merged view to *dest* as files (owners, modes, mtimes, xattrs, hard links)."""
+    d = os.fsencode(dest)
+    seen: dict[int, bytes] = {}
+    dirs: list[tuple[bytes, object]] = []
+    for path, a in layer_walk(lay):
+        p = os.path.join(d, path) if path else d
+        fmt = stat.S_IFMT(a.mode)
+        if fmt == stat.S_IFDIR:
+            if path:
+                os.mkdir(p)
+            dirs.append((p, a))
+        elif fmt == stat.S_IFLNK:
+            os.symlink(lay.readlink(a.ino), p)
+        elif fmt == stat.S_IFREG:
+            if a.ino in seen:
+                os.link(seen[a.ino], p)
+                continue
+            seen[a.ino] = p
+            with open(p, "wb") as f:
+                f.write(lay.read(a.ino, 0, a.size))
+        else:
+            os.mknod(p, a.mode, a.rdev)
+        for k, v in lay.xattrs(a.ino).items():
+            os.setxattr(p, k, v, follow_symlinks=False)
+        os.chown(p, a.uid, a.gid, follow_symlinks=False)
+        if fmt != stat.S_IFLNK:
+            os.chmod(p, stat.S_IMODE(a.mode))
+        os.utime(p, ns=(a.mtime_ns, a.mtime_ns), follow_symlinks=False)
+    for p, a in reversed(dirs):
+        for k, v in lay.xattrs(a.ino).items():
+            os.setxattr(p, k, v)
+        os.chown(p, a.uid, a.gid)
+        os.chmod(p, stat.S_IMODE(a.mode))
+        os.utime(p, ns=(a.mtime_ns, a.mtime_ns))
+
+
+def test_same_tree_same_pieces_as_push(setup, tmp_path: Path) -> None:
+    """Determinism: the version a commit publishes has the top a push of the same tree has.
+
+    No directory is created in the layer (a new directory's size is 0 in the
+    layer, a file system's own on disk: the one thing a push of a copy cannot
+    reproduce); renames, links, xattrs, symlinks, chmod, growth small -> chunked
+    and back are all in.
+    """
+    base, lay = setup
+    uid, gid = os.getuid(), os.getgid()
+    write_file(lay, b"a.txt", os.urandom(200_000))  # small (packed) -> chunked
+    big = resolve(lay, b"big.bin").ino
+    lay.setattr(big, size=1000)  # chunked -> small
+    lay.rename(ROOT_INO, b"d", ROOT_INO, b"renamed")
+    lay.link(resolve(lay, b"renamed/x").ino, resolve(lay, b"renamed/sub").ino, b"x2")
+    lay.symlink(ROOT_INO, b"s", b"renamed/x2", uid, gid)
+    lay.setxattr(resolve(lay, b"renamed/sub/z").ino, b"user.tag", b"1")
+    lay.setattr(resolve(lay, b"b.txt").ino, mode=0o751)
+    f = lay.create(ROOT_INO, b"empty", stat.S_IFREG | 0o644, uid, gid)
+    lay.create(ROOT_INO, b"fifo", stat.S_IFIFO | 0o600, uid, gid)
+    lay.release(f.ino)
+    record, _ = commit_layer(base.repo, lay)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    materialize(lay, copy)
+    w = Wsfs(str(tmp_path / "repo2"), str(tmp_path / "cache2"))
+    w("init")
+    w.push(copy, "w")
+    repo2 = Repository.open(open_store(w.repo), w.cache_dir)
+    assert repo2.record("w", 1).manifest == record.manifest
+
+
+def many_files(src: Path) -> None:
+    for d in range(40):
+        dd = src / f"dir{d:02d}"
+        dd.mkdir()
+        for f in range(75):
+            (dd / f"file{f:03d}.txt").write_bytes(f"{d}/{f} ".encode() * (20 + f))
+
+
+def test_cost_follows_the_change(tmp_path: Path) -> None:
+    """One small file modified in a 3,000-file tree: a few PUTs and little data, as push (issue 12's goals)."""
+    base = push_tree(tmp_path, many_files)
+    lay = open_layer(base, tmp_path / "state")
+    try:
+        write_file(lay, b"dir17/file042.txt", b"changed")
+        st = base.repo.store.stats
+        puts0, out0 = st.requests["put"], st.bytes_out
+        record, stats = commit_layer(base.repo, lay)
+        puts, sent = st.requests["put"] - puts0, st.bytes_out - out0
+        assert record.version == 2 and stats.changed == 1 and stats.files_read == 1
+        assert puts <= 10, puts
+        assert sent < 300_000, sent
+        assert stats.objects_uploaded == puts - 1  # all but the record
+        # 100 files spread over the tree
+        for i in range(100):
+            write_file(lay, b"dir%02d/file%03d.txt" % (i % 40, (i * 7) % 75), b"again %d" % i)
+        puts0, out0 = st.requests["put"], st.bytes_out
+        record, stats = commit_layer(base.repo, lay)
+        assert stats.changed == 100 and stats.files_read == 100
+        assert st.bytes_out - out0 < 2_000_000, st.bytes_out - out0
+        check_version(base, lay, 3)
+    finally:
+        lay.close()
+        base.m.close()
