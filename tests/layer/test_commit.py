@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,8 @@ from wsfs.errors import NotFound, StoreUnavailable
 from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository
-from wsfs.versions.commit import CommitConflict, commit, commit_layer
 from wsfs.store import open_store
+from wsfs.versions.commit import CommitConflict, commit, commit_layer
 from wsfs.versions.diff import record_changes
 
 
@@ -357,6 +361,44 @@ def test_cost_follows_the_change(tmp_path: Path) -> None:
         assert stats.changed == 100 and stats.files_read == 100
         assert st.bytes_out - out0 < 2_000_000, st.bytes_out - out0
         check_version(base, lay, 3)
+    finally:
+        lay.close()
+        base.m.close()
+
+
+def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
+    """Commits killed at random moments publish a whole version or none; the layer then commits once."""
+    base = push_tree(tmp_path, small_tree)
+    state = tmp_path / "state"
+    lay = open_layer(base, state)
+    for i in range(8):
+        write_file(lay, b"big%d" % i, os.urandom(6 << 20))
+    lay.mkdir(ROOT_INO, b"many", 0o755, 0, 0)
+    for i in range(400):
+        write_file(lay, b"many/f%d" % i, os.urandom(100 + i))
+    expected = describe_layer(lay)
+    lay.close()
+    here = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parents[1] / "src"), str(here.parent), str(here)]))
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    outcomes = []
+    for delay in (0.01, 0.03, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6):
+        child = subprocess.Popen([sys.executable, str(here / "commit_child.py"), base.repo_url, base.cache_dir, "w",
+                                  str(state)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"S\n"
+        time.sleep(delay * rng.uniform(0.5, 1.5))
+        child.kill()
+        outcomes.append(child.communicate()[0].strip() or b"killed")
+        assert base.repo.versions("w") in ([1], [1, 2])
+    lay = open_layer(base, state)
+    try:
+        record, _ = commit_layer(base.repo, lay)
+        print("commit kill test:", outcomes)
+        assert base.repo.versions("w") == [1, 2], outcomes
+        assert describe_layer(lay) == expected
+        check_version(base, lay, 2)
+        assert commit_layer(base.repo, lay)[0] is None
     finally:
         lay.close()
         base.m.close()
