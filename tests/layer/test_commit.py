@@ -16,7 +16,7 @@ from layer_support import resolve
 
 from conftest import Base, push_tree
 from support.cli import Wsfs
-from wsfs.errors import NotFound, StoreUnavailable
+from wsfs.errors import NotFound, StoreUnavailable, UsageError
 from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository
@@ -402,3 +402,50 @@ def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
     finally:
         lay.close()
         base.m.close()
+
+
+def test_pending_is_the_delta_since_the_last_commit(setup) -> None:
+    base, lay = setup
+    assert lay.pending() == []
+    write_file(lay, b"a.txt", b"12345")
+    write_file(lay, b"d/new", b"new")
+    lay.unlink(ROOT_INO, b"link")
+    got = {(p.path, p.kind, p.size) for p in lay.pending()}
+    assert got == {(b"a.txt", "M", 5), (b"d/new", "A", 3), (b"link", "D", 0), (b"d", "M", 4096)} | (
+        {(b"", "M", lay.getattr(ROOT_INO).size)})
+    commit_layer(base.repo, lay)
+    assert lay.pending() == []
+    write_file(lay, b"d/new", b"newer")
+    lay.symlink(ROOT_INO, b"link", b"b.txt", 0, 0)
+    got = {(p.path, p.kind) for p in lay.pending()}
+    assert got == {(b"d/new", "M"), (b"link", "A"), (b"", "M")}
+    commit_layer(base.repo, lay)
+    assert lay.pending() == []
+
+
+def test_discard_goes_back_to_the_base(setup) -> None:
+    base, lay = setup
+    before = describe_layer(lay)
+    write_file(lay, b"a.txt", b"changed")
+    write_file(lay, b"d/new", b"new")
+    lay.mkdir(resolve(lay, b"d").ino, b"nd", 0o755, 0, 0)
+    write_file(lay, b"d/nd/deep", b"deep")
+    lay.unlink(resolve(lay, b"d/sub").ino, b"z")
+    lay.setxattr(resolve(lay, b"big.bin").ino, b"user.x", b"1")
+    lay.write(resolve(lay, b"big.bin").ino, 10, b"zz")
+    affected = lay.discard([b"d", b"a.txt"])
+    assert {p for p, _ in affected} >= {b"a.txt", b"d/new", b"d/nd", b"d/nd/deep", b"d/sub/z"}
+    assert {p.path for p in lay.pending()} == {b"big.bin"}
+    lay.discard()
+    assert lay.pending() == [] and describe_layer(lay) == before
+    # after a commit, a path changed again cannot go back to the base (no re-base yet): refused, nothing changed
+    write_file(lay, b"a.txt", b"committed")
+    commit_layer(base.repo, lay)
+    write_file(lay, b"a.txt", b"again")
+    write_file(lay, b"fresh", b"fresh")
+    now = describe_layer(lay)
+    with pytest.raises(UsageError):
+        lay.discard([b"a.txt"])
+    assert describe_layer(lay) == now
+    lay.discard([b"fresh"])
+    assert {p.path for p in lay.pending()} == {b"a.txt", b""}

@@ -102,13 +102,21 @@ class Batches:
         """SQLite may roll a batch back on SQLITE_FULL: then memory is reloaded to the last commit."""
         if self._tx and not self.db.in_transaction:
             log.error("the state folder %s is full: the changes since the last commit were lost", self.state.path)
-            self._tx = False
-            self._tx_contents.clear()
-            self.contents.clear()
-            old = self.pool
-            old.close()
-            self.pool = SlotPool(self.state, {r[0] for r in self.db.execute("SELECT slot FROM blocks")})
-            self.pool.adopt_pins(old)
+            self._reload()
+
+    def _reload(self) -> None:
+        """Roll the open batch back (if SQLite has not) and reload memory from the last commit."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self._tx = False
+        self._tx_ops = 0
+        self._tx_contents.clear()
+        self.contents.clear()
+        self._base_parents = None
+        old = self.pool
+        old.close()
+        self.pool = SlotPool(self.state, {r[0] for r in self.db.execute("SELECT slot FROM blocks")})
+        self.pool.adopt_pins(old)
 
     def commit_if_due(self) -> None:
         """Commit the open batch if it is older than ``commit_interval`` or holds ``batch_ops`` changes."""

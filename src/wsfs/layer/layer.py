@@ -47,6 +47,7 @@ from wsfs.format.names import NAME_MAX
 from wsfs.layer.changes import Change, changes
 from wsfs.layer.content import BLOCK, Content
 from wsfs.layer.namespace import Namespace
+from wsfs.layer.pending import Pending, discard, pending
 
 if TYPE_CHECKING:
     from wsfs.layer.batch import ReadBase
@@ -295,7 +296,15 @@ class WriteLayer(Namespace):
         has_blocks = self.db.execute("SELECT 1 FROM blocks WHERE ino = ? LIMIT 1", (ino,)).fetchall()
         return not has_blocks and r[4] == r[12] == base.size
 
-    # -- commit: snapshot, memo --------------------------------------------------
+    # -- commit: snapshot, memo, status, discard -----------------------------------
+
+    def pending(self) -> list[Pending]:
+        """What the next commit would publish (A/D/M/T, sizes), cheaply: :mod:`wsfs.layer.pending`."""
+        return pending(self)
+
+    def discard(self, paths: list[bytes] | None = None) -> list[tuple[bytes, int]]:
+        """Drop pending changes (all, or at and below *paths*); ``(path, inode)`` of what changed: :mod:`wsfs.layer.pending`."""
+        return discard(self, paths)
 
     def snapshot(self, read_base: ReadBase | None = None) -> Snapshot:
         """Commit the batch durably and return a read-only view of this moment for another thread.
