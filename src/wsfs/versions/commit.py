@@ -388,6 +388,9 @@ def commit(
             if cur.get(k) != ref:
                 delta[k] = (ref, cur.get(k))
         stats.ours = len(delta)
+        # Every key that differs from the base in the layer's terms (status shows them) is memoised too,
+        # also where its record did not change (a further name of a hard-linked file written to).
+        seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
         if not delta:
             stats.seconds = time.monotonic() - t0
             return None, stats
@@ -423,7 +426,8 @@ def commit(
             stats.chunks_uploaded = push_stats.blobs_uploaded
             stats.objects_uploaded = push_stats.blobs_uploaded + stored.objects
             stats.bytes_uploaded = push_stats.bytes_uploaded + stored.bytes
-            rows = {**(recovered.rows if recovered else {}), **{k: _memo(view, k, cur) for k in delta.keys() | clash}}
+            rows = {**(recovered.rows if recovered else {}),
+                    **{k: _memo(view, k, cur) for k in delta.keys() | clash | seen}}
             if stored.top_id == parent.top:  # the head already holds our changes: nothing to publish
                 snap.publication = Publication(head, parent.top.hex(), b"", rows)
                 stats.seconds = time.monotonic() - t0
