@@ -449,3 +449,34 @@ def test_discard_goes_back_to_the_base(setup) -> None:
     assert describe_layer(lay) == now
     lay.discard([b"fresh"])
     assert {p.path for p in lay.pending()} == {b"a.txt", b""}
+
+
+@pytest.mark.parametrize("store_kind", ["s3"], indirect=True)
+def test_two_writers_over_s3(repo_url, subprocess_env, store, tmp_path: Path) -> None:
+    """Two layers over one version commit to S3 over HTTP: disjoint changes both land; an overlap conflicts."""
+    src = tmp_path / "src"
+    src.mkdir()
+    small_tree(src)
+    w = Wsfs(repo_url, str(tmp_path / "cache"), subprocess_env)
+    w("init")
+    w.push(src, "w")
+    repo = Repository.open(store, str(tmp_path / "cache"))
+    base = Base(repo, "w", 1, repo_url, str(tmp_path / "cache"))
+    one, two = open_layer(base, tmp_path / "one"), open_layer(base, tmp_path / "two")
+    try:
+        write_file(one, b"d/one", os.urandom(5 << 20))  # chunked
+        write_file(two, b"two", b"two")
+        write_file(two, b"a.txt", b"two's")
+        assert commit_layer(repo, one)[0].version == 2
+        record, stats = commit_layer(repo, two)
+        assert record.version == 3 and stats.rebased
+        tree = describe_version(repo, "w", 3)
+        assert tree[b"d/one"] == describe_layer(one)[b"d/one"] and tree[b"two"] == describe_layer(two)[b"two"]
+        write_file(one, b"a.txt", b"one's")
+        with pytest.raises(CommitConflict) as e:
+            commit_layer(repo, one)
+        assert e.value.paths == [b"a.txt"] and repo.latest("w") == 3
+    finally:
+        one.close()
+        two.close()
+        base.m.close()
