@@ -117,8 +117,9 @@ def _ino(lay: WriteLayer, path: bytes) -> int:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rounds=rounds)
-def test_committed_versions_check_out_as_the_layer_was(repo_dir, rounds) -> None:
+@given(rounds=rounds, full=st.booleans())
+def test_committed_versions_check_out_as_the_layer_was(repo_dir, rounds, full) -> None:
+    """*full*: commit compares the whole merged view with the base, not only the paths the layer changed."""
     tmp, w, src = repo_dir
     n = next(_n)
     ws = f"s{n}"
@@ -138,7 +139,7 @@ def test_committed_versions_check_out_as_the_layer_was(repo_dir, rounds) -> None
                 _apply(lay, kind, a, b, k)
                 k += 1
             try:
-                record, _ = commit(repo, snap)
+                record, _ = commit(repo, snap, _full=full)
                 lay.mark_published(snap)
             finally:
                 snap.close()

@@ -64,6 +64,8 @@ from wsfs.format.manifest import ROOT_INO, Inode, content_id_chunked
 from wsfs.format.records import VersionRecord
 from wsfs.format.tree import (
     EMPTY_ID,
+    F_LINK,
+    F_LINKED,
     ZERO_ID,
     Change,
     Entry,
@@ -77,6 +79,7 @@ from wsfs.format.tree import (
     with_link_names,
 )
 from wsfs.fsops import XATTR_PREFIX
+from wsfs.layer.pending import _resolve
 from wsfs.layer.snapshot import Memo, Publication, Snapshot
 from wsfs.repository import Repository
 from wsfs.versions.diff import record_changes
@@ -141,10 +144,12 @@ class _View:
                     self._known[(m.ino, m.ctime_ns)] = e
         # key -> (entry, inode, ctime)
         self.entries: dict[bytes, tuple[Entry, int, int]] = {}
+        self.hard_links = False
 
     def read_all(self) -> None:
         """Walk the whole merged view (parents before children); hard links resolved as push does."""
         snap = self.snap
+        self.entries.clear()
         links: dict[int, list[bytes]] = {}
         root = snap.getattr(ROOT_INO)
         self._add(b"", root, links)
@@ -161,6 +166,15 @@ class _View:
                 e, ino, ctime = self.entries[first]
                 for k in keys:
                     self.entries[k] = (e._replace(key=k, linked=True) if k == first else Entry(k, link=first), ino, ctime)
+
+    def read_keys(self, keys: set[bytes]) -> None:
+        """Read the entries at *keys* only (absent keys are left out); :attr:`hard_links` if any is one."""
+        for key in sorted(keys):
+            a = _resolve(self.snap, path_of(key) if key else b"")
+            if a is not None:
+                self._add(key, a, {})
+                if a.is_reg and a.nlink > 1:
+                    self.hard_links = True
 
     def _add(self, key: bytes, a: Inode, links: dict[int, list[bytes]]) -> bool:
         e = self.entry(key, a)
@@ -310,6 +324,23 @@ def _their_changes(repo: Repository, ws: str, since: int, head: int) -> dict[byt
     return out
 
 
+def _bodies_at(repo: Repository, record: VersionRecord, keys: set[bytes] | None) -> dict[bytes, bytes]:
+    """Record bodies of *record*'s version at *keys* (all if None), fetching only the ranges holding them."""
+    import bisect
+
+    refs = repo.version_refs(record, packs=False)[0]
+    if keys is not None:
+        firsts = [r.first for r in refs]
+        want = sorted({i for k in keys if (i := bisect.bisect_right(firsts, k) - 1) >= 0 and k <= refs[i].last})
+        refs = [refs[i] for i in want]
+    out: dict[bytes, bytes] = {}
+    for run, bodies in repo.version_range_bodies(refs):
+        for e, body in zip(run, bodies, strict=True):
+            if keys is None or e.key in keys:
+                out[e.key] = body
+    return out
+
+
 def _check_tree(entries: list[Entry]) -> list[bytes]:
     """Paths that make the sorted *entries* no valid tree (a parent that is no directory, a broken hard link)."""
     dirs: set[bytes] = set()
@@ -345,6 +376,7 @@ def commit(
     ours: bool = False,
     workers: int = 8,
     progress: Callable[[int], None] = lambda n: None,
+    _full: bool = False,
 ) -> tuple[VersionRecord | None, CommitStats]:
     """Publish what *snap* changed since the layer's last commit as the next version of its workspace.
 
@@ -372,26 +404,49 @@ def commit(
     try:
         head = repo.latest(ws) or last_v
         view = _View(snap, repo, uploader, spill, stats)
-        base_parent = Parent.load(repo, ws, snap.base_id.version) if head != snap.base_id.version else None
         parent = Parent.load(repo, ws, head)
         uploader.known.update(parent.chunks)
-        view.read_all()
+        base_rec = repo.record(ws, snap.base_id.version)
+        # Every key that differs from the base in the layer's terms (status shows them) is memoised,
+        # also where its record did not change (a further name of a hard-linked file written to).
+        seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
+        # Candidates: what differs from the base, and what we committed.  Any other key holds the
+        # base's entry in the merged view, and the base's record (the same code encodes both).
+        # Hard links spoil that (a name's record depends on the file's other names): then the
+        # whole merged view is read and compared.
+        keys = seen | memo.keys()
+        if not _full:
+            view.read_keys(keys)
+        if _full or view.hard_links or any(m.body and m.body[0] & (F_LINK | F_LINKED) for m in memo.values()):
+            view.read_all()
+            keys = None
+        # The reference of each key: the memo's body where we committed before, else the base's.
+        if head == snap.base_id.version:
+            base_bodies = {k: body for k, (_, body) in parent.records.items()}
+        else:
+            base_bodies = _bodies_at(repo, base_rec, None if keys is None else keys - memo.keys())
+        if keys is not None:
+            base_bodies = {k: b for k, b in base_bodies.items() if k in keys}
+            if any(b[0] & (F_LINK | F_LINKED) for b in base_bodies.values()):  # a base hard link: read all
+                view.read_all()
+                keys = None
+                base_bodies = ({k: body for k, (_, body) in parent.records.items()} if head == snap.base_id.version
+                               else _bodies_at(repo, base_rec, None))
         uploader.close()
         progress(len(view.entries))
-        # The reference of each key: the memo's body where we committed before, else the base's.
-        base = base_parent if base_parent is not None else parent
-        base_bodies = {k: body for k, (_, body) in base.records.items()}
         cur = {k: encode_body(e, layout) for k, (e, _, _) in view.entries.items()}
         delta: dict[bytes, tuple[bytes | None, bytes | None]] = {}
-        for k in cur.keys() | memo.keys() | base_bodies.keys():
+        for k in (cur.keys() | memo.keys() | base_bodies.keys()) if keys is None else keys:
             ref = memo[k].body if k in memo else base_bodies.get(k)
             if cur.get(k) != ref:
                 delta[k] = (ref, cur.get(k))
         stats.ours = len(delta)
-        # Every key that differs from the base in the layer's terms (status shows them) is memoised too,
-        # also where its record did not change (a further name of a hard-linked file written to).
-        seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
         if not delta:
+            news = seen - memo.keys()
+            if news:  # nothing to publish, but keys to memoise (no version: the last one stays)
+                rows = {**(recovered.rows if recovered else {}), **{k: _memo(view, k, cur) for k in news}}
+                top = recovered.top if recovered else snap.published_top
+                snap.publication = Publication(last_v, top, b"", rows)
             stats.seconds = time.monotonic() - t0
             return None, stats
         # A hard-linked file changed under all its names: they all take part in the conflict check.
