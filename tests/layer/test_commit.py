@@ -480,3 +480,48 @@ def test_two_writers_over_s3(repo_url, subprocess_env, store, tmp_path: Path) ->
         one.close()
         two.close()
         base.m.close()
+
+
+def test_a_format_1_state_folder_gets_the_memo(setup, tmp_path: Path) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"before the upgrade")
+    lay.close()
+    import apsw
+
+    db = apsw.Connection(str(tmp_path / "state" / "layer.db"))
+    db.execute("DROP TABLE published; UPDATE meta SET value = 1 WHERE key = 'format'")
+    db.close()
+    lay2 = open_layer(base, tmp_path / "state")
+    try:
+        assert [p.path for p in lay2.pending()] == [b"a.txt"]
+        assert commit_layer(base.repo, lay2)[0].version == 2
+        check_version(base, lay2, 2)
+    finally:
+        lay2.close()
+
+
+class Racing:
+    """A store where another writer publishes just before our first conditional create."""
+
+    def __init__(self, inner, race) -> None:
+        self.inner, self.race = inner, race
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        if self.race is not None:
+            race, self.race = self.race, None
+            race()
+        self.inner.put_if_absent(key, data)
+
+
+def test_a_version_published_during_the_commit_is_rebased_onto(setup, tmp_path: Path) -> None:
+    base, lay = setup
+    write_file(lay, b"d/mine", b"mine")
+    repo = Repository(Racing(base.repo.store, lambda: other_writer(base, tmp_path, lambda o: write_file(o, b"theirs", b"t"))),
+                      base.repo.config, base.cache_dir)
+    record, stats = commit_layer(repo, lay)
+    assert record.version == 3 and record.parent == 2 and stats.rebased
+    tree = describe_version(base.repo, "w", 3)
+    assert b"theirs" in tree and tree[b"d/mine"] == describe_layer(lay)[b"d/mine"]
