@@ -58,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from wsfs.errors import Conflict, NotFound, StoreUnavailable
+from wsfs.errors import Conflict, IntegrityError, NotFound, StoreUnavailable
 from wsfs.format.blobs import content_id
 from wsfs.format.manifest import ROOT_INO, Inode, content_id_chunked
 from wsfs.format.records import VersionRecord
@@ -404,8 +404,6 @@ def commit(
     try:
         head = repo.latest(ws) or last_v
         view = _View(snap, repo, uploader, spill, stats)
-        parent = Parent.load(repo, ws, head)
-        uploader.known.update(parent.chunks)
         base_rec = repo.record(ws, snap.base_id.version)
         # Every key that differs from the base in the layer's terms (status shows them) is memoised,
         # also where its record did not change (a further name of a hard-linked file written to).
@@ -414,24 +412,19 @@ def commit(
         # base's entry in the merged view, and the base's record (the same code encodes both).
         # Hard links spoil that (a name's record depends on the file's other names): then the
         # whole merged view is read and compared.
-        keys = seen | memo.keys()
+        keys: set[bytes] | None = seen | memo.keys()
         if not _full:
             view.read_keys(keys)
         if _full or view.hard_links or any(m.body and m.body[0] & (F_LINK | F_LINKED) for m in memo.values()):
-            view.read_all()
             keys = None
-        # The reference of each key: the memo's body where we committed before, else the base's.
-        if head == snap.base_id.version:
-            base_bodies = {k: body for k, (_, body) in parent.records.items()}
-        else:
-            base_bodies = _bodies_at(repo, base_rec, None if keys is None else keys - memo.keys())
-        if keys is not None:
-            base_bodies = {k: b for k, b in base_bodies.items() if k in keys}
-            if any(b[0] & (F_LINK | F_LINKED) for b in base_bodies.values()):  # a base hard link: read all
-                view.read_all()
-                keys = None
-                base_bodies = ({k: body for k, (_, body) in parent.records.items()} if head == snap.base_id.version
-                               else _bodies_at(repo, base_rec, None))
+        # The reference of each key: the memo's body where we committed before, else the base's
+        # (only the base's ranges holding candidates are read, from the local piece cache).
+        base_bodies = _bodies_at(repo, base_rec, None if keys is None else keys - memo.keys())
+        if keys is not None and any(b[0] & (F_LINK | F_LINKED) for b in base_bodies.values()):
+            keys = None  # a hard link of the base among them
+            base_bodies = _bodies_at(repo, base_rec, None)
+        if keys is None:
+            view.read_all()
         uploader.close()
         progress(len(view.entries))
         cur = {k: encode_body(e, layout) for k, (e, _, _) in view.entries.items()}
@@ -449,6 +442,7 @@ def commit(
                 snap.publication = Publication(last_v, top, b"", rows)
             stats.seconds = time.monotonic() - t0
             return None, stats
+        parent = Parent.load(repo, ws, head)  # what the new version is built on
         # A hard-linked file changed under all its names: they all take part in the conflict check.
         links = ((e.key, e.link, cur[k]) for k, (e, _, _) in view.entries.items() if e.link is not None)
         checked = {c.key: (c.old, c.new) for c in with_link_names([Change(k, *delta[k]) for k in sorted(delta)], links)}
@@ -466,6 +460,7 @@ def commit(
                     tree[k] = view.entries[k][0]
             tree.update(merged_dirs)
             stats.overwritten = []
+            view.read_keys({k for k in clash if k not in view.entries})  # ours where we did not change it
             for k in sorted(clash):  # ours=True: our merged view at every overlapping key
                 stats.overwritten.append(path_of(k))
                 if k in view.entries:
@@ -581,7 +576,7 @@ def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill) -
             if data is None:
                 data = from_head(cid)
             if data is None or content_id(data) != cid:
-                raise StoreUnavailable(f"the content of a small file ({cid.hex()[:16]}) could not be found")
+                raise IntegrityError(f"the content of a small file ({cid.hex()[:16]}) could not be found")
             out.append(data)
         return b"".join(out)
 
