@@ -18,6 +18,7 @@ from conftest import Base, push_tree
 from support.cli import Wsfs
 from wsfs.errors import NotFound, StoreUnavailable, UsageError
 from wsfs.format.manifest import ROOT_INO
+from wsfs.format.tree import ZERO_ID
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository
 from wsfs.store import open_store
@@ -74,9 +75,17 @@ def test_commit_of_every_kind_of_change(setup) -> None:
     lay.write(big.ino, 5 << 20, b"tail")  # into the second chunk: the first keeps its id
     lay.setattr(resolve(lay, b"b.txt").ino, size=10)
     assert d.ino == resolve(lay, b"e").ino
+    sparse = lay.create(root, b"sparse", stat.S_IFREG | 0o644, 0, 0)
+    lay.setattr(sparse.ino, size=13 << 20)  # holes: chunks of zeros, not stored
+    lay.write(sparse.ino, 9 << 20, b"island")
+    lay.release(sparse.ino)
+    lay.create(root, b"empty", stat.S_IFREG | 0o644, 0, 0)
     record, stats = commit_layer(base.repo, lay, message="one")
     assert record is not None and record.version == 2 and stats.version == 2
     check_version(base, lay, 2)
+    entries = {e.key: e for run in base.repo.version_ranges(base.repo.version_refs(record)[0]) for e in run}
+    assert [c == ZERO_ID for c in entries[b"\0sparse"].chunks] == [True, True, False, True]
+    assert entries[b"\0big.bin"].chunks[0] == next(c.cid for c in base.m.chunks(big.ino) if c.idx == 0)
     # nothing changed since: nothing to commit
     record, stats = commit_layer(base.repo, lay)
     assert record is None and stats.ours == 0

@@ -264,8 +264,10 @@ class WriteLayer(Namespace):
         """Per chunk of regular file *ino*: the base chunk if unchanged (its id is reused), else None (read it).
 
         A chunk is unchanged when no block inside it was written and it lies
-        wholly below ``base_size`` with the base chunk's length; only the
-        others need reading (through :meth:`read`) and hashing at commit.
+        wholly below ``base_size`` with the base chunk's length; a chunk with
+        no written block wholly at or beyond ``base_size`` is zeros (a
+        ``Chunk`` whose ``cid`` is None); only the others need reading
+        (through :meth:`read`) and hashing at commit.
         """
         a = self.getattr(ino)
         cs = self.m.chunk_size
@@ -279,6 +281,8 @@ class WriteLayer(Namespace):
             ch = chunks.get(i)
             length = min(cs, a.size - i * cs)
             ok = ch is not None and i not in written and i * cs + ch.length <= c.base_size and ch.length == length
+            if not ok and i not in written and i * cs >= c.base_size:
+                ch, ok = Chunk(i, None, length), True  # beyond the base's bytes, never written: zeros
             out.append(ch if ok else None)
         return out
 
