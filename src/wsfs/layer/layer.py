@@ -333,6 +333,9 @@ class WriteLayer(Namespace):
         pub = snap.publication
         if pub is None:
             return
+        done = self.db.execute("SELECT value FROM meta WHERE key = 'published_version'").fetchall()
+        if done and done[0][0] > pub.version:
+            raise InvalidArgument(f"a newer commit (version {done[0][0]}) was recorded already")
         with self._op():
             self._begin()
             self.db.executemany(

@@ -105,23 +105,13 @@ class Snapshot(WriteLayer):
         self.db.execute("PRAGMA query_only=ON")
         self.db.execute("BEGIN")
         meta = dict(self.db.execute("SELECT key, value FROM meta"))  # the read transaction starts here
-        self.base_max: int = meta["base_max_ino"]
-        self._next_ino: int = meta["next_ino"]
+        self._init_memory(meta)
         # The last version this layer published (initially its base) and the memo, as of this snapshot.
         self.published_version: int = meta.get("published_version", self.base_id.version)
         self.published_top: str = meta.get("published_top", self.base_id.top)
         self.published: dict[bytes, Memo] = {
             k: Memo(b, i, c) for k, b, i, c in self.db.execute("SELECT key, body, ino, ctime_ns FROM published")
         }
-        self.contents = {}
-        self.opens = {}
-        self._tx = False
-        self._tx_start = 0.0
-        self._tx_ops = 0
-        self._tx_contents = set()
-        self._base_parents = None
-        self._wal_fd = -1
-        self._closed = False
         self.publication: Publication | None = None  # set by a commit that published (or recovered) a version
         self._pins.add(self)
 
