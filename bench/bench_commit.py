@@ -2,7 +2,11 @@
 
 Not collected by pytest.  Run from the repository root::
 
-    PYTHONPATH=src python bench/bench_commit.py [--files 20000] [--dir DIR]
+    PYTHONPATH=src python bench/bench_commit.py [--files 20000] [--dir DIR] [--s3 --rtt MS]
+
+With ``--s3`` the repository is in a SeaweedFS S3 server on loopback
+(``tests/support/s3server.py``), reached through ``latency_proxy.py`` with
+``--rtt`` ms of round trip (default 20) per request.
 
 Generates the tree of ``bench_push_checkout.py`` (``--files`` regular files),
 pushes it into a fresh local repository (in-process), opens a write layer
@@ -29,8 +33,11 @@ import stat
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from bench_push_checkout import TreeGen  # noqa: E402
 
@@ -82,50 +89,67 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=20000)
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--s3", action="store_true")
+    ap.add_argument("--rtt", type=float, default=20.0)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="wsfs-bench-commit-", dir=args.dir)
     try:
-        src = os.path.join(work, "src")
-        gen = TreeGen(seed=1, pool_bytes=8 << 20)
-        gen.generate(src, args.files)
-        store = open_store(os.path.join(work, "repo"))
-        repo = Repository.init(store, RepoConfig(), os.path.join(work, "cache"))
-        t = time.monotonic()
-        record, _ = push(repo, src, "w", exclude={})
-        print(f"tree: {gen.files} files, {gen.dirs} dirs, {gen.symlinks} symlinks, {gen.bytes / 1e6:.1f} MB; "
-              f"push {time.monotonic() - t:.2f} s")
-        m = repo.open_manifest(record)
-        lay = WriteLayer(os.path.join(work, "state"), m, BaseId("w", 1, record.manifest), read_base_of(repo, m))
-        files = files_of(lay)
-        rng = random.Random(2)
+        if not args.s3:
+            return run(args, work, os.path.join(work, "repo"))
+        from latency_proxy import LatencyProxy
 
-        def modify(n: int) -> None:
-            for ino, _ in rng.sample(files, n):
-                lay.write(ino, 0, b"edited %d\n" % rng.randrange(1 << 30))
-                lay.flush(ino)
+        from support.s3server import seaweedfs_server, server_env
 
-        def add_package() -> None:
-            d = lay.mkdir(ROOT_INO, b"new-package-%d" % rng.randrange(1 << 30), 0o755, 0, 0)
-            for i in range(50):
-                f = lay.create(d.ino, b"file%d.js" % i, stat.S_IFREG | 0o644, 0, 0)
-                lay.write(f.ino, 0, os.urandom(200 + 40 * i))
-                lay.release(f.ino)
-
-        print(f"{'edit':<28} {'commit s':>9} {'PUTs':>5} {'uploaded':>10} {'changeset':>9} {'files read':>10}")
-        for label, edit in (("1 file modified", lambda: modify(1)), ("100 files modified", lambda: modify(100)),
-                            ("package added (50 files)", add_package), ("nothing changed", lambda: None)):
-            edit()
-            puts, sent = store.stats.requests["put"], store.stats.bytes_out
-            t = time.monotonic()
-            rec, st = commit_layer(repo, lay)
-            dt = time.monotonic() - t
-            print(f"{label:<28} {dt:>9.2f} {store.stats.requests['put'] - puts:>5} "
-                  f"{(store.stats.bytes_out - sent) / 1024:>8.1f} KiB {st.changed:>9} {st.files_read:>10}"
-                  + ("" if rec else "  (no version)"))
-        lay.close()
-        m.close()
+        with seaweedfs_server(Path(work) / "s3") as s3:
+            port = int(s3.endpoint_url.rsplit(":", 1)[1])
+            with LatencyProxy(port, args.rtt) as proxy:
+                os.environ.update(server_env(proxy.url))
+                print(f"S3: SeaweedFS on loopback behind latency_proxy.py, {args.rtt:g} ms RTT")
+                return run(args, work, f"s3://{s3.bucket}/bench-commit")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: str, url: str) -> int:
+    src = os.path.join(work, "src")
+    gen = TreeGen(seed=1, pool_bytes=8 << 20)
+    gen.generate(src, args.files)
+    store = open_store(url)
+    repo = Repository.init(store, RepoConfig(), os.path.join(work, "cache"))
+    t = time.monotonic()
+    record, _ = push(repo, src, "w", exclude={})
+    print(f"tree: {gen.files} files, {gen.dirs} dirs, {gen.symlinks} symlinks, {gen.bytes / 1e6:.1f} MB; "
+          f"push {time.monotonic() - t:.2f} s")
+    m = repo.open_manifest(record)
+    lay = WriteLayer(os.path.join(work, "state"), m, BaseId("w", 1, record.manifest), read_base_of(repo, m))
+    files = files_of(lay)
+    rng = random.Random(2)
+
+    def modify(n: int) -> None:
+        for ino, _ in rng.sample(files, n):
+            lay.write(ino, 0, b"edited %d\n" % rng.randrange(1 << 30))
+            lay.flush(ino)
+
+    def add_package() -> None:
+        d = lay.mkdir(ROOT_INO, b"new-package-%d" % rng.randrange(1 << 30), 0o755, 0, 0)
+        for i in range(50):
+            f = lay.create(d.ino, b"file%d.js" % i, stat.S_IFREG | 0o644, 0, 0)
+            lay.write(f.ino, 0, os.urandom(200 + 40 * i))
+            lay.release(f.ino)
+
+    print(f"{'edit':<28} {'commit s':>9} {'PUTs':>5} {'uploaded':>10} {'changeset':>9} {'files read':>10}")
+    for label, edit in (("1 file modified", lambda: modify(1)), ("100 files modified", lambda: modify(100)),
+                        ("package added (50 files)", add_package), ("nothing changed", lambda: None)):
+        edit()
+        puts, sent = store.stats.requests["put"], store.stats.bytes_out
+        t = time.monotonic()
+        rec, st = commit_layer(repo, lay)
+        dt = time.monotonic() - t
+        print(f"{label:<28} {dt:>9.2f} {store.stats.requests['put'] - puts:>5} "
+              f"{(store.stats.bytes_out - sent) / 1024:>8.1f} KiB {st.changed:>9} {st.files_read:>10}"
+              + ("" if rec else "  (no version)"))
+    lay.close()
+    m.close()
     return 0
 
 
