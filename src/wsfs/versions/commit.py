@@ -54,7 +54,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -471,7 +471,7 @@ def commit(
             bad = _check_tree(entries)
             if bad:
                 raise CommitConflict(bad, " (merging them would give no valid tree)")
-            stored = store_tree(repo, parent, entries, None, _pack_source(repo, parent, view, spill), workers)
+            stored = store_tree(repo, parent, entries, None, _pack_source(repo, parent, view, spill, delta, workers), workers)
             stats.changed = stored.changed or 0
             stats.chunks_uploaded = push_stats.blobs_uploaded
             stats.objects_uploaded = push_stats.blobs_uploaded + stored.objects
@@ -537,18 +537,39 @@ def _tree_stats(entries: list[Entry]) -> dict[str, int]:
     return s
 
 
-def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill) -> Callable[[PackPlan], bytes]:
-    """Bytes of a pack to build: small files read by this commit, else the base (through the snapshot), else the head's packs."""
+def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, changed: Iterable[bytes],
+                 workers: int) -> Callable[[PackPlan], bytes]:
+    """Bytes of a pack to build: small files read by this commit, else the base (through the snapshot), else the head's packs.
+
+    The head's packs around the *changed* keys (the one whose key range
+    holds a key, and the next: a new cut can join them) are fetched first,
+    in parallel: those are the packs a change re-cuts.
+    """
+    import bisect
+    from concurrent.futures import ThreadPoolExecutor
+
     layout = repo.config.layout
     where: dict[bytes, tuple[int, int, int]] | None = None  # content id -> (index of the head's pack, offset, size)
     packs: dict[int, bytes] = {}
+    refs = parent.pack_refs
+
+    def fetch(i: int) -> bytes:
+        ref = refs[i]
+        return bytes(repo.get_blob(ref.id, ref.size, "pack", place=parent.places.get(ref.id)))
+
+    firsts = [r.first for r in refs]
+    near = sorted({j for k in changed for i in [bisect.bisect_right(firsts, k) - 1] for j in (i, i + 1)
+                   if 0 <= j < len(refs)})
+    if near:
+        with ThreadPoolExecutor(max_workers=min(workers, len(near)), thread_name_prefix="wsfs-packs") as ex:
+            packs.update(zip(near, ex.map(fetch, near), strict=True))
 
     def from_head(cid: bytes) -> bytes | None:
         nonlocal where
         if where is None:
             where = {}
             files = (e for e, _ in parent.records.values() if packed(e, layout))
-            for i, ref in enumerate(parent.pack_refs):
+            for i, ref in enumerate(refs):
                 off = 0
                 seen: set[bytes] = set()
                 for _ in range(ref.count):
@@ -563,18 +584,17 @@ def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill) -
             return None
         i, off, size = hit
         if i not in packs:
-            ref = parent.pack_refs[i]
-            packs[i] = bytes(repo.get_blob(ref.id, ref.size, "pack", place=parent.places.get(ref.id)))
+            packs[i] = fetch(i)
         return packs[i][off:off + size]
 
     def pack_bytes(plan: PackPlan) -> bytes:
         out = []
         for cid, size in plan.contents:
             data = spill.read(cid)
-            if data is None and cid in view.small_ino:
-                data = view.snap.read(view.small_ino[cid], 0, size)
             if data is None:
                 data = from_head(cid)
+            if data is None and cid in view.small_ino:
+                data = view.snap.read(view.small_ino[cid], 0, size)
             if data is None or content_id(data) != cid:
                 raise IntegrityError(f"the content of a small file ({cid.hex()[:16]}) could not be found")
             out.append(data)
