@@ -58,22 +58,26 @@ class Batches:
             meta = self.state.init_or_check(base_id, base_max, BLOCK)
             if meta.get("block") != BLOCK:
                 raise InvalidArgument(f"state folder block size {meta.get('block')} is not {BLOCK}")
-            self.base_max: int = meta["base_max_ino"]
-            self._next_ino: int = meta["next_ino"]
-            self._wal_fd = -1
-            self.contents: dict[int, Content] = {}
-            self.opens: dict[int, int] = {}
-            self._tx = False
-            self._tx_start = 0.0
-            self._tx_ops = 0
-            self._tx_contents: set[Content] = set()  # whose rows are in the open batch
-            self._base_parents: dict[int, int] | None = None
-            self._closed = False
+            self._init_memory(meta)
             self._recover()
             self.pool = SlotPool(self.state, {r[0] for r in self.db.execute("SELECT slot FROM blocks")})
         except BaseException:
             self.state.close()
             raise
+
+    def _init_memory(self, meta: dict[str, Any]) -> None:
+        """What a layer keeps in memory, from its *meta* (also a Snapshot's, which opens no folder)."""
+        self.base_max: int = meta["base_max_ino"]
+        self._next_ino: int = meta["next_ino"]
+        self._wal_fd = -1
+        self.contents: dict[int, Content] = {}
+        self.opens: dict[int, int] = {}
+        self._tx = False
+        self._tx_start = 0.0
+        self._tx_ops = 0
+        self._tx_contents: set[Content] = set()  # whose rows are in the open batch
+        self._base_parents: dict[int, int] | None = None
+        self._closed = False
 
     # -- batches -------------------------------------------------------------
 
@@ -102,11 +106,21 @@ class Batches:
         """SQLite may roll a batch back on SQLITE_FULL: then memory is reloaded to the last commit."""
         if self._tx and not self.db.in_transaction:
             log.error("the state folder %s is full: the changes since the last commit were lost", self.state.path)
-            self._tx = False
-            self._tx_contents.clear()
-            self.contents.clear()
-            self.pool.close()
-            self.pool = SlotPool(self.state, {r[0] for r in self.db.execute("SELECT slot FROM blocks")})
+            self._reload()
+
+    def _reload(self) -> None:
+        """Roll the open batch back (if SQLite has not) and reload memory from the last commit."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self._tx = False
+        self._tx_ops = 0
+        self._tx_contents.clear()
+        self.contents.clear()
+        self._base_parents = None
+        old = self.pool
+        old.close()
+        self.pool = SlotPool(self.state, {r[0] for r in self.db.execute("SELECT slot FROM blocks")})
+        self.pool.adopt_pins(old)
 
     def commit_if_due(self) -> None:
         """Commit the open batch if it is older than ``commit_interval`` or holds ``batch_ops`` changes."""

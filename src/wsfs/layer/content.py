@@ -61,6 +61,11 @@ class SlotPool:
         self.next_slot = max(used, default=-1) + 1
         self.free = sorted(set(range(self.next_slot)) - used, reverse=True)  # pop() gives the lowest
         self.retired: list[int] = []
+        # Open snapshots (WriteLayer.snapshot) read slots of an older commit:
+        # while any is open, slots retired by later commits are *held*, not
+        # reused, so that no write lands in a slot a snapshot still reads.
+        self.pins: set[object] = set()
+        self.held: list[int] = []
         self.unsynced = False
         # Slots past the last one the database refers to are leftovers of a
         # crash; drop them so the file does not keep their space.
@@ -101,13 +106,30 @@ class SlotPool:
             self.unsynced = False
 
     def committed(self, durable: bool) -> None:
-        """A commit went through; after a durable one, retired slots are free and freed space is punched."""
+        """A commit went through; after a durable one, retired slots are free and freed space is punched
+        (held instead while a snapshot is open: they become free at the first commit after it closed)."""
+        if self.held and not self.pins:
+            self._reuse(self.held)
         if not durable:
             return
-        for slot in self.retired:
+        if self.pins:
+            self.held.extend(self.retired)
+            self.retired.clear()
+            return
+        self._reuse(self.retired)
+
+    def _reuse(self, slots: list[int]) -> None:
+        for slot in slots:
             _punch(self.fd, slot * BLOCK, BLOCK)
-        self.free.extend(self.retired)
-        self.retired.clear()
+        self.free.extend(slots)
+        slots.clear()
+
+    def adopt_pins(self, old: SlotPool) -> None:
+        """This pool replaces *old* (reloaded after a failed commit): keep *old*'s snapshots' slots unused."""
+        self.pins = old.pins
+        keep = set(old.held) | set(old.retired)
+        self.held = [s for s in self.free if s in keep]
+        self.free = [s for s in self.free if s not in keep]
 
     def close(self) -> None:
         os.close(self.fd)

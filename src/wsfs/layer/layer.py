@@ -30,8 +30,9 @@ content, xattrs, what commit and status need).
 
 from __future__ import annotations
 
+import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsfs.errors import (
     AttributeTooBig,
@@ -46,6 +47,11 @@ from wsfs.format.names import NAME_MAX
 from wsfs.layer.changes import Change, changes
 from wsfs.layer.content import BLOCK, Content
 from wsfs.layer.namespace import Namespace
+from wsfs.layer.pending import Pending, discard, pending
+
+if TYPE_CHECKING:
+    from wsfs.layer.batch import ReadBase
+    from wsfs.layer.snapshot import Snapshot
 
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
@@ -301,8 +307,10 @@ class WriteLayer(Namespace):
         """Per chunk of regular file *ino*: the base chunk if unchanged (its id is reused), else None (read it).
 
         A chunk is unchanged when no block inside it was written and it lies
-        wholly below ``base_size`` with the base chunk's length; only the
-        others need reading (through :meth:`read`) and hashing at commit.
+        wholly below ``base_size`` with the base chunk's length; a chunk with
+        no written block wholly at or beyond ``base_size`` is zeros (a
+        ``Chunk`` whose ``cid`` is None); only the others need reading
+        (through :meth:`read`) and hashing at commit.
         """
         a = self.getattr(ino)
         cs = self.m.chunk_size
@@ -316,6 +324,8 @@ class WriteLayer(Namespace):
             ch = chunks.get(i)
             length = min(cs, a.size - i * cs)
             ok = ch is not None and i not in written and i * cs + ch.length <= c.base_size and ch.length == length
+            if not ok and i not in written and i * cs >= c.base_size:
+                ch, ok = Chunk(i, None, length), True  # beyond the base's bytes, never written: zeros
             out.append(ch if ok else None)
         return out
 
@@ -332,3 +342,55 @@ class WriteLayer(Namespace):
             return True
         has_blocks = self.db.execute("SELECT 1 FROM blocks WHERE ino = ? LIMIT 1", (ino,)).fetchall()
         return not has_blocks and r[4] == r[12] == base.size
+
+    # -- commit: snapshot, memo, status, discard -----------------------------------
+
+    def pending(self) -> list[Pending]:
+        """What the next commit would publish (A/D/M/T, sizes), cheaply: :mod:`wsfs.layer.pending`."""
+        return pending(self)
+
+    def discard(self, paths: list[bytes] | None = None) -> list[tuple[bytes, int]]:
+        """Drop pending changes (all, or at and below *paths*); ``(path, inode)`` of what changed: :mod:`wsfs.layer.pending`."""
+        return discard(self, paths)
+
+    def snapshot(self, read_base: ReadBase | None = None) -> Snapshot:
+        """Commit the batch durably and return a read-only view of this moment for another thread.
+
+        *read_base* is what the view reads base content with (default: the
+        layer's own; it must be callable from the reading thread).  Close the
+        snapshot when done (:mod:`wsfs.layer.snapshot`); writes go on meanwhile.
+        """
+        from wsfs.layer.snapshot import Snapshot
+
+        self.sync_all()
+        return Snapshot(self, read_base)
+
+    def mark_published(self, snap: Snapshot) -> None:
+        """Record what *snap*'s commit published in the memo (durably), then drop its intent file.
+
+        Call on the layer's thread after :func:`wsfs.versions.commit.commit`
+        returned; nothing to do if it published nothing.
+        """
+        from wsfs.layer.snapshot import INTENT
+
+        pub = snap.publication
+        if pub is None:
+            return
+        done = self.db.execute("SELECT value FROM meta WHERE key = 'published_version'").fetchall()
+        if done and done[0][0] > pub.version:
+            raise InvalidArgument(f"a newer commit (version {done[0][0]}) was recorded already")
+        with self._op():
+            self._begin()
+            self.db.executemany(
+                "INSERT OR REPLACE INTO published VALUES (?, ?, ?, ?)",
+                [(k, m.body, m.ino, m.ctime_ns) for k, m in pub.rows.items()],
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("published_version", pub.version), ("published_top", pub.top)],
+            )
+            self._commit(durable=True)
+        try:
+            os.unlink(INTENT, dir_fd=self.state.fd)
+        except FileNotFoundError:
+            pass

@@ -36,6 +36,15 @@ Schema (written once here; every column explained)::
                                           base's (below base_size) or zeros
     xattrs(ino, name BLOB, value BLOB,    extended attributes of inodes whose nodes.xattrs = 1
            PRIMARY KEY (ino, name))
+    published(key BLOB PRIMARY KEY,       the memo of commit (wsfs.versions.commit): per format 2 key
+                                          the layer has published, what it published there
+              body BLOB,                  the record body (NULL: the key was removed)
+              ino INTEGER,                the layer's inode at that key then (0 if none), and its
+              ctime_ns INTEGER)           ctime: same inode and ctime -> same content (not re-read)
+    meta published_version, published_top: the version the layer last published (initially the base)
+
+Format 1 folders (before commit existed) are upgraded in place to format 2:
+the ``published`` table is added, empty (nothing was published from them).
 
 A directory keeps its inode number when renamed and its entries are keyed by
 that number, so renaming a directory changes one or two ``dentries`` rows,
@@ -56,7 +65,7 @@ from wsfs.errors import LayerBusy, LayerMismatch, NoSpace
 from wsfs.fsops import O_DIR, proc_path
 from wsfs.localfs import PRIVATE_DIR, PRIVATE_FILE, private_dir, private_umask, tighten
 
-LAYER_FORMAT = 1  # meta "format": a folder written by another layout is refused, not guessed at
+LAYER_FORMAT = 2  # meta "format": a folder written by another layout is refused, not guessed at
 DB_NAME = "layer.db"
 DATA_DIR = "data"
 DATA_FILES = ("slots",)  # under DATA_DIR; a list so that a later layout can add files (one per size class...)
@@ -84,6 +93,10 @@ CREATE TABLE blocks (ino INTEGER NOT NULL, blk INTEGER NOT NULL, slot INTEGER NO
 CREATE TABLE xattrs (ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
                      PRIMARY KEY (ino, name)) WITHOUT ROWID;
 """
+# The memo of commit (added by layer format 2): a format 1 folder gets it on open.
+PUBLISHED_TABLE = "CREATE TABLE published (key BLOB PRIMARY KEY, body BLOB, ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL) WITHOUT ROWID"
+SCHEMA += PUBLISHED_TABLE + ";\n"
+
 
 
 class BaseId:
@@ -170,6 +183,11 @@ class StateDir:
                      ("block", block)],
                 )
         meta = dict(db.execute("SELECT key, value FROM meta"))
+        if meta.get("format") == 1:  # before commit: add the memo, empty
+            with db:
+                db.execute(PUBLISHED_TABLE)
+                db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (LAYER_FORMAT,))
+            meta["format"] = LAYER_FORMAT
         if meta.get("format") != LAYER_FORMAT:
             raise LayerMismatch(f"{self.path} holds a write layer of format {meta.get('format')!r}; this wsfs writes {LAYER_FORMAT}")
         if meta.get("workspace") != base.workspace:

@@ -40,7 +40,7 @@ from typing import NoReturn
 
 from wsfs import fsops
 from wsfs.config import default_state_dir
-from wsfs.errors import Conflict, FormatError, IntegrityError, NotFound, SourceError, UsageError, WsfsError
+from wsfs.errors import Conflict, SourceError, UsageError, WsfsError
 from wsfs.format.blobs import content_id
 from wsfs.format.chunking import chunk_spans, data_ranges, is_zero, overlaps
 from wsfs.format.manifest import content_id_chunked
@@ -51,24 +51,14 @@ from wsfs.format.tree import (
     PATH_MAX,
     ZERO_ID,
     Entry,
-    Layout,
     PackPlan,
-    Piece,
-    Place,
-    Ref,
-    build_version,
-    changes,
-    decode_top,
-    encode_body,
-    encode_changeset,
     key_of,
-    pack_signatures,
-    with_link_names,
 )
 from wsfs.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, list_names, open_node, proc_path
 from wsfs.repository import Repository
 from wsfs.store.local import LocalStore
 from wsfs.versions import statcache
+from wsfs.versions.publish import Parent, store_tree, version_record
 from wsfs.versions.statcache import Known
 
 log = logging.getLogger(__name__)
@@ -645,62 +635,6 @@ def own_directories(repo: Repository) -> dict[Ident, str]:
     return out
 
 
-@dataclass
-class _Parent:
-    """What a push reuses from the parent version: ids known stored, pack signatures, records."""
-
-    top: bytes = bytes(32)
-    pieces: set[bytes] = field(default_factory=set)  # ranges, listings, packs: stored
-    chunks: set[bytes] = field(default_factory=set)  # chunks: stored
-    packs: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
-    places: dict[bytes, Place] = field(default_factory=dict)  # where the parent's packs are stored
-    bodies: list[tuple[bytes, bytes]] | None = None  # (key, record) of each entry, for the changeset
-    ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] = field(default_factory=dict)  # see build_version
-    records: dict[bytes, tuple[Entry, bytes]] = field(default_factory=dict)  # key -> (entry, its body)
-
-    def body(self, e: Entry, layout: Layout) -> bytes:
-        """The record body of *e*: the parent's bytes if the parent has the same entry, else encoded."""
-        hit = self.records.get(e.key)
-        return hit[1] if hit is not None and hit[0] == e else encode_body(e, layout)
-
-    @classmethod
-    def load(cls, repo: Repository, workspace: str, n: int | None) -> _Parent:
-        if n is None:
-            return cls()
-        try:
-            record = repo.record(workspace, n)
-            if record.format == 1:
-                # Only chunks carry over (a changeset against format 1 is not written).
-                with repo.open_manifest(record) as pm:
-                    return cls(chunks=pm.chunk_ids())
-            ranges, packs = repo.version_refs(record)
-            layout = repo.config.layout
-            out = cls(top=bytes.fromhex(record.manifest), bodies=[])
-            top = decode_top(repo.get_piece(out.top, record.manifest_size, "top"))
-            out.pieces.add(out.top)
-            out.pieces.update(r.id for r in top.ranges + top.packs)
-            entries: list[Entry] = []
-            assert out.bodies is not None
-            for ref, (run, bodies) in zip(ranges, repo.version_range_bodies(ranges), strict=True):
-                keys = [e.key for e in run]
-                out.ranges[ref.first] = (ref, keys, bodies)
-                out.bodies.extend(zip(keys, bodies, strict=True))
-                out.records.update(zip(keys, zip(run, bodies, strict=True), strict=True))
-                entries.extend(run)
-            for e in entries:
-                if e.chunks:
-                    out.chunks.update(c for c in e.chunks if c != ZERO_ID)
-            out.pieces.update(r.id for r in ranges)
-            out.pieces.update(r.id for r in packs)
-            out.packs = pack_signatures(entries, packs, layout)
-            out.places = dict(zip((r.id for r in packs), repo.pack_places(record, len(packs)), strict=True))
-            return out
-        except (NotFound, IntegrityError, FormatError) as e:
-            # A parent that cannot be read costs this push its reuse and its changeset, nothing else.
-            log.warning("not reusing %s@%d: %s", workspace, n, e)
-            return cls()
-
-
 class _Skip(Exception):
     """Internal: the current entry is left out (``--skip-unreadable``)."""
 
@@ -735,7 +669,7 @@ def push(
     stats = PushStats()
     layout = repo.config.layout
     parent_n = repo.latest(workspace)
-    parent = _Parent.load(repo, workspace, parent_n)
+    parent = Parent.load(repo, workspace, parent_n)
     if exclude is None:
         exclude = own_directories(repo)
     # Every small file's bytes wait in this file until packs are cut: private, and
@@ -760,27 +694,11 @@ def push(
                 out.append(data)
             return b"".join(out)
 
-        pack_ids: list[bytes] = []
-        top_id, top, pieces = build_version(
-            entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
-            known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
-            pack_ids=pack_ids,
-        )
-        changeset = None
-        if parent.bodies is not None and top_id == parent.top:
-            stats.changed = 0
-        elif parent.bodies is not None:
-            items = list(changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
-            links = ((e.key, e.link, body) for e, body in zip(entries, bodies, strict=True) if e.link is not None)
-            items = with_link_names(items, links)
-            stats.changed = len(items)
-            changeset = encode_changeset(parent.top, items)
-            pieces.append(Piece(content_id(changeset), changeset))
-        pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
-        n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places)
-        stats.blobs_uploaded += n_up
-        stats.bytes_uploaded += b_up
-        stats.blobs_reused += len(pieces) - pieces_up
+        stored = store_tree(repo, parent, entries, bodies, pack_bytes, workers)
+        stats.changed = stored.changed
+        stats.blobs_uploaded += stored.objects
+        stats.bytes_uploaded += stored.bytes
+        stats.blobs_reused += stored.reused
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise WsfsError(f"no space left on device for the push's temporary data in {os.path.dirname(spill.path)}") from None
@@ -793,19 +711,8 @@ def push(
     when = datetime.now(UTC).isoformat(timespec="seconds")
     n = (parent_n or 0) + 1
     for _attempt in range(100):
-        record = VersionRecord(
-            workspace=workspace,
-            version=n,
-            parent=n - 1 if n > 1 else None,
-            manifest=top_id.hex(),
-            manifest_size=len(top),
-            changeset=None if changeset is None else content_id(changeset).hex(),
-            changeset_size=0 if changeset is None else len(changeset),
-            time=when,
-            author=author or _default_author(),
-            message=message,
-            stats=stats.tree(),
-        )
+        record = version_record(workspace, n, stored, when=when, author=author or _default_author(),
+                                message=message, tree=stats.tree())
         try:
             repo.publish(record)
         except Conflict:

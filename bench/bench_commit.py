@@ -1,0 +1,157 @@
+"""Commit of a write layer (no FUSE): time, PUTs and bytes uploaded per change, in a node_modules-like tree.
+
+Not collected by pytest.  Run from the repository root::
+
+    PYTHONPATH=src python bench/bench_commit.py [--files 20000] [--dir DIR] [--s3 --rtt MS]
+
+With ``--s3`` the repository is in a SeaweedFS S3 server on loopback
+(``tests/support/s3server.py``), reached through ``latency_proxy.py`` with
+``--rtt`` ms of round trip (default 20) per request.
+
+Generates the tree of ``bench_push_checkout.py`` (``--files`` regular files),
+pushes it into a fresh local repository (in-process), opens a write layer
+over that version, and times :func:`wsfs.versions.commit.commit_layer` after
+each of these edits (each commit on top of the previous one):
+
+* 1 small file modified;
+* 100 small files modified, spread over the tree;
+* a package added: a directory with 50 new files;
+* nothing changed (no version published).
+
+For each: wall time of the commit (snapshot, walk of the merged view, loading
+the head, building and storing pieces, the record), PUTs and bytes written
+to the store (the record included), and the changeset's size in entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+from bench_push_checkout import TreeGen  # noqa: E402
+
+from wsfs.format.manifest import ROOT_INO, Inode  # noqa: E402
+from wsfs.format.records import RepoConfig  # noqa: E402
+from wsfs.layer import BaseId, WriteLayer  # noqa: E402
+from wsfs.repository import Repository  # noqa: E402
+from wsfs.store import open_store  # noqa: E402
+from wsfs.versions.commit import commit_layer  # noqa: E402
+from wsfs.versions.push import push  # noqa: E402
+
+
+def read_base_of(repo: Repository, m):  # noqa: ANN001, ANN201
+    def read_base(node: Inode, off: int, length: int) -> bytes:
+        if node.packed:
+            pack, at = m.pack_ref(node)
+            data = repo.get_blob(pack.cid, pack.length, place=pack.place)
+            return bytes(data[at + off:at + min(off + length, node.size)])
+        cs = m.chunk_size
+        out = bytearray()
+        chunks = {c.idx: c for c in m.chunks(node.ino)}
+        pos, end = off, min(off + length, node.size)
+        while pos < end:
+            c = chunks[pos // cs]
+            data = bytes(c.length) if c.cid is None else bytes(repo.get_blob(c.cid, c.length))
+            inner = pos - c.idx * cs
+            piece = data[inner:inner + end - pos]
+            out += piece
+            pos += len(piece)
+        return bytes(out)
+    return read_base
+
+
+def files_of(lay: WriteLayer) -> list[tuple[int, bytes]]:
+    out = []
+    stack = [(ROOT_INO, b"")]
+    while stack:
+        ino, prefix = stack.pop()
+        for _, name, a in lay.readdir(ino):
+            p = prefix + b"/" + name if prefix else name
+            if a.is_dir:
+                stack.append((a.ino, p))
+            elif stat.S_ISREG(a.mode) and 0 < a.size < 64 * 1024:
+                out.append((a.ino, p))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--dir", default=None)
+    ap.add_argument("--s3", action="store_true")
+    ap.add_argument("--rtt", type=float, default=20.0)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="wsfs-bench-commit-", dir=args.dir)
+    try:
+        if not args.s3:
+            return run(args, work, os.path.join(work, "repo"))
+        from latency_proxy import LatencyProxy
+
+        from support.s3server import seaweedfs_server, server_env
+
+        with seaweedfs_server(Path(work) / "s3") as s3:
+            port = int(s3.endpoint_url.rsplit(":", 1)[1])
+            with LatencyProxy(port, args.rtt) as proxy:
+                os.environ.update(server_env(proxy.url))
+                print(f"S3: SeaweedFS on loopback behind latency_proxy.py, {args.rtt:g} ms RTT")
+                return run(args, work, f"s3://{s3.bucket}/bench-commit")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: str, url: str) -> int:
+    src = os.path.join(work, "src")
+    gen = TreeGen(seed=1, pool_bytes=8 << 20)
+    gen.generate(src, args.files)
+    store = open_store(url)
+    repo = Repository.init(store, RepoConfig(), os.path.join(work, "cache"))
+    t = time.monotonic()
+    record, _ = push(repo, src, "w", exclude={})
+    print(f"tree: {gen.files} files, {gen.dirs} dirs, {gen.symlinks} symlinks, {gen.bytes / 1e6:.1f} MB; "
+          f"push {time.monotonic() - t:.2f} s")
+    m = repo.open_manifest(record)
+    lay = WriteLayer(os.path.join(work, "state"), m, BaseId("w", 1, record.manifest), read_base_of(repo, m))
+    files = files_of(lay)
+    rng = random.Random(2)
+
+    def modify(n: int) -> None:
+        for ino, _ in rng.sample(files, n):
+            lay.write(ino, 0, b"edited %d\n" % rng.randrange(1 << 30))
+            lay.flush(ino)
+
+    def add_package() -> None:
+        d = lay.mkdir(ROOT_INO, b"new-package-%d" % rng.randrange(1 << 30), 0o755, 0, 0)
+        for i in range(50):
+            f = lay.create(d.ino, b"file%d.js" % i, stat.S_IFREG | 0o644, 0, 0)
+            lay.write(f.ino, 0, os.urandom(200 + 40 * i))
+            lay.release(f.ino)
+
+    print(f"{'edit':<28} {'commit s':>9} {'PUTs':>5} {'uploaded':>10} {'changeset':>9} {'files read':>10}")
+    for label, edit in (("1 file modified", lambda: modify(1)), ("100 files modified", lambda: modify(100)),
+                        ("package added (50 files)", add_package), ("nothing changed", lambda: None)):
+        edit()
+        puts, sent = store.stats.requests["put"], store.stats.bytes_out
+        t = time.monotonic()
+        rec, st = commit_layer(repo, lay)
+        dt = time.monotonic() - t
+        print(f"{label:<28} {dt:>9.2f} {store.stats.requests['put'] - puts:>5} "
+              f"{(store.stats.bytes_out - sent) / 1024:>8.1f} KiB {st.changed:>9} {st.files_read:>10}"
+              + ("" if rec else "  (no version)"))
+    lay.close()
+    m.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""A point-in-time, read-only view of a write layer that another thread can read while writes go on.
+
+Commit reads the layer from a worker thread while the daemon's trio thread
+keeps writing into it; what is written meanwhile belongs to the next commit.
+:meth:`WriteLayer.snapshot` (called on the layer's thread) commits the open
+batch durably and returns a :class:`Snapshot`:
+
+* a second SQLite connection to the layer's database, inside a read
+  transaction begun right after that commit: WAL snapshot isolation, so it
+  sees exactly that commit whatever the layer commits later;
+* a *pin* on the layer's slot pool: the commit left every slot it refers to
+  "durable" (never written in place again: copy-on-write), and while the pin
+  is held no slot retired later is reused, so every block the snapshot
+  reads keeps its bytes until :meth:`Snapshot.close`;
+* its own descriptor of the slot file and its own connection to the base's
+  index, so nothing is shared with the layer's thread.
+
+The view *is* a :class:`~wsfs.layer.layer.WriteLayer` (the same code reads
+it: getattr, lookup, readdir, readlink, xattrs, read, changes,
+chunk_sources, content_unchanged); every mutation fails (``query_only``).
+
+Also here: the commit memo as the snapshot saw it (:attr:`Snapshot.published`)
+and the *intent* file, which makes the memo crash-safe: commit writes what it
+is about to publish (the record and the memo rows) to ``<state>/commit-intent``
+before it creates the version record, and the layer deletes it once the memo
+is updated (:meth:`WriteLayer.mark_published`).  A commit that finds an intent
+whose record exists in the store applies it first (see
+:mod:`wsfs.versions.commit`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, NamedTuple
+
+import apsw
+
+from wsfs.errors import InvalidArgument
+from wsfs.format.manifest import Manifest
+from wsfs.fsops import proc_path
+from wsfs.layer.batch import ReadBase
+from wsfs.layer.layer import WriteLayer
+from wsfs.layer.state import DB_NAME, PRIVATE_FILE
+
+if TYPE_CHECKING:
+    from wsfs.layer.content import SlotPool
+
+INTENT = "commit-intent"
+
+
+class Memo(NamedTuple):
+    """What the layer last committed at a key: the record body (None: removed), the inode and its ctime then."""
+
+    body: bytes | None
+    ino: int
+    ctime_ns: int
+
+
+class Publication(NamedTuple):
+    """A published version and the memo rows it makes true (what :meth:`WriteLayer.mark_published` writes)."""
+
+    version: int
+    top: str
+    record: bytes  # the record's JSON as created (what a retried or recovered commit compares)
+    rows: dict[bytes, Memo]
+
+    def encode(self) -> bytes:
+        rows = [[k.hex(), None if m.body is None else m.body.hex(), m.ino, m.ctime_ns] for k, m in self.rows.items()]
+        return json.dumps({"version": self.version, "top": self.top, "record": self.record.decode(),
+                           "rows": rows}).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Publication:
+        d = json.loads(raw)
+        rows = {bytes.fromhex(k): Memo(None if b is None else bytes.fromhex(b), int(i), int(c)) for k, b, i, c in d["rows"]}
+        return cls(int(d["version"]), str(d["top"]), d["record"].encode(), rows)
+
+
+class _Slots:
+    """The slot file, read-only, for :class:`~wsfs.layer.content.Content` reads (``fd`` is all they use)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def allocate(self) -> int:
+        raise InvalidArgument("a snapshot of a write layer is read-only")
+
+
+class Snapshot(WriteLayer):
+    """A read-only view of a write layer as of one durable commit; see the module docstring."""
+
+    def __init__(self, layer: WriteLayer, read_base: ReadBase | None = None) -> None:  # noqa: D107
+        # Not WriteLayer.__init__: that would open (and lock) the state folder again.
+        self.base_id = layer.base_id
+        self._read_base = read_base or layer._read_base
+        self.commit_interval, self.batch_ops = layer.commit_interval, layer.batch_ops
+        self.state_path = layer.state.path
+        self._pins = layer.pool.pins
+        self.m = Manifest(layer.m.path, validate=False)
+        self.state_fd = os.dup(layer.state.fd)
+        self.pool: SlotPool = _Slots(os.dup(layer.pool.fd))  # type: ignore[assignment]
+        self.db = apsw.Connection(os.path.join(proc_path(self.state_fd), DB_NAME))
+        self.db.setbusytimeout(5000)
+        self.db.execute("PRAGMA query_only=ON")
+        self.db.execute("BEGIN")
+        meta = dict(self.db.execute("SELECT key, value FROM meta"))  # the read transaction starts here
+        self._init_memory(meta)
+        # The last version this layer published (initially its base) and the memo, as of this snapshot.
+        self.published_version: int = meta.get("published_version", self.base_id.version)
+        self.published_top: str = meta.get("published_top", self.base_id.top)
+        self.published: dict[bytes, Memo] = {
+            k: Memo(b, i, c) for k, b, i, c in self.db.execute("SELECT key, body, ino, ctime_ns FROM published")
+        }
+        self.publication: Publication | None = None  # set by a commit that published (or recovered) a version
+        self._pins.add(self)
+
+    def _begin(self) -> None:
+        raise InvalidArgument("a snapshot of a write layer is read-only")
+
+    def intent(self) -> Publication | None:
+        """The publication a commit was about to make when it was interrupted, if any."""
+        try:
+            fd = os.open(INTENT, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.state_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                return Publication.decode(f.read())
+        except (ValueError, KeyError, TypeError):
+            return None  # torn: written before the record, so that record was never created from it
+
+    def write_intent(self, pub: Publication) -> None:
+        """Durably record *pub* before its record is created (replacing any earlier intent)."""
+        tmp = INTENT + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE,
+                     dir_fd=self.state_fd)
+        try:
+            data = pub.encode()
+            n = 0
+            while n < len(data):
+                n += os.write(fd, data[n:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, INTENT, src_dir_fd=self.state_fd, dst_dir_fd=self.state_fd)
+        os.fsync(self.state_fd)
+
+    def close(self) -> None:
+        """End the read transaction and release the pin (any thread)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pins.discard(self)
+        try:
+            self.db.execute("ROLLBACK")
+        finally:
+            self.db.close()
+            self.m.close()
+            os.close(self.pool.fd)
+            os.close(self.state_fd)

@@ -1,0 +1,635 @@
+"""Commit: publish what a write layer changed as the next version of its workspace.
+
+A read-write mount is a base version B plus a write layer
+(:mod:`wsfs.layer`).  In this step the layer is not re-based after a commit:
+it keeps its changes relative to B, and a **memo** (the layer's
+``published`` table) remembers, per key it has committed, the record body
+its merged view had there then (and the inode and ctime, so unchanged
+content is not read again).  So:
+
+* **our delta** = every key whose record body in the layer's merged view
+  (read from a :class:`~wsfs.layer.snapshot.Snapshot`) differs from the
+  *reference*: the memo's body if the key was committed before, else B's;
+* **their changes** = the changesets from the version we last published to
+  the head (other writers);
+* **overlap** (a conflict, :class:`CommitConflict`, exit 5, nothing
+  published, nothing changed): a key both changed to different records, or
+  a directory one side removed (or turned into something else) with a
+  change below it on the other side.  Two sides changing the same
+  directory only in its mtime (each added or removed its own entries in
+  it) do not conflict: the later mtime wins.  With *ours*, our merged view
+  wins at every overlapping key;
+* the **new tree** = the head's entries with our delta applied, published
+  as head + 1 on top of the head (with a changeset against it).
+
+Order of writes (children before parents, as push): chunks of changed large
+files (a chunk no written block touches keeps its base id:
+``chunk_sources``; written chunks are read and hashed, HEAD-checked and
+uploaded), then the pieces (:func:`wsfs.versions.publish.store_tree`:
+ranges and packs not stored yet, the head's reused by id; new packs back to
+back in segments, the pack map, listings, the top), then the **intent** (the
+record and the memo rows, fsynced into the state folder), then the record,
+created with a conditional put.  A version appears whole or not at all;
+an interruption anywhere leaves the layer as it was and the next commit
+simply runs again (what was uploaded is found stored and skipped).
+
+The record's create is recognised when retried: if the conditional put
+fails (another record at that number, or an error after which it may or
+may not exist), the record at that number is read back and compared with
+ours byte for byte (time, author, message, top and changeset: a different
+commit cannot match unless it published the same tree the same second).
+Ours: done.  Another writer's: rebase onto the new head and try again
+(bounded).  Unreachable: the intent stays, and the next commit finds the
+record (ours: it applies the intent's memo rows first) or not (it
+publishes again).
+
+The memo is written only after the record exists, by the layer's own
+thread (:meth:`WriteLayer.mark_published`); the intent file covers the
+crash in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from wsfs.errors import Conflict, IntegrityError, NotFound, StoreUnavailable
+from wsfs.format.blobs import content_id
+from wsfs.format.manifest import ROOT_INO, Inode, content_id_chunked
+from wsfs.format.records import VersionRecord
+from wsfs.format.tree import (
+    EMPTY_ID,
+    F_LINK,
+    F_LINKED,
+    ZERO_ID,
+    Change,
+    Entry,
+    Layout,
+    PackPlan,
+    decode_body,
+    encode_body,
+    key_of,
+    packed,
+    path_of,
+    with_link_names,
+)
+from wsfs.fsops import XATTR_PREFIX
+from wsfs.layer.pending import _resolve
+from wsfs.layer.snapshot import Memo, Publication, Snapshot
+from wsfs.repository import Repository
+from wsfs.versions.diff import record_changes
+from wsfs.versions.publish import Parent, store_tree, version_record
+from wsfs.versions.push import PushStats, _default_author, _Spill, _Uploader
+
+log = logging.getLogger(__name__)
+
+REBASES = 8  # other writers publishing while we commit: try this many heads, then give up (Conflict)
+
+
+@dataclass
+class CommitStats:
+    """What a commit did (printed by ``wsfs commit``)."""
+
+    version: int | None = None  # the version published (None: nothing to commit)
+    changed: int = 0  # entries in the version's changeset (against the version it is on top of)
+    ours: int = 0  # keys of our delta (what changed in the layer since its last commit)
+    rebased: bool = False  # published on top of other writers' versions
+    overwritten: list[bytes] = field(default_factory=list)  # paths where ours replaced theirs (ours=True)
+    recovered: int | None = None  # a version an interrupted commit had published, found and recorded
+    files_read: int = 0  # regular files whose content was read (changed since the base and the memo)
+    chunks_uploaded: int = 0
+    objects_uploaded: int = 0  # chunks, pieces, segments, pack map (not the record)
+    bytes_uploaded: int = 0
+    seconds: float = 0.0
+    skipped: list[bytes] = field(default_factory=list)  # sockets: not stored (as push)
+
+
+class CommitConflict(Conflict):
+    """Other writers changed paths this commit changes too (exit 5); :attr:`paths` lists them."""
+
+    def __init__(self, paths: list[bytes], detail: str = "") -> None:
+        self.paths = paths
+        shown = ", ".join(os.fsdecode(p) or "/" for p in paths[:10]) + (" ..." if len(paths) > 10 else "")
+        super().__init__(
+            f"{len(paths)} path(s) changed both here and in versions published since: {shown}{detail} "
+            "(commit --ours publishes ours over theirs; discard PATH takes theirs)"
+        )
+
+
+# -- the merged view as entries ----------------------------------------------------
+
+
+class _View:
+    """The snapshot's merged tree as format 2 entries, as push would read it from a directory."""
+
+    def __init__(self, snap: Snapshot, repo: Repository, uploader: _Uploader, spill: _Spill, stats: CommitStats) -> None:
+        self.snap = snap
+        self.layout = repo.config.layout
+        self.up = uploader
+        self.spill = spill
+        self.stats = stats
+        self.small_ino: dict[bytes, int] = {}  # content id -> a small file showing it, not read by this commit
+        self._content: dict[int, tuple[bytes, tuple[bytes, ...]]] = {}
+        # Content the memo vouches for: same inode and ctime as when committed -> same content, not read.
+        self._known: dict[tuple[int, int], Entry] = {}
+        for key, m in snap.published.items():
+            if m.body is not None and m.ino:
+                e = decode_body(m.body, key, self.layout, "memo")
+                if e.link is None and stat.S_ISREG(e.mode):
+                    self._known[(m.ino, m.ctime_ns)] = e
+        # key -> (entry, inode, ctime)
+        self.entries: dict[bytes, tuple[Entry, int, int]] = {}
+        self.hard_links = False
+
+    def read_all(self) -> None:
+        """Walk the whole merged view (parents before children); hard links resolved as push does."""
+        snap = self.snap
+        self.entries.clear()
+        links: dict[int, list[bytes]] = {}
+        root = snap.getattr(ROOT_INO)
+        self._add(b"", root, links)
+        stack = [(ROOT_INO, b"")]
+        while stack:
+            dino, dpath = stack.pop()
+            for _, name, a in snap.readdir(dino):
+                key = key_of(dpath, name)
+                if self._add(key, a, links) and a.is_dir:
+                    stack.append((a.ino, dpath + b"/" + name if dpath else name))
+        for keys in links.values():
+            if len(keys) > 1:
+                first = min(keys)
+                e, ino, ctime = self.entries[first]
+                for k in keys:
+                    self.entries[k] = (e._replace(key=k, linked=True) if k == first else Entry(k, link=first), ino, ctime)
+
+    def read_keys(self, keys: set[bytes]) -> None:
+        """Read the entries at *keys* only (absent keys are left out); :attr:`hard_links` if any is one."""
+        for key in sorted(keys):
+            a = _resolve(self.snap, path_of(key) if key else b"")
+            if a is not None:
+                self._add(key, a, {})
+                if a.is_reg and a.nlink > 1:
+                    self.hard_links = True
+
+    def _add(self, key: bytes, a: Inode, links: dict[int, list[bytes]]) -> bool:
+        e = self.entry(key, a)
+        if e is None:
+            return False
+        self.entries[key] = (e, a.ino, a.ctime_ns)
+        if a.is_reg and a.nlink > 1:
+            links.setdefault(a.ino, []).append(key)
+        return True
+
+    def entry(self, key: bytes, a: Inode) -> Entry | None:
+        """The entry of inode *a* at *key* (None for a socket: not stored, as push)."""
+        fmt = stat.S_IFMT(a.mode)
+        if fmt == stat.S_IFSOCK:
+            self.stats.skipped.append(path_of(key))
+            return None
+        xattrs = tuple(sorted((k, v) for k, v in self.snap.xattrs(a.ino).items() if k.startswith(XATTR_PREFIX)))
+        e = Entry(key, a.mode, a.uid, a.gid, 0, a.mtime_ns, xattrs=xattrs)
+        if fmt == stat.S_IFDIR:
+            return e._replace(size=a.size)
+        if fmt == stat.S_IFLNK:
+            target = self.snap.readlink(a.ino)
+            return e._replace(size=len(target), target=target)
+        if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            return e._replace(rdev=a.rdev)
+        if fmt == stat.S_IFREG:
+            content, chunks = self.content(a)
+            return e._replace(size=a.size, content=content, chunks=chunks)
+        return e
+
+    def content(self, a: Inode) -> tuple[bytes, tuple[bytes, ...]]:
+        """``(content id, chunk ids)`` of regular file *a*: reused if unchanged, else read and hashed."""
+        hit = self._content.get(a.ino)
+        if hit is not None:
+            return hit
+        out = self._compute(a)
+        self._content[a.ino] = out
+        return out
+
+    def _compute(self, a: Inode) -> tuple[bytes, tuple[bytes, ...]]:
+        snap, layout = self.snap, self.layout
+        if a.size == 0:
+            return EMPTY_ID, ()
+        small = a.size <= layout.inline_threshold
+        if snap.content_unchanged(a.ino):
+            b = snap.m.getattr(a.ino)
+            assert b.content is not None
+            if small:
+                self.small_ino.setdefault(b.content, a.ino)
+                return b.content, ()
+            return b.content, tuple(c.cid or ZERO_ID for c in snap.m.chunks(a.ino))
+        known = self._known.get((a.ino, a.ctime_ns))
+        if known is not None and known.size == a.size and known.content is not None:
+            if small:
+                self.small_ino.setdefault(known.content, a.ino)
+            return known.content, known.chunks
+        self.stats.files_read += 1
+        if small:
+            data = snap.read(a.ino, 0, a.size)
+            cid = content_id(data)
+            self.spill.add(cid, data)
+            return cid, ()
+        cs = layout.chunk_size
+        futures = []
+        for i, src in enumerate(snap.chunk_sources(a.ino)):
+            if src is not None:
+                futures.append(src.cid or ZERO_ID)
+                continue
+            off = i * cs
+            futures.append(self.up.submit(snap.read(a.ino, off, min(cs, a.size - off))))
+        cids = [f if isinstance(f, bytes) else (f.result() or ZERO_ID) for f in futures]
+        return content_id_chunked(a.size, cs, [None if c == ZERO_ID else c for c in cids]), tuple(cids)
+
+
+# -- their changes, overlaps --------------------------------------------------------
+
+
+def _is_dir(body: bytes | None, key: bytes, layout: Layout) -> bool:
+    if body is None:
+        return False
+    e = decode_body(body, key, layout)
+    return e.link is None and stat.S_ISDIR(e.mode)
+
+
+def _under(paths: list[bytes], top: bytes) -> list[bytes]:
+    """Those of sorted *paths* strictly below directory path *top*."""
+    import bisect
+
+    if not top:
+        return list(paths)
+    lo = bisect.bisect_left(paths, top + b"/")
+    hi = bisect.bisect_left(paths, top + b"0")  # "0" follows "/"
+    return paths[lo:hi]
+
+
+def _overlaps(
+    ours: dict[bytes, tuple[bytes | None, bytes | None]],
+    theirs: dict[bytes, tuple[bytes | None, bytes | None]],
+    layout: Layout,
+) -> tuple[set[bytes], dict[bytes, Entry]]:
+    """Keys where both sides' changes collide, and directories both changed compatibly (merged).
+
+    Each side maps key -> (old body, new body).
+    """
+    clash: set[bytes] = set()
+    merged: dict[bytes, Entry] = {}
+    for k in ours.keys() & theirs.keys():
+        a, b = ours[k][1], theirs[k][1]
+        if a == b:
+            continue
+        if _is_dir(a, k, layout) and _is_dir(b, k, layout):
+            ea, eb = decode_body(a, k, layout), decode_body(b, k, layout)  # type: ignore[arg-type]
+            if ea._replace(mtime_ns=0, size=0) == eb._replace(mtime_ns=0, size=0):
+                merged[k] = ea if ea.mtime_ns >= eb.mtime_ns else eb
+                continue
+        clash.add(k)
+    for one, other in ((ours, theirs), (theirs, ours)):
+        other_paths = sorted(path_of(k) for k in other)
+        for k, (old, new) in one.items():
+            if _is_dir(old, k, layout) and not _is_dir(new, k, layout):
+                below = _under(other_paths, path_of(k))
+                if below:
+                    clash.add(k)
+                    clash.update(_key(p) for p in below)
+    return clash, merged
+
+
+def _key(path: bytes) -> bytes:
+    head, _, name = path.rpartition(b"/")
+    return key_of(head, name)
+
+
+def _their_changes(repo: Repository, ws: str, since: int, head: int) -> dict[bytes, tuple[bytes | None, bytes | None]]:
+    """Keys the versions after *since* up to *head* changed: ``key -> (body at since, body at head)``."""
+    out: dict[bytes, tuple[bytes | None, bytes | None]] = {}
+    records = [repo.record(ws, n) for n in range(since, head + 1)]
+    pairs = list(zip(records, records[1:], strict=False))
+    if not all(b.changeset and b.parent == a.version for a, b in pairs):
+        pairs = [(records[0], records[-1])]  # no chain of changesets: compare the two trees' ranges
+    for a, b in pairs:
+        items = record_changes(repo, a, b)
+        if items is None:
+            raise Conflict(f"{ws}@{b.version} is a format 1 version: commit cannot rebase over it")
+        for c in items:
+            old = out[c.key][0] if c.key in out else c.old
+            out[c.key] = (old, c.new)
+    return out
+
+
+def _bodies_at(repo: Repository, record: VersionRecord, keys: set[bytes] | None) -> dict[bytes, bytes]:
+    """Record bodies of *record*'s version at *keys* (all if None), fetching only the ranges holding them."""
+    import bisect
+
+    refs = repo.version_refs(record, packs=False)[0]
+    if keys is not None:
+        firsts = [r.first for r in refs]
+        want = sorted({i for k in keys if (i := bisect.bisect_right(firsts, k) - 1) >= 0 and k <= refs[i].last})
+        refs = [refs[i] for i in want]
+    out: dict[bytes, bytes] = {}
+    for run, bodies in repo.version_range_bodies(refs):
+        for e, body in zip(run, bodies, strict=True):
+            if keys is None or e.key in keys:
+                out[e.key] = body
+    return out
+
+
+def _check_tree(entries: list[Entry]) -> list[bytes]:
+    """Paths that make the sorted *entries* no valid tree (a parent that is no directory, a broken hard link)."""
+    dirs: set[bytes] = set()
+    linked: dict[bytes, int] = {}
+    bad: list[bytes] = []
+    for e in entries:
+        parent = e.key.partition(b"\0")[0]
+        if e.key and parent not in dirs:
+            bad.append(e.key)
+        if e.link is not None:
+            if e.link not in linked:
+                bad.append(e.key)
+            else:
+                linked[e.link] += 1
+            continue
+        if stat.S_ISDIR(e.mode):
+            dirs.add(e.path)
+        if e.linked:
+            linked[e.key] = 0
+    bad.extend(k for k, n in linked.items() if n == 0)
+    return [path_of(k) for k in sorted(set(bad))]
+
+
+# -- commit ---------------------------------------------------------------------------
+
+
+def commit(
+    repo: Repository,
+    snap: Snapshot,
+    *,
+    message: str = "",
+    author: str | None = None,
+    ours: bool = False,
+    workers: int = 8,
+    progress: Callable[[int], None] = lambda n: None,
+    _full: bool = False,
+) -> tuple[VersionRecord | None, CommitStats]:
+    """Publish what *snap* changed since the layer's last commit as the next version of its workspace.
+
+    Returns the published record (None if there was nothing to commit) and
+    stats; sets ``snap.publication`` for :meth:`WriteLayer.mark_published`,
+    which the caller runs on the layer's thread afterwards.  Raises
+    :class:`CommitConflict` (overlap with other writers; nothing published),
+    :class:`~wsfs.errors.StoreUnavailable` (exit 8; nothing lost: run it again).
+    """
+    t0 = time.monotonic()
+    stats = CommitStats()
+    ws = snap.base_id.workspace
+    layout = repo.config.layout
+    memo = dict(snap.published)
+    last_v = snap.published_version
+    recovered = _recover(repo, snap)
+    if recovered is not None:  # an interrupted commit published it: its memo rows come first
+        memo.update(recovered.rows)
+        last_v = recovered.version
+        stats.recovered = recovered.version
+    snap.publication = recovered
+    push_stats = PushStats()
+    spill = _Spill(repo.temp_path("commit"))
+    uploader = _Uploader(repo, set(), push_stats, workers)
+    try:
+        head = repo.latest(ws) or last_v
+        view = _View(snap, repo, uploader, spill, stats)
+        base_rec = repo.record(ws, snap.base_id.version)
+        # Every key that differs from the base in the layer's terms (status shows them) is memoised,
+        # also where its record did not change (a further name of a hard-linked file written to).
+        seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
+        # Candidates: what differs from the base, and what we committed.  Any other key holds the
+        # base's entry in the merged view, and the base's record (the same code encodes both).
+        # Hard links spoil that (a name's record depends on the file's other names): then the
+        # whole merged view is read and compared.
+        keys: set[bytes] | None = seen | memo.keys()
+        if not _full:
+            view.read_keys(keys)
+        if _full or view.hard_links or any(m.body and m.body[0] & (F_LINK | F_LINKED) for m in memo.values()):
+            keys = None
+        # The reference of each key: the memo's body where we committed before, else the base's
+        # (only the base's ranges holding candidates are read, from the local piece cache).
+        base_bodies = _bodies_at(repo, base_rec, None if keys is None else keys - memo.keys())
+        if keys is not None and any(b[0] & (F_LINK | F_LINKED) for b in base_bodies.values()):
+            keys = None  # a hard link of the base among them
+            base_bodies = _bodies_at(repo, base_rec, None)
+        if keys is None:
+            view.read_all()
+        uploader.close()
+        progress(len(view.entries))
+        cur = {k: encode_body(e, layout) for k, (e, _, _) in view.entries.items()}
+        delta: dict[bytes, tuple[bytes | None, bytes | None]] = {}
+        for k in (cur.keys() | memo.keys() | base_bodies.keys()) if keys is None else keys:
+            ref = memo[k].body if k in memo else base_bodies.get(k)
+            if cur.get(k) != ref:
+                delta[k] = (ref, cur.get(k))
+        stats.ours = len(delta)
+        if not delta:
+            news = seen - memo.keys()
+            if news:  # nothing to publish, but keys to memoise (no version: the last one stays)
+                rows = {**(recovered.rows if recovered else {}), **{k: _memo(view, k, cur) for k in news}}
+                top = recovered.top if recovered else snap.published_top
+                snap.publication = Publication(last_v, top, b"", rows)
+            stats.seconds = time.monotonic() - t0
+            return None, stats
+        parent = Parent.load(repo, ws, head)  # what the new version is built on
+        # A hard-linked file changed under all its names: they all take part in the conflict check.
+        links = ((e.key, e.link, cur[k]) for k, (e, _, _) in view.entries.items() if e.link is not None)
+        checked = {c.key: (c.old, c.new) for c in with_link_names([Change(k, *delta[k]) for k in sorted(delta)], links)}
+        for _attempt in range(REBASES):
+            theirs = _their_changes(repo, ws, last_v, head) if head != last_v else {}
+            stats.rebased = bool(theirs)
+            clash, merged_dirs = _overlaps(checked, theirs, layout)
+            if clash and not ours:
+                raise CommitConflict(sorted(path_of(k) for k in clash))
+            tree = {k: e for k, (e, _) in parent.records.items()}
+            for k, (_, new) in delta.items():
+                if new is None:
+                    tree.pop(k, None)
+                else:
+                    tree[k] = view.entries[k][0]
+            tree.update(merged_dirs)
+            stats.overwritten = []
+            view.read_keys({k for k in clash if k not in view.entries})  # ours where we did not change it
+            for k in sorted(clash):  # ours=True: our merged view at every overlapping key
+                stats.overwritten.append(path_of(k))
+                if k in view.entries:
+                    tree[k] = view.entries[k][0]
+                else:
+                    tree.pop(k, None)
+            entries = [tree[k] for k in sorted(tree)]
+            bad = _check_tree(entries)
+            if bad:
+                raise CommitConflict(bad, " (merging them would give no valid tree)")
+            stored = store_tree(repo, parent, entries, None, _pack_source(repo, parent, view, spill, delta, workers), workers)
+            stats.changed = stored.changed or 0
+            stats.chunks_uploaded = push_stats.blobs_uploaded
+            stats.objects_uploaded = push_stats.blobs_uploaded + stored.objects
+            stats.bytes_uploaded = push_stats.bytes_uploaded + stored.bytes
+            rows = {**(recovered.rows if recovered else {}),
+                    **{k: _memo(view, k, cur) for k in delta.keys() | clash | seen}}
+            if stored.top_id == parent.top:  # the head already holds our changes: nothing to publish
+                snap.publication = Publication(head, parent.top.hex(), b"", rows)
+                stats.seconds = time.monotonic() - t0
+                return None, stats
+            when = datetime.now(UTC).isoformat(timespec="seconds")
+            record = version_record(ws, head + 1, stored, when=when, author=author or _default_author(),
+                                    message=message, tree=_tree_stats(entries))
+            pub = Publication(record.version, record.manifest, record.to_json(), rows)
+            snap.write_intent(pub)
+            if _create(repo, record):
+                snap.publication = pub
+                stats.version = record.version
+                stats.seconds = time.monotonic() - t0
+                return record, stats
+            head = repo.latest(ws) or head  # another writer took head + 1: rebase onto theirs
+            parent = Parent.load(repo, ws, head)
+        raise Conflict(f"could not publish a version of {ws!r}: {REBASES} other versions were published meanwhile")
+    finally:
+        uploader.close()
+        spill.close()
+
+
+def _recover(repo: Repository, snap: Snapshot) -> Publication | None:
+    """The publication an interrupted commit made (its record exists and is the intent's), if any."""
+    intent = snap.intent()
+    if intent is None or intent.version <= snap.published_version or not intent.record:
+        return None
+    try:
+        there = repo.record(snap.base_id.workspace, intent.version).to_json()
+    except NotFound:
+        return None
+    return intent if there == intent.record else None
+
+
+def _memo(view: _View, key: bytes, cur: dict[bytes, bytes]) -> Memo:
+    hit = view.entries.get(key)
+    if hit is None:
+        return Memo(None, 0, 0)
+    return Memo(cur[key], hit[1], hit[2])
+
+
+def _tree_stats(entries: list[Entry]) -> dict[str, int]:
+    s = {"files": 0, "dirs": 0, "symlinks": 0, "specials": 0, "bytes": 0}
+    for e in entries:
+        if e.link is not None:
+            continue
+        fmt = stat.S_IFMT(e.mode)
+        if fmt == stat.S_IFREG:
+            s["files"] += 1
+            s["bytes"] += e.size
+        elif fmt == stat.S_IFDIR:
+            s["dirs"] += 1
+        elif fmt == stat.S_IFLNK:
+            s["symlinks"] += 1
+        else:
+            s["specials"] += 1
+    return s
+
+
+def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, changed: Iterable[bytes],
+                 workers: int) -> Callable[[PackPlan], bytes]:
+    """Bytes of a pack to build: small files read by this commit, else the base (through the snapshot), else the head's packs.
+
+    The head's packs around the *changed* keys (the one whose key range
+    holds a key, and the next: a new cut can join them) are fetched first,
+    in parallel: those are the packs a change re-cuts.
+    """
+    import bisect
+    from concurrent.futures import ThreadPoolExecutor
+
+    layout = repo.config.layout
+    where: dict[bytes, tuple[int, int, int]] | None = None  # content id -> (index of the head's pack, offset, size)
+    packs: dict[int, bytes] = {}
+    refs = parent.pack_refs
+
+    def fetch(i: int) -> bytes:
+        ref = refs[i]
+        return bytes(repo.get_blob(ref.id, ref.size, "pack", place=parent.places.get(ref.id)))
+
+    firsts = [r.first for r in refs]
+    near = sorted({j for k in changed for i in [bisect.bisect_right(firsts, k) - 1] for j in (i, i + 1)
+                   if 0 <= j < len(refs)})
+    if near:
+        with ThreadPoolExecutor(max_workers=min(workers, len(near)), thread_name_prefix="wsfs-packs") as ex:
+            packs.update(zip(near, ex.map(fetch, near), strict=True))
+
+    def from_head(cid: bytes) -> bytes | None:
+        nonlocal where
+        if where is None:
+            where = {}
+            files = (e for e, _ in parent.records.values() if packed(e, layout))
+            for i, ref in enumerate(refs):
+                off = 0
+                seen: set[bytes] = set()
+                for _ in range(ref.count):
+                    e = next(files)
+                    assert e.content is not None
+                    if e.content not in seen:
+                        seen.add(e.content)
+                        where.setdefault(e.content, (i, off, e.size))
+                        off += e.size
+        hit = where.get(cid)
+        if hit is None:
+            return None
+        i, off, size = hit
+        if i not in packs:
+            packs[i] = fetch(i)
+        return packs[i][off:off + size]
+
+    def pack_bytes(plan: PackPlan) -> bytes:
+        out = []
+        for cid, size in plan.contents:
+            data = spill.read(cid)
+            if data is None:
+                data = from_head(cid)
+            if data is None and cid in view.small_ino:
+                data = view.snap.read(view.small_ino[cid], 0, size)
+            if data is None or content_id(data) != cid:
+                raise IntegrityError(f"the content of a small file ({cid.hex()[:16]}) could not be found")
+            out.append(data)
+        return b"".join(out)
+
+    return pack_bytes
+
+
+def _create(repo: Repository, record: VersionRecord) -> bool:
+    """Create *record* (conditional put); True if it is ours now, False if another writer took the number.
+
+    A put whose answer was lost is recognised by reading the record back.
+    """
+    for _ in range(3):
+        try:
+            repo.publish(record)
+            return True
+        except Conflict:
+            pass
+        except StoreUnavailable:
+            pass  # it may or may not have been created: ask
+        try:
+            there = repo.record(record.workspace, record.version)
+        except NotFound:
+            continue  # not created: try again
+        return there.to_json() == record.to_json()
+    raise StoreUnavailable(f"could not create {record.workspace}@{record.version}: the store keeps failing")
+
+
+def commit_layer(repo: Repository, layer, **kw) -> tuple[VersionRecord | None, CommitStats]:  # noqa: ANN001, ANN003
+    """Snapshot, commit and record it in one thread (``wsfs commit`` with no daemon, tests)."""
+    snap = layer.snapshot()
+    try:
+        out = commit(repo, snap, **kw)
+        layer.mark_published(snap)
+        return out
+    finally:
+        snap.close()

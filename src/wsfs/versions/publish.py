@@ -1,0 +1,170 @@
+"""What every writer of a format 2 version shares: the parent's reuse, storing the pieces, the record.
+
+:func:`wsfs.versions.push.push` (a directory) and :func:`wsfs.versions.commit.commit`
+(a write layer) both turn a sorted list of entries into a version the same
+way, so the same tree gives the same pieces whichever wrote it:
+
+* :class:`Parent`: what the version published on top of offers for reuse
+  (pieces and chunks known stored, pack signatures and places, record
+  bodies, ranges), loaded from its top;
+* :func:`store_tree`: encode the entries (reusing the parent's record
+  bodies, ranges and packs), compute the changeset against the parent,
+  and store every piece not stored yet (children before parents,
+  ``Repository.put_pieces``);
+* :func:`version_record`: the record to create, last, with a conditional put.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from wsfs.errors import FormatError, IntegrityError, NotFound
+from wsfs.format.blobs import content_id
+from wsfs.format.records import VersionRecord
+from wsfs.format.tree import (
+    ZERO_ID,
+    Entry,
+    Layout,
+    PackPlan,
+    Piece,
+    Place,
+    Ref,
+    build_version,
+    changes,
+    decode_top,
+    encode_body,
+    encode_changeset,
+    pack_signatures,
+    with_link_names,
+)
+from wsfs.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Parent:
+    """What a push reuses from the parent version: ids known stored, pack signatures, records."""
+
+    top: bytes = bytes(32)
+    pieces: set[bytes] = field(default_factory=set)  # ranges, listings, packs: stored
+    chunks: set[bytes] = field(default_factory=set)  # chunks: stored
+    packs: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
+    places: dict[bytes, Place] = field(default_factory=dict)  # where the parent's packs are stored
+    bodies: list[tuple[bytes, bytes]] | None = None  # (key, record) of each entry, for the changeset
+    ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] = field(default_factory=dict)  # see build_version
+    records: dict[bytes, tuple[Entry, bytes]] = field(default_factory=dict)  # key -> (entry, its body)
+    pack_refs: list[Ref] = field(default_factory=list)  # the parent's packs, in order
+
+    def body(self, e: Entry, layout: Layout) -> bytes:
+        """The record body of *e*: the parent's bytes if the parent has the same entry, else encoded."""
+        hit = self.records.get(e.key)
+        return hit[1] if hit is not None and hit[0] == e else encode_body(e, layout)
+
+    @classmethod
+    def load(cls, repo: Repository, workspace: str, n: int | None) -> Parent:
+        if n is None:
+            return cls()
+        try:
+            record = repo.record(workspace, n)
+            if record.format == 1:
+                # Only chunks carry over (a changeset against format 1 is not written).
+                with repo.open_manifest(record) as pm:
+                    return cls(chunks=pm.chunk_ids())
+            ranges, packs = repo.version_refs(record)
+            layout = repo.config.layout
+            out = cls(top=bytes.fromhex(record.manifest), bodies=[])
+            top = decode_top(repo.get_piece(out.top, record.manifest_size, "top"))
+            out.pieces.add(out.top)
+            out.pieces.update(r.id for r in top.ranges + top.packs)
+            entries: list[Entry] = []
+            assert out.bodies is not None
+            for ref, (run, bodies) in zip(ranges, repo.version_range_bodies(ranges), strict=True):
+                keys = [e.key for e in run]
+                out.ranges[ref.first] = (ref, keys, bodies)
+                out.bodies.extend(zip(keys, bodies, strict=True))
+                out.records.update(zip(keys, zip(run, bodies, strict=True), strict=True))
+                entries.extend(run)
+            for e in entries:
+                if e.chunks:
+                    out.chunks.update(c for c in e.chunks if c != ZERO_ID)
+            out.pieces.update(r.id for r in ranges)
+            out.pieces.update(r.id for r in packs)
+            out.packs = pack_signatures(entries, packs, layout)
+            out.pack_refs = packs
+            out.places = dict(zip((r.id for r in packs), repo.pack_places(record, len(packs)), strict=True))
+            return out
+        except (NotFound, IntegrityError, FormatError) as e:
+            # A parent that cannot be read costs this push its reuse and its changeset, nothing else.
+            log.warning("not reusing %s@%d: %s", workspace, n, e)
+            return cls()
+
+
+@dataclass
+class Stored:
+    """A tree whose pieces are stored: what its record names, and what storing it cost."""
+
+    top_id: bytes
+    top: bytes
+    changeset: bytes | None  # None: no parent to compare with (first version, format 1 parent), or the same tree
+    changed: int | None  # entries in the changeset (0: the parent's tree; None: no parent)
+    objects: int  # objects written (blobs, segments, the pack map)
+    bytes: int  # bytes written
+    reused: int  # pieces that were stored already
+
+
+def store_tree(
+    repo: Repository, parent: Parent, entries: Sequence[Entry], bodies: Sequence[bytes] | None,
+    pack_bytes: Callable[[PackPlan], bytes], workers: int,
+) -> Stored:
+    """Encode *entries* (sorted by key, root first) as a version over *parent* and store what is missing.
+
+    *bodies* are the entries' record bodies if the caller has them (default:
+    the parent's bytes for an unchanged entry, else encoded); *pack_bytes*
+    returns the bytes of a pack the parent does not have.
+    """
+    layout = repo.config.layout
+    if bodies is None:
+        bodies = [parent.body(e, layout) for e in entries]
+    pack_ids: list[bytes] = []
+    top_id, top, pieces = build_version(
+        entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
+        known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
+        pack_ids=pack_ids,
+    )
+    changeset = None
+    changed = None
+    if parent.bodies is not None and top_id == parent.top:
+        changed = 0
+    elif parent.bodies is not None:
+        items = list(changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
+        links = ((e.key, e.link, body) for e, body in zip(entries, bodies, strict=True) if e.link is not None)
+        items = with_link_names(items, links)
+        changed = len(items)
+        changeset = encode_changeset(parent.top, items)
+        pieces.append(Piece(content_id(changeset), changeset))
+    pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
+    n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places)
+    return Stored(top_id, top, changeset, changed, n_up, b_up, len(pieces) - pieces_up)
+
+
+def version_record(
+    workspace: str, n: int, stored: Stored, *, when: str, author: str, message: str, tree: dict[str, int]
+) -> VersionRecord:
+    """The record of version *n* (parent n - 1) naming *stored*'s top and changeset."""
+    cs = stored.changeset
+    return VersionRecord(
+        workspace=workspace,
+        version=n,
+        parent=n - 1 if n > 1 else None,
+        manifest=stored.top_id.hex(),
+        manifest_size=len(stored.top),
+        changeset=None if cs is None else content_id(cs).hex(),
+        changeset_size=0 if cs is None else len(cs),
+        time=when,
+        author=author,
+        message=message,
+        stats=tree,
+    )

@@ -1,0 +1,536 @@
+"""Commit: a write layer's changes published as new versions (wsfs.versions.commit)."""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from commit_support import describe_layer, describe_version, layer_walk
+from layer_support import resolve
+
+from conftest import Base, push_tree
+from support.cli import Wsfs
+from wsfs.errors import NotFound, StoreUnavailable, UsageError
+from wsfs.format.manifest import ROOT_INO
+from wsfs.format.tree import ZERO_ID
+from wsfs.layer import WriteLayer
+from wsfs.repository import Repository
+from wsfs.store import open_store
+from wsfs.versions.commit import CommitConflict, commit, commit_layer
+from wsfs.versions.diff import record_changes
+
+
+def small_tree(src: Path) -> None:
+    (src / "a.txt").write_bytes(b"alpha\n")
+    (src / "b.txt").write_bytes(b"bravo" * 1000)
+    (src / "d").mkdir()
+    (src / "d" / "x").write_bytes(b"x" * 10)
+    (src / "d" / "sub").mkdir()
+    (src / "d" / "sub" / "z").write_bytes(b"zulu")
+    (src / "link").symlink_to("a.txt")
+    os.link(src / "b.txt", src / "b2.txt")
+    os.setxattr(src / "a.txt", "user.color", b"red")
+    (src / "big.bin").write_bytes(os.urandom(300 * 1024) + bytes(5 << 20))
+
+
+def open_layer(base: Base, state: Path) -> WriteLayer:
+    return WriteLayer(str(state), base.m, base.id, base.read_base)
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    base = push_tree(tmp_path, small_tree)
+    lay = open_layer(base, tmp_path / "state")
+    yield base, lay
+    lay.close()
+    base.m.close()
+
+
+def check_version(base: Base, lay: WriteLayer, n: int) -> None:
+    assert describe_version(base.repo, base.id.workspace, n) == describe_layer(lay)
+
+
+def test_commit_of_every_kind_of_change(setup) -> None:
+    base, lay = setup
+    root = ROOT_INO
+    f = lay.create(root, b"new.txt", stat.S_IFREG | 0o640, 1000, 1000)
+    lay.write(f.ino, 0, b"hello")
+    lay.release(f.ino)
+    a = resolve(lay, b"a.txt")
+    lay.write(a.ino, 0, b"ALPHA")
+    lay.setattr(a.ino, mode=0o600)
+    lay.unlink(root, b"link")
+    lay.symlink(root, b"link2", b"d/x", 0, 0)
+    d = resolve(lay, b"d")
+    lay.rename(root, b"d", root, b"e")
+    lay.link(resolve(lay, b"e/x").ino, root, b"x-again")
+    lay.setxattr(resolve(lay, b"e/sub/z").ino, b"user.k", b"v")
+    big = resolve(lay, b"big.bin")
+    lay.write(big.ino, 5 << 20, b"tail")  # into the second chunk: the first keeps its id
+    lay.setattr(resolve(lay, b"b.txt").ino, size=10)
+    assert d.ino == resolve(lay, b"e").ino
+    sparse = lay.create(root, b"sparse", stat.S_IFREG | 0o644, 0, 0)
+    lay.setattr(sparse.ino, size=13 << 20)  # holes: chunks of zeros, not stored
+    lay.write(sparse.ino, 9 << 20, b"island")
+    lay.release(sparse.ino)
+    lay.create(root, b"empty", stat.S_IFREG | 0o644, 0, 0)
+    record, stats = commit_layer(base.repo, lay, message="one")
+    assert record is not None and record.version == 2 and stats.version == 2
+    check_version(base, lay, 2)
+    entries = {e.key: e for run in base.repo.version_ranges(base.repo.version_refs(record)[0]) for e in run}
+    assert [c == ZERO_ID for c in entries[b"\0sparse"].chunks] == [True, True, False, True]
+    assert entries[b"\0big.bin"].chunks[0] == next(c.cid for c in base.m.chunks(big.ino) if c.idx == 0)
+    # nothing changed since: nothing to commit
+    record, stats = commit_layer(base.repo, lay)
+    assert record is None and stats.ours == 0
+
+
+def write_file(lay: WriteLayer, path: bytes, data: bytes) -> int:
+    parent, _, name = path.rpartition(b"/")
+    pino = resolve(lay, parent).ino if parent else ROOT_INO
+    try:
+        ino = lay.lookup(pino, name).ino
+        lay.setattr(ino, size=0)
+    except NotFound:
+        ino = lay.create(pino, name, stat.S_IFREG | 0o644, 0, 0).ino
+    lay.write(ino, 0, data)
+    lay.flush(ino)
+    return ino
+
+
+def changeset_paths(base: Base, n: int) -> list[tuple[str, bytes]]:
+    repo = base.repo
+    return [(c.op, c.key) for c in record_changes(repo, repo.record("w", n - 1), repo.record("w", n))]
+
+
+def test_second_commit_publishes_only_what_changed_since_the_first(setup) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"one")
+    write_file(lay, b"d/new", b"new")
+    assert commit_layer(base.repo, lay)[0].version == 2
+    write_file(lay, b"d/x", b"changed x")
+    record, stats = commit_layer(base.repo, lay)
+    assert record.version == 3 and record.parent == 2
+    keys = {k for _, k in changeset_paths(base, 3)}
+    assert keys == {b"d\0x"}, keys  # not a.txt or d/new again
+    check_version(base, lay, 3)
+    # a change back to the base's content is a change too (against what was published)
+    lay.unlink(resolve(lay, b"d").ino, b"new")
+    record, _ = commit_layer(base.repo, lay)
+    assert (record.version, {k for _, k in changeset_paths(base, 4)}) == (4, {b"d\0new", b"\0d"})
+    check_version(base, lay, 4)
+
+
+def test_writes_after_the_snapshot_go_into_the_next_commit(setup) -> None:
+    base, lay = setup
+    ino = write_file(lay, b"a.txt", b"before")
+    big = resolve(lay, b"big.bin").ino
+    lay.write(big, 0, b"B" * 70000)  # a block of a committed slot: rewritten copy-on-write below
+    snap = lay.snapshot()
+    before = describe_layer(lay)
+    lay.write(ino, 0, b"AFTER!")  # in place? no: the snapshot committed these slots
+    lay.write(big, 10, b"C" * 100)
+    lay.unlink(ROOT_INO, b"b2.txt")
+    f = lay.create(ROOT_INO, b"late", stat.S_IFREG | 0o644, 0, 0)
+    lay.write(f.ino, 0, os.urandom(200_000))
+    lay.sync_all()  # retires slots: they must not be reused while the snapshot reads them
+    g = lay.create(ROOT_INO, b"later", stat.S_IFREG | 0o644, 0, 0)
+    lay.write(g.ino, 0, b"Z" * 300_000)  # would land in freed slots
+    lay.sync_all()
+    try:
+        record, _ = commit(base.repo, snap)
+        lay.mark_published(snap)
+    finally:
+        snap.close()
+    assert describe_version(base.repo, "w", record.version) == before
+    record, _ = commit_layer(base.repo, lay)
+    check_version(base, lay, record.version)
+
+
+def other_writer(base: Base, tmp_path: Path, edit) -> int:
+    other = open_layer(base, tmp_path / "other-state")
+    try:
+        edit(other)
+        record, _ = commit_layer(base.repo, other)
+        return record.version
+    finally:
+        other.close()
+
+
+def test_disjoint_changes_of_another_writer_are_kept(setup, tmp_path: Path) -> None:
+    base, lay = setup
+    write_file(lay, b"d/mine", b"mine")
+    write_file(lay, b"a.txt", b"mine too")
+    v = other_writer(base, tmp_path, lambda o: (write_file(o, b"d/theirs", b"theirs"), write_file(o, b"b.txt", b"b")))
+    assert v == 2
+    record, stats = commit_layer(base.repo, lay)
+    assert record.version == 3 and stats.rebased
+    tree = describe_version(base.repo, "w", 3)
+    mine = describe_layer(lay)
+    assert tree[b"d/mine"] == mine[b"d/mine"] and tree[b"a.txt"] == mine[b"a.txt"]
+    assert tree[b"d/theirs"][5][0] == 6 and tree[b"b.txt"][5][0] == 1
+    assert set(tree) == set(mine) | {b"d/theirs"}
+
+
+def test_overlapping_changes_conflict_and_ours_wins_on_request(setup, tmp_path: Path) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"mine")
+    write_file(lay, b"d/sub/new", b"below d")
+    other_writer(base, tmp_path, lambda o: write_file(o, b"a.txt", b"theirs"))
+    other_writer(base, tmp_path / "2", lambda o: (o.unlink(resolve(o, b"d/sub").ino, b"z"), o.rmdir(resolve(o, b"d").ino, b"sub")))
+    before = describe_layer(lay)
+    with pytest.raises(CommitConflict) as e:
+        commit_layer(base.repo, lay)
+    assert e.value.exit_code == 5
+    assert b"a.txt" in e.value.paths and b"d/sub" in e.value.paths and b"d/sub/new" in e.value.paths
+    assert base.repo.latest("w") == 3  # nothing published
+    assert describe_layer(lay) == before  # nothing lost
+    record, stats = commit_layer(base.repo, lay, ours=True)
+    assert record.version == 4 and b"a.txt" in stats.overwritten
+    tree = describe_version(base.repo, "w", 4)
+    assert tree[b"a.txt"] == before[b"a.txt"] and tree[b"d/sub/new"] == before[b"d/sub/new"]
+    assert b"d/sub/z" not in tree  # theirs where we did not overlap
+
+
+class LostAnswers:
+    """A store whose conditional creates succeed but answer as if the connection dropped (*lose* times)."""
+
+    def __init__(self, inner, lose: int = 1) -> None:
+        self.inner, self.lose = inner, lose
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self.inner.put_if_absent(key, data)
+        if self.lose:
+            self.lose -= 1
+            raise StoreUnavailable("connection reset by peer (after the write)")
+
+
+class Unreachable:
+    """A store that cannot be reached at all."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        def fail(*a, **kw):
+            raise StoreUnavailable("store unreachable: connection refused")
+        return fail
+
+
+def test_a_lost_answer_to_the_create_is_recognised(setup) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"lost answer")
+    repo = Repository(LostAnswers(base.repo.store), base.repo.config, base.cache_dir)
+    record, _ = commit_layer(repo, lay)
+    assert record.version == 2 and base.repo.versions("w") == [1, 2]
+    assert commit_layer(base.repo, lay)[0] is None  # the memo knows it was published
+
+
+def test_unreachable_store_keeps_everything_and_a_later_commit_succeeds(setup) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"offline")
+    before = describe_layer(lay)
+    offline = Repository(Unreachable(base.repo.store), base.repo.config, base.cache_dir)
+    with pytest.raises(StoreUnavailable) as e:
+        commit_layer(offline, lay)
+    assert e.value.exit_code == 8
+    assert describe_layer(lay) == before and base.repo.versions("w") == [1]
+    record, _ = commit_layer(base.repo, lay)
+    assert record.version == 2
+    check_version(base, lay, 2)
+
+
+def test_unreachable_after_the_create_is_recovered_from_the_intent(setup) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"published, answer lost for good")
+    repo = Repository(LostAnswers(base.repo.store, lose=1), base.repo.config, base.cache_dir)
+
+    class Blind(Repository):
+        def record(self, ws, n):  # the read-back of the new record fails too: the commit cannot tell
+            if n >= 2:
+                raise StoreUnavailable("unreachable")
+            return super().record(ws, n)
+
+    blind = Blind(repo.store, repo.config, base.cache_dir)
+    with pytest.raises(StoreUnavailable):
+        commit_layer(blind, lay)
+    assert base.repo.versions("w") == [1, 2]  # it was created
+    write_file(lay, b"b.txt", b"more")
+    record, stats = commit_layer(base.repo, lay)
+    assert stats.recovered == 2 and record.version == 3 and record.parent == 2
+    assert {k for _, k in changeset_paths(base, 3)} == {b"\0b.txt", b"\0b2.txt"}
+    check_version(base, lay, 3)
+
+
+def materialize(lay: WriteLayer, dest: Path) -> None:
+    """Write the layer's merged view to *dest* as files (owners, modes, mtimes, xattrs, hard links)."""
+    d = os.fsencode(dest)
+    seen: dict[int, bytes] = {}
+    dirs: list[tuple[bytes, object]] = []
+    for path, a in layer_walk(lay):
+        p = os.path.join(d, path) if path else d
+        fmt = stat.S_IFMT(a.mode)
+        if fmt == stat.S_IFDIR:
+            if path:
+                os.mkdir(p)
+            dirs.append((p, a))
+        elif fmt == stat.S_IFLNK:
+            os.symlink(lay.readlink(a.ino), p)
+        elif fmt == stat.S_IFREG:
+            if a.ino in seen:
+                os.link(seen[a.ino], p)
+                continue
+            seen[a.ino] = p
+            with open(p, "wb") as f:
+                f.write(lay.read(a.ino, 0, a.size))
+        else:
+            os.mknod(p, a.mode, a.rdev)
+        for k, v in lay.xattrs(a.ino).items():
+            os.setxattr(p, k, v, follow_symlinks=False)
+        os.chown(p, a.uid, a.gid, follow_symlinks=False)
+        if fmt != stat.S_IFLNK:
+            os.chmod(p, stat.S_IMODE(a.mode))
+        os.utime(p, ns=(a.mtime_ns, a.mtime_ns), follow_symlinks=False)
+    for p, a in reversed(dirs):
+        for k, v in lay.xattrs(a.ino).items():
+            os.setxattr(p, k, v)
+        os.chown(p, a.uid, a.gid)
+        os.chmod(p, stat.S_IMODE(a.mode))
+        os.utime(p, ns=(a.mtime_ns, a.mtime_ns))
+
+
+def test_same_tree_same_pieces_as_push(setup, tmp_path: Path) -> None:
+    """Determinism: the version a commit publishes has the top a push of the same tree has.
+
+    No directory is created in the layer (a new directory's size is 0 in the
+    layer, a file system's own on disk: the one thing a push of a copy cannot
+    reproduce); renames, links, xattrs, symlinks, chmod, growth small -> chunked
+    and back are all in.
+    """
+    base, lay = setup
+    uid, gid = os.getuid(), os.getgid()
+    write_file(lay, b"a.txt", os.urandom(200_000))  # small (packed) -> chunked
+    big = resolve(lay, b"big.bin").ino
+    lay.setattr(big, size=1000)  # chunked -> small
+    lay.rename(ROOT_INO, b"d", ROOT_INO, b"renamed")
+    lay.link(resolve(lay, b"renamed/x").ino, resolve(lay, b"renamed/sub").ino, b"x2")
+    lay.symlink(ROOT_INO, b"s", b"renamed/x2", uid, gid)
+    lay.setxattr(resolve(lay, b"renamed/sub/z").ino, b"user.tag", b"1")
+    lay.setattr(resolve(lay, b"b.txt").ino, mode=0o751)
+    f = lay.create(ROOT_INO, b"empty", stat.S_IFREG | 0o644, uid, gid)
+    lay.create(ROOT_INO, b"fifo", stat.S_IFIFO | 0o600, uid, gid)
+    lay.release(f.ino)
+    record, _ = commit_layer(base.repo, lay)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    materialize(lay, copy)
+    w = Wsfs(str(tmp_path / "repo2"), str(tmp_path / "cache2"))
+    w("init")
+    w.push(copy, "w")
+    repo2 = Repository.open(open_store(w.repo), w.cache_dir)
+    assert repo2.record("w", 1).manifest == record.manifest
+
+
+def many_files(src: Path) -> None:
+    for d in range(40):
+        dd = src / f"dir{d:02d}"
+        dd.mkdir()
+        for f in range(75):
+            (dd / f"file{f:03d}.txt").write_bytes(f"{d}/{f} ".encode() * (20 + f))
+
+
+def test_cost_follows_the_change(tmp_path: Path) -> None:
+    """One small file modified in a 3,000-file tree: a few PUTs and little data, as push (issue 12's goals)."""
+    base = push_tree(tmp_path, many_files)
+    lay = open_layer(base, tmp_path / "state")
+    try:
+        write_file(lay, b"dir17/file042.txt", b"changed")
+        st = base.repo.store.stats
+        puts0, out0 = st.requests["put"], st.bytes_out
+        record, stats = commit_layer(base.repo, lay)
+        puts, sent = st.requests["put"] - puts0, st.bytes_out - out0
+        assert record.version == 2 and stats.changed == 1 and stats.files_read == 1
+        assert puts <= 10, puts
+        assert sent < 300_000, sent
+        assert stats.objects_uploaded == puts - 1  # all but the record
+        # 100 files spread over the tree
+        for i in range(100):
+            write_file(lay, b"dir%02d/file%03d.txt" % (i % 40, (i * 7) % 75), b"again %d" % i)
+        puts0, out0 = st.requests["put"], st.bytes_out
+        record, stats = commit_layer(base.repo, lay)
+        assert stats.changed == 100 and stats.files_read == 100
+        assert st.bytes_out - out0 < 2_000_000, st.bytes_out - out0
+        check_version(base, lay, 3)
+    finally:
+        lay.close()
+        base.m.close()
+
+
+def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
+    """Commits killed at random moments publish a whole version or none; the layer then commits once."""
+    base = push_tree(tmp_path, small_tree)
+    state = tmp_path / "state"
+    lay = open_layer(base, state)
+    for i in range(8):
+        write_file(lay, b"big%d" % i, os.urandom(6 << 20))
+    lay.mkdir(ROOT_INO, b"many", 0o755, 0, 0)
+    for i in range(400):
+        write_file(lay, b"many/f%d" % i, os.urandom(100 + i))
+    expected = describe_layer(lay)
+    lay.close()
+    here = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parents[1] / "src"), str(here.parent), str(here)]))
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    outcomes = []
+    for delay in (0.01, 0.03, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6):
+        child = subprocess.Popen([sys.executable, str(here / "commit_child.py"), base.repo_url, base.cache_dir, "w",
+                                  str(state)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"S\n"
+        time.sleep(delay * rng.uniform(0.5, 1.5))
+        child.kill()
+        outcomes.append(child.communicate()[0].strip() or b"killed")
+        assert base.repo.versions("w") in ([1], [1, 2])
+    lay = open_layer(base, state)
+    try:
+        record, _ = commit_layer(base.repo, lay)
+        print("commit kill test:", outcomes)
+        assert base.repo.versions("w") == [1, 2], outcomes
+        assert describe_layer(lay) == expected
+        check_version(base, lay, 2)
+        assert commit_layer(base.repo, lay)[0] is None
+    finally:
+        lay.close()
+        base.m.close()
+
+
+def test_pending_is_the_delta_since_the_last_commit(setup) -> None:
+    base, lay = setup
+    assert lay.pending() == []
+    write_file(lay, b"a.txt", b"12345")
+    write_file(lay, b"d/new", b"new")
+    lay.unlink(ROOT_INO, b"link")
+    got = {(p.path, p.kind, p.size) for p in lay.pending()}
+    assert got == {(b"a.txt", "M", 5), (b"d/new", "A", 3), (b"link", "D", 0), (b"d", "M", 4096)} | (
+        {(b"", "M", lay.getattr(ROOT_INO).size)})
+    commit_layer(base.repo, lay)
+    assert lay.pending() == []
+    write_file(lay, b"d/new", b"newer")
+    lay.symlink(ROOT_INO, b"link", b"b.txt", 0, 0)
+    got = {(p.path, p.kind) for p in lay.pending()}
+    assert got == {(b"d/new", "M"), (b"link", "A"), (b"", "M")}
+    commit_layer(base.repo, lay)
+    assert lay.pending() == []
+
+
+def test_discard_goes_back_to_the_base(setup) -> None:
+    base, lay = setup
+    before = describe_layer(lay)
+    write_file(lay, b"a.txt", b"changed")
+    write_file(lay, b"d/new", b"new")
+    lay.mkdir(resolve(lay, b"d").ino, b"nd", 0o755, 0, 0)
+    write_file(lay, b"d/nd/deep", b"deep")
+    lay.unlink(resolve(lay, b"d/sub").ino, b"z")
+    lay.setxattr(resolve(lay, b"big.bin").ino, b"user.x", b"1")
+    lay.write(resolve(lay, b"big.bin").ino, 10, b"zz")
+    affected = lay.discard([b"d", b"a.txt"])
+    assert {p for p, _ in affected} >= {b"a.txt", b"d/new", b"d/nd", b"d/nd/deep", b"d/sub/z"}
+    assert {p.path for p in lay.pending()} == {b"big.bin"}
+    lay.discard()
+    assert lay.pending() == [] and describe_layer(lay) == before
+    # after a commit, a path changed again cannot go back to the base (no re-base yet): refused, nothing changed
+    write_file(lay, b"a.txt", b"committed")
+    commit_layer(base.repo, lay)
+    write_file(lay, b"a.txt", b"again")
+    write_file(lay, b"fresh", b"fresh")
+    now = describe_layer(lay)
+    with pytest.raises(UsageError):
+        lay.discard([b"a.txt"])
+    assert describe_layer(lay) == now
+    lay.discard([b"fresh"])
+    assert {p.path for p in lay.pending()} == {b"a.txt", b""}
+
+
+@pytest.mark.parametrize("store_kind", ["s3"], indirect=True)
+def test_two_writers_over_s3(repo_url, subprocess_env, store, tmp_path: Path) -> None:
+    """Two layers over one version commit to S3 over HTTP: disjoint changes both land; an overlap conflicts."""
+    src = tmp_path / "src"
+    src.mkdir()
+    small_tree(src)
+    w = Wsfs(repo_url, str(tmp_path / "cache"), subprocess_env)
+    w("init")
+    w.push(src, "w")
+    repo = Repository.open(store, str(tmp_path / "cache"))
+    base = Base(repo, "w", 1, repo_url, str(tmp_path / "cache"))
+    one, two = open_layer(base, tmp_path / "one"), open_layer(base, tmp_path / "two")
+    try:
+        write_file(one, b"d/one", os.urandom(5 << 20))  # chunked
+        write_file(two, b"two", b"two")
+        write_file(two, b"a.txt", b"two's")
+        assert commit_layer(repo, one)[0].version == 2
+        record, stats = commit_layer(repo, two)
+        assert record.version == 3 and stats.rebased
+        tree = describe_version(repo, "w", 3)
+        assert tree[b"d/one"] == describe_layer(one)[b"d/one"] and tree[b"two"] == describe_layer(two)[b"two"]
+        write_file(one, b"a.txt", b"one's")
+        with pytest.raises(CommitConflict) as e:
+            commit_layer(repo, one)
+        assert e.value.paths == [b"a.txt"] and repo.latest("w") == 3
+    finally:
+        one.close()
+        two.close()
+        base.m.close()
+
+
+def test_a_format_1_state_folder_gets_the_memo(setup, tmp_path: Path) -> None:
+    base, lay = setup
+    write_file(lay, b"a.txt", b"before the upgrade")
+    lay.close()
+    import apsw
+
+    db = apsw.Connection(str(tmp_path / "state" / "layer.db"))
+    db.execute("DROP TABLE published; UPDATE meta SET value = 1 WHERE key = 'format'")
+    db.close()
+    lay2 = open_layer(base, tmp_path / "state")
+    try:
+        assert [p.path for p in lay2.pending()] == [b"a.txt"]
+        assert commit_layer(base.repo, lay2)[0].version == 2
+        check_version(base, lay2, 2)
+    finally:
+        lay2.close()
+
+
+class Racing:
+    """A store where another writer publishes just before our first conditional create."""
+
+    def __init__(self, inner, race) -> None:
+        self.inner, self.race = inner, race
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        if self.race is not None:
+            race, self.race = self.race, None
+            race()
+        self.inner.put_if_absent(key, data)
+
+
+def test_a_version_published_during_the_commit_is_rebased_onto(setup, tmp_path: Path) -> None:
+    base, lay = setup
+    write_file(lay, b"d/mine", b"mine")
+    repo = Repository(Racing(base.repo.store, lambda: other_writer(base, tmp_path, lambda o: write_file(o, b"theirs", b"t"))),
+                      base.repo.config, base.cache_dir)
+    record, stats = commit_layer(repo, lay)
+    assert record.version == 3 and record.parent == 2 and stats.rebased
+    tree = describe_version(base.repo, "w", 3)
+    assert b"theirs" in tree and tree[b"d/mine"] == describe_layer(lay)[b"d/mine"]

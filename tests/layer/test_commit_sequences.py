@@ -1,0 +1,161 @@
+"""Property: any sequence of layer edits, committed several times, gives versions that check out exactly
+as the layer's merged view was at each commit (names, types, modes, owners, mtimes, targets, hard links,
+xattrs, bytes), and after each commit nothing is pending.
+
+Edits go through the layer's API: create, write (small, and across the inline threshold both ways),
+truncate, unlink, rename (files and directories, over files), chmod, symlink, hard link, xattr, mkdir,
+rmdir; between commits some edits happen after the snapshot was taken (they go into the next commit).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from commit_support import describe_layer, describe_version, layer_walk
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import Base
+from support.cli import Wsfs
+from wsfs.errors import FsError
+from wsfs.format.manifest import ROOT_INO
+from wsfs.layer import WriteLayer
+from wsfs.repository import Repository
+from wsfs.store import open_store
+from wsfs.versions.commit import commit
+
+KINDS = ("create", "write", "grow", "shrink", "unlink", "rename", "chmod", "symlink", "link", "xattr", "mkdir", "rmdir")
+edits = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 30), st.integers(0, 1 << 30)), max_size=6)
+rounds = st.lists(st.tuples(edits, edits), min_size=1, max_size=4)  # (before the snapshot, while it is open)
+
+
+def _base(root: Path) -> None:
+    for d in range(3):
+        dd = root / f"d{d}" / "sub"
+        dd.mkdir(parents=True)
+        for f in range(6):
+            (dd / f"f{f}.txt").write_bytes(f"{d}.{f}\n".encode() * (3 + 7 * f))
+    (root / "big.bin").write_bytes(bytes(range(256)) * 1200)
+    os.link(root / "d1" / "sub" / "f2.txt", root / "d0" / "hard")
+    os.link(root / "big.bin", root / "d2" / "big-again")
+    os.setxattr(root / "d2" / "sub" / "f1.txt", "user.base", b"1")
+
+
+@pytest.fixture(scope="module")
+def repo_dir(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("seq")
+    src = tmp / "src"
+    src.mkdir()
+    _base(src)
+    w = Wsfs(str(tmp / "repo"), str(tmp / "cache"))
+    w("init")
+    return tmp, w, src
+
+
+_n = itertools.count()
+
+
+def _apply(lay: WriteLayer, kind: str, a: int, b: int, n: int) -> None:
+    entries = list(layer_walk(lay))[1:]
+    dirs = [(b"", lay.getattr(ROOT_INO))] + [(p, x) for p, x in entries if x.is_dir]
+    files = [(p, x) for p, x in entries if stat.S_ISREG(x.mode)]
+    others = [(p, x) for p, x in entries if not x.is_dir]
+    place = dirs[a % len(dirs)][1].ino
+    name = b"n%d-%d" % (n, b % 97)
+    try:
+        if kind == "create":
+            f = lay.create(place, name, stat.S_IFREG | 0o644, 0, 0)
+            lay.write(f.ino, 0, bytes([b % 251]) * ((b % 5000) if b % 11 else 150_000 + b % 1000))
+        elif kind == "write" and files:
+            x = files[b % len(files)][1]
+            lay.write(x.ino, (a % max(1, x.size + 1)), b"w%d" % n * (1 + b % 50))
+        elif kind == "grow" and files:
+            x = files[b % len(files)][1]
+            lay.write(x.ino, 140_000 + a % 5000, b"grown")  # a small file becomes chunked, with a hole
+        elif kind == "shrink" and files:
+            lay.setattr(files[b % len(files)][1].ino, size=a % 3000)
+        elif kind == "unlink" and others:
+            p, _ = others[b % len(others)]
+            parent, _, nm = p.rpartition(b"/")
+            lay.unlink(_ino(lay, parent), nm)
+        elif kind == "rename" and entries:
+            p, _ = entries[b % len(entries)]
+            parent, _, nm = p.rpartition(b"/")
+            target = others[a % len(others)][0] if others and a % 3 == 0 else None
+            if target is not None:
+                tp, _, tn = target.rpartition(b"/")
+                lay.rename(_ino(lay, parent), nm, _ino(lay, tp), tn)
+            else:
+                lay.rename(_ino(lay, parent), nm, place, name)
+        elif kind == "chmod" and entries:
+            lay.setattr(entries[b % len(entries)][1].ino, mode=0o600 | (a % 0o100))
+        elif kind == "symlink":
+            lay.symlink(place, name, b"target-%d" % (b % 7), 0, 0)
+        elif kind == "link" and files:
+            lay.link(files[b % len(files)][1].ino, place, name)
+        elif kind == "xattr" and entries:
+            lay.setxattr(entries[b % len(entries)][1].ino, b"user.k%d" % (a % 3), b"v%d" % b)
+        elif kind == "mkdir":
+            lay.mkdir(place, name, 0o755, 0, 0)
+        elif kind == "rmdir" and len(dirs) > 1:
+            p, _ = dirs[1 + b % (len(dirs) - 1)]
+            parent, _, nm = p.rpartition(b"/")
+            lay.rmdir(_ino(lay, parent), nm)
+    except FsError:
+        pass  # not empty, into itself, exists...: the edit does not apply
+
+
+def _ino(lay: WriteLayer, path: bytes) -> int:
+    ino = ROOT_INO
+    for nm in path.split(b"/") if path else []:
+        ino = lay.lookup(ino, nm).ino
+    return ino
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rounds=rounds, full=st.booleans())
+def test_committed_versions_check_out_as_the_layer_was(repo_dir, rounds, full) -> None:
+    """*full*: commit compares the whole merged view with the base, not only the paths the layer changed."""
+    tmp, w, src = repo_dir
+    n = next(_n)
+    ws = f"s{n}"
+    w.push(src, ws)
+    repo = Repository.open(open_store(w.repo), w.cache_dir)
+    base = Base(repo, ws, 1, w.repo, w.cache_dir)
+    lay = WriteLayer(str(tmp / f"state{n}"), base.m, base.id, base.read_base)
+    try:
+        k = 0
+        for before, during in rounds:
+            for kind, a, b in before:
+                _apply(lay, kind, a, b, k)
+                k += 1
+            snap = lay.snapshot()
+            expected = describe_layer(lay)
+            for kind, a, b in during:
+                _apply(lay, kind, a, b, k)
+                k += 1
+            try:
+                record, _ = commit(repo, snap, _full=full)
+                lay.mark_published(snap)
+            finally:
+                snap.close()
+            if record is not None:
+                assert describe_version(repo, ws, record.version) == expected
+            if not during:
+                assert lay.pending() == []
+        record, _ = commit_layer_now(repo, lay)
+        latest = repo.latest(ws)
+        assert describe_version(repo, ws, latest) == describe_layer(lay)
+    finally:
+        lay.close()
+        base.m.close()
+
+
+def commit_layer_now(repo: Repository, lay: WriteLayer):
+    from wsfs.versions.commit import commit_layer
+
+    return commit_layer(repo, lay)
