@@ -226,6 +226,57 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_commit(args: argparse.Namespace) -> int:
+    from wsfs.daemon.control import query
+
+    mp = os.path.abspath(args.mountpoint)
+    settings = resolve(args.repo, args.endpoint_url, args.cache_dir)
+    t0 = time.monotonic()
+    try:
+        s = query(mp, settings.cache_dir, "commit", timeout=None, args={"message": args.message, "ours": args.ours})
+    except WsfsError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e), "exit_code": e.exit_code}))
+        raise
+    s.pop("ok", None)
+    if args.json:
+        print(json.dumps(s, sort_keys=True))
+        return 0
+    if s["version"] is None:
+        print(f"nothing to commit: {s['workspace']} already holds every change of {args.mountpoint}"
+              + (f" (recorded {s['workspace']}@{s['recovered']}, published by an interrupted commit)"
+                 if s.get("recovered") else ""))
+        return 0
+    extra = ""
+    if s.get("rebased"):
+        extra += ", on top of other writers' versions"
+    if s.get("overwritten"):
+        extra += f"; ours replaced theirs at {len(s['overwritten'])} path(s)"
+    print(f"committed {s['workspace']}@{s['version']}: {s['changed']} entries changed, "
+          f"{_human(s['bytes_uploaded'])} uploaded in {s['objects_uploaded']} objects, "
+          f"{s['seconds'] if s.get('seconds') is not None else time.monotonic() - t0:.2f} s{extra}")
+    return 0
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    from wsfs.daemon.control import query
+
+    mp = os.path.abspath(args.mountpoint)
+    settings = resolve(args.repo, args.endpoint_url, args.cache_dir)
+    paths = None
+    if args.paths:
+        paths = []
+        for p in args.paths:
+            rel = os.path.relpath(p, mp) if os.path.isabs(p) else os.path.normpath(p)
+            if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+                raise UsageError(f"{p} is not inside {args.mountpoint}")
+            paths.append("" if rel == os.curdir else rel)
+    s = query(mp, settings.cache_dir, "discard", timeout=120.0, args={"paths": paths})
+    n = s.get("discarded", 0)
+    print(f"discarded {n} pending change{'s' if n != 1 else ''}" + ("" if paths is None else f" at {len(paths)} path(s)"))
+    return 0
+
+
 def _human(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -280,6 +331,24 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
              "layer size and state folder")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    sp = add("commit", cmd_commit, "publish the pending changes of a read-write mount as the workspace's next "
+             "version (exit 5 with the paths if another writer changed the same paths since; 8 if the store "
+             "cannot be reached: nothing is lost, run it again)")
+    sp.epilog = ("Writes made while a commit runs go into the next one. The mount goes on as it is: it shows what "
+                 "you wrote; changes other writers published are in the new version but not shown by this mount "
+                 "until it is mounted again.")
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    sp.add_argument("-m", "--message", default="", help="the version's message")
+    sp.add_argument("--ours", action="store_true",
+                    help="where another writer changed the same paths, publish ours over theirs")
+    sp.add_argument("--json", action="store_true", help="print the result (version, entries, bytes...) as JSON")
+
+    sp = add("discard", cmd_discard, "drop pending changes of a read-write mount (all, or at and below PATHs): "
+             "the base version shows there again")
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    sp.add_argument("paths", nargs="*", metavar="PATH",
+                    help="paths inside the mount (absolute, or relative to MOUNTPOINT); none: everything")
 
     sp = add("stats", cmd_stats, "request, cache and store counters of a mount")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")

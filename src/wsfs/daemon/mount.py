@@ -460,6 +460,8 @@ class _Daemon:
         self.tree: WritableTree | None = None  # a read-write mount's tree
         self.lease = True  # keep a lease on the version in the store (MountOptions.lease)
         self.metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (MountOptions.metrics)
+        self._commit_lock = threading.Lock()  # one commit or discard at a time
+        self.commits = {"count": 0, "bytes_uploaded": 0, "seconds": 0.0}  # this mount's commits (metrics)
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -484,6 +486,7 @@ class _Daemon:
         if self.tree is not None:
             out["layer"] = {"open_files": len(self.tree.layer.contents),
                             "disk_bytes": layer_disk_bytes(self.tree.state_dir)}
+            out["commits"] = dict(self.commits)
         return out
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -498,9 +501,74 @@ class _Daemon:
             return {"ok": True, **self.stats()}
         if cmd == "changes":
             return {"ok": True, **self.layer_status()}
-        # Extension point for the layer commands (commit, discard): run them on
-        # the trio thread through trio.from_thread, as layer_status does.
+        if cmd in ("commit", "discard"):
+            if self.tree is None:
+                return {"ok": False, "exit_code": 2,
+                        "error": f"{self.mountpoint} is a read-only mount: nothing to {cmd} (mount with --rw)"}
+            try:
+                return {"ok": True, **(self.layer_commit(request) if cmd == "commit" else self.layer_discard(request))}
+            except WsfsError as e:
+                out: dict[str, Any] = {"ok": False, "error": str(e), "exit_code": e.exit_code}
+                paths = getattr(e, "paths", None)  # a CommitConflict's (not imported by every mount)
+                if isinstance(paths, list):
+                    out["paths"] = [os.fsdecode(p) for p in paths]
+                return out
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def layer_commit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """(worker thread) ``wsfs commit``: publish what the layer changed since its last commit.
+
+        The snapshot is taken on the trio thread (a durable batch commit; the layer goes on taking
+        writes, which belong to the next commit); the upload and the record run here, reading base
+        content through a :class:`~wsfs.versions.read.RangeReader`; the memo is updated on the trio
+        thread.  One commit at a time.
+        """
+        from wsfs.versions.commit import commit
+        from wsfs.versions.read import RangeReader
+
+        tree = self.tree
+        assert tree is not None and isinstance(self.view, VersionView)
+        message, ours = request.get("message", ""), bool(request.get("ours", False))
+        if not isinstance(message, str):
+            raise UsageError("commit: the message must be text")
+        with self._commit_lock:
+            reader = RangeReader(self.repo, self.view.manifest.path, self.view.cache)
+            snap = trio.from_thread.run_sync(tree.layer.snapshot, reader.read)
+            try:
+                record, stats = commit(self.repo, snap, message=message, ours=ours)
+                trio.from_thread.run_sync(tree.layer.mark_published, snap)
+            finally:
+                snap.close()
+            self.commits["count"] += record is not None
+            self.commits["bytes_uploaded"] += stats.bytes_uploaded
+            self.commits["seconds"] += stats.seconds
+        log.info("%s: commit: %s", self.label, f"{self.workspace}@{record.version}" if record else "nothing to commit")
+        return {"workspace": self.workspace, "version": record.version if record else None,
+                "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased,
+                "overwritten": [os.fsdecode(p) for p in stats.overwritten], "recovered": stats.recovered,
+                "files_read": stats.files_read, "objects_uploaded": stats.objects_uploaded,
+                "bytes_uploaded": stats.bytes_uploaded, "seconds": round(stats.seconds, 3)}
+
+    def layer_discard(self, request: dict[str, Any]) -> dict[str, Any]:
+        """(worker thread) ``wsfs discard``: drop pending changes, then make the kernel forget what it
+        cached of those paths (entries and attributes: the base shows through again)."""
+        tree = self.tree
+        assert tree is not None
+        raw = request.get("paths")
+        if raw is not None and (not isinstance(raw, list) or not all(isinstance(p, str) for p in raw)):
+            raise UsageError("discard: paths must be a list of text")
+        paths = None if raw is None else [os.fsencode(p) for p in raw]
+        with self._commit_lock:
+            changed = trio.from_thread.run_sync(tree.discard, paths)
+        for parent, name, ino in changed:
+            for call, args in ((pyfuse3.invalidate_entry_async, (parent, name)), (pyfuse3.invalidate_inode, (ino,))):
+                if call is pyfuse3.invalidate_entry_async and not parent:
+                    continue
+                try:
+                    call(*args)
+                except (OSError, pyfuse3.FUSEError):  # the kernel does not know it: nothing cached
+                    pass
+        return {"discarded": len(changed)}
 
     def layer_status(self) -> dict[str, Any]:
         """(worker thread) ``wsfs status``: the layer's base and pending changes, read on the trio thread."""

@@ -34,7 +34,7 @@ from typing import Any
 from wsfs.daemon.tree import FsStats, Lifetime
 from wsfs.daemon.view import _LRU, VersionView
 from wsfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, WsfsError
-from wsfs.format.manifest import Inode
+from wsfs.format.manifest import ROOT_INO, Inode
 from wsfs.layer import WriteLayer
 from wsfs.layer.content import BLOCK
 
@@ -228,22 +228,46 @@ class WritableTree:
     # -- status ----------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """What ``wsfs status`` shows: the base, the pending changes (A/M/D/T, sizes), the state folder."""
+        """What ``wsfs status`` shows: the base, the last version this layer published, the pending
+        changes (what the next commit would publish: A/M/D/T, sizes), the state folder."""
         layer = self.layer
         changes = []
-        for ch in layer.changes():
-            entry: dict[str, Any] = {"kind": ch.kind, "path": os.fsdecode(ch.path)}
-            if ch.kind != "D":
-                try:
-                    a = layer.getattr(ch.ino)
-                    entry["size"] = a.size
+        for p in layer.pending():
+            entry: dict[str, Any] = {"kind": p.kind, "path": os.fsdecode(p.path)}
+            if p.kind != "D":
+                entry["size"] = p.size
+                a = self.resolve(p.path)
+                if a is not None:
                     entry["type"] = _type_name(a.mode)
-                except NotFound:
-                    pass
             changes.append(entry)
         base = layer.base_id
-        return {"workspace": base.workspace, "base_version": base.version, "state_dir": self.state_dir,
+        meta = dict(layer.db.execute("SELECT key, value FROM meta WHERE key = 'published_version'").fetchall())
+        return {"workspace": base.workspace, "base_version": base.version,
+                "published_version": meta.get("published_version", base.version), "state_dir": self.state_dir,
                 "changes": changes}
+
+    def resolve(self, path: bytes) -> Inode | None:
+        """The merged tree's entry at *path* (relative, ``/``-separated), or None."""
+        node = self.layer.getattr(ROOT_INO)
+        for name in (n for n in path.split(b"/") if n):
+            if not node.is_dir:
+                return None
+            found = self.layer.lookup(node.ino, name)
+            if found is None:
+                return None
+            node = found
+        return node
+
+    def discard(self, paths: list[bytes] | None) -> list[tuple[int, bytes, int]]:
+        """Drop pending changes (all, or at and below *paths*); ``(parent inode, name, inode)`` of every
+        path that changed, for the kernel's entries and attributes to be invalidated (parent 0: the root)."""
+        changed = self.layer.discard(paths)
+        out = []
+        for path, ino in changed:
+            head, _, name = path.rstrip(b"/").rpartition(b"/")
+            parent = self.resolve(head) if name else None
+            out.append((parent.ino if parent is not None else 0, name, ino))
+        return out
 
 
 def _type_name(mode: int) -> str:

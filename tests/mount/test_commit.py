@@ -1,0 +1,155 @@
+"""``wsfs commit`` / ``status`` / ``discard`` on real read-write mounts: what was written becomes a version
+that mounts identically on a fresh cache; two writers; conflicts; an unreachable store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from mountkit import Mount, Mounter
+
+from support.cli import Wsfs
+from support.faultproxy import Fault, FaultProxy
+from support.s3server import delete_prefix
+from support.trees import describe
+
+CHUNK = 64 * 1024
+
+
+def make_ws(tmp_path: Path, url: str | None = None, env: dict[str, str] | None = None) -> tuple[Wsfs, Path]:
+    w = Wsfs(url or str(tmp_path / "repo"), str(tmp_path / "cache"), env)
+    w("init", "--chunk-size", str(CHUNK), "--inline-threshold", "4096")
+    src = tmp_path / "src"
+    (src / "dir" / "sub").mkdir(parents=True)
+    (src / "dir" / "a.txt").write_bytes(b"a\n")
+    (src / "dir" / "sub" / "b.txt").write_bytes(b"b\n" * 100)
+    (src / "big").write_bytes(os.urandom(3 * CHUNK + 5))
+    (src / "gone").write_bytes(b"to be deleted\n")
+    os.symlink("dir/a.txt", src / "link")
+    w.push(src, "demo")
+    return w, src
+
+
+def rw(mount: Mounter, w: Wsfs, state: Path, ref: str = "demo", env: dict[str, str] | None = None) -> Mount:
+    return mount(w.repo, ref, extra=("--rw", "-o", f"state_dir={state}"), env=env)
+
+
+def cli(w: Wsfs, m: Mount) -> Wsfs:
+    return Wsfs(w.repo, str(m.cache_dir), m.env)
+
+
+def test_written_tree_becomes_a_version_that_mounts_identically(mount: Mounter, tmp_path: Path) -> None:
+    w, _ = make_ws(tmp_path)
+    m = rw(mount, w, tmp_path / "state")
+    p = m.path
+    (p / "new").mkdir()
+    (p / "new" / "small").write_bytes(b"x" * 100)
+    (p / "new" / "large").write_bytes(os.urandom(2 * CHUNK + 3))
+    with open(p / "big", "r+b") as f:  # a write into one chunk of a base file
+        f.seek(CHUNK + 10)
+        f.write(b"PATCHED")
+    with open(os.fsencode(p) + b"/new/\xff\xfe odd", "wb") as f:
+        f.write(b"odd name")
+    os.symlink("../dir/sub/b.txt", p / "new" / "rel")
+    os.link(p / "new" / "small", p / "new" / "hard")
+    os.setxattr(p / "new" / "small", "user.tag", b"v\x00al")
+    os.chmod(p / "dir" / "a.txt", 0o600)
+    os.chown(p / "dir" / "a.txt", 1234, 5678)
+    os.utime(p / "new" / "large", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.unlink(p / "gone")
+    os.rename(p / "dir" / "sub", p / "moved")
+    status = json.loads(cli(w, m)("status", "--json", str(p)).out)
+    assert {(c["kind"], c["path"]) for c in status["changes"]} >= {("A", "new"), ("D", "gone"), ("M", "big")}
+    before = describe(p)
+    r = cli(w, m)("commit", "-m", "first commit", str(p))
+    assert "committed demo@2" in r.text, r.text
+    assert json.loads(cli(w, m)("status", "--json", str(p)).out)["changes"] == []
+    assert describe(p) == before  # the mount goes on, showing the same tree
+    log = json.loads(w("log", "--json", "demo").out)
+    assert log[0]["version"] == 2 and log[0]["message"] == "first commit"
+    # A fresh cache, a read-only mount of the new version: the same tree, byte for byte.
+    ro = mount(w.repo, "demo@2", cache_dir=tmp_path / "fresh-cache")
+    assert describe(ro.path) == before
+    # Later writes are the next commit's, and only they are uploaded.
+    (p / "new" / "later").write_bytes(b"later\n")
+    r = json.loads(cli(w, m)("commit", "--json", str(p)).out)
+    assert r["version"] == 3 and r["ours"] >= 1 and r["bytes_uploaded"] < 64 * 1024
+    assert cli(w, m)("commit", str(p)).text.startswith("nothing to commit")
+    changes = w("diff", "demo@2", "demo@3").out.splitlines()
+    assert b"A new/later" in changes and len(changes) <= 3  # the file and its directory's mtime
+
+
+def test_two_writers_disjoint_rebase_and_overlap_conflicts(mount: Mounter, tmp_path: Path) -> None:
+    w, _ = make_ws(tmp_path)
+    a = rw(mount, w, tmp_path / "sa")
+    b = rw(mount, w, tmp_path / "sb")
+    (a.path / "from-a").write_bytes(b"a\n")
+    (b.path / "from-b").write_bytes(b"b\n")
+    assert "committed demo@2" in cli(w, a)("commit", str(a.path)).text
+    r = cli(w, b)("commit", str(b.path)).text
+    assert "committed demo@3" in r and "other writers" in r
+    out = tmp_path / "co3"
+    w("checkout", "demo@3", str(out))
+    assert (out / "from-a").read_bytes() == b"a\n" and (out / "from-b").read_bytes() == b"b\n"
+    # Both change dir/a.txt: the second commit is a conflict naming it, and nothing is published.
+    (a.path / "dir" / "a.txt").write_bytes(b"A's\n")
+    (b.path / "dir" / "a.txt").write_bytes(b"B's\n")
+    assert "committed demo@4" in cli(w, a)("commit", str(a.path)).text
+    r = cli(w, b)("commit", str(b.path), check=False)
+    assert r.code == 5 and "dir/a.txt" in r.err and r.err.count("\n") == 1, r.err
+    assert (b.path / "dir" / "a.txt").read_bytes() == b"B's\n"  # nothing lost
+    assert json.loads(w("log", "--json", "demo").out)[0]["version"] == 4
+    # --ours publishes ours over theirs.
+    assert "ours replaced theirs" in cli(w, b)("commit", "--ours", str(b.path)).text
+    assert w("cat", "demo@5", "dir/a.txt").out == b"B's\n"
+
+
+def test_discard_drops_pending_changes_and_the_base_shows_again(mount: Mounter, tmp_path: Path) -> None:
+    w, src = make_ws(tmp_path)
+    m = rw(mount, w, tmp_path / "state")
+    p = m.path
+    (p / "dir" / "a.txt").write_bytes(b"changed\n")
+    (p / "extra").write_bytes(b"extra\n")
+    assert (p / "dir" / "a.txt").read_bytes() == b"changed\n"
+    r = cli(w, m)("discard", str(p), "dir/a.txt")
+    assert "discarded 1" in r.text
+    assert (p / "dir" / "a.txt").read_bytes() == b"a\n"  # the kernel's cached pages were dropped too
+    assert (p / "extra").exists()
+    cli(w, m)("discard", str(p))
+    assert not (p / "extra").exists()
+    assert json.loads(cli(w, m)("status", "--json", str(p)).out)["changes"] == []
+
+
+def test_commit_of_a_read_only_mount_is_a_usage_error(mount: Mounter, tmp_path: Path) -> None:
+    w, _ = make_ws(tmp_path)
+    m = mount(w.repo, "demo")
+    r = cli(w, m)("commit", str(m.path), check=False)
+    assert r.code == 2 and "read-only" in r.err
+
+
+@pytest.mark.s3
+def test_offline_commit_keeps_everything_and_a_later_commit_succeeds(
+        mount: Mounter, tmp_path: Path, s3_server, s3_client) -> None:
+    prefix = f"wsfs-test/rw-offline-{uuid.uuid4().hex[:12]}"
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        env = {**os.environ, **s3_server.env, "AWS_ENDPOINT_URL": proxy.url, "WSFS_OP_TIMEOUT": "5"}
+        try:
+            w, _ = make_ws(tmp_path, f"s3://{s3_server.bucket}/{prefix}", env)
+            m = rw(mount, w, tmp_path / "state", env=env)
+            m.expect_log("commit|lease|store")  # the failed commit is logged
+            (m.path / "offline").write_bytes(b"written offline\n")
+            proxy.set_rule(lambda meth, path, q: Fault.error(503, "SlowDown"))
+            r = cli(w, m)("commit", str(m.path), check=False)
+            assert r.code == 8 and r.err.count("\n") == 1, r.err
+            (m.path / "offline2").write_bytes(b"still writable\n")
+            assert (m.path / "offline").read_bytes() == b"written offline\n"
+            proxy.set_rule(None)
+            assert "committed demo@2" in cli(w, m)("commit", str(m.path)).text
+            assert w("cat", "demo@2", "offline2").out == b"still writable\n"
+        finally:
+            delete_prefix(s3_client, s3_server.bucket, prefix + "/")
+            shutil.rmtree(tmp_path / "cache", ignore_errors=True)
