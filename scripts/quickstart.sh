@@ -2,7 +2,8 @@
 # Quick start: install wsfs, then use it on the embedded default repository
 # (a local directory under ~/.local/share/wsfs; no S3 server needed).
 # Pushes a sample tree, reads it back, makes a second version, and (where
-# FUSE works) mounts it and looks inside.
+# FUSE works) mounts it and looks inside, then mounts it read-write, edits it
+# and commits the edits as a third version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -45,6 +46,16 @@ if python3 -m wsfs mount --help >/dev/null 2>&1 && [ -e /dev/fuse ]; then
     echo "assets.bin read through the mount is identical"
     say wsfs stats "$demo/mnt"
     say wsfs umount "$demo/mnt"
+
+    echo "== read-write: edit the latest version in place, then commit the edits as version 3"
+    say wsfs mount --rw -o state_dir="$demo/state" "$ws" "$demo/mnt"
+    echo 'console.log("edited in the mount");' > "$demo/mnt/src/main.js"
+    mkdir "$demo/mnt/docs" && echo "# demo" > "$demo/mnt/docs/README.md"
+    say wsfs status "$demo/mnt"
+    say wsfs commit -m "edited through the mount" "$demo/mnt"
+    say wsfs umount "$demo/mnt"
+    say wsfs diff "$ws@2" "$ws@3"
+    say wsfs cat "$ws@3" src/main.js
 fi
 echo
 echo "done: the repository is at $repo (workspace $ws)"
