@@ -153,3 +153,35 @@ def test_offline_commit_keeps_everything_and_a_later_commit_succeeds(
         finally:
             delete_prefix(s3_client, s3_server.bucket, prefix + "/")
             shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def wait_for_version(w: Wsfs, n: int, seconds: float = 20) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if json.loads(w("log", "--json", "demo").out)[0]["version"] >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no demo@{n} after {seconds} s")
+
+
+def test_commit_on_umount_and_on_sigterm_and_every_interval(mount: Mounter, tmp_path: Path) -> None:
+    import signal
+
+    w, _ = make_ws(tmp_path)
+    m = mount(w.repo, "demo", extra=("--rw", "-o", f"state_dir={tmp_path / 's1'},commit_on_umount"))
+    (m.path / "at-umount").write_bytes(b"1\n")
+    m.unmount()
+    assert w("cat", "demo@2", "at-umount").out == b"1\n"
+    m = mount(w.repo, "demo", extra=("--rw", "-o", f"state_dir={tmp_path / 's2'},commit_on_umount"))
+    (m.path / "at-sigterm").write_bytes(b"2\n")
+    os.kill(m.pid, signal.SIGTERM)
+    assert m.proc.wait(60) == 0
+    assert w("cat", "demo@3", "at-sigterm").out == b"2\n"
+    m = mount(w.repo, "demo", extra=("--rw", "-o", f"state_dir={tmp_path / 's3'},commit_interval=1s"))
+    (m.path / "periodic").write_bytes(b"3\n")
+    wait_for_version(w, 4)
+    assert w("cat", "demo@4", "periodic").out == b"3\n"
+    r = w("mount", "demo", str(tmp_path / "nowhere"), "-o", "commit_on_umount", check=False)
+    assert r.code == 2 and "--rw" in r.err

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import re
 import shlex
@@ -522,11 +523,11 @@ def test_fstab_credentials_from_the_environment_file(sbin_helper: str, demo: tup
 # -- (d) the systemd unit --------------------------------------------------------------------
 
 
-def _unit_service_section() -> dict[str, list[str]]:
+def _unit_service_section(unit: Path = UNIT) -> dict[str, list[str]]:
     """``[Service]`` of the unit: key -> values in order (continuation lines are not used)."""
     out: dict[str, list[str]] = {}
     section = ""
-    for raw in UNIT.read_text().splitlines():
+    for raw in unit.read_text().splitlines():
         line = raw.strip()
         if not line or line[0] in "#;":
             continue
@@ -699,3 +700,48 @@ def test_mount_option_sizes() -> None:
             parse_mount_options([bad])
     assert "prefetch_small" in mh.KNOWN
     assert "prefetch_small=0" in mh.translate_options(["prefetch_small=0"]).mount_options
+
+
+def test_rw_unit_stop_checkpoints_and_commits_as_systemd_runs_it(demo: tuple[Path, Path], tmp_path: Path) -> None:
+    """wsfs-rw@.service's ExecStart with commit_on_umount: READY=1, a write, SIGTERM: exit 0 and a new version."""
+    repo = tmp_path / "repo"
+    shutil.copytree(demo[1], repo)  # the module's repository stays at demo@1 for the other tests
+    s = _unit_service_section(ROOT / "systemd" / "wsfs-rw@.service")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    state = tmp_path / "var-lib-wsfs-layers-work"  # systemd's StateDirectory=wsfs/layers/%i
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin", "LANG": "C.UTF-8",
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "WSFS_REF": "demo", "WSFS_MOUNTPOINT": str(mnt),
+           "WSFS_OPTIONS": "commit_on_umount", "WSFS_REPO": str(repo), "WSFS_CACHE_DIR": str(tmp_path / "cache")}
+    (start,) = s["ExecStart"]
+    _, argv = _systemd_argv(start.replace("/var/lib/wsfs/layers/%i", str(state)), env)
+    assert argv == ["/usr/local/bin/wsfs", "mount", "-f", "-o", f"rw,state_dir={state},commit_on_umount", "demo",
+                    str(mnt)]
+    assert s["StateDirectory"] == ["wsfs/layers/%i"] and int(s["TimeoutStopSec"][0]) > 600
+    argv = [sys.executable, "-m", "wsfs", *argv[1:]]
+    notify_dir = tempfile.mkdtemp(prefix="wsfs-", dir="/tmp")
+    addr = os.path.join(notify_dir, "n")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.bind(addr)
+    before = json.loads(subprocess.run([sys.executable, "-m", "wsfs", "log", "--json", "demo"], env=env,
+                                       capture_output=True, check=True, timeout=60).stdout)[0]["version"]
+    with sock, open(tmp_path / "out", "wb") as out:
+        proc = subprocess.Popen(argv, env={**env, "NOTIFY_SOCKET": addr}, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, start_new_session=True)
+        try:
+            assert _recv_notify(sock, b"READY=1", proc, 30) == proc.pid
+            (mnt / "written-under-systemd").write_bytes(b"kept\n")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if is_mounted(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
+            shutil.rmtree(notify_dir, ignore_errors=True)
+    assert not is_mounted(mnt)
+    r = subprocess.run([sys.executable, "-m", "wsfs", "cat", f"demo@{before + 1}", "written-under-systemd"], env=env,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == b"kept\n", r.stderr

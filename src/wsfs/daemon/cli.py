@@ -51,7 +51,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
             if key in ("ro", "rw") and not eq:
                 out["rw"] = key == "rw"  # the last one wins, as in mount(8)
                 continue
-            if key in ("allow_other", "debug", "history", "noprofile", "nopreload", "nolease") and not eq:
+            if key in ("allow_other", "debug", "history", "noprofile", "nopreload", "nolease", "commit_on_umount") and not eq:
                 out[key] = True
             elif key in ("cache_dir", "log", "state_dir", "metrics") and eq and val:
                 out[key] = val
@@ -59,13 +59,19 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = _parse_size(val)
             elif key == "prefetch_small" and eq:
                 out[key] = _parse_size(val, what="prefetch_small", zero=True)
+            elif key == "commit_interval" and eq:
+                from wsfs.versions.gc import parse_duration
+
+                out[key] = parse_duration(val)
+                if out[key] <= 0:
+                    raise UsageError(f"commit_interval={val}: must be a positive duration (e.g. 10m)")
             elif key == "timeout" and eq:
                 from wsfs.store.base import parse_timeout
 
                 out[key] = parse_timeout(val, "timeout")
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, nolease, metrics=HOST:PORT, cache_dir=DIR, cache_size=SIZE, "
+                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, nolease, metrics=HOST:PORT, commit_interval=DURATION, commit_on_umount, cache_dir=DIR, cache_size=SIZE, "
                                  "prefetch_small=SIZE, timeout=SECONDS, log=PATH)")
     return out
 
@@ -88,6 +94,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         preload=not opts.get("nopreload", False),
         lease=not opts.get("nolease", False),
         metrics=opts.get("metrics"),
+        commit_interval=opts.get("commit_interval"),
+        commit_on_umount=opts.get("commit_on_umount", False),
         rw=args.rw or opts.get("rw", False),
         state_dir=os.path.abspath(opts["state_dir"]) if opts.get("state_dir") else None,
     )
@@ -95,6 +103,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         from wsfs.metrics import parse_listen
 
         parse_listen(options.metrics)  # a usage error now, not after mounting
+    if (options.commit_interval or options.commit_on_umount) and not options.rw:
+        raise UsageError("-o commit_interval= and commit_on_umount are for read-write mounts: add --rw")
     if options.state_dir and not options.rw:
         raise UsageError("-o state_dir= is for read-write mounts: add --rw")
     if "cache_size" in opts:
@@ -308,7 +318,9 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
                          "changes; default <state dir>/layers/<repo hash>-<workspace>), allow_other, history, noprofile (no access profile), "
                          "nopreload (no helper process putting listed small files into the page cache), nolease (write no lease "
                          "on the version for gc: read-only credentials; gc's grace period alone then protects it), "
-                         "metrics=HOST:PORT (serve Prometheus metrics on that loopback address), cache_dir=DIR, cache_size=SIZE, "
+                         "metrics=HOST:PORT (serve Prometheus metrics on that loopback address), commit_interval=DURATION (--rw: "
+                         "commit pending changes that often, e.g. 10m), commit_on_umount (--rw: commit them when "
+                         "unmounted or stopped), cache_dir=DIR, cache_size=SIZE, "
                          "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE, and listed small files' packs, in the background; "
                          "default 1M, 0: off), timeout=SECONDS (an operation that waits longer for the store "
                          "fails with ETIMEDOUT, and so does each store request; default $WSFS_OP_TIMEOUT or 30), "

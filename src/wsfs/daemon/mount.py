@@ -85,6 +85,8 @@ _STOP_GRACE = 1.8  # seconds after SIGTERM before the watchdog detaches the moun
 # A read-write mount's stop commits its layer durably (local fsyncs of what was
 # written): more time, still bounded.  Killed past it, the layer keeps its last commit.
 _STOP_GRACE_RW = 30.0
+# ... and with commit_on_umount, long enough for a commit (TimeoutStopSec of the rw unit is longer still).
+_STOP_GRACE_COMMIT = 600.0
 _COMMIT_TICK = 0.5  # seconds between the read-write mount's checks for a batch due to commit
 
 
@@ -106,6 +108,8 @@ class MountOptions:
     rw: bool = False  # read-write: changes go to a write layer in state_dir (daemon/writable.py)
     lease: bool = True  # keep a lease on the mounted version in the store, for gc (versions/leases.py)
     metrics: str | None = None  # HOST:PORT (loopback) of a Prometheus endpoint (wsfs/metrics.py); None: none
+    commit_interval: float | None = None  # --rw: commit pending changes every this many seconds
+    commit_on_umount: bool = False  # --rw: commit pending changes at unmount or on a stop signal
     state_dir: str | None = None  # the write layer's folder; None: default_layer_dir(repo, workspace)
 
 
@@ -361,6 +365,8 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
     daemon.tree = tree
     daemon.lease = options.lease
     daemon.metrics = options.metrics
+    daemon.commit_interval = options.commit_interval
+    daemon.commit_on_umount = options.commit_on_umount
     try:
         try:
             pyfuse3.init(ops, mountpoint, fuse_options)
@@ -391,7 +397,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
                     log.info("%s: access profile not stored: the store was failing", label)
             else:
                 save_profile_briefly(repo, workspace, version, view.recorder)
-        return 0
+        return 1 if daemon.final_commit_failed else 0  # commit_on_umount failed: the changes stay in the layer
     finally:
         try:
             close()  # a read-write mount: its layer first (durable), then the manifest
@@ -461,6 +467,10 @@ class _Daemon:
         self.lease = True  # keep a lease on the version in the store (MountOptions.lease)
         self.metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (MountOptions.metrics)
         self._commit_lock = threading.Lock()  # one commit or discard at a time
+        self.commit_interval: float | None = None  # MountOptions.commit_interval
+        self.commit_on_umount = False  # MountOptions.commit_on_umount
+        self.final_commit_done = False
+        self.final_commit_failed = False  # the daemon then exits 1 (the changes stay in the layer)
         self.commits = {"count": 0, "bytes_uploaded": 0, "seconds": 0.0}  # this mount's commits (metrics)
 
     def stats(self) -> dict[str, Any]:
@@ -591,6 +601,8 @@ class _Daemon:
                 nursery.start_soon(self._lease, self.version)
             if self.tree is not None:
                 nursery.start_soon(self._commit_timer, self.tree)
+                if self.commit_interval:
+                    nursery.start_soon(self._auto_commit, self.commit_interval)
             nursery.start_soon(raise_kernel_readahead, self.mountpoint)
             if self.preloader is not None and isinstance(self.view, VersionView):
                 # Hints go out at the next scheduler tick, after the handler's
@@ -607,12 +619,40 @@ class _Daemon:
             verdict.send("OK")
             try:
                 await pyfuse3.main()
+                if self.tree is not None and self.commit_on_umount:
+                    await self._final_commit()  # unmounted by the kernel (umount): no request can come now
             finally:
                 if endpoint is not None:
                     endpoint.shutdown()
                     endpoint.server_close()
             self.view.deadline.stop()
             nursery.cancel_scope.cancel()
+
+    async def _commit_now(self, message: str) -> bool:
+        """Commit the layer from a worker thread (as ``wsfs commit``); False (logged) if it failed."""
+        try:
+            r = await trio.to_thread.run_sync(self.layer_commit, {"message": message})
+        except WsfsError as e:
+            log.error("%s: %s failed, the changes stay in the layer: %s", self.label, message, e)
+            return False
+        if r["version"] is not None:
+            log.info("%s: %s: %s@%d, %d entries changed", self.label, message, self.workspace, r["version"],
+                     r["changed"])
+        return True
+
+    async def _final_commit(self) -> None:
+        if not self.final_commit_done:
+            self.final_commit_done = True
+            self.final_commit_failed = not await self._commit_now("commit at unmount")
+
+    async def _auto_commit(self, interval: float) -> None:
+        """``-o commit_interval=``: commit whatever is pending that often (nothing pending: nothing happens)."""
+        tree = self.tree
+        assert tree is not None
+        while True:
+            await trio.sleep(interval)
+            if tree.layer.pending():
+                await self._commit_now("periodic commit")
 
     def _start_metrics(self) -> Any:
         """The ``-o metrics=`` endpoint: each scrape reads ``stats()`` on the trio thread (which owns the state)."""
@@ -649,7 +689,13 @@ class _Daemon:
                 if signum == signal.SIGHUP:
                     continue  # a closed terminal must not unmount a background daemon
                 log.info("%s: %s received, unmounting", self.label, signal.Signals(signum).name)
-                _start_watchdog(self.mountpoint, self.label, _STOP_GRACE if self.tree is None else _STOP_GRACE_RW)
+                if self.tree is not None and self.commit_on_umount:
+                    # Committed while the mount still answers (requests meanwhile are served, and go in
+                    # or after the commit); the watchdog then waits as long as a commit may take.
+                    _start_watchdog(self.mountpoint, self.label, _STOP_GRACE_COMMIT)
+                    await self._final_commit()
+                else:
+                    _start_watchdog(self.mountpoint, self.label, _STOP_GRACE if self.tree is None else _STOP_GRACE_RW)
                 self.view.deadline.stop()  # operations waiting for the store answer now
                 pyfuse3.terminate()
                 return
