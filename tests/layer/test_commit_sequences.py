@@ -26,7 +26,7 @@ from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository
 from wsfs.store import open_store
-from wsfs.versions.commit import commit
+from wsfs.versions.commit import CommitConflict, commit
 
 KINDS = ("create", "write", "grow", "shrink", "unlink", "rename", "chmod", "symlink", "link", "xattr", "mkdir", "rmdir")
 edits = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 30), st.integers(0, 1 << 30)), max_size=6)
@@ -159,3 +159,62 @@ def commit_layer_now(repo: Repository, lay: WriteLayer):
     from wsfs.versions.commit import commit_layer
 
     return commit_layer(repo, lay)
+
+
+TWO_KINDS = ("create", "write", "shrink", "unlink", "rename", "chmod", "symlink", "xattr", "mkdir")
+two_edits = st.lists(st.tuples(st.sampled_from(TWO_KINDS), st.integers(0, 1 << 30), st.integers(0, 1 << 30)),
+                     min_size=1, max_size=5)
+
+
+def _flat(tree: dict[bytes, tuple]) -> dict[bytes, tuple]:
+    """What a merge must keep per path: directories by type only (their mtimes merge), the rest whole
+    (a file's names are part of it: a hard-linked file changed under every name)."""
+    return {p: (d[0],) if stat.S_ISDIR(d[0]) else d for p, d in tree.items()}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mine=two_edits, theirs=two_edits)
+def test_two_writers_merge_or_conflict(repo_dir, mine, theirs) -> None:
+    """Two layers over one version: the second commit either conflicts (nothing published, every path it
+    names changed on both sides or under a directory the other removed) or publishes, per path, its own
+    change, else the other's, else the base."""
+    tmp, w, src = repo_dir
+    n = next(_n)
+    ws = f"t{n}"
+    w.push(src, ws)
+    repo = Repository.open(open_store(w.repo), w.cache_dir)
+    base = Base(repo, ws, 1, w.repo, w.cache_dir)
+    a = WriteLayer(str(tmp / f"a{n}"), base.m, base.id, base.read_base)
+    b = WriteLayer(str(tmp / f"b{n}"), base.m, base.id, base.read_base)
+    try:
+        start = _flat(describe_layer(a))
+        for k, (kind, x, y) in enumerate(theirs):
+            _apply(a, kind, x, y, 100 + k)
+        for k, (kind, x, y) in enumerate(mine):
+            _apply(b, kind, x, y, 200 + k)
+        ra, _ = commit_layer_now(repo, a)
+        va, vb = _flat(describe_layer(a)), _flat(describe_layer(b))
+        changed_a = {p for p in va.keys() | start.keys() if va.get(p) != start.get(p)}
+        changed_b = {p for p in vb.keys() | start.keys() if vb.get(p) != start.get(p)}
+        try:
+            rb, _ = commit_layer_now(repo, b)
+        except CommitConflict as e:
+            assert repo.latest(ws) == (ra.version if ra else 1)
+            def near(p: bytes, changed: set[bytes]) -> bool:
+                return any(q == p or q.startswith(p + b"/") or p.startswith(q + b"/") for q in changed)
+
+            # every path named was changed by one side, and some by both (a hard-linked file is one
+            # thing under all its names: which names a clash shows depends on which records changed)
+            assert all(near(p, changed_a | changed_b) for p in e.paths), e.paths
+            assert any(near(p, changed_a) for p in e.paths) and any(near(p, changed_b) for p in e.paths), e.paths
+            return
+        if rb is None:
+            return
+        got = _flat(describe_version(repo, ws, rb.version))
+        for p in got.keys() | va.keys() | vb.keys():
+            expect = vb.get(p) if p in changed_b else va.get(p) if p in changed_a else start.get(p)
+            assert got.get(p) == expect, (p, got.get(p), expect)
+    finally:
+        a.close()
+        b.close()
+        base.m.close()

@@ -286,12 +286,17 @@ def _overlaps(
         if a == b:
             continue
         if _is_dir(a, k, layout) and _is_dir(b, k, layout):
-            ea, eb = decode_body(a, k, layout), decode_body(b, k, layout)  # type: ignore[arg-type]
-            if ea._replace(mtime_ns=0, size=0) == eb._replace(mtime_ns=0, size=0):
-                merged[k] = ea if ea.mtime_ns >= eb.mtime_ns else eb
+            dir_ = _merge_dir(k, ours[k][0], a, theirs[k][0], b, layout)  # type: ignore[arg-type]
+            if dir_ is not None:
+                merged[k] = dir_
                 continue
         clash.add(k)
     for one, other in ((ours, theirs), (theirs, ours)):
+        for k, (_, new) in one.items():  # a name added for a file whose first name the other side changed
+            if new is not None and new[0] & F_LINK and k not in other:
+                target = decode_body(new, k, layout).link
+                if target in other and other[target][1] != one.get(target, (None, None))[1]:
+                    clash.update((k, target))
         other_paths = sorted(path_of(k) for k in other)
         for k, (old, new) in one.items():
             if _is_dir(old, k, layout) and not _is_dir(new, k, layout):
@@ -300,6 +305,30 @@ def _overlaps(
                     clash.add(k)
                     clash.update(_key(p) for p in below)
     return clash, merged
+
+
+_DIR_FIELDS = ("mode", "uid", "gid", "size", "xattrs")
+
+
+def _merge_dir(key: bytes, old_a: bytes | None, new_a: bytes, old_b: bytes | None, new_b: bytes,
+               layout: Layout) -> Entry | None:
+    """A directory both sides changed: each attribute from the side that changed it (three-way), the
+    later mtime (each side's entries changed it); None if both changed one attribute differently."""
+    na, nb = decode_body(new_a, key, layout), decode_body(new_b, key, layout)
+    oa = decode_body(old_a, key, layout) if _is_dir(old_a, key, layout) else None
+    ob = decode_body(old_b, key, layout) if _is_dir(old_b, key, layout) else None
+    out = na._replace(mtime_ns=max(na.mtime_ns, nb.mtime_ns))
+    for f in _DIR_FIELDS:
+        va, vb = getattr(na, f), getattr(nb, f)
+        if va == vb:
+            continue
+        a_changed = oa is None or getattr(oa, f) != va
+        b_changed = ob is None or getattr(ob, f) != vb
+        if a_changed and b_changed:
+            return None
+        if b_changed:
+            out = out._replace(**{f: vb})
+    return out
 
 
 def _key(path: bytes) -> bytes:
