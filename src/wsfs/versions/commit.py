@@ -463,8 +463,11 @@ def commit(
             if cur.get(k) != ref:
                 delta[k] = (ref, cur.get(k))
         stats.ours = len(delta)
+        # Memo rows whose inode or ctime moved though the record did not (a name of the file came and
+        # went): refreshed, or status would show them forever.
+        stale = {k for k, m in memo.items() if _memo(view, k, cur) != m}
         if not delta:
-            news = seen - memo.keys()
+            news = (seen - memo.keys()) | stale
             if news:  # nothing to publish, but keys to memoise (no version: the last one stays)
                 rows = {**(recovered.rows if recovered else {}), **{k: _memo(view, k, cur) for k in news}}
                 top = recovered.top if recovered else snap.published_top
@@ -506,7 +509,7 @@ def commit(
             stats.objects_uploaded = push_stats.blobs_uploaded + stored.objects
             stats.bytes_uploaded = push_stats.bytes_uploaded + stored.bytes
             rows = {**(recovered.rows if recovered else {}),
-                    **{k: _memo(view, k, cur) for k in delta.keys() | clash | seen}}
+                    **{k: _memo(view, k, cur) for k in delta.keys() | clash | seen | stale}}
             if stored.top_id == parent.top:  # the head already holds our changes: nothing to publish
                 snap.publication = Publication(head, parent.top.hex(), b"", rows)
                 stats.seconds = time.monotonic() - t0
