@@ -24,6 +24,7 @@ from wsfs.repository import Repository
 from wsfs.store import open_store
 from wsfs.versions.commit import CommitConflict, commit, commit_layer
 from wsfs.versions.diff import record_changes
+from wsfs.versions.read import BaseReader
 
 
 def small_tree(src: Path) -> None:
@@ -534,3 +535,16 @@ def test_a_version_published_during_the_commit_is_rebased_onto(setup, tmp_path: 
     assert record.version == 3 and record.parent == 2 and stats.rebased
     tree = describe_version(base.repo, "w", 3)
     assert b"theirs" in tree and tree[b"d/mine"] == describe_layer(lay)[b"d/mine"]
+
+
+def test_base_reader_reads_what_the_version_holds(setup) -> None:
+    """The daemonless read_base (wsfs.versions.read.BaseReader) gives a layer the base's bytes."""
+    base, _ = setup
+    reader = BaseReader(base.repo, base.m)
+    try:
+        for path in (b"a.txt", b"b.txt", b"big.bin", b"d/sub/z"):
+            node = base.path(path)
+            for off, n in ((0, node.size), (3, 70_000), (node.size - 2, 10), (4 << 20, 100)):
+                assert reader(node, off, n) == base.read_base(node, off, n), (path, off, n)
+    finally:
+        reader.close()

@@ -9,16 +9,20 @@ content is not read again).  So:
 
 * **our delta** = every key whose record body in the layer's merged view
   (read from a :class:`~wsfs.layer.snapshot.Snapshot`) differs from the
-  *reference*: the memo's body if the key was committed before, else B's;
+  *reference*: the memo's body if the key was committed before, else B's.
+  Only the paths the layer changed against B and the memo's keys are read
+  (every other path is B's entry, record for record), the whole merged
+  view only where hard links are involved;
 * **their changes** = the changesets from the version we last published to
   the head (other writers);
 * **overlap** (a conflict, :class:`CommitConflict`, exit 5, nothing
   published, nothing changed): a key both changed to different records, or
   a directory one side removed (or turned into something else) with a
-  change below it on the other side.  Two sides changing the same
-  directory only in its mtime (each added or removed its own entries in
-  it) do not conflict: the later mtime wins.  With *ours*, our merged view
-  wins at every overlapping key;
+  change below it on the other side.  A directory both changed merges
+  attribute by attribute (three-way; the later mtime: each side's own
+  entries changed it) and conflicts only where both changed one attribute
+  differently.  A hard-linked file changed under all its names.  With
+  *ours*, our merged view wins at every overlapping key;
 * the **new tree** = the head's entries with our delta applied, published
   as head + 1 on top of the head (with a changeset against it).
 
