@@ -423,8 +423,9 @@ def test_pending_is_the_delta_since_the_last_commit(setup) -> None:
     got = {(p.path, p.kind, p.size) for p in lay.pending()}
     assert got == {(b"a.txt", "M", 5), (b"d/new", "A", 3), (b"link", "D", 0), (b"d", "M", 4096)} | (
         {(b"", "M", lay.getattr(ROOT_INO).size)})
-    commit_layer(base.repo, lay)
-    assert lay.pending() == []
+    assert lay.published() == (1, base.id.top)
+    record, _ = commit_layer(base.repo, lay)
+    assert lay.pending() == [] and lay.published() == (2, record.manifest)
     write_file(lay, b"d/new", b"newer")
     lay.symlink(ROOT_INO, b"link", b"b.txt", 0, 0)
     got = {(p.path, p.kind) for p in lay.pending()}
