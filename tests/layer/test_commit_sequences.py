@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from conftest import Base
 from support.cli import Wsfs
-from wsfs.errors import FsError
+from wsfs.errors import FsError, UsageError
 from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository
@@ -217,4 +217,39 @@ def test_two_writers_merge_or_conflict(repo_dir, mine, theirs) -> None:
     finally:
         a.close()
         b.close()
+        base.m.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 30), st.integers(0, 1 << 30)),
+                      min_size=1, max_size=8), pick=st.integers(0, 1 << 30))
+def test_discard_of_a_path_then_of_everything(repo_dir, edits, pick) -> None:
+    """Discarding one pending path either is refused with nothing changed, or leaves nothing pending at
+    or below it; discarding everything then gives the base back."""
+    tmp, w, src = repo_dir
+    n = next(_n)
+    ws = f"u{n}"
+    w.push(src, ws)
+    repo = Repository.open(open_store(w.repo), w.cache_dir)
+    base = Base(repo, ws, 1, w.repo, w.cache_dir)
+    lay = WriteLayer(str(tmp / f"u{n}"), base.m, base.id, base.read_base)
+    try:
+        start = describe_layer(lay)
+        for k, (kind, a, b) in enumerate(edits):
+            _apply(lay, kind, a, b, k)
+        todo = lay.pending()
+        if todo:
+            p = todo[pick % len(todo)].path
+            before = describe_layer(lay)
+            try:
+                lay.discard([p])
+            except (UsageError, FsError):
+                assert describe_layer(lay) == before
+            else:
+                left = [t.path for t in lay.pending() if not p or t.path == p or t.path.startswith(p + b"/")]
+                assert left == [], (p, left)
+        lay.discard()
+        assert lay.pending() == [] and describe_layer(lay) == start
+    finally:
+        lay.close()
         base.m.close()
