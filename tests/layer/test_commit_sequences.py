@@ -109,6 +109,17 @@ def _apply(lay: WriteLayer, kind: str, a: int, b: int, n: int) -> None:
         pass  # not empty, into itself, exists...: the edit does not apply
 
 
+def _fresh(repo_dir, layers: int) -> tuple[Repository, Base, list[WriteLayer]]:  # noqa: ANN001
+    """The base tree pushed as a new workspace (one per example), and *layers* layers over it."""
+    tmp, w, src = repo_dir
+    n = next(_n)
+    ws = f"s{n}"
+    w.push(src, ws)
+    repo = Repository.open(open_store(w.repo), w.cache_dir)
+    base = Base(repo, ws, 1, w.repo, w.cache_dir)
+    return repo, base, [WriteLayer(str(tmp / f"state{n}-{i}"), base.m, base.id, base.read_base) for i in range(layers)]
+
+
 def _ino(lay: WriteLayer, path: bytes) -> int:
     ino = ROOT_INO
     for nm in path.split(b"/") if path else []:
@@ -120,13 +131,8 @@ def _ino(lay: WriteLayer, path: bytes) -> int:
 @given(rounds=rounds, full=st.booleans())
 def test_committed_versions_check_out_as_the_layer_was(repo_dir, rounds, full) -> None:
     """*full*: commit compares the whole merged view with the base, not only the paths the layer changed."""
-    tmp, w, src = repo_dir
-    n = next(_n)
-    ws = f"s{n}"
-    w.push(src, ws)
-    repo = Repository.open(open_store(w.repo), w.cache_dir)
-    base = Base(repo, ws, 1, w.repo, w.cache_dir)
-    lay = WriteLayer(str(tmp / f"state{n}"), base.m, base.id, base.read_base)
+    repo, base, (lay,) = _fresh(repo_dir, 1)
+    ws = base.id.workspace
     try:
         k = 0
         for before, during in rounds:
@@ -178,14 +184,8 @@ def test_two_writers_merge_or_conflict(repo_dir, mine, theirs) -> None:
     """Two layers over one version: the second commit either conflicts (nothing published, every path it
     names changed on both sides or under a directory the other removed) or publishes, per path, its own
     change, else the other's, else the base."""
-    tmp, w, src = repo_dir
-    n = next(_n)
-    ws = f"t{n}"
-    w.push(src, ws)
-    repo = Repository.open(open_store(w.repo), w.cache_dir)
-    base = Base(repo, ws, 1, w.repo, w.cache_dir)
-    a = WriteLayer(str(tmp / f"a{n}"), base.m, base.id, base.read_base)
-    b = WriteLayer(str(tmp / f"b{n}"), base.m, base.id, base.read_base)
+    repo, base, (a, b) = _fresh(repo_dir, 2)
+    ws = base.id.workspace
     try:
         start = _flat(describe_layer(a))
         for k, (kind, x, y) in enumerate(theirs):
@@ -226,13 +226,7 @@ def test_two_writers_merge_or_conflict(repo_dir, mine, theirs) -> None:
 def test_discard_of_a_path_then_of_everything(repo_dir, edits, pick) -> None:
     """Discarding one pending path either is refused with nothing changed, or leaves nothing pending at
     or below it; discarding everything then gives the base back."""
-    tmp, w, src = repo_dir
-    n = next(_n)
-    ws = f"u{n}"
-    w.push(src, ws)
-    repo = Repository.open(open_store(w.repo), w.cache_dir)
-    base = Base(repo, ws, 1, w.repo, w.cache_dir)
-    lay = WriteLayer(str(tmp / f"u{n}"), base.m, base.id, base.read_base)
+    repo, base, (lay,) = _fresh(repo_dir, 1)
     try:
         start = describe_layer(lay)
         for k, (kind, a, b) in enumerate(edits):
