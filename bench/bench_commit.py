@@ -41,34 +41,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from bench_push_checkout import TreeGen  # noqa: E402
 
-from wsfs.format.manifest import ROOT_INO, Inode  # noqa: E402
+from wsfs.format.manifest import ROOT_INO  # noqa: E402
 from wsfs.format.records import RepoConfig  # noqa: E402
 from wsfs.layer import BaseId, WriteLayer  # noqa: E402
 from wsfs.repository import Repository  # noqa: E402
 from wsfs.store import open_store  # noqa: E402
 from wsfs.versions.commit import commit_layer  # noqa: E402
 from wsfs.versions.push import push  # noqa: E402
-
-
-def read_base_of(repo: Repository, m):  # noqa: ANN001, ANN201
-    def read_base(node: Inode, off: int, length: int) -> bytes:
-        if node.packed:
-            pack, at = m.pack_ref(node)
-            data = repo.get_blob(pack.cid, pack.length, place=pack.place)
-            return bytes(data[at + off:at + min(off + length, node.size)])
-        cs = m.chunk_size
-        out = bytearray()
-        chunks = {c.idx: c for c in m.chunks(node.ino)}
-        pos, end = off, min(off + length, node.size)
-        while pos < end:
-            c = chunks[pos // cs]
-            data = bytes(c.length) if c.cid is None else bytes(repo.get_blob(c.cid, c.length))
-            inner = pos - c.idx * cs
-            piece = data[inner:inner + end - pos]
-            out += piece
-            pos += len(piece)
-        return bytes(out)
-    return read_base
+from wsfs.versions.read import BaseReader  # noqa: E402
 
 
 def files_of(lay: WriteLayer) -> list[tuple[int, bytes]]:
@@ -121,7 +101,7 @@ def run(args: argparse.Namespace, work: str, url: str) -> int:
     print(f"tree: {gen.files} files, {gen.dirs} dirs, {gen.symlinks} symlinks, {gen.bytes / 1e6:.1f} MB; "
           f"push {time.monotonic() - t:.2f} s")
     m = repo.open_manifest(record)
-    lay = WriteLayer(os.path.join(work, "state"), m, BaseId("w", 1, record.manifest), read_base_of(repo, m))
+    lay = WriteLayer(os.path.join(work, "state"), m, BaseId("w", 1, record.manifest), BaseReader(repo, m))
     files = files_of(lay)
     rng = random.Random(2)
 

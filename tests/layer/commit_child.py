@@ -7,18 +7,21 @@ committing and ``D <version>`` when done (one unbuffered write each).
 import os
 import sys
 
-from conftest import Base
-from wsfs.layer import WriteLayer
+from wsfs.cache import BlobCache
+from wsfs.layer import BaseId, WriteLayer
 from wsfs.repository import Repository
 from wsfs.store import open_store
 from wsfs.versions.commit import commit_layer
+from wsfs.versions.read import RangeReader
 
 
 def main() -> None:
     repo_url, cache, ws, state = sys.argv[1:5]
     repo = Repository.open(open_store(repo_url), cache)
-    base = Base(repo, ws, 1, repo_url, cache)
-    layer = WriteLayer(state, base.m, base.id, base.read_base)
+    record = repo.record(ws, 1)
+    m = repo.open_manifest(record)
+    reader = RangeReader(repo, m.path, BlobCache(repo, cache))  # as a daemonless wsfs commit
+    layer = WriteLayer(state, m, BaseId(ws, 1, record.manifest), reader.read)
     os.write(1, b"S\n")
     record, _ = commit_layer(repo, layer, workers=2)
     layer.close()

@@ -24,6 +24,7 @@ from wsfs.repository import Repository
 from wsfs.store import open_store
 from wsfs.versions.commit import CommitConflict, commit, commit_layer
 from wsfs.versions.diff import record_changes
+from wsfs.versions.read import RangeReader
 
 
 def small_tree(src: Path) -> None:
@@ -422,8 +423,9 @@ def test_pending_is_the_delta_since_the_last_commit(setup) -> None:
     got = {(p.path, p.kind, p.size) for p in lay.pending()}
     assert got == {(b"a.txt", "M", 5), (b"d/new", "A", 3), (b"link", "D", 0), (b"d", "M", 4096)} | (
         {(b"", "M", lay.getattr(ROOT_INO).size)})
-    commit_layer(base.repo, lay)
-    assert lay.pending() == []
+    assert lay.published() == (1, base.id.top)
+    record, _ = commit_layer(base.repo, lay)
+    assert lay.pending() == [] and lay.published() == (2, record.manifest)
     write_file(lay, b"d/new", b"newer")
     lay.symlink(ROOT_INO, b"link", b"b.txt", 0, 0)
     got = {(p.path, p.kind) for p in lay.pending()}
@@ -534,3 +536,19 @@ def test_a_version_published_during_the_commit_is_rebased_onto(setup, tmp_path: 
     assert record.version == 3 and record.parent == 2 and stats.rebased
     tree = describe_version(base.repo, "w", 3)
     assert b"theirs" in tree and tree[b"d/mine"] == describe_layer(lay)[b"d/mine"]
+
+
+def test_range_reader_reads_what_the_version_holds(setup, tmp_path) -> None:
+    """The thread-safe read_base (wsfs.versions.read.RangeReader) gives a layer the base's bytes."""
+    from wsfs.cache import BlobCache
+
+    base, _ = setup
+    cache = BlobCache(base.repo, str(tmp_path / "rcache"))
+    reader = RangeReader(base.repo, base.m.path, cache)
+    try:
+        for path in (b"a.txt", b"b.txt", b"big.bin", b"d/sub/z"):
+            node = base.path(path)
+            for off, n in ((0, node.size), (3, 70_000), (node.size - 2, 10), (4 << 20, 100)):
+                assert reader.read(node, off, n) == base.read_base(node, off, n), (path, off, n)
+    finally:
+        cache.close()

@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 
 from conftest import Base
 from support.cli import Wsfs
-from wsfs.errors import FsError
+from wsfs.errors import FsError, UsageError
 from wsfs.format.manifest import ROOT_INO
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository
 from wsfs.store import open_store
-from wsfs.versions.commit import commit
+from wsfs.versions.commit import CommitConflict, commit
 
 KINDS = ("create", "write", "grow", "shrink", "unlink", "rename", "chmod", "symlink", "link", "xattr", "mkdir", "rmdir")
 edits = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 30), st.integers(0, 1 << 30)), max_size=6)
@@ -109,6 +109,17 @@ def _apply(lay: WriteLayer, kind: str, a: int, b: int, n: int) -> None:
         pass  # not empty, into itself, exists...: the edit does not apply
 
 
+def _fresh(repo_dir, layers: int) -> tuple[Repository, Base, list[WriteLayer]]:  # noqa: ANN001
+    """The base tree pushed as a new workspace (one per example), and *layers* layers over it."""
+    tmp, w, src = repo_dir
+    n = next(_n)
+    ws = f"s{n}"
+    w.push(src, ws)
+    repo = Repository.open(open_store(w.repo), w.cache_dir)
+    base = Base(repo, ws, 1, w.repo, w.cache_dir)
+    return repo, base, [WriteLayer(str(tmp / f"state{n}-{i}"), base.m, base.id, base.read_base) for i in range(layers)]
+
+
 def _ino(lay: WriteLayer, path: bytes) -> int:
     ino = ROOT_INO
     for nm in path.split(b"/") if path else []:
@@ -120,13 +131,8 @@ def _ino(lay: WriteLayer, path: bytes) -> int:
 @given(rounds=rounds, full=st.booleans())
 def test_committed_versions_check_out_as_the_layer_was(repo_dir, rounds, full) -> None:
     """*full*: commit compares the whole merged view with the base, not only the paths the layer changed."""
-    tmp, w, src = repo_dir
-    n = next(_n)
-    ws = f"s{n}"
-    w.push(src, ws)
-    repo = Repository.open(open_store(w.repo), w.cache_dir)
-    base = Base(repo, ws, 1, w.repo, w.cache_dir)
-    lay = WriteLayer(str(tmp / f"state{n}"), base.m, base.id, base.read_base)
+    repo, base, (lay,) = _fresh(repo_dir, 1)
+    ws = base.id.workspace
     try:
         k = 0
         for before, during in rounds:
@@ -159,3 +165,85 @@ def commit_layer_now(repo: Repository, lay: WriteLayer):
     from wsfs.versions.commit import commit_layer
 
     return commit_layer(repo, lay)
+
+
+TWO_KINDS = ("create", "write", "shrink", "unlink", "rename", "chmod", "symlink", "xattr", "mkdir")
+two_edits = st.lists(st.tuples(st.sampled_from(TWO_KINDS), st.integers(0, 1 << 30), st.integers(0, 1 << 30)),
+                     min_size=1, max_size=5)
+
+
+def _flat(tree: dict[bytes, tuple]) -> dict[bytes, tuple]:
+    """What a merge must keep per path: directories by type only (their mtimes merge), the rest whole
+    (a file's names are part of it: a hard-linked file changed under every name)."""
+    return {p: (d[0],) if stat.S_ISDIR(d[0]) else d for p, d in tree.items()}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mine=two_edits, theirs=two_edits)
+def test_two_writers_merge_or_conflict(repo_dir, mine, theirs) -> None:
+    """Two layers over one version: the second commit either conflicts (nothing published, every path it
+    names changed on both sides or under a directory the other removed) or publishes, per path, its own
+    change, else the other's, else the base."""
+    repo, base, (a, b) = _fresh(repo_dir, 2)
+    ws = base.id.workspace
+    try:
+        start = _flat(describe_layer(a))
+        for k, (kind, x, y) in enumerate(theirs):
+            _apply(a, kind, x, y, 100 + k)
+        for k, (kind, x, y) in enumerate(mine):
+            _apply(b, kind, x, y, 200 + k)
+        ra, _ = commit_layer_now(repo, a)
+        va, vb = _flat(describe_layer(a)), _flat(describe_layer(b))
+        changed_a = {p for p in va.keys() | start.keys() if va.get(p) != start.get(p)}
+        changed_b = {p for p in vb.keys() | start.keys() if vb.get(p) != start.get(p)}
+        try:
+            rb, _ = commit_layer_now(repo, b)
+        except CommitConflict as e:
+            assert repo.latest(ws) == (ra.version if ra else 1)
+            def near(p: bytes, changed: set[bytes]) -> bool:
+                return any(q == p or q.startswith(p + b"/") or p.startswith(q + b"/") for q in changed)
+
+            # every path named was changed by one side, and some by both (a hard-linked file is one
+            # thing under all its names: which names a clash shows depends on which records changed)
+            assert all(near(p, changed_a | changed_b) for p in e.paths), e.paths
+            assert any(near(p, changed_a) for p in e.paths) and any(near(p, changed_b) for p in e.paths), e.paths
+            return
+        if rb is None:
+            return
+        got = _flat(describe_version(repo, ws, rb.version))
+        for p in got.keys() | va.keys() | vb.keys():
+            expect = vb.get(p) if p in changed_b else va.get(p) if p in changed_a else start.get(p)
+            assert got.get(p) == expect, (p, got.get(p), expect)
+    finally:
+        a.close()
+        b.close()
+        base.m.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 30), st.integers(0, 1 << 30)),
+                      min_size=1, max_size=8), pick=st.integers(0, 1 << 30))
+def test_discard_of_a_path_then_of_everything(repo_dir, edits, pick) -> None:
+    """Discarding one pending path either is refused with nothing changed, or leaves nothing pending at
+    or below it; discarding everything then gives the base back."""
+    repo, base, (lay,) = _fresh(repo_dir, 1)
+    try:
+        start = describe_layer(lay)
+        for k, (kind, a, b) in enumerate(edits):
+            _apply(lay, kind, a, b, k)
+        todo = lay.pending()
+        if todo:
+            p = todo[pick % len(todo)].path
+            before = describe_layer(lay)
+            try:
+                lay.discard([p])
+            except (UsageError, FsError):
+                assert describe_layer(lay) == before
+            else:
+                left = [t.path for t in lay.pending() if not p or t.path == p or t.path.startswith(p + b"/")]
+                assert left == [], (p, left)
+        lay.discard()
+        assert lay.pending() == [] and describe_layer(lay) == start
+    finally:
+        lay.close()
+        base.m.close()

@@ -345,6 +345,11 @@ class WriteLayer(Namespace):
 
     # -- commit: snapshot, memo, status, discard -----------------------------------
 
+    def published(self) -> tuple[int, str]:
+        """``(version, top)`` this layer last published (its base's until a commit): for ``wsfs status``."""
+        meta = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('published_version', 'published_top')"))
+        return meta.get("published_version", self.base_id.version), meta.get("published_top", self.base_id.top)
+
     def pending(self) -> list[Pending]:
         """What the next commit would publish (A/D/M/T, sizes), cheaply: :mod:`wsfs.layer.pending`."""
         return pending(self)

@@ -128,11 +128,15 @@ def discard(layer: WriteLayer, paths: list[bytes] | None = None) -> list[tuple[b
     if paths is None and not memo and not layer.opens:
         _reset(layer)
         return affected
+    due = layer.commit_interval, layer.batch_ops
+    layer.commit_interval, layer.batch_ops = float("inf"), 1 << 62  # one batch: all of it, or none
     try:
         _undo(layer, todo, current)
     except BaseException:
         layer._reload()
         raise
+    finally:
+        layer.commit_interval, layer.batch_ops = due
     layer._commit(durable=True)
     return affected
 

@@ -9,16 +9,20 @@ content is not read again).  So:
 
 * **our delta** = every key whose record body in the layer's merged view
   (read from a :class:`~wsfs.layer.snapshot.Snapshot`) differs from the
-  *reference*: the memo's body if the key was committed before, else B's;
+  *reference*: the memo's body if the key was committed before, else B's.
+  Only the paths the layer changed against B and the memo's keys are read
+  (every other path is B's entry, record for record), the whole merged
+  view only where hard links are involved;
 * **their changes** = the changesets from the version we last published to
   the head (other writers);
 * **overlap** (a conflict, :class:`CommitConflict`, exit 5, nothing
   published, nothing changed): a key both changed to different records, or
   a directory one side removed (or turned into something else) with a
-  change below it on the other side.  Two sides changing the same
-  directory only in its mtime (each added or removed its own entries in
-  it) do not conflict: the later mtime wins.  With *ours*, our merged view
-  wins at every overlapping key;
+  change below it on the other side.  A directory both changed merges
+  attribute by attribute (three-way; the later mtime: each side's own
+  entries changed it) and conflicts only where both changed one attribute
+  differently.  A hard-linked file changed under all its names.  With
+  *ours*, our merged view wins at every overlapping key;
 * the **new tree** = the head's entries with our delta applied, published
   as head + 1 on top of the head (with a changeset against it).
 
@@ -286,12 +290,17 @@ def _overlaps(
         if a == b:
             continue
         if _is_dir(a, k, layout) and _is_dir(b, k, layout):
-            ea, eb = decode_body(a, k, layout), decode_body(b, k, layout)  # type: ignore[arg-type]
-            if ea._replace(mtime_ns=0, size=0) == eb._replace(mtime_ns=0, size=0):
-                merged[k] = ea if ea.mtime_ns >= eb.mtime_ns else eb
+            dir_ = _merge_dir(k, ours[k][0], a, theirs[k][0], b, layout)  # type: ignore[arg-type]
+            if dir_ is not None:
+                merged[k] = dir_
                 continue
         clash.add(k)
     for one, other in ((ours, theirs), (theirs, ours)):
+        for k, (_, new) in one.items():  # a name added for a file whose first name the other side changed
+            if new is not None and new[0] & F_LINK and k not in other:
+                target = decode_body(new, k, layout).link
+                if target in other and other[target][1] != one.get(target, (None, None))[1]:
+                    clash.update((k, target))
         other_paths = sorted(path_of(k) for k in other)
         for k, (old, new) in one.items():
             if _is_dir(old, k, layout) and not _is_dir(new, k, layout):
@@ -300,6 +309,30 @@ def _overlaps(
                     clash.add(k)
                     clash.update(_key(p) for p in below)
     return clash, merged
+
+
+_DIR_FIELDS = ("mode", "uid", "gid", "size", "xattrs")
+
+
+def _merge_dir(key: bytes, old_a: bytes | None, new_a: bytes, old_b: bytes | None, new_b: bytes,
+               layout: Layout) -> Entry | None:
+    """A directory both sides changed: each attribute from the side that changed it (three-way), the
+    later mtime (each side's entries changed it); None if both changed one attribute differently."""
+    na, nb = decode_body(new_a, key, layout), decode_body(new_b, key, layout)
+    oa = decode_body(old_a, key, layout) if _is_dir(old_a, key, layout) else None
+    ob = decode_body(old_b, key, layout) if _is_dir(old_b, key, layout) else None
+    out = na._replace(mtime_ns=max(na.mtime_ns, nb.mtime_ns))
+    for f in _DIR_FIELDS:
+        va, vb = getattr(na, f), getattr(nb, f)
+        if va == vb:
+            continue
+        a_changed = oa is None or getattr(oa, f) != va
+        b_changed = ob is None or getattr(ob, f) != vb
+        if a_changed and b_changed:
+            return None
+        if b_changed:
+            out = out._replace(**{f: vb})
+    return out
 
 
 def _key(path: bytes) -> bytes:
@@ -434,8 +467,11 @@ def commit(
             if cur.get(k) != ref:
                 delta[k] = (ref, cur.get(k))
         stats.ours = len(delta)
+        # Memo rows whose inode or ctime moved though the record did not (a name of the file came and
+        # went): refreshed, or status would show them forever.
+        stale = {k for k, m in memo.items() if _memo(view, k, cur) != m}
         if not delta:
-            news = seen - memo.keys()
+            news = (seen - memo.keys()) | stale
             if news:  # nothing to publish, but keys to memoise (no version: the last one stays)
                 rows = {**(recovered.rows if recovered else {}), **{k: _memo(view, k, cur) for k in news}}
                 top = recovered.top if recovered else snap.published_top
@@ -477,7 +513,7 @@ def commit(
             stats.objects_uploaded = push_stats.blobs_uploaded + stored.objects
             stats.bytes_uploaded = push_stats.bytes_uploaded + stored.bytes
             rows = {**(recovered.rows if recovered else {}),
-                    **{k: _memo(view, k, cur) for k in delta.keys() | clash | seen}}
+                    **{k: _memo(view, k, cur) for k in delta.keys() | clash | seen | stale}}
             if stored.top_id == parent.top:  # the head already holds our changes: nothing to publish
                 snap.publication = Publication(head, parent.top.hex(), b"", rows)
                 stats.seconds = time.monotonic() - t0
