@@ -6,8 +6,8 @@ import stat
 from collections.abc import Callable, Iterator
 
 import blake3
+from layer_support import Base
 
-from conftest import Base
 from wsfs.format.manifest import ROOT_INO, Inode
 from wsfs.layer import WriteLayer
 from wsfs.repository import Repository

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from commit_support import describe_layer, describe_version, layer_walk
-from layer_support import resolve
+from layer_support import Base, push_tree, resolve
 
-from conftest import Base, push_tree
 from support.cli import Wsfs
 from wsfs.errors import NotFound, StoreUnavailable, UsageError
 from wsfs.format.manifest import ROOT_INO

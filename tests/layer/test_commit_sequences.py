@@ -18,8 +18,8 @@ import pytest
 from commit_support import describe_layer, describe_version, layer_walk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layer_support import Base
 
-from conftest import Base
 from support.cli import Wsfs
 from wsfs.errors import FsError, UsageError
 from wsfs.format.manifest import ROOT_INO

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 from crash_model import Model
+from layer_support import Base, push_tree
 
-from conftest import Base, push_tree
 from wsfs.layer import WriteLayer
 
 HERE = Path(__file__).parent
