@@ -225,7 +225,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{s['workspace']}@{s['version']} at {s['mountpoint']}: read-only, no changes")
         return 0
     changes = s["changes"]
-    print(f"{s['workspace']}@{s['base_version']} at {s['mountpoint']} (read-write, pid {s['pid']})")
+    published = s.get("published_version", s["base_version"])
+    print(f"{s['workspace']}@{s['base_version']} at {s['mountpoint']} (read-write, pid {s['pid']})"
+          + (f"; this mount last published {s['workspace']}@{published}" if published != s["base_version"] else ""))
     print(f"state folder: {escape(s['state_dir'])} ({_human(s['layer_bytes'])} on disk)")
     print(f"{len(changes)} pending change{'s' if len(changes) != 1 else ''}" + (":" if changes else ""))
     for c in changes:

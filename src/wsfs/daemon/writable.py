@@ -241,10 +241,8 @@ class WritableTree:
                     entry["type"] = _type_name(a.mode)
             changes.append(entry)
         base = layer.base_id
-        meta = dict(layer.db.execute("SELECT key, value FROM meta WHERE key = 'published_version'").fetchall())
         return {"workspace": base.workspace, "base_version": base.version,
-                "published_version": meta.get("published_version", base.version), "state_dir": self.state_dir,
-                "changes": changes}
+                "published_version": layer.published()[0], "state_dir": self.state_dir, "changes": changes}
 
     def resolve(self, path: bytes) -> Inode | None:
         """The merged tree's entry at *path* (relative, ``/``-separated), or None."""
