@@ -44,7 +44,7 @@ from mountkit import Mount, Mounter, helper_pids, is_mounted, stop, wait_gone
 from support.cli import Wsfs
 
 HERE = Path(__file__).parent
-ITERATIONS = 24
+ITERATIONS = int(os.environ.get('XIT', 24))
 CHAIN = 6  # iterations on one state folder, each starting from what the previous kill left
 REF = "crashbase"
 
@@ -110,7 +110,9 @@ def test_kill_9_of_the_daemon_leaves_a_prefix_no_shorter_than_the_last_fsync(
             break
         if it % CHAIN == 0:
             state = tmp_path / f"state{it}"  # a fresh folder now and then: the tree stays small
+        tm = time.monotonic()
         m = _rw(mount, crash_repo, state)
+        print(f"mount {time.monotonic() - tm:.2f}s")
         tree = walk(m.path)
         assert not tree[1], f"seed {seed0}, iteration {it}: the mounted tree looks wrong: {tree[1]}"
         if last is not None:
@@ -188,11 +190,14 @@ def _run_child_and_kill_the_daemon(m: Mount, seed: int, delay: float, where: str
         m.proc.wait(timeout=10)
         for pid in helpers:  # preload helpers the daemon had (none expected: noprofile); they must not outlive it
             wait_gone([pid], 10)
+        t = time.monotonic()
         try:
             child.wait(timeout=5)  # it fails with ENOTCONN on its next request
         except subprocess.TimeoutExpired:
+            print(f"{where}: child still running {time.monotonic() - t:.1f}s after the kill: {_wchan(child.pid)}")
             child.kill()
             child.wait()
+        print(f"child wait {time.monotonic() - t:.2f}s code {child.returncode}")
         out = first + child.stdout.read()
     finally:
         if child.poll() is None:
@@ -205,3 +210,11 @@ def _run_child_and_kill_the_daemon(m: Mount, seed: int, delay: float, where: str
     text = errf.read_text()
     assert child.returncode in (3, -signal.SIGKILL), f"{where}: child exit {child.returncode}:\n{text}"
     return out, child.returncode
+
+
+def _wchan(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/wchan") as f, open(f"/proc/{pid}/stat") as g:
+            return f.read() + " " + g.read().rsplit(")", 1)[1].split()[0]
+    except OSError as err:
+        return str(err)
