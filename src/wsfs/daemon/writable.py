@@ -34,7 +34,7 @@ from typing import Any
 from wsfs.daemon.tree import FsStats, Lifetime
 from wsfs.daemon.view import _LRU, VersionView
 from wsfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, WsfsError
-from wsfs.format.manifest import ROOT_INO, Inode
+from wsfs.format.manifest import Inode
 from wsfs.layer import WriteLayer
 from wsfs.layer.content import BLOCK
 
@@ -236,25 +236,13 @@ class WritableTree:
             entry: dict[str, Any] = {"kind": p.kind, "path": os.fsdecode(p.path)}
             if p.kind != "D":
                 entry["size"] = p.size
-                a = self.resolve(p.path)
+                a = layer.resolve(p.path)
                 if a is not None:
                     entry["type"] = _type_name(a.mode)
             changes.append(entry)
         base = layer.base_id
         return {"workspace": base.workspace, "base_version": base.version,
                 "published_version": layer.published()[0], "state_dir": self.state_dir, "changes": changes}
-
-    def resolve(self, path: bytes) -> Inode | None:
-        """The merged tree's entry at *path* (relative, ``/``-separated), or None."""
-        node = self.layer.getattr(ROOT_INO)
-        for name in (n for n in path.split(b"/") if n):
-            if not node.is_dir:
-                return None
-            found = self.layer.lookup(node.ino, name)
-            if found is None:
-                return None
-            node = found
-        return node
 
     def discard(self, paths: list[bytes] | None) -> list[tuple[int, bytes, int]]:
         """Drop pending changes (all, or at and below *paths*); ``(parent inode, name, inode)`` of every
@@ -263,7 +251,7 @@ class WritableTree:
         out = []
         for path, ino in changed:
             head, _, name = path.rstrip(b"/").rpartition(b"/")
-            parent = self.resolve(head) if name else None
+            parent = self.layer.resolve(head) if name else None
             out.append((parent.ino if parent is not None else 0, name, ino))
         return out
 

@@ -47,7 +47,7 @@ from wsfs.format.names import NAME_MAX
 from wsfs.layer.changes import Change, changes
 from wsfs.layer.content import BLOCK, Content
 from wsfs.layer.namespace import Namespace
-from wsfs.layer.pending import Pending, discard, pending
+from wsfs.layer.pending import Pending, discard, pending, resolve
 
 if TYPE_CHECKING:
     from wsfs.layer.batch import ReadBase
@@ -349,6 +349,10 @@ class WriteLayer(Namespace):
         """``(version, top)`` this layer last published (its base's until a commit): for ``wsfs status``."""
         meta = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('published_version', 'published_top')"))
         return meta.get("published_version", self.base_id.version), meta.get("published_top", self.base_id.top)
+
+    def resolve(self, path: bytes) -> Inode | None:
+        """The merged view's entry at relative *path* (``/``-separated, symlinks not followed), or None."""
+        return resolve(self, path.strip(b"/"))
 
     def pending(self) -> list[Pending]:
         """What the next commit would publish (A/D/M/T, sizes), cheaply: :mod:`wsfs.layer.pending`."""

@@ -41,7 +41,7 @@ class Pending(NamedTuple):
     size: int
 
 
-def _resolve(layer: WriteLayer, path: bytes) -> Inode | None:
+def resolve(layer: WriteLayer, path: bytes) -> Inode | None:
     """The merged view's entry at *path* (symlinks are not followed), or None."""
     a = layer.getattr(ROOT_INO)
     if not path:
@@ -88,7 +88,7 @@ def pending(layer: WriteLayer) -> list[Pending]:
             out[c.path] = Pending(c.path, c.kind, layer.getattr(c.ino).size if c.ino else 0)
     for key, (body, ino, ctime) in memo.items():
         path = _path(key) if key else b""
-        a = _resolve(layer, path)
+        a = resolve(layer, path)
         if a is None:
             if body is not None:
                 out[path] = Pending(path, "D", 0)
@@ -120,7 +120,7 @@ def discard(layer: WriteLayer, paths: list[bytes] | None = None) -> list[tuple[b
             f"cannot discard {_shown(refused)}: committed since the mount's base, and the layer cannot show "
             "a committed version before it is re-based (remount on the new version)"
         )
-    current = {t.path: _resolve(layer, t.path) for t in todo}
+    current = {t.path: resolve(layer, t.path) for t in todo}
     busy = [p for p, a in current.items() if a is not None and layer.opens.get(a.ino)]
     if busy:
         raise UsageError(f"cannot discard {_shown(busy)}: open")
@@ -182,7 +182,7 @@ def _undo(layer: WriteLayer, todo: list[Pending], current: dict[bytes, Inode | N
         if a is None or (b is not None and b.ino == a.ino):
             continue
         parent_path, _, name = t.path.rpartition(b"/")
-        parent = _resolve(layer, parent_path)
+        parent = resolve(layer, parent_path)
         assert parent is not None
         if a.is_dir:
             if a.ino <= layer.base_max:
@@ -199,7 +199,7 @@ def _undo(layer: WriteLayer, todo: list[Pending], current: dict[bytes, Inode | N
             continue
         parent_path, _, name = t.path.rpartition(b"/")
         parent_b = _base_at(layer, parent_path)
-        parent = _resolve(layer, parent_path)
+        parent = resolve(layer, parent_path)
         if parent is None or parent_b is None or parent.ino != parent_b.ino:
             raise refuse(t.path, "its directory is not the base's")
         r = layer._row(b.ino)

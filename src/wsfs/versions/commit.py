@@ -83,7 +83,6 @@ from wsfs.format.tree import (
     with_link_names,
 )
 from wsfs.fsops import XATTR_PREFIX
-from wsfs.layer.pending import _resolve
 from wsfs.layer.snapshot import Memo, Publication, Snapshot
 from wsfs.repository import Repository
 from wsfs.versions.diff import record_changes
@@ -174,7 +173,7 @@ class _View:
     def read_keys(self, keys: set[bytes]) -> None:
         """Read the entries at *keys* only (absent keys are left out); :attr:`hard_links` if any is one."""
         for key in sorted(keys):
-            a = _resolve(self.snap, path_of(key) if key else b"")
+            a = self.snap.resolve(path_of(key) if key else b"")
             if a is not None:
                 self._add(key, a, {})
                 if a.is_reg and a.nlink > 1:
