@@ -30,14 +30,24 @@ Timed steps, in this order, each in the same fresh directory of the target
 4. ``tar -xzf`` of the pjdfstest tree, ``./configure``, ``make -j2``;
 5. ``rm -rf`` of everything.
 
-Targets: a read-write mount of a small pushed version (local-directory
-repository, state folder and cache under ``--dir``), a directory on tmpfs
-(``/dev/shm``) and a directory under ``--dir`` (ext4 here).  On the mount,
-``wsfs stats --json`` is read after every step (FUSE requests by op and the
-daemon's handler time), ``wsfs commit`` is timed twice: after step 4 (it
-publishes everything the workflows made) and after ``rm -rf`` (the final
-commit: it publishes the deletions), and the daemon's peak RSS (VmHWM of the
-pid ``wsfs stats`` names) is read before unmounting.  Prints seconds per step
+Targets, in this order in every round:
+
+* ``wsfs``: a read-write mount of a small pushed version (local-directory
+  repository, state folder and cache under ``--dir``); nothing committed
+  until the final ``wsfs commit`` after ``rm -rf`` (so rm removes files that
+  exist only in the write layer);
+* ``wsfs+commit``: the same, plus a timed ``wsfs commit`` after ``make``
+  (publishes everything the workflows made; not in the step sum), so
+  ``rm -rf`` removes committed files (whiteouts over the new base);
+* ``wsfs+commit S3`` (``--s3``): ``wsfs+commit`` with the repository in S3
+  (SeaweedFS, ``tests/support/s3server.py``) behind ``latency_proxy.py`` at
+  ``--rtt`` ms;
+* ``tmpfs``: a directory on ``/dev/shm``; ``ext4``: a directory under ``--dir``.
+
+On the mounts, ``wsfs stats --json`` is read after every step (FUSE
+requests by op, the handlers' total time), the daemon's CPU time comes from
+``/proc/PID/stat``, and its peak RSS (VmHWM of the pid ``wsfs stats`` names)
+is read before unmounting.  Prints seconds per step
 and target, ratios wsfs/tmpfs and wsfs/ext4, the overall ratio (sum of the
 steps) against the issue's goal (<= 2x tmpfs overall, no step over 5x) and
 the load average; exits 0.  The mount is unmounted in ``finally`` (the
@@ -47,6 +57,7 @@ daemon, only ours, killed by pid if ``wsfs umount`` fails).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -149,9 +160,10 @@ def steps(inp: Path, branch: str) -> list[tuple[str, str, str]]:
 
 
 class Wsfs:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, repo: str | None = None, env: dict[str, str] | None = None) -> None:
         self.base = base
-        self.env = {**os.environ, "WSFS_REPO": str(base / "repo"), "WSFS_CACHE_DIR": str(base / "cache")}
+        self.env = {**os.environ, **(env or {}), "WSFS_REPO": repo or str(base / "repo"),
+                    "WSFS_CACHE_DIR": str(base / "cache")}
         self.mnt = base / "mnt"
         self.pid: int | None = None
         self.mounted = False
@@ -206,16 +218,16 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_target(root: Path, inp: Path, branch: str, w: Wsfs | None) -> dict:
+def run_target(root: Path, inp: Path, branch: str, w: Wsfs | None, commit_before_rm: bool = False) -> dict:
     work = root / "work"
     work.mkdir()
     (work / "npm").mkdir()
     shutil.copy(inp / "npm-proj" / "package.json", work / "npm")
     shutil.copy(inp / "npm-proj" / "package-lock.json", work / "npm")
-    out: dict = {"steps": {}, "requests": {}, "handler_s": {}, "daemon_cpu_s": {}, "load": {}}
+    out: dict = {"steps": {}, "requests": {}, "handler_s": {}, "daemon_cpu_s": {}, "load": {}, "wsfs": bool(w)}
     prev = w.stats() if w else None
     for name, cwd, cmd in steps(inp, branch):
-        if w and name == "rm -rf all":
+        if w and commit_before_rm and name == "rm -rf all":
             out["layer_bytes_before_commit"] = w.stats()["layer"]["disk_bytes"]
             t0 = time.perf_counter()
             c = w.run("commit", str(w.mnt), "-m", "workflows")
@@ -243,7 +255,19 @@ def run_target(root: Path, inp: Path, branch: str, w: Wsfs | None) -> dict:
         out["errors"] = st.get("errors")
         out["kernel"] = st.get("kernel")
         out["vm_hwm_kib"] = vm_hwm_kib(w.pid)
+        out["layer_bytes_end"] = st["layer"]["disk_bytes"]
     return out
+
+
+def one_wsfs(base: Path, inp: Path, branch: str, commit_before_rm: bool, repo: str | None = None,
+             env: dict[str, str] | None = None) -> dict:
+    base.mkdir()
+    w = Wsfs(base, repo, env)
+    try:
+        w.mount()
+        return run_target(w.mnt, inp, branch, w, commit_before_rm)
+    finally:
+        w.umount()
 
 
 def main() -> int:
@@ -252,87 +276,134 @@ def main() -> int:
     ap.add_argument("--shm", default="/dev/shm")
     ap.add_argument("--inputs", default="/var/tmp/wsfs-bench-inputs")
     ap.add_argument("--git-source", default="file:///work/.mirror/pallets+click/repo")
-    ap.add_argument("--runs", type=int, default=1, help="rounds over the three targets (median reported)")
+    ap.add_argument("--runs", type=int, default=1, help="rounds over the targets (median reported)")
+    ap.add_argument("--s3", action="store_true",
+                    help="also a mount whose repository is in SeaweedFS behind latency_proxy.py (--rtt ms)")
+    ap.add_argument("--rtt", type=float, default=20.0)
     ap.add_argument("--json")
     a = ap.parse_args()
     inp = Path(a.inputs)
     info = prepare_inputs(inp, a.git_source)
-    nfiles = {}
     print(f"# bench_rw_workflows: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, "
           f"load at start {loadavg()}")
     print(f"# git: {info['git_commits']} commits on {info['git_branch']}; npm: {', '.join(NPM_DEPS)}; "
           f"wheels: {len(list((inp / 'wheels').glob('*.whl')))}; C: pjdfstest")
+    print("# targets: wsfs = rw mount, local-directory repository, no commit until the end (the final commit "
+          "after rm -rf);\n#   wsfs+commit = the same, plus `wsfs commit` after make (timed apart, not in the "
+          "sum), so rm -rf removes committed (base) files;"
+          + (f"\n#   wsfs+commit S3 = wsfs+commit with the repository in S3 (SeaweedFS) at {a.rtt:g} ms RTT"
+             if a.s3 else ""))
+    stack = contextlib.ExitStack()
+    s3_repo = s3_env = None
+    base_all = Path(tempfile.mkdtemp(prefix="wsfs-bench-wf-", dir=a.dir))
     rounds: list[dict[str, dict]] = []
-    for r in range(a.runs):
-        res: dict[str, dict] = {}
-        base = Path(tempfile.mkdtemp(prefix="wsfs-bench-wf-", dir=a.dir))
-        shm = Path(tempfile.mkdtemp(prefix="wsfs-bench-wf-", dir=a.shm))
-        w = Wsfs(base)
-        try:
-            log(f"round {r + 1}: wsfs rw mount")
-            w.mount()
+    try:
+        if a.s3:
+            here = Path(__file__).resolve().parent
+            sys.path[:0] = [str(here), str(here.parent / "tests")]
+            from latency_proxy import LatencyProxy
+
+            from support.s3server import seaweedfs_server, server_env
+            s3 = stack.enter_context(seaweedfs_server(base_all / "s3"))
+            proxy = stack.enter_context(LatencyProxy(int(s3.endpoint_url.rsplit(":", 1)[1]), a.rtt))
+            s3_env = server_env(proxy.url)
+            s3_bucket = s3.bucket
+        for r in range(a.runs):
+            res: dict[str, dict] = {}
+            rb = base_all / f"r{r}"
+            rb.mkdir()
+            shm = Path(tempfile.mkdtemp(prefix="wsfs-bench-wf-", dir=a.shm))
             try:
-                res["wsfs"] = run_target(w.mnt, inp, info["git_branch"], w)
+                log(f"round {r + 1}: wsfs rw mount, no commit before rm")
+                res["wsfs"] = one_wsfs(rb / "w1", inp, info["git_branch"], False)
+                log(f"round {r + 1}: wsfs rw mount, commit before rm")
+                res["wsfs+commit"] = one_wsfs(rb / "w2", inp, info["git_branch"], True)
+                if a.s3:
+                    log(f"round {r + 1}: wsfs rw mount, S3 at {a.rtt:g} ms, commit before rm")
+                    res["wsfs+commit S3"] = one_wsfs(rb / "w3", inp, info["git_branch"], True,
+                                                     f"s3://{s3_bucket}/wf-{r}", s3_env)
+                log(f"round {r + 1}: tmpfs")
+                res["tmpfs"] = run_target(shm, inp, info["git_branch"], None)
+                log(f"round {r + 1}: ext4")
+                (rb / "ext4").mkdir()
+                res["ext4"] = run_target(rb / "ext4", inp, info["git_branch"], None)
             finally:
-                w.umount()
-            log(f"round {r + 1}: tmpfs")
-            res["tmpfs"] = run_target(shm, inp, info["git_branch"], None)
-            log(f"round {r + 1}: ext4")
-            (base / "ext4").mkdir()
-            res["ext4"] = run_target(base / "ext4", inp, info["git_branch"], None)
-        finally:
-            w.umount()
-            shutil.rmtree(shm, ignore_errors=True)
-            shutil.rmtree(base, ignore_errors=True)
-        rounds.append(res)
+                shutil.rmtree(shm, ignore_errors=True)
+                shutil.rmtree(rb, ignore_errors=True)
+            rounds.append(res)
+    finally:
+        stack.close()
+        shutil.rmtree(base_all, ignore_errors=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"info": info, "rounds": rounds}, indent=1))
+    report(rounds, a)
+    return 0
+
+
+def report(rounds: list[dict[str, dict]], a: argparse.Namespace) -> None:
+    targets = list(rounds[0])
+    ws = [t for t in targets if rounds[0][t]["wsfs"]]
     names = list(rounds[0]["wsfs"]["steps"])
 
     def med(target: str, step: str) -> float:
         v = sorted(r[target]["steps"][step] for r in rounds)
         return v[len(v) // 2]
 
-    print(f"\nseconds per step (median of {a.runs} round(s)); ratio > 1: wsfs slower")
-    print(f"| step | wsfs rw | tmpfs | ext4 ({a.dir}) | wsfs/tmpfs | wsfs/ext4 | FUSE requests | daemon CPU s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    tot = {"wsfs": 0.0, "tmpfs": 0.0, "ext4": 0.0}
-    worst = (0.0, "")
-    last = rounds[-1]["wsfs"]
+    print(f"\nseconds per step (median of {a.runs} round(s)); ratios > 1: wsfs slower")
+    head = " | ".join(targets)
+    rat = " | ".join(f"{t}/tmpfs | {t}/ext4" for t in ws)
+    print(f"| step | {head} | {rat} |")
+    print("|---|" + "---:|" * (len(targets) + 2 * len(ws)))
+    tot = {t: 0.0 for t in targets}
+    worst = {t: (0.0, "") for t in ws}
     for s in names:
-        v = {t: med(t, s) for t in tot}
-        for t in tot:
+        v = {t: med(t, s) for t in targets}
+        for t in targets:
             tot[t] += v[t]
-        rt = v["wsfs"] / v["tmpfs"]
-        if rt > worst[0]:
-            worst = (rt, s)
-        nreq = sum(last["requests"][s].values())
-        print(f"| {s} | {v['wsfs']:.2f} | {v['tmpfs']:.2f} | {v['ext4']:.2f} | {rt:.2f} | "
-              f"{v['wsfs'] / v['ext4']:.2f} | {nreq} | {last['daemon_cpu_s'][s]:.1f} |")
-    print(f"| **total** | **{tot['wsfs']:.2f}** | **{tot['tmpfs']:.2f}** | **{tot['ext4']:.2f}** | "
-          f"**{tot['wsfs'] / tot['tmpfs']:.2f}** | **{tot['wsfs'] / tot['ext4']:.2f}** | "
-          f"{sum(sum(x.values()) for x in last['requests'].values())} | {sum(last['daemon_cpu_s'].values()):.1f} |")
-    ov = tot["wsfs"] / tot["tmpfs"]
-    print(f"\ngoal (issue 13): overall <= 2x tmpfs: {ov:.2f}x -> {'met' if ov <= 2 else 'NOT met'}; "
-          f"no step over 5x: worst {worst[0]:.2f}x ({worst[1]}) -> {'met' if worst[0] <= 5 else 'NOT met'}")
-    print(f"wsfs commit after step 4 (publishes everything, layer {last['layer_bytes_before_commit'] / 1e6:.0f} MB "
-          f"on disk): {last['commit_all_s']:.2f} s: {last['commit_all_msg']}")
-    print(f"wsfs commit after rm -rf (final): {last['commit_final_s']:.2f} s: {last['commit_final_msg']}")
-    hwm = last["vm_hwm_kib"]
-    print(f"wsfs daemon peak RSS (VmHWM): {hwm / 1024:.0f} MiB" if hwm else "daemon VmHWM: n/a")
-    print(f"daemon errors: {last['errors']}; kernel: {last['kernel']}")
-    print("\nFUSE requests per step (wsfs, last round; top ops):")
+        for t in ws:
+            rt = v[t] / v["tmpfs"]
+            if rt > worst[t][0]:
+                worst[t] = (rt, s)
+        cells = " | ".join(f"{v[t]:.2f}" for t in targets)
+        rc = " | ".join(f"{v[t] / v['tmpfs']:.2f} | {v[t] / v['ext4']:.2f}" for t in ws)
+        print(f"| {s} | {cells} | {rc} |")
+    cells = " | ".join(f"**{tot[t]:.2f}**" for t in targets)
+    rc = " | ".join(f"**{tot[t] / tot['tmpfs']:.2f}** | **{tot[t] / tot['ext4']:.2f}**" for t in ws)
+    print(f"| **total** | {cells} | {rc} |")
+    print()
+    for t in ws:
+        ov = tot[t] / tot["tmpfs"]
+        print(f"goal (issue 13), {t}: overall <= 2x tmpfs: {ov:.2f}x -> {'met' if ov <= 2 else 'NOT met'}; "
+              f"no step over 5x: worst {worst[t][0]:.2f}x ({worst[t][1]}) -> "
+              f"{'met' if worst[t][0] <= 5 else 'NOT met'}")
+    print()
+    for t in ws:
+        for i, r in enumerate(rounds):
+            x = r[t]
+            line = f"{t}, round {i + 1}: "
+            if "commit_all_s" in x:
+                line += (f"commit after make (layer {x['layer_bytes_before_commit'] / 1e6:.0f} MB on disk): "
+                         f"{x['commit_all_s']:.2f} s [{x['commit_all_msg']}]; ")
+            line += (f"final commit after rm -rf: {x['commit_final_s']:.2f} s [{x['commit_final_msg']}]; "
+                     f"daemon peak RSS (VmHWM) {x['vm_hwm_kib'] / 1024:.0f} MiB; layer at end "
+                     f"{x['layer_bytes_end'] / 1e6:.1f} MB; daemon errors {x['errors']}")
+            print(line)
+    last = rounds[-1]
+    for t in ws:
+        x = last[t]
+        print(f"\nFUSE requests, daemon CPU and handler time per step ({t}, last round; top ops):")
+        for s in names:
+            req = x["requests"][s]
+            top = ", ".join(f"{k} {v}" for k, v in list(req.items())[:7])
+            print(f"  {s:<24} {sum(req.values()):>7} req, CPU {x['daemon_cpu_s'][s]:5.1f} s, handlers "
+                  f"{x['handler_s'][s]:5.1f} s ({top})")
+        print(f"  {'total':<24} {sum(sum(q.values()) for q in x['requests'].values()):>7} req, CPU "
+              f"{sum(x['daemon_cpu_s'].values()):5.1f} s, handlers {sum(x['handler_s'].values()):5.1f} s")
+    print("\nload average (1/5/15 min) after each step, last round:")
+    print("  " + " / ".join(targets))
     for s in names:
-        req = last["requests"][s]
-        hs = last["handler_s"].get(s)
-        top = ", ".join(f"{k} {v}" for k, v in list(req.items())[:7])
-        print(f"  {s:<24} {sum(req.values()):>8} ({top})" + (f"; handler time {hs:.1f} s" if hs else ""))
-    print(f"\nload average per step (wsfs / tmpfs / ext4, last round):")
-    for s in names:
-        print(f"  {s:<24} {rounds[-1]['wsfs']['load'][s]} / {rounds[-1]['tmpfs']['load'][s]} / "
-              f"{rounds[-1]['ext4']['load'][s]}")
+        print(f"  {s:<24} " + " / ".join(last[t]["load"][s] for t in targets))
     print(f"load at end {loadavg()}")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"info": info, "rounds": rounds}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
