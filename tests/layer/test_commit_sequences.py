@@ -173,9 +173,10 @@ two_edits = st.lists(st.tuples(st.sampled_from(TWO_KINDS), st.integers(0, 1 << 3
 
 
 def _flat(tree: dict[bytes, tuple]) -> dict[bytes, tuple]:
-    """What a merge must keep per path: directories by type only (their mtimes merge), the rest whole
+    """What a merge must keep per path: directories without their mtime (mtimes merge: the later one
+    wins), with their mode, owner and xattrs (a chmod of a directory is a change of it); the rest whole
     (a file's names are part of it: a hard-linked file changed under every name)."""
-    return {p: (d[0],) if stat.S_ISDIR(d[0]) else d for p, d in tree.items()}
+    return {p: d[:4] + d[5:] if d[0] == stat.S_IFDIR else d for p, d in tree.items()}
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
