@@ -15,6 +15,7 @@ name                                            type       labels / from
 ``wsfs_cache_<counter>_total``                  counter    hits, misses, fetches, evictions, ...
 ``wsfs_cache_bytes`` / ``_files`` / ``_max_bytes``  gauge
 ``wsfs_store_requests_total``                   counter    kind (get, put, head, list, ...)
+``wsfs_store_errors_total`` / ``_retries_total``  counter    kind
 ``wsfs_store_received_bytes_total`` / ``sent``  counter
 ``wsfs_kernel_inodes`` / ``_handles``           gauge      what the kernel holds
 ``wsfs_layer_<name>``                           gauge      a read-write mount's write layer
@@ -97,6 +98,12 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
     for kind, n in sorted(store.get("requests", {}).items()):
         sreq.add_metric([kind], n)
     yield sreq
+    for key, help_ in (("errors", "store calls that failed after their retries (a missing key is no error)"),
+                       ("retries", "store attempts after a call's first (S3)")):
+        fam = CounterMetricFamily(f"wsfs_store_{key}", help_, labels=["kind"])
+        for kind, n in sorted(store.get(key, {}).items()):
+            fam.add_metric([kind], n)
+        yield fam
     if _num(store.get("bytes_in")):
         yield CounterMetricFamily("wsfs_store_received_bytes", "bytes received from the store", value=store["bytes_in"])
     if _num(store.get("bytes_out")):

@@ -21,7 +21,8 @@ def sample_stats() -> dict:
         "workspace": "demo", "version": 3, "uptime_s": 12.5,
         **ops.snapshot(),
         "cache": {"hits": 7, "misses": 2, "bytes": 4096, "files": 3, "max_bytes": 1 << 30, "evictions": 0},
-        "store": {"requests": {"get": 5, "head": 1}, "bytes_in": 1234, "bytes_out": 0},
+        "store": {"requests": {"get": 5, "head": 1}, "errors": {"get": 1}, "retries": {"get": 2},
+                  "bytes_in": 1234, "bytes_out": 0},
         "kernel": {"inodes": 10, "handles": 1, "policy": "read-only", "lookups": 3},
         "layer": {"dirty_files": 2, "oldest_write_age_s": 1.5},
         "commits": {"count": 1, "bytes_uploaded": 100},
@@ -50,6 +51,8 @@ def test_exposition_parses_and_carries_every_number():
     assert m["wsfs_cache_hits_total"][()] == 7 and m["wsfs_cache_bytes"][()] == 4096
     assert m["wsfs_store_requests_total"] == {(("kind", "get"),): 5, (("kind", "head"),): 1}
     assert m["wsfs_store_received_bytes_total"][()] == 1234
+    assert m["wsfs_store_errors_total"] == {(("kind", "get"),): 1}
+    assert m["wsfs_store_retries_total"] == {(("kind", "get"),): 2}
     assert m["wsfs_kernel_inodes"][()] == 10 and "wsfs_kernel_lookups" not in m
     assert m["wsfs_layer_dirty_files"][()] == 2 and m["wsfs_commits_count_total"][()] == 1
 

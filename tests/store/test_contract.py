@@ -236,6 +236,8 @@ def test_stats_count_exactly(store: ObjectStore) -> None:
     # bytes_in counts what reads returned, bytes_out what was written.
     assert store.stats.snapshot() == {
         "requests": {"put": 1, "get": 2},
+        "errors": {},
+        "retries": {},
         "bytes_in": 1000 + 5,
         "bytes_out": 1000,
     }
@@ -248,6 +250,8 @@ def test_stats_count_exactly(store: ObjectStore) -> None:
         store.get("s/two")
     assert store.stats.snapshot() == {
         "requests": {"put": 2, "get": 3, "head": 2, "list": 1, "delete": 1},
+        "errors": {},  # a missing key is an answer, not an error
+        "retries": {},
         "bytes_in": 1005,
         "bytes_out": 1003,
     }

@@ -286,6 +286,8 @@ def test_retried_requests_are_counted_per_attempt(store: S3Store) -> None:
     # Every HTTP attempt counts; bytes_out counts the body of each PUT attempt.
     assert store.stats.snapshot() == {
         "requests": {"put": 2, "get": 2},
+        "errors": {},  # both succeeded in the end
+        "retries": {"put": 1, "get": 1},
         "bytes_in": 5,
         "bytes_out": 10,
     }

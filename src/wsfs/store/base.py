@@ -21,6 +21,8 @@ class StoreStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()  # calls that failed after their retries (not NotFound), by kind
+        self.retries: Counter[str] = Counter()  # attempts after a call's first, by kind (S3)
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -31,11 +33,21 @@ class StoreStats:
             self.bytes_in += bytes_in
             self.bytes_out += bytes_out
 
+    def count_error(self, op: str) -> None:
+        with self._lock:
+            self.errors[op] += 1
+
+    def count_retry(self, op: str) -> None:
+        with self._lock:
+            self.retries[op] += 1
+
     def snapshot(self) -> dict[str, object]:
         """A plain-dict copy, safe to serialise."""
         with self._lock:
             return {
                 "requests": dict(self.requests),
+                "errors": dict(self.errors),
+                "retries": dict(self.retries),
                 "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out,
             }

@@ -205,6 +205,7 @@ class _Budget(threading.local):
     started = 0.0
     deadline = 0.0
     attempts = 0
+    op = ""  # the outermost call's kind, for the retry and error counters
 
 
 class S3Store:
@@ -328,13 +329,23 @@ class S3Store:
             b.started = time.monotonic()
             b.deadline = b.started + self.timeout
             b.attempts = 0
+            b.op = op
         b.depth += 1
+        failed = False
         try:
             yield
         except _OutOfTime:
+            failed = True
             raise self._timeout(op, key) from None
+        except (NotFound, AlreadyExists):
+            raise  # answers, not failures
+        except BaseException:
+            failed = True
+            raise
         finally:
             b.depth -= 1
+            if failed and b.depth == 0:
+                self.stats.count_error(op)
 
     def _fits(self) -> bool:
         """Whether another attempt's worst case fits in the current budget (the first always does)."""
@@ -345,6 +356,8 @@ class S3Store:
         """botocore ``before-send`` hook (every attempt, retries included): stop when time is up."""
         if not self._fits():
             raise _OutOfTime()
+        if self._budget.attempts and self._budget.depth:
+            self.stats.count_retry(self._budget.op)
         self._budget.attempts += 1
 
     def _check_retry(self, response: Any = None, caught_exception: Any = None, attempts: int = 1,
