@@ -308,7 +308,7 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
     sp = add("mount", cmd_mount, "mount a version (or with --history every version) at MOUNTPOINT, fetched lazily: "
              "read-only, or with --rw read-write (changes kept locally in a state folder until committed)")
     sp.epilog = ("Read-write (--rw): changes go to the state folder at once and are committed there within about "
-                 "1 s (a crash loses at most the last second, as a whole); fsync, fdatasync and syncfs make every change so far durable (a crash or kill -9 "
+                 "1 s (a crash loses at most the last second, as a whole); fsync and fdatasync of any file make every change so far durable (syncfs and sync do not reach FUSE daemons) (a crash or kill -9 "
                  "keeps them); unmount commits everything durably. The changes stay in the state folder: "
                  "wsfs status lists them. Base content is fetched per 64 KiB block touched, never per file.")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
