@@ -294,7 +294,7 @@ def main() -> int:
           + (f"\n#   wsfs+commit S3 = wsfs+commit with the repository in S3 (SeaweedFS) at {a.rtt:g} ms RTT"
              if a.s3 else ""))
     stack = contextlib.ExitStack()
-    s3_repo = s3_env = None
+    s3_env = None
     base_all = Path(tempfile.mkdtemp(prefix="wsfs-bench-wf-", dir=a.dir))
     rounds: list[dict[str, dict]] = []
     try:
