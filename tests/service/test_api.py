@@ -435,8 +435,21 @@ def test_concurrent_range_readers(served: Served) -> None:
 def test_clients_that_leave_free_their_resources(served: Served) -> None:
     """Archives and downloads dropped after their first bytes: the server keeps serving (no slot or thread leaks)."""
     import http.client
+    import time
+
+    def slot_free_within(seconds: float) -> bool:
+        """Whether an archive slot comes free within *seconds* (a dropped client's slot is freed once the
+        server notices it left, which takes longer on a loaded machine than the 5 s a request waits)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if served.backend.archives.acquire(blocking=False):
+                served.backend.archives.release()
+                return True
+            time.sleep(0.05)
+        return False
 
     for path in [f"{WS}/versions/1/archive"] * 6 + [file_url("demo", 1, b"sparse")] * 6:
+        assert slot_free_within(60), "an archive slot stayed taken by a client that left"
         conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
         try:
             conn.request("GET", path)
@@ -447,6 +460,7 @@ def test_clients_that_leave_free_their_resources(served: Served) -> None:
             conn.close()  # gone before the end
     # more archives than the server builds at once (4) still succeed one after another
     for _ in range(6):
+        assert slot_free_within(60), "an archive slot stayed taken by a client that left"
         r = served.get(f"{WS}/versions/1/archive?path=dir%2Fsub")
         assert r.status == 200 and not r.incomplete
 
