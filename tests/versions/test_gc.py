@@ -240,3 +240,11 @@ def test_gc_and_fsck_over_s3_and_local(repo_url, subprocess_env, tmp_path):
     w("checkout", "demo@2", str(out))
     assert_same_tree(src, out)
     assert "1 version(s)" in w("fsck", "--full").text
+
+
+def test_an_oversized_or_malformed_lease_keeps_nothing(three):
+    w, repo, _ = three
+    repo.store.put("leases/demo/huge", b'{"version": 1, "expires": 1e18, "pad": "' + b"x" * 100_000 + b'"}')
+    repo.store.put("leases/demo/junk", b"not json")
+    r = gc(repo, Retention(keep_last=1), grace=0)
+    assert r.leased == 0 and r.dropped == ["demo@1", "demo@2"]

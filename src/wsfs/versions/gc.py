@@ -54,7 +54,7 @@ from wsfs.errors import IntegrityError, NotFound, UsageError, WsfsError
 from wsfs.format import tree
 from wsfs.format.blobs import compress, decompress, hexid, parse_hexid
 from wsfs.format.records import VersionRecord
-from wsfs.repository import Repository, blob_key, profile_key, version_key
+from wsfs.repository import Repository, _get_small, blob_key, profile_key, version_key
 from wsfs.versions.leases import live_leases
 from wsfs.versions.reach import version_objects
 
@@ -188,7 +188,7 @@ class _Gc:
         held: set[str] = set()
         for mark_key in self.store.list(MARK_PREFIX):
             try:
-                when, keys, first = _decode_mark(self.store.get(mark_key))
+                when, keys, first = _decode_mark(_get_small(self.store, mark_key, MAX_MARK))  # bounded read
             except NotFound:
                 continue  # another gc finished it
             except (ValueError, KeyError, TypeError, RecursionError, WsfsError) as e:

@@ -21,8 +21,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from wsfs.errors import NotFound
+from wsfs.errors import IntegrityError, NotFound
 from wsfs.format.names import check_workspace
+from wsfs.repository import _get_small
 from wsfs.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,14 @@ def live_leases(store: ObjectStore, ws: str, *, now: float | None = None) -> lis
     out = []
     for key in store.list(f"{PREFIX}{ws}/"):
         try:
-            raw = store.get(key)
-            if len(raw) > MAX_LEASE:
-                raise ValueError("too large")
+            raw = _get_small(store, key, MAX_LEASE)  # at most that much is read: the store is untrusted
             d = json.loads(raw)
             n, expires = d["version"], d["expires"]
             if type(n) is not int or n < 1 or not isinstance(expires, int | float):
                 raise ValueError("bad fields")
         except NotFound:
             continue  # its mount ended meanwhile
-        except (ValueError, KeyError, TypeError, RecursionError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError, IntegrityError) as e:
             log.warning("ignoring the malformed lease %s: %s", key, e)
             continue
         if expires > now:
