@@ -165,3 +165,18 @@ def test_a_body_over_the_limit_is_413_and_publishes_nothing(served, tmp_path):
         server.stop()
         backend.close()
     assert r.status == 413 and repo.versions("ws") == [1]
+
+
+def test_a_sparse_member_is_refused(served, tmp_path):
+    port, w, _, repo = served
+    sparse = tmp_path / "sp"
+    sparse.mkdir()
+    with open(sparse / "f", "wb") as f:
+        f.truncate(1 << 30)
+        f.write(b"x")
+    tar = tmp_path / "s.tar"
+    import subprocess
+
+    subprocess.run(["tar", "--sparse", "-cf", str(tar), "-C", str(sparse), "f"], check=True)
+    r = request(port, "POST", "/v1/workspaces/ws/versions", w, tar.read_bytes())
+    assert r.status == 400 and b"sparse" in r.body and repo.versions("ws") == [1]
