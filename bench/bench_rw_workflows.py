@@ -68,6 +68,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mount import vm_hwm_kib  # noqa: E402
+
 WHEELS = ("requests rich attrs six idna urllib3 certifi charset-normalizer pygments markdown-it-py mdurl").split()
 NPM_DEPS = {"typescript": "5.4.5", "express": "4.19.2", "lodash": "4.17.21", "react": "18.3.1",
             "react-dom": "18.3.1", "eslint": "8.57.0", "webpack": "5.91.0"}
@@ -199,17 +202,6 @@ class Wsfs:
                     pass
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
         self.mounted = False
-
-
-def vm_hwm_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def cpu_s(pid: int) -> float:
