@@ -627,7 +627,7 @@ class ArchiveStream:
 
     The consumer calls :meth:`get` (blocking; run it on a pool) until it
     returns None; an error in the builder is raised there.  :meth:`close`
-    stops the builder (a client that went away) and waits for it.
+    stops the builder (a client that went away).
     """
 
     def __init__(self, backend: Backend, record: VersionRecord, names: list[bytes]) -> None:
@@ -668,20 +668,27 @@ class ArchiveStream:
             self.backend.archives.release()
 
     def get(self) -> bytes | None:
-        """The next piece (blocking), None at the end; the builder's error is raised here."""
-        piece, err = self.q.get()
+        """The next piece (blocking), None at the end or once closed; the builder's error is raised here."""
+        while True:
+            try:
+                piece, err = self.q.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if self.stop.is_set():
+                    return None
         if err is not None:
             raise err
         return piece
 
     def close(self) -> None:
-        """Stop the builder (its client is gone or done) and wait for it."""
+        """Stop the builder (its client is gone or done); it frees its slot within 0.2 s.
+
+        Never blocks, so it can run on the event loop: a cleanup handed to a
+        pool from a cancelled request would itself be cancelled before it ran
+        (an asyncio future cancels the pool's future it wraps), and the
+        builder would hold its slot until :data:`CONSUMER_TIMEOUT`.
+        """
         self.stop.set()
-        self.thread.join()
-        try:  # a consumer still waiting in get() (its request was cancelled) wakes up
-            self.q.put_nowait((None, None))
-        except queue.Full:
-            pass
 
 
 class _Stopped(Exception):
