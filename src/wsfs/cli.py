@@ -397,14 +397,27 @@ def _fsck_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from wsfs.versions.gc import Retention, gc, parse_duration
+    from wsfs.versions.gc import GcReport, Retention, gc, parse_duration
 
     repo = _open_repo(args)
     retention = Retention(keep_last=args.keep_last,
                           keep_within=None if args.keep_within is None else parse_duration(args.keep_within))
     grace = parse_duration(args.grace)
-    with _progress(args, "gc", "versions") as progress:
-        r = gc(repo, retention, grace=grace, dry_run=args.dry_run, progress=progress)
+    report = GcReport()
+    started, ok = time.monotonic(), False
+    try:
+        with _progress(args, "gc", "versions") as progress:
+            r = gc(repo, retention, grace=grace, dry_run=args.dry_run, progress=progress, report=report)
+        ok = True
+    finally:
+        if args.metrics_file:
+            from wsfs.metrics import gc_textfile
+
+            try:
+                gc_textfile(args.metrics_file, report, seconds=time.monotonic() - started, ok=ok,
+                            dry_run=args.dry_run)
+            except OSError as e:
+                raise UsageError(f"--metrics-file {args.metrics_file}: {e.strerror}") from None
     would = "would be " if args.dry_run else ""
     for v in r.dropped:
         print(f"{'would drop' if args.dry_run else 'dropped'} {v}")
@@ -577,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an object is deleted only once it was unreferenced at two runs this far apart "
                     "(default 24h; pushes and commits must finish within it)")
     sp.add_argument("--dry-run", action="store_true", help="change nothing; print what would be dropped and deleted")
+    sp.add_argument("--metrics-file", metavar="PATH",
+                    help="write this run's figures (wsfs_gc_*: success, duration, versions dropped, objects and "
+                    "bytes marked and deleted) to PATH as Prometheus text, replaced atomically, also after a "
+                    "failure; for node_exporter's textfile collector")
 
     sp = add("workspaces", cmd_workspaces, "list workspaces and their latest version")
     sp.add_argument("--json", action="store_true")

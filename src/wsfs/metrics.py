@@ -22,6 +22,9 @@ name                                            type       labels / from
 ``wsfs_commits_<name>_total``                   counter    a read-write mount's commits
 ==============================================  =========  ====================================
 
+``wsfs gc --metrics-file PATH`` writes its run's figures (``wsfs_gc_*``,
+gauges, :func:`gc_textfile`) for node_exporter's textfile collector.
+
 The endpoint listens on a loopback address only: the numbers name
 workspaces and reveal activity, and there is no authentication.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -120,10 +124,14 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
 
 
 class _Collector:
-    def __init__(self, collect: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, collect: Callable[[], dict[str, Any]], extra: list[Metric] | None = None) -> None:
         self._collect = collect
+        self._extra = extra
 
     def collect(self) -> Iterator[Metric]:
+        if self._extra is not None:
+            yield from self._extra
+            return
         yield from families(self._collect())
 
 
@@ -144,6 +152,40 @@ def exposition(stats: dict[str, Any]) -> bytes:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Collector(lambda: stats))  # type: ignore[arg-type]
     return generate_latest(reg)
+
+
+def gc_textfile(path: str, report: Any, *, seconds: float, ok: bool, dry_run: bool) -> None:
+    """Write one gc run's figures to *path* atomically (Prometheus text, for a textfile collector).
+
+    *report* is the run's :class:`~wsfs.versions.gc.GcReport` (what it did
+    before failing, when *ok* is false).  Every figure is a gauge: it is the
+    last run's, and a scraper sees each run once however often it scrapes.
+    """
+    from prometheus_client import write_to_textfile
+
+    fams: list[Metric] = [
+        GaugeMetricFamily("wsfs_gc_last_run_timestamp_seconds", "when the last gc run ended (Unix time)",
+                          value=time.time()),
+        GaugeMetricFamily("wsfs_gc_last_run_success", "1 if the last gc run succeeded, else 0", value=int(ok)),
+        GaugeMetricFamily("wsfs_gc_last_run_dry_run", "1 if the last gc run was a dry run (nothing changed)",
+                          value=int(dry_run)),
+        GaugeMetricFamily("wsfs_gc_duration_seconds", "how long the last gc run took", value=seconds),
+        GaugeMetricFamily("wsfs_gc_versions", "version records the last gc run saw", value=report.versions),
+        GaugeMetricFamily("wsfs_gc_versions_kept", "versions it kept", value=report.kept),
+        GaugeMetricFamily("wsfs_gc_versions_dropped", "version records it dropped", value=len(report.dropped)),
+    ]
+    for key, help_ in (("marked", "objects it marked for deletion"), ("deleted", "objects it deleted"),
+                       ("unreferenced", "objects no kept version references")):
+        fams.append(GaugeMetricFamily(f"wsfs_gc_{key}_objects", help_, value=getattr(report, key)))
+        fams.append(GaugeMetricFamily(f"wsfs_gc_{key}_bytes", f"bytes of the {help_}",
+                                      value=getattr(report, f"{key}_bytes")))
+    fams.append(GaugeMetricFamily("wsfs_gc_waiting_objects", "objects marked by earlier runs, within the grace period",
+                                  value=report.waiting))
+    fams.append(GaugeMetricFamily("wsfs_gc_dead_segment_bytes", "dead pack bytes in segments kept for live packs",
+                                  value=report.dead_segment_bytes))
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Collector(lambda: {}, extra=fams))  # type: ignore[arg-type]
+    write_to_textfile(path, reg)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -63,3 +63,66 @@ def test_a_non_loopback_metrics_address_is_a_usage_error(tmp_path: Path) -> None
     (tmp_path / "mnt").mkdir()
     r = w("mount", "demo", str(tmp_path / "mnt"), "-o", "metrics=0.0.0.0:9101", check=False)
     assert r.code == 2 and "loopback" in r.err and r.err.count("\n") == 1
+
+
+def test_uncommitted_writes_and_commit_outcomes(mount: Mounter, tmp_path: Path) -> None:
+    """The write layer's pending entries, bytes and oldest uncommitted write's age; commits, conflicts."""
+    import json
+    import time
+
+    w = Wsfs(str(tmp_path / "repo"), str(tmp_path / "cache"))
+    w("init")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "shared").write_bytes(b"base\n")
+    w.push(src, "demo")
+
+    def rw(name: str):
+        return mount(w.repo, "demo", extra=("--rw", "-o", f"state_dir={tmp_path / name}"))
+
+    def layer(m) -> dict:
+        return json.loads(Wsfs(w.repo, str(m.cache_dir), m.env)("stats", "--json", str(m.path)).out)
+
+    def wait_for(m, pred, what: str) -> dict:
+        deadline = time.monotonic() + 15
+        while True:
+            s = layer(m)
+            if pred(s["layer"], s["commits"]):
+                return s
+            assert time.monotonic() < deadline, f"{what}: {s['layer']} {s['commits']}"
+            time.sleep(0.2)
+
+    a = rw("sa")
+    s = wait_for(a, lambda lay, c: True, "stats")
+    assert s["layer"]["pending_entries"] == 0 and s["layer"]["oldest_uncommitted_write_age_seconds"] == 0
+    (a.path / "new").write_bytes(b"x" * 1000)
+    t_write = time.monotonic()
+    time.sleep(2.5)
+    s = wait_for(a, lambda lay, c: lay["pending_entries"] >= 1, "the new file counted")
+    lay = s["layer"]
+    assert lay["pending_bytes"] >= 1000
+    assert 2.0 <= lay["oldest_uncommitted_write_age_seconds"] <= time.monotonic() - t_write + 1.5, lay
+    # The same numbers through the Prometheus exposition.
+    prom = samples(Wsfs(w.repo, str(a.cache_dir), a.env)("stats", "--prometheus", str(a.path)).text)
+    assert prom["wsfs_layer_pending_entries"][()] >= 1
+    assert prom["wsfs_layer_oldest_uncommitted_write_age_seconds"][()] >= 2.0
+    Wsfs(w.repo, str(a.cache_dir), a.env)("commit", str(a.path))
+    s = wait_for(a, lambda lay, c: lay["pending_entries"] == 0, "nothing pending after the commit")
+    assert s["layer"]["oldest_uncommitted_write_age_seconds"] == 0 and s["commits"]["count"] == 1
+    # A second writer over version 1 changes the same file as the first: its commit is a conflict, counted.
+    b = rw("sb")
+    (a.path / "shared").write_bytes(b"a\n")
+    (b.path / "shared").write_bytes(b"b\n")
+    Wsfs(w.repo, str(a.cache_dir), a.env)("commit", str(a.path))
+    r = Wsfs(w.repo, str(b.cache_dir), b.env)("commit", str(b.path), check=False)
+    assert r.code == 5
+    s = layer(b)
+    assert s["commits"] == {**s["commits"], "count": 0, "failures": 1, "conflicts": 1}
+    s = wait_for(b, lambda lay, c: lay["pending_entries"] >= 1, "the conflicting change kept")
+    assert s["layer"]["oldest_uncommitted_write_age_seconds"] > 0
+    # Pending changes left in a layer: the next mount of it counts their age from when they were made.
+    b.unmount()
+    time.sleep(1.0)
+    b2 = rw("sb")
+    s = wait_for(b2, lambda lay, c: lay["pending_entries"] >= 1, "the pending change found at mount")
+    assert s["layer"]["oldest_uncommitted_write_age_seconds"] >= 1.0

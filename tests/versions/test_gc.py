@@ -248,3 +248,35 @@ def test_an_oversized_or_malformed_lease_keeps_nothing(three):
     repo.store.put("leases/demo/junk", b"not json")
     r = gc(repo, Retention(keep_last=1), grace=0)
     assert r.leased == 0 and r.dropped == ["demo@1", "demo@2"]
+
+
+def test_metrics_file_holds_each_runs_figures(three, tmp_path):
+    """``--metrics-file``: what a run marked and deleted, parsed by prometheus_client; written on failure too."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    w, _, _ = three
+    path = tmp_path / "prom" / "wsfs-gc.prom"
+    path.parent.mkdir()
+
+    def figures() -> dict[str, float]:
+        return {s.name: s.value for f in text_string_to_metric_families(path.read_text()) for s in f.samples}
+
+    before = time.time()
+    w("gc", "--keep-last", "1", "--grace", "0", "--metrics-file", str(path))
+    m = figures()
+    assert m["wsfs_gc_last_run_success"] == 1 and m["wsfs_gc_last_run_dry_run"] == 0
+    assert before <= m["wsfs_gc_last_run_timestamp_seconds"] <= time.time()
+    assert m["wsfs_gc_versions"] == 3 and m["wsfs_gc_versions_dropped"] == 2 and m["wsfs_gc_versions_kept"] == 1
+    assert m["wsfs_gc_marked_objects"] > 0 and m["wsfs_gc_marked_bytes"] >= 3 * CHUNK  # the big file's chunks
+    assert m["wsfs_gc_deleted_objects"] == 0
+    marked = m["wsfs_gc_marked_objects"]
+    w("gc", "--keep-last", "1", "--grace", "0", "--metrics-file", str(path))
+    m = figures()
+    assert m["wsfs_gc_deleted_objects"] == marked and m["wsfs_gc_marked_objects"] == 0
+    assert [p.name for p in path.parent.iterdir()] == ["wsfs-gc.prom"]  # replaced whole, no temporary left
+    # A run that fails (a kept version that cannot be read) still says so.
+    (rec,) = (Path(w.repo) / "workspaces" / "demo" / "versions").iterdir()
+    rec.write_bytes(b"garbage")
+    r = w("gc", "--metrics-file", str(path), check=False)
+    assert r.code != 0
+    assert figures()["wsfs_gc_last_run_success"] == 0

@@ -88,6 +88,11 @@ _STOP_GRACE_RW = 30.0
 # ... and with commit_on_umount, long enough for a commit (TimeoutStopSec of the rw unit is longer still).
 _STOP_GRACE_COMMIT = 600.0
 _COMMIT_TICK = 0.5  # seconds between the read-write mount's checks for a batch due to commit
+# FUSE operations that change a read-write mount (what starts the clock of the oldest uncommitted write).
+_MUTATIONS = ("write", "create", "mknod", "mkdir", "symlink", "link", "unlink", "rmdir", "rename", "setattr",
+              "setxattr", "removexattr")
+_PENDING_MIN_INTERVAL = 10.0  # seconds between two computations of the pending summary, at least
+_PENDING_COST_FACTOR = 1000  # ... and at least this many times what the last one cost (<= 0.1% of the thread)
 
 
 @dataclass
@@ -438,6 +443,86 @@ def _short_stats(daemon: _Daemon) -> str:
     return f"{sum(s['requests'].values())} requests, {s['store']['requests'].get('get', 0)} store GETs"
 
 
+class _PendingGauge:
+    """What a read-write mount has not committed: entries, bytes, and the age of the oldest such write.
+
+    Entries and bytes come from the layer's pending list (``wsfs status``'s),
+    recomputed on the trio thread when something changed, at most every
+    :data:`_PENDING_MIN_INTERVAL` s and never more often than
+    :data:`_PENDING_COST_FACTOR` times its own cost (10,000 pending entries:
+    about 0.3 s), so a scrape never walks the layer.
+
+    The age is kept without walking: a write is noticed within a second, or at
+    the next scrape (by the FUSE requests that change the mount), and counts
+    from then; a commit that saw no write while it ran leaves nothing pending,
+    else what is left counts from the commit's start (never younger than it
+    is).  Only at mount and after a discard is it taken from the layer: the
+    oldest pending entry's ctime (every change sets it; a deletion counts from
+    its directory's).
+    """
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.bytes = 0
+        self.oldest_ns: int | None = None  # wall clock of the oldest uncommitted change known
+        self.first_new_ns: int | None = None  # wall clock when a change was first noticed since the last walk
+        self.seen = 0  # the mutating requests counted so far
+        self.stale = True  # walk at the next tick whatever the interval (after a commit or discard)
+        self.ages = True  # ... and take the age from the entries' ctimes (at mount, after a discard)
+        self.due = 0.0
+        self.cost = 0.0
+
+    def observe(self, mutations: int) -> None:
+        if mutations != self.seen:
+            self.seen = mutations
+            if self.first_new_ns is None:
+                self.first_new_ns = time.time_ns()
+
+    def committed(self, mutations_before: int, started_ns: int, mutations_after: int) -> None:
+        """A commit that started at *started_ns* succeeded."""
+        self.oldest_ns = None if mutations_after == mutations_before else started_ns
+        self.first_new_ns = None
+        self.stale = True
+
+    def due_now(self) -> bool:
+        return self.stale or (self.first_new_ns is not None and time.monotonic() >= self.due)
+
+    def compute(self, tree: WritableTree) -> None:
+        """(trio thread) Walk the layer's pending list."""
+        t0 = time.monotonic()
+        layer = tree.layer
+        entries = size = 0
+        oldest: int | None = None
+        for p in layer.pending():
+            entries += 1
+            size += p.size
+            if self.ages:
+                a = layer.resolve(p.path) if p.kind != "D" else None
+                if a is None:  # deleted: when its directory last changed
+                    a = layer.resolve(p.path.rpartition(b"/")[0])
+                if a is not None and (oldest is None or a.ctime_ns < oldest):
+                    oldest = a.ctime_ns
+        self.entries, self.bytes = entries, size
+        if not entries:
+            self.oldest_ns = None
+        elif self.ages:
+            self.oldest_ns = oldest
+        else:
+            known = [t for t in (self.oldest_ns, self.first_new_ns) if t is not None]
+            self.oldest_ns = min(known) if known else time.time_ns()
+        self.first_new_ns, self.stale, self.ages = None, False, False
+        self.cost = time.monotonic() - t0
+        self.due = time.monotonic() + max(_PENDING_MIN_INTERVAL, _PENDING_COST_FACTOR * self.cost)
+
+    def summary(self, mutations: int) -> dict[str, Any]:
+        """The figures now (a change not yet noticed by the watcher counts from now)."""
+        self.observe(mutations)
+        starts = [t for t in (self.oldest_ns, self.first_new_ns) if t is not None]
+        age = max(0.0, (time.time_ns() - min(starts)) / 1e9) if starts else 0.0
+        return {"pending_entries": self.entries, "pending_bytes": self.bytes,
+                "oldest_uncommitted_write_age_seconds": round(age, 3), "pending_scan_seconds": round(self.cost, 4)}
+
+
 class _Daemon:
     """The trio side of a mount: FUSE loop, control socket, signals, maintenance."""
 
@@ -471,7 +556,9 @@ class _Daemon:
         self.commit_on_umount = False  # MountOptions.commit_on_umount
         self.final_commit_done = False
         self.final_commit_failed = False  # the daemon then exits 1 (the changes stay in the layer)
-        self.commits = {"count": 0, "bytes_uploaded": 0, "seconds": 0.0}  # this mount's commits (metrics)
+        # this mount's commits (metrics): published versions, failed attempts, conflicts among them
+        self.commits = {"count": 0, "bytes_uploaded": 0, "seconds": 0.0, "failures": 0, "conflicts": 0}
+        self.pending = _PendingGauge()
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -495,7 +582,8 @@ class _Daemon:
             out["preload"] = self.preloader.statistics()
         if self.tree is not None:
             out["layer"] = {"open_files": len(self.tree.layer.contents),
-                            "disk_bytes": layer_disk_bytes(self.tree.state_dir)}
+                            "disk_bytes": layer_disk_bytes(self.tree.state_dir),
+                            **self.pending.summary(self._mutations())}
             out["commits"] = dict(self.commits)
         return out
 
@@ -516,7 +604,7 @@ class _Daemon:
                 return {"ok": False, "exit_code": 2,
                         "error": f"{self.mountpoint} is a read-only mount: nothing to {cmd} (mount with --rw)"}
             try:
-                return {"ok": True, **(self.layer_commit(request) if cmd == "commit" else self.layer_discard(request))}
+                return {"ok": True, **(self._commit(request) if cmd == "commit" else self.layer_discard(request))}
             except WsfsError as e:
                 out: dict[str, Any] = {"ok": False, "error": str(e), "exit_code": e.exit_code}
                 paths = getattr(e, "paths", None)  # a CommitConflict's (not imported by every mount)
@@ -524,6 +612,19 @@ class _Daemon:
                     out["paths"] = [os.fsdecode(p) for p in paths]
                 return out
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _commit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """(worker thread) :meth:`layer_commit`, counted: failures and conflicts (``CommitConflict``, exit 5)."""
+        before, started = self._mutations(), time.time_ns()
+        try:
+            out = self.layer_commit(request)
+        except WsfsError as e:
+            self.commits["failures"] += 1
+            self.commits["conflicts"] += isinstance(getattr(e, "paths", None), list)
+            self.pending.stale = True  # the figures are shown fresh after every commit
+            raise
+        self.pending.committed(before, started, self._mutations())
+        return out
 
     def layer_commit(self, request: dict[str, Any]) -> dict[str, Any]:
         """(worker thread) ``wsfs commit``: publish what the layer changed since its last commit.
@@ -570,6 +671,7 @@ class _Daemon:
         paths = None if raw is None else [os.fsencode(p) for p in raw]
         with self._commit_lock:
             changed = trio.from_thread.run_sync(tree.discard, paths)
+        self.pending.stale = self.pending.ages = True
         for parent, name, ino in changed:
             for call, args in ((pyfuse3.invalidate_entry_async, (parent, name)), (pyfuse3.invalidate_inode, (ino,))):
                 if call is pyfuse3.invalidate_entry_async and not parent:
@@ -601,6 +703,7 @@ class _Daemon:
                 nursery.start_soon(self._lease, self.version)
             if self.tree is not None:
                 nursery.start_soon(self._commit_timer, self.tree)
+                nursery.start_soon(self._watch_pending, self.tree)
                 if self.commit_interval:
                     nursery.start_soon(self._auto_commit, self.commit_interval)
             nursery.start_soon(raise_kernel_readahead, self.mountpoint)
@@ -631,7 +734,7 @@ class _Daemon:
     async def _commit_now(self, message: str) -> bool:
         """Commit the layer from a worker thread (as ``wsfs commit``); False (logged) if it failed."""
         try:
-            r = await trio.to_thread.run_sync(self.layer_commit, {"message": message})
+            r = await trio.to_thread.run_sync(self._commit, {"message": message})
         except WsfsError as e:
             log.error("%s: %s failed, the changes stay in the layer: %s", self.label, message, e)
             return False
@@ -712,6 +815,27 @@ class _Daemon:
                 if not failing:
                     log.error("%s: committing the write layer failed (retrying): %s", self.label, e)
                 failing = True
+
+    def _mutations(self) -> int:
+        """FUSE requests so far that changed the mount (succeeded)."""
+        requests, errors = self.ops.stats.requests, self.ops.stats.errors
+        return sum(requests[op] - errors[op] for op in _MUTATIONS)
+
+    async def _watch_pending(self, tree: WritableTree) -> None:
+        """Keep :attr:`pending` (the uncommitted entries, bytes and the oldest write's age) current."""
+        failing = False
+        while True:
+            self.pending.observe(self._mutations())
+            if self.pending.due_now():
+                try:
+                    self.pending.compute(tree)
+                    failing = False
+                except Exception:  # noqa: BLE001 - a metric must never end the mount
+                    if not failing:
+                        log.warning("%s: computing the pending changes failed", self.label, exc_info=True)
+                    failing, self.pending.stale = True, False
+                    self.pending.due = time.monotonic() + _PENDING_MIN_INTERVAL
+            await trio.sleep(1.0)
 
     async def _lease(self, version: int) -> None:
         """Keep a lease on the mounted version in the store (``versions/leases.py``), so gc keeps it while mounted.

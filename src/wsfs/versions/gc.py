@@ -255,11 +255,18 @@ def gc(
     dry_run: bool = False,
     now: float | None = None,
     progress: Callable[[int], None] = lambda n: None,
+    report: GcReport | None = None,
 ) -> GcReport:
-    """One gc run over every workspace of *repo* (see the module doc); with *dry_run*, nothing is changed."""
+    """One gc run over every workspace of *repo* (see the module doc); with *dry_run*, nothing is changed.
+
+    The figures go into *report* (a fresh one if None) as the run goes: after
+    a failure it holds what was done before.
+    """
     if grace < 0 or (retention.keep_last is not None and retention.keep_last < 0):
         raise UsageError("gc: grace and keep-last must not be negative")
     g = _Gc(repo, retention, grace, dry_run, time.time() if now is None else now, progress)
+    if report is not None:
+        g.report = report
     dropped = g.decide()
     g.drop(dropped)
     g.collect(dropped)
