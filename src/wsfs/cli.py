@@ -28,6 +28,7 @@ from wsfs.config import Settings, resolve
 from wsfs.errors import FormatError, IntegrityError, NotFound, UsageError, WsfsError
 from wsfs.format.chunking import DEFAULT_CHUNK_SIZE
 from wsfs.format.manifest import Inode
+from wsfs.format.names import named
 from wsfs.format.records import DEFAULT_INLINE_THRESHOLD, RepoConfig
 from wsfs.localfs import private_dir
 from wsfs.repository import Ref, Repository, tidy_cache_dir
@@ -55,16 +56,6 @@ def _out(data: bytes) -> None:
 def _name(name: bytes) -> bytes:
     """A name from a version for stdout: raw bytes in a pipe, control bytes escaped on a terminal."""
     return escape_name(name) if sys.stdout.isatty() else name
-
-
-def json_name(key: str, name: bytes) -> dict[str, str]:
-    """A name from a version for JSON output: ``{key: text}`` if it is UTF-8, else ``{key_b64: base64 of the bytes}``."""
-    try:
-        return {key: name.decode("utf-8")}
-    except UnicodeDecodeError:
-        import base64
-
-        return {f"{key}_b64": base64.b64encode(name).decode()}
 
 
 class _JsonArray:
@@ -245,12 +236,12 @@ def _ls_line(name: bytes, node: Inode, long: bool) -> bytes:
 
 def _ls_json(name: bytes, node: Inode) -> dict[str, Any]:
     kind = stat.S_IFMT(node.mode)
-    out: dict[str, Any] = json_name("name", name)
+    out: dict[str, Any] = named("name", name)
     out.update(type={stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(kind, "special"),
                mode=stat.S_IMODE(node.mode), nlink=node.nlink, uid=node.uid, gid=node.gid, size=node.size,
                mtime_ns=node.mtime_ns)
     if node.is_link and node.target is not None:
-        out.update(json_name("target", node.target))
+        out.update(named("target", node.target))
     return out
 
 
@@ -332,7 +323,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         out = _JsonArray() if args.json else None
         for status, path in items:
             if out is not None:
-                out.add({"status": status, **json_name("path", path)})
+                out.add({"status": status, **named("path", path)})
             else:
                 _out(status.encode() + b" " + _name(path) + b"\n")
             n += 1
@@ -532,8 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
     sp.add_argument("path", nargs="?", default="", metavar="PATH")
     sp.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime")
-    sp.add_argument("--json", action="store_true", help="a JSON array of entries (name, type, mode, size, ...; a "
-                    "name that is not UTF-8 comes as name_b64, its bytes in base64)")
+    sp.add_argument("--json", action="store_true", help="a JSON array of entries (name, name_pct, type, mode, size, "
+                    "...; name is text, name_pct the exact bytes percent-encoded, as the REST API writes them)")
 
     sp = add("cat", cmd_cat, "write one file of a version to stdout")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")
@@ -558,8 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("a", metavar="WORKSPACE@A")
     sp.add_argument("b", metavar="WORKSPACE@B")
     sp.add_argument("--exit-code", action="store_true", help="exit 1 if there are differences")
-    sp.add_argument("--json", action="store_true", help='a JSON array of {"status", "path"} (a path that is not '
-                    "UTF-8 comes as path_b64, its bytes in base64)")
+    sp.add_argument("--json", action="store_true", help='a JSON array of {"status", "path", "path_pct"} (path is '
+                    "text, path_pct the exact bytes percent-encoded, as the REST API writes them)")
 
     sp = add("tag", cmd_tag, "name a version (tags are immutable)")
     sp.add_argument("ref", metavar="WORKSPACE[@V]")

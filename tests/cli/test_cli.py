@@ -171,8 +171,8 @@ def test_ls_writes_raw_bytes_names(w, tmp_path):
 
 
 def test_ls_and_diff_as_json(w, tmp_path):
-    import base64
     import json
+    from urllib.parse import unquote_to_bytes
 
     src = tree(tmp_path, a=b"1")
     (src / "d").mkdir()
@@ -184,11 +184,11 @@ def test_ls_and_diff_as_json(w, tmp_path):
     assert rows[0]["size"] == 1 and rows[0]["mode"] == (src / "a").stat().st_mode & 0o7777
     assert rows[2]["target"] == "a"
     (odd,) = json.loads(w("ls", "--json", "demo", "d").out)
-    assert "name" not in odd and base64.b64decode(odd["name_b64"]) == b"\xff x"
+    assert odd["name"] == "\ufffd x" and unquote_to_bytes(odd["name_pct"]) == b"\xff x"  # as the REST API
     assert json.loads(w("ls", "--json", "demo", "a").out)[0]["name"] == "a"
     (src / "a").write_bytes(b"2")
     (src / "new").write_bytes(b"")
     w("push", src, "demo")
     assert json.loads(w("diff", "--json", "demo@1", "demo@2").out) == [
-        {"status": "M", "path": "a"}, {"status": "A", "path": "new"}]
+        {"status": "M", "path": "a", "path_pct": "a"}, {"status": "A", "path": "new", "path_pct": "new"}]
     assert json.loads(w("diff", "--json", "demo@2", "demo@2").out) == []

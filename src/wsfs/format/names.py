@@ -8,6 +8,7 @@ byte but ``/`` and NUL), limited to 255 bytes like every Linux filesystem.
 from __future__ import annotations
 
 import re
+from urllib.parse import quote_from_bytes
 
 from wsfs.errors import InvalidName
 
@@ -60,3 +61,25 @@ def split_path(path: bytes) -> list[bytes]:
         if p != b"..":
             check_entry_name(p)
     return parts
+
+
+# -- names in JSON (the REST API and the CLI's --json: docs/api.md, "Names and encoding") --
+
+def pct(name: bytes) -> str:
+    """*name* percent-encoded: every byte outside ``A-Za-z0-9-._~`` as ``%XX`` (``/`` too)."""
+    return quote_from_bytes(name, safe="")
+
+
+def pct_path(path: bytes) -> str:
+    """A ``/``-separated path percent-encoded segment by segment (the ``/`` kept), for a URL path."""
+    return quote_from_bytes(path, safe="/")
+
+
+def text(name: bytes) -> str:
+    """*name* as display text: exact for UTF-8, U+FFFD in place of each bad byte otherwise."""
+    return name.decode("utf-8", errors="replace")
+
+
+def named(key: str, value: bytes) -> dict[str, str]:
+    """``{key: text, key_pct: exact}``: how a name goes into JSON."""
+    return {key: text(value), f"{key}_pct": pct(value) if key == "name" else pct_path(value)}

@@ -15,35 +15,19 @@ assume UTF-8.  The rules (``docs/api.md``, "Names and encoding"):
   display) and ``name_pct`` is the exact bytes percent-encoded (ASCII; every
   byte but ``A-Za-z0-9-._~`` escaped), ready to put in a URL.
 
-Imports ``format.names`` and ``errors`` only.
+The JSON half (``named``, ``pct``) lives in ``format.names``: the CLI's
+``--json`` output writes names the same way.  Imports ``format.names`` and
+``errors`` only.
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote_from_bytes, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from wsfs.errors import InvalidName
-from wsfs.format.names import check_entry_name
+from wsfs.format.names import check_entry_name, named, pct, pct_path, text
 
-
-def pct(name: bytes) -> str:
-    """*name* percent-encoded: every byte outside ``A-Za-z0-9-._~`` as ``%XX`` (``/`` too)."""
-    return quote_from_bytes(name, safe="")
-
-
-def pct_path(path: bytes) -> str:
-    """A ``/``-separated path percent-encoded segment by segment (the ``/`` kept), for a URL path."""
-    return quote_from_bytes(path, safe="/")
-
-
-def text(name: bytes) -> str:
-    """*name* as display text: exact for UTF-8, U+FFFD in place of each bad byte otherwise."""
-    return name.decode("utf-8", errors="replace")
-
-
-def named(key: str, value: bytes) -> dict[str, str]:
-    """``{key: text, key_pct: exact}``: how a name goes into JSON."""
-    return {key: text(value), f"{key}_pct": pct(value) if key == "name" else pct_path(value)}
+__all__ = ["named", "pct", "pct_path", "query_path", "query_values", "text", "url_path_names"]
 
 
 def url_path_names(segments: list[bytes]) -> list[bytes]:
