@@ -50,6 +50,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -559,6 +560,7 @@ class _Daemon:
         # this mount's commits (metrics): published versions, failed attempts, conflicts among them
         self.commits = {"count": 0, "bytes_uploaded": 0, "seconds": 0.0, "failures": 0, "conflicts": 0}
         self.pending = _PendingGauge()
+        self._lease_wake: trio.Event | None = None  # set after a commit: the published version's lease moves
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -624,6 +626,8 @@ class _Daemon:
             self.pending.stale = True  # the figures are shown fresh after every commit
             raise
         self.pending.committed(before, started, self._mutations())
+        if self._lease_wake is not None:
+            trio.from_thread.run_sync(self._lease_wake.set)
         return out
 
     def layer_commit(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -700,7 +704,11 @@ class _Daemon:
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)
             if self.version is not None and self.lease:
-                nursery.start_soon(self._lease, self.version)
+                version = self.version
+                nursery.start_soon(self._lease, lambda: version)
+                if self.tree is not None:
+                    self._lease_wake = trio.Event()
+                    nursery.start_soon(self._lease, self._published_version, self._lease_wake)
             if self.tree is not None:
                 nursery.start_soon(self._commit_timer, self.tree)
                 nursery.start_soon(self._watch_pending, self.tree)
@@ -837,23 +845,39 @@ class _Daemon:
                     self.pending.due = time.monotonic() + _PENDING_MIN_INTERVAL
             await trio.sleep(1.0)
 
-    async def _lease(self, version: int) -> None:
-        """Keep a lease on the mounted version in the store (``versions/leases.py``), so gc keeps it while mounted.
+    async def _lease(self, version_of: Callable[[], int | None], wake: trio.Event | None = None) -> None:
+        """Keep a lease in the store (``versions/leases.py``) on the version ``version_of()`` names, so gc keeps
+        it while mounted: the mounted version; for a read-write mount also the version its layer last
+        published, which its next commit reads (the changes other writers made since).
 
-        Written at mount, renewed every ``leases.RENEW`` s, deleted at unmount.  A store that cannot be
-        reached (or credentials that may not write) cost only the lease, logged once at INFO: the mount
-        works, and gc treats the version as unleased (its grace period still applies).
+        Written at mount, renewed every ``leases.RENEW`` s and when *wake* is set (``version_of()`` changed:
+        the same key is rewritten), deleted when ``version_of()`` is None and at unmount.  A store that
+        cannot be reached (or credentials that may not write) cost only the lease, logged once at INFO: the
+        mount works, and gc treats the version as unleased (its grace period still applies).
         """
         store, lease_id = self.repo.store, leases.new_lease_id()
         mode = "ro" if self.tree is None else "rw"
         key = None
         failing = False
+
+        async def delete() -> None:
+            assert key is not None
+            try:
+                await trio.to_thread.run_sync(store.delete, key, abandon_on_cancel=True)
+            except WsfsError as e:
+                log.info("%s: lease %s not deleted (it expires by itself): %s", self.label, key, e)
+
         try:
             while True:
+                version = version_of()
                 try:
-                    key = await trio.to_thread.run_sync(functools.partial(
-                        leases.write_lease, store, self.workspace, version, lease_id, mode=mode),
-                        abandon_on_cancel=True)  # a hung store must not hold up the unmount
+                    if version is not None:
+                        key = await trio.to_thread.run_sync(functools.partial(
+                            leases.write_lease, store, self.workspace, version, lease_id, mode=mode),
+                            abandon_on_cancel=True)  # a hung store must not hold up the unmount
+                    elif key is not None:
+                        await delete()
+                        key = None
                     failing = False
                 except WsfsError as e:
                     # INFO, not a warning: offline mounts and read-only credentials are normal; without
@@ -861,14 +885,21 @@ class _Daemon:
                     if not failing:
                         log.info("%s: cannot write its lease for gc (retrying): %s", self.label, e)
                     failing = True
-                await trio.sleep(leases.RENEW if not failing else 30)
+                with trio.move_on_after(leases.RENEW if not failing else 30):
+                    if wake is None:
+                        await trio.sleep_forever()
+                    await wake.wait()
+                    wake = self._lease_wake = trio.Event()  # a fresh one for the next change
         finally:
             if key is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    try:
-                        await trio.to_thread.run_sync(store.delete, key, abandon_on_cancel=True)
-                    except WsfsError as e:
-                        log.info("%s: lease %s not deleted (it expires by itself): %s", self.label, key, e)
+                    await delete()
+
+    def _published_version(self) -> int | None:
+        """(trio thread) The version a read-write mount's layer last published, if not the mounted one."""
+        assert self.tree is not None
+        v = self.tree.layer.published()[0]
+        return v if v != self.version else None
 
     async def _maintenance(self) -> None:
         while True:
