@@ -500,6 +500,36 @@ def make_workload(args: argparse.Namespace, src: Path) -> Workload:
 # --------------------------------------------------------------------------
 
 
+def peer_command(tool: str, endpoint: str, path: str, mnt: Path, base: Path, options: tuple[str, ...] = (),
+                 *, read_only: bool = True) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of rclone or s3fs (*tool*) mounting ``BUCKET/PREFIX`` (*path*) of the S3 server at
+    *endpoint* in the foreground (so that the pid we start is the daemon), configured without any file in
+    $HOME (its cache and logs under *base*).  The environment drops AWS_* (rclone fails on AWS_CA_BUNDLE:
+    "LoadCustomCABundleError ... unsupported transport") and any HTTP proxy setting, so both talk to
+    *endpoint* only."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "RCLONE_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    cache = base / "cache"
+    cache.mkdir()
+    if tool == "rclone":
+        conf = {"TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": endpoint, "ACCESS_KEY_ID": ACCESS_KEY,
+                "SECRET_ACCESS_KEY": SECRET_KEY, "REGION": REGION, "FORCE_PATH_STYLE": "true"}
+        env.update({f"RCLONE_CONFIG_{RCLONE_REMOTE.upper()}_{k}": v for k, v in conf.items()})
+        argv = ["rclone", "mount", f"{RCLONE_REMOTE}:{path}", str(mnt), "--config", "/dev/null",
+                *(["--read-only"] if read_only else []), "--cache-dir", str(cache),
+                "--log-file", str(base / "daemon.log"), *options]
+        return argv, env
+    if tool == "s3fs":
+        passwd = base / "passwd"
+        passwd.write_text(f"{ACCESS_KEY}:{SECRET_KEY}\n")
+        passwd.chmod(0o600)
+        bucket, _, prefix = path.partition("/")
+        opts = [*(["ro"] if read_only else []), f"url={endpoint}", "use_path_request_style", f"passwd_file={passwd}",
+                f"endpoint={REGION}", f"use_cache={cache}", *options]
+        return ["s3fs", f"{bucket}:/{prefix}", str(mnt), "-f", "-o", ",".join(opts)], env
+    raise ValueError(tool)
+
+
 @dataclasses.dataclass(frozen=True)
 class Peer:
     """Another FUSE client of the same bucket, mounting the plain layout."""
@@ -861,29 +891,8 @@ class Bench:
     # -- peers: rclone, s3fs -----------------------------------------------------------
 
     def peer_command(self, peer: Peer, endpoint: str, mnt: Path, base: Path) -> tuple[list[str], dict[str, str]]:
-        """argv and environment of *peer* mounting the plain layout in the foreground (so that the pid
-        we start is the daemon), configured without any file in $HOME.  The environment drops AWS_*
-        (rclone fails on AWS_CA_BUNDLE: "LoadCustomCABundleError ... unsupported transport") and any
-        HTTP proxy setting, so both talk to *endpoint* only."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AWS_", "RCLONE_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-        cache = base / "cache"
-        cache.mkdir()
-        if peer.tool == "rclone":
-            conf = {"TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": endpoint, "ACCESS_KEY_ID": ACCESS_KEY,
-                    "SECRET_ACCESS_KEY": SECRET_KEY, "REGION": REGION, "FORCE_PATH_STYLE": "true"}
-            env.update({f"RCLONE_CONFIG_{RCLONE_REMOTE.upper()}_{k}": v for k, v in conf.items()})
-            argv = ["rclone", "mount", f"{RCLONE_REMOTE}:{self.bucket}/{PLAIN}", str(mnt), "--config", "/dev/null",
-                    "--read-only", "--cache-dir", str(cache), "--log-file", str(base / "daemon.log"), *peer.options]
-            return argv, env
-        if peer.tool == "s3fs":
-            passwd = base / "passwd"
-            passwd.write_text(f"{ACCESS_KEY}:{SECRET_KEY}\n")
-            passwd.chmod(0o600)
-            opts = ["ro", f"url={endpoint}", "use_path_request_style", f"passwd_file={passwd}", f"endpoint={REGION}",
-                    f"use_cache={cache}", *peer.options]
-            return ["s3fs", f"{self.bucket}:/{PLAIN}", str(mnt), "-f", "-o", ",".join(opts)], env
-        raise ValueError(peer.tool)
+        """argv and environment of *peer* mounting the plain layout read-only (:func:`peer_command`)."""
+        return peer_command(peer.tool, endpoint, f"{self.bucket}/{PLAIN}", mnt, base, peer.options)
 
     def start_peer(self, peer: Peer, proxy: LatencyProxy, mnt: Path, base: Path) -> tuple[subprocess.Popen[bytes], float]:
         """Start *peer*; returns (process, seconds until the mount point is in /proc/self/mounts)."""
