@@ -37,7 +37,7 @@ from wsfs.repository import Ref, Repository
 
 log = logging.getLogger(__name__)
 
-PART = 1 << 20  # bytes of content read (and sent) at a time: a slice of at most one chunk
+PART = 4 << 20  # bytes of content read (and sent) at a time: a slice of at most one chunk (4 MiB by default)
 EMPTY_ID = content_id(b"")
 MAX_PAGE = 1000  # entries or versions per page at most
 TAR_PIECE = 256 * 1024  # a tar stream is handed to the event loop in pieces of this size
