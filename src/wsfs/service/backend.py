@@ -432,8 +432,8 @@ class Backend:
         """Start fetching the :attr:`chunks_ahead` chunks after *part*'s (those after chunk *done*, none from byte
         *end* on: a range reader gets no read-ahead beyond its range); returns the last chunk started.
 
-        Parts are 1 MiB: reading them ahead would keep only one or two 4 MiB
-        chunks in flight.  The chunks themselves are fetched ahead into the
+        Parts are one chunk at most: reading them ahead keeps only
+        :attr:`read_ahead` chunks in flight.  The chunks themselves are fetched ahead into the
         cache (``BlobCache.prepare``: verified, kept in its bounded memory),
         as the daemon's read-ahead does, so the parts that follow are hits.
         """

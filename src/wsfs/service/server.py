@@ -121,8 +121,9 @@ def tune_malloc() -> bool:
     A streamed file allocates and frees a 4 MiB buffer per chunk (a store
     GET's body, a cache file's read).  With glibc's defaults each free at the
     top of the heap is trimmed and the next allocation faults in and zeroes
-    fresh pages: 0.4-0.5 s of the server's CPU per GiB sent from the cache
-    (1.2-1.4 s against 0.7-0.9 s), 0.1-0.3 s per GiB fetched from the store.  The heap keeps up
+    fresh pages: 0.4-0.6 s of the server's CPU per GiB sent from the cache
+    (1.16-1.36 s against 0.73-0.77 s), up to 0.4 s per GiB fetched from the
+    store (docs/benchmarks.md, "wsfs serve").  The heap keeps up
     to :data:`MALLOC_TRIM_THRESHOLD` free bytes instead, and the threads share
     :data:`MALLOC_ARENAS` arenas (glibc's default, 8 per CPU, gives each busy
     thread its own, each keeping freed buffers of its own: peak RSS 272 MiB
