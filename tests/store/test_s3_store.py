@@ -440,3 +440,32 @@ def test_gets_skip_the_botocore_pipeline(store: S3Store, monkeypatch: pytest.Mon
     with pytest.raises(NotFound):
         store.get("missing")
     assert store.stats.requests == {"get": 3}
+
+
+@S3
+def test_a_short_or_reset_body_is_retried_and_a_lasting_one_fails(s3_server: S3Server, store: S3Store,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean GET path reads the body in one call: a body cut short (FIN) or reset (RST) mid-way is
+    an error of that attempt, retried, and never returned as shorter bytes."""
+    from support.faultproxy import Fault, FaultProxy
+
+    body = os.urandom(3 << 20)
+    store.put("big", body)
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        monkeypatch.setenv("WSFS_S3_MAX_ATTEMPTS", "3")
+        via = open_store(f"s3://{s3_server.bucket}/{store.prefix}", endpoint_url=proxy.url)
+        assert isinstance(via, S3Store)
+        for fault in (Fault.truncate(), Fault.reset()):
+            n = 0
+
+            def first(method: str, path: str, query: str, fault: Fault = fault) -> Fault | None:
+                nonlocal n
+                n += 1
+                return fault if n == 1 else None
+
+            proxy.set_rule(first)
+            assert via.get("big") == body
+            assert n == 2
+        proxy.set_rule(lambda m, p, q: Fault.truncate())
+        with pytest.raises(StoreUnavailable):
+            via.get("big")

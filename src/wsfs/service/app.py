@@ -4,7 +4,7 @@ Handlers parse and check the request on the event loop (cheap), then run
 the blocking work on the backend's pools (``Backend.meta`` for records and
 manifest queries, ``Backend.blobs`` for content) with
 ``loop.run_in_executor``: the event loop never touches the store, a disk
-cache or SQLite.  File bodies are streamed part by part (1 MiB, a few in
+cache or SQLite.  File bodies are streamed part by part (4 MiB, a few in
 flight), so memory per response is bounded whatever the file's size.  The
 rules are in ``docs/api.md``; ``service.openapi`` describes the same routes.
 Imports ``service.*``, ``format``, ``errors``.

@@ -37,7 +37,7 @@ from wsfs.repository import Ref, Repository
 
 log = logging.getLogger(__name__)
 
-PART = 1 << 20  # bytes of content read (and sent) at a time: a slice of at most one chunk
+PART = 4 << 20  # bytes of content read (and sent) at a time: a slice of at most one chunk (4 MiB by default)
 EMPTY_ID = content_id(b"")
 MAX_PAGE = 1000  # entries or versions per page at most
 TAR_PIECE = 256 * 1024  # a tar stream is handed to the event loop in pieces of this size
@@ -432,8 +432,8 @@ class Backend:
         """Start fetching the :attr:`chunks_ahead` chunks after *part*'s (those after chunk *done*, none from byte
         *end* on: a range reader gets no read-ahead beyond its range); returns the last chunk started.
 
-        Parts are 1 MiB: reading them ahead would keep only one or two 4 MiB
-        chunks in flight.  The chunks themselves are fetched ahead into the
+        Parts are one chunk at most: reading them ahead keeps only
+        :attr:`read_ahead` chunks in flight.  The chunks themselves are fetched ahead into the
         cache (``BlobCache.prepare``: verified, kept in its bounded memory),
         as the daemon's read-ahead does, so the parts that follow are hits.
         """
