@@ -410,15 +410,34 @@ class Repository:
             return []  # no packs, no map
         top = parse_hexid(record.manifest)
         limit = 64 + packs * 64  # a segment id and a place per pack at most, and the header
-        try:
-            raw = _get_small(self.store, pack_map_key(top), limit)
-        except NotFound:
-            return [tree.STANDALONE] * packs
+        local = self._pack_map_path(top)
+        raw = None
+        if _ours(local):  # written by the put_pieces or the pack_places before (maps are immutable)
+            try:
+                with open(local, "rb") as f:
+                    raw = f.read(limit + 1)
+            except FileNotFoundError:
+                pass
+        fetched = raw is None or len(raw) > limit
+        if fetched:
+            try:
+                raw = _get_small(self.store, pack_map_key(top), limit)
+            except NotFound:
+                return [tree.STANDALONE] * packs
+        assert raw is not None
         try:
             data = decompress(raw[0], memoryview(raw)[1:], declared_size(raw, limit)) if raw else b""
         except IntegrityError as e:
             raise IntegrityError(f"pack map of {record.workspace}@{record.version} is malformed: {e}") from None
-        return tree.decode_pack_map(data, packs, f"pack map of {record.workspace}@{record.version}")
+        places = tree.decode_pack_map(data, packs, f"pack map of {record.workspace}@{record.version}")
+        if fetched:
+            _write_atomically(local, raw, self.cache_dir)
+        return places
+
+    def _pack_map_path(self, top: bytes) -> str:
+        # Per repository (the same top may be stored in other segments elsewhere), unlike pieces.
+        h = hexid(top)
+        return os.path.join(_local_dir(self.cache_dir, self.store.url), "packmaps", h[:2], h)
 
     def _decode_blob(self, cid: bytes, stored: bytes, size: int | None, what: str) -> bytes | memoryview:
         if size is None:
@@ -559,8 +578,9 @@ class Repository:
                 new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
                 segments = self._segments(new_packs, places)
                 list(pool.map(lambda seg: put_object(segment_key(seg[0]), seg[1]), segments))
-                pack_map = tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs])
-                put_object(pack_map_key(missing_tops[0]), encode_blob(pack_map))
+                pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))
+                put_object(pack_map_key(missing_tops[0]), pack_map)
+                _write_atomically(self._pack_map_path(missing_tops[0]), pack_map, self.cache_dir)
             for level in (missing_lists, missing_tops):
                 list(pool.map(put, [pid for pid in level if pid not in stored]))
         return len(sizes), sum(sizes), len(written) + len(new_packs)
@@ -874,10 +894,12 @@ class Repository:
 
     def publish(self, record: VersionRecord) -> None:
         """Create a version record iff that version number is free; else raise Conflict."""
+        raw = record.to_json()
         try:
-            self.store.put_if_absent(version_key(record.workspace, record.version), record.to_json())
+            self.store.put_if_absent(version_key(record.workspace, record.version), raw)
         except AlreadyExists:
             raise Conflict(f"version {record.workspace}@{record.version} was published by another writer") from None
+        _write_atomically(self._record_path(record.workspace, record.version), raw, self.cache_dir)  # as record() would
 
     def tags(self, ws: str) -> dict[str, int]:
         """``{tag: version}``; a tag with an invalid name or a malformed object is skipped with a warning."""

@@ -375,6 +375,61 @@ def test_cost_follows_the_change(tmp_path: Path) -> None:
         base.m.close()
 
 
+def test_a_commit_does_not_read_back_what_the_commit_before_uploaded(tmp_path: Path) -> None:
+    """With the daemon's blob cache, a commit that re-cuts packs the previous commit uploaded (a file
+    changed in one, then all of them removed) makes no GET: they were kept on this host, and a
+    removal needs none of the removed files' packs."""
+    from wsfs.cache import BlobCache
+
+    base = push_tree(tmp_path, many_files)
+    cache = BlobCache(base.repo, str(tmp_path / "blobs"))
+    reader = RangeReader(base.repo, base.m.path, cache)
+    lay = WriteLayer(str(tmp_path / "state"), base.m, base.id, reader.read)
+    st = base.repo.store.stats
+    try:
+        new = lay.mkdir(ROOT_INO, b"new", 0o755, 0, 0).ino
+        for i in range(600):
+            write_file(lay, b"new/f%03d" % i, os.urandom(50 + 3 * i))
+        record, stats = commit_layer(base.repo, lay, cache=cache)
+        assert record.version == 2 and stats.changed == 602  # the files, new/ and the root
+        packs = len(base.repo.version_refs(record)[1]) - len(base.repo.version_refs(base.repo.record("w", 1))[1])
+        assert packs >= 10, packs  # the new files fill several packs
+
+        def gets_of_commit(version: int) -> int:
+            gets = st.requests["get"]
+            record, _ = commit_layer(base.repo, lay, cache=cache)
+            gets = st.requests["get"] - gets
+            assert record.version == version
+            check_version(base, lay, version)
+            return gets
+
+        write_file(lay, b"new/f300", b"changed")  # its pack is cut again: the other files' bytes are local
+        assert gets_of_commit(3) == 0
+        for i in range(600):
+            lay.unlink(new, b"f%03d" % i)
+        lay.rmdir(ROOT_INO, b"new")
+        assert gets_of_commit(4) == 0
+        # Without a cache only the packs around the removed range are read, not those of the removed files.
+        write_file(lay, b"dir00/file000.txt", b"edited")
+        lay.mkdir(ROOT_INO, b"new", 0o755, 0, 0)
+        for i in range(600):
+            write_file(lay, b"new/f%03d" % i, os.urandom(50 + 3 * i))
+        assert commit_layer(base.repo, lay)[0].version == 5
+        new = resolve(lay, b"new").ino
+        for i in range(600):
+            lay.unlink(new, b"f%03d" % i)
+        lay.rmdir(ROOT_INO, b"new")
+        gets = st.requests["get"]
+        assert commit_layer(base.repo, lay)[0].version == 6
+        gets = st.requests["get"] - gets
+        assert gets <= 3, gets
+        check_version(base, lay, 6)
+    finally:
+        lay.close()
+        cache.close()
+        base.m.close()
+
+
 def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
     """Commits killed at random moments publish a whole version or none; the layer then commits once."""
     base = push_tree(tmp_path, small_tree)

@@ -650,7 +650,7 @@ class _Daemon:
             reader = RangeReader(self.repo, self.view.manifest.path, self.view.cache)
             snap = trio.from_thread.run_sync(tree.layer.snapshot, reader.read)
             try:
-                record, stats = commit(self.repo, snap, message=message, ours=ours)
+                record, stats = commit(self.repo, snap, message=message, ours=ours, cache=self.view.cache)
                 trio.from_thread.run_sync(tree.layer.mark_published, snap)
             finally:
                 snap.close()

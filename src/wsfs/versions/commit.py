@@ -58,9 +58,10 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from wsfs.errors import Conflict, IntegrityError, NotFound, StoreUnavailable
 from wsfs.format.blobs import content_id
@@ -78,8 +79,9 @@ from wsfs.format.tree import (
     decode_body,
     encode_body,
     key_of,
-    packed,
+    pack_contents,
     path_of,
+    plan_packs,
     with_link_names,
 )
 from wsfs.fsops import XATTR_PREFIX
@@ -88,6 +90,9 @@ from wsfs.repository import Repository
 from wsfs.versions.diff import record_changes
 from wsfs.versions.publish import Parent, store_tree, version_record
 from wsfs.versions.push import PushStats, _default_author, _Spill, _Uploader
+
+if TYPE_CHECKING:
+    from wsfs.cache import BlobCache
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +141,10 @@ class _View:
         self.up = uploader
         self.spill = spill
         self.stats = stats
-        self.small_ino: dict[bytes, int] = {}  # content id -> a small file showing it, not read by this commit
+        # content id -> a small file showing it, not read by this commit: its bytes in the layer's own
+        # slots (committed before, unchanged since: local), or the base's (read through read_base)
+        self.small_local: dict[bytes, int] = {}
+        self.small_base: dict[bytes, int] = {}
         self._content: dict[int, tuple[bytes, tuple[bytes, ...]]] = {}
         # Content the memo vouches for: same inode and ctime as when committed -> same content, not read.
         self._known: dict[tuple[int, int], Entry] = {}
@@ -226,13 +234,13 @@ class _View:
             b = snap.m.getattr(a.ino)
             assert b.content is not None
             if small:
-                self.small_ino.setdefault(b.content, a.ino)
+                self.small_base.setdefault(b.content, a.ino)
                 return b.content, ()
             return b.content, tuple(c.cid or ZERO_ID for c in snap.m.chunks(a.ino))
         known = self._known.get((a.ino, a.ctime_ns))
         if known is not None and known.size == a.size and known.content is not None:
             if small:
-                self.small_ino.setdefault(known.content, a.ino)
+                self.small_local.setdefault(known.content, a.ino)
             return known.content, known.chunks
         self.stats.files_read += 1
         if small:
@@ -408,13 +416,16 @@ def commit(
     ours: bool = False,
     workers: int = 8,
     progress: Callable[[int], None] = lambda n: None,
+    cache: BlobCache | None = None,
     _full: bool = False,
 ) -> tuple[VersionRecord | None, CommitStats]:
     """Publish what *snap* changed since the layer's last commit as the next version of its workspace.
 
     Returns the published record (None if there was nothing to commit) and
     stats; sets ``snap.publication`` for :meth:`WriteLayer.mark_published`,
-    which the caller runs on the layer's thread afterwards.  Raises
+    which the caller runs on the layer's thread afterwards.  *cache* (the
+    daemon's blob cache): the head's packs are read through it, and the packs
+    this commit uploads are offered to it.  Raises
     :class:`CommitConflict` (overlap with other writers; nothing published),
     :class:`~wsfs.errors.StoreUnavailable` (exit 8; nothing lost: run it again).
     """
@@ -506,7 +517,11 @@ def commit(
             bad = _check_tree(entries)
             if bad:
                 raise CommitConflict(bad, " (merging them would give no valid tree)")
-            stored = store_tree(repo, parent, entries, None, _pack_source(repo, parent, view, spill, delta, workers), workers)
+            stored = store_tree(repo, parent, entries, None, _pack_source(repo, parent, view, spill, entries, workers, cache),
+                                workers)
+            if cache is not None:  # the next commit re-cuts some of them: kept on this host, not fetched back
+                for pid, data in stored.new_packs.items():
+                    cache.offer(pid, data)
             stats.changed = stored.changed or 0
             stats.chunks_uploaded = push_stats.blobs_uploaded
             stats.objects_uploaded = push_stats.blobs_uploaded + stored.objects
@@ -572,64 +587,64 @@ def _tree_stats(entries: list[Entry]) -> dict[str, int]:
     return s
 
 
-def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, changed: Iterable[bytes],
-                 workers: int) -> Callable[[PackPlan], bytes]:
-    """Bytes of a pack to build: small files read by this commit, else the base (through the snapshot), else the head's packs.
+def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, entries: list[Entry], workers: int,
+                 cache: BlobCache | None) -> Callable[[PackPlan], bytes]:
+    """Bytes of a pack to build: small files read by this commit or held by the layer, else the head's packs,
+    else the base (through the snapshot).
 
-    The head's packs around the *changed* keys (the one whose key range
-    holds a key, and the next: a new cut can join them) are fetched first,
-    in parallel: those are the packs a change re-cuts.
+    The packs the new tree needs that the head does not have are planned
+    first (:func:`~wsfs.format.tree.plan_packs`, as ``build_version`` will
+    cut them), and only the head's packs holding contents they need and
+    nothing local has are fetched, in parallel, through *cache* if given (so
+    that packs an earlier commit offered it are not fetched at all).  A
+    removal needs none of the packs of what it removed.
     """
-    import bisect
     from concurrent.futures import ThreadPoolExecutor
 
     layout = repo.config.layout
-    where: dict[bytes, tuple[int, int, int]] | None = None  # content id -> (index of the head's pack, offset, size)
-    packs: dict[int, bytes] = {}
+    need: set[bytes] = set()
+    for plan in plan_packs(entries, layout, repo.config.cuts):
+        hit = parent.packs.get(plan.signature())
+        if hit is not None and hit[1] == plan.size:
+            continue  # the head's pack, reused unread
+        need.update(cid for cid, _ in plan.contents if not spill.has(cid) and cid not in view.small_local)
     refs = parent.pack_refs
+    where: dict[bytes, tuple[int, int, int]] = {}  # content id -> (index of the head's pack, offset, size)
+    if need:
+        files = (e for e, _ in parent.records.values())
+        for i, (_, contents) in enumerate(pack_contents(files, refs, layout)):
+            off = 0
+            for cid, size in contents:
+                if cid in need and cid not in where:
+                    where[cid] = (i, off, size)
+                off += size
 
     def fetch(i: int) -> bytes:
         ref = refs[i]
-        return bytes(repo.get_blob(ref.id, ref.size, "pack", place=parent.places.get(ref.id)))
+        place = parent.places.get(ref.id)
+        if cache is not None:
+            return bytes(cache.read(ref.id, 0, ref.size, size=ref.size, place=place))
+        return bytes(repo.get_blob(ref.id, ref.size, "pack", place=place))
 
-    firsts = [r.first for r in refs]
-    near = sorted({j for k in changed for i in [bisect.bisect_right(firsts, k) - 1] for j in (i, i + 1)
-                   if 0 <= j < len(refs)})
-    if near:
-        with ThreadPoolExecutor(max_workers=min(workers, len(near)), thread_name_prefix="wsfs-packs") as ex:
-            packs.update(zip(near, ex.map(fetch, near), strict=True))
-
-    def from_head(cid: bytes) -> bytes | None:
-        nonlocal where
-        if where is None:
-            where = {}
-            files = (e for e, _ in parent.records.values() if packed(e, layout))
-            for i, ref in enumerate(refs):
-                off = 0
-                seen: set[bytes] = set()
-                for _ in range(ref.count):
-                    e = next(files)
-                    assert e.content is not None
-                    if e.content not in seen:
-                        seen.add(e.content)
-                        where.setdefault(e.content, (i, off, e.size))
-                        off += e.size
-        hit = where.get(cid)
-        if hit is None:
-            return None
-        i, off, size = hit
-        if i not in packs:
-            packs[i] = fetch(i)
-        return packs[i][off:off + size]
+    packs: dict[int, bytes] = {}
+    wanted = sorted({i for i, _, _ in where.values()})
+    if wanted:
+        with ThreadPoolExecutor(max_workers=min(workers, len(wanted)), thread_name_prefix="wsfs-packs") as ex:
+            packs.update(zip(wanted, ex.map(fetch, wanted), strict=True))
 
     def pack_bytes(plan: PackPlan) -> bytes:
         out = []
         for cid, size in plan.contents:
             data = spill.read(cid)
-            if data is None:
-                data = from_head(cid)
-            if data is None and cid in view.small_ino:
-                data = view.snap.read(view.small_ino[cid], 0, size)
+            if data is None and cid in view.small_local:
+                data = view.snap.read(view.small_local[cid], 0, size)
+            if data is None and cid in where:
+                i, off, n = where[cid]
+                if i not in packs:
+                    packs[i] = fetch(i)
+                data = packs[i][off:off + n]
+            if data is None and cid in view.small_base:
+                data = view.snap.read(view.small_base[cid], 0, size)
             if data is None or content_id(data) != cid:
                 raise IntegrityError(f"the content of a small file ({cid.hex()[:16]}) could not be found")
             out.append(data)

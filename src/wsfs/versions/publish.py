@@ -113,6 +113,7 @@ class Stored:
     objects: int  # objects written (blobs, segments, the pack map)
     bytes: int  # bytes written
     reused: int  # pieces that were stored already
+    new_packs: dict[bytes, bytes] = field(default_factory=dict)  # id -> plaintext of each pack this tree built
 
 
 def store_tree(
@@ -147,7 +148,9 @@ def store_tree(
         pieces.append(Piece(content_id(changeset), changeset))
     pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
     n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places)
-    return Stored(top_id, top, changeset, changed, n_up, b_up, len(pieces) - pieces_up)
+    ids = set(pack_ids)
+    new_packs = {p.id: p.data for p in pieces if p.id in ids and p.data is not None}
+    return Stored(top_id, top, changeset, changed, n_up, b_up, len(pieces) - pieces_up, new_packs)
 
 
 def version_record(
