@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--s3", action="store_true")
     ap.add_argument("--rtt", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--phases", action="store_true", help="print where each commit's time went")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="wsfs-bench-commit-", dir=args.dir)
     try:
@@ -172,6 +173,8 @@ def run(args: argparse.Namespace, work: str, url: str) -> int:
             print(f"{label:<28} {dt:>9.2f} {d.get('get', 0):>5} {d.get('head', 0):>5} {d.get('put', 0):>5} {other:>5} "
                   f"{(st.bytes_out - sent) / 1024:>8.1f} KiB {(st.bytes_in - got) / 1024:>8.1f} KiB "
                   f"{cs.changed:>9} {cs.files_read:>10}" + ("" if rec else "  (no version)"), flush=True)
+            if args.phases and getattr(cs, "phases", None):
+                print("    " + ", ".join(f"{k} {v:.3f}" for k, v in cs.phases.items()), flush=True)
     lay.close()
     cache.close()
     m.close()

@@ -503,6 +503,8 @@ class Repository:
         *,
         packs: list[bytes] | None = None,
         places: dict[bytes, tree.Place] | None = None,
+        check: bool = True,
+        places_out: dict[bytes, tree.Place] | None = None,
     ) -> tuple[int, int, int]:
         """Store the pieces that have data and are not stored yet.
 
@@ -521,8 +523,12 @@ class Repository:
         stored again (in a segment) unless its place is known.  Metadata
         pieces are also kept locally, so that the next push and mount on
         this host need not fetch them.
+
+        With *check* False nothing is asked (no HEAD): every piece with data
+        is written (a commit's new pieces are new; a PUT costs what a HEAD
+        does).  *places_out* receives where every pack is stored.
         """
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         packs = packs or []
         places = dict(places or {})
@@ -563,26 +569,35 @@ class Repository:
             sizes.append(len(raw))
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool:
-            missing_tops = ask(pool, tops)
-            for pid in tops:
-                if pid in stored:
-                    top = tree.decode_top(data(pid))
-                    stored.update(r.id for r in top.ranges + top.packs)
-            missing_lists = ask(pool, lists)
-            for pid in lists:
-                if pid in stored:
-                    stored.update(r.id for r in tree.decode_listing(data(pid), tree.MAX_PIECE) if r.id not in pack_ids)
-            list(pool.map(put, [pid for pid in ask(pool, leaves) if pid not in stored]))
+            if check:
+                missing_tops = ask(pool, tops)
+                for pid in tops:
+                    if pid in stored:
+                        top = tree.decode_top(data(pid))
+                        stored.update(r.id for r in top.ranges + top.packs)
+                missing_lists = ask(pool, lists)
+                for pid in lists:
+                    if pid in stored:
+                        stored.update(r.id for r in tree.decode_listing(data(pid), tree.MAX_PIECE) if r.id not in pack_ids)
+                missing_leaves = [pid for pid in ask(pool, leaves) if pid not in stored]
+            else:
+                missing_tops, missing_lists, missing_leaves = tops, lists, leaves
+            # Leaves, new segments and the pack map all go at once (each is a child of the listings and the top).
+            uploads: list[Future[None]] = [pool.submit(put, pid) for pid in missing_leaves]
             if missing_tops and packs:
                 # A new tree: the packs whose place is not known go into new segments, then the map says where all are.
                 new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
                 segments = self._segments(new_packs, places)
-                list(pool.map(lambda seg: put_object(segment_key(seg[0]), seg[1]), segments))
+                uploads += [pool.submit(put_object, segment_key(sid), raw) for sid, raw in segments]
                 pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))
-                put_object(pack_map_key(missing_tops[0]), pack_map)
+                uploads.append(pool.submit(put_object, pack_map_key(missing_tops[0]), pack_map))
                 _write_atomically(self._pack_map_path(missing_tops[0]), pack_map, self.cache_dir)
+            for f in uploads:
+                f.result()
             for level in (missing_lists, missing_tops):
                 list(pool.map(put, [pid for pid in level if pid not in stored]))
+        if places_out is not None:
+            places_out.update(places)
         return len(sizes), sum(sizes), len(written) + len(new_packs)
 
     @staticmethod

@@ -430,6 +430,35 @@ def test_a_commit_does_not_read_back_what_the_commit_before_uploaded(tmp_path: P
         base.m.close()
 
 
+def test_the_version_a_commit_remembers_is_the_one_it_published(tmp_path: Path) -> None:
+    """The next commit of the same process builds on the tree it stored, kept in memory rather than
+    decoded again: that is exactly what Parent.load gives from the store."""
+    from wsfs.versions import commit as commit_mod
+    from wsfs.versions.publish import Parent
+
+    base = push_tree(tmp_path, many_files)
+    lay = open_layer(base, tmp_path / "state")
+    try:
+        write_file(lay, b"dir03/file001.txt", b"changed")
+        lay.mkdir(ROOT_INO, b"new", 0o755, 0, 0)
+        for i in range(300):
+            write_file(lay, b"new/f%03d" % i, os.urandom(40 + 5 * i))
+        write_file(lay, b"new/large", os.urandom(3 << 20))
+        record, _ = commit_layer(base.repo, lay)
+        remembered = commit_mod._head(base.repo, "w", record.version)
+        assert commit_mod._last is not None and remembered is commit_mod._last[1]
+        loaded = Parent.load(base.repo, "w", record.version)
+        for f in ("top", "chunks", "packs", "places", "bodies", "ranges", "records", "pack_refs"):
+            assert getattr(remembered, f) == getattr(loaded, f), f
+        assert remembered.pieces >= loaded.pieces
+        write_file(lay, b"new/f100", b"again")
+        assert commit_layer(base.repo, lay)[0].version == record.version + 1
+        check_version(base, lay, record.version + 1)
+    finally:
+        lay.close()
+        base.m.close()
+
+
 def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
     """Commits killed at random moments publish a whole version or none; the layer then commits once."""
     base = push_tree(tmp_path, small_tree)

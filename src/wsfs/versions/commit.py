@@ -57,6 +57,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,13 @@ class CommitStats:
     bytes_uploaded: int = 0
     seconds: float = 0.0
     skipped: list[bytes] = field(default_factory=list)  # sockets: not stored (as push)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench_commit prints them)
+
+    def lap(self, name: str, since: list[float]) -> None:
+        """Add the time since ``since[0]`` to phase *name*; ``since[0]`` becomes now."""
+        now = time.monotonic()
+        self.phases[name] = self.phases.get(name, 0.0) + now - since[0]
+        since[0] = now
 
 
 class CommitConflict(Conflict):
@@ -430,6 +438,7 @@ def commit(
     :class:`~wsfs.errors.StoreUnavailable` (exit 8; nothing lost: run it again).
     """
     t0 = time.monotonic()
+    mark = [t0]
     stats = CommitStats()
     ws = snap.base_id.workspace
     layout = repo.config.layout
@@ -445,12 +454,15 @@ def commit(
     spill = _Spill(repo.temp_path("commit"))
     uploader = _Uploader(repo, set(), push_stats, workers)
     try:
+        stats.lap("recover", mark)
         head = repo.latest(ws) or last_v
+        stats.lap("latest", mark)
         view = _View(snap, repo, uploader, spill, stats)
         base_rec = repo.record(ws, snap.base_id.version)
         # Every key that differs from the base in the layer's terms (status shows them) is memoised,
         # also where its record did not change (a further name of a hard-linked file written to).
         seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
+        stats.lap("changes", mark)
         # Candidates: what differs from the base, and what we committed.  Any other key holds the
         # base's entry in the merged view, and the base's record (the same code encodes both).
         # Hard links spoil that (a name's record depends on the file's other names): then the
@@ -469,6 +481,7 @@ def commit(
         if keys is None:
             view.read_all()
         uploader.close()
+        stats.lap("read", mark)
         progress(len(view.entries))
         cur = {k: encode_body(e, layout) for k, (e, _, _) in view.entries.items()}
         delta: dict[bytes, tuple[bytes | None, bytes | None]] = {}
@@ -488,12 +501,15 @@ def commit(
                 snap.publication = Publication(last_v, top, b"", rows)
             stats.seconds = time.monotonic() - t0
             return None, stats
-        parent = Parent.load(repo, ws, head)  # what the new version is built on
+        stats.lap("delta", mark)
+        parent = _head(repo, ws, head)  # what the new version is built on
+        stats.lap("head", mark)
         # A hard-linked file changed under all its names: they all take part in the conflict check.
         links = ((e.key, e.link, cur[k]) for k, (e, _, _) in view.entries.items() if e.link is not None)
         checked = {c.key: (c.old, c.new) for c in with_link_names([Change(k, *delta[k]) for k in sorted(delta)], links)}
         for _attempt in range(REBASES):
             theirs = _their_changes(repo, ws, last_v, head) if head != last_v else {}
+            stats.lap("theirs", mark)
             stats.rebased = bool(theirs)
             clash, merged_dirs = _overlaps(checked, theirs, layout)
             if clash and not ours:
@@ -517,11 +533,15 @@ def commit(
             bad = _check_tree(entries)
             if bad:
                 raise CommitConflict(bad, " (merging them would give no valid tree)")
+            stats.lap("merge", mark)
             stored = store_tree(repo, parent, entries, None, _pack_source(repo, parent, view, spill, entries, workers, cache),
-                                workers)
+                                workers, check=False, successor=True)
             if cache is not None:  # the next commit re-cuts some of them: kept on this host, not fetched back
                 for pid, data in stored.new_packs.items():
                     cache.offer(pid, data)
+            stats.lap("store", mark)
+            for k, v in stored.phases.items():
+                stats.phases[k] = stats.phases.get(k, 0.0) + v
             stats.changed = stored.changed or 0
             stats.chunks_uploaded = push_stats.blobs_uploaded
             stats.objects_uploaded = push_stats.blobs_uploaded + stored.objects
@@ -537,17 +557,47 @@ def commit(
                                     message=message, tree=_tree_stats(entries))
             pub = Publication(record.version, record.manifest, record.to_json(), rows)
             snap.write_intent(pub)
-            if _create(repo, record):
+            stats.lap("intent", mark)
+            created = _create(repo, record)
+            stats.lap("record", mark)
+            if created:
+                assert stored.successor is not None
+                _remember(repo, record, stored.successor)
                 snap.publication = pub
                 stats.version = record.version
                 stats.seconds = time.monotonic() - t0
                 return record, stats
             head = repo.latest(ws) or head  # another writer took head + 1: rebase onto theirs
-            parent = Parent.load(repo, ws, head)
+            parent = _head(repo, ws, head)
         raise Conflict(f"could not publish a version of {ws!r}: {REBASES} other versions were published meanwhile")
     finally:
         uploader.close()
         spill.close()
+
+
+# The last version this process published, as a Parent: the next commit of the daemon is built on it
+# (unless another writer published since), and decoding all of its ranges again would cost ~0.4 s per
+# 20k entries.  ((store, workspace, version, top), parent); one at a time.
+_last: tuple[tuple[str, str, int, str], Parent] | None = None
+_last_lock = threading.Lock()
+
+
+def _head(repo: Repository, ws: str, n: int) -> Parent:
+    """``Parent.load(repo, ws, n)``, or the same from memory if this process published *n*."""
+    hit = _last
+    if hit is not None and hit[0][:3] == (repo.store.url, ws, n):
+        try:
+            if repo.record(ws, n).manifest == hit[0][3]:
+                return hit[1]
+        except NotFound:
+            pass
+    return Parent.load(repo, ws, n)
+
+
+def _remember(repo: Repository, record: VersionRecord, parent: Parent) -> None:
+    global _last
+    with _last_lock:
+        _last = ((repo.store.url, record.workspace, record.version, record.manifest), parent)
 
 
 def _recover(repo: Repository, snap: Snapshot) -> Publication | None:
