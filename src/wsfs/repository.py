@@ -505,6 +505,7 @@ class Repository:
         places: dict[bytes, tree.Place] | None = None,
         check: bool = True,
         places_out: dict[bytes, tree.Place] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[int, int, int]:
         """Store the pieces that have data and are not stored yet.
 
@@ -527,6 +528,8 @@ class Repository:
         With *check* False nothing is asked (no HEAD): every piece with data
         is written (a commit's new pieces are new; a PUT costs what a HEAD
         does).  *places_out* receives where every pack is stored.
+        *progress(done, total)* is called after each object written (from
+        the pool's threads; total grows as the levels are known).
         """
         from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -560,13 +563,21 @@ class Repository:
         written: list[bytes] = []  # pieces written as blobs of their own (list.append: safe from the pool's threads)
         new_packs: list[tuple[bytes, bytes]] = []  # packs written into new segments
 
+        expected = [0]
+
+        def advanced() -> None:
+            if progress is not None:
+                progress(len(sizes), expected[0])
+
         def put(pid: bytes) -> None:
             sizes.append(self.put_blob(pid, data(pid)))
             written.append(pid)
+            advanced()
 
         def put_object(key: str, raw: bytes) -> None:
             self.store.put(key, raw)
             sizes.append(len(raw))
+            advanced()
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool:
             if check:
@@ -583,11 +594,15 @@ class Repository:
             else:
                 missing_tops, missing_lists, missing_leaves = tops, lists, leaves
             # Leaves, new segments and the pack map all go at once (each is a child of the listings and the top).
-            uploads: list[Future[None]] = [pool.submit(put, pid) for pid in missing_leaves]
+            segments: list[tuple[bytes, bytes]] = []
             if missing_tops and packs:
                 # A new tree: the packs whose place is not known go into new segments, then the map says where all are.
                 new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
                 segments = self._segments(new_packs, places)
+            expected[0] = (len(missing_leaves) + len(segments) + bool(missing_tops and packs)
+                           + sum(pid not in stored for pid in missing_lists + missing_tops))
+            uploads: list[Future[None]] = [pool.submit(put, pid) for pid in missing_leaves]
+            if missing_tops and packs:
                 uploads += [pool.submit(put_object, segment_key(sid), raw) for sid, raw in segments]
                 pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))
                 uploads.append(pool.submit(put_object, pack_map_key(missing_tops[0]), pack_map))

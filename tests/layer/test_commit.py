@@ -459,6 +459,50 @@ def test_the_version_a_commit_remembers_is_the_one_it_published(tmp_path: Path) 
         base.m.close()
 
 
+def test_the_layer_thread_does_not_fsync_for_a_commit(setup, monkeypatch) -> None:
+    """As the daemon commits: the snapshot and the memo are committed on the layer's (trio) thread without
+    an fsync; the commit's thread makes them durable, the snapshot before the record is created, the
+    memo before the intent file goes."""
+    import threading
+
+    base, lay = setup
+    write_file(lay, b"d/new", b"new")
+    calls: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append((threading.current_thread().name, os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1]))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    layer_thread = threading.current_thread().name
+    snap = lay.snapshot(durable=False)
+    assert calls == []
+    out: list = []
+
+    def run() -> None:
+        out.append(commit(base.repo, snap))
+        assert base.repo.versions("w") == [1, 2]
+
+    t = threading.Thread(target=run, name="committer")
+    t.start()
+    t.join()
+    assert out and out[0][0].version == 2
+    assert ("committer", "layer.db-wal") in calls and calls.index(("committer", "layer.db-wal")) < calls.index(
+        ("committer", "commit-intent.tmp")), calls
+    del calls[:]
+    lay.mark_published(snap, durable=False)
+    assert calls == [] and (Path(lay.state.path) / "commit-intent").exists()
+    t = threading.Thread(target=snap.recorded, name="committer")
+    t.start()
+    t.join()
+    assert calls == [("committer", "layer.db-wal")] and not (Path(lay.state.path) / "commit-intent").exists()
+    assert all(name != layer_thread for name, _ in calls)
+    snap.close()
+    assert lay.pending() == []
+    check_version(base, lay, 2)
+
+
 def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
     """Commits killed at random moments publish a whole version or none; the layer then commits once."""
     base = push_tree(tmp_path, small_tree)

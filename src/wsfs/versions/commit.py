@@ -164,6 +164,7 @@ class _View:
         # key -> (entry, inode, ctime)
         self.entries: dict[bytes, tuple[Entry, int, int]] = {}
         self.hard_links = False
+        self.progress: Callable[[str, int, int], None] = lambda step, done, total: None
 
     def read_all(self) -> None:
         """Walk the whole merged view (parents before children); hard links resolved as push does."""
@@ -179,6 +180,7 @@ class _View:
                 key = key_of(dpath, name)
                 if self._add(key, a, links) and a.is_dir:
                     stack.append((a.ino, dpath + b"/" + name if dpath else name))
+                self.progress("reading", len(self.entries), 0)
         for keys in links.values():
             if len(keys) > 1:
                 first = min(keys)
@@ -188,12 +190,14 @@ class _View:
 
     def read_keys(self, keys: set[bytes]) -> None:
         """Read the entries at *keys* only (absent keys are left out); :attr:`hard_links` if any is one."""
-        for key in sorted(keys):
+        self.progress("reading", 0, len(keys))
+        for i, key in enumerate(sorted(keys), 1):
             a = self.snap.resolve(path_of(key) if key else b"")
             if a is not None:
                 self._add(key, a, {})
                 if a.is_reg and a.nlink > 1:
                     self.hard_links = True
+            self.progress("reading", i, len(keys))
 
     def _add(self, key: bytes, a: Inode, links: dict[int, list[bytes]]) -> bool:
         e = self.entry(key, a)
@@ -423,7 +427,7 @@ def commit(
     author: str | None = None,
     ours: bool = False,
     workers: int = 8,
-    progress: Callable[[int], None] = lambda n: None,
+    progress: Callable[[str, int, int], None] = lambda step, done, total: None,
     cache: BlobCache | None = None,
     _full: bool = False,
 ) -> tuple[VersionRecord | None, CommitStats]:
@@ -433,7 +437,11 @@ def commit(
     stats; sets ``snap.publication`` for :meth:`WriteLayer.mark_published`,
     which the caller runs on the layer's thread afterwards.  *cache* (the
     daemon's blob cache): the head's packs are read through it, and the packs
-    this commit uploads are offered to it.  Raises
+    this commit uploads are offered to it.  *progress(step, done, total)*
+    is called as the work goes: ``reading`` (entries read of those that may
+    have changed; total 0 while the whole tree is walked), ``building``
+    (the new tree's pieces: 0 of 0), ``uploading`` (objects written of those
+    to write, large files' chunks during ``reading``).  Raises
     :class:`CommitConflict` (overlap with other writers; nothing published),
     :class:`~wsfs.errors.StoreUnavailable` (exit 8; nothing lost: run it again).
     """
@@ -468,6 +476,7 @@ def commit(
         # Hard links spoil that (a name's record depends on the file's other names): then the
         # whole merged view is read and compared.
         keys: set[bytes] | None = seen | memo.keys()
+        view.progress = progress
         if not _full:
             view.read_keys(keys)
         if _full or view.hard_links or any(m.body and m.body[0] & (F_LINK | F_LINKED) for m in memo.values()):
@@ -482,7 +491,6 @@ def commit(
             view.read_all()
         uploader.close()
         stats.lap("read", mark)
-        progress(len(view.entries))
         cur = {k: encode_body(e, layout) for k, (e, _, _) in view.entries.items()}
         delta: dict[bytes, tuple[bytes | None, bytes | None]] = {}
         for k in (cur.keys() | memo.keys() | base_bodies.keys()) if keys is None else keys:
@@ -534,8 +542,10 @@ def commit(
             if bad:
                 raise CommitConflict(bad, " (merging them would give no valid tree)")
             stats.lap("merge", mark)
+            progress("building", 0, 0)
             stored = store_tree(repo, parent, entries, None, _pack_source(repo, parent, view, spill, entries, workers, cache),
-                                workers, check=False, successor=True)
+                                workers, check=False, successor=True,
+                                progress=lambda done, total: progress("uploading", done, total))
             if cache is not None:  # the next commit re-cuts some of them: kept on this host, not fetched back
                 for pid, data in stored.new_packs.items():
                     cache.offer(pid, data)
@@ -556,6 +566,7 @@ def commit(
             record = version_record(ws, head + 1, stored, when=when, author=author or _default_author(),
                                     message=message, tree=_tree_stats(entries))
             pub = Publication(record.version, record.manifest, record.to_json(), rows)
+            snap.sync()  # the state published is durable in the layer (if the layer's thread left that to us)
             snap.write_intent(pub)
             stats.lap("intent", mark)
             created = _create(repo, record)
@@ -725,11 +736,14 @@ def _create(repo: Repository, record: VersionRecord) -> bool:
 
 
 def commit_layer(repo: Repository, layer, **kw) -> tuple[VersionRecord | None, CommitStats]:  # noqa: ANN001, ANN003
-    """Snapshot, commit and record it in one thread (``wsfs commit`` with no daemon, tests)."""
-    snap = layer.snapshot()
+    """Snapshot, commit and record it in one thread (``wsfs commit`` with no daemon, tests), in the order the
+    daemon uses across its threads: the fsyncs are the snapshot's (:meth:`Snapshot.sync`, before the
+    record is created; :meth:`Snapshot.recorded`, before the intent goes)."""
+    snap = layer.snapshot(durable=False)
     try:
         out = commit(repo, snap, **kw)
-        layer.mark_published(snap)
+        layer.mark_published(snap, durable=False)
+        snap.recorded()
         return out
     finally:
         snap.close()

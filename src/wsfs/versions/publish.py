@@ -123,6 +123,7 @@ class Stored:
 def store_tree(
     repo: Repository, parent: Parent, entries: Sequence[Entry], bodies: Sequence[bytes] | None,
     pack_bytes: Callable[[PackPlan], bytes], workers: int, *, check: bool = True, successor: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Stored:
     """Encode *entries* (sorted by key, root first) as a version over *parent* and store what is missing.
 
@@ -132,7 +133,7 @@ def store_tree(
     no HEAD before a PUT (``Repository.put_pieces``).  *successor*: also
     return this tree as a :class:`Parent` (what ``Parent.load`` would give
     once it is published), so that the next commit of this process does not
-    decode it again.
+    decode it again.  *progress(done, total)*: objects written.
     """
     t0 = time.monotonic()
     layout = repo.config.layout
@@ -160,7 +161,7 @@ def store_tree(
     t1 = time.monotonic()
     places: dict[bytes, Place] = {}
     n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places, check=check,
-                                            places_out=places)
+                                            places_out=places, progress=progress)
     ids = set(pack_ids)
     new_packs = {p.id: p.data for p in pieces if p.id in ids and p.data is not None}
     t2 = time.monotonic()
