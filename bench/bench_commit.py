@@ -34,6 +34,7 @@ previous one), for medians.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -84,7 +85,13 @@ def main() -> int:
     ap.add_argument("--rtt", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--phases", action="store_true", help="print where each commit's time went")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--ab", nargs=2, metavar=("OLD_SRC", "NEW_SRC"), default=None,
+                    help="A/B: run this benchmark --runs times with each src/ (alternating), print medians")
+    ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
+    if args.ab:
+        return ab(args)
     work = tempfile.mkdtemp(prefix="wsfs-bench-commit-", dir=args.dir)
     try:
         if not args.s3:
@@ -101,6 +108,41 @@ def main() -> int:
                 return run(args, work, f"s3://{s3.bucket}/bench-commit")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def ab(args: argparse.Namespace) -> int:
+    """Run the benchmark in child processes, alternately with the old and the new src/, and print medians."""
+    import statistics
+    import subprocess
+
+    results: dict[str, list[list[dict]]] = {"old": [], "new": []}
+    base = [sys.executable, os.path.abspath(__file__), "--files", str(args.files), "--rtt", str(args.rtt)]
+    base += ["--s3"] if args.s3 else []
+    base += ["--dir", args.dir] if args.dir else []
+    for r in range(args.runs):
+        for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            src = args.ab[0] if side == "old" else args.ab[1]
+            out = tempfile.mktemp(prefix="bench-commit-", suffix=".json")
+            print(f"run {r + 1}/{args.runs}, {side} ({src})", flush=True)
+            subprocess.run([*base, "--json", out], check=True, env={**os.environ, "PYTHONPATH": src})
+            with open(out) as f:
+                results[side].append(json.load(f))
+            os.unlink(out)
+    where = f"S3 at {args.rtt:g} ms RTT" if args.s3 else "local store"
+    print(f"\nmedians of {args.runs} runs ({where}):")
+    print(f"{'edit':<28} {'old s':>7} {'new s':>7} {'old GET/HEAD/PUT':>17} {'new GET/HEAD/PUT':>17} "
+          f"{'old up/down KiB':>16} {'new up/down KiB':>16}")
+    for i, row in enumerate(results["old"][0]):
+        med = {}
+        for side in ("old", "new"):
+            rows = [run[i] for run in results[side]]
+            med[side] = {k: statistics.median(x[k] for x in rows)
+                         for k in ("seconds", "get", "head", "put", "bytes_out", "bytes_in")}
+        o, n = med["old"], med["new"]
+        print(f"{row['edit']:<28} {o['seconds']:>7.2f} {n['seconds']:>7.2f} "
+              f"{o['get']:>5g}/{o['head']:>4g}/{o['put']:>4g}   {n['get']:>5g}/{n['head']:>4g}/{n['put']:>4g}   "
+              f"{o['bytes_out'] / 1024:>7.0f}/{o['bytes_in'] / 1024:<7.0f} {n['bytes_out'] / 1024:>7.0f}/{n['bytes_in'] / 1024:<7.0f}")
+    return 0
 
 
 def run(args: argparse.Namespace, work: str, url: str) -> int:
@@ -157,10 +199,12 @@ def run(args: argparse.Namespace, work: str, url: str) -> int:
 
     edits = (("1 file modified", lambda: modify(1)), ("100 files modified", lambda: modify(100)),
              ("package added (50 files)", add_package), ("1,000 files added", add_many),
-             ("those 1,000 removed", remove_many), ("nothing changed", lambda: None))
+             ("those 1,000 removed", remove_many), ("nothing changed", lambda: None),
+             ("1 file modified, again", lambda: modify(1)))
     print(f"{'edit':<28} {'commit s':>9} {'GETs':>5} {'HEADs':>5} {'PUTs':>5} {'other':>5} {'uploaded':>12} "
           f"{'downloaded':>12} {'changeset':>9} {'files read':>10}")
     st = store.stats
+    rows: list[dict] = []
     for _ in range(args.repeat):
         for label, edit in edits:
             edit()
@@ -170,11 +214,17 @@ def run(args: argparse.Namespace, work: str, url: str) -> int:
             dt = time.monotonic() - t
             d = {k: v - req0.get(k, 0) for k, v in st.requests.items()}
             other = sum(v for k, v in d.items() if k not in ("get", "head", "put"))
+            rows.append({"edit": label, "seconds": dt, "get": d.get("get", 0), "head": d.get("head", 0),
+                         "put": d.get("put", 0), "other": other, "bytes_out": st.bytes_out - sent,
+                         "bytes_in": st.bytes_in - got, "changed": cs.changed, "published": rec is not None})
             print(f"{label:<28} {dt:>9.2f} {d.get('get', 0):>5} {d.get('head', 0):>5} {d.get('put', 0):>5} {other:>5} "
                   f"{(st.bytes_out - sent) / 1024:>8.1f} KiB {(st.bytes_in - got) / 1024:>8.1f} KiB "
                   f"{cs.changed:>9} {cs.files_read:>10}" + ("" if rec else "  (no version)"), flush=True)
             if args.phases and getattr(cs, "phases", None):
                 print("    " + ", ".join(f"{k} {v:.3f}" for k, v in cs.phases.items()), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f)
     lay.close()
     cache.close()
     m.close()

@@ -410,34 +410,15 @@ class Repository:
             return []  # no packs, no map
         top = parse_hexid(record.manifest)
         limit = 64 + packs * 64  # a segment id and a place per pack at most, and the header
-        local = self._pack_map_path(top)
-        raw = None
-        if _ours(local):  # written by the put_pieces or the pack_places before (maps are immutable)
-            try:
-                with open(local, "rb") as f:
-                    raw = f.read(limit + 1)
-            except FileNotFoundError:
-                pass
-        fetched = raw is None or len(raw) > limit
-        if fetched:
-            try:
-                raw = _get_small(self.store, pack_map_key(top), limit)
-            except NotFound:
-                return [tree.STANDALONE] * packs
-        assert raw is not None
+        try:
+            raw = _get_small(self.store, pack_map_key(top), limit)
+        except NotFound:
+            return [tree.STANDALONE] * packs
         try:
             data = decompress(raw[0], memoryview(raw)[1:], declared_size(raw, limit)) if raw else b""
         except IntegrityError as e:
             raise IntegrityError(f"pack map of {record.workspace}@{record.version} is malformed: {e}") from None
-        places = tree.decode_pack_map(data, packs, f"pack map of {record.workspace}@{record.version}")
-        if fetched:
-            _write_atomically(local, raw, self.cache_dir)
-        return places
-
-    def _pack_map_path(self, top: bytes) -> str:
-        # Per repository (the same top may be stored in other segments elsewhere), unlike pieces.
-        h = hexid(top)
-        return os.path.join(_local_dir(self.cache_dir, self.store.url), "packmaps", h[:2], h)
+        return tree.decode_pack_map(data, packs, f"pack map of {record.workspace}@{record.version}")
 
     def _decode_blob(self, cid: bytes, stored: bytes, size: int | None, what: str) -> bytes | memoryview:
         if size is None:
@@ -606,7 +587,6 @@ class Repository:
                 uploads += [pool.submit(put_object, segment_key(sid), raw) for sid, raw in segments]
                 pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))
                 uploads.append(pool.submit(put_object, pack_map_key(missing_tops[0]), pack_map))
-                _write_atomically(self._pack_map_path(missing_tops[0]), pack_map, self.cache_dir)
             for f in uploads:
                 f.result()
             for level in (missing_lists, missing_tops):
@@ -929,7 +909,10 @@ class Repository:
             self.store.put_if_absent(version_key(record.workspace, record.version), raw)
         except AlreadyExists:
             raise Conflict(f"version {record.workspace}@{record.version} was published by another writer") from None
-        _write_atomically(self._record_path(record.workspace, record.version), raw, self.cache_dir)  # as record() would
+        try:  # as record() would keep it when read: the next commit on this host need not GET it
+            _write_atomically(self._record_path(record.workspace, record.version), raw, self.cache_dir)
+        except OSError as e:  # the version exists: a local copy missing costs a GET later, nothing else
+            log.warning("could not keep a local copy of %s@%d: %s", record.workspace, record.version, e)
 
     def tags(self, ws: str) -> dict[str, int]:
         """``{tag: version}``; a tag with an invalid name or a malformed object is skipped with a warning."""

@@ -529,6 +529,7 @@ def build_version(
     known_ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] | None = None,
     pack_ids: list[bytes] | None = None,
     refs_out: tuple[list[Ref], list[Ref], list[bytes]] | None = None,
+    plans: Sequence[tuple[PackPlan, bytes]] | None = None,
 ) -> tuple[bytes, bytes, list[Piece]]:
     """Encode a version: ``(top id, top plaintext, pieces)``.
 
@@ -543,7 +544,9 @@ def build_version(
     range, and is neither encoded nor hashed again.  *pack_ids*, if given,
     receives the version's pack ids in order (what its pack map describes);
     *refs_out*, if given, its range and pack references and its packs'
-    signatures (three lists, extended).
+    signatures (three lists, extended).  *plans*: the packs as
+    ``plan_packs(entries, layout, cuts)`` cuts them, each with its
+    signature, if the caller has them already.
     """
     known_packs = known_packs or {}
     known_ranges = known_ranges or {}
@@ -573,9 +576,11 @@ def build_version(
             run, run_bodies, raw = [], [], 0
     pack_refs: list[Ref] = []
     signatures: list[bytes] = []
-    for plan in plan_packs(entries, layout, cuts):
-        signatures.append(plan.signature())
-        hit = known_packs.get(signatures[-1])
+    if plans is None:
+        plans = [(plan, plan.signature()) for plan in plan_packs(entries, layout, cuts)]
+    for plan, sig in plans:
+        signatures.append(sig)
+        hit = known_packs.get(sig)
         if hit is not None and hit[1] == plan.size:
             pid, data = hit[0], None
         else:

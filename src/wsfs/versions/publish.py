@@ -123,7 +123,7 @@ class Stored:
 def store_tree(
     repo: Repository, parent: Parent, entries: Sequence[Entry], bodies: Sequence[bytes] | None,
     pack_bytes: Callable[[PackPlan], bytes], workers: int, *, check: bool = True, successor: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, plans: Sequence[tuple[PackPlan, bytes]] | None = None,
 ) -> Stored:
     """Encode *entries* (sorted by key, root first) as a version over *parent* and store what is missing.
 
@@ -133,7 +133,8 @@ def store_tree(
     no HEAD before a PUT (``Repository.put_pieces``).  *successor*: also
     return this tree as a :class:`Parent` (what ``Parent.load`` would give
     once it is published), so that the next commit of this process does not
-    decode it again.  *progress(done, total)*: objects written.
+    decode it again.  *progress(done, total)*: objects written.  *plans*:
+    the packs as cut already, with their signatures (see ``build_version``).
     """
     t0 = time.monotonic()
     layout = repo.config.layout
@@ -144,7 +145,7 @@ def store_tree(
     top_id, top, pieces = build_version(
         entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
         known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
-        pack_ids=pack_ids, refs_out=refs,
+        pack_ids=pack_ids, refs_out=refs, plans=plans,
     )
     changeset = None
     changed = None
