@@ -375,8 +375,8 @@ class WriteLayer(Namespace):
         if durable:
             self.sync_all()
         else:
-            with self._op():
-                self._commit(durable=False)
+            with self._op():  # retired slots wait (never reused) for the layer's next durable commit
+                self._commit(durable=False, keep_retired=True)
         return Snapshot(self, read_base, synced=durable)
 
     def mark_published(self, snap: Snapshot, *, durable: bool = True) -> None:
@@ -405,7 +405,7 @@ class WriteLayer(Namespace):
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [("published_version", pub.version), ("published_top", pub.top)],
             )
-            self._commit(durable=durable)
+            self._commit(durable=durable, keep_retired=not durable)
         if not durable:
             return
         try:
