@@ -393,7 +393,8 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
              "cannot be reached: nothing is lost, run it again)")
     sp.epilog = ("Writes made while a commit runs go into the next one. The mount goes on as it is: it shows what "
                  "you wrote; changes other writers published are in the new version but not shown by this mount "
-                 "until it is mounted again.")
+                 "until it is mounted again. On a terminal a progress bar per step (reading, building, "
+                 "uploading) is shown on stderr (-q: none).")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.add_argument("-m", "--message", default="", help="the version's message")
     sp.add_argument("--ours", action="store_true",
