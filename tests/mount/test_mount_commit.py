@@ -246,3 +246,34 @@ def test_commit_progress_on_a_terminal_and_nothing_in_a_pipe(mount: Mounter, tmp
     (m.path / "many" / "f001").write_bytes(b"again")
     r2 = cli(w, m)("commit", "--json", str(m.path))
     assert r2.err == "" and len(r2.out.splitlines()) == 1 and json.loads(r2.out)["version"] == 4
+
+
+def test_a_commit_after_rm_rf_fetches_nothing_back(mount: Mounter, tmp_path: Path) -> None:
+    """``rm -rf`` of what the last commit uploaded, then a commit: no GET (``wsfs stats``); before, the
+    commit read back every pack around the removed files, i.e. what the same daemon had just uploaded."""
+    import subprocess
+
+    w, _ = make_ws(tmp_path)
+    m = rw(mount, w, tmp_path / "state")
+    for d in range(10):
+        (m.path / "tree" / f"d{d}").mkdir(parents=True)
+        for i in range(60):
+            (m.path / "tree" / f"d{d}" / f"f{i:02d}").write_bytes(os.urandom(200 + 20 * i))
+    c = cli(w, m)
+    assert json.loads(c("commit", "--json", str(m.path)).out)["version"] == 2
+
+    def gets() -> int:
+        return json.loads(c("stats", "--json", str(m.path)).out)["store"]["requests"].get("get", 0)
+
+    (m.path / "tree" / "d3" / "f10").write_bytes(b"changed")  # its pack is cut again: the rest is local
+    before = gets()
+    assert json.loads(c("commit", "--json", str(m.path)).out)["version"] == 3
+    assert gets() == before
+    subprocess.run(["rm", "-rf", str(m.path / "tree")], check=True)
+    before = gets()
+    r = json.loads(c("commit", "--json", str(m.path)).out)
+    assert r["version"] == 4 and r["changed"] >= 611
+    assert gets() == before
+    out = tmp_path / "co4"
+    w("checkout", "demo@4", str(out))
+    assert not (out / "tree").exists() and (out / "dir" / "a.txt").read_bytes() == b"a\n"
