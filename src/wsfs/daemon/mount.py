@@ -650,10 +650,10 @@ class _Daemon:
     def layer_commit(self, request: dict[str, Any], progress: control.Progress | None = None) -> dict[str, Any]:
         """(worker thread) ``wsfs commit``: publish what the layer changed since its last commit.
 
-        The snapshot is taken on the trio thread (a durable batch commit; the layer goes on taking
-        writes, which belong to the next commit); the upload and the record run here, reading base
-        content through a :class:`~wsfs.versions.read.RangeReader`; the memo is updated on the trio
-        thread.  One commit at a time.  *progress* gets ``{"step", "done", "total"}`` at most every 0.1 s
+        The snapshot is taken on the trio thread (a batch commit, made durable here, not there; the layer
+        goes on taking writes, which belong to the next commit); the upload and the record run here,
+        reading base content through a :class:`~wsfs.versions.read.RangeReader`; the memo is updated on
+        the trio thread (its fsync too runs here).  One commit at a time.  *progress* gets ``{"step", "done", "total"}`` at most every 0.1 s
         and at each new step (``wsfs commit``'s bar).
         """
         from wsfs.versions.commit import commit
