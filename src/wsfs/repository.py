@@ -484,6 +484,9 @@ class Repository:
         *,
         packs: list[bytes] | None = None,
         places: dict[bytes, tree.Place] | None = None,
+        check: bool = True,
+        places_out: dict[bytes, tree.Place] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[int, int, int]:
         """Store the pieces that have data and are not stored yet.
 
@@ -502,8 +505,14 @@ class Repository:
         stored again (in a segment) unless its place is known.  Metadata
         pieces are also kept locally, so that the next push and mount on
         this host need not fetch them.
+
+        With *check* False nothing is asked (no HEAD): every piece with data
+        is written (a commit's new pieces are new; a PUT costs what a HEAD
+        does).  *places_out* receives where every pack is stored.
+        *progress(done, total)* is called after each object written (from
+        the pool's threads; total grows as the levels are known).
         """
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         packs = packs or []
         places = dict(places or {})
@@ -535,34 +544,55 @@ class Repository:
         written: list[bytes] = []  # pieces written as blobs of their own (list.append: safe from the pool's threads)
         new_packs: list[tuple[bytes, bytes]] = []  # packs written into new segments
 
+        expected = [0]
+
+        def advanced() -> None:
+            if progress is not None:
+                progress(len(sizes), expected[0])
+
         def put(pid: bytes) -> None:
             sizes.append(self.put_blob(pid, data(pid)))
             written.append(pid)
+            advanced()
 
         def put_object(key: str, raw: bytes) -> None:
             self.store.put(key, raw)
             sizes.append(len(raw))
+            advanced()
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool:
-            missing_tops = ask(pool, tops)
-            for pid in tops:
-                if pid in stored:
-                    top = tree.decode_top(data(pid))
-                    stored.update(r.id for r in top.ranges + top.packs)
-            missing_lists = ask(pool, lists)
-            for pid in lists:
-                if pid in stored:
-                    stored.update(r.id for r in tree.decode_listing(data(pid), tree.MAX_PIECE) if r.id not in pack_ids)
-            list(pool.map(put, [pid for pid in ask(pool, leaves) if pid not in stored]))
+            if check:
+                missing_tops = ask(pool, tops)
+                for pid in tops:
+                    if pid in stored:
+                        top = tree.decode_top(data(pid))
+                        stored.update(r.id for r in top.ranges + top.packs)
+                missing_lists = ask(pool, lists)
+                for pid in lists:
+                    if pid in stored:
+                        stored.update(r.id for r in tree.decode_listing(data(pid), tree.MAX_PIECE) if r.id not in pack_ids)
+                missing_leaves = [pid for pid in ask(pool, leaves) if pid not in stored]
+            else:
+                missing_tops, missing_lists, missing_leaves = tops, lists, leaves
+            # Leaves, new segments and the pack map all go at once (each is a child of the listings and the top).
+            segments: list[tuple[bytes, bytes]] = []
             if missing_tops and packs:
                 # A new tree: the packs whose place is not known go into new segments, then the map says where all are.
                 new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
                 segments = self._segments(new_packs, places)
-                list(pool.map(lambda seg: put_object(segment_key(seg[0]), seg[1]), segments))
-                pack_map = tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs])
-                put_object(pack_map_key(missing_tops[0]), encode_blob(pack_map))
+            expected[0] = (len(missing_leaves) + len(segments) + bool(missing_tops and packs)
+                           + sum(pid not in stored for pid in missing_lists + missing_tops))
+            uploads: list[Future[None]] = [pool.submit(put, pid) for pid in missing_leaves]
+            if missing_tops and packs:
+                uploads += [pool.submit(put_object, segment_key(sid), raw) for sid, raw in segments]
+                pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))
+                uploads.append(pool.submit(put_object, pack_map_key(missing_tops[0]), pack_map))
+            for f in uploads:
+                f.result()
             for level in (missing_lists, missing_tops):
                 list(pool.map(put, [pid for pid in level if pid not in stored]))
+        if places_out is not None:
+            places_out.update(places)
         return len(sizes), sum(sizes), len(written) + len(new_packs)
 
     @staticmethod
@@ -874,10 +904,15 @@ class Repository:
 
     def publish(self, record: VersionRecord) -> None:
         """Create a version record iff that version number is free; else raise Conflict."""
+        raw = record.to_json()
         try:
-            self.store.put_if_absent(version_key(record.workspace, record.version), record.to_json())
+            self.store.put_if_absent(version_key(record.workspace, record.version), raw)
         except AlreadyExists:
             raise Conflict(f"version {record.workspace}@{record.version} was published by another writer") from None
+        try:  # as record() would keep it when read: the next commit on this host need not GET it
+            _write_atomically(self._record_path(record.workspace, record.version), raw, self.cache_dir)
+        except OSError as e:  # the version exists: a local copy missing costs a GET later, nothing else
+            log.warning("could not keep a local copy of %s@%d: %s", record.workspace, record.version, e)
 
     def tags(self, ws: str) -> dict[str, int]:
         """``{tag: version}``; a tag with an invalid name or a malformed object is skipped with a warning."""

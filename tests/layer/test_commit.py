@@ -375,6 +375,137 @@ def test_cost_follows_the_change(tmp_path: Path) -> None:
         base.m.close()
 
 
+def test_a_commit_does_not_read_back_what_the_commit_before_uploaded(tmp_path: Path) -> None:
+    """With the daemon's blob cache, a commit that re-cuts packs the previous commit uploaded (a file
+    changed in one, then all of them removed) makes no GET: they were kept on this host, and a
+    removal needs none of the removed files' packs."""
+    from wsfs.cache import BlobCache
+
+    base = push_tree(tmp_path, many_files)
+    cache = BlobCache(base.repo, str(tmp_path / "blobs"))
+    reader = RangeReader(base.repo, base.m.path, cache)
+    lay = WriteLayer(str(tmp_path / "state"), base.m, base.id, reader.read)
+    st = base.repo.store.stats
+    try:
+        new = lay.mkdir(ROOT_INO, b"new", 0o755, 0, 0).ino
+        for i in range(600):
+            write_file(lay, b"new/f%03d" % i, os.urandom(50 + 3 * i))
+        record, stats = commit_layer(base.repo, lay, cache=cache)
+        assert record.version == 2 and stats.changed == 602  # the files, new/ and the root
+        packs = len(base.repo.version_refs(record)[1]) - len(base.repo.version_refs(base.repo.record("w", 1))[1])
+        assert packs >= 10, packs  # the new files fill several packs
+
+        def gets_of_commit(version: int) -> int:
+            gets = st.requests["get"]
+            record, _ = commit_layer(base.repo, lay, cache=cache)
+            gets = st.requests["get"] - gets
+            assert record.version == version
+            check_version(base, lay, version)
+            return gets
+
+        write_file(lay, b"new/f300", b"changed")  # its pack is cut again: the other files' bytes are local
+        assert gets_of_commit(3) == 0
+        for i in range(600):
+            lay.unlink(new, b"f%03d" % i)
+        lay.rmdir(ROOT_INO, b"new")
+        assert gets_of_commit(4) == 0
+        # Without a cache only the packs around the removed range are read, not those of the removed files.
+        write_file(lay, b"dir00/file000.txt", b"edited")
+        lay.mkdir(ROOT_INO, b"new", 0o755, 0, 0)
+        for i in range(600):
+            write_file(lay, b"new/f%03d" % i, os.urandom(50 + 3 * i))
+        assert commit_layer(base.repo, lay)[0].version == 5
+        new = resolve(lay, b"new").ino
+        for i in range(600):
+            lay.unlink(new, b"f%03d" % i)
+        lay.rmdir(ROOT_INO, b"new")
+        gets = st.requests["get"]
+        assert commit_layer(base.repo, lay)[0].version == 6
+        gets = st.requests["get"] - gets
+        assert gets <= 3, gets
+        check_version(base, lay, 6)
+    finally:
+        lay.close()
+        cache.close()
+        base.m.close()
+
+
+def test_the_version_a_commit_remembers_is_the_one_it_published(tmp_path: Path) -> None:
+    """The next commit of the same process builds on the tree it stored, kept in memory rather than
+    decoded again: that is exactly what Parent.load gives from the store."""
+    from wsfs.versions import commit as commit_mod
+    from wsfs.versions.publish import Parent
+
+    base = push_tree(tmp_path, many_files)
+    lay = open_layer(base, tmp_path / "state")
+    try:
+        write_file(lay, b"dir03/file001.txt", b"changed")
+        lay.mkdir(ROOT_INO, b"new", 0o755, 0, 0)
+        for i in range(300):
+            write_file(lay, b"new/f%03d" % i, os.urandom(40 + 5 * i))
+        write_file(lay, b"new/large", os.urandom(3 << 20))
+        record, _ = commit_layer(base.repo, lay)
+        remembered = commit_mod._head(base.repo, "w", record.version)
+        assert commit_mod._last is not None and remembered is commit_mod._last[1]
+        loaded = Parent.load(base.repo, "w", record.version)
+        for f in ("top", "chunks", "packs", "places", "bodies", "ranges", "records", "pack_refs"):
+            assert getattr(remembered, f) == getattr(loaded, f), f
+        assert remembered.pieces >= loaded.pieces
+        write_file(lay, b"new/f100", b"again")
+        assert commit_layer(base.repo, lay)[0].version == record.version + 1
+        check_version(base, lay, record.version + 1)
+    finally:
+        lay.close()
+        base.m.close()
+
+
+def test_the_layer_thread_does_not_fsync_for_a_commit(setup, monkeypatch) -> None:
+    """As the daemon commits: the snapshot and the memo are committed on the layer's (trio) thread without
+    an fsync; the commit's thread makes them durable, the snapshot before the record is created, the
+    memo before the intent file goes."""
+    import threading
+
+    base, lay = setup
+    write_file(lay, b"d/new", b"new")
+    lay.sync_all()
+    write_file(lay, b"d/new", b"newer")  # retires the slot the last commit used
+    assert lay.pool.retired
+    calls: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append((threading.current_thread().name, os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1]))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    layer_thread = threading.current_thread().name
+    snap = lay.snapshot(durable=False)
+    assert calls == [] and lay.pool.retired  # still retired (never reused) until a durable commit
+    out: list = []
+
+    def run() -> None:
+        out.append(commit(base.repo, snap))
+        assert base.repo.versions("w") == [1, 2]
+
+    t = threading.Thread(target=run, name="committer")
+    t.start()
+    t.join()
+    assert out and out[0][0].version == 2
+    assert ("committer", "layer.db-wal") in calls and calls.index(("committer", "layer.db-wal")) < calls.index(
+        ("committer", "commit-intent.tmp")), calls
+    del calls[:]
+    lay.mark_published(snap, durable=False)
+    assert calls == [] and (Path(lay.state.path) / "commit-intent").exists()
+    t = threading.Thread(target=snap.recorded, name="committer")
+    t.start()
+    t.join()
+    assert calls == [("committer", "layer.db-wal")] and not (Path(lay.state.path) / "commit-intent").exists()
+    assert all(name != layer_thread for name, _ in calls)
+    snap.close()
+    assert lay.pending() == []
+    check_version(base, lay, 2)
+
+
 def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
     """Commits killed at random moments publish a whole version or none; the layer then commits once."""
     base = push_tree(tmp_path, small_tree)

@@ -185,3 +185,95 @@ def test_commit_on_umount_and_on_sigterm_and_every_interval(mount: Mounter, tmp_
     assert w("cat", "demo@4", "periodic").out == b"3\n"
     r = w("mount", "demo", str(tmp_path / "nowhere"), "-o", "commit_on_umount", check=False)
     assert r.code == 2 and "--rw" in r.err
+
+
+def test_commit_progress_on_a_terminal_and_nothing_in_a_pipe(mount: Mounter, tmp_path: Path) -> None:
+    """The daemon streams progress lines before its reply to a client that asks; ``wsfs commit`` asks
+    only when stderr is a terminal (a bar there), and its output otherwise stays one line (or --json)."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import threading
+
+    from wsfs.daemon.control import query
+
+    w, _ = make_ws(tmp_path)
+    m = rw(mount, w, tmp_path / "state")
+    (m.path / "many").mkdir()
+    for i in range(200):
+        (m.path / "many" / f"f{i:03d}").write_bytes(os.urandom(100 + i))
+    seen: list[dict] = []
+    r = query(str(m.path), str(m.cache_dir), "commit", timeout=120, args={"message": "progress"},
+              progress=seen.append)
+    assert r["ok"] and r["version"] == 2
+    steps = [s["step"] for s in seen]
+    assert [s for i, s in enumerate(steps) if s not in steps[:i]] == ["reading", "building", "uploading"], steps
+    assert seen[-1]["step"] == "uploading" and seen[-1]["done"] == seen[-1]["total"] > 0, seen[-1]
+    reading = [s for s in seen if s["step"] == "reading"]
+    assert reading[-1]["done"] == reading[-1]["total"] >= 200, reading[-1]
+    # The command line on a terminal: a bar on stderr, the usual line on stdout.
+    (m.path / "many" / "f000").write_bytes(b"again")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a terminal has a size
+    out: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            out.append(data)
+
+    t = threading.Thread(target=drain)
+    t.start()
+    try:
+        env = {**cli(w, m).env}
+        p = subprocess.run([sys.executable, "-m", "wsfs", "commit", str(m.path)], stdout=subprocess.PIPE,
+                           stderr=slave, env=env, timeout=120)
+    finally:
+        os.close(slave)
+        t.join(10)
+        os.close(master)
+    assert p.returncode == 0 and p.stdout.startswith(b"committed demo@3"), p.stdout
+    assert b"commit: " in b"".join(out), b"".join(out)[-500:]
+    # In a pipe: no progress, and --json is one line of JSON, as before.
+    (m.path / "many" / "f001").write_bytes(b"again")
+    r2 = cli(w, m)("commit", "--json", str(m.path))
+    assert r2.err == "" and len(r2.out.splitlines()) == 1 and json.loads(r2.out)["version"] == 4
+
+
+def test_a_commit_after_rm_rf_fetches_nothing_back(mount: Mounter, tmp_path: Path) -> None:
+    """``rm -rf`` of what the last commit uploaded, then a commit: no GET (``wsfs stats``); before, the
+    commit read back every pack around the removed files, i.e. what the same daemon had just uploaded."""
+    import subprocess
+
+    w, _ = make_ws(tmp_path)
+    m = rw(mount, w, tmp_path / "state")
+    for d in range(10):
+        (m.path / "tree" / f"d{d}").mkdir(parents=True)
+        for i in range(60):
+            (m.path / "tree" / f"d{d}" / f"f{i:02d}").write_bytes(os.urandom(200 + 20 * i))
+    c = cli(w, m)
+    assert json.loads(c("commit", "--json", str(m.path)).out)["version"] == 2
+
+    def gets() -> int:
+        return json.loads(c("stats", "--json", str(m.path)).out)["store"]["requests"].get("get", 0)
+
+    (m.path / "tree" / "d3" / "f10").write_bytes(b"changed")  # its pack is cut again: the rest is local
+    before = gets()
+    assert json.loads(c("commit", "--json", str(m.path)).out)["version"] == 3
+    assert gets() == before
+    subprocess.run(["rm", "-rf", str(m.path / "tree")], check=True)
+    before = gets()
+    r = json.loads(c("commit", "--json", str(m.path)).out)
+    assert r["version"] == 4 and r["changed"] >= 611
+    assert gets() == before
+    out = tmp_path / "co4"
+    w("checkout", "demo@4", str(out))
+    assert not (out / "tree").exists() and (out / "dir" / "a.txt").read_bytes() == b"a\n"

@@ -8,12 +8,14 @@ commands start fast and work where pyfuse3 is not installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from wsfs.config import resolve
@@ -245,7 +247,9 @@ def cmd_commit(args: argparse.Namespace) -> int:
     settings = resolve(args.repo, args.endpoint_url, args.cache_dir)
     t0 = time.monotonic()
     try:
-        s = query(mp, settings.cache_dir, "commit", timeout=None, args={"message": args.message, "ours": args.ours})
+        with _commit_progress(args) as progress:
+            s = query(mp, settings.cache_dir, "commit", timeout=None, args={"message": args.message, "ours": args.ours},
+                      progress=progress)
     except WsfsError as e:
         if args.json:
             print(json.dumps({"ok": False, "error": str(e), "exit_code": e.exit_code}))
@@ -268,6 +272,44 @@ def cmd_commit(args: argparse.Namespace) -> int:
           f"{_human(s['bytes_uploaded'])} uploaded in {s['objects_uploaded']} objects, "
           f"{s['seconds'] if s.get('seconds') is not None else time.monotonic() - t0:.2f} s{extra}")
     return 0
+
+
+@contextlib.contextmanager
+def _commit_progress(args: argparse.Namespace) -> Iterator[Callable[[dict[str, Any]], None] | None]:
+    """On a terminal (stderr), a bar per step of the daemon's commit from its progress lines; else None
+    (no progress asked: the daemon answers with its one reply line, as before)."""
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    from wsfs.terminal import escape
+
+    units = {"reading": " entries", "uploading": " objects"}
+    bar: list[Any] = [None, ""]
+
+    def show(info: dict[str, Any]) -> None:
+        step = str(info.get("step", ""))[:20]
+        done, total = info.get("done"), info.get("total")
+        if not isinstance(done, int) or not isinstance(total, int):
+            return
+        if bar[0] is None or bar[1] != step:
+            if bar[0] is not None:
+                bar[0].close()
+            bar[0] = tqdm(desc=f"commit: {escape(step)}", unit=units.get(step, ""), total=total or None,
+                          file=sys.stderr, leave=False)
+            bar[1] = step
+        b = bar[0]
+        if total and b.total != total:
+            b.total = total
+        b.n = done
+        b.refresh()
+
+    try:
+        yield show
+    finally:
+        if bar[0] is not None:
+            bar[0].close()
 
 
 def cmd_discard(args: argparse.Namespace) -> int:
@@ -351,7 +393,8 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
              "cannot be reached: nothing is lost, run it again)")
     sp.epilog = ("Writes made while a commit runs go into the next one. The mount goes on as it is: it shows what "
                  "you wrote; changes other writers published are in the new version but not shown by this mount "
-                 "until it is mounted again.")
+                 "until it is mounted again. On a terminal a progress bar per step (reading, building, "
+                 "uploading) is shown on stderr (-q: none).")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.add_argument("-m", "--message", default="", help="the version's message")
     sp.add_argument("--ours", action="store_true",

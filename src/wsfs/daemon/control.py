@@ -4,7 +4,14 @@ Protocol: the client connects to an ``AF_UNIX`` stream socket, writes one
 line of JSON (``{"cmd": "stats"}``), and reads one line of JSON back, after
 which the daemon closes the connection.  Replies carry ``"ok": true`` or
 ``"ok": false`` with an ``"error"`` message.  Commands: ``ping``, ``status``
-(who serves this mountpoint), ``stats`` (counters).
+(who serves this mountpoint), ``stats`` (counters), and for read-write
+mounts ``changes``, ``commit``, ``discard``.
+
+Progress: a request with ``"progress": true`` may be answered with any
+number of lines ``{"progress": {...}}`` (no ``"ok"`` key) before the reply
+line; a long command (``commit``) sends one at most every 0.1 s and when its
+step changes, e.g. ``{"progress": {"step": "uploading", "done": 3,
+"total": 9}}``.  A client that does not ask gets the one reply line, as before.
 
 Where: the socket is keyed by the mountpoint, so a client that knows only the
 mountpoint finds it.  Candidate directories, in order: ``/run/wsfs`` (root)
@@ -72,16 +79,21 @@ def _bind_path(mountpoint: str, cache_dir: str) -> str:
     raise WsfsError(f"no usable directory for the control socket of {mountpoint} (tried {socket_dirs(cache_dir)})")
 
 
+Progress = Callable[[dict[str, Any]], None]
+Handler = Callable[[dict[str, Any], Progress | None], dict[str, Any]]
+
+
 async def serve(
     mountpoint: str,
     cache_dir: str,
-    handler: Callable[[dict[str, Any]], dict[str, Any]],
+    handler: Handler,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer control requests until cancelled; ``task_status.started(path)`` once listening.
 
-    *handler* runs in a worker thread (it may read the cache index).
+    *handler* runs in a worker thread (it may read the cache index), called with the request and, if the
+    client asked for progress, a function it may call (from that thread) with progress information.
     """
     path = _bind_path(mountpoint, cache_dir)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -110,9 +122,9 @@ async def serve(
             pass
 
 
-async def _answer(stream: trio.SocketStream, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+async def _answer(stream: trio.SocketStream, handler: Handler) -> None:
     """Read one request (within 10 s), run *handler* on it (as long as it takes: a commit may upload
-    gigabytes), send the reply."""
+    gigabytes), send the progress lines it emits meanwhile if asked, then the reply."""
     buf = b""
     with trio.move_on_after(10) as waited:
         while b"\n" not in buf and len(buf) < _MAX_REQUEST:
@@ -126,7 +138,10 @@ async def _answer(stream: trio.SocketStream, handler: Callable[[dict[str, Any]],
         request = json.loads(buf.split(b"\n", 1)[0] or b"{}")
         if not isinstance(request, dict):
             raise ValueError("not an object")
-        reply = await trio.to_thread.run_sync(handler, request)
+        if request.get("progress") is True:
+            reply = await _with_progress(stream, handler, request)
+        else:
+            reply = await trio.to_thread.run_sync(handler, request, None)
     except ValueError as e:
         reply = {"ok": False, "error": f"bad request: {e}"}
     except Exception as e:  # a bug in a handler must not end the daemon
@@ -136,6 +151,56 @@ async def _answer(stream: trio.SocketStream, handler: Callable[[dict[str, Any]],
         await stream.send_all(json.dumps(reply).encode() + b"\n")
     except trio.BrokenResourceError:
         pass
+
+
+async def _with_progress(stream: trio.SocketStream, handler: Handler, request: dict[str, Any]) -> dict[str, Any]:
+    """Run *handler* in a thread; what it reports goes to the client as progress lines meanwhile.
+
+    Of the reports of one step only the newest waits to be sent (a slow client misses the ones in
+    between, never blocks the handler), but the last one of every step is sent; a client gone away
+    stops nothing but the reports.
+    """
+    token = trio.lowlevel.current_trio_token()
+    queued: list[dict[str, Any]] = []
+    wake = trio.Event()
+    done = False
+
+    def post(info: dict[str, Any]) -> None:  # trio thread
+        if queued and queued[-1].get("step") == info.get("step"):
+            queued[-1] = info
+        else:
+            queued.append(info)
+        wake.set()
+
+    def progress(info: dict[str, Any]) -> None:  # the handler's thread
+        try:
+            trio.from_thread.run_sync(post, dict(info), trio_token=token)
+        except trio.RunFinishedError:
+            pass
+
+    async def sender() -> None:
+        nonlocal wake
+        broken = False
+        while True:
+            await wake.wait()
+            wake = trio.Event()
+            while queued and not broken:
+                line = json.dumps({"progress": queued.pop(0)}).encode() + b"\n"
+                try:
+                    await stream.send_all(line)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    broken = True
+            if done:
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        try:
+            reply = await trio.to_thread.run_sync(handler, request, progress)
+        finally:
+            done = True
+            wake.set()
+    return reply
 
 
 def remove_stale(mountpoint: str, cache_dir: str) -> None:
@@ -154,9 +219,9 @@ def remove_stale(mountpoint: str, cache_dir: str) -> None:
 
 
 def query(mountpoint: str, cache_dir: str, cmd: str, *, timeout: float | None = 10.0,
-          args: dict[str, Any] | None = None) -> dict[str, Any]:
+          args: dict[str, Any] | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Send ``{"cmd": cmd, **args}`` to the daemon serving *mountpoint*; its reply (*timeout* None: wait as
-    long as the daemon works on it)."""
+    long as the daemon works on it).  *progress*: asks for progress lines, and is called with each."""
     tried = []
     for path in socket_paths(mountpoint, cache_dir):
         if not os.path.exists(path):
@@ -168,9 +233,23 @@ def query(mountpoint: str, cache_dir: str, cmd: str, *, timeout: float | None = 
                 s.connect(path)
             except (ConnectionRefusedError, FileNotFoundError):
                 continue  # a socket left by a daemon that died
-            s.sendall(json.dumps({**(args or {}), "cmd": cmd}).encode() + b"\n")
+            request = {**(args or {}), "cmd": cmd}
+            if progress is not None:
+                request["progress"] = True
+            s.sendall(json.dumps(request).encode() + b"\n")
             buf = b""
-            while not buf.endswith(b"\n"):
+            while True:
+                line, nl, rest = buf.partition(b"\n")
+                if nl:
+                    if progress is not None and line.startswith(b'{"progress"'):
+                        info = json.loads(line)
+                        if isinstance(info, dict) and "ok" not in info:
+                            if isinstance(info.get("progress"), dict):
+                                progress(info["progress"])
+                            buf = rest
+                            continue
+                    buf = line
+                    break
                 data = s.recv(65536)
                 if not data:
                     break

@@ -439,6 +439,22 @@ def _close_tree(tree: WritableTree, close_manifest: Any) -> None:
         close_manifest()
 
 
+def _throttled(progress: control.Progress | None, every: float = 0.1) -> Callable[[str, int, int], None]:
+    """commit's ``progress(step, done, total)`` as control progress lines: each new step, the end of
+    one, and otherwise at most one per *every* seconds."""
+    if progress is None:
+        return lambda step, done, total: None
+    last = ["", 0.0]
+
+    def report(step: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if step != last[0] or done >= total > 0 or now - last[1] >= every:
+            last[0], last[1] = step, now
+            progress({"step": step, "done": done, "total": total})
+
+    return report
+
+
 def _short_stats(daemon: _Daemon) -> str:
     s = daemon.stats()
     return f"{sum(s['requests'].values())} requests, {s['store']['requests'].get('get', 0)} store GETs"
@@ -589,8 +605,8 @@ class _Daemon:
             out["commits"] = dict(self.commits)
         return out
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A control request (runs in a worker thread)."""
+    def handle(self, request: dict[str, Any], progress: control.Progress | None = None) -> dict[str, Any]:
+        """A control request (runs in a worker thread); *progress*: the client asked for progress lines."""
         cmd = request.get("cmd")
         if cmd == "ping":
             return {"ok": True}
@@ -606,7 +622,8 @@ class _Daemon:
                 return {"ok": False, "exit_code": 2,
                         "error": f"{self.mountpoint} is a read-only mount: nothing to {cmd} (mount with --rw)"}
             try:
-                return {"ok": True, **(self._commit(request) if cmd == "commit" else self.layer_discard(request))}
+                return {"ok": True, **(self._commit(request, progress) if cmd == "commit"
+                                       else self.layer_discard(request))}
             except WsfsError as e:
                 out: dict[str, Any] = {"ok": False, "error": str(e), "exit_code": e.exit_code}
                 paths = getattr(e, "paths", None)  # a CommitConflict's (not imported by every mount)
@@ -615,11 +632,11 @@ class _Daemon:
                 return out
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-    def _commit(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _commit(self, request: dict[str, Any], progress: control.Progress | None = None) -> dict[str, Any]:
         """(worker thread) :meth:`layer_commit`, counted: failures and conflicts (``CommitConflict``, exit 5)."""
         before, started = self._mutations(), time.time_ns()
         try:
-            out = self.layer_commit(request)
+            out = self.layer_commit(request, progress)
         except WsfsError as e:
             self.commits["failures"] += 1
             self.commits["conflicts"] += isinstance(getattr(e, "paths", None), list)
@@ -630,13 +647,14 @@ class _Daemon:
             trio.from_thread.run_sync(self._lease_wake.set)
         return out
 
-    def layer_commit(self, request: dict[str, Any]) -> dict[str, Any]:
+    def layer_commit(self, request: dict[str, Any], progress: control.Progress | None = None) -> dict[str, Any]:
         """(worker thread) ``wsfs commit``: publish what the layer changed since its last commit.
 
-        The snapshot is taken on the trio thread (a durable batch commit; the layer goes on taking
-        writes, which belong to the next commit); the upload and the record run here, reading base
-        content through a :class:`~wsfs.versions.read.RangeReader`; the memo is updated on the trio
-        thread.  One commit at a time.
+        The snapshot is taken on the trio thread (a batch commit, made durable here, not there; the layer
+        goes on taking writes, which belong to the next commit); the upload and the record run here,
+        reading base content through a :class:`~wsfs.versions.read.RangeReader`; the memo is updated on
+        the trio thread (its fsync too runs here).  One commit at a time.  *progress* gets ``{"step", "done", "total"}`` at most every 0.1 s
+        and at each new step (``wsfs commit``'s bar).
         """
         from wsfs.versions.commit import commit
         from wsfs.versions.read import RangeReader
@@ -648,10 +666,14 @@ class _Daemon:
             raise UsageError("commit: the message must be text")
         with self._commit_lock:
             reader = RangeReader(self.repo, self.view.manifest.path, self.view.cache)
-            snap = trio.from_thread.run_sync(tree.layer.snapshot, reader.read)
+            # No fsync on the trio thread (it would hold up every FUSE request): the snapshot's batch commit
+            # and the memo's are made durable here (Snapshot.sync before the record, Snapshot.recorded).
+            snap = trio.from_thread.run_sync(functools.partial(tree.layer.snapshot, reader.read, durable=False))
             try:
-                record, stats = commit(self.repo, snap, message=message, ours=ours)
-                trio.from_thread.run_sync(tree.layer.mark_published, snap)
+                record, stats = commit(self.repo, snap, message=message, ours=ours, cache=self.view.cache,
+                                       progress=_throttled(progress))
+                trio.from_thread.run_sync(functools.partial(tree.layer.mark_published, snap, durable=False))
+                snap.recorded()
             finally:
                 snap.close()
             self.commits["count"] += record is not None

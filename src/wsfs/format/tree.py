@@ -528,6 +528,8 @@ def build_version(
     bodies: Sequence[bytes] | None = None,
     known_ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] | None = None,
     pack_ids: list[bytes] | None = None,
+    refs_out: tuple[list[Ref], list[Ref], list[bytes]] | None = None,
+    plans: Sequence[tuple[PackPlan, bytes]] | None = None,
 ) -> tuple[bytes, bytes, list[Piece]]:
     """Encode a version: ``(top id, top plaintext, pieces)``.
 
@@ -540,7 +542,11 @@ def build_version(
     *known_ranges* maps the first key of a stored range to ``(its reference,
     its keys, its bodies)``: a range cut with the same keys and bodies is that
     range, and is neither encoded nor hashed again.  *pack_ids*, if given,
-    receives the version's pack ids in order (what its pack map describes).
+    receives the version's pack ids in order (what its pack map describes);
+    *refs_out*, if given, its range and pack references and its packs'
+    signatures (three lists, extended).  *plans*: the packs as
+    ``plan_packs(entries, layout, cuts)`` cuts them, each with its
+    signature, if the caller has them already.
     """
     known_packs = known_packs or {}
     known_ranges = known_ranges or {}
@@ -569,8 +575,12 @@ def build_version(
                 range_refs.append(Ref(rid, len(data), len(run), run[0].key, run[-1].key))
             run, run_bodies, raw = [], [], 0
     pack_refs: list[Ref] = []
-    for plan in plan_packs(entries, layout, cuts):
-        hit = known_packs.get(plan.signature())
+    signatures: list[bytes] = []
+    if plans is None:
+        plans = [(plan, plan.signature()) for plan in plan_packs(entries, layout, cuts)]
+    for plan, sig in plans:
+        signatures.append(sig)
+        hit = known_packs.get(sig)
         if hit is not None and hit[1] == plan.size:
             pid, data = hit[0], None
         else:
@@ -584,6 +594,10 @@ def build_version(
         pack_refs.append(Ref(pid, plan.size, len(plan.files), plan.files[0].key, plan.files[-1].key))
         if pack_ids is not None:
             pack_ids.append(pid)
+    if refs_out is not None:
+        refs_out[0].extend(range_refs)
+        refs_out[1].extend(pack_refs)
+        refs_out[2].extend(signatures)
     top = Top(_listing(range_refs, cuts, known, pieces), _listing(pack_refs, cuts, known, pieces))
     data = encode_top(top)
     return content_id(data), data, pieces

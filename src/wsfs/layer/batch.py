@@ -127,13 +127,14 @@ class Batches:
         if self._tx and (self._tx_ops >= self.batch_ops or time.monotonic() - self._tx_start >= self.commit_interval):
             self._commit(durable=False)
 
-    def _commit(self, durable: bool) -> None:
+    def _commit(self, durable: bool, keep_retired: bool = False) -> None:
         for c in list(self.contents.values()):
             if c.dirty or c.changed or c.times or c.mode is not None:
                 self._persist(c)
         # Retired slots may only be reused once no commit that could survive a
         # power loss refers to them: a commit that retires some is made durable.
-        durable = durable or bool(self.pool.retired)
+        # (keep_retired: not now, they stay retired until the next durable commit; a commit's snapshot.)
+        durable = durable or (bool(self.pool.retired) and not keep_retired)
         # Content before the rows that refer to it, for every commit (one
         # fdatasync of one file, at most once per commit_interval unless the
         # application fsyncs): so whichever commits a power loss keeps, the

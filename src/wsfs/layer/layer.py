@@ -362,23 +362,30 @@ class WriteLayer(Namespace):
         """Drop pending changes (all, or at and below *paths*); ``(path, inode)`` of what changed: :mod:`wsfs.layer.pending`."""
         return discard(self, paths)
 
-    def snapshot(self, read_base: ReadBase | None = None) -> Snapshot:
+    def snapshot(self, read_base: ReadBase | None = None, *, durable: bool = True) -> Snapshot:
         """Commit the batch durably and return a read-only view of this moment for another thread.
 
         *read_base* is what the view reads base content with (default: the
         layer's own; it must be callable from the reading thread).  Close the
         snapshot when done (:mod:`wsfs.layer.snapshot`); writes go on meanwhile.
+        *durable* False: the WAL is not fsynced here but by :meth:`Snapshot.sync`, in the reading thread.
         """
         from wsfs.layer.snapshot import Snapshot
 
-        self.sync_all()
-        return Snapshot(self, read_base)
+        if durable:
+            self.sync_all()
+        else:
+            with self._op():  # retired slots wait (never reused) for the layer's next durable commit
+                self._commit(durable=False, keep_retired=True)
+        return Snapshot(self, read_base, synced=durable)
 
-    def mark_published(self, snap: Snapshot) -> None:
+    def mark_published(self, snap: Snapshot, *, durable: bool = True) -> None:
         """Record what *snap*'s commit published in the memo (durably), then drop its intent file.
 
         Call on the layer's thread after :func:`wsfs.versions.commit.commit`
-        returned; nothing to do if it published nothing.
+        returned; nothing to do if it published nothing.  *durable* False: the
+        WAL fsync and the intent's removal are left to :meth:`Snapshot.recorded`,
+        in another thread, before the snapshot closes.
         """
         from wsfs.layer.snapshot import INTENT
 
@@ -398,7 +405,9 @@ class WriteLayer(Namespace):
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [("published_version", pub.version), ("published_top", pub.top)],
             )
-            self._commit(durable=True)
+            self._commit(durable=durable, keep_retired=not durable)
+        if not durable:
+            return
         try:
             os.unlink(INTENT, dir_fd=self.state.fd)
         except FileNotFoundError:

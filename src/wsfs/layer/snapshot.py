@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from wsfs.layer.content import SlotPool
 
 INTENT = "commit-intent"
+WAL_NAME = DB_NAME + "-wal"
 
 
 class Memo(NamedTuple):
@@ -90,7 +91,7 @@ class _Slots:
 class Snapshot(WriteLayer):
     """A read-only view of a write layer as of one durable commit; see the module docstring."""
 
-    def __init__(self, layer: WriteLayer, read_base: ReadBase | None = None) -> None:  # noqa: D107
+    def __init__(self, layer: WriteLayer, read_base: ReadBase | None = None, *, synced: bool = True) -> None:  # noqa: D107
         # Not WriteLayer.__init__: that would open (and lock) the state folder again.
         self.base_id = layer.base_id
         self._read_base = read_base or layer._read_base
@@ -113,6 +114,7 @@ class Snapshot(WriteLayer):
             k: Memo(b, i, c) for k, b, i, c in self.db.execute("SELECT key, body, ino, ctime_ns FROM published")
         }
         self.publication: Publication | None = None  # set by a commit that published (or recovered) a version
+        self._synced = synced  # the commit this view shows is durable (else: sync() before publishing it)
         self._pins.add(self)
 
     def _begin(self) -> None:
@@ -145,6 +147,42 @@ class Snapshot(WriteLayer):
             os.close(fd)
         os.rename(tmp, INTENT, src_dir_fd=self.state_fd, dst_dir_fd=self.state_fd)
         os.fsync(self.state_fd)
+
+    def sync(self) -> None:
+        """Make the layer's commit this view shows durable, if the layer's thread did not (any thread).
+
+        ``fsync`` of the WAL through a descriptor of our own: the layer's
+        thread commits with ``synchronous=NORMAL`` (into the WAL, not
+        fsynced), and while this view's read transaction is open the WAL is
+        not restarted, so the frames of that commit are still in it; a
+        checkpoint that copied them into the database file synced that file
+        itself.  Everything the layer wrote later is made durable too, which
+        does no harm.  Slot contents were synced by the commit already.
+        Commit calls this before the version record is created: a version
+        never holds a state a crash of the layer could lose.
+        """
+        if self._synced:
+            return
+        self._sync_wal()
+        self._synced = True
+
+    def _sync_wal(self) -> None:
+        fd = os.open(WAL_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.state_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def recorded(self) -> None:
+        """After ``mark_published(snap, durable=False)`` on the layer's thread: make the memo rows durable,
+        then drop the intent file (this view still open, so the WAL holds them: see :meth:`sync`)."""
+        if self.publication is None:
+            return
+        self._sync_wal()
+        try:
+            os.unlink(INTENT, dir_fd=self.state_fd)
+        except FileNotFoundError:
+            pass
 
     def close(self) -> None:
         """End the read transaction and release the pin (any thread)."""

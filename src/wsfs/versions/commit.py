@@ -54,13 +54,17 @@ crash in between.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from wsfs.errors import Conflict, IntegrityError, NotFound, StoreUnavailable
 from wsfs.format.blobs import content_id
@@ -78,8 +82,9 @@ from wsfs.format.tree import (
     decode_body,
     encode_body,
     key_of,
-    packed,
+    pack_contents,
     path_of,
+    plan_packs,
     with_link_names,
 )
 from wsfs.fsops import XATTR_PREFIX
@@ -88,6 +93,9 @@ from wsfs.repository import Repository
 from wsfs.versions.diff import record_changes
 from wsfs.versions.publish import Parent, store_tree, version_record
 from wsfs.versions.push import PushStats, _default_author, _Spill, _Uploader
+
+if TYPE_CHECKING:
+    from wsfs.cache import BlobCache
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +118,13 @@ class CommitStats:
     bytes_uploaded: int = 0
     seconds: float = 0.0
     skipped: list[bytes] = field(default_factory=list)  # sockets: not stored (as push)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench_commit prints them)
+
+    def lap(self, name: str, since: list[float]) -> None:
+        """Add the time since ``since[0]`` to phase *name*; ``since[0]`` becomes now."""
+        now = time.monotonic()
+        self.phases[name] = self.phases.get(name, 0.0) + now - since[0]
+        since[0] = now
 
 
 class CommitConflict(Conflict):
@@ -136,7 +151,10 @@ class _View:
         self.up = uploader
         self.spill = spill
         self.stats = stats
-        self.small_ino: dict[bytes, int] = {}  # content id -> a small file showing it, not read by this commit
+        # content id -> a small file showing it, not read by this commit: its bytes in the layer's own
+        # slots (committed before, unchanged since: local), or the base's (read through read_base)
+        self.small_local: dict[bytes, int] = {}
+        self.small_base: dict[bytes, int] = {}
         self._content: dict[int, tuple[bytes, tuple[bytes, ...]]] = {}
         # Content the memo vouches for: same inode and ctime as when committed -> same content, not read.
         self._known: dict[tuple[int, int], Entry] = {}
@@ -148,6 +166,7 @@ class _View:
         # key -> (entry, inode, ctime)
         self.entries: dict[bytes, tuple[Entry, int, int]] = {}
         self.hard_links = False
+        self.progress: Callable[[str, int, int], None] = lambda step, done, total: None
 
     def read_all(self) -> None:
         """Walk the whole merged view (parents before children); hard links resolved as push does."""
@@ -163,6 +182,7 @@ class _View:
                 key = key_of(dpath, name)
                 if self._add(key, a, links) and a.is_dir:
                     stack.append((a.ino, dpath + b"/" + name if dpath else name))
+                self.progress("reading", len(self.entries), 0)
         for keys in links.values():
             if len(keys) > 1:
                 first = min(keys)
@@ -172,12 +192,14 @@ class _View:
 
     def read_keys(self, keys: set[bytes]) -> None:
         """Read the entries at *keys* only (absent keys are left out); :attr:`hard_links` if any is one."""
-        for key in sorted(keys):
+        self.progress("reading", 0, len(keys))
+        for i, key in enumerate(sorted(keys), 1):
             a = self.snap.resolve(path_of(key) if key else b"")
             if a is not None:
                 self._add(key, a, {})
                 if a.is_reg and a.nlink > 1:
                     self.hard_links = True
+            self.progress("reading", i, len(keys))
 
     def _add(self, key: bytes, a: Inode, links: dict[int, list[bytes]]) -> bool:
         e = self.entry(key, a)
@@ -226,13 +248,13 @@ class _View:
             b = snap.m.getattr(a.ino)
             assert b.content is not None
             if small:
-                self.small_ino.setdefault(b.content, a.ino)
+                self.small_base.setdefault(b.content, a.ino)
                 return b.content, ()
             return b.content, tuple(c.cid or ZERO_ID for c in snap.m.chunks(a.ino))
         known = self._known.get((a.ino, a.ctime_ns))
         if known is not None and known.size == a.size and known.content is not None:
             if small:
-                self.small_ino.setdefault(known.content, a.ino)
+                self.small_local.setdefault(known.content, a.ino)
             return known.content, known.chunks
         self.stats.files_read += 1
         if small:
@@ -407,18 +429,60 @@ def commit(
     author: str | None = None,
     ours: bool = False,
     workers: int = 8,
-    progress: Callable[[int], None] = lambda n: None,
+    progress: Callable[[str, int, int], None] = lambda step, done, total: None,
+    cache: BlobCache | None = None,
     _full: bool = False,
 ) -> tuple[VersionRecord | None, CommitStats]:
     """Publish what *snap* changed since the layer's last commit as the next version of its workspace.
 
     Returns the published record (None if there was nothing to commit) and
     stats; sets ``snap.publication`` for :meth:`WriteLayer.mark_published`,
-    which the caller runs on the layer's thread afterwards.  Raises
+    which the caller runs on the layer's thread afterwards.  *cache* (the
+    daemon's blob cache): the head's packs are read through it, and the packs
+    this commit uploads are offered to it.  *progress(step, done, total)*
+    is called as the work goes: ``reading`` (entries read of those that may
+    have changed; total 0 while the whole tree is walked), ``building``
+    (the new tree's pieces: 0 of 0), ``uploading`` (objects written of those
+    to write, large files' chunks during ``reading``).  Raises
     :class:`CommitConflict` (overlap with other writers; nothing published),
     :class:`~wsfs.errors.StoreUnavailable` (exit 8; nothing lost: run it again).
+
+    Python's cyclic garbage collector is paused meanwhile: a commit
+    allocates a few objects per entry of the tree (tens of thousands), which
+    triggers full collections over everything the process holds (the tree
+    kept for the next commit among it), about a third of a 1-file commit's
+    CPU time; it creates no reference cycles worth collecting.
     """
+    with _gc_paused():
+        return _commit(repo, snap, message=message, author=author, ours=ours, workers=workers, progress=progress,
+                       cache=cache, _full=_full)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _commit(
+    repo: Repository,
+    snap: Snapshot,
+    *,
+    message: str,
+    author: str | None,
+    ours: bool,
+    workers: int,
+    progress: Callable[[str, int, int], None],
+    cache: BlobCache | None,
+    _full: bool,
+) -> tuple[VersionRecord | None, CommitStats]:
     t0 = time.monotonic()
+    mark = [t0]
     stats = CommitStats()
     ws = snap.base_id.workspace
     layout = repo.config.layout
@@ -434,17 +498,21 @@ def commit(
     spill = _Spill(repo.temp_path("commit"))
     uploader = _Uploader(repo, set(), push_stats, workers)
     try:
+        stats.lap("recover", mark)
         head = repo.latest(ws) or last_v
+        stats.lap("latest", mark)
         view = _View(snap, repo, uploader, spill, stats)
         base_rec = repo.record(ws, snap.base_id.version)
         # Every key that differs from the base in the layer's terms (status shows them) is memoised,
         # also where its record did not change (a further name of a hard-linked file written to).
         seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
+        stats.lap("changes", mark)
         # Candidates: what differs from the base, and what we committed.  Any other key holds the
         # base's entry in the merged view, and the base's record (the same code encodes both).
         # Hard links spoil that (a name's record depends on the file's other names): then the
         # whole merged view is read and compared.
         keys: set[bytes] | None = seen | memo.keys()
+        view.progress = progress
         if not _full:
             view.read_keys(keys)
         if _full or view.hard_links or any(m.body and m.body[0] & (F_LINK | F_LINKED) for m in memo.values()):
@@ -458,7 +526,7 @@ def commit(
         if keys is None:
             view.read_all()
         uploader.close()
-        progress(len(view.entries))
+        stats.lap("read", mark)
         cur = {k: encode_body(e, layout) for k, (e, _, _) in view.entries.items()}
         delta: dict[bytes, tuple[bytes | None, bytes | None]] = {}
         for k in (cur.keys() | memo.keys() | base_bodies.keys()) if keys is None else keys:
@@ -477,12 +545,15 @@ def commit(
                 snap.publication = Publication(last_v, top, b"", rows)
             stats.seconds = time.monotonic() - t0
             return None, stats
-        parent = Parent.load(repo, ws, head)  # what the new version is built on
+        stats.lap("delta", mark)
+        parent = _head(repo, ws, head)  # what the new version is built on
+        stats.lap("head", mark)
         # A hard-linked file changed under all its names: they all take part in the conflict check.
         links = ((e.key, e.link, cur[k]) for k, (e, _, _) in view.entries.items() if e.link is not None)
         checked = {c.key: (c.old, c.new) for c in with_link_names([Change(k, *delta[k]) for k in sorted(delta)], links)}
         for _attempt in range(REBASES):
             theirs = _their_changes(repo, ws, last_v, head) if head != last_v else {}
+            stats.lap("theirs", mark)
             stats.rebased = bool(theirs)
             clash, merged_dirs = _overlaps(checked, theirs, layout)
             if clash and not ours:
@@ -506,7 +577,17 @@ def commit(
             bad = _check_tree(entries)
             if bad:
                 raise CommitConflict(bad, " (merging them would give no valid tree)")
-            stored = store_tree(repo, parent, entries, None, _pack_source(repo, parent, view, spill, delta, workers), workers)
+            stats.lap("merge", mark)
+            progress("building", 0, 0)
+            pack_bytes, plans = _pack_source(repo, parent, view, spill, entries, workers, cache)
+            stored = store_tree(repo, parent, entries, None, pack_bytes, workers, check=False, successor=True,
+                                progress=lambda done, total: progress("uploading", done, total), plans=plans)
+            if cache is not None:  # the next commit re-cuts some of them: kept on this host, not fetched back
+                for pid, data in stored.new_packs.items():
+                    cache.offer(pid, data)
+            stats.lap("store", mark)
+            for k, v in stored.phases.items():
+                stats.phases[k] = stats.phases.get(k, 0.0) + v
             stats.changed = stored.changed or 0
             stats.chunks_uploaded = push_stats.blobs_uploaded
             stats.objects_uploaded = push_stats.blobs_uploaded + stored.objects
@@ -521,18 +602,49 @@ def commit(
             record = version_record(ws, head + 1, stored, when=when, author=author or _default_author(),
                                     message=message, tree=_tree_stats(entries))
             pub = Publication(record.version, record.manifest, record.to_json(), rows)
+            snap.sync()  # the state published is durable in the layer (if the layer's thread left that to us)
             snap.write_intent(pub)
-            if _create(repo, record):
+            stats.lap("intent", mark)
+            created = _create(repo, record)
+            stats.lap("record", mark)
+            if created:
+                assert stored.successor is not None
+                _remember(repo, record, stored.successor)
                 snap.publication = pub
                 stats.version = record.version
                 stats.seconds = time.monotonic() - t0
                 return record, stats
             head = repo.latest(ws) or head  # another writer took head + 1: rebase onto theirs
-            parent = Parent.load(repo, ws, head)
+            parent = _head(repo, ws, head)
         raise Conflict(f"could not publish a version of {ws!r}: {REBASES} other versions were published meanwhile")
     finally:
         uploader.close()
         spill.close()
+
+
+# The last version this process published, as a Parent: the next commit of the daemon is built on it
+# (unless another writer published since), and decoding all of its ranges again would cost ~0.4 s per
+# 20k entries.  ((store, workspace, version, top), parent); one at a time.
+_last: tuple[tuple[str, str, int, str], Parent] | None = None
+_last_lock = threading.Lock()
+
+
+def _head(repo: Repository, ws: str, n: int) -> Parent:
+    """``Parent.load(repo, ws, n)``, or the same from memory if this process published *n*."""
+    hit = _last
+    if hit is not None and hit[0][:3] == (repo.store.url, ws, n):
+        try:
+            if repo.record(ws, n).manifest == hit[0][3]:
+                return hit[1]
+        except NotFound:
+            pass
+    return Parent.load(repo, ws, n)
+
+
+def _remember(repo: Repository, record: VersionRecord, parent: Parent) -> None:
+    global _last
+    with _last_lock:
+        _last = ((repo.store.url, record.workspace, record.version, record.manifest), parent)
 
 
 def _recover(repo: Repository, snap: Snapshot) -> Publication | None:
@@ -572,70 +684,72 @@ def _tree_stats(entries: list[Entry]) -> dict[str, int]:
     return s
 
 
-def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, changed: Iterable[bytes],
-                 workers: int) -> Callable[[PackPlan], bytes]:
-    """Bytes of a pack to build: small files read by this commit, else the base (through the snapshot), else the head's packs.
+def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, entries: list[Entry], workers: int,
+                 cache: BlobCache | None) -> tuple[Callable[[PackPlan], bytes], list[tuple[PackPlan, bytes]]]:
+    """Bytes of a pack to build: small files read by this commit or held by the layer, else the head's packs,
+    else the base (through the snapshot).
 
-    The head's packs around the *changed* keys (the one whose key range
-    holds a key, and the next: a new cut can join them) are fetched first,
-    in parallel: those are the packs a change re-cuts.
+    The packs the new tree needs that the head does not have are planned
+    first (:func:`~wsfs.format.tree.plan_packs`, as ``build_version`` will
+    cut them), and only the head's packs holding contents they need and
+    nothing local has are fetched, in parallel, through *cache* if given (so
+    that packs an earlier commit offered it are not fetched at all).  A
+    removal needs none of the packs of what it removed.  Returns the
+    function and the plans with their signatures (``build_version`` cuts once).
     """
-    import bisect
     from concurrent.futures import ThreadPoolExecutor
 
     layout = repo.config.layout
-    where: dict[bytes, tuple[int, int, int]] | None = None  # content id -> (index of the head's pack, offset, size)
-    packs: dict[int, bytes] = {}
+    need: set[bytes] = set()
+    plans = [(plan, plan.signature()) for plan in plan_packs(entries, layout, repo.config.cuts)]
+    for plan, sig in plans:
+        hit = parent.packs.get(sig)
+        if hit is not None and hit[1] == plan.size:
+            continue  # the head's pack, reused unread
+        need.update(cid for cid, _ in plan.contents if not spill.has(cid) and cid not in view.small_local)
     refs = parent.pack_refs
+    where: dict[bytes, tuple[int, int, int]] = {}  # content id -> (index of the head's pack, offset, size)
+    if need:
+        files = (e for e, _ in parent.records.values())
+        for i, (_, contents) in enumerate(pack_contents(files, refs, layout)):
+            off = 0
+            for cid, size in contents:
+                if cid in need and cid not in where:
+                    where[cid] = (i, off, size)
+                off += size
 
     def fetch(i: int) -> bytes:
         ref = refs[i]
-        return bytes(repo.get_blob(ref.id, ref.size, "pack", place=parent.places.get(ref.id)))
+        place = parent.places.get(ref.id)
+        if cache is not None:
+            return bytes(cache.read(ref.id, 0, ref.size, size=ref.size, place=place))
+        return bytes(repo.get_blob(ref.id, ref.size, "pack", place=place))
 
-    firsts = [r.first for r in refs]
-    near = sorted({j for k in changed for i in [bisect.bisect_right(firsts, k) - 1] for j in (i, i + 1)
-                   if 0 <= j < len(refs)})
-    if near:
-        with ThreadPoolExecutor(max_workers=min(workers, len(near)), thread_name_prefix="wsfs-packs") as ex:
-            packs.update(zip(near, ex.map(fetch, near), strict=True))
-
-    def from_head(cid: bytes) -> bytes | None:
-        nonlocal where
-        if where is None:
-            where = {}
-            files = (e for e, _ in parent.records.values() if packed(e, layout))
-            for i, ref in enumerate(refs):
-                off = 0
-                seen: set[bytes] = set()
-                for _ in range(ref.count):
-                    e = next(files)
-                    assert e.content is not None
-                    if e.content not in seen:
-                        seen.add(e.content)
-                        where.setdefault(e.content, (i, off, e.size))
-                        off += e.size
-        hit = where.get(cid)
-        if hit is None:
-            return None
-        i, off, size = hit
-        if i not in packs:
-            packs[i] = fetch(i)
-        return packs[i][off:off + size]
+    packs: dict[int, bytes] = {}
+    wanted = sorted({i for i, _, _ in where.values()})
+    if wanted:
+        with ThreadPoolExecutor(max_workers=min(workers, len(wanted)), thread_name_prefix="wsfs-packs") as ex:
+            packs.update(zip(wanted, ex.map(fetch, wanted), strict=True))
 
     def pack_bytes(plan: PackPlan) -> bytes:
         out = []
         for cid, size in plan.contents:
             data = spill.read(cid)
-            if data is None:
-                data = from_head(cid)
-            if data is None and cid in view.small_ino:
-                data = view.snap.read(view.small_ino[cid], 0, size)
+            if data is None and cid in view.small_local:
+                data = view.snap.read(view.small_local[cid], 0, size)
+            if data is None and cid in where:
+                i, off, n = where[cid]
+                if i not in packs:
+                    packs[i] = fetch(i)
+                data = packs[i][off:off + n]
+            if data is None and cid in view.small_base:
+                data = view.snap.read(view.small_base[cid], 0, size)
             if data is None or content_id(data) != cid:
                 raise IntegrityError(f"the content of a small file ({cid.hex()[:16]}) could not be found")
             out.append(data)
         return b"".join(out)
 
-    return pack_bytes
+    return pack_bytes, plans
 
 
 def _create(repo: Repository, record: VersionRecord) -> bool:
@@ -660,11 +774,14 @@ def _create(repo: Repository, record: VersionRecord) -> bool:
 
 
 def commit_layer(repo: Repository, layer, **kw) -> tuple[VersionRecord | None, CommitStats]:  # noqa: ANN001, ANN003
-    """Snapshot, commit and record it in one thread (``wsfs commit`` with no daemon, tests)."""
-    snap = layer.snapshot()
+    """Snapshot, commit and record it in one thread (``wsfs commit`` with no daemon, tests), in the order the
+    daemon uses across its threads: the fsyncs are the snapshot's (:meth:`Snapshot.sync`, before the
+    record is created; :meth:`Snapshot.recorded`, before the intent goes)."""
+    snap = layer.snapshot(durable=False)
     try:
         out = commit(repo, snap, **kw)
-        layer.mark_published(snap)
+        layer.mark_published(snap, durable=False)
+        snap.recorded()
         return out
     finally:
         snap.close()

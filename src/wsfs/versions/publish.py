@@ -17,6 +17,7 @@ way, so the same tree gives the same pieces whichever wrote it:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from wsfs.errors import FormatError, IntegrityError, NotFound
 from wsfs.format.blobs import content_id
 from wsfs.format.records import VersionRecord
 from wsfs.format.tree import (
+    STANDALONE,
     ZERO_ID,
     Entry,
     Layout,
@@ -113,26 +115,37 @@ class Stored:
     objects: int  # objects written (blobs, segments, the pack map)
     bytes: int  # bytes written
     reused: int  # pieces that were stored already
+    new_packs: dict[bytes, bytes] = field(default_factory=dict)  # id -> plaintext of each pack this tree built
+    phases: dict[str, float] = field(default_factory=dict)  # "build" (encoding, packs), "upload" seconds
+    successor: Parent | None = None  # (store_tree(successor=True)) this tree as the parent of the next version
 
 
 def store_tree(
     repo: Repository, parent: Parent, entries: Sequence[Entry], bodies: Sequence[bytes] | None,
-    pack_bytes: Callable[[PackPlan], bytes], workers: int,
+    pack_bytes: Callable[[PackPlan], bytes], workers: int, *, check: bool = True, successor: bool = False,
+    progress: Callable[[int, int], None] | None = None, plans: Sequence[tuple[PackPlan, bytes]] | None = None,
 ) -> Stored:
     """Encode *entries* (sorted by key, root first) as a version over *parent* and store what is missing.
 
     *bodies* are the entries' record bodies if the caller has them (default:
     the parent's bytes for an unchanged entry, else encoded); *pack_bytes*
-    returns the bytes of a pack the parent does not have.
+    returns the bytes of a pack the parent does not have.  *check* False:
+    no HEAD before a PUT (``Repository.put_pieces``).  *successor*: also
+    return this tree as a :class:`Parent` (what ``Parent.load`` would give
+    once it is published), so that the next commit of this process does not
+    decode it again.  *progress(done, total)*: objects written.  *plans*:
+    the packs as cut already, with their signatures (see ``build_version``).
     """
+    t0 = time.monotonic()
     layout = repo.config.layout
     if bodies is None:
         bodies = [parent.body(e, layout) for e in entries]
     pack_ids: list[bytes] = []
+    refs: tuple[list[Ref], list[Ref], list[bytes]] = ([], [], [])
     top_id, top, pieces = build_version(
         entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
         known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
-        pack_ids=pack_ids,
+        pack_ids=pack_ids, refs_out=refs, plans=plans,
     )
     changeset = None
     changed = None
@@ -146,8 +159,35 @@ def store_tree(
         changeset = encode_changeset(parent.top, items)
         pieces.append(Piece(content_id(changeset), changeset))
     pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
-    n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places)
-    return Stored(top_id, top, changeset, changed, n_up, b_up, len(pieces) - pieces_up)
+    t1 = time.monotonic()
+    places: dict[bytes, Place] = {}
+    n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places, check=check,
+                                            places_out=places, progress=progress)
+    ids = set(pack_ids)
+    new_packs = {p.id: p.data for p in pieces if p.id in ids and p.data is not None}
+    t2 = time.monotonic()
+    nxt = _successor(top_id, entries, bodies, pieces, refs, places, layout) if successor else None
+    return Stored(top_id, top, changeset, changed, n_up, b_up, len(pieces) - pieces_up, new_packs,
+                  {"build": t1 - t0, "upload": t2 - t1, "successor": time.monotonic() - t2}, nxt)
+
+
+def _successor(top_id: bytes, entries: Sequence[Entry], bodies: Sequence[bytes], pieces: list[Piece],
+               refs: tuple[list[Ref], list[Ref], list[bytes]], places: dict[bytes, Place], layout: Layout) -> Parent:
+    """The tree just stored as a :class:`Parent`, from what storing it computed (no piece decoded)."""
+    keys = [e.key for e in entries]
+    out = Parent(top=top_id, bodies=list(zip(keys, bodies, strict=True)))
+    out.pieces = {p.id for p in pieces}
+    out.chunks = {c for e in entries if e.chunks for c in e.chunks if c != ZERO_ID}
+    i = 0
+    for ref in refs[0]:
+        j = i + ref.count
+        out.ranges[ref.first] = (ref, keys[i:j], list(bodies[i:j]))
+        i = j
+    out.records = dict(zip(keys, zip(entries, bodies, strict=True), strict=True))
+    out.pack_refs = list(refs[1])
+    out.packs = {sig: (r.id, r.size) for sig, r in zip(refs[2], out.pack_refs, strict=True)}
+    out.places = {r.id: places.get(r.id, STANDALONE) for r in out.pack_refs}
+    return out
 
 
 def version_record(

@@ -183,6 +183,9 @@ class _Spill:
             os.write(self.fd, data)
             self.end += len(data)
 
+    def has(self, cid: bytes) -> bool:
+        return cid in self.at
+
     def read(self, cid: bytes) -> bytes | None:
         where = self.at.get(cid)
         if where is None:
