@@ -151,3 +151,32 @@ def test_unlinked_while_open_until_release(ops: Operations) -> None:
     assert run(ops.getattr, f.st_ino, ctx()).st_nlink == 0
     run(ops.release, fi.fh)
     assert errno_of(ops.getattr, f.st_ino, ctx()) == errno.ENOENT
+
+
+def test_attributes_changed_behind_the_kernel_are_invalidated(ops: Operations,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-write policy keeps attributes for a day: what a reply does not carry, the kernel is told to forget."""
+    sent: list[tuple[int, bool]] = []
+    monkeypatch.setattr(pyfuse3, "invalidate_inode", lambda ino, attr_only=False: sent.append((ino, attr_only)))
+    small = ino_of(ops, b"small")
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = stat.S_IFREG | 0o6755
+    run(ops.setattr, small, attr, fields(mode=True), None, ctx())
+    fi = run(ops.open, small, os.O_WRONLY, ctx(uid=0))
+    run(ops.write, fi.fh, 0, b"S")  # root: nothing cleared, nothing to forget
+    run(ops.release, fi.fh)
+    assert sent == []
+    fi = run(ops.open, small, os.O_WRONLY, ctx(uid=1000, gid=1000))
+    run(ops.write, fi.fh, 0, b"s")  # SUID/SGID cleared: the WRITE reply carries no mode
+    run(ops.write, fi.fh, 1, b"s")  # nothing left to clear
+    run(ops.release, fi.fh)
+    assert sent == [(small, True)] and stat.S_IMODE(run(ops.getattr, small, ctx()).st_mode) == 0o755
+    run(ops.setattr, small, attr, fields(mode=True), None, ctx())
+    fi = run(ops.open, small, os.O_WRONLY | os.O_TRUNC, ctx(uid=1000, gid=1000))  # cleared by the truncation
+    run(ops.release, fi.fh)
+    assert sent == [(small, True)] * 2 and stat.S_IMODE(run(ops.getattr, small, ctx()).st_mode) == 0o755
+    fi = run(ops.open, small, os.O_WRONLY | os.O_TRUNC, ctx(uid=1000, gid=1000))  # nothing to clear
+    run(ops.release, fi.fh)
+    run(ops.setxattr, small, b"user.k", b"v", ctx())  # ctime: a SETXATTR reply carries no attributes
+    run(ops.removexattr, small, b"user.k", ctx())
+    assert sent == [(small, True)] * 4 and ops.statistics()["invalidations"] == 4

@@ -205,6 +205,87 @@ def test_names_links_modes_xattrs_and_errnos(mount: Mounter, rich: PushedTree, t
     assert not m.stats()["errors"].get("write")
 
 
+def _requests(m: Mount) -> dict[str, int]:
+    return dict(m.stats()["requests"])
+
+
+def test_the_kernel_keeps_entries_and_attributes_and_forgets_what_discard_changes(
+        mount: Mounter, rich: PushedTree, tmp_path: Path) -> None:
+    """A day's timeouts (the daemon is the only writer): a second look costs no request, even a second
+    later; what ``wsfs discard`` changes behind the kernel (a deleted base file back, a chmod undone, the
+    parent's link count and mtime) is visible at once, not after the timeout."""
+    m = rw(mount, rich, tmp_path / "state")
+    p = m.path
+    base_root = os.stat(p)
+    os.chmod(p / "text.txt", 0o644)
+    os.unlink(p / "one")
+    os.mkdir(p / "newdir")
+    (p / "a" / "added").write_bytes(b"added")
+    seen = {n: os.lstat(p / n) for n in ("text.txt", "a", "a/added", ".")}
+    assert errno_of(os.lstat, p / "one") == errno.ENOENT  # a negative entry, cached
+    time.sleep(1.2)  # past the 1 s of libfuse's default timeouts
+    before = _requests(m)
+    again = {n: os.lstat(p / n) for n in ("text.txt", "a", "a/added", ".")}
+    assert errno_of(os.lstat, p / "one") == errno.ENOENT
+    after = _requests(m)
+    asked = {k: v - before.get(k, 0) for k, v in after.items() if k in ("lookup", "getattr") and v != before.get(k, 0)}
+    # (the stats call itself may look at the mount's root once)
+    assert sum(asked.values()) <= 1, asked
+    assert again == seen and stat.S_IMODE(seen["text.txt"].st_mode) == 0o644 and seen["."].st_nlink == base_root.st_nlink + 1
+    w = Wsfs(str(rich.repo), str(m.cache_dir), m.env)
+    w("discard", str(p))
+    # At once: the kernel was told to forget what the layer changed behind it.
+    assert (p / "one").read_bytes() == b"1"
+    assert stat.S_IMODE(os.lstat(p / "text.txt").st_mode) == 0o600
+    assert not (p / "newdir").exists() and not (p / "a" / "added").exists()
+    root = os.stat(p)
+    assert (root.st_nlink, root.st_mtime_ns) == (base_root.st_nlink, base_root.st_mtime_ns)
+    assert os.stat(p / "a").st_mtime_ns == os.stat(rich.src / "a").st_mtime_ns
+    assert "one" in os.listdir(p) and "added" not in os.listdir(p / "a")
+
+
+def test_attributes_follow_every_change_made_through_the_mount(mount: Mounter, rich: PushedTree,
+                                                               tmp_path: Path) -> None:
+    """With attributes kept for a day, each change is seen by the next stat: mmap writes, xattrs (ctime),
+    links, truncation, SUID/SGID cleared by another user's write or O_TRUNC, listings."""
+    import mmap
+
+    m = rw(mount, rich, tmp_path / "state", "rich", "-o", "allow_other")
+    p = m.path
+    f = p / "m"
+    f.write_bytes(bytes(8192))
+    st = os.stat(f)
+    time.sleep(0.02)
+    with open(f, "r+b") as fh, mmap.mmap(fh.fileno(), 8192) as mm:
+        mm[:5] = b"hello"
+        mm.flush()
+    assert os.stat(f).st_mtime_ns != st.st_mtime_ns and f.read_bytes()[:5] == b"hello"
+    st = os.stat(f)
+    time.sleep(0.02)
+    os.setxattr(f, "user.k", b"v")
+    assert os.stat(f).st_ctime_ns != st.st_ctime_ns
+    os.link(f, p / "m2")
+    assert os.stat(f).st_nlink == 2
+    os.unlink(p / "m2")
+    assert os.stat(f).st_nlink == 1
+    os.truncate(f, 3)
+    assert os.stat(f).st_size == 3
+    s = p / "s"
+    s.write_bytes(b"#!/bin/sh\n")
+    os.chmod(s, 0o6777)
+    os.stat(s)
+    for cmd in ("echo x >> s", ": > s"):  # a write, an O_TRUNC open: by another user, both clear SUID/SGID
+        os.chmod(s, 0o6777)
+        assert stat.S_IMODE(os.stat(s).st_mode) == 0o6777
+        subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", cmd],
+                       check=True, cwd=p)
+        assert stat.S_IMODE(os.stat(s).st_mode) == 0o0777, cmd
+    assert "s" in os.listdir(p)
+    os.unlink(s)
+    assert "s" not in os.listdir(p)
+    assert not m.stats()["errors"]
+
+
 def test_suid_is_cleared_when_another_user_writes(mount: Mounter, rich: PushedTree, tmp_path: Path) -> None:
     m = rw(mount, rich, tmp_path / "state", "rich", "-o", "allow_other")
     f = m.path / "s"

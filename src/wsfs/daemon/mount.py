@@ -64,7 +64,7 @@ from wsfs.config import Settings, default_state_dir
 from wsfs.daemon import control
 from wsfs.daemon import policy as cache_policy
 from wsfs.daemon.history import HistoryView
-from wsfs.daemon.ops import Operations
+from wsfs.daemon.ops import INODE_AS_HANDLE, Operations
 from wsfs.daemon.preload import Preloader, StoreAccess
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_briefly
 from wsfs.daemon.view import SMALL_PREFETCH_MAX, Deadline, VersionView, raise_kernel_readahead
@@ -356,8 +356,8 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         elif options.profile:
             view.recorder = AccessRecorder()
     if tree is not None:
-        ops = Operations(tree, cache_policy.choose(writable=True, inode_as_handle=False, listings_change=True,
-                                                   has_xattrs=True))
+        ops = Operations(tree, cache_policy.choose(writable=True, inode_as_handle=INODE_AS_HANDLE,
+                                                   listings_change=True, has_xattrs=True))
     else:
         # The read-only policy for this tree (the history root's listing changes, so OPENDIR stays on).
         ops = Operations(view)
@@ -698,14 +698,20 @@ class _Daemon:
         with self._commit_lock:
             changed = trio.from_thread.run_sync(tree.discard, paths)
         self.pending.stale = self.pending.ages = True
+        # Here, not on the trio thread, which is free to answer requests the kernel holds locks for
+        # (so synchronous calls, whose ENOENT for what the kernel never cached is no error).
+        calls: list[tuple[Any, tuple[Any, ...]]] = []
         for parent, name, ino in changed:
-            for call, args in ((pyfuse3.invalidate_entry_async, (parent, name)), (pyfuse3.invalidate_inode, (ino,))):
-                if call is pyfuse3.invalidate_entry_async and not parent:
-                    continue
-                try:
-                    call(*args)
-                except (OSError, pyfuse3.FUSEError):  # the kernel does not know it: nothing cached
-                    pass
+            if parent:
+                calls.append((pyfuse3.invalidate_entry, (parent, name)))
+            calls.append((pyfuse3.invalidate_inode, (ino,)))
+        # The parents' mtime and link count (the kernel forgets them itself only for entries it holds).
+        calls += [(pyfuse3.invalidate_inode, (parent, True)) for parent in {p for p, _, _ in changed if p}]
+        for call, args in calls:
+            try:
+                call(*args)
+            except (OSError, pyfuse3.FUSEError):  # the kernel does not know it: nothing cached
+                pass
         return {"discarded": len(changed)}
 
     def layer_status(self) -> dict[str, Any]:

@@ -228,6 +228,7 @@ class Operations(pyfuse3.Operations):
         self.stats = OpStats()
         self.inodes = InodeTable(label=tree.label)
         self.handles = HandleTable()
+        self.invalidations = 0  # attribute invalidations sent to the kernel (invalidate_attributes)
 
     def _entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
         """*node* as the kernel's reply, with the policy's timeouts for its lifetime.
@@ -239,7 +240,8 @@ class Operations(pyfuse3.Operations):
 
     def statistics(self) -> dict[str, Any]:
         """The kernel's side of the state, for ``wsfs stats``: inodes it knows, handles it holds."""
-        return {"policy": self.policy.mode, **self.inodes.statistics(), **self.handles.statistics()}
+        return {"policy": self.policy.mode, **self.inodes.statistics(), **self.handles.statistics(),
+                "invalidations": self.invalidations}
 
     # -- names and attributes ----------------------------------------------
 
@@ -348,7 +350,8 @@ class Operations(pyfuse3.Operations):
             # having checked write permission (even for O_RDONLY, which Linux truncates
             # too): truncate as ftruncate would, times set even if the size was already 0.
             now = time.time_ns()
-            rw.setattr(inode, size=0, mtime_ns=now, kill_suid=ctx.uid != 0)
+            if rw.setattr(inode, size=0, mtime_ns=now, kill_suid=ctx.uid != 0).mode != node.mode:
+                self.invalidate_attributes(inode)  # SUID/SGID cleared: the kernel keeps the old mode
         return self._opened(inode, flags, ctx)
 
     def _opened(self, inode: int, flags: int, ctx: RequestContext) -> pyfuse3.FileInfo:
@@ -394,7 +397,11 @@ class Operations(pyfuse3.Operations):
         h = self.handles.get(fh)
         # WRITE carries no credentials: the opener's decide (a write by anyone
         # but root clears SUID, and SGID if group-executable, as on tmpfs).
-        return await self.rw.write(h.ino, off, buf, kill_suid=h.uid != 0)
+        n = await self.rw.write(h.ino, off, buf, kill_suid=h.uid != 0)
+        if h.uid:
+            for ino in self.rw.take_mode_changes():
+                self.invalidate_attributes(ino)  # the reply does not carry the mode the write changed
+        return n
 
     @_handler
     async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
@@ -433,12 +440,27 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
         # (pyfuse3 checks XATTR_CREATE / XATTR_REPLACE with getxattr first.)
         self._writable().setxattr(inode, name, value)
+        self.invalidate_attributes(inode)  # ctime changed; the reply carries no attributes
 
     @_handler
     async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
         self._writable().removexattr(inode, name)
+        self.invalidate_attributes(inode)
 
     # -- mutations (read-write mounts) ---------------------------------------------
+
+    def invalidate_attributes(self, inode: int) -> None:
+        """Make the kernel forget *inode*'s attributes: a read-write tree changed them behind its back.
+
+        Attributes only (no pages, no lock the kernel may hold for the
+        request being answered), so it is safe from a handler; an inode the
+        kernel does not know has nothing to forget.
+        """
+        self.invalidations += 1
+        try:
+            pyfuse3.invalidate_inode(InodeT(inode), attr_only=True)
+        except OSError:
+            pass
 
     def _writable(self) -> WritableTree:
         if self.rw is None:

@@ -19,12 +19,22 @@ them ``ENOSYS`` once:
   ``EOPNOTSUPP`` instead of ``ENODATA``, which ls, cp, tar and rsync all read
   as "no attribute".
 
-A read-write mount must show every write: short timeouts (libfuse's default,
-1 s; what the daemon itself changes behind the kernel's back it will
-invalidate explicitly), no page cache kept across opens unless the file is
-unchanged (the writable tree decides at open), and every open, opendir,
-flush and getxattr reaches the daemon (a handle carries per-open state such
-as a write buffer, and a flush is where ``close`` learns of a failed write).
+A read-write mount has one writer, its daemon: every change the kernel
+makes goes through it, and the kernel drops what it cached of the entries
+and attributes a request changes (the parent's attributes after a create or
+unlink, the file's after a write or link...).  So the same long timeouts
+for entries, misses and attributes are safe; what the daemon changes behind
+the kernel's back it invalidates explicitly (``docs/daemon.md`` §8: SUID and
+SGID cleared by a write or an ``O_TRUNC`` open, an xattr's ctime, ``wsfs
+discard``).  The page cache is kept across opens only for a file whose
+content is still the base's (the writable tree decides at open).  OPEN and
+GETXATTR reach the daemon (a handle carries the opener's uid and the
+layer's open count; xattrs can be set at any time); OPENDIR is answered
+``ENOSYS`` as on a read-only mount (with the patched pyfuse3: the kernel
+then keeps listings, and drops them itself when an entry changes), and
+FLUSH too: a write fails or succeeds when it is made, so ``close`` has
+nothing to learn from a flush, and the layer takes a file's metadata into
+its batch at RELEASE.
 
 The values below moved here unchanged from ``view.py``, ``history.py`` and
 ``ops.py``; ``docs/daemon.md`` §2 and §6 explain and measure them.
@@ -42,8 +52,9 @@ ATTR_TIMEOUT = 86400.0
 # A history's root changes when versions and tags are added (history.REFRESH_INTERVAL):
 # its entries, attributes and misses are kept only briefly.
 ROOT_TIMEOUT = 1.0
-# A read-write mount: libfuse's default for entries, attributes and misses.
-READ_WRITE_TIMEOUT = 1.0
+# A read-write mount: entries, attributes and misses as long as a version's (the
+# daemon is the only writer and invalidates what it changes behind the kernel).
+READ_WRITE_TIMEOUT = 86400.0
 
 # (entry timeout, attribute timeout) per Lifetime, on a read-only mount.
 _READ_ONLY_TIMEOUTS = {
@@ -90,7 +101,7 @@ def choose(*, writable: bool, inode_as_handle: bool, listings_change: bool, has_
         capped = {k: (min(e, READ_WRITE_TIMEOUT), min(a, READ_WRITE_TIMEOUT))
                   for k, (e, a) in _READ_ONLY_TIMEOUTS.items()}
         return CachePolicy(mode="read-write", timeouts=_table(capped), keep_cache=False,
-                           no_open=False, no_opendir=False, no_flush=False, no_getxattr=False)
+                           no_open=False, no_opendir=inode_as_handle, no_flush=True, no_getxattr=False)
     return CachePolicy(
         mode="read-only",
         timeouts=_table(_READ_ONLY_TIMEOUTS),

@@ -195,6 +195,10 @@ class WritableTree:
         await self._prepare(ino, off, len(data), write=True)
         return self.layer.write(ino, off, data, kill_suid=kill_suid)
 
+    def take_mode_changes(self) -> list[int]:
+        """Inodes whose mode writes changed (SUID/SGID cleared) since the last call: the kernel must forget it."""
+        return self.layer.take_mode_changes()
+
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         self.layer.setxattr(ino, name, value)
 

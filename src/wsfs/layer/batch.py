@@ -71,6 +71,7 @@ class Batches:
         self._next_ino: int = meta["next_ino"]
         self._wal_fd = -1
         self.contents: dict[int, Content] = {}
+        self.mode_changes: list[int] = []  # WriteLayer.take_mode_changes
         self.opens: dict[int, int] = {}
         self._tx = False
         self._tx_start = 0.0

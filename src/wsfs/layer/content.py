@@ -230,6 +230,7 @@ class Content:
         self.dirty = False  # size, base_size, times or blocks differ from the rows
         self.times: tuple[int, int] | None = None  # (mtime, ctime) of the last write, not yet in the row
         self.mode: int | None = None  # st_mode after a write cleared SUID/SGID, not yet in the row
+        self.suid_free = False  # no SUID/SGID to clear on a write (checked since the last setattr)
 
     # -- reading -----------------------------------------------------------
 

@@ -89,6 +89,7 @@ class WriteLayer(Namespace):
                     self._tx_contents.add(c)
             c = self.contents.get(ino)
             if c is not None:
+                c.suid_free = False
                 self._persist(c)
             a = self.getattr(ino)
             cols: dict[str, Any] = {"ctime_ns": now}
@@ -207,12 +208,23 @@ class WriteLayer(Namespace):
             written = c.write(off, data)
             now = self._now()
             c.times = (now, now)
-            if kill_suid:
+            if kill_suid and not c.suid_free:
                 mode = c.mode if c.mode is not None else self.getattr(ino).mode
                 cleared = mode & ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
                 if cleared != mode:
                     c.mode = cleared
+                    self.mode_changes.append(ino)
+                c.suid_free = True  # until the next setattr: later writes have nothing to clear
             return written
+
+    def take_mode_changes(self) -> list[int]:
+        """Inodes whose mode a :meth:`write` changed (SUID/SGID cleared) since the last call.
+
+        For a caller that caches attributes (the kernel, through the daemon):
+        the write's answer does not carry them.
+        """
+        out, self.mode_changes = self.mode_changes, []
+        return out
 
     def open(self, ino: int) -> None:
         """A handle on *ino* was opened: an unlinked inode lives on until its last :meth:`release`."""
