@@ -90,8 +90,9 @@ class WriteLayer(Namespace):
             c = self.contents.get(ino)
             if c is not None:
                 c.suid_free = False
-                self._persist(c)
-            a = self.getattr(ino)
+                if c.dirty or c.changed or c.times or c.mode is not None:
+                    self._persist(c)
+                    a = self.getattr(ino)
             cols: dict[str, Any] = {"ctime_ns": now}
             new_mode = a.mode
             if mode is not None:
@@ -109,7 +110,9 @@ class WriteLayer(Namespace):
             if mtime_ns is not None:
                 cols["mtime_ns"] = mtime_ns
             self._update(ino, **cols)
-            return self.getattr(ino)
+            if ino <= self.base_max:  # (maybe copied up just now: the row's attributes, as getattr shows them)
+                return self.getattr(ino)
+            return a._replace(**cols)  # the row's columns are the attributes' names
 
     # -- content ---------------------------------------------------------------
 

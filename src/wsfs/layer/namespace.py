@@ -220,6 +220,9 @@ class Namespace(Batches):
 
     def _unref(self, a: Inode, now: int) -> None:
         """One name of non-directory *a* is gone."""
+        if a.nlink <= 1 and a.ino > self.base_max and not self.opens.get(a.ino):
+            self._maybe_purge(a.ino)  # its row goes: no need to update it first
+            return
         self._update(a.ino, nlink=a.nlink - 1, ctime_ns=now)
         if a.nlink - 1 <= 0:
             self._maybe_purge(a.ino)
