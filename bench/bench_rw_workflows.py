@@ -4,6 +4,7 @@ Issue 13, section "Benchmarks".  Not collected by pytest.  Run from the
 repository root, as root (FUSE)::
 
     PYTHONPATH=src python bench/bench_rw_workflows.py [--dir /var/tmp] [--runs 1] [--json out.json]
+        [--steps "git clone,git status,git checkout,tar,rm"] [--no-commit-target]
 
 Inputs are prepared once, outside every timed region, and cached under
 ``--inputs`` (default ``/var/tmp/wsfs-bench-inputs``) so reruns are fast:
@@ -29,6 +30,11 @@ Timed steps, in this order, each in the same fresh directory of the target
    WHEELS --no-cache-dir`` of the wheels;
 4. ``tar -xzf`` of the pjdfstest tree, ``./configure``, ``make -j2``;
 5. ``rm -rf`` of everything.
+
+``--steps`` keeps the steps whose names start with one of the given
+prefixes (comma-separated; a step needs the ones it works on: ``git status``
+the clone, ``./configure`` the ``tar``); ``--no-commit-target`` leaves out
+``wsfs+commit``.
 
 Targets, in this order in every round:
 
@@ -144,8 +150,15 @@ def prepare_inputs(inp: Path, git_source: str) -> dict[str, str]:
 # -- steps ------------------------------------------------------------------------------
 
 
+STEP_FILTER: list[str] = []  # --steps: name prefixes
+
+
 def steps(inp: Path, branch: str) -> list[tuple[str, str, str]]:
-    """(name, cwd relative to the work dir, shell command)."""
+    """(name, cwd relative to the work dir, shell command), those ``--steps`` keeps."""
+    return [s for s in _all_steps(inp, branch) if not STEP_FILTER or any(s[0].startswith(p) for p in STEP_FILTER)]
+
+
+def _all_steps(inp: Path, branch: str) -> list[tuple[str, str, str]]:
     npm_cache = inp / "npm-cache"
     return [
         ("git clone", ".", f"git clone -q --no-hardlinks file://{inp / 'click.git'} repo"),
@@ -273,7 +286,10 @@ def main() -> int:
                     help="also a mount whose repository is in SeaweedFS behind latency_proxy.py (--rtt ms)")
     ap.add_argument("--rtt", type=float, default=20.0)
     ap.add_argument("--json")
+    ap.add_argument("--steps", default="", help="comma-separated prefixes of the step names to run (default: all)")
+    ap.add_argument("--no-commit-target", action="store_true", help="leave out the wsfs+commit target")
     a = ap.parse_args()
+    STEP_FILTER[:] = [p.strip() for p in a.steps.split(",") if p.strip()]
     inp = Path(a.inputs)
     info = prepare_inputs(inp, a.git_source)
     print(f"# bench_rw_workflows: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, "
@@ -308,8 +324,9 @@ def main() -> int:
             try:
                 log(f"round {r + 1}: wsfs rw mount, no commit before rm")
                 res["wsfs"] = one_wsfs(rb / "w1", inp, info["git_branch"], False)
-                log(f"round {r + 1}: wsfs rw mount, commit before rm")
-                res["wsfs+commit"] = one_wsfs(rb / "w2", inp, info["git_branch"], True)
+                if not a.no_commit_target:
+                    log(f"round {r + 1}: wsfs rw mount, commit before rm")
+                    res["wsfs+commit"] = one_wsfs(rb / "w2", inp, info["git_branch"], True)
                 if a.s3:
                     log(f"round {r + 1}: wsfs rw mount, S3 at {a.rtt:g} ms, commit before rm")
                     res["wsfs+commit S3"] = one_wsfs(rb / "w3", inp, info["git_branch"], True,
