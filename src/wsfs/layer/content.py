@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -79,6 +80,7 @@ class SlotPool:
         self._punching: Future[None] | None = None
         self._punch_batch: list[int] = []
         self._executor: ThreadPoolExecutor | None = None
+        self._closing = threading.Event()  # close(): a punch under way stops after its current call
         self.unsynced = False
         # Slots past the last one the database refers to are leftovers of a
         # crash; drop them so the file does not keep their space.
@@ -161,7 +163,7 @@ class SlotPool:
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsfs-punch")
-        self._punching = self._executor.submit(_punch_runs, self.fd, self._punch_batch)
+        self._punching = self._executor.submit(_punch_runs, self.fd, self._punch_batch, self._closing)
 
     def _collect(self, wait: bool = False) -> None:
         """Slots a finished punch gave back become free (*wait*: for a punch under way)."""
@@ -186,7 +188,10 @@ class SlotPool:
 
     def close(self) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=True)  # a punch under way ends first (its slots stay free on disk)
+            # A punch under way stops after its current call (a large rm -rf must not hold up the
+            # unmount): what it left, the next open punches (every free slot is then "unpunched").
+            self._closing.set()
+            self._executor.shutdown(wait=True)
         os.close(self.fd)
 
 
@@ -203,10 +208,10 @@ def _punch(fd: int, off: int, length: int) -> None:
     _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, ctypes.c_long(off), ctypes.c_long(length))
 
 
-def _punch_runs(fd: int, slots: list[int]) -> None:
-    """Punch sorted *slots*: one call per run of adjacent slots, at most ``_PUNCH_PIECE`` slots each."""
+def _punch_runs(fd: int, slots: list[int], stop: threading.Event | None = None) -> None:
+    """Punch sorted *slots*: one call per run of adjacent slots, at most ``_PUNCH_PIECE`` slots each (until *stop*)."""
     i = 0
-    while i < len(slots):
+    while i < len(slots) and not (stop is not None and stop.is_set()):
         j = i + 1
         while j < len(slots) and slots[j] == slots[j - 1] + 1 and j - i < _PUNCH_PIECE:
             j += 1

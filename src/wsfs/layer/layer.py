@@ -216,7 +216,8 @@ class WriteLayer(Namespace):
                 cleared = mode & ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
                 if cleared != mode:
                     c.mode = cleared
-                    self.mode_changes.append(ino)
+                    if len(self.mode_changes) < 4096:  # (bounded for callers that never take them)
+                        self.mode_changes.append(ino)
                 c.suid_free = True  # until the next setattr: later writes have nothing to clear
             return written
 
