@@ -339,8 +339,12 @@ def test_clean_umount_keeps_everything_and_status_lists_it(mount: Mounter, rich:
     os.unlink(m.path / "empty")
     os.mkdir(m.path / "newdir")
     os.symlink("added", m.path / "newdir" / "sl")
+    open(os.fsencode(m.path) + b"/newdir/\xff odd", "wb").close()
     s = json.loads(subprocess.run([sys.executable, "-m", "wsfs", "status", "--json", str(m.path)], env=m.env,
                                   capture_output=True, check=True).stdout)
+    # names as every --json writes them: text for display, the exact bytes percent-encoded
+    odd = next(c for c in s["changes"] if c["path"].startswith("newdir/\ufffd"))
+    assert odd["path"] == "newdir/\ufffd odd" and odd["path_pct"] == "newdir/%FF%20odd"
     assert s["base_version"] == 1 and s["workspace"] == "rich" and not s["read_only"]
     assert s["state_dir"] == str(state) and s["layer_bytes"] > 0
     got = {(c["kind"], c["path"]) for c in s["changes"]}
@@ -349,6 +353,7 @@ def test_clean_umount_keeps_everything_and_status_lists_it(mount: Mounter, rich:
     text = subprocess.run([sys.executable, "-m", "wsfs", "status", str(m.path)], env=m.env,
                           capture_output=True, check=True, text=True).stdout
     assert "rich@1" in text and "A added  5 B" in text and "D empty" in text
+    assert "A newdir/\\xff odd" in text  # the exact bytes, escaped
     m.unmount()
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
     assert all(stat.S_IMODE(os.stat(state / n).st_mode) == 0o600 for n in ("layer.db", "data/slots"))

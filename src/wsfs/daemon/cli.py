@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from wsfs.config import resolve
 from wsfs.errors import UsageError, WsfsError
@@ -235,7 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for c in changes:
         size = f"  {_human(c['size'])}" if c.get("type") == "file" else ""
         kind = "/" if c.get("type") == "dir" else ""
-        path = escape_name(os.fsencode(c["path"])).decode("utf-8", "backslashreplace")
+        raw = unquote_to_bytes(c["path_pct"]) if "path_pct" in c else os.fsencode(c["path"])  # (an older daemon)
+        path = escape_name(raw).decode("utf-8", "backslashreplace")
         print(f"{c['kind']} {path}{kind}{size}")
     return 0
 

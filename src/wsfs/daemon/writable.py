@@ -35,6 +35,7 @@ from wsfs.daemon.tree import FsStats, Lifetime
 from wsfs.daemon.view import _LRU, VersionView
 from wsfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, WsfsError
 from wsfs.format.manifest import Inode
+from wsfs.format.names import named
 from wsfs.layer import WriteLayer
 from wsfs.layer.content import BLOCK
 
@@ -237,7 +238,7 @@ class WritableTree:
         layer = self.layer
         changes = []
         for p in layer.pending():
-            entry: dict[str, Any] = {"kind": p.kind, "path": os.fsdecode(p.path)}
+            entry: dict[str, Any] = {"kind": p.kind, **named("path", p.path)}  # as every --json names paths
             if p.kind != "D":
                 entry["size"] = p.size
                 a = layer.resolve(p.path)
