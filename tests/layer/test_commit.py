@@ -682,3 +682,53 @@ def test_range_reader_reads_what_the_version_holds(setup, tmp_path) -> None:
                 assert reader.read(node, off, n) == base.read_base(node, off, n), (path, off, n)
     finally:
         cache.close()
+
+
+def test_a_change_this_layer_never_saw_is_a_conflict_not_overwritten(setup, tmp_path: Path) -> None:
+    """The layer does not show other writers' changes (no re-base), so what it saw at a path is what it
+    committed there (or the base's).  Another writer changes a path after our commit of it; our next
+    commit rebases over that without touching the path; then we write the path again, over what we saw:
+    publishing it would silently drop their change (it did, before), so it is a conflict."""
+    from layer_support import Base
+
+    base, lay = setup
+    write_file(lay, b"a.txt", b"A1")
+    assert commit_layer(base.repo, lay)[0].version == 2
+    over_ours = Base(base.repo, "w", 2, base.repo_url, base.cache_dir)  # a writer that saw our A1
+    try:
+        assert other_writer(over_ours, tmp_path, lambda o: write_file(o, b"a.txt", b"B")) == 3
+    finally:
+        over_ours.m.close()
+    write_file(lay, b"d/x", b"another path")
+    record, stats = commit_layer(base.repo, lay)
+    assert record.version == 4 and stats.rebased
+    assert describe_version(base.repo, "w", 4)[b"a.txt"] != describe_version(base.repo, "w", 2)[b"a.txt"]  # B
+    write_file(lay, b"a.txt", b"A2, written over A1")  # the layer still shows A1
+    with pytest.raises(CommitConflict) as e:
+        commit_layer(base.repo, lay)
+    assert e.value.paths == [b"a.txt"] and base.repo.latest("w") == 4
+    record, stats = commit_layer(base.repo, lay, ours=True)  # on request, ours
+    assert record.version == 5 and stats.overwritten == [b"a.txt"]
+    check_version(base, lay, 5)
+
+
+def test_the_version_this_layer_last_published_is_gone(setup, tmp_path: Path) -> None:
+    """gc dropped the version the layer last published (its lease expired while it was not mounted): the
+    next commit compares the head with what the layer saw, path by path, instead of failing."""
+    from wsfs.repository import version_key
+
+    base, lay = setup
+    write_file(lay, b"a.txt", b"A1")
+    assert commit_layer(base.repo, lay)[0].version == 2
+    assert other_writer(base, tmp_path, lambda o: write_file(o, b"d/theirs", b"T")) == 3
+    base.repo.store.delete(version_key("w", 2))  # the layer's version dropped (gc keeps the latest, 3)
+    Path(base.repo._record_path("w", 2)).unlink(missing_ok=True)
+    assert other_writer(base, tmp_path / "2", lambda o: write_file(o, b"d/x", b"X")) == 4
+    write_file(lay, b"d/mine", b"mine")
+    record, _ = commit_layer(base.repo, lay)
+    tree = describe_version(base.repo, "w", 5)
+    assert {b"d/mine", b"d/x"} <= set(tree) and tree[b"a.txt"] == describe_layer(lay)[b"a.txt"]
+    write_file(lay, b"d/x", b"ours over X, which this layer never saw")
+    with pytest.raises(CommitConflict) as e:
+        commit_layer(base.repo, lay)
+    assert e.value.paths == [b"d/x"]

@@ -61,7 +61,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -378,6 +378,33 @@ def _their_changes(repo: Repository, ws: str, since: int, head: int) -> dict[byt
     return out
 
 
+def _unseen(repo: Repository, head: VersionRecord, keys: Iterable[bytes], memo: dict[bytes, Memo],
+            base_bodies: dict[bytes, bytes], base_rec: VersionRecord) -> dict[bytes, tuple[bytes | None, bytes | None]]:
+    """At *keys* and their directories: ``key -> (what this layer saw, the head's body)`` where they differ.
+
+    What the layer saw at a key is the body it last committed there (the
+    memo), else the base's; the merge base of a mount that does not show
+    other writers' changes.  Only the head's and the base's ranges holding
+    those keys are read.
+    """
+    want: set[bytes] = set()
+    for k in keys:
+        want.add(k)
+        path = path_of(k)
+        while path:
+            path = path.rpartition(b"/")[0]
+            want.add(_key(path) if path else b"")
+    at_head = _bodies_at(repo, head, want)
+    need = want - memo.keys() - base_bodies.keys()
+    at_base = {**base_bodies, **(_bodies_at(repo, base_rec, need) if need else {})}
+    out: dict[bytes, tuple[bytes | None, bytes | None]] = {}
+    for k in want:
+        seen = memo[k].body if k in memo else at_base.get(k)
+        if seen != at_head.get(k):
+            out[k] = (seen, at_head.get(k))
+    return out
+
+
 def _bodies_at(repo: Repository, record: VersionRecord, keys: set[bytes] | None) -> dict[bytes, bytes]:
     """Record bodies of *record*'s version at *keys* (all if None), fetching only the ranges holding them."""
     import bisect
@@ -552,9 +579,18 @@ def _commit(
         links = ((e.key, e.link, cur[k]) for k, (e, _, _) in view.entries.items() if e.link is not None)
         checked = {c.key: (c.old, c.new) for c in with_link_names([Change(k, *delta[k]) for k in sorted(delta)], links)}
         for _attempt in range(REBASES):
-            theirs = _their_changes(repo, ws, last_v, head) if head != last_v else {}
-            stats.lap("theirs", mark)
+            try:
+                theirs = _their_changes(repo, ws, last_v, head) if head != last_v else {}
+            except NotFound as e:  # versions since ours were dropped (gc): the comparison below covers our keys
+                log.info("%s: the versions since %s@%d are not all there any more (%s): other writers' changes "
+                         "are taken against what this layer saw", ws, ws, last_v, e)
+                theirs = {}
             stats.rebased = bool(theirs)
+            # This layer never shows other writers' changes (no re-base): what it saw at a key is what it
+            # committed there, else the base's.  A key of ours whose head differs from that was changed by
+            # someone else, since our last commit or before it; ours over it unseen would be a lost update.
+            theirs.update(_unseen(repo, repo.record(ws, head), checked.keys(), memo, base_bodies, base_rec))
+            stats.lap("theirs", mark)
             clash, merged_dirs = _overlaps(checked, theirs, layout)
             if clash and not ours:
                 raise CommitConflict(sorted(path_of(k) for k in clash))
