@@ -378,14 +378,14 @@ def _their_changes(repo: Repository, ws: str, since: int, head: int) -> dict[byt
     return out
 
 
-def _unseen(repo: Repository, head: VersionRecord, keys: Iterable[bytes], memo: dict[bytes, Memo],
+def _unseen(repo: Repository, head: Parent, keys: Iterable[bytes], memo: dict[bytes, Memo],
             base_bodies: dict[bytes, bytes], base_rec: VersionRecord) -> dict[bytes, tuple[bytes | None, bytes | None]]:
     """At *keys* and their directories: ``key -> (what this layer saw, the head's body)`` where they differ.
 
     What the layer saw at a key is the body it last committed there (the
     memo), else the base's; the merge base of a mount that does not show
-    other writers' changes.  Only the head's and the base's ranges holding
-    those keys are read.
+    other writers' changes.  The head's bodies are its records, already
+    loaded; of the base only the ranges holding keys not yet read are.
     """
     want: set[bytes] = set()
     for k in keys:
@@ -394,7 +394,7 @@ def _unseen(repo: Repository, head: VersionRecord, keys: Iterable[bytes], memo: 
         while path:
             path = path.rpartition(b"/")[0]
             want.add(_key(path) if path else b"")
-    at_head = _bodies_at(repo, head, want)
+    at_head = {k: r[1] for k in want if (r := head.records.get(k)) is not None}
     need = want - memo.keys() - base_bodies.keys()
     at_base = {**base_bodies, **(_bodies_at(repo, base_rec, need) if need else {})}
     out: dict[bytes, tuple[bytes | None, bytes | None]] = {}
@@ -589,7 +589,7 @@ def _commit(
             # This layer never shows other writers' changes (no re-base): what it saw at a key is what it
             # committed there, else the base's.  A key of ours whose head differs from that was changed by
             # someone else, since our last commit or before it; ours over it unseen would be a lost update.
-            theirs.update(_unseen(repo, repo.record(ws, head), checked.keys(), memo, base_bodies, base_rec))
+            theirs.update(_unseen(repo, parent, checked.keys(), memo, base_bodies, base_rec))
             stats.lap("theirs", mark)
             clash, merged_dirs = _overlaps(checked, theirs, layout)
             if clash and not ours:
