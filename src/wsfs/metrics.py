@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import (
@@ -124,15 +124,13 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
 
 
 class _Collector:
-    def __init__(self, collect: Callable[[], dict[str, Any]], extra: list[Metric] | None = None) -> None:
-        self._collect = collect
-        self._extra = extra
+    """A registry's collector: *metrics()* gives the families of each scrape."""
+
+    def __init__(self, metrics: Callable[[], Iterable[Metric]]) -> None:
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        if self._extra is not None:
-            yield from self._extra
-            return
-        yield from families(self._collect())
+        yield from self._metrics()
 
 
 def registry(collect: Callable[[], dict[str, Any]]) -> CollectorRegistry:
@@ -140,7 +138,7 @@ def registry(collect: Callable[[], dict[str, Any]]) -> CollectorRegistry:
     from prometheus_client import ProcessCollector
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Collector(collect))  # type: ignore[arg-type]
+    reg.register(_Collector(lambda: families(collect())))  # type: ignore[arg-type]
     ProcessCollector(registry=reg)
     return reg
 
@@ -150,7 +148,7 @@ def exposition(stats: dict[str, Any]) -> bytes:
     from prometheus_client import generate_latest
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Collector(lambda: stats))  # type: ignore[arg-type]
+    reg.register(_Collector(lambda: families(stats)))  # type: ignore[arg-type]
     return generate_latest(reg)
 
 
@@ -184,7 +182,7 @@ def gc_textfile(path: str, report: Any, *, seconds: float, ok: bool, dry_run: bo
     fams.append(GaugeMetricFamily("wsfs_gc_dead_segment_bytes", "dead pack bytes in segments kept for live packs",
                                   value=report.dead_segment_bytes))
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Collector(lambda: {}, extra=fams))  # type: ignore[arg-type]
+    reg.register(_Collector(lambda: fams))  # type: ignore[arg-type]
     write_to_textfile(path, reg)
 
 
