@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from support.cli import Wsfs
+from wsfs.daemon.mount_helper import mounted_device
 
 READY_DEADLINE = 30.0
 KIB, MIB = 1024, 1024 * 1024
@@ -121,6 +122,7 @@ class Mount:
     env: dict[str, str]
     expected_log: list[str] = field(default_factory=list)
     expected_exit: int = 0  # what a strict stop requires of the daemon's exit status
+    device: tuple[int, int] | None = None  # the mount's (major, minor): names its FUSE connection
 
     @property
     def pid(self) -> int:
@@ -176,6 +178,42 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], log_path: 
     pytest.fail(f"no READY=1 from wsfs mount within {READY_DEADLINE}s\n--- log ---\n{_tail(log_path)}")
 
 
+def abort_connection(device: tuple[int, int] | None) -> bool:
+    """Abort the FUSE connection of the mount that had *device* (fusectl), as the kernel does when
+    every /dev/fuse descriptor closes: every request waiting on it ends with ECONNABORTED.
+
+    The last resort of a teardown whose daemon does not exit even after SIGKILL (a thread
+    stuck in a request to its own mount); returns whether it did.
+    """
+    if device is None:
+        return False
+    conns = Path("/sys/fs/fuse/connections")
+    if not any(conns.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(conns)], capture_output=True, timeout=30)
+    abort = conns / str((device[0] << 20) | device[1]) / "abort"  # the kernel's dev_t, not glibc's
+    try:
+        abort.write_text("1\n")
+    except OSError:
+        return False
+    return True
+
+
+def _reap(m: Mount) -> None:
+    """SIGTERM, then SIGKILL *m*'s daemon; if even that leaves it running, abort its connection."""
+    m.proc.terminate()
+    try:
+        m.proc.wait(timeout=5)
+        return
+    except subprocess.TimeoutExpired:
+        m.proc.kill()
+    try:
+        m.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        aborted = abort_connection(m.device)
+        m.proc.wait(timeout=30)
+        pytest.fail(f"daemon {m.pid} survived SIGKILL until its FUSE connection was aborted ({aborted})")
+
+
 def stop(m: Mount, *, strict: bool) -> None:
     """Unmount and reap *m*; lazily and by force if needed.  Asserts nothing is left mounted."""
     try:
@@ -190,12 +228,7 @@ def stop(m: Mount, *, strict: bool) -> None:
         if m.proc.poll() is None:
             m.proc.send_signal(signal.SIGUSR1)  # stacks into the log before we kill it
             time.sleep(0.2)
-            m.proc.terminate()
-            try:
-                m.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                m.proc.kill()
-                m.proc.wait()
+            _reap(m)
         if strict:
             assert code == m.expected_exit, f"daemon exited with {code}\n{_tail(m.log_path)}\n{_tail(m.out_path)}"
             problems = m.log_problems()
@@ -253,6 +286,7 @@ class Mounter:
         finally:
             notify.close()
         assert os.path.ismount(mnt)
+        m.device = mounted_device(str(mnt))
         return m
 
 

@@ -372,8 +372,8 @@ def test_umount_of_dead_daemon_is_lazy(rich: PushedTree, mount) -> None:
     m = mount(rich.repo, "rich@1")
     helpers = helper_pids(m.pid)
     m.proc.kill()
-    m.proc.wait()
     m.expected_exit = -9
+    m.proc.wait(timeout=30)  # (stop() aborts the connection if SIGKILL does not end it)
     # The preload helper dies with the daemon (PR_SET_PDEATHSIG); until its copy of the
     # /dev/fuse descriptor is closed, a request would wait and then end with ECONNABORTED.
     wait_gone(helpers)

@@ -20,7 +20,7 @@ def test_sequential_reads_arrive_as_large_reads(rich: PushedTree, mount) -> None
     m = mount(rich.repo, "rich@1")
     deadline = time.monotonic() + 10
     while _readahead_kib(m.path) < KERNEL_READAHEAD_KIB and time.monotonic() < deadline:
-        time.sleep(0.05)  # raised by a task once the FUSE loop runs, just after READY
+        time.sleep(0.05)  # raised by the first request after INIT (the fixture's ismount made one)
     assert _readahead_kib(m.path) == KERNEL_READAHEAD_KIB
     data = (rich.src / "big9m").read_bytes()
     before = m.stats()["requests"].get("read", 0)

@@ -64,10 +64,11 @@ from wsfs.config import Settings, default_state_dir
 from wsfs.daemon import control
 from wsfs.daemon import policy as cache_policy
 from wsfs.daemon.history import HistoryView
+from wsfs.daemon.mount_helper import mounted_device
 from wsfs.daemon.ops import INODE_AS_HANDLE, Operations
 from wsfs.daemon.preload import Preloader, StoreAccess
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_briefly
-from wsfs.daemon.view import SMALL_PREFETCH_MAX, Deadline, VersionView, raise_kernel_readahead
+from wsfs.daemon.view import KERNEL_READAHEAD_KIB, SMALL_PREFETCH_MAX, Deadline, VersionView
 from wsfs.daemon.writable import WritableTree, layer_disk_bytes
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.format.records import VersionRecord
@@ -380,6 +381,11 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             raise MountError(
                 f"cannot mount {mountpoint}: {e} (is /dev/fuse usable, and allow_other permitted in /etc/fuse.conf?)"
             ) from None
+        device = mounted_device(mountpoint)
+        if device is not None:
+            # The kernel sets the mount's read-ahead when it processes our INIT
+            # reply; any later request comes after that, and before any OPEN is answered.
+            ops.first_request = functools.partial(raise_kernel_readahead, mountpoint, device)
         if isinstance(view, VersionView) and options.preload and tree is None:
             # The helper fetches the packs of listed directories (daemon/preload.py), unless prefetch is off.
             access = (StoreAccess(settings.repo, settings.endpoint_url, settings.cache_dir, timeout, options.cache_size)
@@ -538,6 +544,27 @@ class _PendingGauge:
         age = max(0.0, (time.time_ns() - min(starts)) / 1e9) if starts else 0.0
         return {"pending_entries": self.entries, "pending_bytes": self.bytes,
                 "oldest_uncommitted_write_age_seconds": round(age, 3), "pending_scan_seconds": round(self.cost, 4)}
+
+
+
+def raise_kernel_readahead(mountpoint: str, device: tuple[int, int], kib: int = KERNEL_READAHEAD_KIB) -> None:
+    """Raise the kernel's read-ahead for the mount (device *device*) to *kib* KiB (best effort).
+
+    Call it after the kernel processed the INIT reply (it sets the read-ahead
+    then), that is from the first request.  Writing it takes root: otherwise,
+    or if it is already larger, it is left as it is.
+    """
+    path = f"/sys/class/bdi/{device[0]}:{device[1]}/read_ahead_kb"
+    try:
+        with open(path) as f:
+            current = int(f.read())
+        if current < kib:
+            with open(path, "w") as f:
+                f.write(f"{kib}\n")
+    except (OSError, ValueError) as e:
+        log.debug("%s: kernel read-ahead not raised (%s: %s)", mountpoint, path, e)
+        return
+    log.debug("%s: kernel read-ahead %d KiB (was %d)", mountpoint, max(kib, current), current)
 
 
 class _Daemon:
@@ -742,7 +769,6 @@ class _Daemon:
                 nursery.start_soon(self._watch_pending, self.tree)
                 if self.commit_interval:
                     nursery.start_soon(self._auto_commit, self.commit_interval)
-            nursery.start_soon(raise_kernel_readahead, self.mountpoint)
             if self.preloader is not None and isinstance(self.view, VersionView):
                 # Hints go out at the next scheduler tick, after the handler's
                 # reply: the kernel is then creating the listed inodes already.

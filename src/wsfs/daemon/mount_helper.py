@@ -298,8 +298,8 @@ def _unescape_mountinfo(field: str) -> str:
     return os.fsdecode(field.encode("utf-8", "surrogateescape").decode("unicode_escape").encode("latin-1"))
 
 
-def mounted_source(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The source (``wsfs:demo@3``) of the topmost ``fuse.wsfs`` mount on *mountpoint*, if any."""
+def _topmost_mount(mountpoint: str, mountinfo: str) -> tuple[list[str], list[str]] | None:
+    """The fields of the topmost mount on *mountpoint* in *mountinfo*: (before " - ", after it)."""
     mp = os.path.abspath(mountpoint)
     found = None
     with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
@@ -309,8 +309,33 @@ def mounted_source(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> 
             if not sep or len(fields) < 5 or len(rest) < 2:
                 continue
             if _unescape_mountinfo(fields[4]) == mp:
-                found = _unescape_mountinfo(rest[1]) if rest[0] == "fuse.wsfs" else None
+                found = fields, rest
     return found
+
+
+def mounted_source(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The source (``wsfs:demo@3``) of the topmost ``fuse.wsfs`` mount on *mountpoint*, if any."""
+    top = _topmost_mount(mountpoint, mountinfo)
+    if top is None or top[1][0] != "fuse.wsfs":
+        return None
+    return _unescape_mountinfo(top[1][1])
+
+
+def mounted_device(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> tuple[int, int] | None:
+    """``(major, minor)`` of the topmost mount on *mountpoint*, if any.
+
+    Read from the mount table, not by ``stat``: a FUSE daemon must never send a
+    request to its own mount (a thread waiting for its own answer keeps the
+    process, and with it the connection, alive even through SIGKILL).
+    """
+    top = _topmost_mount(mountpoint, mountinfo)
+    if top is None:
+        return None
+    major, _, minor = top[0][2].partition(":")
+    try:
+        return int(major), int(minor)
+    except ValueError:
+        return None
 
 
 def same_version_mounted(spec: str, source: str | None) -> bool:

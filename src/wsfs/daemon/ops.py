@@ -137,6 +137,9 @@ def _handler(fn: F) -> F:
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
+        if self.first_request is not None:
+            hook, self.first_request = self.first_request, None
+            hook()
         t0 = time.perf_counter_ns()
         failed = True
         try:
@@ -229,6 +232,8 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable(label=tree.label)
         self.handles = HandleTable()
         self.invalidations = 0  # attribute invalidations sent to the kernel (invalidate_attributes)
+        # Called once, before the first request after INIT is answered (the mount's read-ahead).
+        self.first_request: Callable[[], None] | None = None
 
     def _entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
         """*node* as the kernel's reply, with the policy's timeouts for its lifetime.

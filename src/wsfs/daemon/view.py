@@ -37,7 +37,6 @@ import contextlib
 import errno
 import functools
 import logging
-import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -62,7 +61,7 @@ log = logging.getLogger(__name__)
 # up to twice this, capped by the connection's max_pages (1 MiB with libfuse3's
 # buffer): at 512 KiB a cold `cat` arrives as 1 MiB READs instead of 256 KiB
 # ones, a quarter of the round trips.  It also sizes the read-around of mmap
-# page faults, so it is no larger than that.  Set by raise_kernel_readahead.
+# page faults, so it is no larger than that.  Set by daemon.mount.raise_kernel_readahead.
 KERNEL_READAHEAD_KIB = 512
 
 _SMALL_CACHE_BYTES = 32 * 1024 * 1024  # decoded inline files kept in memory
@@ -119,34 +118,6 @@ class _LRU(collections.OrderedDict[Any, Any]):
         while self.weight > self.limit:
             _, old = self.popitem(last=False)
             self.weight -= self.weigh(old) if self.weigh else 1
-
-
-async def raise_kernel_readahead(mountpoint: str, kib: int = KERNEL_READAHEAD_KIB) -> None:
-    """Raise the kernel's read-ahead for the mount at *mountpoint* to *kib* KiB (best effort).
-
-    Start it as a task once the FUSE loop runs.  The kernel sets the mount's
-    read-ahead when it processes our INIT reply, so it has to be raised after
-    that; ``stat`` of the mount point returns only then (it waits for INIT and
-    needs the loop to answer a GETATTR, hence a worker thread) and gives the
-    device numbers that name the setting.  Writing it takes root: otherwise,
-    or if it is already larger, it is left as it is.
-    """
-    try:
-        st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
-    except OSError as e:
-        log.debug("%s: kernel read-ahead not raised (stat: %s)", mountpoint, e.strerror)
-        return
-    path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
-    try:
-        with open(path) as f:
-            current = int(f.read())
-        if current < kib:
-            with open(path, "w") as f:
-                f.write(f"{kib}\n")
-    except (OSError, ValueError) as e:
-        log.debug("%s: kernel read-ahead not raised (%s: %s)", mountpoint, path, e)
-        return
-    log.debug("%s: kernel read-ahead %d KiB (was %d)", mountpoint, max(kib, current), current)
 
 
 class Deadline:
