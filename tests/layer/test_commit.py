@@ -15,7 +15,7 @@ from commit_support import describe_layer, describe_version, layer_walk
 from layer_support import Base, push_tree, resolve
 
 from support.cli import Wsfs
-from wsfs.errors import NotFound, StoreUnavailable, UsageError
+from wsfs.errors import InvalidArgument, NotFound, StoreUnavailable, UsageError
 from wsfs.format.manifest import ROOT_INO
 from wsfs.format.tree import ZERO_ID
 from wsfs.layer import WriteLayer
@@ -732,3 +732,49 @@ def test_the_version_this_layer_last_published_is_gone(setup, tmp_path: Path) ->
     with pytest.raises(CommitConflict) as e:
         commit_layer(base.repo, lay)
     assert e.value.paths == [b"d/x"]
+
+
+def test_rebase_onto_the_version_a_commit_published(setup, tmp_path: Path) -> None:
+    """After an idle commit the layer re-bases onto the version it published: nothing pending, the
+    other writer's changes in view, the next commit costs only what changed after it, and a reopened
+    state folder is over the new base."""
+    base, first = setup
+    first.close()
+    bases = [base]
+    lay = WriteLayer(str(tmp_path / "state"), base.m, base.id, lambda n, o, s: bases[-1].read_base(n, o, s))
+    try:
+        write_file(lay, b"d/mine", b"mine")
+        lay.unlink(ROOT_INO, b"b2.txt")
+        other_writer(base, tmp_path, lambda o: write_file(o, b"d/theirs", b"theirs"))
+        record, stats = commit_layer(base.repo, lay)
+        assert (record.version, stats.rebased) == (3, True)
+        with pytest.raises(InvalidArgument):  # an open file keeps it where it is
+            f = resolve(lay, b"a.txt").ino
+            lay.open(f)
+            try:
+                lay.rebase(base.m, base.id)
+            finally:
+                lay.release(f)
+        head = Base(base.repo, "w", 3, base.repo_url, base.cache_dir)
+        bases.append(head)
+        lay.rebase(head.m, head.id)
+        assert lay.base_id.version == 3 and lay.published() == (3, record.manifest)
+        assert lay.pending() == [] and lay.changes() == []
+        assert describe_layer(lay) == describe_version(base.repo, "w", 3)  # theirs shows, ours is still there
+        assert lay.read(resolve(lay, b"d/theirs").ino, 0, 100) == b"theirs"
+        assert lay.state.db.execute("SELECT count(*) FROM blocks").fetchall()[0][0] == 0
+        assert os.path.getsize(tmp_path / "state" / "data" / "slots") == 0  # every slot freed
+        write_file(lay, b"a.txt", b"after the re-base")
+        record, _ = commit_layer(base.repo, lay)
+        assert record.version == 4 and {k for _, k in changeset_paths(base, 4)} == {b"\0a.txt"}
+        check_version(base, lay, 4)
+    finally:
+        lay.close()
+    with pytest.raises(UsageError, match="over w@3"):  # the folder is over 3 now (and holds the commit of 4)
+        WriteLayer(str(tmp_path / "state"), base.m, base.id, base.read_base).close()
+    again = WriteLayer(str(tmp_path / "state"), head.m, head.id, head.read_base)
+    try:
+        assert again.published()[0] == 4 and describe_layer(again) == describe_version(base.repo, "w", 4)
+    finally:
+        again.close()
+        head.m.close()

@@ -42,12 +42,13 @@ from wsfs.errors import (
     NoAttribute,
     NotFound,
 )
-from wsfs.format.manifest import Chunk, Inode
+from wsfs.format.manifest import Chunk, Inode, Manifest
 from wsfs.format.names import NAME_MAX
 from wsfs.layer.changes import Change, changes
-from wsfs.layer.content import BLOCK, Content
+from wsfs.layer.content import BLOCK, Content, SlotPool
 from wsfs.layer.namespace import Namespace
 from wsfs.layer.pending import Pending, discard, pending, resolve
+from wsfs.layer.state import BaseId
 
 if TYPE_CHECKING:
     from wsfs.layer.batch import ReadBase
@@ -377,6 +378,39 @@ class WriteLayer(Namespace):
     def discard(self, paths: list[bytes] | None = None) -> list[tuple[bytes, int]]:
         """Drop pending changes (all, or at and below *paths*); ``(path, inode)`` of what changed: :mod:`wsfs.layer.pending`."""
         return discard(self, paths)
+
+    def rebase(self, base: Manifest, base_id: BaseId) -> None:
+        """Make *base* this layer's base, with nothing pending: the re-base after an idle commit.
+
+        *base* must hold exactly the merged view (the version this layer's last
+        commit published, with nothing written since; the caller knows, the
+        layer cannot check it cheaply).  No file may be open and no snapshot
+        either (InvalidArgument).  In one transaction every row goes (nodes,
+        entries, blocks, xattrs, the memo) and the meta names the new base; so a
+        crash leaves either the old base with its memo, which publishes nothing
+        new, or the new one with nothing pending.  Every slot is then free.
+        Inode numbers are *base*'s afterwards: translating those the kernel
+        holds is the daemon's work.
+        """
+        if any(self.opens.values()) or any(c.dirty for c in self.contents.values()):
+            raise InvalidArgument("files of the layer are open: it cannot be re-based")
+        if self.pool.pins:
+            raise InvalidArgument("a snapshot of the layer is open: it cannot be re-based")
+        self.sync_all()
+        base_max = base.db.execute("SELECT coalesce(max(ino), 1) FROM inodes").fetchall()[0][0]
+        meta = {"version": base_id.version, "top": base_id.top, "base_max_ino": base_max, "next_ino": base_max + 1}
+        with self.db:
+            for table in ("nodes", "dentries", "blocks", "xattrs", "published"):
+                self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            self.db.execute("DELETE FROM meta WHERE key IN ('published_version', 'published_top')")
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+        self._sync_wal()
+        wal_fd = self._wal_fd
+        self.pool.close()
+        self.m, self.base_id = base, base_id
+        self._init_memory(dict(self.db.execute("SELECT key, value FROM meta")))
+        self._wal_fd = wal_fd
+        self.pool = SlotPool(self.state, set())  # (cuts the staged file: no row names a slot)
 
     def snapshot(self, read_base: ReadBase | None = None, *, durable: bool = True) -> Snapshot:
         """Commit the batch durably and return a read-only view of this moment for another thread.
