@@ -177,3 +177,9 @@ class NotPermitted(FsError):
     """An operation the file system never allows (a hard link to a directory)."""
 
     errno = errno.EPERM
+
+
+class Stale(FsError):
+    """An inode number the kernel holds that names nothing any more (its file went away in a re-base)."""
+
+    errno = errno.ESTALE

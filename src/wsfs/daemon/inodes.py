@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from wsfs.errors import Stale
+
 log = logging.getLogger(__name__)
 
 _LOGGED_MISMATCHES = 10  # forgets we cannot account for, logged one by one; then only counted
@@ -79,3 +81,66 @@ class InodeTable:
         # Called from the control socket's worker thread: len() and sum() over
         # the dict run in C without releasing the GIL, so they see one state.
         return {"inodes": len(self.counts), "lookups": sum(self.counts.values()), "mismatches": self.mismatches}
+
+
+# Kernel numbers given to inodes whose own number the kernel holds for another file: far above any
+# tree's (a layer allocates upward from its base's largest), so neither ever runs into the other.
+FRESH_NUMBERS = 1 << 48
+
+
+class KernelNumbers:
+    """The kernel's inode numbers <-> a tree's, for a tree whose numbers change under the kernel.
+
+    A read-write mount re-based onto a new version (``docs/decisions/live-rebase.md``)
+    numbers its inodes as that version's index does, while the kernel keeps the
+    numbers it was given: its cached entries, attributes and pages stay valid
+    exactly because a number keeps meaning the same file.  Until the first
+    re-base both are the same and the maps are empty (each call is one test).
+    Afterwards ``inward`` maps every number the kernel held at a re-base and
+    that changed (0: the file is gone: ESTALE until the kernel forgets it), and
+    ``outward`` the reverse.  A tree inode whose own number the kernel uses for
+    another file gets a fresh one above :data:`FRESH_NUMBERS`.  Memory: what
+    the kernel held at the re-bases, nothing per entry of the tree.
+    """
+
+    def __init__(self) -> None:
+        self.inward: dict[int, int] = {}
+        self.outward: dict[int, int] = {}
+        self.fresh = FRESH_NUMBERS
+
+    def inside(self, k: int) -> int:
+        """The tree's number of kernel number *k* (Stale if its file is gone)."""
+        if not self.inward:
+            return k
+        i = self.inward.get(k, k)
+        if not i:
+            raise Stale(f"inode {k} went away in a re-base")
+        return i
+
+    def outside(self, i: int) -> int:
+        """The kernel's number for tree inode *i* (a fresh one if *i* is taken)."""
+        if not self.inward:
+            return i
+        k = self.outward.get(i)
+        if k is not None:
+            return k
+        if i in self.inward:
+            k, self.fresh = self.fresh, self.fresh + 1
+            self.inward[k] = i
+            self.outward[i] = k
+            return k
+        return i
+
+    def known(self, i: int) -> int | None:
+        """:meth:`outside` without giving out a number: None if *i* never had one."""
+        if not self.inward:
+            return i
+        k = self.outward.get(i)
+        if k is not None:
+            return k
+        return None if i in self.inward else i
+
+    def remap(self, moves: dict[int, int]) -> None:
+        """After a re-base: *moves* maps every number the kernel holds to the tree's new one (0: gone)."""
+        self.inward = {k: i for k, i in moves.items() if k != i}
+        self.outward = {i: k for k, i in self.inward.items() if i}

@@ -604,6 +604,7 @@ class _Daemon:
         self.commits = {"count": 0, "bytes_uploaded": 0, "seconds": 0.0, "failures": 0, "conflicts": 0}
         self.pending = _PendingGauge()
         self._lease_wake: trio.Event | None = None  # set after a commit: the published version's lease moves
+        self.rebase = True  # a read-write mount goes on over the version an idle commit published
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -692,12 +693,13 @@ class _Daemon:
         if not isinstance(message, str):
             raise UsageError("commit: the message must be text")
         with self._commit_lock:
-            reader = RangeReader(self.repo, self.view.manifest.path, self.view.cache)
+            view = tree.view
+            reader = RangeReader(self.repo, view.manifest.path, view.cache)
             # No fsync on the trio thread (it would hold up every FUSE request): the snapshot's batch commit
             # and the memo's are made durable here (Snapshot.sync before the record, Snapshot.recorded).
-            snap = trio.from_thread.run_sync(functools.partial(tree.layer.snapshot, reader.read, durable=False))
+            snap, mark = trio.from_thread.run_sync(self._snapshot, reader.read)
             try:
-                record, stats = commit(self.repo, snap, message=message, ours=ours, cache=self.view.cache,
+                record, stats = commit(self.repo, snap, message=message, ours=ours, cache=view.cache,
                                        progress=_throttled(progress))
                 trio.from_thread.run_sync(functools.partial(tree.layer.mark_published, snap, durable=False))
                 snap.recorded()
@@ -706,12 +708,98 @@ class _Daemon:
             self.commits["count"] += record is not None
             self.commits["bytes_uploaded"] += stats.bytes_uploaded
             self.commits["seconds"] += stats.seconds
+            rebased = record is not None and self.rebase and self._rebase(record, stats.layer_keys, mark)
         log.info("%s: commit: %s", self.label, f"{self.workspace}@{record.version}" if record else "nothing to commit")
         return {"workspace": self.workspace, "version": record.version if record else None,
-                "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased,
+                "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased, "base": rebased,
                 "overwritten": [os.fsdecode(p) for p in stats.overwritten], "recovered": stats.recovered,
                 "files_read": stats.files_read, "objects_uploaded": stats.objects_uploaded,
                 "bytes_uploaded": stats.bytes_uploaded, "seconds": round(stats.seconds, 3)}
+
+    def _snapshot(self, read_base: Any) -> tuple[Any, int]:
+        """(trio thread) The layer's snapshot for a commit, and the mutations count at that moment."""
+        assert self.tree is not None
+        return self.tree.layer.snapshot(read_base, durable=False), self._mutations()
+
+    def _rebase(self, record: VersionRecord, layer_keys: set[bytes], mark: int) -> bool:
+        """(worker thread, after a commit) Go on over *record*, the version just published, if the mount
+        was idle since the snapshot (*mark*: the mutations count then) and no file is open: the mount then
+        shows other writers' changes and commits from there (``docs/decisions/live-rebase.md``).
+
+        Otherwise, or if the new version's index cannot be had now, the layer stays where it is (correct,
+        only more to compare at the next commit) and the next commit tries again.  Returns whether it moved.
+        """
+        from wsfs.format.tree import path_of
+        from wsfs.layer import BaseId
+        from wsfs.versions.diff import record_changes
+
+        tree = self.tree
+        assert tree is not None
+        if not trio.from_thread.run_sync(self._idle, mark):
+            log.info("%s: stays over %s@%d: written to or open since the commit began", self.label,
+                     self.workspace, tree.layer.base_id.version)
+            return False
+        old = tree.view
+        try:
+            base = self.repo.record(self.workspace, tree.layer.base_id.version)
+            changes = record_changes(self.repo, base, record)
+            theirs = [path_of(c.key) for c in changes or () if c.key not in layer_keys]
+            manifest = self.repo.open_manifest(record)
+        except WsfsError as e:
+            log.info("%s: stays over %s@%d for now (%s)", self.label, self.workspace, tree.layer.base_id.version, e)
+            return False
+        view = VersionView(manifest, old.cache, label=f"{self.workspace}@{record.version}", stats=record.stats,
+                           deadline=old.deadline)
+        view.small_prefetch_max = old.small_prefetch_max
+        base_id = BaseId(self.workspace, record.version, record.manifest)
+        try:
+            calls = trio.from_thread.run_sync(self._rebase_now, view, base_id, theirs, mark)
+        except Exception:
+            log.exception("%s: re-base onto %s@%d failed", self.label, self.workspace, record.version)
+            raise
+        if calls is None:
+            manifest.close()
+            return False
+        self._invalidate(calls)
+        log.info("%s: now over %s@%d (%d paths other writers changed)", self.label, self.workspace,
+                 record.version, len(theirs))
+        return True
+
+    def _idle(self, mark: int) -> bool:
+        """(trio thread) No change since *mark* and no file open: the merged view is what the commit published."""
+        assert self.tree is not None
+        return self._mutations() == mark and not len(self.ops.handles) and not any(self.tree.layer.opens.values())
+
+    def _rebase_now(self, view: VersionView, base_id: Any, theirs: list[bytes],
+                    mark: int) -> list[tuple[int, bytes, int]] | None:
+        """(trio thread) :meth:`WritableTree.rebase` if still idle; the kernel's entries to invalidate."""
+        tree = self.tree
+        assert tree is not None
+        if not self._idle(mark):
+            return None
+        out = tree.rebase(view, base_id, list(self.ops.inodes.counts), theirs)
+        self.view = view
+        self.version = base_id.version
+        return out
+
+    @staticmethod
+    def _invalidate(changed: list[tuple[int, bytes, int]]) -> None:
+        """(worker thread) Make the kernel drop what it cached of ``(parent, name, inode)``: the entry, the
+        inode's attributes and pages, the parent's listing and attributes (kernel numbers; 0: none)."""
+        # Here, not on the trio thread, which is free to answer requests the kernel holds locks for
+        # (so synchronous calls, whose ENOENT for what the kernel never cached is no error).
+        calls: list[tuple[Any, tuple[Any, ...]]] = []
+        for parent, name, ino in changed:
+            if parent:
+                calls.append((pyfuse3.invalidate_entry, (parent, name)))
+            if ino:
+                calls.append((pyfuse3.invalidate_inode, (ino,)))
+        calls += [(pyfuse3.invalidate_inode, (parent,)) for parent in {p for p, _, _ in changed if p}]
+        for call, args in calls:
+            try:
+                call(*args)
+            except (OSError, pyfuse3.FUSEError):  # the kernel does not know it: nothing cached
+                pass
 
     def layer_discard(self, request: dict[str, Any]) -> dict[str, Any]:
         """(worker thread) ``wsfs discard``: drop pending changes, then make the kernel forget what it
@@ -725,20 +813,7 @@ class _Daemon:
         with self._commit_lock:
             changed = trio.from_thread.run_sync(tree.discard, paths)
         self.pending.stale = self.pending.ages = True
-        # Here, not on the trio thread, which is free to answer requests the kernel holds locks for
-        # (so synchronous calls, whose ENOENT for what the kernel never cached is no error).
-        calls: list[tuple[Any, tuple[Any, ...]]] = []
-        for parent, name, ino in changed:
-            if parent:
-                calls.append((pyfuse3.invalidate_entry, (parent, name)))
-            calls.append((pyfuse3.invalidate_inode, (ino,)))
-        # The parents' mtime and link count (the kernel forgets them itself only for entries it holds).
-        calls += [(pyfuse3.invalidate_inode, (parent, True)) for parent in {p for p, _, _ in changed if p}]
-        for call, args in calls:
-            try:
-                call(*args)
-            except (OSError, pyfuse3.FUSEError):  # the kernel does not know it: nothing cached
-                pass
+        self._invalidate(changed)
         return {"discarded": len(changed)}
 
     def layer_status(self) -> dict[str, Any]:
@@ -759,8 +834,7 @@ class _Daemon:
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)
             if self.version is not None and self.lease:
-                version = self.version
-                nursery.start_soon(self._lease, lambda: version)
+                nursery.start_soon(self._lease, lambda: self.version)  # (a re-base moves it)
                 if self.tree is not None:
                     self._lease_wake = trio.Event()
                     nursery.start_soon(self._lease, self._published_version, self._lease_wake)
@@ -950,10 +1024,12 @@ class _Daemon:
                     await delete()
 
     def _published_version(self) -> int | None:
-        """(trio thread) The version a read-write mount's layer last published, if not the mounted one."""
+        """(trio thread) The version a read-write mount's layer last published (its base's until a commit).
+
+        Also when it is the mounted one: a re-base moves the base there, and this lease holds it while the
+        base's own lease is renewed."""
         assert self.tree is not None
-        v = self.tree.layer.published()[0]
-        return v if v != self.version else None
+        return self.tree.layer.published()[0]
 
     async def _maintenance(self) -> None:
         while True:

@@ -29,14 +29,16 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from typing import Any
 
+from wsfs.daemon.inodes import KernelNumbers
 from wsfs.daemon.tree import FsStats, Lifetime
 from wsfs.daemon.view import _LRU, VersionView
 from wsfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, WsfsError
-from wsfs.format.manifest import Inode
+from wsfs.format.manifest import ROOT_INO, Inode
 from wsfs.format.names import named
-from wsfs.layer import WriteLayer
+from wsfs.layer import BaseId, WriteLayer
 from wsfs.layer.content import BLOCK
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,16 @@ class WritableTree:
         self.state_dir = state_dir
         self._blocks = _LRU(_BASE_BLOCKS)  # (ino, blk) -> bytes of a base block
         self.layer: WriteLayer = layer_factory(self._read_base)
+        # Every method takes and gives the kernel's inode numbers; the layer and the view have their own
+        # (the same until a re-base: :meth:`rebase`).
+        self.numbers = KernelNumbers()
+        self._in, self._out = self.numbers.inside, self.numbers.outside
+        self.retired: list[VersionView] = []  # views of earlier bases (closed at the next re-base)
+
+    def _node(self, node: Inode) -> Inode:
+        """*node* with the kernel's number."""
+        k = self._out(node.ino)
+        return node if k == node.ino else node._replace(ino=k)
 
     # -- the Tree protocol -------------------------------------------------
 
@@ -73,37 +85,41 @@ class WritableTree:
         return Lifetime.FIXED
 
     def getattr(self, ino: int) -> Inode:
-        return self.layer.getattr(ino)
+        return self._node(self.layer.getattr(self._in(ino)))
 
     def lookup(self, parent: int, name: bytes) -> Inode | None:
         layer = self.layer
+        parent = self._in(parent)
         if name == b".":
-            return layer.getattr(parent)
+            return self._node(layer.getattr(parent))
         if name == b"..":
-            return layer.getattr(layer.parent_of(parent))
+            return self._node(layer.getattr(layer.parent_of(parent)))
         try:
-            return layer.lookup(parent, name)
+            return self._node(layer.lookup(parent, name))
         except NotFound:
             return None
 
     def readlink(self, ino: int) -> bytes:
-        return self.layer.readlink(ino)
+        return self.layer.readlink(self._in(ino))
 
     def opendir(self, ino: int) -> None:
-        if not self.layer.getattr(ino).is_dir:
+        if not self.layer.getattr(self._in(ino)).is_dir:
             raise NotADirectory(f"inode {ino} is not a directory")
 
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, Inode]]:
-        return self.layer.readdir(ino, after, limit)
+        entries = self.layer.readdir(self._in(ino), after, limit)
+        if not self.numbers.inward:
+            return entries
+        return [(cursor, name, self._node(node)) for cursor, name, node in entries]
 
     def open(self, ino: int) -> Inode:
-        node = self.layer.getattr(ino)
+        node = self.layer.getattr(self._in(ino))
         if node.is_dir:
             raise IsADirectory(f"inode {ino} is a directory")
-        return node
+        return self._node(node)
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
-        return self.layer.xattrs(ino)
+        return self.layer.xattrs(self._in(ino))
 
     def statfs(self) -> FsStats:
         """The state folder's file system: what can still be written (files count: its inodes, or a large number)."""
@@ -116,6 +132,7 @@ class WritableTree:
 
     async def read(self, ino: int, off: int, size: int) -> bytes | memoryview:
         layer = self.layer
+        ino = self._in(ino)
         if layer.content_unchanged(ino):
             return await self.view.read(ino, off, size)  # the base's fast path: cache, read-ahead
         await self._prepare(ino, off, size, write=False)
@@ -124,9 +141,10 @@ class WritableTree:
     def keep_cache(self, ino: int) -> bool:
         """Whether pages the kernel cached at an earlier open are still right: the content is still the base's.
 
-        (Any write leaves blocks or another size behind, so the layer knows.)
+        (Any write leaves blocks or another size behind, so the layer knows.  A re-base keeps them:
+        what it changes under the kernel, it invalidates.)
         """
-        return self.layer.content_unchanged(ino)
+        return self.layer.content_unchanged(self._in(ino))
 
     # -- base content for the layer -----------------------------------------
 
@@ -164,61 +182,65 @@ class WritableTree:
         return gid, mode
 
     def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
+        parent = self._in(parent)
         gid, mode = self._owner(parent, uid, gid, mode)
-        return self.layer.create(parent, name, mode, uid, gid, rdev)
+        return self._node(self.layer.create(parent, name, mode, uid, gid, rdev))
 
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        parent = self._in(parent)
         gid, mode = self._owner(parent, uid, gid, stat.S_IFDIR | (mode & 0o7777))
-        return self.layer.mkdir(parent, name, mode, uid, gid)
+        return self._node(self.layer.mkdir(parent, name, mode, uid, gid))
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Inode:
+        parent = self._in(parent)
         gid, _ = self._owner(parent, uid, gid, stat.S_IFLNK)
-        return self.layer.symlink(parent, name, target, uid, gid)
+        return self._node(self.layer.symlink(parent, name, target, uid, gid))
 
     def link(self, ino: int, newparent: int, newname: bytes) -> Inode:
-        return self.layer.link(ino, newparent, newname)
+        return self._node(self.layer.link(self._in(ino), self._in(newparent), newname))
 
     def unlink(self, parent: int, name: bytes) -> None:
-        self.layer.unlink(parent, name)
+        self.layer.unlink(self._in(parent), name)
 
     def rmdir(self, parent: int, name: bytes) -> None:
-        self.layer.rmdir(parent, name)
+        self.layer.rmdir(self._in(parent), name)
 
     def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int) -> None:
-        self.layer.rename(parent, name, newparent, newname, flags)
+        self.layer.rename(self._in(parent), name, self._in(newparent), newname, flags)
 
     def setattr(self, ino: int, **kw: Any) -> Inode:
-        return self.layer.setattr(ino, **kw)
+        return self._node(self.layer.setattr(self._in(ino), **kw))
 
     async def write(self, ino: int, off: int, data: bytes, *, kill_suid: bool) -> int:
         if off < 0:
             raise InvalidArgument("negative offset")
+        ino = self._in(ino)
         await self._prepare(ino, off, len(data), write=True)
         return self.layer.write(ino, off, data, kill_suid=kill_suid)
 
     def take_mode_changes(self) -> list[int]:
         """Inodes whose mode writes changed (SUID/SGID cleared) since the last call: the kernel must forget it."""
-        return self.layer.take_mode_changes()
+        return [self._out(i) for i in self.layer.take_mode_changes()]
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
-        self.layer.setxattr(ino, name, value)
+        self.layer.setxattr(self._in(ino), name, value)
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        self.layer.removexattr(ino, name)
+        self.layer.removexattr(self._in(ino), name)
 
     # -- handles, durability --------------------------------------------------
 
     def opened(self, ino: int) -> None:
-        self.layer.open(ino)
+        self.layer.open(self._in(ino))
 
     def flush(self, ino: int) -> None:
-        self.layer.flush(ino)
+        self.layer.flush(self._in(ino))
 
     def release(self, ino: int) -> None:
-        self.layer.release(ino)
+        self.layer.release(self._in(ino))
 
     def fsync(self, ino: int, datasync: bool) -> None:
-        self.layer.fsync(ino, datasync)
+        self.layer.fsync(self._in(ino), datasync)
 
     def sync_all(self) -> None:
         self.layer.sync_all()
@@ -227,8 +249,84 @@ class WritableTree:
         self.layer.commit_if_due()
 
     def close(self) -> None:
-        """Commit durably and close the layer (unmount)."""
-        self.layer.close()
+        """Commit durably and close the layer (unmount), then the base's index and those of earlier bases."""
+        try:
+            self.layer.close()
+        finally:
+            for view in [*self.retired, self.view]:
+                view.manifest.close()
+
+    # -- re-base -----------------------------------------------------------------
+
+    def rebase(self, view: VersionView, base_id: BaseId, held: Iterable[int],
+               theirs: Iterable[bytes]) -> list[tuple[int, bytes, int]]:
+        """Go on over *view* (the version the last commit published, nothing written since, no file open).
+
+        *held*: the kernel numbers the kernel knows; each keeps meaning its
+        file (found by its path in the merged view, then in *view*), or, if the
+        file is gone or changed type, answers ESTALE until forgotten.  *theirs*:
+        the paths where *view* differs from what the mount showed (other
+        writers' changes).  Returns ``(parent, name, inode)`` (kernel numbers,
+        0 where the kernel has none) whose entries, attributes and pages the
+        kernel must drop; everything else it cached stays right.  On the trio
+        thread, in one step: no request sees half of it.
+        """
+        moves = self._moves(view, set(held))
+        self.layer.rebase(view.manifest, base_id)
+        for old in self.retired:  # (no request can still be reading through those: see docs/decisions/live-rebase.md)
+            old.manifest.close()
+        self.retired = [self.view]
+        view.nursery = self.view.nursery
+        self.view = view
+        self._blocks.clear()
+        self.numbers.remap(moves)
+        out = []
+        known = self.numbers.known
+        for path in theirs:
+            head, _, name = path.rpartition(b"/")
+            try:
+                parent = view.manifest.resolve(head) if head else view.getattr(ROOT_INO)
+            except WsfsError:
+                continue  # gone too: its own path is among them
+            pk = known(parent.ino)
+            if pk is None:
+                continue  # a directory the kernel never saw has nothing cached
+            child = view.lookup(parent.ino, name)
+            out.append((pk, name, (known(child.ino) or 0) if child is not None else 0))
+        return out
+
+    def _moves(self, view: VersionView, held: set[int]) -> dict[int, int]:
+        """Kernel number -> inode of *view* at the same path (0: none, or another type), for *held*.
+
+        Walks the merged view from the root through the directories the kernel
+        holds (it holds every directory above an inode it holds): the work is
+        their listings, not the tree.
+        """
+        moves = {ROOT_INO: ROOT_INO}
+        known, layer = self.numbers.known, self.layer
+        todo = [(ROOT_INO, ROOT_INO)]
+        while todo:
+            here, there = todo.pop()
+            after = 0
+            while True:
+                batch = layer.readdir(here, after, 1024)
+                for _cursor, name, node in batch:
+                    k = known(node.ino)
+                    if k is None or k not in held or k in moves:
+                        continue
+                    new = view.lookup(there, name)
+                    if new is None or stat.S_IFMT(new.mode) != stat.S_IFMT(node.mode):
+                        moves[k] = 0
+                        continue
+                    moves[k] = new.ino
+                    if new.is_dir:
+                        todo.append((node.ino, new.ino))
+                if len(batch) < 1024:
+                    break
+                after = batch[-1][0]
+        for k in held - moves.keys():
+            moves[k] = 0  # not reachable by any name: gone (an inode the kernel has yet to forget)
+        return moves
 
     # -- status ----------------------------------------------------------------
 
@@ -251,13 +349,15 @@ class WritableTree:
 
     def discard(self, paths: list[bytes] | None) -> list[tuple[int, bytes, int]]:
         """Drop pending changes (all, or at and below *paths*); ``(parent inode, name, inode)`` of every
-        path that changed, for the kernel's entries and attributes to be invalidated (parent 0: the root)."""
+        path that changed, for the kernel's entries and attributes to be invalidated (parent 0: the root;
+        inode 0: one the kernel never got).  The kernel's numbers."""
         changed = self.layer.discard(paths)
         out = []
         for path, ino in changed:
             head, _, name = path.rstrip(b"/").rpartition(b"/")
             parent = self.layer.resolve(head) if name else None
-            out.append((parent.ino if parent is not None else 0, name, ino))
+            known = self.numbers.known  # (None: a number the kernel never got, so has nothing cached of)
+            out.append((known(parent.ino) or 0 if parent is not None else 0, name, known(ino) or 0))
         return out
 
 

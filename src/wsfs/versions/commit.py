@@ -119,6 +119,7 @@ class CommitStats:
     seconds: float = 0.0
     skipped: list[bytes] = field(default_factory=list)  # sockets: not stored (as push)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench_commit prints them)
+    layer_keys: set[bytes] = field(default_factory=set)  # keys where the layer differed from its base
 
     def lap(self, name: str, since: list[float]) -> None:
         """Add the time since ``since[0]`` to phase *name*; ``since[0]`` becomes now."""
@@ -532,7 +533,7 @@ def _commit(
         base_rec = repo.record(ws, snap.base_id.version)
         # Every key that differs from the base in the layer's terms (status shows them) is memoised,
         # also where its record did not change (a further name of a hard-linked file written to).
-        seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
+        seen = stats.layer_keys = {_key(c.path) if c.path else b"" for c in snap.changes()}
         stats.lap("changes", mark)
         # Candidates: what differs from the base, and what we committed.  Any other key holds the
         # base's entry in the merged view, and the base's record (the same code encodes both).
