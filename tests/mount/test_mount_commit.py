@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -108,6 +109,16 @@ def test_two_writers_disjoint_rebase_and_overlap_conflicts(mount: Mounter, tmp_p
     assert w("cat", "demo@5", "dir/a.txt").out == b"B's\n"
 
 
+def wait_rebased(w: Wsfs, m: Mount, n: int) -> dict:
+    """``wsfs status --json`` once *m* has ended its *n*-th re-base attempt (they follow commits' answers)."""
+    deadline = time.monotonic() + 30
+    while True:
+        st = json.loads(cli(w, m)("status", "--json", str(m.path)).out)
+        if st["rebases"] >= n or time.monotonic() > deadline:
+            return st
+        time.sleep(0.05)
+
+
 def test_an_idle_commit_goes_on_over_its_version_and_shows_other_writers_changes(mount: Mounter,
                                                                                 tmp_path: Path) -> None:
     """After a commit with nothing written meanwhile and no file open, the mount is over the version it
@@ -131,13 +142,13 @@ def test_an_idle_commit_goes_on_over_its_version_and_shows_other_writers_changes
         (pa / "mine").write_bytes(b"mine\n")
         with open(pa / "dir" / "a.txt", "rb"):  # a file open: the mount stays over demo@1
             r = json.loads(cli(w, a)("commit", "--json", str(pa)).out)
-        assert (r["version"], r["rebased"], r["base"]) == (3, True, False)
+            assert (r["version"], r["rebased"], r["rebasing"]) == (3, True, True)
+            assert wait_rebased(w, a, 1)["base_version"] == 1
         assert not (pa / "theirs").exists()
         (pa / "mine2").write_bytes(b"mine too\n")
         r = json.loads(cli(w, a)("commit", "--json", str(pa)).out)
-        assert (r["version"], r["base"]) == (4, True)
-        st = json.loads(cli(w, a)("status", "--json", str(pa)).out)
-        assert (st["base_version"], st["changes"]) == (4, [])
+        st = wait_rebased(w, a, 2)
+        assert (r["version"], st["base_version"], st["changes"]) == (4, 4, [])
         assert (pa / "theirs").read_bytes() == b"theirs\n"  # the negative entry was dropped
         assert (pa / "dir" / "sub" / "b.txt").read_bytes() == b"changed by b\n"  # pages of the old one dropped
         assert not (pa / "gone").exists()
@@ -317,13 +328,13 @@ def test_a_commit_after_rm_rf_fetches_nothing_back(mount: Mounter, tmp_path: Pat
     (m.path / "tree" / "d3" / "f10").write_bytes(b"changed")  # its pack is cut again: the rest is local
     before = gets()
     r = json.loads(c("commit", "--json", str(m.path)).out)
-    assert r["version"] == 3 and r["base"]  # (the idle mount went on over it)
+    assert r["version"] == 3 and wait_rebased(w, m, 2)["base_version"] == 3  # (the idle mount went on over it)
     # The commit fetched nothing; the re-base after it read the new version's pack map (one small GET).
     assert gets() - before == 1
     subprocess.run(["rm", "-rf", str(m.path / "tree")], check=True)
     before = gets()
     r = json.loads(c("commit", "--json", str(m.path)).out)
-    assert r["version"] == 4 and r["changed"] >= 611
+    assert r["version"] == 4 and r["changed"] >= 611 and wait_rebased(w, m, 3)["base_version"] == 4
     assert gets() - before <= 1
     out = tmp_path / "co4"
     w("checkout", "demo@4", str(out))

@@ -69,7 +69,7 @@ from wsfs.daemon.ops import INODE_AS_HANDLE, Operations
 from wsfs.daemon.preload import Preloader, StoreAccess
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_briefly
 from wsfs.daemon.view import KERNEL_READAHEAD_KIB, SMALL_PREFETCH_MAX, Deadline, VersionView
-from wsfs.daemon.writable import WritableTree, layer_disk_bytes
+from wsfs.daemon.writable import Prepared, WritableTree, layer_disk_bytes, prepare_rebase
 from wsfs.errors import MountError, UsageError, WsfsError
 from wsfs.format.records import VersionRecord
 from wsfs.localfs import private_dir, touch_private
@@ -605,6 +605,8 @@ class _Daemon:
         self.pending = _PendingGauge()
         self._lease_wake: trio.Event | None = None  # set after a commit: the published version's lease moves
         self.rebase = True  # a read-write mount goes on over the version an idle commit published
+        self.rebases = 0  # re-bases tried (ended, one way or the other)
+        self.trio_token: trio.lowlevel.TrioToken | None = None  # (set when the loop runs)
 
     def stats(self) -> dict[str, Any]:
         out = {
@@ -692,77 +694,130 @@ class _Daemon:
         message, ours = request.get("message", ""), bool(request.get("ours", False))
         if not isinstance(message, str):
             raise UsageError("commit: the message must be text")
-        with self._commit_lock:
+        self._commit_lock.acquire()
+        handed = False  # the lock (and the snapshot) went to a re-base thread, which releases them
+        try:
             view = tree.view
             reader = RangeReader(self.repo, view.manifest.path, view.cache)
             # No fsync on the trio thread (it would hold up every FUSE request): the snapshot's batch commit
             # and the memo's are made durable here (Snapshot.sync before the record, Snapshot.recorded).
-            snap, mark = trio.from_thread.run_sync(self._snapshot, reader.read)
+            snap, mark, held = trio.from_thread.run_sync(self._snapshot, reader.read)
             try:
                 record, stats = commit(self.repo, snap, message=message, ours=ours, cache=view.cache,
                                        progress=_throttled(progress))
                 trio.from_thread.run_sync(functools.partial(tree.layer.mark_published, snap, durable=False))
                 snap.recorded()
+                if record is not None and self.rebase:
+                    # After the answer: `wsfs commit` takes what the commit takes; the next commit or
+                    # discard waits for the lock.
+                    threading.Thread(target=self._rebase_after, args=(snap, record, stats.layer_keys, held, mark),
+                                     name="wsfs-rebase", daemon=True).start()
+                    handed = True
             finally:
-                snap.close()
+                if not handed:
+                    snap.close()
             self.commits["count"] += record is not None
             self.commits["bytes_uploaded"] += stats.bytes_uploaded
             self.commits["seconds"] += stats.seconds
-            rebased = record is not None and self.rebase and self._rebase(record, stats.layer_keys, mark)
+        finally:
+            if not handed:
+                self._commit_lock.release()
         log.info("%s: commit: %s", self.label, f"{self.workspace}@{record.version}" if record else "nothing to commit")
         return {"workspace": self.workspace, "version": record.version if record else None,
-                "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased, "base": rebased,
+                "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased, "rebasing": handed,
                 "overwritten": [os.fsdecode(p) for p in stats.overwritten], "recovered": stats.recovered,
                 "files_read": stats.files_read, "objects_uploaded": stats.objects_uploaded,
                 "bytes_uploaded": stats.bytes_uploaded, "seconds": round(stats.seconds, 3)}
 
-    def _snapshot(self, read_base: Any) -> tuple[Any, int]:
-        """(trio thread) The layer's snapshot for a commit, and the mutations count at that moment."""
-        assert self.tree is not None
-        return self.tree.layer.snapshot(read_base, durable=False), self._mutations()
+    def _rebase_after(self, snap: Any, record: VersionRecord, layer_keys: set[bytes], held: set[int],
+                      mark: int) -> None:
+        """(its own thread, holding the commit lock) The re-base after a commit; then releases both."""
+        try:
+            prepared = None
+            try:
+                prepared = self._prepare_rebase(snap, record, layer_keys, held, mark)
+            finally:
+                snap.close()
+            if prepared is not None:
+                self._rebase(record, prepared, mark)
+        except trio.RunFinishedError:  # unmounted meanwhile: the layer stays where it is
+            pass
+        except Exception:  # noqa: BLE001 - the commit stands; the mount goes on over its base
+            log.exception("%s: re-base onto %s@%d failed", self.label, self.workspace, record.version)
+        finally:
+            self.rebases += 1
+            self._commit_lock.release()
 
-    def _rebase(self, record: VersionRecord, layer_keys: set[bytes], mark: int) -> bool:
-        """(worker thread, after a commit) Go on over *record*, the version just published, if the mount
-        was idle since the snapshot (*mark*: the mutations count then) and no file is open: the mount then
-        shows other writers' changes and commits from there (``docs/decisions/live-rebase.md``).
+    def _snapshot(self, read_base: Any) -> tuple[Any, int, set[int]]:
+        """(trio thread) The layer's snapshot for a commit, the mutations count at that moment, and the
+        layer's inodes the kernel holds then."""
+        tree = self.tree
+        assert tree is not None
+        return tree.layer.snapshot(read_base, durable=False), self._mutations(), tree.held(self.ops.inodes.counts)
 
-        Otherwise, or if the new version's index cannot be had now, the layer stays where it is (correct,
-        only more to compare at the next commit) and the next commit tries again.  Returns whether it moved.
+    def _prepare_rebase(self, snap: Any, record: VersionRecord, layer_keys: set[bytes], held: set[int],
+                        mark: int) -> tuple[VersionView, Prepared] | None:
+        """(worker thread, after a commit) If the mount stayed idle (*mark*: the mutations count at the
+        snapshot) and no file is open, the new version's view and what the re-base onto it needs: the
+        mount then shows other writers' changes and commits from there (``docs/decisions/live-rebase.md``).
+
+        Otherwise, or if the new version's index cannot be had now, None: the layer stays where it is
+        (correct, only more to compare at the next commit), and the next commit tries again.
         """
         from wsfs.format.tree import path_of
-        from wsfs.layer import BaseId
         from wsfs.versions.diff import record_changes
 
         tree = self.tree
         assert tree is not None
-        if not trio.from_thread.run_sync(self._idle, mark):
+        if not trio.from_thread.run_sync(self._idle, mark, trio_token=self.trio_token):
             log.info("%s: stays over %s@%d: written to or open since the commit began", self.label,
-                     self.workspace, tree.layer.base_id.version)
-            return False
+                     self.workspace, snap.base_id.version)
+            return None
         old = tree.view
+        manifest = None
         try:
-            base = self.repo.record(self.workspace, tree.layer.base_id.version)
-            changes = record_changes(self.repo, base, record)
-            theirs = [path_of(c.key) for c in changes or () if c.key not in layer_keys]
+            t0 = time.monotonic()
+            base = self.repo.record(self.workspace, snap.base_id.version)
+            theirs = [path_of(c.key) for c in record_changes(self.repo, base, record) or () if c.key not in layer_keys]
+            t1 = time.monotonic()
             manifest = self.repo.open_manifest(record)
+            t2 = time.monotonic()
+            prepared = prepare_rebase(snap, manifest, held, theirs)
+            log.debug("%s: re-base prepared: changes %.3f s, index %.3f s, walk %.3f s", self.label, t1 - t0,
+                      t2 - t1, time.monotonic() - t2)
         except WsfsError as e:
-            log.info("%s: stays over %s@%d for now (%s)", self.label, self.workspace, tree.layer.base_id.version, e)
-            return False
+            log.info("%s: stays over %s@%d for now (%s)", self.label, self.workspace, snap.base_id.version, e)
+            if manifest is not None:
+                manifest.close()
+            return None
         view = VersionView(manifest, old.cache, label=f"{self.workspace}@{record.version}", stats=record.stats,
                            deadline=old.deadline)
         view.small_prefetch_max = old.small_prefetch_max
-        base_id = BaseId(self.workspace, record.version, record.manifest)
+        return view, prepared
+
+    def _rebase(self, record: VersionRecord, prepared: tuple[VersionView, Prepared], mark: int) -> bool:
+        """(worker thread) Finish what :meth:`_prepare_rebase` began, on the trio thread if still idle."""
+        from wsfs.layer import BaseId
+
+        view, found = prepared
+        started = time.monotonic()
         try:
-            calls = trio.from_thread.run_sync(self._rebase_now, view, base_id, theirs, mark)
-        except Exception:
+            calls = trio.from_thread.run_sync(self._rebase_now, view, BaseId(self.workspace, record.version,
+                                                                             record.manifest), found, mark,
+                                              trio_token=self.trio_token)
+        except Exception:  # the commit stands; the layer's transaction decides where it is (WriteLayer.rebase)
             log.exception("%s: re-base onto %s@%d failed", self.label, self.workspace, record.version)
-            raise
+            calls = None
         if calls is None:
-            manifest.close()
+            assert self.tree is not None
+            if self.tree.view is not view:
+                view.manifest.close()
             return False
+        took = time.monotonic() - started
         self._invalidate(calls)
-        log.info("%s: now over %s@%d (%d paths other writers changed)", self.label, self.workspace,
-                 record.version, len(theirs))
+        log.info("%s: now over %s@%d (%d paths other writers changed; %d inodes the kernel holds; "
+                 "%.3f s on the request thread)", self.label, self.workspace, record.version, len(found.theirs),
+                 len(self.ops.inodes), took)
         return True
 
     def _idle(self, mark: int) -> bool:
@@ -770,16 +825,17 @@ class _Daemon:
         assert self.tree is not None
         return self._mutations() == mark and not len(self.ops.handles) and not any(self.tree.layer.opens.values())
 
-    def _rebase_now(self, view: VersionView, base_id: Any, theirs: list[bytes],
+    def _rebase_now(self, view: VersionView, base_id: Any, prepared: Prepared,
                     mark: int) -> list[tuple[int, bytes, int]] | None:
         """(trio thread) :meth:`WritableTree.rebase` if still idle; the kernel's entries to invalidate."""
         tree = self.tree
         assert tree is not None
         if not self._idle(mark):
             return None
-        out = tree.rebase(view, base_id, list(self.ops.inodes.counts), theirs)
-        self.view = view
-        self.version = base_id.version
+        out = tree.rebase(view, base_id, prepared, list(self.ops.inodes.counts))
+        if out is not None:
+            self.view = view
+            self.version = base_id.version
         return out
 
     @staticmethod
@@ -824,10 +880,11 @@ class _Daemon:
                     "version": self.version}
         out = trio.from_thread.run_sync(tree.status)  # the layer is the trio thread's only
         out.update(read_only=False, mountpoint=self.mountpoint, pid=os.getpid(),
-                   layer_bytes=layer_disk_bytes(tree.state_dir))
+                   layer_bytes=layer_disk_bytes(tree.state_dir), rebases=self.rebases)
         return out
 
     async def main(self, verdict: _Verdict) -> None:
+        self.trio_token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self.view.nursery = nursery  # read-ahead tasks run here
             await nursery.start(self._watch_signals)

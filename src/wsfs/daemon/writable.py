@@ -30,13 +30,13 @@ import logging
 import os
 import stat
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from wsfs.daemon.inodes import KernelNumbers
 from wsfs.daemon.tree import FsStats, Lifetime
 from wsfs.daemon.view import _LRU, VersionView
-from wsfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, WsfsError
-from wsfs.format.manifest import ROOT_INO, Inode
+from wsfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, Stale, WsfsError
+from wsfs.format.manifest import ROOT_INO, Inode, Manifest
 from wsfs.format.names import named
 from wsfs.layer import BaseId, WriteLayer
 from wsfs.layer.content import BLOCK
@@ -256,77 +256,70 @@ class WritableTree:
             for view in [*self.retired, self.view]:
                 view.manifest.close()
 
-    # -- re-base -----------------------------------------------------------------
+    # -- re-base (docs/decisions/live-rebase.md) ------------------------------------
 
-    def rebase(self, view: VersionView, base_id: BaseId, held: Iterable[int],
-               theirs: Iterable[bytes]) -> list[tuple[int, bytes, int]]:
-        """Go on over *view* (the version the last commit published, nothing written since, no file open).
+    def held(self, kernel: Iterable[int]) -> set[int]:
+        """(trio thread) The layer's inodes behind the kernel numbers *kernel* (stale ones left out)."""
+        out = set()
+        for k in kernel:
+            try:
+                out.add(self._in(k))
+            except Stale:
+                pass
+        return out
 
-        *held*: the kernel numbers the kernel knows; each keeps meaning its
-        file (found by its path in the merged view, then in *view*), or, if the
-        file is gone or changed type, answers ESTALE until forgotten.  *theirs*:
-        the paths where *view* differs from what the mount showed (other
-        writers' changes).  Returns ``(parent, name, inode)`` (kernel numbers,
-        0 where the kernel has none) whose entries, attributes and pages the
-        kernel must drop; everything else it cached stays right.  On the trio
-        thread, in one step: no request sees half of it.
+    def rebase(self, view: VersionView, base_id: BaseId, prepared: Prepared,
+               kernel: Iterable[int]) -> list[tuple[int, bytes, int]] | None:
+        """(trio thread) Go on over *view*: the version the last commit published, with nothing written
+        since and no file open (the caller's checks), prepared by :func:`prepare_rebase`.
+
+        Every number in *kernel* (what the kernel holds now) keeps meaning its
+        file, found by its path; a file gone, or of another type now, answers
+        ESTALE until the kernel forgets it.  Returns ``(parent, name, inode)``
+        (kernel numbers, 0 where the kernel has none) whose entries,
+        attributes and pages the kernel must drop: where *view* differs from
+        what the mount showed.  Everything else it cached stays right.  None
+        (and nothing changed) if the kernel took hold of an inode the
+        preparation did not see: the next commit tries again.  In one step on
+        the trio thread, so no request sees half of it.
         """
-        moves = self._moves(view, set(held))
+        moves = {}
+        for k in kernel:
+            try:
+                old = self._in(k)
+            except Stale:
+                moves[k] = 0
+                continue
+            new = prepared.inodes.get(old)
+            if new is None:
+                try:
+                    gone = self.layer.getattr(old).nlink == 0
+                except NotFound:
+                    gone = True
+                if not gone:
+                    return None  # looked up after the preparation listed its directory
+                new = 0  # unlinked, not forgotten yet
+            moves[k] = new
+        numbers = KernelNumbers()
+        numbers.remap(moves)
+        numbers.fresh = self.numbers.fresh
+        known = numbers.known
+        out = []
+        for parent, name, child in prepared.theirs:
+            pk = known(parent)
+            if pk is not None:  # (a directory the kernel never saw has nothing cached)
+                out.append((pk, name, (known(child) or 0) if child else 0))
+        # Until the layer's transaction nothing has changed; after it, nothing fails.
         self.layer.rebase(view.manifest, base_id)
-        for old in self.retired:  # (no request can still be reading through those: see docs/decisions/live-rebase.md)
-            old.manifest.close()
+        for old_view in self.retired:  # (no request can still read through those: they need an open file)
+            old_view.manifest.close()
         self.retired = [self.view]
         view.nursery = self.view.nursery
         self.view = view
         self._blocks.clear()
-        self.numbers.remap(moves)
-        out = []
-        known = self.numbers.known
-        for path in theirs:
-            head, _, name = path.rpartition(b"/")
-            try:
-                parent = view.manifest.resolve(head) if head else view.getattr(ROOT_INO)
-            except WsfsError:
-                continue  # gone too: its own path is among them
-            pk = known(parent.ino)
-            if pk is None:
-                continue  # a directory the kernel never saw has nothing cached
-            child = view.lookup(parent.ino, name)
-            out.append((pk, name, (known(child.ino) or 0) if child is not None else 0))
+        self.numbers = numbers
+        self._in, self._out = numbers.inside, numbers.outside
         return out
-
-    def _moves(self, view: VersionView, held: set[int]) -> dict[int, int]:
-        """Kernel number -> inode of *view* at the same path (0: none, or another type), for *held*.
-
-        Walks the merged view from the root through the directories the kernel
-        holds (it holds every directory above an inode it holds): the work is
-        their listings, not the tree.
-        """
-        moves = {ROOT_INO: ROOT_INO}
-        known, layer = self.numbers.known, self.layer
-        todo = [(ROOT_INO, ROOT_INO)]
-        while todo:
-            here, there = todo.pop()
-            after = 0
-            while True:
-                batch = layer.readdir(here, after, 1024)
-                for _cursor, name, node in batch:
-                    k = known(node.ino)
-                    if k is None or k not in held or k in moves:
-                        continue
-                    new = view.lookup(there, name)
-                    if new is None or stat.S_IFMT(new.mode) != stat.S_IFMT(node.mode):
-                        moves[k] = 0
-                        continue
-                    moves[k] = new.ino
-                    if new.is_dir:
-                        todo.append((node.ino, new.ino))
-                if len(batch) < 1024:
-                    break
-                after = batch[-1][0]
-        for k in held - moves.keys():
-            moves[k] = 0  # not reachable by any name: gone (an inode the kernel has yet to forget)
-        return moves
 
     # -- status ----------------------------------------------------------------
 
@@ -359,6 +352,50 @@ class WritableTree:
             known = self.numbers.known  # (None: a number the kernel never got, so has nothing cached of)
             out.append((known(parent.ino) or 0 if parent is not None else 0, name, known(ino) or 0))
         return out
+
+
+class Prepared(NamedTuple):
+    """What :func:`prepare_rebase` found: old inode -> new (0: gone, or another type) for every entry of
+    the directories walked; ``(new parent, name, new inode or 0)`` of each path other writers changed."""
+
+    inodes: dict[int, int]
+    theirs: list[tuple[int, bytes, int]]
+
+
+def prepare_rebase(old: Any, new: Manifest, held: set[int], theirs: Iterable[bytes]) -> Prepared:
+    """(any thread) The expensive half of :meth:`WritableTree.rebase`, over read-only views.
+
+    *old* is the merged view the kernel saw (the commit's snapshot: the same,
+    as nothing was written since), *new* the index of the version it
+    published, *held* the inodes of *old* the kernel holds.  The walk goes from
+    the root through the directories in *held* (the kernel holds every
+    directory above an inode it holds), listing names and types of each in
+    both: the work is their listings, a few queries per directory, not the tree.
+    """
+    inodes = {ROOT_INO: ROOT_INO}
+    todo = [(ROOT_INO, ROOT_INO)]
+    while todo:
+        here, there = todo.pop()
+        entries = new.entry_types(there)
+        for name, (ino, kind) in old.entry_types(here).items():
+            hit = entries.get(name)
+            if hit is None or hit[1] != kind:
+                inodes.setdefault(ino, 0)
+                continue
+            inodes[ino] = hit[0]
+            if kind == stat.S_IFDIR and ino in held:
+                todo.append((ino, hit[0]))
+    out = []
+    for path in theirs:
+        head, _, name = path.rpartition(b"/")
+        try:
+            parent = new.resolve(head) if head else new.getattr(ROOT_INO)
+        except WsfsError:
+            continue  # gone too: its own path is among them
+        if parent.is_dir:
+            child = new.lookup(parent.ino, name)
+            out.append((parent.ino, name, child.ino if child is not None else 0))
+    return Prepared(inodes, out)
 
 
 def _type_name(mode: int) -> str:

@@ -30,6 +30,7 @@ content, xattrs, what commit and status need).
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,8 @@ from wsfs.layer.content import BLOCK, Content, SlotPool
 from wsfs.layer.namespace import Namespace
 from wsfs.layer.pending import Pending, discard, pending, resolve
 from wsfs.layer.state import BaseId
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from wsfs.layer.batch import ReadBase
@@ -404,13 +407,18 @@ class WriteLayer(Namespace):
                 self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             self.db.execute("DELETE FROM meta WHERE key IN ('published_version', 'published_top')")
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
-        self._sync_wal()
+        # From here on the folder is over *base*: memory follows, whatever fails after.
         wal_fd = self._wal_fd
-        self.pool.close()
         self.m, self.base_id = base, base_id
         self._init_memory(dict(self.db.execute("SELECT key, value FROM meta")))
         self._wal_fd = wal_fd
-        self.pool = SlotPool(self.state, set())  # (cuts the staged file: no row names a slot)
+        old, self.pool = self.pool, SlotPool(self.state, set())  # (cuts the staged file: no row names a slot)
+        old.close()
+        try:
+            self._sync_wal()
+        except OSError as e:  # not durable yet: a crash goes back to the old base and its memo (also right)
+            log.error("state folder %s: the re-base is not durable yet (%s); the next durable commit makes it so",
+                      self.state.path, e)
 
     def snapshot(self, read_base: ReadBase | None = None, *, durable: bool = True) -> Snapshot:
         """Commit the batch durably and return a read-only view of this moment for another thread.
