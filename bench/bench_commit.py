@@ -89,6 +89,9 @@ def main() -> int:
     ap.add_argument("--ab", nargs=2, metavar=("OLD_SRC", "NEW_SRC"), default=None,
                     help="A/B: run this benchmark --runs times with each src/ (alternating), print medians")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rebase", action="store_true",
+                    help="after each commit, re-base the layer onto the version it published, as an idle "
+                         "rw mount does (its time is printed apart, not in the commit's)")
     args = ap.parse_args()
     if args.ab:
         return ab(args)
@@ -157,10 +160,12 @@ def run(args: argparse.Namespace, work: str, url: str) -> int:
           f"push {time.monotonic() - t:.2f} s")
     m = repo.open_manifest(record)
     cache = BlobCache(repo, os.path.join(work, "cache"))
-    reader = RangeReader(repo, m.path, cache)
-    lay = WriteLayer(os.path.join(work, "state"), m, BaseId("w", 1, record.manifest), reader.read)
+    readers = [RangeReader(repo, m.path, cache)]  # the last one reads the layer's current base
+    lay = WriteLayer(os.path.join(work, "state"), m, BaseId("w", 1, record.manifest),
+                     lambda node, off, size: readers[-1].read(node, off, size))
     kw = {"cache": cache} if "cache" in inspect.signature(commit).parameters else {}
     files = files_of(lay)
+    manifests = [m]
     rng = random.Random(2)
 
     def modify(n: int) -> None:
@@ -222,12 +227,22 @@ def run(args: argparse.Namespace, work: str, url: str) -> int:
                   f"{cs.changed:>9} {cs.files_read:>10}" + ("" if rec else "  (no version)"), flush=True)
             if args.phases and getattr(cs, "phases", None):
                 print("    " + ", ".join(f"{k} {v:.3f}" for k, v in cs.phases.items()), flush=True)
+            if args.rebase and rec is not None:
+                t = time.monotonic()
+                manifests.append(repo.open_manifest(rec))
+                opened = time.monotonic() - t
+                readers.append(RangeReader(repo, manifests[-1].path, cache))
+                lay.rebase(manifests[-1], BaseId("w", rec.version, rec.manifest))
+                print(f"    re-based onto w@{rec.version} in {time.monotonic() - t:.2f} s "
+                      f"(its index {opened:.2f} s)", flush=True)
+                files[:] = files_of(lay)  # the new base's numbers (not timed)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f)
     lay.close()
     cache.close()
-    m.close()
+    for x in manifests:
+        x.close()
     return 0
 
 
