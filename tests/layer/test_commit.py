@@ -748,16 +748,15 @@ def test_rebase_onto_the_version_a_commit_published(setup, tmp_path: Path) -> No
         other_writer(base, tmp_path, lambda o: write_file(o, b"d/theirs", b"theirs"))
         record, stats = commit_layer(base.repo, lay)
         assert (record.version, stats.rebased) == (3, True)
-        with pytest.raises(InvalidArgument):  # an open file keeps it where it is
-            f = resolve(lay, b"a.txt").ino
-            lay.open(f)
-            try:
-                lay.rebase(base.m, base.id)
-            finally:
-                lay.release(f)
         head = Base(base.repo, "w", 3, base.repo_url, base.cache_dir)
+        f = resolve(lay, b"a.txt").ino
+        lay.open(f)
+        with pytest.raises(InvalidArgument):  # an open file needs its number in the new base
+            lay.rebase(head.m, head.id)
         bases.append(head)
-        lay.rebase(head.m, head.id)
+        lay.rebase(head.m, head.id, {head.m.resolve(b"a.txt").ino: 1})
+        lay.release(head.m.resolve(b"a.txt").ino)  # the open file is known by its new number
+        assert not any(lay.opens.values())
         assert lay.base_id.version == 3 and lay.published() == (3, record.manifest)
         assert lay.pending() == [] and lay.changes() == []
         assert describe_layer(lay) == describe_version(base.repo, "w", 3)  # theirs shows, ours is still there

@@ -121,10 +121,10 @@ def wait_rebased(w: Wsfs, m: Mount, n: int) -> dict:
 
 def test_an_idle_commit_goes_on_over_its_version_and_shows_other_writers_changes(mount: Mounter,
                                                                                 tmp_path: Path) -> None:
-    """After a commit with nothing written meanwhile and no file open, the mount is over the version it
-    published (live re-base): other writers' changes show without a remount, what the kernel cached of
-    everything else stays (same inode numbers, no READ for pages it had), and the next commit costs what
-    changed after it.  With a file open, it stays where it is."""
+    """After a commit with nothing written meanwhile, the mount is over the version it published (live
+    re-base): other writers' changes show without a remount, files open across it keep working, what the
+    kernel cached of everything else stays (same inode numbers, no READ for pages it had), and the next
+    commit costs what changed after it."""
     w, _ = make_ws(tmp_path)
     a = rw(mount, w, tmp_path / "sa")
     b = rw(mount, w, tmp_path / "sb")
@@ -140,16 +140,24 @@ def test_an_idle_commit_goes_on_over_its_version_and_shows_other_writers_changes
         (b.path / "gone").unlink()
         assert "committed demo@2" in cli(w, b)("commit", str(b.path)).text
         (pa / "mine").write_bytes(b"mine\n")
-        with open(pa / "dir" / "a.txt", "rb"):  # a file open: the mount stays over demo@1
+        reader = open(pa / "dir" / "a.txt", "rb")  # files open across the re-base keep working
+        writer = open(pa / "mine", "ab")
+        try:
             r = json.loads(cli(w, a)("commit", "--json", str(pa)).out)
+            st = wait_rebased(w, a, 1)
             assert (r["version"], r["rebased"], r["rebasing"]) == (3, True, True)
-            assert wait_rebased(w, a, 1)["base_version"] == 1
-        assert not (pa / "theirs").exists()
+            assert (st["base_version"], st["changes"]) == (3, [])
+            assert (pa / "theirs").read_bytes() == b"theirs\n"  # at once: the negative entry was dropped
+            assert reader.read() == b"a\n"
+            writer.write(b"more\n")
+        finally:
+            reader.close()
+            writer.close()
+        assert (pa / "mine").read_bytes() == b"mine\nmore\n"
         (pa / "mine2").write_bytes(b"mine too\n")
         r = json.loads(cli(w, a)("commit", "--json", str(pa)).out)
         st = wait_rebased(w, a, 2)
-        assert (r["version"], st["base_version"], st["changes"]) == (4, 4, [])
-        assert (pa / "theirs").read_bytes() == b"theirs\n"  # the negative entry was dropped
+        assert (r["version"], r["changed"], st["base_version"], st["changes"]) == (4, 3, 4, [])  # mine, mine2, /
         assert (pa / "dir" / "sub" / "b.txt").read_bytes() == b"changed by b\n"  # pages of the old one dropped
         assert not (pa / "gone").exists()
         assert sorted(os.listdir(pa)) == ["big", "dir", "link", "mine", "mine2", "theirs"]  # listing dropped

@@ -753,7 +753,7 @@ class _Daemon:
         layer's inodes the kernel holds then."""
         tree = self.tree
         assert tree is not None
-        return tree.layer.snapshot(read_base, durable=False), self._mutations(), tree.held(self.ops.inodes.counts)
+        return tree.layer.snapshot(read_base, durable=False), tree.mutations, tree.held(self.ops.inodes.counts)
 
     def _prepare_rebase(self, snap: Any, record: VersionRecord, layer_keys: set[bytes], held: set[int],
                         mark: int) -> tuple[VersionView, Prepared] | None:
@@ -770,7 +770,7 @@ class _Daemon:
         tree = self.tree
         assert tree is not None
         if not trio.from_thread.run_sync(self._idle, mark, trio_token=self.trio_token):
-            log.info("%s: stays over %s@%d: written to or open since the commit began", self.label,
+            log.info("%s: stays over %s@%d: written to since the commit began", self.label,
                      self.workspace, snap.base_id.version)
             return None
         old = tree.view
@@ -821,9 +821,10 @@ class _Daemon:
         return True
 
     def _idle(self, mark: int) -> bool:
-        """(trio thread) No change since *mark* and no file open: the merged view is what the commit published."""
+        """(trio thread) No change since *mark* (the merged view is what the commit published) and no read or
+        write under way (they hold the layer's inode numbers across awaits).  Open files may stay open."""
         assert self.tree is not None
-        return self._mutations() == mark and not len(self.ops.handles) and not any(self.tree.layer.opens.values())
+        return self.tree.mutations == mark and not self.tree.busy
 
     def _rebase_now(self, view: VersionView, base_id: Any, prepared: Prepared,
                     mark: int) -> list[tuple[int, bytes, int]] | None:

@@ -70,6 +70,8 @@ class WritableTree:
         self.numbers = KernelNumbers()
         self._in, self._out = self.numbers.inside, self.numbers.outside
         self.retired: list[VersionView] = []  # views of earlier bases (closed at the next re-base)
+        self.busy = 0  # reads and writes under way (they hold the layer's numbers across awaits)
+        self.mutations = 0  # calls that may have changed the tree (a re-base needs none since the snapshot)
 
     def _node(self, node: Inode) -> Inode:
         """*node* with the kernel's number."""
@@ -133,10 +135,14 @@ class WritableTree:
     async def read(self, ino: int, off: int, size: int) -> bytes | memoryview:
         layer = self.layer
         ino = self._in(ino)
-        if layer.content_unchanged(ino):
-            return await self.view.read(ino, off, size)  # the base's fast path: cache, read-ahead
-        await self._prepare(ino, off, size, write=False)
-        return layer.read(ino, off, size)
+        self.busy += 1
+        try:
+            if layer.content_unchanged(ino):
+                return await self.view.read(ino, off, size)  # the base's fast path: cache, read-ahead
+            await self._prepare(ino, off, size, write=False)
+            return layer.read(ino, off, size)
+        finally:
+            self.busy -= 1
 
     def keep_cache(self, ino: int) -> bool:
         """Whether pages the kernel cached at an earlier open are still right: the content is still the base's.
@@ -182,50 +188,65 @@ class WritableTree:
         return gid, mode
 
     def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
+        self.mutations += 1
         parent = self._in(parent)
         gid, mode = self._owner(parent, uid, gid, mode)
         return self._node(self.layer.create(parent, name, mode, uid, gid, rdev))
 
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        self.mutations += 1
         parent = self._in(parent)
         gid, mode = self._owner(parent, uid, gid, stat.S_IFDIR | (mode & 0o7777))
         return self._node(self.layer.mkdir(parent, name, mode, uid, gid))
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Inode:
+        self.mutations += 1
         parent = self._in(parent)
         gid, _ = self._owner(parent, uid, gid, stat.S_IFLNK)
         return self._node(self.layer.symlink(parent, name, target, uid, gid))
 
     def link(self, ino: int, newparent: int, newname: bytes) -> Inode:
+        self.mutations += 1
         return self._node(self.layer.link(self._in(ino), self._in(newparent), newname))
 
     def unlink(self, parent: int, name: bytes) -> None:
+        self.mutations += 1
         self.layer.unlink(self._in(parent), name)
 
     def rmdir(self, parent: int, name: bytes) -> None:
+        self.mutations += 1
         self.layer.rmdir(self._in(parent), name)
 
     def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int) -> None:
+        self.mutations += 1
         self.layer.rename(self._in(parent), name, self._in(newparent), newname, flags)
 
     def setattr(self, ino: int, **kw: Any) -> Inode:
+        self.mutations += 1
         return self._node(self.layer.setattr(self._in(ino), **kw))
 
     async def write(self, ino: int, off: int, data: bytes, *, kill_suid: bool) -> int:
+        self.mutations += 1
         if off < 0:
             raise InvalidArgument("negative offset")
         ino = self._in(ino)
-        await self._prepare(ino, off, len(data), write=True)
-        return self.layer.write(ino, off, data, kill_suid=kill_suid)
+        self.busy += 1
+        try:
+            await self._prepare(ino, off, len(data), write=True)
+            return self.layer.write(ino, off, data, kill_suid=kill_suid)
+        finally:
+            self.busy -= 1
 
     def take_mode_changes(self) -> list[int]:
         """Inodes whose mode writes changed (SUID/SGID cleared) since the last call: the kernel must forget it."""
         return [self._out(i) for i in self.layer.take_mode_changes()]
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.mutations += 1
         self.layer.setxattr(self._in(ino), name, value)
 
     def removexattr(self, ino: int, name: bytes) -> None:
+        self.mutations += 1
         self.layer.removexattr(self._in(ino), name)
 
     # -- handles, durability --------------------------------------------------
@@ -271,7 +292,7 @@ class WritableTree:
     def rebase(self, view: VersionView, base_id: BaseId, prepared: Prepared,
                kernel: Iterable[int]) -> list[tuple[int, bytes, int]] | None:
         """(trio thread) Go on over *view*: the version the last commit published, with nothing written
-        since and no file open (the caller's checks), prepared by :func:`prepare_rebase`.
+        since and no read or write under way (the caller's checks), prepared by :func:`prepare_rebase`.
 
         Every number in *kernel* (what the kernel holds now) keeps meaning its
         file, found by its path; a file gone, or of another type now, answers
@@ -300,6 +321,13 @@ class WritableTree:
                     return None  # looked up after the preparation listed its directory
                 new = 0  # unlinked, not forgotten yet
             moves[k] = new
+        opens = {}
+        for old, n in self.layer.opens.items():
+            new = prepared.inodes.get(old)
+            if n and not new:
+                return None  # opened after the preparation listed it, or unlinked while open: not in *view*
+            if n:
+                opens[new] = opens.get(new, 0) + n
         numbers = KernelNumbers()
         numbers.remap(moves)
         numbers.fresh = self.numbers.fresh
@@ -310,8 +338,8 @@ class WritableTree:
             if pk is not None:  # (a directory the kernel never saw has nothing cached)
                 out.append((pk, name, (known(child) or 0) if child else 0))
         # Until the layer's transaction nothing has changed; after it, nothing fails.
-        self.layer.rebase(view.manifest, base_id)
-        for old_view in self.retired:  # (no request can still read through those: they need an open file)
+        self.layer.rebase(view.manifest, base_id, opens)
+        for old_view in self.retired:  # (no request reads through those: none was under way at the last swap)
             old_view.manifest.close()
         self.retired = [self.view]
         view.nursery = self.view.nursery

@@ -382,21 +382,25 @@ class WriteLayer(Namespace):
         """Drop pending changes (all, or at and below *paths*); ``(path, inode)`` of what changed: :mod:`wsfs.layer.pending`."""
         return discard(self, paths)
 
-    def rebase(self, base: Manifest, base_id: BaseId) -> None:
+    def rebase(self, base: Manifest, base_id: BaseId, opens: dict[int, int] | None = None) -> None:
         """Make *base* this layer's base, with nothing pending: the re-base after an idle commit.
 
         *base* must hold exactly the merged view (the version this layer's last
         commit published, with nothing written since; the caller knows, the
-        layer cannot check it cheaply).  No file may be open and no snapshot
-        either (InvalidArgument).  In one transaction every row goes (nodes,
+        layer cannot check it cheaply).  Open files keep their counts under
+        their numbers in *base*, which the caller gives as *opens* (every open
+        inode, with nothing unwritten in memory: InvalidArgument otherwise, or
+        with a snapshot open).  In one transaction every row goes (nodes,
         entries, blocks, xattrs, the memo) and the meta names the new base; so a
         crash leaves either the old base with its memo, which publishes nothing
         new, or the new one with nothing pending.  Every slot is then free.
         Inode numbers are *base*'s afterwards: translating those the kernel
         holds is the daemon's work.
         """
-        if any(self.opens.values()) or any(c.dirty for c in self.contents.values()):
-            raise InvalidArgument("files of the layer are open: it cannot be re-based")
+        opens = {i: n for i, n in (opens or {}).items() if n}
+        if sum(n for n in self.opens.values() if n) != sum(opens.values()) or any(
+                c.dirty for c in self.contents.values()):
+            raise InvalidArgument("files of the layer are open: it cannot be re-based without their new numbers")
         if self.pool.pins:
             raise InvalidArgument("a snapshot of the layer is open: it cannot be re-based")
         self.sync_all()
@@ -412,6 +416,7 @@ class WriteLayer(Namespace):
         self.m, self.base_id = base, base_id
         self._init_memory(dict(self.db.execute("SELECT key, value FROM meta")))
         self._wal_fd = wal_fd
+        self.opens = opens
         old, self.pool = self.pool, SlotPool(self.state, set())  # (cuts the staged file: no row names a slot)
         old.close()
         try:
