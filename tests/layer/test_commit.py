@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import stat
 import subprocess
 import sys
@@ -541,6 +542,56 @@ def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
         assert commit_layer(base.repo, lay)[0] is None
     finally:
         lay.close()
+        base.m.close()
+
+
+def test_kill_9_during_a_rebase_leaves_one_state_or_the_other(tmp_path: Path) -> None:
+    """A re-base killed at any moment leaves the layer over the old base with its memo or over the new one
+    with nothing pending: the same tree either way, and nothing left to publish."""
+    base = push_tree(tmp_path, small_tree)
+    template = tmp_path / "template"
+    lay = open_layer(base, template)
+    for i in range(4):
+        write_file(lay, b"big%d" % i, os.urandom(3 << 20))
+    lay.mkdir(ROOT_INO, b"many", 0o755, 0, 0)
+    for i in range(300):
+        write_file(lay, b"many/f%d" % i, os.urandom(100 + i))
+    assert commit_layer(base.repo, lay)[0].version == 2
+    expected = describe_layer(lay)
+    lay.close()
+    head = Base(base.repo, "w", 2, base.repo_url, base.cache_dir)
+    here = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parents[1] / "src"), str(here.parent), str(here)]))
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    where = []
+    try:
+        for i in range(10):
+            state = tmp_path / f"state{i}"
+            shutil.copytree(template, state)
+            child = subprocess.Popen([sys.executable, str(here / "rebase_child.py"), base.repo_url, base.cache_dir,
+                                      "w", str(state)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"R\n"
+            time.sleep(rng.uniform(0, 0.03))
+            child.kill()
+            child.communicate()
+            try:
+                lay = open_layer(base, state)
+                where.append(1)
+            except UsageError:  # over w@2 now
+                lay = WriteLayer(str(state), head.m, head.id, head.read_base)
+                where.append(2)
+                assert lay.changes() == [] and lay.published()[0] == 2
+            try:
+                assert describe_layer(lay) == expected
+                assert lay.pending() == []
+                assert commit_layer(base.repo, lay)[0] is None
+            finally:
+                lay.close()
+        print("re-base kill test: over", where)
+        assert base.repo.versions("w") == [1, 2]
+    finally:
+        head.m.close()
         base.m.close()
 
 
