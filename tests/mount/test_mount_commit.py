@@ -176,6 +176,26 @@ def test_an_idle_commit_goes_on_over_its_version_and_shows_other_writers_changes
     assert describe(out) == describe(pa)
 
 
+def test_commit_json_names_conflicting_paths_exactly(mount: Mounter, tmp_path: Path) -> None:
+    """``wsfs commit --json`` names the paths of a conflict and those ours replaced as every --json does
+    (``path`` + ``path_pct``, the exact bytes), a name that is not UTF-8 included."""
+    w, _ = make_ws(tmp_path)
+    a = rw(mount, w, tmp_path / "sa")
+    b = rw(mount, w, tmp_path / "sb")
+    name = b"caf\xe9"
+    for m, data in ((a, b"A"), (b, b"B")):
+        with open(os.path.join(os.fsencode(m.path), b"dir", name), "wb") as f:
+            f.write(data)
+    assert json.loads(cli(w, a)("commit", "--json", str(a.path)).out)["version"] == 2
+    r = cli(w, b)("commit", "--json", str(b.path), check=False)
+    assert r.code == 5
+    out = json.loads(r.out)
+    assert out["paths"] == [{"path": "dir/caf\ufffd", "path_pct": "dir/caf%E9"}], out
+    assert "dir/caf\\xe9" in out["error"]  # the message shows the byte
+    out = json.loads(cli(w, b)("commit", "--json", "--ours", str(b.path)).out)
+    assert out["version"] == 3 and [p["path_pct"] for p in out["overwritten"]] == ["dir/caf%E9"]
+
+
 def test_discard_drops_pending_changes_and_the_base_shows_again(mount: Mounter, tmp_path: Path) -> None:
     w, src = make_ws(tmp_path)
     m = rw(mount, w, tmp_path / "state")

@@ -254,7 +254,10 @@ def cmd_commit(args: argparse.Namespace) -> int:
                       progress=progress)
     except WsfsError as e:
         if args.json:
-            print(json.dumps({"ok": False, "error": str(e), "exit_code": e.exit_code}))
+            out = {"ok": False, "error": str(e), "exit_code": e.exit_code}
+            if isinstance(getattr(e, "paths", None), list):
+                out["paths"] = e.paths  # type: ignore[attr-defined]  # a conflict's: [{path, path_pct}]
+            print(json.dumps(out))
         raise
     s.pop("ok", None)
     if args.json:

@@ -259,6 +259,8 @@ def query(mountpoint: str, cache_dir: str, cmd: str, *, timeout: float | None = 
             if isinstance(reply.get("exit_code"), int):  # a WsfsError in the daemon: the same message and exit code
                 err = WsfsError(str(reply.get("error")))
                 err.exit_code = reply["exit_code"]
+                if isinstance(reply.get("paths"), list):
+                    err.paths = reply["paths"]  # type: ignore[attr-defined]  # a conflict's, for --json
                 raise err
             raise WsfsError(f"the daemon of {mountpoint} refused {cmd!r}: {reply.get('error')}")
         return dict(reply)

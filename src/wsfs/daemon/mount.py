@@ -71,6 +71,7 @@ from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_b
 from wsfs.daemon.view import KERNEL_READAHEAD_KIB, SMALL_PREFETCH_MAX, Deadline, VersionView
 from wsfs.daemon.writable import Prepared, WritableTree, layer_disk_bytes, prepare_rebase
 from wsfs.errors import MountError, UsageError, WsfsError
+from wsfs.format.names import named
 from wsfs.format.records import VersionRecord
 from wsfs.localfs import private_dir, touch_private
 from wsfs.repository import Ref, Repository
@@ -603,7 +604,8 @@ class _Daemon:
         # this mount's commits (metrics): published versions, failed attempts, conflicts among them
         self.commits = {"count": 0, "bytes_uploaded": 0, "seconds": 0.0, "failures": 0, "conflicts": 0}
         self.pending = _PendingGauge()
-        self._lease_wake: trio.Event | None = None  # set after a commit: the published version's lease moves
+        # Set to move a lease: "published" after a commit (the published version's), "base" after a re-base.
+        self._lease_wakes: dict[str, trio.Event] = {}
         self.rebase = True  # a read-write mount goes on over the version an idle commit published
         self.rebases = 0  # re-bases tried (ended, one way or the other)
         self.trio_token: trio.lowlevel.TrioToken | None = None  # (set when the loop runs)
@@ -658,7 +660,7 @@ class _Daemon:
                 out: dict[str, Any] = {"ok": False, "error": str(e), "exit_code": e.exit_code}
                 paths = getattr(e, "paths", None)  # a CommitConflict's (not imported by every mount)
                 if isinstance(paths, list):
-                    out["paths"] = [os.fsdecode(p) for p in paths]
+                    out["paths"] = [named("path", p) for p in paths]  # as every --json names paths
                 return out
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
@@ -673,8 +675,7 @@ class _Daemon:
             self.pending.stale = True  # the figures are shown fresh after every commit
             raise
         self.pending.committed(before, started, self._mutations())
-        if self._lease_wake is not None:
-            trio.from_thread.run_sync(self._lease_wake.set)
+        self._wake_lease("published")
         return out
 
     def layer_commit(self, request: dict[str, Any], progress: control.Progress | None = None) -> dict[str, Any]:
@@ -725,7 +726,7 @@ class _Daemon:
         log.info("%s: commit: %s", self.label, f"{self.workspace}@{record.version}" if record else "nothing to commit")
         return {"workspace": self.workspace, "version": record.version if record else None,
                 "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased, "rebasing": handed,
-                "overwritten": [os.fsdecode(p) for p in stats.overwritten], "recovered": stats.recovered,
+                "overwritten": [named("path", p) for p in stats.overwritten], "recovered": stats.recovered,
                 "files_read": stats.files_read, "objects_uploaded": stats.objects_uploaded,
                 "bytes_uploaded": stats.bytes_uploaded, "seconds": round(stats.seconds, 3)}
 
@@ -814,6 +815,8 @@ class _Daemon:
                 view.manifest.close()
             return False
         took = time.monotonic() - started
+        self._wake_lease("base")
+        self._wake_lease("published")  # (now the base's: that lease goes)
         self._invalidate(calls)
         log.info("%s: now over %s@%d (%d paths other writers changed; %d inodes the kernel holds; "
                  "%.3f s on the request thread)", self.label, self.workspace, record.version, len(found.theirs),
@@ -892,10 +895,9 @@ class _Daemon:
             await nursery.start(control.serve, self.mountpoint, self.cache_dir, self.handle)
             nursery.start_soon(self._maintenance)
             if self.version is not None and self.lease:
-                nursery.start_soon(self._lease, lambda: self.version)  # (a re-base moves it)
+                nursery.start_soon(self._lease, lambda: self.version, "base")  # (a re-base moves it)
                 if self.tree is not None:
-                    self._lease_wake = trio.Event()
-                    nursery.start_soon(self._lease, self._published_version, self._lease_wake)
+                    nursery.start_soon(self._lease, self._published_version, "published")
             if self.tree is not None:
                 nursery.start_soon(self._commit_timer, self.tree)
                 nursery.start_soon(self._watch_pending, self.tree)
@@ -1031,13 +1033,22 @@ class _Daemon:
                     self.pending.due = time.monotonic() + _PENDING_MIN_INTERVAL
             await trio.sleep(1.0)
 
-    async def _lease(self, version_of: Callable[[], int | None], wake: trio.Event | None = None) -> None:
+    def _wake_lease(self, name: str) -> None:
+        """(any thread but the trio one) Have the lease *name* rewritten now (its version moved)."""
+        wake = self._lease_wakes.get(name)
+        if wake is not None and self.trio_token is not None:
+            try:
+                trio.from_thread.run_sync(wake.set, trio_token=self.trio_token)
+            except trio.RunFinishedError:
+                pass
+
+    async def _lease(self, version_of: Callable[[], int | None], wake_name: str | None = None) -> None:
         """Keep a lease in the store (``versions/leases.py``) on the version ``version_of()`` names, so gc keeps
         it while mounted: the mounted version; for a read-write mount also the version its layer last
         published, which its next commit reads (the changes other writers made since).
 
-        Written at mount, renewed every ``leases.RENEW`` s and when *wake* is set (``version_of()`` changed:
-        the same key is rewritten), deleted when ``version_of()`` is None and at unmount.  A store that
+        Written at mount, renewed every ``leases.RENEW`` s and when :meth:`_wake_lease` names *wake_name*
+        (``version_of()`` changed: the same key is rewritten), deleted when ``version_of()`` is None and at unmount.  A store that
         cannot be reached (or credentials that may not write) cost only the lease, logged once at INFO: the
         mount works, and gc treats the version as unleased (its grace period still applies).
         """
@@ -1045,6 +1056,8 @@ class _Daemon:
         mode = "ro" if self.tree is None else "rw"
         key = None
         failing = False
+        if wake_name is not None:
+            self._lease_wakes[wake_name] = trio.Event()
 
         async def delete() -> None:
             assert key is not None
@@ -1072,22 +1085,20 @@ class _Daemon:
                         log.info("%s: cannot write its lease for gc (retrying): %s", self.label, e)
                     failing = True
                 with trio.move_on_after(leases.RENEW if not failing else 30):
-                    if wake is None:
+                    if wake_name is None:
                         await trio.sleep_forever()
-                    await wake.wait()
-                    wake = self._lease_wake = trio.Event()  # a fresh one for the next change
+                    await self._lease_wakes[wake_name].wait()
+                    self._lease_wakes[wake_name] = trio.Event()  # a fresh one for the next change
         finally:
             if key is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await delete()
 
     def _published_version(self) -> int | None:
-        """(trio thread) The version a read-write mount's layer last published (its base's until a commit).
-
-        Also when it is the mounted one: a re-base moves the base there, and this lease holds it while the
-        base's own lease is renewed."""
+        """(trio thread) The version a read-write mount's layer last published, if not its base."""
         assert self.tree is not None
-        return self.tree.layer.published()[0]
+        v = self.tree.layer.published()[0]
+        return v if v != self.version else None
 
     async def _maintenance(self) -> None:
         while True:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 import stat
 import threading
 import time
@@ -133,7 +132,9 @@ class CommitConflict(Conflict):
 
     def __init__(self, paths: list[bytes], detail: str = "") -> None:
         self.paths = paths
-        shown = ", ".join(os.fsdecode(p) or "/" for p in paths[:10]) + (" ..." if len(paths) > 10 else "")
+        # (bytes that are not UTF-8 shown as \xNN: the message is text, --json has the exact names)
+        shown = ", ".join(p.decode("utf-8", "backslashreplace") or "/" for p in paths[:10]) + (
+            " ..." if len(paths) > 10 else "")
         super().__init__(
             f"{len(paths)} path(s) changed both here and in versions published since: {shown}{detail} "
             "(commit --ours publishes ours over theirs; discard PATH takes theirs)"
