@@ -507,20 +507,30 @@ def test_the_layer_thread_does_not_fsync_for_a_commit(setup, monkeypatch) -> Non
     check_version(base, lay, 2)
 
 
+def fill(lay: WriteLayer, bigs: int, big_size: int, smalls: int) -> None:
+    """*bigs* random files of *big_size* bytes at the top and *smalls* small ones in ``many/``."""
+    for i in range(bigs):
+        write_file(lay, b"big%d" % i, os.urandom(big_size))
+    lay.mkdir(ROOT_INO, b"many", 0o755, 0, 0)
+    for i in range(smalls):
+        write_file(lay, b"many/f%d" % i, os.urandom(100 + i))
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child script of this directory (wsfs, tests/ and tests/layer importable)."""
+    here = Path(__file__).parent
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parents[1] / "src"), str(here.parent), str(here)]))
+
+
 def test_kill_9_during_commits_then_commit_again(tmp_path: Path) -> None:
     """Commits killed at random moments publish a whole version or none; the layer then commits once."""
     base = push_tree(tmp_path, small_tree)
     state = tmp_path / "state"
     lay = open_layer(base, state)
-    for i in range(8):
-        write_file(lay, b"big%d" % i, os.urandom(6 << 20))
-    lay.mkdir(ROOT_INO, b"many", 0o755, 0, 0)
-    for i in range(400):
-        write_file(lay, b"many/f%d" % i, os.urandom(100 + i))
+    fill(lay, 8, 6 << 20, 400)
     expected = describe_layer(lay)
     lay.close()
-    here = Path(__file__).parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parents[1] / "src"), str(here.parent), str(here)]))
+    here, env = Path(__file__).parent, child_env()
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     outcomes = []
     for delay in (0.01, 0.03, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6):
@@ -551,17 +561,12 @@ def test_kill_9_during_a_rebase_leaves_one_state_or_the_other(tmp_path: Path) ->
     base = push_tree(tmp_path, small_tree)
     template = tmp_path / "template"
     lay = open_layer(base, template)
-    for i in range(4):
-        write_file(lay, b"big%d" % i, os.urandom(3 << 20))
-    lay.mkdir(ROOT_INO, b"many", 0o755, 0, 0)
-    for i in range(300):
-        write_file(lay, b"many/f%d" % i, os.urandom(100 + i))
+    fill(lay, 4, 3 << 20, 300)
     assert commit_layer(base.repo, lay)[0].version == 2
     expected = describe_layer(lay)
     lay.close()
     head = Base(base.repo, "w", 2, base.repo_url, base.cache_dir)
-    here = Path(__file__).parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parents[1] / "src"), str(here.parent), str(here)]))
+    here, env = Path(__file__).parent, child_env()
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     where = []
     try:
