@@ -176,6 +176,38 @@ def test_an_idle_commit_goes_on_over_its_version_and_shows_other_writers_changes
     assert describe(out) == describe(pa)
 
 
+def test_a_rebase_drops_what_the_mount_showed_of_a_path_another_writer_changed_after_our_commit(
+        mount: Mounter, tmp_path: Path) -> None:
+    """A path this layer committed (no re-base then: -o norebase), then changed by another writer, is the
+    other writer's in our next commit, which we did not touch it for; the re-base after that commit must
+    drop what the kernel cached of our old content there, not only of paths we never changed."""
+    w, _ = make_ws(tmp_path)
+    state = tmp_path / "sa"
+    a = mount(w.repo, "demo", extra=("--rw", "-o", f"state_dir={state},norebase"))
+    (a.path / "k").write_bytes(b"ours\n")
+    assert json.loads(cli(w, a)("commit", "--json", str(a.path)).out)["version"] == 2
+    cli(w, a)("umount", str(a.path))  # (waits for the daemon to exit; the fixture's teardown finds it gone)
+    b = rw(mount, w, tmp_path / "sb", ref="demo@2")
+    (b.path / "k").write_bytes(b"theirs, later\n")
+    assert json.loads(cli(w, b)("commit", "--json", str(b.path)).out)["version"] == 3
+    a = rw(mount, w, state)  # over demo@1 still, with its memo of demo@2
+    fd = os.open(a.path / "k", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 100, 0) == b"ours\n"  # what this layer saw (and the kernel caches now)
+        (a.path / "j").write_bytes(b"j\n")
+        assert os.stat(a.path / "k").st_size == len(b"ours\n")
+        r = json.loads(cli(w, a)("commit", "--json", str(a.path)).out)
+        assert r["version"] == 4 and w("cat", "demo@4", "k").out == b"theirs, later\n"
+        st = wait_rebased(w, a, 1)
+        assert st["base_version"] == 4 and st["changes"] == []
+        assert os.stat(a.path / "k").st_size == len(b"theirs, later\n")  # (attributes cached since the stat)
+        assert os.fstat(fd).st_size == len(b"theirs, later\n")
+        assert os.pread(fd, 100, 0) == b"theirs, later\n"
+    finally:
+        os.close(fd)
+    assert (a.path / "k").read_bytes() == b"theirs, later\n"
+
+
 def test_commit_json_names_conflicting_paths_exactly(mount: Mounter, tmp_path: Path) -> None:
     """``wsfs commit --json`` names the paths of a conflict and those ours replaced as every --json does
     (``path`` + ``path_pct``, the exact bytes), a name that is not UTF-8 included."""

@@ -54,7 +54,8 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
             if key in ("ro", "rw") and not eq:
                 out["rw"] = key == "rw"  # the last one wins, as in mount(8)
                 continue
-            if key in ("allow_other", "debug", "history", "noprofile", "nopreload", "nolease", "commit_on_umount") and not eq:
+            if key in ("allow_other", "debug", "history", "noprofile", "nopreload", "nolease", "commit_on_umount",
+                       "norebase") and not eq:
                 out[key] = True
             elif key in ("cache_dir", "log", "state_dir", "metrics") and eq and val:
                 out[key] = val
@@ -74,7 +75,7 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
                 out[key] = parse_timeout(val, "timeout")
             else:
                 raise UsageError(f"unknown or malformed mount option {item!r} "
-                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, nolease, metrics=HOST:PORT, commit_interval=DURATION, commit_on_umount, cache_dir=DIR, cache_size=SIZE, "
+                                 "(known: ro, rw, state_dir=DIR, allow_other, history, noprofile, nopreload, nolease, metrics=HOST:PORT, commit_interval=DURATION, commit_on_umount, norebase, cache_dir=DIR, cache_size=SIZE, "
                                  "prefetch_small=SIZE, timeout=SECONDS, log=PATH)")
     return out
 
@@ -99,6 +100,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         metrics=opts.get("metrics"),
         commit_interval=opts.get("commit_interval"),
         commit_on_umount=opts.get("commit_on_umount", False),
+        rebase=not opts.get("norebase", False),
         rw=args.rw or opts.get("rw", False),
         state_dir=os.path.abspath(opts["state_dir"]) if opts.get("state_dir") else None,
     )
@@ -106,8 +108,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         from wsfs.metrics import parse_listen
 
         parse_listen(options.metrics)  # a usage error now, not after mounting
-    if (options.commit_interval or options.commit_on_umount) and not options.rw:
-        raise UsageError("-o commit_interval= and commit_on_umount are for read-write mounts: add --rw")
+    if (options.commit_interval or options.commit_on_umount or not options.rebase) and not options.rw:
+        raise UsageError("-o commit_interval=, commit_on_umount and norebase are for read-write mounts: add --rw")
     if options.state_dir and not options.rw:
         raise UsageError("-o state_dir= is for read-write mounts: add --rw")
     if "cache_size" in opts:
@@ -369,7 +371,9 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
                          "on the version for gc: read-only credentials; gc's grace period alone then protects it), "
                          "metrics=HOST:PORT (serve Prometheus metrics on that loopback address), commit_interval=DURATION (--rw: "
                          "commit pending changes that often, e.g. 10m), commit_on_umount (--rw: commit them when "
-                         "unmounted or stopped), cache_dir=DIR, cache_size=SIZE, "
+                         "unmounted or stopped), norebase (--rw: stay over the mounted version after commits instead of "
+                         "going on over each version published; other writers' changes then show only after a remount), "
+                         "cache_dir=DIR, cache_size=SIZE, "
                          "prefetch_small=SIZE (fetch listed one-chunk files up to SIZE, and listed small files' packs, in the background; "
                          "default 1M, 0: off), timeout=SECONDS (an operation that waits longer for the store "
                          "fails with ETIMEDOUT, and so does each store request; default $WSFS_OP_TIMEOUT or 30), "

@@ -118,6 +118,7 @@ class MountOptions:
     metrics: str | None = None  # HOST:PORT (loopback) of a Prometheus endpoint (wsfs/metrics.py); None: none
     commit_interval: float | None = None  # --rw: commit pending changes every this many seconds
     commit_on_umount: bool = False  # --rw: commit pending changes at unmount or on a stop signal
+    rebase: bool = True  # --rw: go on over each version an idle commit published (docs/decisions/live-rebase.md)
     state_dir: str | None = None  # the write layer's folder; None: default_layer_dir(repo, workspace)
 
 
@@ -375,6 +376,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
     daemon.metrics = options.metrics
     daemon.commit_interval = options.commit_interval
     daemon.commit_on_umount = options.commit_on_umount
+    daemon.rebase = options.rebase
     try:
         try:
             pyfuse3.init(ops, mountpoint, fuse_options)
@@ -711,7 +713,7 @@ class _Daemon:
                 if record is not None and self.rebase:
                     # After the answer: `wsfs commit` takes what the commit takes; the next commit or
                     # discard waits for the lock.
-                    threading.Thread(target=self._rebase_after, args=(snap, record, stats.layer_keys, held, mark),
+                    threading.Thread(target=self._rebase_after, args=(snap, record, stats, held, mark),
                                      name="wsfs-rebase", daemon=True).start()
                     handed = True
             finally:
@@ -730,13 +732,12 @@ class _Daemon:
                 "files_read": stats.files_read, "objects_uploaded": stats.objects_uploaded,
                 "bytes_uploaded": stats.bytes_uploaded, "seconds": round(stats.seconds, 3)}
 
-    def _rebase_after(self, snap: Any, record: VersionRecord, layer_keys: set[bytes], held: set[int],
-                      mark: int) -> None:
+    def _rebase_after(self, snap: Any, record: VersionRecord, stats: Any, held: set[int], mark: int) -> None:
         """(its own thread, holding the commit lock) The re-base after a commit; then releases both."""
         try:
             prepared = None
             try:
-                prepared = self._prepare_rebase(snap, record, layer_keys, held, mark)
+                prepared = self._prepare_rebase(snap, record, stats, held, mark)
             finally:
                 snap.close()
             if prepared is not None:
@@ -756,7 +757,7 @@ class _Daemon:
         assert tree is not None
         return tree.layer.snapshot(read_base, durable=False), tree.mutations, tree.held(self.ops.inodes.counts)
 
-    def _prepare_rebase(self, snap: Any, record: VersionRecord, layer_keys: set[bytes], held: set[int],
+    def _prepare_rebase(self, snap: Any, record: VersionRecord, stats: Any, held: set[int],
                         mark: int) -> tuple[VersionView, Prepared] | None:
         """(worker thread, after a commit) If the mount stayed idle (*mark*: the mutations count at the
         snapshot) and no file is open, the new version's view and what the re-base onto it needs: the
@@ -779,7 +780,12 @@ class _Daemon:
         try:
             t0 = time.monotonic()
             base = self.repo.record(self.workspace, snap.base_id.version)
-            theirs = [path_of(c.key) for c in record_changes(self.repo, base, record) or () if c.key not in layer_keys]
+            # Where the new version differs from what the mount showed (the merged view): of the keys
+            # commit compared, those it found unlike; any other holds the base's record in the merged view.
+            keys = set(stats.unlike)
+            if stats.compared is not None:
+                keys.update(c.key for c in record_changes(self.repo, base, record) or () if c.key not in stats.compared)
+            theirs = [path_of(k) for k in sorted(keys)]
             t1 = time.monotonic()
             manifest = self.repo.open_manifest(record)
             t2 = time.monotonic()

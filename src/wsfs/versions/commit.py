@@ -118,7 +118,11 @@ class CommitStats:
     seconds: float = 0.0
     skipped: list[bytes] = field(default_factory=list)  # sockets: not stored (as push)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench_commit prints them)
-    layer_keys: set[bytes] = field(default_factory=set)  # keys where the layer differed from its base
+    # For the re-base after it: where the published version may differ from the layer's merged view.
+    # *compared*: the keys whose merged-view record commit read (None: all), *unlike*: those of them where
+    # the version differs; any other key holds the base's record in the merged view.
+    compared: set[bytes] | None = None
+    unlike: set[bytes] = field(default_factory=set)
 
     def lap(self, name: str, since: list[float]) -> None:
         """Add the time since ``since[0]`` to phase *name*; ``since[0]`` becomes now."""
@@ -534,7 +538,7 @@ def _commit(
         base_rec = repo.record(ws, snap.base_id.version)
         # Every key that differs from the base in the layer's terms (status shows them) is memoised,
         # also where its record did not change (a further name of a hard-linked file written to).
-        seen = stats.layer_keys = {_key(c.path) if c.path else b"" for c in snap.changes()}
+        seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
         stats.lap("changes", mark)
         # Candidates: what differs from the base, and what we committed.  Any other key holds the
         # base's entry in the merged view, and the base's record (the same code encodes both).
@@ -615,6 +619,9 @@ def _commit(
             bad = _check_tree(entries)
             if bad:
                 raise CommitConflict(bad, " (merging them would give no valid tree)")
+            stats.compared = set(keys) if keys is not None else None
+            stats.unlike = {k for k in (keys if keys is not None else cur.keys() | tree.keys())
+                            if cur.get(k) != (encode_body(tree[k], layout) if k in tree else None)}
             stats.lap("merge", mark)
             progress("building", 0, 0)
             pack_bytes, plans = _pack_source(repo, parent, view, spill, entries, workers, cache)
