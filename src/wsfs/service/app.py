@@ -22,7 +22,7 @@ import os
 import re
 import stat
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -54,6 +54,7 @@ from wsfs.service.backend import (
     FileInfo,
     IsDirectory,
     IsSymlink,
+    Part,
     kind,
     record_json,
 )
@@ -319,10 +320,23 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
         )
 
     async def content(info: FileInfo, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
-        """Bytes ``[start, end)`` of a file, verified, parts read ahead on the blob pool."""
+        """Bytes ``[start, end)`` of a file, verified, parts read ahead on the blob pool.
+
+        The chunks after the part being sent are fetched ahead into the blob
+        cache (:meth:`Backend.prefetch`, up to ``chunks_ahead``, counted from
+        the part being sent, so they fit in the cache's memory).  A part whose
+        chunk is fetched so costs no thread of its own: once that fetch is
+        done the part is taken from the cache's memory (verified bytes) on the
+        event loop, and read on the pool only if it is not there (evicted, or
+        the fetch failed: the read reports the error).  Other parts (the
+        first chunk, small files, holes) are read on the pool, ``read_ahead``
+        at a time.
+        """
         loop = asyncio.get_running_loop()
         parts = info.parts(start, end)
-        ahead: collections.deque[asyncio.Future[bytes | memoryview]] = collections.deque()
+        # (part, its read on the pool) or (part, None): its chunk is being fetched ahead (started[idx]).
+        ahead: collections.deque[tuple[Part, asyncio.Future[bytes | memoryview] | None]] = collections.deque()
+        started: dict[int, Future[None]] = {}
         done = -1
         try:
             while True:
@@ -330,14 +344,33 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
                     p = next(parts, None)
                     if p is None:
                         break
-                    ahead.append(loop.run_in_executor(backend.blobs, backend.read_part, info, p))
-                    done = backend.prefetch(info, p, done, end)
+                    if p.chunk is not None and p.chunk.idx in started:
+                        ahead.append((p, None))
+                    else:
+                        ahead.append((p, loop.run_in_executor(backend.blobs, backend.read_part, info, p)))
+                    if done < 0:
+                        done = backend.prefetch(info, p, done, end, started)
                 if not ahead:
                     return
-                yield await ahead.popleft()
+                p, read = ahead.popleft()
+                done = backend.prefetch(info, p, done, end, started)
+                if read is not None:
+                    yield await read
+                    continue
+                assert p.chunk is not None
+                fetch = started[p.chunk.idx]
+                if p.start + p.length == p.chunk.length:
+                    del started[p.chunk.idx]  # the chunk's last part
+                if not fetch.done():
+                    await asyncio.wait((asyncio.wrap_future(fetch),))  # never raises; a cancel leaves the fetch running
+                data = backend.recall_part(info, p)
+                if data is None:
+                    data = await loop.run_in_executor(backend.blobs, backend.read_part, info, p)
+                yield data
         finally:
-            for f in ahead:
-                f.cancel()
+            for _, f in ahead:
+                if f is not None:
+                    f.cancel()
 
     async def files(request: Request) -> Response:
         """``GET|HEAD .../files/{path}``: verified bytes, ranges, conditionals (docs/api.md, "Files")."""

@@ -428,14 +428,17 @@ class Backend:
                 self._small_bytes -= len(self._small.popitem(last=False)[1])
         return data
 
-    def prefetch(self, info: FileInfo, part: Part, done: int, end: int) -> int:
+    def prefetch(self, info: FileInfo, part: Part, done: int, end: int,
+                 started: dict[int, Future[None]] | None = None) -> int:
         """Start fetching the :attr:`chunks_ahead` chunks after *part*'s (those after chunk *done*, none from byte
         *end* on: a range reader gets no read-ahead beyond its range); returns the last chunk started.
 
         Parts are one chunk at most: reading them ahead keeps only
         :attr:`read_ahead` chunks in flight.  The chunks themselves are fetched ahead into the
         cache (``BlobCache.prepare``: verified, kept in its bounded memory),
-        as the daemon's read-ahead does, so the parts that follow are hits.
+        as the daemon's read-ahead does, so the parts that follow are hits
+        (``keep``: a chunk file verified before is read into that memory too).
+        *started* receives each fetch's future by chunk index.
         """
         c = part.chunk
         if c is None:
@@ -444,8 +447,22 @@ class Backend:
         for j in range(max(done + 1, c.idx + 1), last + 1):
             nxt = info.chunks[j]
             if nxt.cid is not None:
-                self.blobs.submit(self.cache.prepare, nxt.cid, size=nxt.length)
+                f = self.blobs.submit(self.cache.prepare, nxt.cid, size=nxt.length, keep=True)
+                if started is not None:
+                    started[j] = f
         return max(done, last)
+
+    def recall_part(self, info: FileInfo, part: Part) -> memoryview | None:
+        """*part*'s bytes if its chunk is in the blob cache's memory (verified bytes), else None.
+
+        No I/O, no lock held for long: the event loop calls it for a part
+        whose chunk read-ahead has fetched, instead of a thread hop.
+        """
+        c = part.chunk
+        if c is None or c.cid is None:
+            return None
+        data = self.cache.recall(c.cid, part.start, part.length, size=c.length)
+        return data if data is not None and len(data) == part.length else None
 
     def iter_content(self, info: FileInfo, start: int = 0, end: int | None = None) -> Iterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of a file, in order, parts read ahead on the blob pool (for archives: a thread)."""
