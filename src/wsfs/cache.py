@@ -351,25 +351,15 @@ class BlobCache:
         whole = self._fetch(cid, size, place=place)
         return whole[offset : offset + length]
 
-    def prepare(
-        self, cid: bytes, *, size: int | None = None, place: Place | None = None, keep: bool = False
-    ) -> None:
+    def prepare(self, cid: bytes, *, size: int | None = None, place: Place | None = None) -> None:
         """Read-ahead: make *cid* present and verified, so a later ``try_read`` hits.
 
         Fetches it if missing, verifies it if this process has not yet.
-        *keep* (with *size*): a file already verified is read whole into
-        memory too, so that :meth:`recall` hits.  Errors are logged at debug
-        level and not raised: the read that needs the bytes will fetch again
-        and report the error itself.
+        Errors are logged at debug level and not raised: the read that needs
+        the bytes will fetch again and report the error itself.
         """
         try:
-            if keep and size is not None:
-                data = self._read_local(cid, 0, size, size, count=False)
-                if data is not None:
-                    if len(data) == size:
-                        self._remember(hexid(cid), data)
-                    return
-            elif self._read_local(cid, 0, 0, size, count=False) is not None:
+            if self._read_local(cid, 0, 0, size, count=False) is not None:
                 return
             with self._lock:
                 self.stats.prefetches += 1

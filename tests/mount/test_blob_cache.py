@@ -340,49 +340,38 @@ def test_without_o_direct_content_files_are_written_normally(
     cache.close()
 
 
-def test_recall_gives_only_verified_bytes_in_memory_and_prepare_keep_brings_them_in(
+def test_recall_gives_only_verified_bytes_in_memory_and_never_touches_a_file(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``recall`` (the server's event loop) never touches a file; ``prepare(keep=True)`` reads a verified one in."""
-    blobs = [os.urandom(300 * KIB + i) for i in range(3)]
+    """``recall`` (the server's event loop): what a fetch or a first-use verification kept in memory, else None."""
+    blobs = [os.urandom(300 * KIB + i) for i in range(2)]
     ids = [put(repo, b) for b in blobs]
     cache_dir = str(tmp_path / "cache")
     first = BlobCache(repo, cache_dir)
-    got = first.recall(ids[0], 0, 1)
-    assert got is None  # not fetched yet: no fetch either
-    first.prepare(ids[0], size=len(blobs[0]))  # fetched: in memory
+    assert first.recall(ids[0], 0, 1) is None  # not here: and no fetch either
+    assert gets(repo) == 0
+    first.prepare(ids[0], size=len(blobs[0]))  # fetched, verified: in memory
     got = first.recall(ids[0], 7, 100, size=len(blobs[0]))
     assert isinstance(got, memoryview) and got == blobs[0][7:107]
     assert first.recall(ids[0], 0, 1, size=len(blobs[0]) + 1) is None  # not the size the caller expects
-    for cid in ids[1:]:
-        first.prepare(cid, size=len(blobs[ids.index(cid)]))
+    first.prepare(ids[1], size=len(blobs[1]))
     first.close()
 
-    # Another process: the files are not verified by it yet.  One of them is corrupt.
-    path = first.path(ids[1])
-    with open(path, "r+b") as f:
+    # Another process: the files are not verified by it.  One of them is corrupt.
+    with open(first.path(ids[1]), "r+b") as f:
         f.write(b"\0bad\0")
     cache = BlobCache(repo, cache_dir)
     real_open = os.open
     opened: list[str] = []
     monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
     assert all(cache.recall(cid, 0, 1) is None for cid in ids)
-    assert opened == []  # recall looked at memory only
+    assert opened == []  # memory only
     monkeypatch.setattr(os, "open", real_open)
     g0 = gets(repo)
     for cid, data in zip(ids, blobs, strict=True):
-        cache.prepare(cid, size=len(data), keep=True)
+        cache.prepare(cid, size=len(data))  # verified (the bad file dropped and fetched again): in memory
         assert cache.recall(cid, 0, len(data), size=len(data)) == data
-    assert gets(repo) - g0 == 1 and cache.statistics()["corrupt"] == 1  # the bad file was fetched again
-    # A file this process verified (installed or checked) and that left memory is read in again by keep=True.
-    cache.close()
-    cache = BlobCache(repo, cache_dir, memory_bytes=350 * KIB)  # room for one
-    for cid, data in zip(ids, blobs, strict=True):
-        cache.prepare(cid, size=len(data), keep=True)
-    assert cache.recall(ids[0], 0, 1) is None
-    cache.prepare(ids[0], size=len(blobs[0]), keep=True)
-    assert cache.recall(ids[0], 0, len(blobs[0])) == blobs[0]
-    assert gets(repo) - g0 == 1
+    assert gets(repo) - g0 == 1 and cache.statistics()["corrupt"] == 1
     cache.close()
 
 

@@ -22,7 +22,7 @@ import os
 import re
 import stat
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -54,7 +54,6 @@ from wsfs.service.backend import (
     FileInfo,
     IsDirectory,
     IsSymlink,
-    Part,
     kind,
     record_json,
 )
@@ -322,21 +321,13 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
     async def content(info: FileInfo, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of a file, verified, parts read ahead on the blob pool.
 
-        The chunks after the part being sent are fetched ahead into the blob
-        cache (:meth:`Backend.prefetch`, up to ``chunks_ahead``, counted from
-        the part being sent, so they fit in the cache's memory).  A part whose
-        chunk is fetched so costs no thread of its own: once that fetch is
-        done the part is taken from the cache's memory (verified bytes) on the
-        event loop, and read on the pool only if it is not there (evicted, or
-        the fetch failed: the read reports the error).  Other parts (the
-        first chunk, small files, holes) are read on the pool, ``read_ahead``
-        at a time.
+        A part whose chunk read-ahead has already brought into the blob
+        cache's memory (verified bytes) is taken from there on the event loop,
+        with no thread hop; the others are read on the pool.
         """
         loop = asyncio.get_running_loop()
         parts = info.parts(start, end)
-        # (part, its read on the pool) or (part, None): its chunk is being fetched ahead (started[idx]).
-        ahead: collections.deque[tuple[Part, asyncio.Future[bytes | memoryview] | None]] = collections.deque()
-        started: dict[int, Future[None]] = {}
+        ahead: collections.deque[asyncio.Future[bytes | memoryview]] = collections.deque()
         done = -1
         try:
             while True:
@@ -344,33 +335,20 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
                     p = next(parts, None)
                     if p is None:
                         break
-                    if p.chunk is not None and p.chunk.idx in started:
-                        ahead.append((p, None))
+                    data = backend.recall_part(info, p)
+                    if data is not None:
+                        f: asyncio.Future[bytes | memoryview] = loop.create_future()
+                        f.set_result(data)
+                        ahead.append(f)
                     else:
-                        ahead.append((p, loop.run_in_executor(backend.blobs, backend.read_part, info, p)))
-                    if done < 0:
-                        done = backend.prefetch(info, p, done, end, started)
+                        ahead.append(loop.run_in_executor(backend.blobs, backend.read_part, info, p))
+                    done = backend.prefetch(info, p, done, end)
                 if not ahead:
                     return
-                p, read = ahead.popleft()
-                done = backend.prefetch(info, p, done, end, started)
-                if read is not None:
-                    yield await read
-                    continue
-                assert p.chunk is not None
-                fetch = started[p.chunk.idx]
-                if p.start + p.length == p.chunk.length:
-                    del started[p.chunk.idx]  # the chunk's last part
-                if not fetch.done():
-                    await asyncio.wait((asyncio.wrap_future(fetch),))  # never raises; a cancel leaves the fetch running
-                data = backend.recall_part(info, p)
-                if data is None:
-                    data = await loop.run_in_executor(backend.blobs, backend.read_part, info, p)
-                yield data
+                yield await ahead.popleft()
         finally:
-            for _, f in ahead:
-                if f is not None:
-                    f.cancel()
+            for f in ahead:
+                f.cancel()
 
     async def files(request: Request) -> Response:
         """``GET|HEAD .../files/{path}``: verified bytes, ranges, conditionals (docs/api.md, "Files")."""

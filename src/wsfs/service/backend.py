@@ -428,8 +428,7 @@ class Backend:
                 self._small_bytes -= len(self._small.popitem(last=False)[1])
         return data
 
-    def prefetch(self, info: FileInfo, part: Part, done: int, end: int,
-                 started: dict[int, Future[None]] | None = None) -> int:
+    def prefetch(self, info: FileInfo, part: Part, done: int, end: int) -> int:
         """Start fetching the :attr:`chunks_ahead` chunks after *part*'s (those after chunk *done*, none from byte
         *end* on: a range reader gets no read-ahead beyond its range); returns the last chunk started.
 
@@ -437,8 +436,7 @@ class Backend:
         :attr:`read_ahead` chunks in flight.  The chunks themselves are fetched ahead into the
         cache (``BlobCache.prepare``: verified, kept in its bounded memory),
         as the daemon's read-ahead does, so the parts that follow are hits
-        (``keep``: a chunk file verified before is read into that memory too).
-        *started* receives each fetch's future by chunk index.
+        (:meth:`recall_part` on the event loop, for a chunk fetched so).
         """
         c = part.chunk
         if c is None:
@@ -447,16 +445,14 @@ class Backend:
         for j in range(max(done + 1, c.idx + 1), last + 1):
             nxt = info.chunks[j]
             if nxt.cid is not None:
-                f = self.blobs.submit(self.cache.prepare, nxt.cid, size=nxt.length, keep=True)
-                if started is not None:
-                    started[j] = f
+                self.blobs.submit(self.cache.prepare, nxt.cid, size=nxt.length)
         return max(done, last)
 
     def recall_part(self, info: FileInfo, part: Part) -> memoryview | None:
         """*part*'s bytes if its chunk is in the blob cache's memory (verified bytes), else None.
 
-        No I/O, no lock held for long: the event loop calls it for a part
-        whose chunk read-ahead has fetched, instead of a thread hop.
+        No I/O, no lock held for long: the event loop calls it before handing
+        a part's read to the pool (a chunk read-ahead has fetched is there).
         """
         c = part.chunk
         if c is None or c.cid is None:
