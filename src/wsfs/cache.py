@@ -647,23 +647,26 @@ class BlobCache:
             self._write_batch(batch)
 
     def _write_batch(self, batch: list[tuple[str, str, bytes | memoryview, int]]) -> None:
-        """Install each blob of *batch* (releasing its lock at once), then index them in one transaction."""
+        """Install each blob of *batch* (releasing its lock and its room at once), then index them in one transaction."""
         rows: list[tuple[str, int, int]] = []
+        todo = collections.deque(batch)
         try:
-            for h, path, data, lock_fd in batch:
+            while todo:
+                h, path, data, lock_fd = todo.popleft()
                 try:
                     try:
                         st = self._install(path, data)
                     finally:
                         self._unlock_file(path, lock_fd)
+                    with self._lock:
+                        self._verified.add(_verified_key(h, st))
+                    rows.append((h, len(data), time.time_ns()))
                 except Exception as e:  # noqa: BLE001 - the reader has its bytes; only the local copy is lost
                     with self._lock:
                         self.stats.write_failures += 1
                     log.warning("cannot write cached blob %s: %s", h, e)
-                    continue
-                with self._lock:
-                    self._verified.add(_verified_key(h, st))
-                rows.append((h, len(data), time.time_ns()))
+                finally:
+                    self._release(h, data)
             if rows:
                 try:
                     with self._db_lock, _immediate(self._db):
@@ -679,13 +682,20 @@ class BlobCache:
                         self.stats.write_failures += len(rows)
                     log.warning("cannot index %d cached blobs: %s", len(rows), e)
         finally:
+            for h, path, data, lock_fd in todo:  # left by an exception that ended the loop (shutdown)
+                self._unlock_file(path, lock_fd)
+                self._release(h, data)
             with self._pending_cond:
-                for h, _, data, _ in batch:
-                    if self._pending.get(h) is data:
-                        del self._pending[h]
-                    self._pending_used -= len(data)
                 self._written += len(batch)
                 self._pending_cond.notify_all()
+
+    def _release(self, h: str, data: bytes | memoryview) -> None:
+        """*data* of blob *h* no longer waits to be written (its file is installed, or failed): room for a fetch."""
+        with self._pending_cond:
+            if self._pending.get(h) is data:
+                del self._pending[h]
+            self._pending_used -= len(data)
+            self._pending_cond.notify_all()
 
     def drain(self) -> None:
         """Wait until the blobs fetched so far are written to their content files and the index.
