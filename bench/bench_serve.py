@@ -374,6 +374,8 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
         return 0
     with contextlib.ExitStack() as stack:
+        # Last, once the S3 server is stopped (it writes its logs in tmp until then).
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         s3 = None
         if args.s3:
             sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
