@@ -29,7 +29,8 @@ order that alternates from round to round, with a plain GET (``--s3``) in
 each round.  Prints every measurement, then per variant the medians and
 their ratios to the plain GET of the same rounds, the server's CPU seconds
 per GiB sent (steadier than speeds when other jobs share the CPUs), and its
-peak RSS.
+peak RSS; with ``--s3`` also the CPU per GiB of the store (the ``weed``
+process tree) and of this client, during each plain GET and cold GET.
 
 Exits 0 and prints the numbers; nothing is asserted.
 """
@@ -248,14 +249,25 @@ def compare(args: argparse.Namespace, tmp: str, s3: object | None) -> int:
     del data
     variants = args.compare
     res: dict[str, dict[str, list[float]]] = {
-        v: {"cold": [], "warm": [], "cold cpu": [], "warm cpu": [], "rss": []} for v in variants}
+        v: {"cold": [], "warm": [], "cold cpu": [], "warm cpu": [], "rss": [], "cold store cpu": [],
+            "cold client cpu": []} for v in variants}
     plain: list[float] = []
+    plain_cpu: list[tuple[float, float]] = []  # (store, client) CPU seconds per GiB of each plain GET
     loads: list[float] = []
+    store_pid = None if s3 is None else s3.pid  # type: ignore[attr-defined]
+    per_gib = 1024 / args.size_mib
+
+    def store_cpu() -> float:
+        return tree_cpu_seconds(store_pid) if store_pid else 0.0
+
     for r in range(args.rounds):
         loads.append(os.getloadavg()[0])
         if s3 is not None:
+            w0, c0 = store_cpu(), time.process_time()
             plain.append(args.size_mib / plain_get(s3, "plain/big"))
-            print(f"round {r}: load {loads[-1]:.2f}; plain GET {plain[-1]:.0f} MiB/s", flush=True)
+            plain_cpu.append(((store_cpu() - w0) * per_gib, (time.process_time() - c0) * per_gib))
+            print(f"round {r}: load {loads[-1]:.2f}; plain GET {plain[-1]:.0f} MiB/s (CPU per GiB: store "
+                  f"{plain_cpu[-1][0]:.2f} s, client {plain_cpu[-1][1]:.2f} s)", flush=True)
         order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
             cache = os.path.join(tmp, f"serve-cache-{r}")
@@ -263,12 +275,16 @@ def compare(args: argparse.Namespace, tmp: str, s3: object | None) -> int:
             try:
                 line = [f"round {r} {v}:"]
                 for label in ("cold", "warm"):
-                    cpu0 = cpu_seconds(proc.pid)
+                    cpu0, w0, c0 = cpu_seconds(proc.pid), store_cpu(), time.process_time()
                     dt, got = asyncio.run(whole(port))
                     assert got == size, (got, size)
                     res[v][label].append(args.size_mib / dt)
-                    res[v][label + " cpu"].append((cpu_seconds(proc.pid) - cpu0) * 1024 / args.size_mib)
+                    res[v][label + " cpu"].append((cpu_seconds(proc.pid) - cpu0) * per_gib)
                     line.append(f"{label} {args.size_mib / dt:.0f} MiB/s (server CPU {res[v][label + ' cpu'][-1]:.2f} s/GiB)")
+                    if label == "cold":
+                        res[v]["cold store cpu"].append((store_cpu() - w0) * per_gib)
+                        res[v]["cold client cpu"].append((time.process_time() - c0) * per_gib)
+                        line.append(f"[store {res[v]['cold store cpu'][-1]:.2f}, client {res[v]['cold client cpu'][-1]:.2f}]")
                 res[v]["rss"].append(peak_rss_mib(proc.pid))
                 line.append(f"peak RSS {res[v]['rss'][-1]:.0f} MiB")
                 print(" ".join(line), flush=True)
@@ -277,7 +293,8 @@ def compare(args: argparse.Namespace, tmp: str, s3: object | None) -> int:
                 shutil.rmtree(cache, ignore_errors=True)
     print(f"load average (1 min) at the start of each round: {' '.join(f'{x:.2f}' for x in loads)}")
     if plain:
-        print(f"plain GET: median {statistics.median(plain):.0f} MiB/s")
+        print(f"plain GET: median {statistics.median(plain):.0f} MiB/s, CPU per GiB: store "
+              f"{statistics.median(w for w, _ in plain_cpu):.2f} s, client {statistics.median(c for _, c in plain_cpu):.2f} s")
     for v in variants:
         out = [f"{v}:"]
         for label in ("cold", "warm"):
@@ -288,6 +305,10 @@ def compare(args: argparse.Namespace, tmp: str, s3: object | None) -> int:
                 out.append(f"({statistics.median(ratios):.2f}x plain, per round "
                            + " ".join(f"{x:.2f}" for x in ratios) + ")")
         out.append(f"peak RSS max {max(res[v]['rss']):.0f} MiB")
+        if store_pid:
+            out.append(f"cold: store CPU {statistics.median(res[v]['cold store cpu']):.2f} s/GiB, "
+                       f"client {statistics.median(res[v]['cold client cpu']):.2f} s/GiB; server CPU range "
+                       f"{min(res[v]['cold cpu']):.2f}-{max(res[v]['cold cpu']):.2f}")
         print(" ".join(out))
     return 0
 
@@ -297,6 +318,28 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of process *pid* and of every process below it (the store: ``weed`` and its children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            continue
+        todo.extend(children.get(p, ()))
+    return total
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -331,6 +374,8 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
         return 0
     with contextlib.ExitStack() as stack:
+        # Last, once the S3 server is stopped (it writes its logs in tmp until then).
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         s3 = None
         if args.s3:
             sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))

@@ -35,8 +35,9 @@ Invariants and protocol (see ``docs/daemon.md``, "Cache"):
   not accumulate and two holders can never coexist.
 * Write-behind: a fetch returns its verified bytes at once and hands them,
   with its lock, to one writer thread, which installs the content file
-  (temporary name, rename), updates the index, evicts, and only then
-  releases the lock.  Meanwhile the bytes are served from memory.  At most
+  (temporary name, rename), releases the lock, then indexes it and evicts
+  (the blobs queued meanwhile with it: one transaction for up to
+  ``_WRITE_BATCH``).  Meanwhile the bytes are served from memory.  At most
   ``pending_bytes`` wait to be written (fetches block beyond that);
   :meth:`BlobCache.drain` waits for the writes of the fetches made so far.
   A failed write costs the local copy only.
@@ -72,7 +73,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -109,6 +110,7 @@ _DIRECT_ALIGN = 4096
 TMP_MAX_AGE = 3600.0
 BROKEN_TTL = 30.0  # seconds a failed id fails fast before the store is asked again
 _TOUCH_BATCH = 512  # pending last-use updates that force a flush
+_WRITE_BATCH = 16  # fetched blobs the writer thread installs and indexes in one transaction, at most
 
 # The cache index.  One row per content file believed to be in the cache.
 _SCHEMA = """
@@ -191,6 +193,7 @@ class BlobCache:
         # or changed by anyone has a new inode or ctime and is verified again.
         self._verified: set[tuple[str, int, int, int]] = set()
         self._tidied: set[str] = set()  # blob directories whose leftovers this process removed
+        self._made: set[str] = set()  # blob directories this process made sure exist
         self._touched: dict[str, tuple[int, int]] = {}  # id -> (size, last_use) not yet in the index
         self._last_flush = time.monotonic()
         self._broken: dict[str, tuple[float, WsfsError]] = {}
@@ -321,6 +324,17 @@ class BlobCache:
         self._hit(h, st.st_size)
         return data
 
+    def recall(self, cid: bytes, offset: int, length: int, *, size: int | None = None) -> memoryview | None:
+        """A view of ``length`` bytes from ``offset`` if blob *cid* (of *size*) is in memory (verified), else None.
+
+        No system call and no index write (the last use is recorded for a
+        later :meth:`flush`): an event loop may call it to skip a thread hop
+        when read-ahead already brought the blob in.
+        """
+        data = self._recall(hexid(cid), size, offset, length, view=True, flush=False)
+        assert data is None or isinstance(data, memoryview)
+        return data
+
     def read(
         self, cid: bytes, offset: int, length: int, *, size: int | None = None, place: Place | None = None
     ) -> bytes | memoryview:
@@ -353,11 +367,11 @@ class BlobCache:
         except WsfsError as e:
             log.debug("read-ahead of %s failed: %s", hexid(cid), e)
 
-    def _hit(self, h: str, size: int) -> None:
+    def _hit(self, h: str, size: int, *, flush: bool = True) -> None:
         with self._lock:
             self.stats.hits += 1
             self._touched[h] = (size, time.time_ns())
-            due = len(self._touched) >= _TOUCH_BATCH
+            due = flush and len(self._touched) >= _TOUCH_BATCH
         if due:
             self.flush()
 
@@ -415,11 +429,13 @@ class BlobCache:
                 self._memory_used -= len(gone)
 
     def _recall(
-        self, h: str, size: int | None, offset: int, length: int, *, count: bool = True, view: bool = False
+        self, h: str, size: int | None, offset: int, length: int, *, count: bool = True, view: bool = False,
+        flush: bool = True,
     ) -> bytes | memoryview | None:
         """``length`` bytes from ``offset`` of blob *h* if it is in memory (and of *size*), else None.
 
         *view*: a ``memoryview`` of the blob in memory instead of a copy.
+        *flush*: a hit may write batched last-use times to the index (not on an event loop).
         """
         with self._lock:
             data = self._memory.get(h)
@@ -432,7 +448,7 @@ class BlobCache:
             if count:
                 self.stats.memory_hits += 1
         if count:
-            self._hit(h, len(data))
+            self._hit(h, len(data), flush=flush)
         if view:
             return memoryview(data)[offset : offset + length]
         return data[offset : offset + length]
@@ -544,8 +560,15 @@ class BlobCache:
         source: Callable[[], bytes | memoryview] | None,
     ) -> bytes | memoryview:
         path = os.path.join(self.root, h[:2], h)
-        os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR, exist_ok=True)  # narrowed by _tidy
-        lock_fd = self._lock_file(path)
+        directory = os.path.dirname(path)
+        if directory not in self._made:
+            os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)  # narrowed by _tidy
+            self._made.add(directory)
+        try:
+            lock_fd = self._lock_file(path)
+        except FileNotFoundError:  # the directory was removed since (by hand): again
+            os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)
+            lock_fd = self._lock_file(path)
         try:
             data = self._filled_by_other(cid, h, path, size)
             if data is None:
@@ -610,35 +633,69 @@ class BlobCache:
 
     def _write_loop(self) -> None:
         while (item := self._queue.get()) is not None:
-            self._write_one(*item)
+            # The blobs queued meanwhile go with it: one index transaction, flush and eviction check for all.
+            batch = [item]
+            while len(batch) < _WRITE_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._write_batch(batch)
+                    return
+                batch.append(item)
+            self._write_batch(batch)
 
-    def _write_one(self, h: str, path: str, data: bytes | memoryview, lock_fd: int) -> None:
+    def _write_batch(self, batch: list[tuple[str, str, bytes | memoryview, int]]) -> None:
+        """Install each blob of *batch* (releasing its lock and its room at once), then index them in one transaction."""
+        rows: list[tuple[str, int, int]] = []
+        todo = collections.deque(batch)
         try:
-            try:
-                st = self._install(path, data)
-            finally:
-                self._unlock_file(path, lock_fd)
-            with self._lock:
-                self._verified.add(_verified_key(h, st))
-            with self._db_lock, _immediate(self._db):
-                self._db.execute(
-                    "INSERT INTO entries (id, size, last_use) VALUES (?,?,?) "
-                    "ON CONFLICT(id) DO UPDATE SET size = excluded.size, last_use = excluded.last_use",
-                    (h, len(data), time.time_ns()),
-                )
-            self.flush()
-            self._evict(keep=h)
-        except Exception as e:  # noqa: BLE001 - the reader has its bytes; only the local copy is lost
-            with self._lock:
-                self.stats.write_failures += 1
-            log.warning("cannot write cached blob %s: %s", h, e)
+            while todo:
+                h, path, data, lock_fd = todo.popleft()
+                try:
+                    try:
+                        st = self._install(path, data)
+                    finally:
+                        self._unlock_file(path, lock_fd)
+                    with self._lock:
+                        self._verified.add(_verified_key(h, st))
+                    rows.append((h, len(data), time.time_ns()))
+                except Exception as e:  # noqa: BLE001 - the reader has its bytes; only the local copy is lost
+                    with self._lock:
+                        self.stats.write_failures += 1
+                    log.warning("cannot write cached blob %s: %s", h, e)
+                finally:
+                    self._release(h, data)
+            if rows:
+                try:
+                    with self._db_lock, _immediate(self._db):
+                        self._db.executemany(
+                            "INSERT INTO entries (id, size, last_use) VALUES (?,?,?) "
+                            "ON CONFLICT(id) DO UPDATE SET size = excluded.size, last_use = excluded.last_use",
+                            rows,
+                        )
+                    self.flush()
+                    self._evict(keep={h for h, _, _ in rows})
+                except Exception as e:  # noqa: BLE001 - the files are sound; the index heals (module docstring)
+                    with self._lock:
+                        self.stats.write_failures += len(rows)
+                    log.warning("cannot index %d cached blobs: %s", len(rows), e)
         finally:
+            for h, path, data, lock_fd in todo:  # left by an exception that ended the loop (shutdown)
+                self._unlock_file(path, lock_fd)
+                self._release(h, data)
             with self._pending_cond:
-                if self._pending.get(h) is data:
-                    del self._pending[h]
-                self._pending_used -= len(data)
-                self._written += 1
+                self._written += len(batch)
                 self._pending_cond.notify_all()
+
+    def _release(self, h: str, data: bytes | memoryview) -> None:
+        """*data* of blob *h* no longer waits to be written (its file is installed, or failed): room for a fetch."""
+        with self._pending_cond:
+            if self._pending.get(h) is data:
+                del self._pending[h]
+            self._pending_used -= len(data)
+            self._pending_cond.notify_all()
 
     def drain(self) -> None:
         """Wait until the blobs fetched so far are written to their content files and the index.
@@ -798,7 +855,7 @@ class BlobCache:
 
     # -- eviction ----------------------------------------------------------
 
-    def _evict(self, *, keep: str | None = None) -> None:
+    def _evict(self, *, keep: Collection[str] = ()) -> None:
         """Remove least recently used files until the index is within ``max_bytes``."""
         with self._db_lock:
             (total,) = next(self._db.execute("SELECT bytes FROM totals WHERE k = 0"))
@@ -810,7 +867,7 @@ class BlobCache:
                 for h, size in self._db.execute("SELECT id, size FROM entries ORDER BY last_use"):
                     if total <= self.max_bytes:
                         break
-                    if h == keep:
+                    if h in keep:
                         continue
                     victims.append((h, size))
                     total -= size

@@ -338,3 +338,72 @@ def test_without_o_direct_content_files_are_written_normally(
         with open(cache.path(cid), "rb") as f:
             assert f.read() == data
     cache.close()
+
+
+def test_recall_gives_only_verified_bytes_in_memory_and_never_touches_a_file(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``recall`` (the server's event loop): what a fetch or a first-use verification kept in memory, else None."""
+    blobs = [os.urandom(300 * KIB + i) for i in range(2)]
+    ids = [put(repo, b) for b in blobs]
+    cache_dir = str(tmp_path / "cache")
+    first = BlobCache(repo, cache_dir)
+    assert first.recall(ids[0], 0, 1) is None  # not here: and no fetch either
+    assert gets(repo) == 0
+    first.prepare(ids[0], size=len(blobs[0]))  # fetched, verified: in memory
+    got = first.recall(ids[0], 7, 100, size=len(blobs[0]))
+    assert isinstance(got, memoryview) and got == blobs[0][7:107]
+    assert first.recall(ids[0], 0, 1, size=len(blobs[0]) + 1) is None  # not the size the caller expects
+    first.prepare(ids[1], size=len(blobs[1]))
+    first.close()
+
+    # Another process: the files are not verified by it.  One of them is corrupt.
+    with open(first.path(ids[1]), "r+b") as f:
+        f.write(b"\0bad\0")
+    cache = BlobCache(repo, cache_dir)
+    real_open = os.open
+    opened: list[str] = []
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
+    assert all(cache.recall(cid, 0, 1) is None for cid in ids)
+    assert opened == []  # memory only
+    monkeypatch.setattr(os, "open", real_open)
+    g0 = gets(repo)
+    for cid, data in zip(ids, blobs, strict=True):
+        cache.prepare(cid, size=len(data))  # verified (the bad file dropped and fetched again): in memory
+        assert cache.recall(cid, 0, len(data), size=len(data)) == data
+    assert gets(repo) - g0 == 1 and cache.statistics()["corrupt"] == 1
+    cache.close()
+
+
+def test_the_writer_indexes_queued_blobs_together_and_one_failed_write_loses_only_its_copy(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = [os.urandom(64 * KIB + i) for i in range(6)]
+    ids = [put(repo, b) for b in blobs]
+    cache = BlobCache(repo, str(tmp_path / "cache"))
+    release = threading.Event()
+    real_install = cache._install
+    bad = cache.path(ids[3])
+
+    def install(path: str, blob: bytes) -> os.stat_result:
+        release.wait(10)  # the first write waits: the others queue behind it and go in one batch
+        if path == bad:
+            raise OSError(28, "No space left on device")
+        return real_install(path, blob)
+
+    monkeypatch.setattr(cache, "_install", install)
+    transactions: list[int] = []
+    real_batch = cache._write_batch
+    monkeypatch.setattr(cache, "_write_batch", lambda batch: (transactions.append(len(batch)), real_batch(batch))[1])
+    for cid, data in zip(ids, blobs, strict=True):
+        assert cache.read(cid, 0, len(data)) == data
+    release.set()
+    cache.drain()
+    assert sum(transactions) == 6 and len(transactions) < 6
+    assert cache.usage() == (sum(len(b) for i, b in enumerate(blobs) if i != 3), 5)
+    assert [cache.contains(cid) for cid in ids] == [True, True, True, False, True, True]
+    assert cache.statistics()["write_failures"] == 1
+    assert not list(Path(tmp_path, "cache", "blobs").rglob("*.lock"))  # every lock released
+    # Memory still has every blob (the failed one too): the readers never noticed.
+    assert all(cache.recall(cid, 0, len(b)) == b for cid, b in zip(ids, blobs, strict=True))
+    cache.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.service import Served, file_url, request, serve, write
+from wsfs.cache import BlobCache
 from wsfs.format.records import RepoConfig
 from wsfs.repository import Repository, blob_key
 from wsfs.service.backend import PART
@@ -83,9 +84,19 @@ def test_a_chunk_corrupted_in_the_store_is_cut_before_its_first_part(tmp_path: P
         r = request(server.port, "GET", file_url("big", 1, b"big"))
         assert r.status == 200 and r.incomplete
         assert r.body == data[: len(r.body)] and len(r.body) <= BIG_CHUNK
+        # The bad chunk failed (in read-ahead, or in the read of its first part) and never entered memory.
+        assert backend.cache.statistics()["failures"] >= 1
+        assert backend.cache.recall(bad.cid, 0, 1) is None
     finally:
         server.stop()
         backend.close()
+    # Nothing of the bad chunk was kept: not in the server's cache directory, not in its index.
+    assert not backend.cache.contains(bad.cid)
+    good = BlobCache(repo, str(tmp_path / "serve-cache"))
+    try:
+        assert good.usage() == (BIG_CHUNK, 1)  # chunk 0 only
+    finally:
+        good.close()
 
 
 def test_the_server_process_tunes_malloc() -> None:

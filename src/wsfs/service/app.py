@@ -319,7 +319,12 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
         )
 
     async def content(info: FileInfo, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
-        """Bytes ``[start, end)`` of a file, verified, parts read ahead on the blob pool."""
+        """Bytes ``[start, end)`` of a file, verified, parts read ahead on the blob pool.
+
+        A part whose chunk read-ahead has already brought into the blob
+        cache's memory (verified bytes) is taken from there on the event loop,
+        with no thread hop; the others are read on the pool.
+        """
         loop = asyncio.get_running_loop()
         parts = info.parts(start, end)
         ahead: collections.deque[asyncio.Future[bytes | memoryview]] = collections.deque()
@@ -330,7 +335,13 @@ def create_app(backend: Backend, auth: AuthConfig | None = None) -> HttpMetrics:
                     p = next(parts, None)
                     if p is None:
                         break
-                    ahead.append(loop.run_in_executor(backend.blobs, backend.read_part, info, p))
+                    data = backend.recall_part(info, p)
+                    if data is not None:
+                        f: asyncio.Future[bytes | memoryview] = loop.create_future()
+                        f.set_result(data)
+                        ahead.append(f)
+                    else:
+                        ahead.append(loop.run_in_executor(backend.blobs, backend.read_part, info, p))
                     done = backend.prefetch(info, p, done, end)
                 if not ahead:
                     return

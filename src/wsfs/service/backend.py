@@ -435,7 +435,8 @@ class Backend:
         Parts are one chunk at most: reading them ahead keeps only
         :attr:`read_ahead` chunks in flight.  The chunks themselves are fetched ahead into the
         cache (``BlobCache.prepare``: verified, kept in its bounded memory),
-        as the daemon's read-ahead does, so the parts that follow are hits.
+        as the daemon's read-ahead does, so the parts that follow are hits
+        (:meth:`recall_part` on the event loop, for a chunk fetched so).
         """
         c = part.chunk
         if c is None:
@@ -446,6 +447,18 @@ class Backend:
             if nxt.cid is not None:
                 self.blobs.submit(self.cache.prepare, nxt.cid, size=nxt.length)
         return max(done, last)
+
+    def recall_part(self, info: FileInfo, part: Part) -> memoryview | None:
+        """*part*'s bytes if its chunk is in the blob cache's memory (verified bytes), else None.
+
+        No I/O, no lock held for long: the event loop calls it before handing
+        a part's read to the pool (a chunk read-ahead has fetched is there).
+        """
+        c = part.chunk
+        if c is None or c.cid is None:
+            return None
+        data = self.cache.recall(c.cid, part.start, part.length, size=c.length)
+        return data if data is not None and len(data) == part.length else None
 
     def iter_content(self, info: FileInfo, start: int = 0, end: int | None = None) -> Iterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of a file, in order, parts read ahead on the blob pool (for archives: a thread)."""
