@@ -114,8 +114,9 @@ def wait_rebased(w: Wsfs, m: Mount, n: int) -> dict:
     deadline = time.monotonic() + 30
     while True:
         st = json.loads(cli(w, m)("status", "--json", str(m.path)).out)
-        if st["rebases"] >= n or time.monotonic() > deadline:
+        if st["rebases"] >= n:
             return st
+        assert time.monotonic() < deadline, f"no re-base attempt {n} within 30 s: {st}"
         time.sleep(0.05)
 
 
@@ -206,6 +207,31 @@ def test_a_rebase_drops_what_the_mount_showed_of_a_path_another_writer_changed_a
     finally:
         os.close(fd)
     assert (a.path / "k").read_bytes() == b"theirs, later\n"
+
+
+def test_commit_with_nothing_to_publish_catches_up_with_the_head(mount: Mounter, tmp_path: Path) -> None:
+    """``wsfs commit`` on a mount holding nothing unpublished goes on over the latest version: another
+    writer's changes show, also at a path this mount committed earlier."""
+    w, _ = make_ws(tmp_path)
+    a = rw(mount, w, tmp_path / "sa")
+    b = rw(mount, w, tmp_path / "sb")
+    (a.path / "k").write_bytes(b"a's\n")
+    assert json.loads(cli(w, a)("commit", "--json", str(a.path)).out)["version"] == 2
+    assert wait_rebased(w, a, 1)["base_version"] == 2
+    r = json.loads(cli(w, a)("commit", "--json", str(a.path)).out)
+    assert (r["version"], r["rebasing"]) == (None, False)  # nothing newer: nothing to do
+    assert os.stat(a.path / "k").st_size == 4 and not (a.path / "theirs").exists()
+    (b.path / "theirs").write_bytes(b"b's\n")
+    cli(w, b)("commit", str(b.path))  # demo@3 (b was over demo@1: rebased)
+    (b.path / "k").write_bytes(b"b changed it\n")
+    cli(w, b)("commit", str(b.path))  # demo@4
+    out = cli(w, a)("commit", str(a.path)).text
+    assert "nothing to commit" in out and "demo@4" in out, out
+    st = wait_rebased(w, a, 2)
+    assert (st["rebases"], st["base_version"], st["changes"]) == (2, 4, [])
+    assert (a.path / "theirs").read_bytes() == b"b's\n"
+    assert os.stat(a.path / "k").st_size == len(b"b changed it\n")
+    assert (a.path / "k").read_bytes() == b"b changed it\n"
 
 
 def test_commit_json_names_conflicting_paths_exactly(mount: Mounter, tmp_path: Path) -> None:

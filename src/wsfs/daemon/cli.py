@@ -268,7 +268,8 @@ def cmd_commit(args: argparse.Namespace) -> int:
     if s["version"] is None:
         print(f"nothing to commit: {s['workspace']} already holds every change of {args.mountpoint}"
               + (f" (recorded {s['workspace']}@{s['recovered']}, published by an interrupted commit)"
-                 if s.get("recovered") else ""))
+                 if s.get("recovered") else "")
+              + (f"; the mount goes on over {s['workspace']}@{s['catch_up']}, the latest" if s.get("catch_up") else ""))
         return 0
     extra = ""
     if s.get("rebased"):

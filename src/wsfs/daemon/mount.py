@@ -707,13 +707,16 @@ class _Daemon:
             snap, mark, held = trio.from_thread.run_sync(self._snapshot, reader.read)
             try:
                 record, stats = commit(self.repo, snap, message=message, ours=ours, cache=view.cache,
-                                       progress=_throttled(progress))
+                                       progress=_throttled(progress), catch_up=self.rebase)
                 trio.from_thread.run_sync(functools.partial(tree.layer.mark_published, snap, durable=False))
                 snap.recorded()
-                if record is not None and self.rebase:
+                # The version to go on over: the one published, or with nothing to publish a newer head.
+                onto = record if record is not None else (
+                    self.repo.record(self.workspace, stats.catch_up) if stats.catch_up is not None else None)
+                if onto is not None and self.rebase:
                     # After the answer: `wsfs commit` takes what the commit takes; the next commit or
                     # discard waits for the lock.
-                    threading.Thread(target=self._rebase_after, args=(snap, record, stats, held, mark),
+                    threading.Thread(target=self._rebase_after, args=(snap, onto, stats, held, mark),
                                      name="wsfs-rebase", daemon=True).start()
                     handed = True
             finally:
@@ -728,6 +731,7 @@ class _Daemon:
         log.info("%s: commit: %s", self.label, f"{self.workspace}@{record.version}" if record else "nothing to commit")
         return {"workspace": self.workspace, "version": record.version if record else None,
                 "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased, "rebasing": handed,
+                "catch_up": stats.catch_up if handed and record is None else None,
                 "overwritten": [named("path", p) for p in stats.overwritten], "recovered": stats.recovered,
                 "files_read": stats.files_read, "objects_uploaded": stats.objects_uploaded,
                 "bytes_uploaded": stats.bytes_uploaded, "seconds": round(stats.seconds, 3)}

@@ -123,6 +123,7 @@ class CommitStats:
     # the version differs; any other key holds the base's record in the merged view.
     compared: set[bytes] | None = None
     unlike: set[bytes] = field(default_factory=set)
+    catch_up: int | None = None  # nothing to publish, and the head (this version) is newer than the base
 
     def lap(self, name: str, since: list[float]) -> None:
         """Add the time since ``since[0]`` to phase *name*; ``since[0]`` becomes now."""
@@ -464,9 +465,13 @@ def commit(
     workers: int = 8,
     progress: Callable[[str, int, int], None] = lambda step, done, total: None,
     cache: BlobCache | None = None,
+    catch_up: bool = False,
     _full: bool = False,
 ) -> tuple[VersionRecord | None, CommitStats]:
     """Publish what *snap* changed since the layer's last commit as the next version of its workspace.
+
+    *catch_up*: with nothing to publish and a newer head, say where the head differs from the layer's
+    merged view (:attr:`CommitStats.catch_up`, ``compared``, ``unlike``), for a re-base onto it.
 
     Returns the published record (None if there was nothing to commit) and
     stats; sets ``snap.publication`` for :meth:`WriteLayer.mark_published`,
@@ -488,7 +493,7 @@ def commit(
     """
     with _gc_paused():
         return _commit(repo, snap, message=message, author=author, ours=ours, workers=workers, progress=progress,
-                       cache=cache, _full=_full)
+                       cache=cache, catch_up=catch_up, _full=_full)
 
 
 @contextlib.contextmanager
@@ -512,6 +517,7 @@ def _commit(
     workers: int,
     progress: Callable[[str, int, int], None],
     cache: BlobCache | None,
+    catch_up: bool,
     _full: bool,
 ) -> tuple[VersionRecord | None, CommitStats]:
     t0 = time.monotonic()
@@ -576,6 +582,14 @@ def _commit(
                 rows = {**(recovered.rows if recovered else {}), **{k: _memo(view, k, cur) for k in news}}
                 top = recovered.top if recovered else snap.published_top
                 snap.publication = Publication(last_v, top, b"", rows)
+            if catch_up and head != snap.base_id.version:
+                # The layer holds nothing unpublished: a mount may go on over the head (a re-base), which
+                # differs from its merged view where the comparison below says, or off the keys compared.
+                at_head = _head(repo, ws, head).records
+                stats.catch_up = head
+                stats.compared = set(keys) if keys is not None else None
+                stats.unlike = {k for k in (keys if keys is not None else cur.keys() | at_head.keys())
+                                if cur.get(k) != (r[1] if (r := at_head.get(k)) is not None else None)}
             stats.seconds = time.monotonic() - t0
             return None, stats
         stats.lap("delta", mark)
