@@ -952,6 +952,7 @@ class _Daemon:
     async def _final_commit(self) -> None:
         if not self.final_commit_done:
             self.final_commit_done = True
+            self.rebase = False  # unmounting: no mount to go on over anything
             self.final_commit_failed = not await self._commit_now("commit at unmount")
 
     async def _auto_commit(self, interval: float) -> None:
