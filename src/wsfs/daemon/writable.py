@@ -29,15 +29,20 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsfs.daemon.tree import FsStats, Lifetime
 from wsfs.daemon.view import _LRU, VersionView
 from wsfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, WsfsError
 from wsfs.format.manifest import Inode
 from wsfs.format.names import named
-from wsfs.layer import WriteLayer
-from wsfs.layer.content import BLOCK
+
+if TYPE_CHECKING:
+    from wsfs.layer import WriteLayer
+
+# wsfs.layer.content.BLOCK, the write layer's copy-on-write unit (checked when a layer is opened): written
+# here so that importing this module (as every mount does) does not import the write layer.
+BLOCK = 64 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,9 @@ class WritableTree:
         self.deadline = view.deadline
         self.state_dir = state_dir
         self._blocks = _LRU(_BASE_BLOCKS)  # (ino, blk) -> bytes of a base block
+        from wsfs.layer.content import BLOCK as LAYER_BLOCK
+
+        assert LAYER_BLOCK == BLOCK
         self.layer: WriteLayer = layer_factory(self._read_base)
 
     # -- the Tree protocol -------------------------------------------------
