@@ -688,32 +688,30 @@ class Repository:
     ) -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
         """As :meth:`version_ranges`, with each entry's record body as stored.
 
-        The ranges are asked for at once (*workers* in flight, in order) and decoded here, in order, as
-        they arrive: decoding is Python code under the GIL, so threads would not decode faster, and the
-        first range is ready as soon as its bytes are rather than behind the decoding of the next ones.
+        The ranges are asked for at once (*workers* in flight, in order), each decoded by the thread that
+        fetched it (beside the caller's own work: SQLite inserts of the index run without the GIL), and
+        come back in order.
         """
         from concurrent.futures import ThreadPoolExecutor
 
         layout = self.config.layout
 
-        def get(ref: tree.Ref) -> bytes:
-            return self.get_piece(ref.id, ref.size, "range")
-
-        def decoded(ref: tree.Ref, data: bytes) -> tuple[list[tree.Entry], list[bytes]]:
+        def one(ref: tree.Ref) -> tuple[list[tree.Entry], list[bytes]]:
+            data = self.get_piece(ref.id, ref.size, "range")
             entries, bodies = tree.decode_range_bodies(data, layout, f"range {hexid(ref.id)}")
             if len(entries) != ref.count or not entries or entries[0].key != ref.first or entries[-1].key != ref.last:
                 raise IntegrityError(f"range {hexid(ref.id)} does not match its reference")
             return entries, bodies
 
         if len(refs) <= 1:
-            return (decoded(ref, get(ref)) for ref in refs)
+            return (one(ref) for ref in refs)
         ex = ThreadPoolExecutor(max_workers=min(workers, len(refs)), thread_name_prefix="wsfs-pieces")
-        futures = [ex.submit(get, ref) for ref in refs]  # now, not when the caller first asks
+        futures = [ex.submit(one, ref) for ref in refs]  # now, not when the caller first asks
 
         def in_order() -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
             try:
-                for ref, f in zip(refs, futures, strict=True):
-                    yield decoded(ref, f.result())
+                for f in futures:
+                    yield f.result()
             finally:
                 ex.shutdown(wait=True, cancel_futures=True)
 
@@ -790,6 +788,10 @@ class Repository:
                     f"manifest {record.manifest} of {record.workspace}@{record.version} is missing from the store"
                 ) from None
             return path
+
+    def index_path(self, record: VersionRecord) -> str:
+        """Where format 2 *record*'s local index is (or will be, once built)."""
+        return self._index_path(parse_hexid(record.manifest))
 
     def index_cached(self, record: VersionRecord) -> bool:
         """Whether format 2 *record* has a local index of ours (opening it then costs no request)."""
