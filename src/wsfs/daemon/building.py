@@ -90,6 +90,7 @@ class BuildingIndex:
         self.chunk_size = chunk_size
         self.label = label
         self.manifest: Manifest | None = None  # the finished index, once open
+        self.final_path: str | None = None  # where the finished index will be (renamed there when complete)
         self.error: WsfsError | None = None
         # what the builder thread is doing, for ``wsfs stats`` (read from any thread): building, built, failed
         self.state = "building"
@@ -113,6 +114,7 @@ class BuildingIndex:
     def start(cls, repo: Any, record: VersionRecord, label: str) -> BuildingIndex:
         """Build *record*'s index in a thread, starting now (``Repository.open_index_observed``)."""
         self = cls(repo.config.chunk_size, label)
+        self.final_path = repo.index_path(record)
 
         def run() -> None:
             try:

@@ -401,9 +401,11 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             # The helper fetches the packs of listed directories (daemon/preload.py), unless prefetch is off.
             access = (StoreAccess(settings.repo, settings.endpoint_url, settings.cache_dir, timeout, options.cache_size)
                       if options.prefetch_small else None)
-            version_view = view
-            # Once the index is open (at once, or when a BuildingIndex finishes: _Daemon.main).
-            daemon.start_preloader = lambda: Preloader.start(version_view.manifest.path, cache.root, label, access)
+            # Started now, as it takes a while; an index still being built is where it will be once
+            # finished, and the helper opens it with the first directory, which it gets only then
+            # (_Daemon._index_ready).
+            path = manifest.final_path if isinstance(manifest, BuildingIndex) else view.manifest.path
+            daemon.preloader = Preloader.start(path, cache.root, label, access) if path else None
         clean = False
         try:
             trio.run(daemon.main, verdict)
@@ -605,7 +607,6 @@ class _Daemon:
         self.profile_prefetched: int | None = None  # chunks the access-profile prefetch prepared (when done)
         self.profile_loading = False  # the profile's GET has had no answer yet
         self.preloader: Preloader | None = None  # the page-cache preload helper, if running
-        self.start_preloader: Callable[[], Preloader | None] | None = None  # starts it once the index is open
         self._listed_early: list[int] = []  # directories listed while the index was built, for the helper
         self.tree: WritableTree | None = None  # a read-write mount's tree
         self.lease = True  # keep a lease on the version in the store (MountOptions.lease)
@@ -812,9 +813,10 @@ class _Daemon:
             nursery.cancel_scope.cancel()
 
     def _index_ready(self, view: VersionView, nursery: trio.Nursery) -> None:
-        """(trio thread) The version's index is open: start the preload helper and the profile's prefetch."""
-        if self.start_preloader is not None:
-            self.preloader = self.start_preloader()
+        """(trio thread) The version's index is open: the view queries it directly from now on; the preload
+        helper is told about directories; the profile's prefetch starts."""
+        if isinstance(view.manifest, BuildingIndex) and view.manifest.manifest is not None:
+            view.manifest = view.manifest.manifest  # (the BuildingIndex closes it at unmount)
         if self.preloader is not None:
             # Hints go out at the next scheduler tick, after the handler's
             # reply: the kernel is then creating the listed inodes already.
