@@ -7,7 +7,8 @@ tree (format 2, with the first checkout's code) into a repository of its own, th
 ``--rounds`` rounds, each size and each checkout (``--side NAME=SRC_DIR``; the order alternates between
 rounds), with the page cache dropped and a fresh cache directory (a never-seen version):
 
-* ``wsfs mount -f`` (``PYTHONPATH=SRC_DIR``) behind ``latency_proxy.py`` at ``--rtt`` ms, until ``READY=1``;
+* ``wsfs mount`` (``PYTHONPATH=SRC_DIR``) behind ``latency_proxy.py`` at ``--rtt`` ms, until it returns (the
+  daemon is live), or with ``--foreground`` ``wsfs mount -f`` until ``READY=1``;
 * ``ls MNT`` (the first ``ls`` of the mount point), then ``ls MNT/node_modules``;
 * with ``--hydrate``: ``find MNT -ls`` and ``tar -cf - -C MNT . | cat`` (every byte), in the same mount.
 
@@ -75,7 +76,10 @@ def timed(cmd: str) -> float:
     return time.perf_counter() - t0
 
 
-def one_mount(owned: Owned, work: Path, env: dict[str, str], proxy: LatencyProxy, hydrate: bool) -> dict[str, Any]:
+def one_mount(owned: Owned, work: Path, env: dict[str, str], proxy: LatencyProxy, hydrate: bool,
+              foreground: bool = False) -> dict[str, Any]:
+    """One cold mount: ``wsfs mount`` until it returns (background, the default: the daemon is then live),
+    or with *foreground* ``wsfs mount -f`` until ``READY=1``; then the steps; unmounted at the end."""
     base = Path(tempfile.mkdtemp(prefix="m-", dir=work))
     mnt = base / "mnt"
     mnt.mkdir()
@@ -83,29 +87,35 @@ def one_mount(owned: Owned, work: Path, env: dict[str, str], proxy: LatencyProxy
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(sock_path)
     notify.settimeout(0.05)
+    env = {**env, "WSFS_CACHE_DIR": str(base / "cache")}
     out: dict[str, Any] = {}
     proc = None
+    daemon_pid = None
     try:
         drop_caches()
         proxy.reset()
+        cmd = [sys.executable, "-m", "wsfs", "mount", *(["-f"] if foreground else []), "--log",
+               str(base / "daemon.log"), "bench@1", str(mnt)]
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "wsfs", "mount", "-f", "--log", str(base / "daemon.log"),
-                                 "bench@1", str(mnt)], env={**env, "NOTIFY_SOCKET": sock_path,
-                                                             "WSFS_CACHE_DIR": str(base / "cache")},
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        owned.add(mnt, proc)
-        while True:
-            try:
-                msg = notify.recv(4096)
-            except TimeoutError:
-                msg = b""
-            if b"READY=1" in msg.split(b"\n"):
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"mount exited {proc.returncode}; see {base / 'daemon.log'}")
-            if time.perf_counter() - t0 > 300:
-                raise RuntimeError("no READY in 300 s")
+        if foreground:
+            proc = subprocess.Popen(cmd, env={**env, "NOTIFY_SOCKET": sock_path}, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            owned.add(mnt, proc)
+            while True:
+                try:
+                    msg = notify.recv(4096)
+                except TimeoutError:
+                    msg = b""
+                if b"READY=1" in msg.split(b"\n"):
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mount exited {proc.returncode}; see {base / 'daemon.log'}")
+                if time.perf_counter() - t0 > 300:
+                    raise RuntimeError("no READY in 300 s")
+        else:
+            owned.add(mnt, None)
+            subprocess.run(cmd, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           timeout=300)
         out["ready"] = time.perf_counter() - t0
         out["ls /"] = timed(f"ls {mnt} > /dev/null")
         out["mount + ls /"] = time.perf_counter() - t0
@@ -119,11 +129,18 @@ def one_mount(owned: Owned, work: Path, env: dict[str, str], proxy: LatencyProxy
         st = proxy.stats()
         out["requests"] = st["requests"]
         out["bytes_down"] = st.get("bytes_down")
+        if not foreground:
+            p = subprocess.run([sys.executable, "-m", "wsfs", "stats", "--json", str(mnt)], env=env,
+                               capture_output=True, timeout=60)
+            daemon_pid = json.loads(p.stdout)["pid"] if p.returncode == 0 else None
     finally:
         notify.close()
-        if proc is not None:
-            code = owned.release(mnt, proc)
-            out["exit"] = code
+        out["exit"] = owned.release(mnt, proc)
+        if daemon_pid is not None:  # the background daemon this run started: it exits after the unmount
+            for _ in range(600):
+                if not os.path.exists(f"/proc/{daemon_pid}"):
+                    break
+                time.sleep(0.05)
         shutil.rmtree(base, ignore_errors=True)
     return out
 
@@ -135,6 +152,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--side", action="append", required=True, help="NAME=SRC_DIR (PYTHONPATH of that side)")
     ap.add_argument("--hydrate", action="store_true", help="also find -ls and read every byte in each mount")
+    ap.add_argument("--foreground", action="store_true", help="wsfs mount -f, timed until READY=1 (default: "
+                    "wsfs mount, timed until it returns)")
     ap.add_argument("--trees", default="/var/tmp/wsfs-first-ls-trees")
     ap.add_argument("--workdir", default="/var/tmp")
     ap.add_argument("--json")
@@ -166,7 +185,7 @@ def main() -> int:
                         for name, src in order:
                             env = env_for(src, proxy.url, f"s3://{s3.bucket}/wsfs-{n}", work / "unused")
                             load = os.getloadavg()[0]
-                            res = one_mount(owned, work, env, proxy, args.hydrate)
+                            res = one_mount(owned, work, env, proxy, args.hydrate, args.foreground)
                             res.update(side=name, files=n, round=r + 1, load1=load)
                             results.append(res)
                             log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
