@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -161,6 +162,11 @@ def main() -> int:
     sides = [tuple(s.split("=", 1)) for s in args.side]
     sizes = [int(x) for x in args.files.split(",")]
     trees = {n: tree_for(Path(args.trees), n) for n in sizes}
+    def interrupted(signum: int, frame: Any) -> None:  # unwind through the finally blocks below
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also where a shell started us with SIGINT ignored (&)
     work = Path(tempfile.mkdtemp(prefix="wsfs-first-ls-", dir=args.workdir))
     owned = Owned()
     results: list[dict[str, Any]] = []
