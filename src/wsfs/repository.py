@@ -15,7 +15,8 @@ import queue
 import re
 import stat
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Executor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -45,7 +46,7 @@ from wsfs.format.blobs import (
     hexid,
     parse_hexid,
 )
-from wsfs.format.index import INDEX_VERSION, build_index
+from wsfs.format.index import INDEX_VERSION, IndexObserver, build_index
 from wsfs.format.manifest import VALIDATION_VERSION, Manifest, check_database
 from wsfs.format.names import check_tag, check_workspace, version_number
 from wsfs.format.records import REPO_KEY, RepoConfig, VersionRecord
@@ -135,6 +136,11 @@ def _ours(path: str) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
+def _pack_map_limit(packs: int) -> int:
+    """How many bytes a pack map of at most *packs* places may take: a segment id and a place per pack, the header."""
+    return 64 + packs * 64
+
+
 def _get_small(store: ObjectStore, key: str, limit: int = SMALL_OBJECT_MAX) -> bytes:
     """A small object (JSON, an access profile), read only up to *limit* bytes; larger is IntegrityError.
 
@@ -184,6 +190,17 @@ def _temp_path(cache_dir: str, prefix: str, suffix: str = "") -> str:
 def _local_dir(cache_dir: str, url: str) -> str:
     """Where local copies of one repository's immutable small objects live (descriptor, records)."""
     return os.path.join(cache_dir, "repos", blake3.blake3(url.encode()).hexdigest()[:16])
+
+
+def _checked_refs(listing: list[tree.Ref], got: Iterable[list[tree.Ref]]) -> Iterator[tree.Ref]:
+    """The references of listing pieces as they arrive, each piece checked against its reference in *listing*."""
+    last: bytes | None = None
+    for lref, sub in zip(listing, got, strict=True):
+        if (not sub or sub[0].first != lref.first or sub[-1].last != lref.last
+                or sum(r.count for r in sub) != lref.count or (last is not None and not sub[0].first > last)):
+            raise IntegrityError(f"listing piece {hexid(lref.id)} does not match its reference")
+        last = sub[-1].last
+        yield from sub
 
 
 @contextmanager
@@ -408,12 +425,24 @@ class Repository:
         """Where each of a format 2 version's *packs* packs is stored (its pack map; all blobs of their own if none)."""
         if packs == 0:
             return []  # no packs, no map
-        top = parse_hexid(record.manifest)
-        limit = 64 + packs * 64  # a segment id and a place per pack at most, and the header
+        return self._decode_pack_map(record, self._pack_map_raw(record, packs), packs, packs)
+
+    def _pack_map_raw(self, record: VersionRecord, packs_at_most: int) -> bytes | None:
+        """The stored pack map of *record* (None if it has none), read up to what *packs_at_most* places take."""
         try:
-            raw = _get_small(self.store, pack_map_key(top), limit)
+            return _get_small(self.store, pack_map_key(parse_hexid(record.manifest)), _pack_map_limit(packs_at_most))
         except NotFound:
+            return None
+
+    def _decode_pack_map(
+        self, record: VersionRecord, raw: bytes | None, packs: int, packs_at_most: int
+    ) -> list[tree.Place]:
+        """*raw* (:meth:`_pack_map_raw` with *packs_at_most*) as the places of exactly *packs* packs."""
+        if packs == 0:
+            return []
+        if raw is None:
             return [tree.STANDALONE] * packs
+        limit = _pack_map_limit(packs_at_most)
         try:
             data = decompress(raw[0], memoryview(raw)[1:], declared_size(raw, limit)) if raw else b""
         except IntegrityError as e:
@@ -630,29 +659,39 @@ class Repository:
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        top: tree.Top = tree.decode_top(self.get_piece(parse_hexid(record.manifest), record.manifest_size, "top"))
-        out: list[list[tree.Ref]] = []
+        top = self.version_top(record)
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="wsfs-pieces") as ex:
-            for listing in (top.ranges, top.packs if packs else []):
-                refs: list[tree.Ref] = []
-                got = ex.map(lambda r: tree.decode_listing(self.get_piece(r.id, r.size, "listing piece"), tree.MAX_PIECE), listing)
-                for lref, sub in zip(listing, got, strict=True):
-                    if (not sub or sub[0].first != lref.first or sub[-1].last != lref.last
-                            or sum(r.count for r in sub) != lref.count or (refs and not sub[0].first > refs[-1].last)):
-                        raise IntegrityError(f"listing piece {hexid(lref.id)} does not match its reference")
-                    refs.extend(sub)
-                out.append(refs)
-        return out[0], out[1]
+            ranges = self.listing_refs(top.ranges, ex)
+            pack_refs = self.listing_refs(top.packs, ex) if packs else iter(())
+            return list(ranges), list(pack_refs)
+
+    def version_top(self, record: VersionRecord) -> tree.Top:
+        """The top piece of a format 2 version, verified."""
+        return tree.decode_top(self.get_piece(parse_hexid(record.manifest), record.manifest_size, "top"))
+
+    def listing_refs(self, listing: list[tree.Ref], ex: Executor) -> Iterator[tree.Ref]:
+        """The references the listing pieces *listing* hold, in order, each piece checked against its reference.
+
+        Every piece is asked of *ex* now (in order, so the first ones come first); the references come as
+        the pieces arrive: a caller that needs only the first ones does not wait for the rest.
+        """
+        got = ex.map(lambda r: tree.decode_listing(self.get_piece(r.id, r.size, "listing piece"), tree.MAX_PIECE),
+                     listing)
+        return _checked_refs(listing, got)
 
     def version_ranges(self, refs: list[tree.Ref], workers: int = 16) -> Iterator[list[tree.Entry]]:
         """The entries of each range of *refs*, in order, fetched in parallel and checked against the references."""
-        for entries, _ in self.version_range_bodies(refs, workers):
-            yield entries
+        return (entries for entries, _ in self.version_range_bodies(refs, workers))
 
     def version_range_bodies(
         self, refs: list[tree.Ref], workers: int = 16
     ) -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
-        """As :meth:`version_ranges`, with each entry's record body as stored."""
+        """As :meth:`version_ranges`, with each entry's record body as stored.
+
+        The ranges are asked for at once (*workers* in flight, in order), each decoded by the thread that
+        fetched it (beside the caller's own work: SQLite inserts of the index run without the GIL), and
+        come back in order.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         layout = self.config.layout
@@ -665,26 +704,55 @@ class Repository:
             return entries, bodies
 
         if len(refs) <= 1:
-            yield from map(one, refs)
-            return
-        with ThreadPoolExecutor(max_workers=min(workers, len(refs)), thread_name_prefix="wsfs-pieces") as ex:
-            yield from ex.map(one, refs)
+            return (one(ref) for ref in refs)
+        ex = ThreadPoolExecutor(max_workers=min(workers, len(refs)), thread_name_prefix="wsfs-pieces")
+        futures = [ex.submit(one, ref) for ref in refs]  # now, not when the caller first asks
+
+        def in_order() -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
+            try:
+                for f in futures:
+                    yield f.result()
+            finally:
+                ex.shutdown(wait=True, cancel_futures=True)
+
+        return in_order()
 
     def _index_path(self, cid: bytes) -> str:
         return os.path.join(self.cache_dir, "manifests", f"{hexid(cid)}.index")
 
-    def _build_index(self, record: VersionRecord, path: str) -> None:
+    def _build_index(self, record: VersionRecord, path: str, observer: IndexObserver | None = None) -> None:
+        """Write the local index of format 2 *record* to *path* (renamed into place once complete).
+
+        Nothing waits for more than it needs: after the top, its listing pieces of ranges, then of packs,
+        and the pack map are asked for at once; the ranges as soon as their references are known (32 in
+        flight: the 20,022-file tree has 104 ranges, 4 round trips rather than 7); the entries go into the
+        index range by range as they arrive, in order, taking the pack references as the packed files
+        need them, and the pack map is read at the end.  *observer* sees every range's rows as written
+        (``format.index.IndexObserver``: a mount serves the first requests from them).
+        """
         from concurrent.futures import ThreadPoolExecutor
 
-        ranges, packs = self.version_refs(record)
+        top = self.version_top(record)
+        files = sum(r.count for r in top.packs)  # packed files: at least as many as packs
         tmp = _temp_path(self.cache_dir, "index")
+        ex = ThreadPoolExecutor(max_workers=16, thread_name_prefix="wsfs-listings")
+        one = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsfs-packmap")
         try:
-            # The pack map comes while the first ranges do (a round trip less), and 32 range GETs are in
-            # flight at once (the 20,022-file tree has 104 ranges: 4 round trips rather than 7).
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsfs-packmap") as ex:
-                places = ex.submit(self.pack_places, record, len(packs))
-                build_index(tmp, self.version_ranges(ranges, workers=32), packs, self.config.layout,
-                            {"top": record.manifest}, places.result)
+            try:
+                raw_map = one.submit(self._pack_map_raw, record, files) if files else None
+                ranges = self.listing_refs(top.ranges, ex)
+                pack_refs = self.listing_refs(top.packs, ex)
+                range_refs = list(ranges)
+
+                def places(n: int) -> list[tree.Place]:
+                    return self._decode_pack_map(record, raw_map.result() if raw_map else None, n, files)
+
+                build_index(tmp, self.version_ranges(range_refs, workers=32), pack_refs, self.config.layout,
+                            {"top": record.manifest}, places, observer)
+            finally:
+                # After a failure (or a mount that stopped the build), what was not asked for yet never is.
+                ex.shutdown(wait=True, cancel_futures=True)
+                one.shutdown(wait=True, cancel_futures=True)
             os.chmod(tmp, 0o600)
             os.rename(tmp, path)
         except BaseException:
@@ -720,6 +788,24 @@ class Repository:
                     f"manifest {record.manifest} of {record.workspace}@{record.version} is missing from the store"
                 ) from None
             return path
+
+    def index_path(self, record: VersionRecord) -> str:
+        """Where format 2 *record*'s local index is (or will be, once built)."""
+        return self._index_path(parse_hexid(record.manifest))
+
+    def index_cached(self, record: VersionRecord) -> bool:
+        """Whether format 2 *record* has a local index of ours (opening it then costs no request)."""
+        return record.format == 2 and _ours(self._index_path(parse_hexid(record.manifest)))
+
+    def open_index_observed(self, record: VersionRecord, observer: IndexObserver) -> Manifest:
+        """Format 2 *record*'s local index, built (if need be) with *observer* seeing its rows as they are
+        written (a mount answers its first requests from them), then opened as :meth:`open_manifest` does."""
+        path = self._index_path(parse_hexid(record.manifest))
+        with self._manifest_lock:
+            if not _ours(path):
+                private_dir(os.path.dirname(path))
+                self._build_index(record, path, observer)
+        return self._open_index(record, path)
 
     def _download_manifest(self, cid: bytes, size: int, path: str) -> None:
         """Stream manifest *cid* of *size* bytes into *path*: decoded and written as it arrives, renamed when verified.

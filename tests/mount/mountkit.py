@@ -129,13 +129,22 @@ class Mount:
         return self.proc.pid
 
     def stats(self) -> dict[str, Any]:
-        """``wsfs stats --json`` of this mount (through the control socket)."""
-        p = subprocess.run(
-            [sys.executable, "-m", "wsfs", "stats", "--json", str(self.path)],
-            env=self.env, capture_output=True, timeout=30,
-        )
-        assert p.returncode == 0, p.stderr.decode(errors="replace")
-        return dict(json.loads(p.stdout))
+        """``wsfs stats --json`` of this mount (through the control socket), once the version's index is built.
+
+        A cold mount of a format 2 version answers from the index's first rows while it builds the rest
+        (``daemon/building.py``); counts taken then would include the rest of the build's GETs later.
+        """
+        deadline = time.monotonic() + 60
+        while True:
+            p = subprocess.run(
+                [sys.executable, "-m", "wsfs", "stats", "--json", str(self.path)],
+                env=self.env, capture_output=True, timeout=30,
+            )
+            assert p.returncode == 0, p.stderr.decode(errors="replace")
+            out = dict(json.loads(p.stdout))
+            if out.get("index") != "building" or time.monotonic() > deadline:
+                return out
+            time.sleep(0.05)
 
     def gets(self) -> int:
         """Store GETs so far (manifest and record included)."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -80,13 +82,41 @@ def parse_mount_options(values: list[str]) -> dict[str, Any]:
     return out
 
 
-def cmd_mount(args: argparse.Namespace) -> int:
-    from wsfs.daemon.mount import MountOptions, run_mount
-    from wsfs.repository import Ref
+@contextlib.contextmanager
+def _importing_beside(module: str | None) -> Iterator[None]:
+    """Import *module* in a thread while the block runs (its own imports), and wait for it at the end.
 
+    A mount imports the daemon (pyfuse3, trio: ~0.4 s) and, for S3, botocore (~0.3 s, more after the
+    page cache was dropped); much of either is reading files, so side by side they take about as long
+    as the larger alone.  The thread is over before the block's caller goes on (a background mount
+    forks next, which must happen with no other thread).  A failure is left to the caller's own import.
+    """
+    if module is None:
+        yield
+        return
+    t = threading.Thread(target=_try_import, args=(module,), name="wsfs-import", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()
+
+
+def _try_import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - imported again, and reported, where it is used
+        pass
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
     opts = parse_mount_options(args.options)
     cache_dir = opts.get("cache_dir") or args.cache_dir
     settings = resolve(args.repo, args.endpoint_url, cache_dir)
+    with _importing_beside("wsfs.store.s3" if settings.repo.startswith("s3://") else None):
+        from wsfs.daemon.mount import MountOptions, run_mount
+        from wsfs.repository import Ref
+
     options = MountOptions(
         foreground=args.foreground,
         allow_other=opts.get("allow_other", False),

@@ -63,6 +63,7 @@ from wsfs.cache import DEFAULT_CACHE_SIZE, BlobCache
 from wsfs.config import Settings, default_state_dir
 from wsfs.daemon import control
 from wsfs.daemon import policy as cache_policy
+from wsfs.daemon.building import BuildingIndex
 from wsfs.daemon.history import HistoryView
 from wsfs.daemon.mount_helper import mounted_device
 from wsfs.daemon.ops import INODE_AS_HANDLE, Operations
@@ -71,6 +72,7 @@ from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_b
 from wsfs.daemon.view import KERNEL_READAHEAD_KIB, SMALL_PREFETCH_MAX, Deadline, VersionView
 from wsfs.daemon.writable import Prepared, WritableTree, layer_disk_bytes, prepare_rebase
 from wsfs.errors import MountError, UsageError, WsfsError
+from wsfs.format.manifest import Manifest
 from wsfs.format.names import named
 from wsfs.format.records import VersionRecord
 from wsfs.localfs import private_dir, touch_private
@@ -90,6 +92,7 @@ _STOP_GRACE = 1.8  # seconds after SIGTERM before the watchdog detaches the moun
 _STOP_GRACE_RW = 30.0
 # ... and with commit_on_umount, long enough for a commit (TimeoutStopSec of the rw unit is longer still).
 _STOP_GRACE_COMMIT = 600.0
+_LISTED_EARLY_MAX = 4096  # directories listed before the index was finished, remembered for the preload helper
 _COMMIT_TICK = 0.5  # seconds between the read-write mount's checks for a batch due to commit
 # FUSE operations that change a read-write mount (what starts the clock of the oldest uncommitted write).
 _MUTATIONS = ("write", "create", "mknod", "mkdir", "symlink", "link", "unlink", "rmdir", "rename", "setattr",
@@ -348,7 +351,15 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
     else:
         record = open_layer_base(repo, ref, options.state_dir) if options.rw and options.state_dir else repo.resolve(ref)
         workspace, version, label = record.workspace, record.version, f"{record.workspace}@{record.version}"
-        manifest = repo.open_manifest(record)
+        manifest: Manifest | BuildingIndex
+        if record.format == 2 and not options.rw and not repo.index_cached(record):
+            # The first mount of this version here: its index is built in a thread while the mount goes
+            # live, and the first requests are answered from its rows as they come (daemon/building.py).
+            # The top comes first: a version whose top is missing or fails verification is not mounted.
+            repo.version_top(record)
+            manifest = BuildingIndex.start(repo, record, label)
+        else:
+            manifest = repo.open_manifest(record)
         cache = BlobCache(repo, settings.cache_dir, max_bytes=options.cache_size)
         view = VersionView(manifest, cache, label=label, stats=record.stats, deadline=Deadline(timeout, label=label))
         view.small_prefetch_max = options.prefetch_small
@@ -393,7 +404,11 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             # The helper fetches the packs of listed directories (daemon/preload.py), unless prefetch is off.
             access = (StoreAccess(settings.repo, settings.endpoint_url, settings.cache_dir, timeout, options.cache_size)
                       if options.prefetch_small else None)
-            daemon.preloader = Preloader.start(view.manifest.path, cache.root, label, access)
+            # Started now, as it takes a while; an index still being built is where it will be once
+            # finished, and the helper opens it with the first directory, which it gets only then
+            # (_Daemon._index_ready).
+            path = manifest.final_path if isinstance(manifest, BuildingIndex) else view.manifest.path
+            daemon.preloader = Preloader.start(path, cache.root, label, access) if path else None
         clean = False
         try:
             trio.run(daemon.main, verdict)
@@ -595,6 +610,7 @@ class _Daemon:
         self.profile_prefetched: int | None = None  # chunks the access-profile prefetch prepared (when done)
         self.profile_loading = False  # the profile's GET has had no answer yet
         self.preloader: Preloader | None = None  # the page-cache preload helper, if running
+        self._listed_early: list[int] = []  # directories listed while the index was built, for the helper
         self.tree: WritableTree | None = None  # a read-write mount's tree
         self.lease = True  # keep a lease on the version in the store (MountOptions.lease)
         self.metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (MountOptions.metrics)
@@ -630,6 +646,8 @@ class _Daemon:
             out["history"] = self.view.statistics()
         elif self.view.recorder is not None:
             out["profile"] = {"recorded": len(self.view.recorder), "prefetched": self.profile_prefetched}
+        if isinstance(self.view, VersionView) and isinstance(self.view.manifest, BuildingIndex):
+            out["index"] = self.view.manifest.state  # building (the mount answers from its first rows), built, failed
         if self.preloader is not None:
             out["preload"] = self.preloader.statistics()
         if self.tree is not None:
@@ -913,15 +931,16 @@ class _Daemon:
                 nursery.start_soon(self._watch_pending, self.tree)
                 if self.commit_interval:
                     nursery.start_soon(self._auto_commit, self.commit_interval)
-            if self.preloader is not None and isinstance(self.view, VersionView):
-                # Hints go out at the next scheduler tick, after the handler's
-                # reply: the kernel is then creating the listed inodes already.
-                token, listed = trio.lowlevel.current_trio_token(), self.preloader.listed
-                self.view.listed_hook = lambda ino: token.run_sync_soon(listed, ino)
-                preloader = self.preloader
-                self.view.packs_elsewhere = lambda: preloader.fetches_packs
-            if isinstance(self.view, VersionView) and self.view.recorder is not None and self.version is not None:
-                nursery.start_soon(self._prefetch_profile, self.view, self.version)
+            if isinstance(self.view, VersionView):
+                index = self.view.manifest
+                if isinstance(index, BuildingIndex) and not index.ready:
+                    # Served from the index's first rows until it is finished; then what needs all of it.
+                    early = self._listed_early
+                    self.view.listed_hook = lambda ino: len(early) < _LISTED_EARLY_MAX and early.append(ino)
+                    index.on_ready.append(functools.partial(self._index_ready, self.view, nursery))
+                    index.attach(trio.lowlevel.current_trio_token())
+                else:
+                    self._index_ready(self.view, nursery)
             endpoint = self._start_metrics() if self.metrics else None
             log.info("%s: mounted at %s (pid %d)", self.label, self.mountpoint, os.getpid())
             notify_systemd("READY=1")
@@ -936,6 +955,26 @@ class _Daemon:
                     endpoint.server_close()
             self.view.deadline.stop()
             nursery.cancel_scope.cancel()
+
+    def _index_ready(self, view: VersionView, nursery: trio.Nursery) -> None:
+        """(trio thread) The version's index is open: the view queries it directly from now on; the preload
+        helper is told about directories; the profile's prefetch starts."""
+        if isinstance(view.manifest, BuildingIndex) and view.manifest.manifest is not None:
+            view.manifest = view.manifest.manifest  # (the BuildingIndex closes it at unmount)
+        if self.preloader is not None:
+            # Hints go out at the next scheduler tick, after the handler's
+            # reply: the kernel is then creating the listed inodes already.
+            token, listed = trio.lowlevel.current_trio_token(), self.preloader.listed
+            view.listed_hook = lambda ino: token.run_sync_soon(listed, ino)
+            preloader = self.preloader
+            view.packs_elsewhere = lambda: preloader.fetches_packs
+            for ino in self._listed_early:  # listed before the helper could be told
+                listed(ino)
+        else:
+            view.listed_hook = None
+        self._listed_early = []
+        if view.recorder is not None and self.version is not None:
+            nursery.start_soon(self._prefetch_profile, view, self.version)
 
     async def _commit_now(self, message: str) -> bool:
         """Commit the layer from a worker thread (as ``wsfs commit``); False (logged) if it failed."""

@@ -226,7 +226,7 @@ class Operations(pyfuse3.Operations):
         # By default, a read-only mount's policy for this tree and the pyfuse3 installed.
         self.policy = policy or cache_policy.choose(
             writable=False, inode_as_handle=INODE_AS_HANDLE,
-            listings_change=tree.listings_change, has_xattrs=tree.has_xattrs,
+            listings_change=tree.listings_change, has_xattrs=tree.has_xattrs is not False,
         )
         self.stats = OpStats()
         self.inodes = InodeTable(label=tree.label)
@@ -426,7 +426,10 @@ class Operations(pyfuse3.Operations):
             # No entry of this tree has an xattr: ENOSYS makes the kernel stop
             # asking for the rest of the mount (fc->no_getxattr).
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        value = self.tree.xattrs(inode).get(name)
+        xattrs = self.tree.xattrs(inode)  # a tree whose index is still being built waits for it (NotReady)
+        if self.tree.has_xattrs is False:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # known only now: as if the policy had said so at mount
+        value = xattrs.get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value

@@ -428,7 +428,8 @@ class _Helper:
         self, manifest_path: str, fuse_fd: int, label: str, blobs: str | None = None,
         fetcher: _PackFetcher | None = None,
     ) -> None:
-        self.manifest = Manifest(manifest_path, validate=False)
+        self.manifest_path = manifest_path
+        self._manifest: Manifest | None = None
         self.fd = fuse_fd
         self.label = label
         self.blobs = blobs  # the blob cache's directory, where packs arrive (format 2)
@@ -437,6 +438,15 @@ class _Helper:
         self.waiting: list[tuple[float, int, Inode]] = []  # heap of (due, attempt, node): pack not cached yet
         self.dirs = self.stored = self.stored_bytes = self.unknown = self.failed = self.retried = 0
         self.missed = 0  # packed files whose pack never arrived in time
+
+    @property
+    def manifest(self) -> Manifest:
+        """The mounted version's manifest, opened when first needed: the daemon starts the helper before
+        a format 2 version's local index may be finished (it is built while the mount serves), and hands
+        it no directory until it is."""
+        if self._manifest is None:
+            self._manifest = Manifest(self.manifest_path, validate=False)
+        return self._manifest
 
     def directory(self, dino: int) -> None:
         """Store every non-empty small file of directory *dino*, verified."""
@@ -547,7 +557,8 @@ class _Helper:
         return min(waits) if waits else (0.0 if self.retries or self.waiting else None)
 
     def close(self, elapsed: float) -> None:
-        self.manifest.close()
+        if self._manifest is not None:
+            self._manifest.close()
         fetched = ""
         if self.fetcher is not None:
             self.fetcher.close()

@@ -114,7 +114,7 @@ class Tree(Protocol):
 
     label: str  # "ws@v", for log messages
     deadline: Deadline  # bounds every wait of an operation on this tree
-    has_xattrs: bool  # False: no entry has an xattr, and none can be added while mounted
+    has_xattrs: bool | None  # False: no entry has an xattr, and none can be added while mounted; None: not known yet
     listings_change: bool  # True: a directory's listing may change while mounted (the kernel must not keep it)
 
     def getattr(self, ino: int) -> Attributes:

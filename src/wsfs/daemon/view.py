@@ -203,7 +203,8 @@ class VersionView:
         self._stuck: dict[bytes, trio.Event] = {}
         self._timed_out = _LRU(_TIMED_OUT)  # blob -> when the store last failed to answer for it
         self.nursery: trio.Nursery | None = None  # set by the daemon; enables read-ahead
-        self.has_xattrs = manifest.has_xattrs()  # False: the adapter tells the kernel to stop asking
+        # False: the adapter tells the kernel to stop asking; None: not known yet (an index still being built)
+        self._has_xattrs: bool | None = manifest.has_xattrs()
         self.recorder: AccessRecorder | None = None  # set by the daemon: chunks read, for the access profile
         self._parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # dir ino -> parent, learnt from lookups
         self._dir_end: dict[int, int] = {}  # dir ino -> cursor of its last entry, once a listing got there
@@ -222,6 +223,19 @@ class VersionView:
         # True while someone else (the preload helper) fetches the packs of the
         # directories the listed hook is told about: the daemon then leaves them alone.
         self.packs_elsewhere: Callable[[], bool] = lambda: False
+
+    @property
+    def has_xattrs(self) -> bool | None:
+        """Whether any entry has an extended attribute (None while the index is still being built)."""
+        if self._has_xattrs is None:
+            self._has_xattrs = self.manifest.has_xattrs()
+        return self._has_xattrs
+
+    @property
+    def index_ready(self) -> bool:
+        """Whether every query can be answered now (False while an index is still being built, see
+        ``daemon/building.py``: then what would wait for it, such as prefetches, is left out)."""
+        return getattr(self.manifest, "ready", True)
 
     # -- attributes --------------------------------------------------------
 
@@ -274,6 +288,13 @@ class VersionView:
             # the kernel has not created yet (it does so while the lister
             # parses the reply).
             self.listed_hook(ino)
+        if not self.index_ready:
+            # An index still being built answers this listing from its first rows; pack places and chunk
+            # lists come with the finished index (the preload helper starts then, and is told of this one).
+            for _, _, node in entries:
+                if node.is_dir:
+                    self._parents[node.ino] = ino
+            return entries
         packs_here = self.small_prefetch_max and not self.packs_elsewhere()
         packs: dict[int, Chunk] = {}  # row -> pack of the listed small files, to prefetch
         for _, _, node in entries:

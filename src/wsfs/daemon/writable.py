@@ -30,7 +30,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wsfs.daemon.inodes import KernelNumbers
 from wsfs.daemon.tree import FsStats, Lifetime
@@ -38,8 +38,13 @@ from wsfs.daemon.view import _LRU, VersionView
 from wsfs.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound, Stale, WsfsError
 from wsfs.format.manifest import ROOT_INO, Inode, Manifest
 from wsfs.format.names import named
-from wsfs.layer import BaseId, WriteLayer
-from wsfs.layer.content import BLOCK
+
+if TYPE_CHECKING:
+    from wsfs.layer import BaseId, WriteLayer
+
+# wsfs.layer.content.BLOCK, the write layer's copy-on-write unit (checked when a layer is opened): written
+# here so that importing this module (as every mount does) does not import the write layer.
+BLOCK = 64 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,9 @@ class WritableTree:
         self.deadline = view.deadline
         self.state_dir = state_dir
         self._blocks = _LRU(_BASE_BLOCKS)  # (ino, blk) -> bytes of a base block
+        from wsfs.layer.content import BLOCK as LAYER_BLOCK
+
+        assert LAYER_BLOCK == BLOCK
         self.layer: WriteLayer = layer_factory(self._read_base)
         # Every method takes and gives the kernel's inode numbers; the layer and the view have their own
         # (the same until a re-base: :meth:`rebase`).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from wsfs.errors import IntegrityError
 from wsfs.format.manifest import ROOT_INO, ManifestBuilder
@@ -34,21 +35,36 @@ ALLOC_UNIT = 4096
 INDEX_VERSION = 3
 
 
-class _Packs:
-    """Assigns packed files, in key order, to the packs their references list."""
+class IndexObserver(Protocol):
+    """Sees the rows of an index as :func:`build_index` writes them, range by range, in key order (its thread).
 
-    def __init__(self, b: ManifestBuilder, refs: list[Ref], places: Callable[[], list[Place]] | None) -> None:
+    *inodes*: ``(ino, mode, uid, gid, size, blocks, mtime_ns, nlink, rdev, target, content, pack, pack_offset)``
+    as written (the root's first; a directory's ``nlink`` is 2 here and ``2 + its subdirectories`` in the
+    finished index, a file with further names gets its count only at the end); *dentries*: ``(parent, name,
+    ino)`` in the order written, so the n-th dentry ever given is row n (the readdir cursor); *xattrs*:
+    ``(ino, {name: value})``; *dirs*: ``(ino, path)`` of the directories among *inodes*; *linked*: inodes of
+    files with further names; *last*: the last key written (every key up to it has been given).
+    """
+
+    def rows(
+        self, inodes: list[tuple[Any, ...]], dentries: list[tuple[int, bytes, int]],
+        xattrs: list[tuple[int, dict[bytes, bytes]]], dirs: list[tuple[int, bytes]], linked: list[int], last: bytes,
+    ) -> None: ...
+
+
+class _Packs:
+    """Assigns packed files, in key order, to the packs their references list (taken as needed)."""
+
+    def __init__(self, b: ManifestBuilder, refs: Iterable[Ref], places: Callable[[int], list[Place]] | None) -> None:
         self.b = b
         self.refs = iter(refs)
-        self.n = len(refs)
         self._get_places = places
-        self.places: list[Place] | None = None
         self.ref: Ref | None = None
         self.row = 0
         self.left = 0
         self.offsets: dict[bytes, int] = {}
         self.end = 0
-        self.rows: list[tuple[int, bytes, int, bytes | None, int, int]] = []  # written by finish()
+        self.rows: list[tuple[int, bytes, int]] = []  # (row, id, size); written with their places by finish()
 
     def place(self, e: Entry) -> tuple[int, int]:
         if self.left == 0:
@@ -58,17 +74,7 @@ class _Packs:
             if self.ref.first != e.key:
                 raise IntegrityError(f"a pack's first key is not that of {e.path!r}")
             self.row += 1
-            if self.places is None:  # on first use: the caller may still be fetching the map
-                self.places = self._get_places() if self._get_places is not None else [STANDALONE] * self.n
-                if len(self.places) != self.n:
-                    raise IntegrityError(f"the pack map places {len(self.places)} packs, the version has {self.n}")
-            where = self.places[self.row - 1]
-            if where.length > self.ref.size + self.ref.size // 64 + 1024:
-                # An encoded pack is its codec byte plus at most about its plaintext: a map claiming more would
-                # only make readers download bytes that cannot verify.
-                raise IntegrityError(f"the pack map gives pack {self.ref.id.hex()} {where.length} stored bytes "
-                                     f"for {self.ref.size} of content")
-            self.rows.append((self.row, self.ref.id, self.ref.size, where.segment, where.offset, where.length))
+            self.rows.append((self.row, self.ref.id, self.ref.size))
             self.left, self.offsets, self.end = self.ref.count, {}, 0
         assert self.ref is not None and e.content is not None
         off = self.offsets.get(e.content)
@@ -83,21 +89,36 @@ class _Packs:
     def finish(self) -> None:
         if self.left or next(self.refs, None) is not None:
             raise IntegrityError("packs are listed for files that do not exist")
-        self.b.add_packs(self.rows)
+        n = len(self.rows)
+        # Where the packs are stored (the pack map), asked for last: nothing before needs it.
+        places = self._get_places(n) if self._get_places is not None else [STANDALONE] * n
+        if len(places) != n:
+            raise IntegrityError(f"the pack map places {len(places)} packs, the version has {n}")
+        rows = []
+        for (row, cid, size), where in zip(self.rows, places, strict=True):
+            if where.length > size + size // 64 + 1024:
+                # An encoded pack is its codec byte plus at most about its plaintext: a map claiming more would
+                # only make readers download bytes that cannot verify.
+                raise IntegrityError(f"the pack map gives pack {cid.hex()} {where.length} stored bytes "
+                                     f"for {size} of content")
+            rows.append((row, cid, size, where.segment, where.offset, where.length))
+        self.b.add_packs(rows)
 
 
 def build_index(
-    path: str, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout, meta: dict[str, object],
-    places: Callable[[], list[Place]] | None = None,
+    path: str, ranges: Iterable[list[Entry]], pack_refs: Iterable[Ref], layout: Layout, meta: dict[str, object],
+    places: Callable[[int], list[Place]] | None = None, observer: IndexObserver | None = None,
 ) -> None:
     """Write the index of the version whose ranges (in order) yield *ranges* to *path*.
 
-    *places* returns where each pack is stored (its pack map), in the order of *pack_refs*; called when
-    the first packed file is placed.  Default: blobs of their own.
+    *pack_refs* are taken as the packed files need them (an iterator may still be fetching the later
+    ones).  *places(n)* returns where each of the *n* packs is stored (its pack map), in the order of
+    *pack_refs*; called once every entry is placed.  Default: blobs of their own.  *observer* sees the
+    rows as they are written (:class:`IndexObserver`).
     """
     b = ManifestBuilder(path, chunk_size=layout.chunk_size, index=True)
     try:
-        _fill(b, ranges, pack_refs, layout, places)
+        _fill(b, ranges, pack_refs, layout, places, observer)
         b.finish(dict(meta, index_version=INDEX_VERSION))
     except BaseException:
         b.abort()
@@ -108,8 +129,8 @@ _BATCH = 4096  # rows handed to SQLite at once (memory stays bounded whatever th
 
 
 def _fill(
-    b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: list[Ref], layout: Layout,
-    places: Callable[[], list[Place]] | None,
+    b: ManifestBuilder, ranges: Iterable[list[Entry]], pack_refs: Iterable[Ref], layout: Layout,
+    places: Callable[[int], list[Place]] | None, observer: IndexObserver | None = None,
 ) -> None:
     cs = layout.chunk_size
     dirs: dict[bytes, int] = {}  # directory path -> inode
@@ -121,6 +142,12 @@ def _fill(
     inodes: list[tuple] = []
     chunks: list[tuple[int, int, bytes | None, int]] = []
     dentries: list[tuple[int, bytes, int]] = []
+    watch = observer is not None
+    o_inodes: list[tuple[Any, ...]] = []  # this range's rows, for the observer
+    o_dentries: list[tuple[int, bytes, int]] = []
+    o_xattrs: list[tuple[int, dict[bytes, bytes]]] = []
+    o_dirs: list[tuple[int, bytes]] = []
+    o_linked: list[int] = []
     for entries in ranges:
         for e in entries:
             key = e.key
@@ -131,6 +158,12 @@ def _fill(
                 assert ino == ROOT_INO
                 if e.xattrs:
                     b.add_xattrs(ino, dict(e.xattrs))
+                if watch:
+                    o_inodes.append((ino, e.mode, e.uid, e.gid, e.size, (e.size + 511) // 512, e.mtime_ns, 2, 0,
+                                     None, None, None, None))
+                    o_dirs.append((ino, b""))
+                    if e.xattrs:
+                        o_xattrs.append((ino, dict(e.xattrs)))
                 dirs[b""] = ino
                 subdirs[ino] = 0
                 prev = key
@@ -148,6 +181,8 @@ def _fill(
                     raise IntegrityError(f"{e.path!r} is a hard link to no file")
                 nlinks[ino] += 1
                 dentries.append((parent, name, ino))
+                if watch:
+                    o_dentries.append((parent, name, ino))
                 continue
             fmt = stat.S_IFMT(e.mode)
             ino = b.new_ino()
@@ -165,13 +200,23 @@ def _fill(
                 blocks = -(-data // ALLOC_UNIT) * (ALLOC_UNIT // 512)
             else:
                 blocks = (e.size + 511) // 512 if fmt == stat.S_IFDIR else 0
-            inodes.append((
+            row = (
                 ino, e.mode, e.uid, e.gid, e.size, blocks, e.mtime_ns, 2 if fmt == stat.S_IFDIR else 1,
                 e.rdev, e.target, e.content, pack, offset,
-            ))
+            )
+            inodes.append(row)
             dentries.append((parent, name, ino))
             if e.xattrs:
                 b.add_xattrs(ino, dict(e.xattrs))
+            if watch:
+                o_inodes.append(row)
+                o_dentries.append((parent, name, ino))
+                if e.xattrs:
+                    o_xattrs.append((ino, dict(e.xattrs)))
+                if fmt == stat.S_IFDIR:
+                    o_dirs.append((ino, e.path))
+                if e.linked:
+                    o_linked.append(ino)
             if fmt == stat.S_IFDIR:
                 dirs[e.path] = ino
                 subdirs[ino] = 0
@@ -182,6 +227,10 @@ def _fill(
             if len(inodes) >= _BATCH or len(chunks) >= _BATCH:
                 b.add_rows(inodes, chunks, dentries)
                 inodes, chunks, dentries = [], [], []
+        if watch and prev is not None:
+            assert observer is not None
+            observer.rows(o_inodes, o_dentries, o_xattrs, o_dirs, o_linked, prev)
+            o_inodes, o_dentries, o_xattrs, o_dirs, o_linked = [], [], [], [], []
     if prev is None:
         raise IntegrityError("a version without entries")
     b.add_rows(inodes, chunks, dentries)
