@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench_mount import Owned, s3_client  # noqa: E402
+from bench_mount import Owned, s3_client, wait_ready  # noqa: E402
 from bench_push_checkout import TreeGen, drop_caches, settle_atimes  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
@@ -102,17 +102,7 @@ def one_mount(owned: Owned, work: Path, env: dict[str, str], proxy: LatencyProxy
             proc = subprocess.Popen(cmd, env={**env, "NOTIFY_SOCKET": sock_path}, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             owned.add(mnt, proc)
-            while True:
-                try:
-                    msg = notify.recv(4096)
-                except TimeoutError:
-                    msg = b""
-                if b"READY=1" in msg.split(b"\n"):
-                    break
-                if proc.poll() is not None:
-                    raise RuntimeError(f"mount exited {proc.returncode}; see {base / 'daemon.log'}")
-                if time.perf_counter() - t0 > 300:
-                    raise RuntimeError("no READY in 300 s")
+            wait_ready(notify, proc, t0 + 300, base / "daemon.log")
         else:
             owned.add(mnt, None)
             subprocess.run(cmd, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

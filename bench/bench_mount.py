@@ -294,6 +294,23 @@ def daemon_hwm_kib(pid: int | None) -> int | None:
     return own + sum(vm_hwm_kib(c) or 0 for c in descendants(pid))
 
 
+
+def wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], deadline: float, log_path: object) -> None:
+    """Wait for ``READY=1`` from ``wsfs mount -f`` on *notify* (a bound datagram socket with a short timeout)
+    until *deadline* (``time.perf_counter()``); RuntimeError if the daemon exits first or time runs out."""
+    while True:
+        try:
+            msg = notify.recv(4096)
+        except TimeoutError:
+            msg = b""
+        if b"READY=1" in msg.split(b"\n"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"wsfs mount exited with {proc.returncode} before READY=1; see {log_path}")
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"no READY=1 in time; see {log_path}")
+
+
 class Owned:
     """Processes and mountpoints this script started; torn down in ``close`` whatever happens."""
 
@@ -822,18 +839,8 @@ class Bench:
                 proc = subprocess.Popen(cmd, env={**env, "NOTIFY_SOCKET": path}, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
             self.owned.add(mnt, proc)
-            deadline = t0 + READY_TIMEOUT
-            while True:
-                try:
-                    msg = notify.recv(4096)
-                except TimeoutError:
-                    msg = b""
-                if b"READY=1" in msg.split(b"\n"):
-                    return proc, time.perf_counter() - t0
-                if proc.poll() is not None:
-                    raise RuntimeError(f"wsfs mount exited with {proc.returncode} before READY=1; see {log_path}")
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"no READY=1 within {READY_TIMEOUT}s; see {log_path}")
+            wait_ready(notify, proc, t0 + READY_TIMEOUT, log_path)
+            return proc, time.perf_counter() - t0
         except BaseException:
             if proc is not None:
                 self.owned.release(mnt, proc)
