@@ -676,7 +676,7 @@ class BlobCache:
                             rows,
                         )
                     self.flush()
-                    self._evict(keep={h for h, _, _ in rows})
+                    self._evict(keep={rows[-1][0]})  # (the newest; the others may go if the limit says so)
                 except Exception as e:  # noqa: BLE001 - the files are sound; the index heals (module docstring)
                     with self._lock:
                         self.stats.write_failures += len(rows)
