@@ -366,7 +366,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
         close = manifest.close
         if options.rw and options.state_dir:
             tree = _open_tree(view, record, options.state_dir, cache, close)
-            close = functools.partial(_close_tree, tree, manifest.close)
+            close = functools.partial(_close_tree, tree)  # (the tree closes its views' indexes)
         elif options.profile:
             view.recorder = AccessRecorder()
     if tree is not None:
@@ -452,15 +452,14 @@ def _open_tree(view: VersionView, record: VersionRecord, state_dir: str, cache: 
     return tree
 
 
-def _close_tree(tree: WritableTree, close_manifest: Any) -> None:
-    """Close the layer (a durable commit), then the manifest; a failed close is the daemon's exit status 1."""
+def _close_tree(tree: WritableTree) -> None:
+    """Close the layer (a durable commit), then the indexes of its base and earlier bases (WritableTree.close);
+    a failed close is the daemon's exit status 1."""
     try:
         tree.close()
     except Exception as e:
         log.exception("%s: closing the write layer in %s failed; it keeps its last commit", tree.label, tree.state_dir)
         raise WsfsError(f"closing the write layer in {tree.state_dir} failed ({e}); it keeps its last commit") from None
-    finally:
-        close_manifest()
 
 
 def _throttled(progress: control.Progress | None, every: float = 0.1) -> Callable[[str, int, int], None]:
