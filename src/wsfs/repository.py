@@ -192,6 +192,10 @@ def _local_dir(cache_dir: str, url: str) -> str:
     return os.path.join(cache_dir, "repos", blake3.blake3(url.encode()).hexdigest()[:16])
 
 
+class _Abandoned(Exception):
+    """A fetched range nobody will take (the caller stopped reading): not decoded."""
+
+
 def _checked_refs(listing: list[tree.Ref], got: Iterable[list[tree.Ref]]) -> Iterator[tree.Ref]:
     """The references of listing pieces as they arrive, each piece checked against its reference in *listing*."""
     last: bytes | None = None
@@ -684,35 +688,53 @@ class Repository:
         return (entries for entries, _ in self.version_range_bodies(refs, workers))
 
     def version_range_bodies(
-        self, refs: list[tree.Ref], workers: int = 16
+        self, refs: list[tree.Ref], workers: int = 16, decode_ahead: int = 4, first: int = 16
     ) -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
         """As :meth:`version_ranges`, with each entry's record body as stored.
 
-        The ranges are asked for at once (*workers* in flight, in order), each decoded by the thread that
-        fetched it (beside the caller's own work: SQLite inserts of the index run without the GIL), and
-        come back in order.
+        The ranges are asked for at once (*workers* in flight, in order) and come back in order.  Each is
+        decoded by the thread that fetched it (beside the caller's own work: SQLite inserts of the index run
+        without the GIL), but only once it is among the *decode_ahead* ranges after the last one the caller
+        took: decoding is CPU work under the GIL, and 32 fetchers decoding at once made the first range
+        (the one a cold mount's first ``ls`` waits for) wait for all the others.
         """
         from concurrent.futures import ThreadPoolExecutor
 
         layout = self.config.layout
+        turn = threading.Condition()
+        taken = 0  # ranges the caller has taken
+        stopped = False
 
-        def one(ref: tree.Ref) -> tuple[list[tree.Entry], list[bytes]]:
+        def one(k: int, ref: tree.Ref) -> tuple[list[tree.Entry], list[bytes]]:
             data = self.get_piece(ref.id, ref.size, "range")
+            with turn:
+                while k >= taken + (2 if taken < first else decode_ahead) and not stopped:
+                    turn.wait()
+                if stopped:
+                    raise _Abandoned
             entries, bodies = tree.decode_range_bodies(data, layout, f"range {hexid(ref.id)}")
             if len(entries) != ref.count or not entries or entries[0].key != ref.first or entries[-1].key != ref.last:
                 raise IntegrityError(f"range {hexid(ref.id)} does not match its reference")
             return entries, bodies
 
         if len(refs) <= 1:
-            return (one(ref) for ref in refs)
+            return (one(0, ref) for ref in refs)
         ex = ThreadPoolExecutor(max_workers=min(workers, len(refs)), thread_name_prefix="wsfs-pieces")
-        futures = [ex.submit(one, ref) for ref in refs]  # now, not when the caller first asks
+        futures = [ex.submit(one, k, ref) for k, ref in enumerate(refs)]  # now, not when the caller first asks
 
         def in_order() -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
+            nonlocal taken, stopped
             try:
                 for f in futures:
-                    yield f.result()
+                    got = f.result()
+                    with turn:
+                        taken += 1
+                        turn.notify_all()
+                    yield got
             finally:
+                with turn:  # fetchers waiting for their turn give up: nobody will take their ranges
+                    stopped = True
+                    turn.notify_all()
                 ex.shutdown(wait=True, cancel_futures=True)
 
         return in_order()

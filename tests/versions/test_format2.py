@@ -291,3 +291,54 @@ def test_versions_without_a_pack_map_still_read_and_push_on(wsfs, tree, tmp_path
     assert cold2("cat", "demo@2", str(name)).out == b"changed\n"
     cold2("checkout", "demo@2", str(tmp_path / "out2"))
     assert_same_tree(src, tmp_path / "out2")
+
+
+def test_ranges_are_decoded_in_order_a_few_at_a_time(wsfs, tree, monkeypatch):
+    """A cold mount's first ``ls`` waits for the first range: fetchers must not all decode at once
+    (under the GIL that made the first range wait for the others), and a reader that stops early must not
+    leave fetchers waiting for a turn that never comes."""
+    import threading
+    import time
+
+    from wsfs.format import tree as tree_format
+
+    src, _ = tree
+    wsfs.push(src, "demo")
+    repo = _counting_repo(wsfs)
+    record = repo.record("demo", 1)
+    ranges, _ = repo.version_refs(record)
+    assert len(ranges) >= 6, "the test tree must make several ranges"
+    real = tree_format.decode_range_bodies
+    lock = threading.Lock()
+    busy, most, order = 0, 0, []
+
+    def decode(data, layout, what):
+        nonlocal busy, most
+        with lock:
+            busy += 1
+            most = max(most, busy)
+            order.append(what)
+        time.sleep(0.01)  # long enough for every other fetcher to be ready
+        try:
+            return real(data, layout, what)
+        finally:
+            with lock:
+                busy -= 1
+
+    monkeypatch.setattr(tree_format, "decode_range_bodies", decode)
+    runs = list(repo.version_range_bodies(ranges, workers=32, decode_ahead=3, first=2))
+    assert [run[0].key for run, _ in runs] == [r.first for r in ranges]
+    assert most <= 3, most
+    # the first two ranges are decoded before any range past the window of the first ones
+    first_two = {f"range {r.id.hex()}" for r in ranges[:2]}
+    assert set(order[:2]) == first_two, order[:4]
+
+    # the reader stops after the first range: the generator closes at once, nothing left running
+    order.clear()
+    it = repo.version_range_bodies(ranges, workers=32)
+    next(it)
+    t0 = time.monotonic()
+    it.close()
+    assert time.monotonic() - t0 < 5
+    assert len(order) < len(ranges)
+    assert not [t for t in threading.enumerate() if t.name.startswith("wsfs-pieces")]
