@@ -688,15 +688,16 @@ class Repository:
         return (entries for entries, _ in self.version_range_bodies(refs, workers))
 
     def version_range_bodies(
-        self, refs: list[tree.Ref], workers: int = 16, decode_ahead: int = 4, first: int = 16
+        self, refs: list[tree.Ref], workers: int = 16, decode_ahead: int = 8, first: int = 16
     ) -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
         """As :meth:`version_ranges`, with each entry's record body as stored.
 
         The ranges are asked for at once (*workers* in flight, in order) and come back in order.  Each is
         decoded by the thread that fetched it (beside the caller's own work: SQLite inserts of the index run
         without the GIL), but only once it is among the *decode_ahead* ranges after the last one the caller
-        took: decoding is CPU work under the GIL, and 32 fetchers decoding at once made the first range
-        (the one a cold mount's first ``ls`` waits for) wait for all the others.
+        took (2 while the caller is in its *first* ranges): decoding is CPU work under the GIL, and 32
+        fetchers decoding at once made the first range (the one a cold mount's first ``ls`` waits for)
+        wait for all the others: 0.4-0.8 s at 20 ms RTT (``docs/benchmarks.md``, "ordered decoding").
         """
         from concurrent.futures import ThreadPoolExecutor
 
