@@ -192,3 +192,16 @@ def subprocess_env(store_kind: str, request: pytest.FixtureRequest) -> dict[str,
     if store_kind == "s3":
         env.update(request.getfixturevalue("s3_server").env)
     return env
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The POSIX suites' own counts (pjdfstest's ``Files=/Tests=`` line, fsx runs, fsstress), at the end of
+    every run: tests record them with ``record_property("suite_summary", ...)``."""
+    lines = [f"{rep.nodeid}: {value}" for outcome in ("passed", "failed")
+             for rep in terminalreporter.stats.get(outcome, [])
+             if getattr(rep, "when", "call") == "call"
+             for key, value in getattr(rep, "user_properties", []) if key == "suite_summary"]
+    if lines:
+        terminalreporter.write_sep("-", "POSIX suites")
+        for line in lines:
+            terminalreporter.write_line(line)

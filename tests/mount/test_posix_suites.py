@@ -94,7 +94,7 @@ def _prove_failures(output: str) -> set[str]:
 
 
 @pytest.mark.timeout(1200)
-def test_pjdfstest(suites: Path, mount: Mounter, rich: PushedTree, tmp_path: Path) -> None:
+def test_pjdfstest(suites: Path, mount: Mounter, rich: PushedTree, tmp_path: Path, record_property) -> None:
     m = _rw(mount, rich, tmp_path, "allow_other")
     work = m.path / "pjd"
     work.mkdir()
@@ -103,6 +103,8 @@ def test_pjdfstest(suites: Path, mount: Mounter, rich: PushedTree, tmp_path: Pat
     summary = re.search(r"^(Files=\d+, Tests=\d+.*)$", r.stdout, re.M)
     assert summary, r.stdout[-3000:] + r.stderr[-2000:]
     failures = _prove_failures(r.stdout)
+    record_property("suite_summary", f"pjdfstest: {summary.group(1)}; failed (known on this kernel): "
+                    f"{len(failures)}; result: {'PASS' if r.returncode == 0 else 'FAIL'}")
     unexpected = sorted(failures - KNOWN_FAILURES.keys())
     assert not unexpected, f"pjdfstest: {summary.group(1)}\nunexpected failures: {unexpected}\n{r.stdout[-4000:]}"
     assert r.returncode == 0 or failures, r.stdout[-3000:]
@@ -120,17 +122,21 @@ FSX_RUNS = {
 
 
 @pytest.mark.timeout(600)
-def test_fsx(suites: Path, mount: Mounter, rich: PushedTree, tmp_path: Path) -> None:
+def test_fsx(suites: Path, mount: Mounter, rich: PushedTree, tmp_path: Path, record_property) -> None:
     m = _rw(mount, rich, tmp_path)
     fsx = suites / "xfstests" / "ltp" / "fsx"
+    done = []
     for name, args in FSX_RUNS.items():
         r = subprocess.run([str(fsx), "-q", *args, f"{name}.file"], cwd=m.path, capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0 and "completed A-OK" in r.stdout, f"fsx {name}:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
+        done.append(f"{name} {args[1]} ops A-OK")
+    record_property("suite_summary", "fsx: " + ", ".join(done))
 
 
 @pytest.mark.timeout(600)
-def test_fsstress_then_the_mount_still_works(suites: Path, mount: Mounter, rich: PushedTree, tmp_path: Path) -> None:
+def test_fsstress_then_the_mount_still_works(suites: Path, mount: Mounter, rich: PushedTree, tmp_path: Path,
+                                             record_property) -> None:
     m = _rw(mount, rich, tmp_path)
     fsstress = suites / "xfstests" / "ltp" / "fsstress"
     r = subprocess.run([str(fsstress), "-d", str(m.path / "stress"), "-n", "2000", "-p", "4", "-s", "1"],
@@ -138,6 +144,7 @@ def test_fsstress_then_the_mount_still_works(suites: Path, mount: Mounter, rich:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Transport endpoint" not in r.stdout + r.stderr
     assert len(list((m.path / "stress").iterdir())) == 4
+    record_property("suite_summary", "fsstress: -n 2000 -p 4 -s 1: exit 0, mount alive afterwards")
     (m.path / "after").write_bytes(b"still works")
     assert (m.path / "after").read_bytes() == b"still works"
     assert (m.path / "text.txt").read_bytes() == (rich.src / "text.txt").read_bytes()
