@@ -176,10 +176,11 @@ def test_reading_a_file_costs_no_open_or_release(rich: PushedTree, mount) -> Non
 
 
 def test_pyfuse3_is_patched() -> None:
-    """scripts/install.sh installs pyfuse3 with third_party/pyfuse3's patch (WSFS_ALLOW_STOCK_PYFUSE3=1 to waive)."""
+    """scripts/install.sh installs pyfuse3 with third_party/pyfuse3's patches (WSFS_ALLOW_STOCK_PYFUSE3=1 to waive)."""
     if os.environ.get("WSFS_ALLOW_STOCK_PYFUSE3") == "1":
         pytest.skip("stock pyfuse3 allowed by WSFS_ALLOW_STOCK_PYFUSE3=1")
     assert getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False), "run scripts/install_pyfuse3.sh"
+    assert getattr(pyfuse3, "WSFS_PATCH", 0) >= 2, "an older patched build: run scripts/install_pyfuse3.sh"
 
 
 def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> None:
