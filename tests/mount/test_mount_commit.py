@@ -234,6 +234,30 @@ def test_commit_with_nothing_to_publish_catches_up_with_the_head(mount: Mounter,
     assert (a.path / "k").read_bytes() == b"b changed it\n"
 
 
+def test_commit_interval_with_nothing_pending_catches_up_with_other_writers(mount: Mounter, tmp_path: Path) -> None:
+    """``-o commit_interval=`` with nothing written here: the mount goes on over what another writer
+    published, without any ``wsfs commit`` of ours; with ``norebase`` it stays where it was."""
+    w, _ = make_ws(tmp_path)
+    a = mount(w.repo, "demo", extra=("--rw", "-o", f"state_dir={tmp_path / 'sa'},commit_interval=1s"))
+    still = mount(w.repo, "demo", extra=("--rw", "-o", f"state_dir={tmp_path / 'sc'},commit_interval=1s,norebase"))
+    b = rw(mount, w, tmp_path / "sb")
+    assert not (a.path / "theirs").exists()  # (a miss the kernel keeps: the re-base must drop it)
+    (b.path / "theirs").write_bytes(b"b's\n")
+    (b.path / "dir" / "a.txt").write_bytes(b"b changed it\n")
+    assert json.loads(cli(w, b)("commit", "--json", str(b.path)).out)["version"] == 2
+    st = wait_rebased(w, a, 1)
+    assert (st["base_version"], st["changes"]) == (2, []), st
+    assert (a.path / "theirs").read_bytes() == b"b's\n"
+    assert (a.path / "dir" / "a.txt").read_bytes() == b"b changed it\n"
+    time.sleep(2.5)  # two more intervals: nothing newer, nothing done
+    st = json.loads(cli(w, a)("status", "--json", str(a.path)).out)
+    assert (st["rebases"], st["base_version"]) == (1, 2), st
+    st = json.loads(cli(w, still)("status", "--json", str(still.path)).out)
+    assert (st["rebases"], st["base_version"]) == (0, 1), st
+    assert not (still.path / "theirs").exists()
+    assert [v["version"] for v in json.loads(w("log", "--json", "demo").out)] == [2, 1]  # no version of ours
+
+
 def test_commit_json_names_conflicting_paths_exactly(mount: Mounter, tmp_path: Path) -> None:
     """``wsfs commit --json`` names the paths of a conflict and those ours replaced as every --json does
     (``path`` + ``path_pct``, the exact bytes), a name that is not UTF-8 included."""

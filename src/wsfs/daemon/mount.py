@@ -745,7 +745,9 @@ class _Daemon:
         finally:
             if not handed:
                 self._commit_lock.release()
-        log.info("%s: commit: %s", self.label, f"{self.workspace}@{record.version}" if record else "nothing to commit")
+        log.log(logging.INFO if record is not None or handed else logging.DEBUG, "%s: commit: %s", self.label,
+                f"{self.workspace}@{record.version}" if record else
+                f"nothing to commit; going on over {self.workspace}@{stats.catch_up}" if handed else "nothing to commit")
         return {"workspace": self.workspace, "version": record.version if record else None,
                 "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased, "rebasing": handed,
                 "catch_up": stats.catch_up if handed and record is None else None,
@@ -994,13 +996,18 @@ class _Daemon:
             self.final_commit_failed = not await self._commit_now("commit at unmount")
 
     async def _auto_commit(self, interval: float) -> None:
-        """``-o commit_interval=``: commit whatever is pending that often (nothing pending: nothing happens)."""
+        """``-o commit_interval=``: commit whatever is pending that often.  With nothing pending the same
+        commit catches up (unless ``norebase``): if other writers published since, the mount goes on over
+        the latest version (a re-base), so their changes show without a commit of ours; else nothing
+        happens but one look at the head."""
         tree = self.tree
         assert tree is not None
         while True:
             await trio.sleep(interval)
             if tree.layer.pending():
                 await self._commit_now("periodic commit")
+            elif self.rebase:
+                await self._commit_now("periodic catch-up")
 
     def _start_metrics(self) -> Any:
         """The ``-o metrics=`` endpoint: each scrape reads ``stats()`` on the trio thread (which owns the state)."""
