@@ -2,7 +2,8 @@
 
 A proxy in front of S3 stalls every range of the version but the first: the mount still becomes ready
 and lists its root (the root's entries and its directories' come first in key order), with the inode
-numbers and link counts the finished index gives; the rest is served once the stalled ranges arrive.
+numbers and link counts the finished index gives, and a directory whose subdirectories' entries are
+stalled (stand-ins, asked again on ``stat``); the rest is served once the stalled ranges arrive.
 """
 
 from __future__ import annotations
@@ -70,7 +71,13 @@ def test_root_is_listed_while_later_ranges_are_stalled(repo_url, subprocess_env,
         assert took < STALL - 2, f"mount + ls took {took:.1f} s: it waited for the stalled ranges"
         assert seen == held  # every later range was asked for, and held back
         assert st["top"].st_nlink == 3 and st["zz"].st_nlink == 5 and st["a.txt"].st_size == 2
-        assert (m.path / "a.txt").read_bytes() == b"a\n"
+        # `ls zz`: its entries are in the first range, but not those of d1 and d2 (stalled): they are listed
+        # at once, with stand-in attributes the kernel does not keep; a stat gets the true link count.
+        assert sorted(os.listdir(m.path / "zz")) == ["d0", "d1", "d2"]
+        took = time.monotonic() - t0
+        assert took < STALL - 2, f"mount + ls zz took {took:.1f} s: it waited for the stalled ranges"
+        assert (m.path / "a.txt").read_bytes() == b"a\n"  # (a read waits for the finished index)
+        assert os.lstat(m.path / "zz" / "d2").st_nlink == 2 and time.monotonic() - t0 >= STALL
         # the rest, once the stalled ranges came (their retry)
         assert_same_tree(src, m.path)
         assert time.monotonic() - t0 >= STALL

@@ -20,8 +20,17 @@ Every answer is the one the finished index gives, or none:
 * a directory is answered (attributes, lookups in it, its listing) only once
   all its entries have been written (the builder is past ``path\\x01``, above
   every ``path\\0name``): its ``nlink`` (2 + subdirectories) and its misses
-  are then final; a listing also waits until every entry in it can be
-  answered;
+  are then final;
+* a listing also waits until every entry in it can be answered, but a
+  subdirectory whose own entries are not all in yet is listed as a
+  :class:`~wsfs.daemon.tree.Provisional` stand-in: its true attributes except
+  ``nlink``, shown as 1 ("not counted", as file systems that do not count
+  subdirectories show it), with an attribute timeout of 0
+  (``Lifetime.PROVISIONAL``), so the kernel asks again (a ``stat``, a path
+  walk's permission check) and gets the final answer.  In key order the
+  entries of ``a/b`` come after the whole subtree of every earlier sibling of
+  ``b``, so without it ``ls node_modules`` waited for most of the build (every
+  package directory's ``nlink``);
 * a file with further names (hard links) gets its ``nlink`` at the end of the
   build, so it waits for the finished index, as do reads (pack places come
   last), chunk lists, extended attributes and anything unknown (an inode
@@ -53,7 +62,7 @@ from typing import Any
 
 import trio
 
-from wsfs.daemon.tree import NotReady
+from wsfs.daemon.tree import NotReady, Provisional
 from wsfs.errors import WsfsError
 from wsfs.format.manifest import Chunk, Inode, Manifest
 from wsfs.format.records import VersionRecord
@@ -253,6 +262,18 @@ class BuildingIndex:
         i, mode, uid, gid, size, blocks, mt, _, rdev, target, content, pack, offset = row
         return Inode(i, mode, uid, gid, size, blocks, mt, mt, mt, nlink, rdev, target, content, None, pack, offset)
 
+    def _entry_node(self, ino: int) -> Inode | None:
+        """What a listing shows of entry *ino*: :meth:`_node`, or for a directory not complete yet a
+        :class:`~wsfs.daemon.tree.Provisional` with ``nlink`` 1."""
+        node = self._node(ino)
+        if node is not None:
+            return node
+        row = self._rows.get(ino)
+        if row is None or not stat.S_ISDIR(row[1]):
+            return None
+        i, mode, uid, gid, size, blocks, mt, _, rdev, target, content, pack, offset = row
+        return Provisional(i, mode, uid, gid, size, blocks, mt, mt, mt, 1, rdev, target, content, None, pack, offset)
+
     def _check(self) -> Manifest | None:
         """The finished index if open; raises the build's error; None while the mirror answers."""
         self._drain()
@@ -322,7 +343,7 @@ class BuildingIndex:
         stop = len(d.ids) if limit < 0 else min(len(d.ids), start + limit)
         out = []
         for k in range(start, stop):
-            node = self._node(d.inos[k])
+            node = self._entry_node(d.inos[k])
             assert node is not None
             out.append((d.ids[k], d.names[k], node))
         return out
@@ -336,7 +357,7 @@ class BuildingIndex:
             return True
         if d.listable:
             return True
-        if not self._complete(d) or not all(self._node(i) is not None for i in d.inos):
+        if not self._complete(d) or not all(self._entry_node(i) is not None for i in d.inos):
             return False
         d.listable = True
         return True

@@ -35,6 +35,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from wsfs.format.manifest import Inode
+
 if TYPE_CHECKING:
     from wsfs.daemon.view import Deadline
 
@@ -50,6 +52,16 @@ class Lifetime(enum.IntEnum):
     LISTED = 1  # name and attributes follow a listing refreshed from the store (history root, tags)
     LISTED_FIXED = 2  # the name follows such a listing, the attributes never change (a history's <n>)
     PROVISIONAL = 3  # a listed entry whose attributes are a stand-in for ones not known yet
+
+
+class Provisional(Inode):
+    """A listed entry's attributes, all true but ``nlink`` (1: not counted yet): ``Lifetime.PROVISIONAL``.
+
+    Given by an index still being built for a directory whose own entries are not all in
+    (``daemon/building.py``); the kernel keeps its attributes for no time and asks again.
+    """
+
+    __slots__ = ()
 
 
 class Attributes(Protocol):

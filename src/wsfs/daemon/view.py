@@ -47,7 +47,7 @@ import trio
 from wsfs.cache import BlobCache
 from wsfs.daemon.packs import PackWindow, runs
 from wsfs.daemon.profile import AccessRecorder
-from wsfs.daemon.tree import FsStats, Lifetime
+from wsfs.daemon.tree import FsStats, Lifetime, Provisional
 from wsfs.daemon.tree import NotReady as NotReady  # where it used to live
 from wsfs.errors import IntegrityError, InvalidArgument, IsADirectory, NotADirectory, StoreTimeout, WsfsError
 from wsfs.format.blobs import content_id, hexid
@@ -240,8 +240,9 @@ class VersionView:
     # -- attributes --------------------------------------------------------
 
     def lifetime(self, node: Inode) -> Lifetime:
-        """Every entry of a version and its attributes hold for the whole mount."""
-        return Lifetime.FIXED
+        """Every entry of a version and its attributes hold for the whole mount (a stand-in given while the
+        index is built, :class:`~wsfs.daemon.tree.Provisional`, for no time)."""
+        return Lifetime.PROVISIONAL if isinstance(node, Provisional) else Lifetime.FIXED
 
     def miss_lifetime(self, parent: int) -> Lifetime:
         """Every directory of a version is immutable, so a miss holds as long as a hit."""
