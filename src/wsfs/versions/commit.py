@@ -270,14 +270,14 @@ class _View:
             self.spill.add(cid, data)
             return cid, ()
         cs = layout.chunk_size
-        futures = []
+        cids = []
         for i, src in enumerate(snap.chunk_sources(a.ino)):
             if src is not None:
-                futures.append(src.cid or ZERO_ID)
+                cids.append(src.cid or ZERO_ID)
                 continue
             off = i * cs
-            futures.append(self.up.submit(snap.read(a.ino, off, min(cs, a.size - off))))
-        cids = [f if isinstance(f, bytes) else (f.result() or ZERO_ID) for f in futures]
+            # The id now; the HEAD and PUT in the uploader's pool, awaited before anything refers to it.
+            cids.append(self.up.submit_hashed(snap.read(a.ino, off, min(cs, a.size - off))) or ZERO_ID)
         return content_id_chunked(a.size, cs, [None if c == ZERO_ID else c for c in cids]), tuple(cids)
 
 
@@ -564,6 +564,7 @@ def _commit(
             base_bodies = _bodies_at(repo, base_rec, None)
         if keys is None:
             view.read_all()
+        uploader.wait()  # every chunk read is stored before a piece can name it
         uploader.close()
         stats.lap("read", mark)
         cur = {k: encode_body(e, layout) for k, (e, _, _) in view.entries.items()}

@@ -113,14 +113,46 @@ class _Uploader:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-push")
         self._lock = threading.Lock()
         self._inflight: dict[bytes, Future[None]] = {}
+        self._room = threading.BoundedSemaphore(2 * workers)  # chunks handed over by submit_hashed, not stored yet
+        self._behind: list[Future[bytes | None]] = []
 
     def submit(self, data: bytes) -> Future[bytes | None]:
         return self.pool.submit(self._process, data)
 
-    def _process(self, data: bytes) -> bytes | None:
+    def submit_hashed(self, data: bytes) -> bytes | None:
+        """The id of chunk *data* now (None for zeros), its check and upload in the pool.
+
+        The caller goes on at once (a commit of many one-chunk files no longer waits for each file's
+        HEAD and PUT in turn: 270 files at 20 ms were 12 s); at most two chunks per worker wait for the
+        pool (memory stays bounded).  :meth:`wait` raises the first failure.
+        """
         if is_zero(data):
             return None
         cid = content_id(data)
+        self._room.acquire()
+        try:
+            fut = self.pool.submit(self._store, cid, data)
+        except BaseException:
+            self._room.release()
+            raise
+        fut.add_done_callback(lambda _: self._room.release())
+        with self._lock:
+            self._behind.append(fut)
+        return cid
+
+    def wait(self) -> None:
+        """Every chunk of :meth:`submit_hashed` is stored (or its error is raised)."""
+        with self._lock:
+            behind, self._behind = self._behind, []
+        for fut in behind:
+            fut.result()
+
+    def _process(self, data: bytes) -> bytes | None:
+        if is_zero(data):
+            return None
+        return self._store(content_id(data), data)
+
+    def _store(self, cid: bytes, data: bytes) -> bytes:
         with self._lock:
             if cid in self.known:
                 self.stats.blobs_reused += 1
