@@ -200,8 +200,20 @@ class _View:
     def read_keys(self, keys: set[bytes]) -> None:
         """Read the entries at *keys* only (absent keys are left out); :attr:`hard_links` if any is one."""
         self.progress("reading", 0, len(keys))
+        snap = self.snap
+        last_parent: bytes | None = None  # keys are sorted: the entries of a directory come together,
+        parent_dir: Inode | None = None  # so its path is resolved once for all of them
         for i, key in enumerate(sorted(keys), 1):
-            a = self.snap.resolve(path_of(key) if key else b"")
+            if not key:
+                a = snap.resolve(b"")
+            else:
+                parent, _, name = key.partition(b"\0")
+                if parent != last_parent:
+                    last_parent, parent_dir = parent, snap.resolve(parent)
+                a = None
+                if parent_dir is not None and parent_dir.is_dir:
+                    with contextlib.suppress(NotFound):
+                        a = snap.lookup(parent_dir.ino, name)
             if a is not None:
                 self._add(key, a, {})
                 if a.is_reg and a.nlink > 1:
