@@ -5,9 +5,10 @@ Issue 13: "``npm ci`` of ~30k files, then ``wsfs commit`` to S3 at 20 ms RTT: wi
 + one PUT of the same files".  Not collected by pytest; prints what it measured and exits 0.
 
 One run: SeaweedFS on loopback behind ``latency_proxy.py`` at ``--rtt`` ms; a repository in it with a
-one-file version ``ws@1``; for each of ``--rounds`` rounds, in alternating order:
+workspace of its own per round (``ws<round>@1``: one file); for each of ``--rounds`` rounds, in
+alternating order:
 
-* **wsfs**: a fresh ``wsfs mount --rw`` of ``ws@1`` (its own state folder and cache), ``cp -a`` of the
+* **wsfs**: a fresh ``wsfs mount --rw`` of that workspace (its own state folder and cache), ``cp -a`` of the
   tree into it (timed apart: the writing, which ``npm ci`` would do), then ``wsfs commit`` (timed: every
   byte to the store, pieces, changeset, record), then unmount;
 * **tar.zst + PUT**: ``tar -cf - -C TREE . | zstd -3 -T0`` into a file, then one ``put_object`` of it
@@ -52,16 +53,21 @@ def wsfs(env: dict[str, str], *args: str, timeout: float = 1800) -> subprocess.C
                           text=True, timeout=timeout)
 
 
-def commit_side(owned: Owned, work: Path, env: dict[str, str], tree: Path, proxy: LatencyProxy) -> dict[str, Any]:
+def commit_side(owned: Owned, work: Path, env: dict[str, str], tree: Path, proxy: LatencyProxy,
+                ws: str) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="c-", dir=work))
     mnt = base / "mnt"
     mnt.mkdir()
+    one = base / "one"
+    one.mkdir()
+    (one / "README").write_text("base\n")
     env = {**env, "WSFS_CACHE_DIR": str(base / "cache")}
+    wsfs(env, "-q", "push", str(one), ws)  # a workspace of its own: ws@1, one file
     owned.add(mnt, None)
     out: dict[str, Any] = {}
     try:
         wsfs(env, "mount", "--rw", "-o", f"state_dir={base / 'state'}", "--log", str(base / "daemon.log"),
-             "ws", str(mnt))
+             ws, str(mnt))
         t0 = time.perf_counter()
         subprocess.run(["cp", "-a", f"{tree}/.", str(mnt / "tree")], check=True)
         out["write (cp -a)"] = time.perf_counter() - t0
@@ -121,17 +127,13 @@ def main() -> int:
                 repo = f"s3://{s3.bucket}/wsfs"
                 env = env_for(str(HERE.parent / "src"), proxy.url, repo, work / "cli-cache")
                 env["PYTHONPATH"] = os.environ.get("PYTHONPATH", env["PYTHONPATH"])
-                one = work / "one"
-                one.mkdir()
-                (one / "README").write_text("base\n")
                 wsfs(env, "-q", "init", repo)
-                wsfs(env, "-q", "push", str(one), "ws")
                 client = s3_client(proxy.url)
                 for r in range(args.rounds):
                     for side in (("wsfs", "tar") if r % 2 == 0 else ("tar", "wsfs")):
                         load = os.getloadavg()[0]
                         if side == "wsfs":
-                            res = commit_side(owned, work, env, tree, proxy)
+                            res = commit_side(owned, work, env, tree, proxy, f"ws{r + 1}")
                         else:
                             res = tar_side(work, tree, client, s3.bucket, proxy)
                         res.update(side=side, round=r + 1, load1=load)
