@@ -322,6 +322,22 @@ def test_one_chunk_files_are_uploaded_side_by_side_and_a_failed_one_fails_the_co
     check_version(base, lay, 2)
 
 
+def test_a_store_that_refuses_chunks_fails_the_commit_without_trying_every_chunk(setup) -> None:
+    """Chunks handed to the uploader give up once one failed: a stalling store fails a commit after one
+    request's budget, not one per chunk."""
+    base, lay = setup
+    for i in range(40):
+        write_file(lay, b"one%02d.bin" % i, os.urandom(200 * 1024))
+    slow = SlowBlobs(base.repo.store, fail_after=0)  # every blob PUT fails, after 50 ms
+    with pytest.raises(StoreUnavailable):
+        commit_layer(Repository(slow, base.repo.config, base.cache_dir), lay)
+    assert base.repo.versions("w") == [1]
+    assert slow.puts <= 16, f"{slow.puts} of 40 chunks were still tried after the first failure"
+    record, _ = commit_layer(base.repo, lay)
+    assert record.version == 2
+    check_version(base, lay, 2)
+
+
 def materialize(lay: WriteLayer, dest: Path) -> None:
     """Write the layer's merged view to *dest* as files (owners, modes, mtimes, xattrs, hard links)."""
     d = os.fsencode(dest)

@@ -115,6 +115,7 @@ class _Uploader:
         self._inflight: dict[bytes, Future[None]] = {}
         self._room = threading.BoundedSemaphore(2 * workers)  # chunks handed over by submit_hashed, not stored yet
         self._behind: list[Future[bytes | None]] = []
+        self._failed: BaseException | None = None  # the first failure of a chunk handed over: the rest give up
 
     def submit(self, data: bytes) -> Future[bytes | None]:
         return self.pool.submit(self._process, data)
@@ -123,22 +124,36 @@ class _Uploader:
         """The id of chunk *data* now (None for zeros), its check and upload in the pool.
 
         The caller goes on at once (a commit of many one-chunk files no longer waits for each file's
-        HEAD and PUT in turn: 270 files at 20 ms were 12 s); at most two chunks per worker wait for the
-        pool (memory stays bounded).  :meth:`wait` raises the first failure.
+        HEAD and PUT in turn: ~270 such files at 20 ms RTT cost ~20 s of round trips); at most two chunks
+        per worker wait for the pool (memory stays bounded).  After a failure the chunks still queued give
+        up without asking the store, and the next call raises it, as :meth:`wait` does: a store that
+        stalls fails the caller after one request's budget, not one per chunk.
         """
+        if self._failed is not None:
+            raise self._failed
         if is_zero(data):
             return None
         cid = content_id(data)
         self._room.acquire()
         try:
-            fut = self.pool.submit(self._store, cid, data)
+            fut = self.pool.submit(self._store_behind, cid, data)
         except BaseException:
             self._room.release()
             raise
-        fut.add_done_callback(lambda _: self._room.release())
+        fut.add_done_callback(self._done)
         with self._lock:
             self._behind.append(fut)
         return cid
+
+    def _store_behind(self, cid: bytes, data: bytes) -> bytes:
+        if self._failed is not None:
+            raise self._failed
+        return self._store(cid, data)
+
+    def _done(self, fut: Future[bytes | None]) -> None:
+        self._room.release()
+        if not fut.cancelled() and fut.exception() is not None and self._failed is None:
+            self._failed = fut.exception()
 
     def wait(self) -> None:
         """Every chunk of :meth:`submit_hashed` is stored (or its error is raised)."""
