@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_first_ls import env_for, log, tree_for  # noqa: E402
-from bench_mount import Owned, s3_client  # noqa: E402
+from bench_mount import Owned, s3_client, unwind_on_signals  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
 from support.s3server import seaweedfs_server  # noqa: E402
@@ -112,11 +111,7 @@ def main() -> int:
     args = ap.parse_args()
     tree = Path(args.tree) if args.tree else tree_for(Path(args.trees), args.files)
 
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)
+    unwind_on_signals()
     work = Path(tempfile.mkdtemp(prefix="wsfs-commit-tar-", dir=args.workdir))
     owned = Owned()
     rows: list[dict[str, Any]] = []

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench_mount import Owned, s3_client, wait_ready  # noqa: E402
+from bench_mount import Owned, s3_client, unwind_on_signals, wait_ready  # noqa: E402
 from bench_push_checkout import TreeGen, drop_caches, settle_atimes  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
@@ -152,11 +151,7 @@ def main() -> int:
     sides = [tuple(s.split("=", 1)) for s in args.side]
     sizes = [int(x) for x in args.files.split(",")]
     trees = {n: tree_for(Path(args.trees), n) for n in sizes}
-    def interrupted(signum: int, frame: Any) -> None:  # unwind through the finally blocks below
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)  # also where a shell started us with SIGINT ignored (&)
+    unwind_on_signals()
     work = Path(tempfile.mkdtemp(prefix="wsfs-first-ls-", dir=args.workdir))
     owned = Owned()
     results: list[dict[str, Any]] = []

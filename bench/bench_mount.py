@@ -311,6 +311,17 @@ def wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], deadline: f
             raise RuntimeError(f"no READY=1 in time; see {log_path}")
 
 
+def unwind_on_signals() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so ``finally`` blocks unmount and stop what a benchmark
+    started (also where a shell started it with SIGINT ignored, ``&``, or a time cap sends SIGTERM)."""
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+
+
 class Owned:
     """Processes and mountpoints this script started; torn down in ``close`` whatever happens."""
 
@@ -1684,11 +1695,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM (and SIGINT even where a shell started us with it ignored) unwinds through the
     # finally blocks below, which unmount, stop the proxy and stop the S3 server.
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)
+    unwind_on_signals()
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="wsfs-bench-mount-", dir=args.workdir))
     owned = Owned()

@@ -47,7 +47,20 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_mount import MB, PREFIX, Bench, CpuMeter, Owned, gen_big, log, q, req, s3_client, sh  # noqa: E402
+from bench_mount import (  # noqa: E402
+    MB,
+    PREFIX,
+    Bench,
+    CpuMeter,
+    Owned,
+    gen_big,
+    log,
+    q,
+    req,
+    s3_client,
+    sh,
+    unwind_on_signals,
+)
 from bench_push_checkout import drop_caches  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
@@ -156,11 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("not root: the page cache cannot be dropped (warm numbers)")
 
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)
+    unwind_on_signals()
     work = Path(tempfile.mkdtemp(prefix="wsfs-bench-seq-", dir=args.workdir))
     owned = Owned()
     results: dict[str, list[dict[str, Any]]] = {}
