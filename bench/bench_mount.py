@@ -102,6 +102,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from bench_push_checkout import TreeGen, count_tree, drop_caches, settle_atimes  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
+from support.ready import wait_for_ready  # noqa: E402
 from support.s3server import ACCESS_KEY, REGION, SECRET_KEY, delete_prefix, seaweedfs_server  # noqa: E402
 
 MB = 1_000_000
@@ -296,19 +297,13 @@ def daemon_hwm_kib(pid: int | None) -> int | None:
 
 
 def wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], deadline: float, log_path: object) -> None:
-    """Wait for ``READY=1`` from ``wsfs mount -f`` on *notify* (a bound datagram socket with a short timeout)
-    until *deadline* (``time.perf_counter()``); RuntimeError if the daemon exits first or time runs out."""
-    while True:
-        try:
-            msg = notify.recv(4096)
-        except TimeoutError:
-            msg = b""
-        if b"READY=1" in msg.split(b"\n"):
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"wsfs mount exited with {proc.returncode} before READY=1; see {log_path}")
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"no READY=1 in time; see {log_path}")
+    """Wait for ``READY=1`` from ``wsfs mount -f`` on *notify* (a bound datagram socket) until *deadline*
+    (``time.perf_counter()``); RuntimeError if the daemon exits first or time runs out."""
+    why = wait_for_ready(notify, proc, deadline - time.perf_counter())
+    if why == "timeout":
+        raise RuntimeError(f"no READY=1 in time; see {log_path}")
+    if why is not None:
+        raise RuntimeError(f"wsfs mount {why} before READY=1; see {log_path}")
 
 
 def unwind_on_signals() -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from support.cli import Wsfs
+from support.ready import wait_for_ready
 from wsfs.daemon.mount_helper import mounted_device
 
 READY_DEADLINE = 30.0
@@ -170,21 +171,14 @@ class Mount:
 
 
 def _wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], log_path: Path, out_path: Path) -> None:
-    deadline = time.monotonic() + READY_DEADLINE
-    notify.settimeout(0.1)
-    while time.monotonic() < deadline:
-        try:
-            msg = notify.recv(4096)
-        except TimeoutError:
-            msg = b""
-        if b"READY=1" in msg.split(b"\n"):
-            return
-        if proc.poll() is not None:
-            pytest.fail(
-                f"wsfs mount exited with {proc.returncode} before READY=1\n"
-                f"--- log ---\n{_tail(log_path)}\n--- stderr ---\n{_tail(out_path)}"
-            )
-    pytest.fail(f"no READY=1 from wsfs mount within {READY_DEADLINE}s\n--- log ---\n{_tail(log_path)}")
+    why = wait_for_ready(notify, proc, READY_DEADLINE)
+    if why == "timeout":
+        pytest.fail(f"no READY=1 from wsfs mount within {READY_DEADLINE}s\n--- log ---\n{_tail(log_path)}")
+    if why is not None:
+        pytest.fail(
+            f"wsfs mount {why} before READY=1\n"
+            f"--- log ---\n{_tail(log_path)}\n--- stderr ---\n{_tail(out_path)}"
+        )
 
 
 def abort_connection(device: tuple[int, int] | None) -> bool:
