@@ -745,9 +745,12 @@ class _Daemon:
         finally:
             if not handed:
                 self._commit_lock.release()
-        log.log(logging.INFO if record is not None or handed else logging.DEBUG, "%s: commit: %s", self.label,
-                f"{self.workspace}@{record.version}" if record else
-                f"nothing to commit; going on over {self.workspace}@{stats.catch_up}" if handed else "nothing to commit")
+        if record is not None:
+            log.info("%s: commit: %s@%d", self.label, self.workspace, record.version)
+        elif handed:
+            log.info("%s: commit: nothing to commit; going on over %s@%s", self.label, self.workspace, stats.catch_up)
+        else:
+            log.debug("%s: commit: nothing to commit", self.label)  # (every periodic catch-up that finds none)
         return {"workspace": self.workspace, "version": record.version if record else None,
                 "changed": stats.changed, "ours": stats.ours, "rebased": stats.rebased, "rebasing": handed,
                 "catch_up": stats.catch_up if handed and record is None else None,
