@@ -183,23 +183,3 @@ def test_the_mirror_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     b._post("done", m)
     assert b.getattr(last) == m.getattr(last)
     m.close()
-
-
-def test_gil_switch_interval_is_short_only_while_an_index_is_built() -> None:
-    """Two builds overlapping: short from the first start to the last end, then the interpreter's own again
-    (it is process-wide: a build that left it short would tax every later thread switch of the daemon)."""
-    from wsfs.daemon.building import BUILD_SWITCH_INTERVAL, quick_gil_handoff
-
-    before = sys.getswitchinterval()
-    assert before > BUILD_SWITCH_INTERVAL
-    first = quick_gil_handoff()
-    first.__enter__()
-    assert sys.getswitchinterval() == BUILD_SWITCH_INTERVAL
-    with quick_gil_handoff():
-        assert sys.getswitchinterval() == BUILD_SWITCH_INTERVAL
-    assert sys.getswitchinterval() == BUILD_SWITCH_INTERVAL  # the first build still runs
-    first.__exit__(None, None, None)
-    assert sys.getswitchinterval() == before
-    with pytest.raises(RuntimeError), quick_gil_handoff():
-        raise RuntimeError("a failed build")
-    assert sys.getswitchinterval() == before

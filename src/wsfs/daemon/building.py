@@ -54,12 +54,10 @@ from __future__ import annotations
 
 import bisect
 import collections
-import contextlib
 import logging
 import stat
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -74,37 +72,6 @@ log = logging.getLogger(__name__)
 # Entries kept in memory while the index is built (about 300 bytes each); the
 # first requests of a mount need the first ranges, not the whole tree.
 MIRROR_MAX = 32768
-
-
-BUILD_SWITCH_INTERVAL = 0.0005  # seconds: the GIL switch interval while an index is built (default 0.005)
-_switch_lock = threading.Lock()
-_switch_users = 0
-_switch_saved = 0.0
-
-
-@contextlib.contextmanager
-def quick_gil_handoff() -> Iterator[None]:
-    """While the block runs, a thread waiting for the GIL gets it within ``BUILD_SWITCH_INTERVAL``.
-
-    During a cold mount's build, 32 fetcher threads parse responses and prepare requests; a thread the
-    first ``ls`` waits for (the builder taking the first range, the trio thread answering from its rows)
-    then waited for the GIL about once per running thread, 5 ms each: 0.1-0.15 s between the first range
-    being decoded and the builder getting it, at 20 ms RTT (``docs/benchmarks.md``, "GIL hand-off").  The
-    interval is the interpreter's, so it is restored when the last build ends.
-    """
-    global _switch_users, _switch_saved
-    with _switch_lock:
-        if _switch_users == 0:
-            _switch_saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_saved, BUILD_SWITCH_INTERVAL))
-        _switch_users += 1
-    try:
-        yield
-    finally:
-        with _switch_lock:
-            _switch_users -= 1
-            if _switch_users == 0:
-                sys.setswitchinterval(_switch_saved)
 
 
 class _Cancelled(Exception):
@@ -160,8 +127,7 @@ class BuildingIndex:
 
         def run() -> None:
             try:
-                with quick_gil_handoff():
-                    m = repo.open_index_observed(record, self)
+                m = repo.open_index_observed(record, self)
             except _Cancelled:
                 self.state = "failed"
                 return
