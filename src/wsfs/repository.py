@@ -688,16 +688,20 @@ class Repository:
         return (entries for entries, _ in self.version_range_bodies(refs, workers))
 
     def version_range_bodies(
-        self, refs: list[tree.Ref], workers: int = 16, decode_ahead: int = 8, first: int = 16
+        self, refs: list[tree.Ref], workers: int = 16, decode_ahead: int = 8, first: int = 16, head: int = 2
     ) -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
         """As :meth:`version_ranges`, with each entry's record body as stored.
 
-        The ranges are asked for at once (*workers* in flight, in order) and come back in order.  Each is
-        decoded by the thread that fetched it (beside the caller's own work: SQLite inserts of the index run
-        without the GIL), but only once it is among the *decode_ahead* ranges after the last one the caller
-        took (2 while the caller is in its *first* ranges): decoding is CPU work under the GIL, and 32
-        fetchers decoding at once made the first range (the one a cold mount's first ``ls`` waits for)
-        wait for all the others: 0.4-0.8 s at 20 ms RTT (``docs/benchmarks.md``, "ordered decoding").
+        The first *head* ranges are asked for at once, the others (*workers* in flight, in order) as soon
+        as the caller comes back for its second range, having done its work on the first; they come back
+        in order.  Until then the first range has the GIL to itself: with all 32 requests out at once, the
+        other responses (verified, decompressed) made a cold mount's first ``ls``, which waits for the
+        first range's rows, wait 0.1 s more at 20 ms RTT (``docs/benchmarks.md``, "first range first").
+        Each range is decoded by the thread that fetched it (beside the caller's own work: SQLite inserts
+        of the index run without the GIL), but only once it is among the *decode_ahead* ranges after the
+        last one the caller took (2 while the caller is in its *first* ranges): decoding is CPU work under
+        the GIL, and 32 fetchers decoding at once made the first range wait for all the others: 0.4-0.8 s
+        at 20 ms RTT (``docs/benchmarks.md``, "ordered decoding").
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -721,13 +725,16 @@ class Repository:
         if len(refs) <= 1:
             return (one(0, ref) for ref in refs)
         ex = ThreadPoolExecutor(max_workers=min(workers, len(refs)), thread_name_prefix="wsfs-pieces")
-        futures = [ex.submit(one, k, ref) for k, ref in enumerate(refs)]  # now, not when the caller first asks
+        head = max(1, head)
+        futures = [ex.submit(one, k, ref) for k, ref in enumerate(refs[:head])]  # now, not when the caller asks
 
         def in_order() -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
             nonlocal taken, stopped
             try:
-                for f in futures:
-                    got = f.result()
+                for k in range(len(refs)):
+                    if k == 1:  # the caller is done with the first range: the rest now
+                        futures.extend(ex.submit(one, j, ref) for j, ref in enumerate(refs[head:], head))
+                    got = futures[k].result()
                     with turn:
                         taken += 1
                         turn.notify_all()

@@ -342,3 +342,36 @@ def test_ranges_are_decoded_in_order_a_few_at_a_time(wsfs, tree, monkeypatch):
     assert time.monotonic() - t0 < 5
     assert len(order) < len(ranges)
     assert not [t for t in threading.enumerate() if t.name.startswith("wsfs-pieces")]
+
+
+def test_the_first_ranges_have_the_store_to_themselves(wsfs, tree, monkeypatch):
+    """Until the caller is done with the first range (a cold mount's first ``ls`` waits for its rows), only
+    the first *head* ranges are asked for; the others go out when it comes back for the second one."""
+    import threading
+    import time
+
+    src, _ = tree
+    wsfs.push(src, "demo")
+    repo = _counting_repo(wsfs)
+    record = repo.record("demo", 1)
+    ranges, _ = repo.version_refs(record)
+    assert len(ranges) >= 6, "the test tree must make several ranges"
+    asked: list[bytes] = []
+    lock = threading.Lock()
+    real = repo.get_piece
+
+    def get_piece(cid, size, what):
+        if what == "range":
+            with lock:
+                asked.append(cid)
+        return real(cid, size, what)
+
+    monkeypatch.setattr(repo, "get_piece", get_piece)
+    it = repo.version_range_bodies(ranges, workers=32, head=2)
+    first, _ = next(it)
+    assert first[0].key == ranges[0].first
+    time.sleep(0.3)  # time for any fetcher that was started to ask
+    assert sorted(asked) == sorted(r.id for r in ranges[:2])
+    rest = list(it)
+    assert [run[0].key for run, _ in rest] == [r.first for r in ranges[1:]]
+    assert sorted(asked) == sorted(r.id for r in ranges)
