@@ -23,6 +23,9 @@ export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # pyfuse3 with wsfs' two-line patch (no OPEN/OPENDIR round trips); falls back to the stock one.
 PYTHON="$PY" bash scripts/install_pyfuse3.sh
 "$PY" -m pip install -q -e '.[test]'
+# Byte-compiled now, as a regular install is: an editable one is not, and where PYTHONDONTWRITEBYTECODE
+# is set every wsfs process (each mount, each CLI command) would compile every module again (~0.1 s).
+"$PY" -m compileall -q src
 "$PY" -c 'import wsfs, pyfuse3, apsw, blake3, zstandard, boto3, starlette, uvicorn'
 echo "wsfs installed: $("$PY" -m wsfs --version)"
 
