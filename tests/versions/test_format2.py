@@ -293,6 +293,16 @@ def test_versions_without_a_pack_map_still_read_and_push_on(wsfs, tree, tmp_path
     assert_same_tree(src, tmp_path / "out2")
 
 
+def _pushed_ranges(wsfs, tree):
+    """The test tree pushed as demo@1: its repository (requests counted) and the references of its ranges."""
+    src, _ = tree
+    wsfs.push(src, "demo")
+    repo = _counting_repo(wsfs)
+    ranges, _ = repo.version_refs(repo.record("demo", 1))
+    assert len(ranges) >= 6, "the test tree must make several ranges"
+    return repo, ranges
+
+
 def test_ranges_are_decoded_in_order_a_few_at_a_time(wsfs, tree, monkeypatch):
     """A cold mount's first ``ls`` waits for the first range: fetchers must not all decode at once
     (under the GIL that made the first range wait for the others), and a reader that stops early must not
@@ -302,12 +312,7 @@ def test_ranges_are_decoded_in_order_a_few_at_a_time(wsfs, tree, monkeypatch):
 
     from wsfs.format import tree as tree_format
 
-    src, _ = tree
-    wsfs.push(src, "demo")
-    repo = _counting_repo(wsfs)
-    record = repo.record("demo", 1)
-    ranges, _ = repo.version_refs(record)
-    assert len(ranges) >= 6, "the test tree must make several ranges"
+    repo, ranges = _pushed_ranges(wsfs, tree)
     real = tree_format.decode_range_bodies
     lock = threading.Lock()
     busy, most, order = 0, 0, []
@@ -350,12 +355,7 @@ def test_the_first_ranges_have_the_store_to_themselves(wsfs, tree, monkeypatch):
     import threading
     import time
 
-    src, _ = tree
-    wsfs.push(src, "demo")
-    repo = _counting_repo(wsfs)
-    record = repo.record("demo", 1)
-    ranges, _ = repo.version_refs(record)
-    assert len(ranges) >= 6, "the test tree must make several ranges"
+    repo, ranges = _pushed_ranges(wsfs, tree)
     asked: list[bytes] = []
     lock = threading.Lock()
     real = repo.get_piece
