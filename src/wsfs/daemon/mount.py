@@ -411,14 +411,11 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             # The helper fetches the packs of listed directories (daemon/preload.py), unless prefetch is off.
             access = (StoreAccess(settings.repo, settings.endpoint_url, settings.cache_dir, timeout, options.cache_size)
                       if options.prefetch_small else None)
-            # Started with the first listing (_Daemon._listed, after its reply) or once the index is finished,
-            # whichever comes first: a new interpreter importing wsfs for 0.2-0.3 s of CPU, which on a small
-            # machine delayed a cold mount's first ls by ~0.06 s when it started here.  An index still
-            # being built is where it will be once finished, and the helper opens it with the first
-            # directory, which it gets only then (_index_ready).
+            # Started now, as it takes a while; an index still being built is where it will be once
+            # finished, and the helper opens it with the first directory, which it gets only then
+            # (_Daemon._index_ready).
             path = manifest.final_path if isinstance(manifest, BuildingIndex) else view.manifest.path
-            if path:
-                daemon.start_preloader = functools.partial(Preloader.start, path, cache.root, label, access)
+            daemon.preloader = Preloader.start(path, cache.root, label, access) if path else None
         clean = False
         try:
             trio.run(daemon.main, verdict)
@@ -619,10 +616,7 @@ class _Daemon:
         self.profile_prefetched: int | None = None  # chunks the access-profile prefetch prepared (when done)
         self.profile_loading = False  # the profile's GET has had no answer yet
         self.preloader: Preloader | None = None  # the page-cache preload helper, if running
-        self.start_preloader: Callable[[], Preloader | None] | None = None  # its start, at the first listing
-        self._listed_early: list[int] = []  # directories listed before the helper could be told, for it
-        self._index_done = False  # the version's index is finished (hints can go to the helper)
-        self._hinting = False  # listed directories go to the helper as they are listed
+        self._listed_early: list[int] = []  # directories listed while the index was built, for the helper
         self.tree: WritableTree | None = None  # a read-write mount's tree
         self.lease = True  # keep a lease on the version in the store (MountOptions.lease)
         self.metrics: str | None = None  # HOST:PORT of the Prometheus endpoint (MountOptions.metrics)
@@ -950,10 +944,10 @@ class _Daemon:
                     nursery.start_soon(self._auto_commit, self.commit_interval)
             if isinstance(self.view, VersionView):
                 index = self.view.manifest
-                if self.start_preloader is not None:
-                    self.view.listed_hook = self._listed
                 if isinstance(index, BuildingIndex) and not index.ready:
                     # Served from the index's first rows until it is finished; then what needs all of it.
+                    early = self._listed_early
+                    self.view.listed_hook = lambda ino: len(early) < _LISTED_EARLY_MAX and early.append(ino)
                     index.on_ready.append(functools.partial(self._index_ready, self.view, nursery))
                     index.attach(trio.lowlevel.current_trio_token())
                 else:
@@ -978,51 +972,20 @@ class _Daemon:
         helper is told about directories; the profile's prefetch starts."""
         if isinstance(view.manifest, BuildingIndex) and view.manifest.manifest is not None:
             view.manifest = view.manifest.manifest  # (the BuildingIndex closes it at unmount)
-        self._index_done = True
-        if self.start_preloader is not None:  # no listing yet: the helper starts now (as on a warm mount)
-            start, self.start_preloader = self.start_preloader, None
-            self._preloader_started(start)
-        self._hint_helper()
+        if self.preloader is not None:
+            # Hints go out at the next scheduler tick, after the handler's
+            # reply: the kernel is then creating the listed inodes already.
+            token, listed = trio.lowlevel.current_trio_token(), self.preloader.listed
+            view.listed_hook = lambda ino: token.run_sync_soon(listed, ino)
+            preloader = self.preloader
+            view.packs_elsewhere = lambda: preloader.fetches_packs
+            for ino in self._listed_early:  # listed before the helper could be told
+                listed(ino)
+        else:
+            view.listed_hook = None
+        self._listed_early = []
         if view.recorder is not None and self.version is not None:
             nursery.start_soon(self._prefetch_profile, view, self.version)
-
-    def _listed(self, ino: int) -> None:
-        """(trio thread, ``VersionView.listed_hook``) Directory *ino* is being listed from its start.
-
-        The first listing while the index is built starts the preload helper, at the next scheduler tick
-        (after this reply); the
-        directory goes to the helper, also at the next tick (the kernel is then creating the listed
-        inodes), once the helper runs and the index is finished, and is kept for it until then.
-        """
-        token = self.trio_token
-        assert token is not None
-        if self.start_preloader is not None:
-            start, self.start_preloader = self.start_preloader, None
-            token.run_sync_soon(self._preloader_started, start)
-        if self._hinting and self.preloader is not None:
-            token.run_sync_soon(self.preloader.listed, ino)
-        elif len(self._listed_early) < _LISTED_EARLY_MAX:
-            self._listed_early.append(ino)
-
-    def _preloader_started(self, start: Callable[[], Preloader | None]) -> None:
-        self.preloader = start()
-        if self.preloader is None:
-            self.view.listed_hook = None  # (logged by start): nobody to tell
-            self._listed_early = []
-        self._hint_helper()
-
-    def _hint_helper(self) -> None:
-        """(trio thread) Once the helper runs and the index is finished: it is told about every directory
-        listed before, and about the others as they are listed; the daemon leaves their packs to it."""
-        preloader = self.preloader
-        if preloader is None or not self._index_done or self._hinting:
-            return
-        self._hinting = True
-        assert isinstance(self.view, VersionView)
-        self.view.packs_elsewhere = lambda: preloader.fetches_packs
-        for ino in self._listed_early:
-            preloader.listed(ino)
-        self._listed_early = []
 
     async def _commit_now(self, message: str) -> bool:
         """Commit the layer from a worker thread (as ``wsfs commit``); False (logged) if it failed."""
