@@ -38,11 +38,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench_first_ls import env_for, log, tree_for  # noqa: E402
-from bench_mount import Owned, s3_client, unwind_on_signals  # noqa: E402
+from bench_first_ls import env_for, log, s3_session, tree_for  # noqa: E402
+from bench_mount import Owned, s3_client  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
-
-from support.s3server import seaweedfs_server  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -111,32 +109,24 @@ def main() -> int:
     args = ap.parse_args()
     tree = Path(args.tree) if args.tree else tree_for(Path(args.trees), args.files)
 
-    unwind_on_signals()
-    work = Path(tempfile.mkdtemp(prefix="wsfs-commit-tar-", dir=args.workdir))
-    owned = Owned()
     rows: list[dict[str, Any]] = []
-    try:
-        with seaweedfs_server(work / "s3") as s3:
-            port = int(s3.endpoint_url.rsplit(":", 1)[1])
-            with LatencyProxy(port, args.rtt) as proxy:
-                repo = f"s3://{s3.bucket}/wsfs"
-                env = env_for(str(HERE.parent / "src"), proxy.url, repo, work / "cli-cache")
-                env["PYTHONPATH"] = os.environ.get("PYTHONPATH", env["PYTHONPATH"])
-                wsfs(env, "-q", "init", repo)
-                client = s3_client(proxy.url)
-                for r in range(args.rounds):
-                    for side in (("wsfs", "tar") if r % 2 == 0 else ("tar", "wsfs")):
-                        load = os.getloadavg()[0]
-                        if side == "wsfs":
-                            res = commit_side(owned, work, env, tree, proxy, f"ws{r + 1}")
-                        else:
-                            res = tar_side(work, tree, client, s3.bucket, proxy)
-                        res.update(side=side, round=r + 1, load1=load)
-                        rows.append(res)
-                        log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
-    finally:
-        owned.close()
-        shutil.rmtree(work, ignore_errors=True)
+    with s3_session("wsfs-commit-tar-", args.workdir) as (work, owned, s3, port):
+        with LatencyProxy(port, args.rtt) as proxy:
+            repo = f"s3://{s3.bucket}/wsfs"
+            env = env_for(str(HERE.parent / "src"), proxy.url, repo, work / "cli-cache")
+            env["PYTHONPATH"] = os.environ.get("PYTHONPATH", env["PYTHONPATH"])
+            wsfs(env, "-q", "init", repo)
+            client = s3_client(proxy.url)
+            for r in range(args.rounds):
+                for side in (("wsfs", "tar") if r % 2 == 0 else ("tar", "wsfs")):
+                    load = os.getloadavg()[0]
+                    if side == "wsfs":
+                        res = commit_side(owned, work, env, tree, proxy, f"ws{r + 1}")
+                    else:
+                        res = tar_side(work, tree, client, s3.bucket, proxy)
+                    res.update(side=side, round=r + 1, load1=load)
+                    rows.append(res)
+                    log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     nfiles = sum(len(f) for _, _, f in os.walk(tree))
     print(f"\n{nfiles:,} files from {tree}, RTT {args.rtt:g} ms, {args.rounds} rounds, medians (min-max)")
     for side, keys in (("wsfs", ["write (cp -a)", "commit", "uploaded_mib", "objects", "requests"]),

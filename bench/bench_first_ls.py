@@ -22,6 +22,7 @@ Prints one line per measurement and the medians per size and side; ``--json FILE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,21 @@ def run_exact(cmd: list[str], env: dict[str, str], timeout: float) -> None:
         timer.cancel()
     if code:
         raise subprocess.CalledProcessError(code, cmd)
+
+
+@contextlib.contextmanager
+def s3_session(prefix: str, workdir: str) -> Iterator[tuple[Path, Owned, Any, int]]:
+    """A benchmark's scaffolding: SIGTERM/SIGINT unwind, a work directory (removed at the end), the mounts
+    it owns (unmounted at the end, ``Owned``) and SeaweedFS on loopback: ``(work, owned, server, port)``."""
+    unwind_on_signals()
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    owned = Owned()
+    try:
+        with seaweedfs_server(work / "s3") as s3:
+            yield work, owned, s3, int(s3.endpoint_url.rsplit(":", 1)[1])
+    finally:
+        owned.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def timed(cmd: str) -> float:
@@ -171,39 +188,31 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "compileall", "-q", src], check=True, stdout=subprocess.DEVNULL)
     sizes = [int(x) for x in args.files.split(",")]
     trees = {n: tree_for(Path(args.trees), n) for n in sizes}
-    unwind_on_signals()
-    work = Path(tempfile.mkdtemp(prefix="wsfs-first-ls-", dir=args.workdir))
-    owned = Owned()
     results: list[dict[str, Any]] = []
-    try:
-        with seaweedfs_server(work / "s3") as s3:
-            port = int(s3.endpoint_url.rsplit(":", 1)[1])
-            s3_client(s3.endpoint_url)
-            for n in sizes:
-                repo = f"s3://{s3.bucket}/wsfs-{n}"
-                env = env_for(sides[0][1], s3.endpoint_url, repo, work / "push-cache")
-                t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "wsfs", "-q", "init", repo], env=env, check=True,
-                               stdout=subprocess.DEVNULL)
-                subprocess.run([sys.executable, "-m", "wsfs", "-q", "push", str(trees[n]), "bench"], env=env,
-                               check=True, stdout=subprocess.DEVNULL)
-                shutil.rmtree(work / "push-cache", ignore_errors=True)
-                log(f"pushed {n:,} files in {time.perf_counter() - t0:.1f} s")
-            with LatencyProxy(port, args.rtt) as proxy:
-                for r in range(args.rounds):
-                    order = sides if r % 2 == 0 else sides[::-1]
-                    for n in sizes:
-                        for name, src in order:
-                            env = env_for(src, proxy.url, f"s3://{s3.bucket}/wsfs-{n}", work / "unused")
-                            load = os.getloadavg()[0]
-                            res = one_mount(owned, work, env, proxy, args.hydrate, args.foreground)
-                            res.update(side=name, files=n, round=r + 1, load1=load)
-                            results.append(res)
-                            log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in res.items()))
-    finally:
-        owned.close()
-        shutil.rmtree(work, ignore_errors=True)
+    with s3_session("wsfs-first-ls-", args.workdir) as (work, owned, s3, port):
+        s3_client(s3.endpoint_url)
+        for n in sizes:
+            repo = f"s3://{s3.bucket}/wsfs-{n}"
+            env = env_for(sides[0][1], s3.endpoint_url, repo, work / "push-cache")
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "wsfs", "-q", "init", repo], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            subprocess.run([sys.executable, "-m", "wsfs", "-q", "push", str(trees[n]), "bench"], env=env,
+                           check=True, stdout=subprocess.DEVNULL)
+            shutil.rmtree(work / "push-cache", ignore_errors=True)
+            log(f"pushed {n:,} files in {time.perf_counter() - t0:.1f} s")
+        with LatencyProxy(port, args.rtt) as proxy:
+            for r in range(args.rounds):
+                order = sides if r % 2 == 0 else sides[::-1]
+                for n in sizes:
+                    for name, src in order:
+                        env = env_for(src, proxy.url, f"s3://{s3.bucket}/wsfs-{n}", work / "unused")
+                        load = os.getloadavg()[0]
+                        res = one_mount(owned, work, env, proxy, args.hydrate, args.foreground)
+                        res.update(side=name, files=n, round=r + 1, load1=load)
+                        results.append(res)
+                        log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in res.items()))
     keys = ["ready", "ls /", "mount + ls /", "mount + ls both", "requests_first_ls"]
     if args.hydrate:
         keys += ["find -ls", "read all", "hydration", "requests"]
