@@ -8,7 +8,9 @@ tree (format 2, with the first checkout's code) into a repository of its own, th
 rounds), with the page cache dropped and a fresh cache directory (a never-seen version); each side's
 sources are byte-compiled first (``compileall``), as an installed package's are:
 
-* ``wsfs mount`` (``PYTHONPATH=SRC_DIR``) behind ``latency_proxy.py`` at ``--rtt`` ms, until it returns (the
+* ``wsfs mount`` (``PYTHONPATH=SRC_DIR``; for a side named in ``--mountd``, through a ``wsfs mountd`` of
+  that checkout started once at the beginning, with the same environment; every other side with
+  ``WSFS_MOUNTD_SOCKET=`` so that no host mountd is used) behind ``latency_proxy.py`` at ``--rtt`` ms, until it returns (the
   daemon is live), or with ``--foreground`` ``wsfs mount -f`` until ``READY=1``;
 * ``ls MNT`` (the first ``ls`` of the mount point), then ``ls MNT/node_modules``;
 * with ``--hydrate``: ``find MNT -ls`` and ``tar -cf - -C MNT . | cat`` (every byte), in the same mount.
@@ -104,6 +106,33 @@ def s3_session(prefix: str, workdir: str) -> Iterator[tuple[Path, Owned, Any, in
         shutil.rmtree(work, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def mountd(src: str, env: dict[str, str], where: Path) -> Iterator[str]:
+    """A ``wsfs mountd`` of checkout *src* listening on a socket in *where*: its path; stopped (SIGTERM, then
+    SIGKILL, by pid) at the end.  The mounts it started are unmounted by their ``Owned`` entries."""
+    where.mkdir(parents=True)
+    path = str(where / "mountd.sock")
+    log_file = open(where / "mountd.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "wsfs", "mountd", "--socket", path],
+                            env={**env, "WSFS_MOUNTD_SOCKET": path}, stdin=subprocess.DEVNULL, stdout=log_file,
+                            stderr=log_file, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mountd did not start: {(where / 'mountd.log').read_text()}")
+            time.sleep(0.05)
+        yield path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+
+
 def timed(cmd: str) -> float:
     t0 = time.perf_counter()
     subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True, stdout=subprocess.DEVNULL)
@@ -174,6 +203,9 @@ def main() -> int:
     ap.add_argument("--rtt", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--side", action="append", required=True, help="NAME=SRC_DIR (PYTHONPATH of that side)")
+    ap.add_argument("--mountd", action="append", default=[], metavar="NAME",
+                    help="mount side NAME through a resident wsfs mountd of its checkout (repeatable; a side may "
+                    "be given twice under two names, once with and once without)")
     ap.add_argument("--hydrate", action="store_true", help="also find -ls and read every byte in each mount")
     ap.add_argument("--foreground", action="store_true", help="wsfs mount -f, timed until READY=1 (default: "
                     "wsfs mount, timed until it returns)")
@@ -201,12 +233,16 @@ def main() -> int:
                            check=True, stdout=subprocess.DEVNULL)
             shutil.rmtree(work / "push-cache", ignore_errors=True)
             log(f"pushed {n:,} files in {time.perf_counter() - t0:.1f} s")
-        with LatencyProxy(port, args.rtt) as proxy:
+        with LatencyProxy(port, args.rtt) as proxy, contextlib.ExitStack() as stack:
+            sockets = {name: stack.enter_context(mountd(src, env_for(src, proxy.url, "unused", work / "unused"),
+                                                        work / f"mountd-{name}"))
+                       for name, src in sides if name in args.mountd}
             for r in range(args.rounds):
                 order = sides if r % 2 == 0 else sides[::-1]
                 for n in sizes:
                     for name, src in order:
                         env = env_for(src, proxy.url, f"s3://{s3.bucket}/wsfs-{n}", work / "unused")
+                        env["WSFS_MOUNTD_SOCKET"] = sockets.get(name, "")
                         load = os.getloadavg()[0]
                         res = one_mount(owned, work, env, proxy, args.hydrate, args.foreground)
                         res.update(side=name, files=n, round=r + 1, load1=load)

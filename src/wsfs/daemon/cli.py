@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import importlib
 import json
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from wsfs.config import resolve
+from wsfs.config import Settings, resolve
 from wsfs.errors import UsageError, WsfsError
 
 # Generic mount(8) options that mean nothing to us (fstab, mount -t wsfs).
@@ -113,11 +114,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = parse_mount_options(args.options)
     cache_dir = opts.get("cache_dir") or args.cache_dir
     settings = resolve(args.repo, args.endpoint_url, cache_dir)
-    with _importing_beside("wsfs.store.s3" if settings.repo.startswith("s3://") else None):
-        from wsfs.daemon.mount import MountOptions, run_mount
-        from wsfs.repository import Ref
-
-    options = MountOptions(
+    # The fields of wsfs.daemon.mount.MountOptions (plain values: they may travel to wsfs mountd).
+    fields: dict[str, Any] = dict(
         foreground=args.foreground,
         allow_other=opts.get("allow_other", False),
         log_path=args.log or opts.get("log"),
@@ -134,21 +132,55 @@ def cmd_mount(args: argparse.Namespace) -> int:
         rw=args.rw or opts.get("rw", False),
         state_dir=os.path.abspath(opts["state_dir"]) if opts.get("state_dir") else None,
     )
-    if options.metrics is not None:
+    if fields["metrics"] is not None:
         from wsfs.metrics import parse_listen
 
-        parse_listen(options.metrics)  # a usage error now, not after mounting
-    if (options.commit_interval or options.commit_on_umount or not options.rebase) and not options.rw:
+        parse_listen(fields["metrics"])  # a usage error now, not after mounting
+    if (fields["commit_interval"] or fields["commit_on_umount"] or not fields["rebase"]) and not fields["rw"]:
         raise UsageError("-o commit_interval=, commit_on_umount and norebase are for read-write mounts: add --rw")
-    if options.state_dir and not options.rw:
+    if fields["state_dir"] and not fields["rw"]:
         raise UsageError("-o state_dir= is for read-write mounts: add --rw")
-    if "cache_size" in opts:
-        options.cache_size = opts["cache_size"]
-    if "prefetch_small" in opts:
-        options.prefetch_small = opts["prefetch_small"]
-    if "timeout" in opts:
-        options.timeout = opts["timeout"]
-    return run_mount(settings, Ref.parse(args.ref), args.mountpoint, options)
+    for key in ("cache_size", "prefetch_small", "timeout"):
+        if key in opts:
+            fields[key] = opts[key]
+    if fields["log_path"] is not None:
+        fields["log_path"] = os.path.abspath(fields["log_path"])
+    if not args.foreground and _started_by_mountd(settings, args, fields):
+        return 0
+    with _importing_beside("wsfs.store.s3" if settings.repo.startswith("s3://") else None):
+        from wsfs.daemon.mount import MountOptions, run_mount
+        from wsfs.repository import Ref
+    return run_mount(settings, Ref.parse(args.ref), args.mountpoint, MountOptions(**fields))
+
+
+def _started_by_mountd(settings: Settings, args: argparse.Namespace, fields: dict[str, Any]) -> bool:
+    """A background mount through a resident ``wsfs mountd`` (docs/daemon.md), if one serves us.
+
+    True once the mount is live; an error if it failed (raised as a mount in this process
+    would have raised it); False if no mountd took it: mount in this process.
+    """
+    from wsfs.daemon.mountd import request_mount
+    from wsfs.daemon.verdict import verdict_error
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    verdict = request_mount({"settings": dataclasses.asdict(settings), "ref": args.ref, "mountpoint": mountpoint,
+                             "options": fields})
+    if verdict is None:
+        return False
+    if verdict.startswith(b"OK"):
+        return True
+    from wsfs.daemon.mount import default_log_path
+
+    log_path = fields["log_path"] or default_log_path(settings.cache_dir, mountpoint)
+    err = verdict_error(verdict, f"the mount daemon exited before the mount was ready; see {log_path}")
+    assert err is not None
+    raise err
+
+
+def cmd_mountd(args: argparse.Namespace) -> int:
+    from wsfs.daemon.mountd import serve
+
+    return serve(args.socket)
 
 
 def _mounted(path: str) -> bool:
@@ -420,6 +452,19 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
                          "layer's base version")
     sp.add_argument("--log", metavar="PATH",
                     help="log file (default in background: <cache_dir>/logs/<mountpoint>.log)")
+
+    sp = add("mountd", cmd_mountd, "stay resident, warm, and start background mounts (wsfs mount without -f) "
+             "for callers in this process's own context: each mount is live ~0.3 s sooner")
+    sp.epilog = ("A background wsfs mount (or mount -t wsfs) asks mountd first: mountd forks, and the child, "
+                 "with every module already imported, becomes the mount daemon, with the caller's environment, "
+                 "working directory and umask. Callers with another uid, gid, groups, capabilities, namespaces, "
+                 "root, interpreter or wsfs mount in their own process, as without mountd. Mounts outlive "
+                 "mountd (systemd: KillMode=process, systemd/wsfs-mountd.service). If wsfs' files change on "
+                 "disk, mountd exits with status 75 at the next request, for its supervisor to start a fresh "
+                 "one. Stop with SIGTERM or Ctrl-C; READY=1 to $NOTIFY_SOCKET once listening.")
+    sp.add_argument("--socket", metavar="PATH",
+                    help="listen here (default: $WSFS_MOUNTD_SOCKET, else /run/wsfs/mountd.sock for root, "
+                    "$XDG_RUNTIME_DIR/wsfs/mountd.sock otherwise; wsfs mount looks in the same place)")
 
     sp = add("umount", cmd_umount, "unmount a wsfs mount and wait for its daemon to exit")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")

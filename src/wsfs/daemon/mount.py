@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import blake3
 import pyfuse3
@@ -70,6 +70,7 @@ from wsfs.daemon.mount_helper import mounted_device
 from wsfs.daemon.ops import INODE_AS_HANDLE, Operations
 from wsfs.daemon.preload import Preloader, StoreAccess
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_briefly
+from wsfs.daemon.verdict import Verdict, read_verdict, verdict_error
 from wsfs.daemon.view import KERNEL_READAHEAD_KIB, SMALL_PREFETCH_MAX, Deadline, VersionView
 from wsfs.daemon.writable import Prepared, WritableTree, layer_disk_bytes, prepare_rebase
 from wsfs.errors import MountError, UsageError, WsfsError
@@ -242,8 +243,14 @@ def open_layer_base(repo: Repository, ref: Ref, state_dir: str) -> VersionRecord
 # -- entry point ----------------------------------------------------------------
 
 
-def run_mount(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions) -> int:
-    """Mount version *ref* at *mountpoint* read-only; returns the exit status (0 after a clean unmount)."""
+def run_mount(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
+              *, verdict_fd: int | None = None) -> int:
+    """Mount version *ref* at *mountpoint*; returns the exit status (0 after a clean unmount).
+
+    *verdict_fd*: this process is already the daemon, forked by ``wsfs mountd`` for a
+    background mount (:mod:`wsfs.daemon.mountd`); the starter reads the readiness pipe
+    whose write end that is.  This call then never returns: it serves, then exits.
+    """
     mountpoint = os.path.abspath(mountpoint)
     if options.history and ref.ref is not None:
         raise UsageError(f"--history mounts every version of {ref.workspace}: give WORKSPACE, not {ref}")
@@ -257,10 +264,12 @@ def run_mount(settings: Settings, ref: Ref, mountpoint: str, options: MountOptio
         raise UsageError(f"{mountpoint} is already a mountpoint (unmount it first: wsfs umount {mountpoint})")
     if options.foreground:
         _setup_logging(options, options.log_path, to_stderr=True)
-        return _serve(settings, ref, mountpoint, options, _Verdict(None))
+        return _serve(settings, ref, mountpoint, options, Verdict(None))
     if options.log_path is None:
         private_dir(os.path.join(settings.cache_dir, "logs"))  # 0700, like the rest of the cache
     log_path = options.log_path or default_log_path(settings.cache_dir, mountpoint)
+    if verdict_fd is not None:
+        _daemon(settings, ref, mountpoint, options, log_path, verdict_fd)
     return _daemonize(settings, ref, mountpoint, options, log_path)
 
 
@@ -271,32 +280,31 @@ def _daemonize(settings: Settings, ref: Ref, mountpoint: str, options: MountOpti
     sys.stderr.flush()
     r, w = os.pipe()
     pid = os.fork()
-    if pid:
-        os.close(w)
-        with os.fdopen(r, "rb") as pipe:
-            verdict = pipe.read()
-        if verdict.startswith(b"OK"):
-            # Done: the parent exits at once rather than through the interpreter's teardown (0.1-0.2 s
-            # with boto3, trio and pyfuse3 loaded, all of it after the mount was live).
-            logging.shutdown()
-            with contextlib.suppress(OSError, ValueError):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(0)
-        if not verdict:  # the child died without a word
-            _, status = os.waitpid(pid, 0)
-            err = MountError(f"the mount daemon exited ({status:#x}) before the mount was ready; see {log_path}")
-            raise err
-        os.waitpid(pid, 0)
-        code, _, message = verdict.decode(errors="replace").partition(" ")
-        err = MountError(message.strip())
-        err.exit_code = int(code) if code.isdigit() else 1
-        raise err
-    # The child.
-    code = 1
-    verdict = _Verdict(w)
-    try:
+    if pid == 0:
         os.close(r)
+        _daemon(settings, ref, mountpoint, options, log_path, w)
+    os.close(w)
+    verdict = read_verdict(r)
+    if verdict.startswith(b"OK"):
+        # Done: the parent exits at once rather than through the interpreter's teardown (0.1-0.2 s
+        # with boto3, trio and pyfuse3 loaded, all of it after the mount was live).
+        logging.shutdown()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    err = verdict_error(verdict, f"the mount daemon exited ({status:#x}) before the mount was ready; see {log_path}")
+    assert err is not None
+    raise err
+
+
+def _daemon(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions, log_path: str,
+            verdict_fd: int) -> NoReturn:
+    """The background daemon, in a process of its own: detach, log to *log_path*, serve, exit."""
+    code = 1
+    verdict = Verdict(verdict_fd)
+    try:
         os.setsid()
         log_file = _setup_logging(options, log_path, to_stderr=False)
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -311,7 +319,7 @@ def _daemonize(settings: Settings, ref: Ref, mountpoint: str, options: MountOpti
         log.error("%s", e)
         verdict.send(f"{e.exit_code} {e}")
         code = e.exit_code
-    except BaseException as e:  # noqa: BLE001 - the parent must hear about anything
+    except BaseException as e:  # noqa: BLE001 - the starter must hear about anything
         log.exception("mount daemon failed")
         verdict.send(f"1 mount daemon failed: {e!r}; see {log_path}")
     finally:
@@ -319,26 +327,7 @@ def _daemonize(settings: Settings, ref: Ref, mountpoint: str, options: MountOpti
         os._exit(code)
 
 
-class _Verdict:
-    """The write end of the readiness pipe: "OK", or "<exit code> <message>"; sent at most once."""
-
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
-
-    def send(self, text: str) -> None:
-        # Once only: after close, the fd number may belong to another file.
-        fd, self.fd = self.fd, None
-        if fd is None:
-            return
-        try:
-            os.write(fd, text.encode())
-        except OSError:
-            pass  # the parent is gone (killed while waiting); nothing to tell
-        finally:
-            os.close(fd)
-
-
-def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions, verdict: _Verdict) -> int:
+def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions, verdict: Verdict) -> int:
     timeout = options.timeout if options.timeout is not None else default_timeout()
     store = open_store(settings.repo, endpoint_url=settings.endpoint_url, timeout=timeout)
     repo = Repository.open(store, settings.cache_dir)
@@ -926,7 +915,7 @@ class _Daemon:
                    layer_bytes=layer_disk_bytes(tree.state_dir), rebases=self.rebases)
         return out
 
-    async def main(self, verdict: _Verdict) -> None:
+    async def main(self, verdict: Verdict) -> None:
         self.trio_token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self.view.nursery = nursery  # read-ahead tasks run here
