@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import errno
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -156,19 +156,24 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _started_by_mountd(settings: Settings, args: argparse.Namespace, fields: dict[str, Any]) -> bool:
     """A background mount through a resident ``wsfs mountd`` (docs/daemon.md), if one serves us.
 
-    True once the mount is live; an error if it failed (raised as a mount in this process
-    would have raised it); False if no mountd took it: mount in this process.
+    Exits (status 0) once the mount is live; raises the error if it failed (as a mount in this
+    process would have raised it); False if no mountd took it: mount in this process.
     """
     from wsfs.daemon.mountd import request_mount
     from wsfs.daemon.verdict import verdict_error
 
     mountpoint = os.path.abspath(args.mountpoint)
-    verdict = request_mount({"settings": dataclasses.asdict(settings), "ref": args.ref, "mountpoint": mountpoint,
+    verdict = request_mount({"settings": settings._asdict(), "ref": args.ref, "mountpoint": mountpoint,
                              "options": fields})
     if verdict is None:
         return False
     if verdict.startswith(b"OK"):
-        return True
+        # As a background mount's parent does (daemon/mount.py): done, no interpreter teardown.
+        logging.shutdown()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(0)
     from wsfs.daemon.mount import default_log_path
 
     log_path = fields["log_path"] or default_log_path(settings.cache_dir, mountpoint)
