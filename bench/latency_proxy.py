@@ -308,9 +308,12 @@ class _Pipe:
             if self.eof_sent:
                 return
             self.eof_sent = True
-            if dst.can_write_eof():
-                dst.write_eof()
-            else:
+            try:
+                if dst.can_write_eof():
+                    dst.write_eof()
+                else:
+                    dst.close()
+            except OSError:  # the other side is gone already (ENOTCONN): nothing left to tell it
                 dst.close()
             self.conn.half_closed(self)
         else:

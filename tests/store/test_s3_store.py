@@ -469,3 +469,80 @@ def test_a_short_or_reset_body_is_retried_and_a_lasting_one_fails(s3_server: S3S
         proxy.set_rule(lambda m, p, q: Fault.truncate())
         with pytest.raises(StoreUnavailable):
             via.get("big")
+
+
+# -- connections opened ahead (warm_connections) --------------------------------------------
+
+
+class _CountingHttp:
+    """A loopback HTTP endpoint answering every request 404 (keep-alive): counts connections and requests."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.requests = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        data = b""
+        with conn:
+            while True:
+                try:
+                    piece = conn.recv(65536)
+                except OSError:
+                    return
+                if not piece:
+                    return
+                data += piece
+                while b"\r\n\r\n" in data:
+                    _, data = data.split(b"\r\n\r\n", 1)
+                    with self.lock:
+                        self.requests += 1
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_warm_connections_are_opened_without_a_request_then_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    server = _CountingHttp()
+    try:
+        store = S3Store("bkt", endpoint_url=f"http://127.0.0.1:{server.port}")
+        store.warm_connections(4)
+        deadline = time.monotonic() + 10
+        while server.connections < 4:
+            assert time.monotonic() < deadline, f"{server.connections} connections opened"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert server.connections == 4 and server.requests == 0  # opened, nothing sent
+        assert store.stats.requests == {}
+        for k in range(6):  # one after the other: each takes a warm connection and gives it back
+            assert not store.exists(f"k{k}")
+        with pytest.raises(NotFound):
+            store.get("k")
+        assert server.requests == 7
+        assert server.connections == 4  # no connection was opened for them
+        store.warm_connections(4)  # the pool holds 4 open ones already: nothing more
+        time.sleep(0.3)
+        assert server.connections == 4
+    finally:
+        server.close()

@@ -88,6 +88,7 @@ from wsfs.versions import leases
 log = logging.getLogger(__name__)
 
 _MAINTENANCE_INTERVAL = 5.0  # seconds between cache index flushes
+_WARM_CONNECTIONS = 8  # opened to S3 at start, in the background (S3Store.warm_connections)
 _STOP_GRACE = 1.8  # seconds after SIGTERM before the watchdog detaches the mount and exits
 # A read-write mount's stop commits its layer durably (local fsyncs of what was
 # written): more time, still bounded.  Killed past it, the layer keeps its last commit.
@@ -330,6 +331,9 @@ def _daemon(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions
 def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions, verdict: Verdict) -> int:
     timeout = options.timeout if options.timeout is not None else default_timeout()
     store = open_store(settings.repo, endpoint_url=settings.endpoint_url, timeout=timeout)
+    warm = getattr(store, "warm_connections", None)
+    if warm is not None:
+        warm(_WARM_CONNECTIONS)  # S3: ready for the burst of a first mount's index build
     repo = Repository.open(store, settings.cache_dir)
     view: VersionView | HistoryView
     tree: WritableTree | None = None

@@ -94,6 +94,8 @@ _DENIED_CODES = frozenset(
     }
 )
 
+log = logging.getLogger(__name__)
+
 # Errors while *streaming a response body*.  botocore's retry loop ends when the
 # response headers arrive, so a connection that drops mid-body is ours to retry.
 _ENDPOINT_LOG = logging.getLogger("botocore.endpoint")
@@ -240,6 +242,9 @@ def warm_up() -> None:
     for _ in range(2):  # the second client parses what the first left for later (endpoint rules)
         session.create_client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
                               aws_access_key_id="warm-up", aws_secret_access_key="warm-up")  # noqa: S106
+
+
+_WARM_MAX = 16  # connections warm_connections opens at most (the pool holds 48)
 
 
 class _OutOfTime(Exception):
@@ -597,6 +602,45 @@ class S3Store:
             code = m.group(1).decode("ascii", "replace") if m else str(status)
             error = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
             raise self._error(error, key, op="get")
+
+    def warm_connections(self, n: int) -> None:
+        """Open up to *n* connections to the endpoint now, in the background, idle in the client's pool.
+
+        No request is sent: nothing is counted.  A cold mount's first requests come in a burst (listing
+        pieces, the first ranges, the pack map) while the pool holds the one connection that fetched the
+        record: each other request would first pay a connection setup (TCP, and TLS for https: one to
+        three round trips) on the way to the first ``ls``.  Opened while the record and top are fetched,
+        they are ready for the burst (``docs/benchmarks.md``, "mountd").  Best effort through urllib3's
+        pool interface (``_get_conn``/``_put_conn``, as urllib3 itself uses them); not through a proxy;
+        anything unexpected opens nothing.
+        """
+        http = getattr(getattr(self._client, "_endpoint", None), "http_session", None)
+        url = self._client.meta.endpoint_url
+        try:
+            if http._proxy_config.proxy_url_for(url):
+                return
+            pool = http._get_connection_manager(url).connection_from_url(url)
+            http._setup_ssl_cert(pool, url, http._verify)
+        except Exception:  # noqa: BLE001 - another botocore or urllib3: no warm-up, nothing else changes
+            log.debug("no connection warm-up with this botocore/urllib3", exc_info=True)
+            return
+
+        def one() -> None:
+            conn = None
+            try:
+                conn = pool._get_conn()
+                if conn.sock is None:
+                    conn.connect()
+            except Exception as e:  # noqa: BLE001 - a failed warm-up is the first request's to report
+                log.debug("connection warm-up to %s: %s", self.endpoint, e)
+                if conn is not None:
+                    conn.close()
+            finally:
+                if conn is not None:
+                    pool._put_conn(conn)
+
+        for _ in range(max(0, min(n, _WARM_MAX))):
+            threading.Thread(target=one, name="wsfs-s3-warm", daemon=True).start()
 
     # -- the ObjectStore protocol ---------------------------------------------
 
