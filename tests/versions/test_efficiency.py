@@ -8,7 +8,7 @@ version record: ``stats.blobs_uploaded`` is its PUTs minus one.
 import os
 
 from support.cli import Wsfs
-from wsfs.repository import Repository
+from wsfs.repository import Ref, Repository
 from wsfs.store import open_store
 
 
@@ -96,3 +96,37 @@ def test_same_tree_gives_the_same_manifest(wsfs, tmp_path):
         ids.add(other.push(src, "demo", "-j", str(2 + 3 * i))["manifest"])
     ids.add(wsfs.push(src, "demo")["manifest"])
     assert len(ids) == 1
+
+
+def test_the_versions_listing_goes_out_beside_the_descriptor(wsfs, tmp_path):
+    """``Repository.open(listing=ws)`` on a fresh cache: the descriptor's GET and the listing are in flight at
+    once (a first mount of ``ws`` waits one round trip less), and ``resolve`` takes that listing."""
+    import threading
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    wsfs.push(src, "demo")
+    wsfs.push(src, "demo")
+    store = open_store(wsfs.repo)
+    listed = threading.Event()
+    get_range, listing = store.get_range, store.list
+    descriptor_reads = []
+
+    def slow_get_range(key, start, length):
+        if key == "wsfs-repo.json":
+            descriptor_reads.append(listed.wait(10))  # False: fetched before the listing was asked for
+        return get_range(key, start, length)
+
+    def list_(prefix):
+        listed.set()
+        return listing(prefix)
+
+    store.get_range, store.list = slow_get_range, list_
+    repo = Repository.open(store, str(tmp_path / "fresh-cache"), listing="demo")
+    assert descriptor_reads == [True]
+    record = repo.resolve(Ref.parse("demo"))
+    assert record.version == 2
+    assert store.stats.requests.get("list") == 1  # taken, not listed again
+    assert repo.versions("demo") == [1, 2]  # a later listing is the store's own
+    assert store.stats.requests.get("list") == 2

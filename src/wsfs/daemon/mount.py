@@ -334,7 +334,9 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
     warm = getattr(store, "warm_connections", None)
     if warm is not None:
         warm(_WARM_CONNECTIONS)  # S3: ready for the burst of a first mount's index build
-    repo = Repository.open(store, settings.cache_dir)
+    # A read-only mount of the latest version lists the versions next: beside the descriptor, if that is fetched.
+    latest = ref.ref is None and not options.history and not options.rw
+    repo = Repository.open(store, settings.cache_dir, listing=ref.workspace if latest else None)
     view: VersionView | HistoryView
     tree: WritableTree | None = None
     if options.history:
