@@ -283,3 +283,30 @@ def test_mountd_survives_bad_requests_and_a_second_mountd(daemons: Daemons, tmp_
         assert md2.socket.exists()
         with started_mountd(tmp_path / "md2", daemons.w.env) as md3:
             assert md3.proc.poll() is None
+
+
+def test_a_read_write_mount_through_mountd_commits(rich: PushedTree, tmp_path: Path) -> None:
+    # A repository of its own: this test publishes a version.
+    repo = tmp_path / "repo"
+    w = Wsfs(str(repo), str(tmp_path / "cache"))
+    w("init")
+    w.push(rich.src, "ws")
+    d = Daemons(w)
+    try:
+        with started_mountd(tmp_path / "md", w.env) as md:
+            env = {"WSFS_MOUNTD_SOCKET": str(md.socket)}
+            mnt = _mnt(tmp_path, "rw")
+            code, err, pid = d.mount("--rw", "-o", f"state_dir={tmp_path / 'state'}", "ws", mnt, at=mnt, env=env)
+            assert code == 0, err
+            assert _ppid(pid) == md.pid
+            (mnt / "new.txt").write_bytes(b"written through a mountd daemon\n")
+            (mnt / "one").unlink()
+            r = w.run("commit", "--json", "-m", "via mountd", mnt, env=env)
+            assert r.json()["version"] == 2
+            assert w.run("umount", mnt, env=env).code == 0
+            wait_gone([pid])
+        assert w.run("cat", "ws@2", "new.txt").out == b"written through a mountd daemon\n"
+        assert w.run("cat", "ws@2", "one", check=False).code == 3
+        assert w.run("cat", "ws@1", "one").out == b"1"
+    finally:
+        d.close()
