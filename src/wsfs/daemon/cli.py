@@ -459,7 +459,7 @@ def register(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
                     help="log file (default in background: <cache_dir>/logs/<mountpoint>.log)")
 
     sp = add("mountd", cmd_mountd, "stay resident, warm, and start background mounts (wsfs mount without -f) "
-             "for callers in this process's own context: each mount is live ~0.3 s sooner")
+             "for callers in this process's own context: each mount is live ~0.5 s sooner (docs/daemon.md 4b)")
     sp.epilog = ("A background wsfs mount (or mount -t wsfs) asks mountd first: mountd forks, and the child, "
                  "with every module already imported, becomes the mount daemon, with the caller's environment, "
                  "working directory and umask. Callers with another uid, gid, groups, capabilities, namespaces, "

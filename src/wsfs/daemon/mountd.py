@@ -393,6 +393,8 @@ def _check_request(request: Any) -> None:
         raise _BadRequest("umask")
     if not isinstance(options, dict) or not isinstance(settings, dict) or not isinstance(request.get("code"), dict):
         raise _BadRequest("options")
+    if options.get("foreground"):
+        raise _BadRequest("a foreground mount")  # it would never answer on the pipe: the caller would wait forever
 
 
 def _refusal(pid: int, uid: int, gid: int, request: dict[str, Any], identity: dict[str, Any]) -> str | None:

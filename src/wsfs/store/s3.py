@@ -625,22 +625,27 @@ class S3Store:
             log.debug("no connection warm-up with this botocore/urllib3", exc_info=True)
             return
 
-        def one() -> None:
-            conn = None
+        def connect(conn: Any) -> None:
             try:
-                conn = pool._get_conn()
-                if conn.sock is None:
-                    conn.connect()
+                conn.connect()
             except Exception as e:  # noqa: BLE001 - a failed warm-up is the first request's to report
                 log.debug("connection warm-up to %s: %s", self.endpoint, e)
-                if conn is not None:
-                    conn.close()
+                conn.close()
             finally:
-                if conn is not None:
-                    pool._put_conn(conn)
+                pool._put_conn(conn)
 
-        for _ in range(max(0, min(n, _WARM_MAX))):
-            threading.Thread(target=one, name="wsfs-s3-warm", daemon=True).start()
+        # All taken out first (no I/O): a connection one thread opened and put back is not another's to skip.
+        taken = []
+        try:
+            for _ in range(max(0, min(n, _WARM_MAX))):
+                taken.append(pool._get_conn())
+        except Exception:  # noqa: BLE001 - a closed pool: nothing to warm
+            pass
+        for conn in taken:
+            if conn.sock is None:
+                threading.Thread(target=connect, args=(conn,), name="wsfs-s3-warm", daemon=True).start()
+            else:
+                pool._put_conn(conn)  # open already
 
     # -- the ObjectStore protocol ---------------------------------------------
 
