@@ -47,6 +47,7 @@ from bench_mount import Owned, s3_client, unwind_on_signals, wait_ready  # noqa:
 from bench_push_checkout import TreeGen, drop_caches, settle_atimes  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
+from support.mountd import started_mountd  # noqa: E402
 from support.s3server import ACCESS_KEY, REGION, SECRET_KEY, seaweedfs_server  # noqa: E402
 
 MiB = 1024 * 1024
@@ -104,33 +105,6 @@ def s3_session(prefix: str, workdir: str) -> Iterator[tuple[Path, Owned, Any, in
     finally:
         owned.close()
         shutil.rmtree(work, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def mountd(src: str, env: dict[str, str], where: Path) -> Iterator[str]:
-    """A ``wsfs mountd`` of checkout *src* listening on a socket in *where*: its path; stopped (SIGTERM, then
-    SIGKILL, by pid) at the end.  The mounts it started are unmounted by their ``Owned`` entries."""
-    where.mkdir(parents=True)
-    path = str(where / "mountd.sock")
-    log_file = open(where / "mountd.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "wsfs", "mountd", "--socket", path],
-                            env={**env, "WSFS_MOUNTD_SOCKET": path}, stdin=subprocess.DEVNULL, stdout=log_file,
-                            stderr=log_file, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(path):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mountd did not start: {(where / 'mountd.log').read_text()}")
-            time.sleep(0.05)
-        yield path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()
 
 
 def timed(cmd: str) -> float:
@@ -234,8 +208,8 @@ def main() -> int:
             shutil.rmtree(work / "push-cache", ignore_errors=True)
             log(f"pushed {n:,} files in {time.perf_counter() - t0:.1f} s")
         with LatencyProxy(port, args.rtt) as proxy, contextlib.ExitStack() as stack:
-            sockets = {name: stack.enter_context(mountd(src, env_for(src, proxy.url, "unused", work / "unused"),
-                                                        work / f"mountd-{name}"))
+            sockets = {name: str(stack.enter_context(started_mountd(work / f"mountd-{name}",
+                                                                    env_for(src, proxy.url, "unused", work / "unused"))).socket)
                        for name, src in sides if name in args.mountd}
             for r in range(args.rounds):
                 order = sides if r % 2 == 0 else sides[::-1]

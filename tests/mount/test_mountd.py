@@ -17,59 +17,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mountkit import PushedTree, fuse_unavailable, helper_pids, is_mounted, running, wait_gone
 
 from support.cli import Wsfs
+from support.mountd import started_mountd
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=fuse_unavailable() or "")
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-@dataclass
-class Mountd:
-    proc: subprocess.Popen[bytes]
-    socket: Path
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
 def _ppid(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as f:
         return int(f.read().rsplit(b")", 1)[1].split()[1])
-
-
-@contextlib.contextmanager
-def started_mountd(where: Path, env: dict[str, str]) -> Iterator[Mountd]:
-    where.mkdir(parents=True, exist_ok=True)
-    sock = where / "run" / "mountd.sock"
-    log = where / "mountd.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "wsfs", "-v", "mountd", "--socket", str(sock)],
-                                env={**env, "WSFS_MOUNTD_SOCKET": str(sock)}, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=out, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while b"listening" not in log.read_bytes():
-            assert proc.poll() is None, f"mountd exited {proc.returncode}: {log.read_text()}"
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
-        yield Mountd(proc, sock, log)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Daemons:

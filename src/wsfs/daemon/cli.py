@@ -12,7 +12,6 @@ import contextlib
 import errno
 import importlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -160,7 +159,7 @@ def _started_by_mountd(settings: Settings, args: argparse.Namespace, fields: dic
     process would have raised it); False if no mountd took it: mount in this process.
     """
     from wsfs.daemon.mountd import request_mount
-    from wsfs.daemon.verdict import verdict_error
+    from wsfs.daemon.verdict import exit_mounted, verdict_error
 
     mountpoint = os.path.abspath(args.mountpoint)
     verdict = request_mount({"settings": settings._asdict(), "ref": args.ref, "mountpoint": mountpoint,
@@ -168,12 +167,7 @@ def _started_by_mountd(settings: Settings, args: argparse.Namespace, fields: dic
     if verdict is None:
         return False
     if verdict.startswith(b"OK"):
-        # As a background mount's parent does (daemon/mount.py): done, no interpreter teardown.
-        logging.shutdown()
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(0)
+        exit_mounted()
     from wsfs.daemon.mount import default_log_path
 
     log_path = fields["log_path"] or default_log_path(settings.cache_dir, mountpoint)

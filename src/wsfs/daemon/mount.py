@@ -41,7 +41,6 @@ the signal, a watchdog detaches the mount and ends it (``os._exit``).
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import functools
 import logging
@@ -70,7 +69,7 @@ from wsfs.daemon.mount_helper import mounted_device
 from wsfs.daemon.ops import INODE_AS_HANDLE, Operations
 from wsfs.daemon.preload import Preloader, StoreAccess
 from wsfs.daemon.profile import AccessRecorder, prefetch_profile, save_profile_briefly
-from wsfs.daemon.verdict import Verdict, read_verdict, verdict_error
+from wsfs.daemon.verdict import Verdict, exit_mounted, read_verdict, verdict_error
 from wsfs.daemon.view import KERNEL_READAHEAD_KIB, SMALL_PREFETCH_MAX, Deadline, VersionView
 from wsfs.daemon.writable import Prepared, WritableTree, layer_disk_bytes, prepare_rebase
 from wsfs.errors import MountError, UsageError, WsfsError
@@ -287,13 +286,7 @@ def _daemonize(settings: Settings, ref: Ref, mountpoint: str, options: MountOpti
     os.close(w)
     verdict = read_verdict(r)
     if verdict.startswith(b"OK"):
-        # Done: the parent exits at once rather than through the interpreter's teardown (0.1-0.2 s
-        # with boto3, trio and pyfuse3 loaded, all of it after the mount was live).
-        logging.shutdown()
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(0)
+        exit_mounted()
     _, status = os.waitpid(pid, 0)
     err = verdict_error(verdict, f"the mount daemon exited ({status:#x}) before the mount was ready; see {log_path}")
     assert err is not None

@@ -11,7 +11,11 @@ the same for both.  Light on imports: the ``mountd`` client reads it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
+from typing import NoReturn
 
 from wsfs.errors import MountError, UsageError, WsfsError
 
@@ -68,3 +72,16 @@ def verdict_error(verdict: bytes, died: str) -> WsfsError | None:
     err: WsfsError = UsageError(message.strip()) if code == str(UsageError.exit_code) else MountError(message.strip())
     err.exit_code = int(code) if code.isdigit() and 0 < int(code) < 256 else 1
     return err
+
+
+def exit_mounted() -> NoReturn:
+    """The starter's end once the daemon said ``OK``: exit 0 at once.
+
+    Not through the interpreter's teardown: 0.1-0.2 s with boto3, trio and
+    pyfuse3 loaded, all of it after the mount was live.
+    """
+    logging.shutdown()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
