@@ -399,11 +399,15 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
             # The helper fetches the packs of listed directories (daemon/preload.py), unless prefetch is off.
             access = (StoreAccess(settings.repo, settings.endpoint_url, settings.cache_dir, timeout, options.cache_size)
                       if options.prefetch_small else None)
-            # Started now, as it takes a while; an index still being built is where it will be once
+            # Started early, as it takes a while; an index still being built is where it will be once
             # finished, and the helper opens it with the first directory, which it gets only then
-            # (_Daemon._index_ready).
+            # (_Daemon._index_ready).  While that index is built, just after READY (_Daemon.main): its
+            # spawn is then not between the mount and `wsfs mount` returning.
             path = manifest.final_path if isinstance(manifest, BuildingIndex) else view.manifest.path
-            daemon.preloader = Preloader.start(path, cache.root, label, access) if path else None
+            if path and isinstance(manifest, BuildingIndex):
+                daemon.start_preloader = functools.partial(Preloader.start, path, cache.root, label, access)
+            elif path:
+                daemon.preloader = Preloader.start(path, cache.root, label, access)
         clean = False
         try:
             trio.run(daemon.main, verdict)
@@ -604,6 +608,7 @@ class _Daemon:
         self.profile_prefetched: int | None = None  # chunks the access-profile prefetch prepared (when done)
         self.profile_loading = False  # the profile's GET has had no answer yet
         self.preloader: Preloader | None = None  # the page-cache preload helper, if running
+        self.start_preloader: Callable[[], Preloader | None] | None = None  # ... if it starts after READY
         self._listed_early: list[int] = []  # directories listed while the index was built, for the helper
         self.tree: WritableTree | None = None  # a read-write mount's tree
         self.lease = True  # keep a lease on the version in the store (MountOptions.lease)
@@ -944,6 +949,9 @@ class _Daemon:
             log.info("%s: mounted at %s (pid %d)", self.label, self.mountpoint, os.getpid())
             notify_systemd("READY=1")
             verdict.send("OK")
+            if self.start_preloader is not None:
+                # No checkpoint since the index was attached: _index_ready cannot have run before this.
+                self.preloader = self.start_preloader()
             try:
                 await pyfuse3.main()
                 if self.tree is not None and self.commit_on_umount:
