@@ -229,6 +229,8 @@ def test_mountd_survives_bad_requests_and_a_second_mountd(daemons: Daemons, tmp_
             assert ask(struct.pack("!I", len(body)) + body, [w, w, w]).startswith(b"no bad request")
             assert ask(b"\0\0\0\x10{", [w, w, w]).startswith(b"no bad request")
             assert ask(b"", []).startswith(b"no bad request")  # connected, said nothing
+            for junk in (b"not json", b"\xff\xfe", b"[" * 100_000, b'"a string"'):
+                assert ask(struct.pack("!I", len(junk)) + junk, [w, w, w]).startswith(b"no bad request"), junk[:10]
             fg = json.dumps({"protocol": 1, "env": {}, "cwd": "/", "ref": "rich", "mountpoint": "/x", "umask": 0o22,
                              "options": {"foreground": True}, "settings": {}, "code": {}}).encode()
             assert ask(struct.pack("!I", len(fg)) + fg, [w, w, w]) == b"no bad request: a foreground mount\n"

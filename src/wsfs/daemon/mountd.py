@@ -318,6 +318,10 @@ def _handle(conn: socket.socket, listener: socket.socket, identity: dict[str, An
     except OSError as e:
         log.warning("mountd: request failed: %s", e)
         return "refused"
+    except Exception:  # no request may end mountd
+        log.exception("mountd: a request failed")
+        _answer(conn, "no internal error")
+        return "refused"
     finally:
         for fd in fds:
             os.close(fd)
@@ -343,7 +347,10 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
         raise _BadRequest(f"{size} bytes")
     try:
         body = _recv_exactly(conn, size)
-        request = json.loads(body)
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
+            raise _BadRequest(f"not a JSON request ({type(e).__name__})") from None
         if len(fds) != _FDS:
             raise _BadRequest(f"{len(fds)} descriptors, not {_FDS}")
         _check_request(request)
