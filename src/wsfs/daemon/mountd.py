@@ -50,6 +50,7 @@ import socket
 import stat
 import struct
 import sys
+import time
 from typing import Any
 
 from wsfs.errors import UsageError
@@ -198,6 +199,10 @@ def serve(path: str | None) -> int:
             try:
                 conn, _ = listener.accept()
             except (TimeoutError, InterruptedError):
+                continue
+            except OSError as e:  # out of descriptors, or memory: not a reason to stop starting mounts
+                log.warning("mountd: accept failed: %s", e)
+                time.sleep(0.5)
                 continue
             with conn:
                 if _handle(conn, listener, identity, files) == "stale":
