@@ -5,7 +5,7 @@ One run: generates the node_modules-like tree (``TreeGen`` of ``bench_push_check
 ``--files`` size (kept under ``--trees``, reused by later runs), starts SeaweedFS on loopback, pushes each
 tree (format 2, with the first checkout's code) into a repository of its own, then for each of
 ``--rounds`` rounds, each size and each checkout (``--side NAME=SRC_DIR``; the order alternates between
-rounds), with the page cache dropped and a fresh cache directory (a never-seen version); each side's
+rounds), with the page cache dropped (unless ``--warm-page-cache``) and a fresh cache directory (a never-seen version); each side's
 sources are byte-compiled first (``compileall``), as an installed package's are:
 
 * ``wsfs mount`` (``PYTHONPATH=SRC_DIR``; for a side named in ``--mountd``, through a ``wsfs mountd`` of
@@ -114,7 +114,7 @@ def timed(cmd: str) -> float:
 
 
 def one_mount(owned: Owned, work: Path, env: dict[str, str], proxy: LatencyProxy, hydrate: bool,
-              foreground: bool = False) -> dict[str, Any]:
+              foreground: bool = False, drop: bool = True) -> dict[str, Any]:
     """One cold mount: ``wsfs mount`` until it returns (background, the default: the daemon is then live),
     or with *foreground* ``wsfs mount -f`` until ``READY=1``; then the steps; unmounted at the end."""
     base = Path(tempfile.mkdtemp(prefix="m-", dir=work))
@@ -129,7 +129,8 @@ def one_mount(owned: Owned, work: Path, env: dict[str, str], proxy: LatencyProxy
     proc = None
     daemon_pid = None
     try:
-        drop_caches()
+        if drop:
+            drop_caches()
         proxy.reset()
         cmd = [sys.executable, "-m", "wsfs", "mount", *(["-f"] if foreground else []), "--log",
                str(base / "daemon.log"), "bench@1", str(mnt)]
@@ -183,6 +184,9 @@ def main() -> int:
     ap.add_argument("--hydrate", action="store_true", help="also find -ls and read every byte in each mount")
     ap.add_argument("--foreground", action="store_true", help="wsfs mount -f, timed until READY=1 (default: "
                     "wsfs mount, timed until it returns)")
+    ap.add_argument("--warm-page-cache", action="store_true",
+                    help="do not drop the page cache before each mount (programs and libraries stay in memory, "
+                    "as on a host that ran them recently; the version and its cache directory are still new)")
     ap.add_argument("--trees", default="/var/tmp/wsfs-first-ls-trees")
     ap.add_argument("--workdir", default="/var/tmp")
     ap.add_argument("--json")
@@ -218,7 +222,8 @@ def main() -> int:
                         env = env_for(src, proxy.url, f"s3://{s3.bucket}/wsfs-{n}", work / "unused")
                         env["WSFS_MOUNTD_SOCKET"] = sockets.get(name, "")
                         load = os.getloadavg()[0]
-                        res = one_mount(owned, work, env, proxy, args.hydrate, args.foreground)
+                        res = one_mount(owned, work, env, proxy, args.hydrate, args.foreground,
+                                        drop=not args.warm_page_cache)
                         res.update(side=name, files=n, round=r + 1, load1=load)
                         results.append(res)
                         log(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
