@@ -392,10 +392,9 @@ def _fsck_store(args: argparse.Namespace) -> int:
 
 def _fsck_cache(args: argparse.Namespace) -> int:
     from wsfs.cache import cache_usage, check_cache
-
-    cache_dir = _settings(args).cache_dir
     from wsfs.repository import tidy_cache_dir
 
+    cache_dir = _settings(args).cache_dir
     leftovers = tidy_cache_dir(cache_dir)
     with _progress(args, "fsck --cache", "B", total=cache_usage(cache_dir)[0]) as progress:
         r = check_cache(cache_dir, progress)

@@ -325,25 +325,25 @@ class Repository:
                 return cls(store, RepoConfig.from_json(f.read()), cache_dir)
         except (FileNotFoundError, FormatError):
             pass
-        ahead = None
+        ahead: Future[list[str]] | None = None
         if listing is not None:
             check_workspace(listing)
-            ahead: Future[list[str]] = Future()
+            ahead = Future()
             prefix = f"workspaces/{listing}/versions/"
 
-            def fetch() -> None:
+            def fetch(out: Future[list[str]]) -> None:
                 try:
-                    ahead.set_result(list(store.list(prefix)))
+                    out.set_result(list(store.list(prefix)))
                 except BaseException as e:  # noqa: BLE001 - raised where the listing is taken
-                    ahead.set_exception(e)
+                    out.set_exception(e)
 
-            threading.Thread(target=fetch, name="wsfs-listing", daemon=True).start()
+            threading.Thread(target=fetch, args=(ahead,), name="wsfs-listing", daemon=True).start()
         try:
             raw = _get_small(store, REPO_KEY)
         except NotFound:
             raise NotFound(f"no wsfs repository at {store.url} (create one with: wsfs init {store.url})") from None
         repo = cls(store, RepoConfig.from_json(raw), cache_dir)
-        if ahead is not None and listing is not None:
+        if listing is not None and ahead is not None:
             repo._listings_ahead[listing] = ahead
         _write_atomically(local, raw, cache_dir)
         return repo
