@@ -102,6 +102,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from bench_push_checkout import TreeGen, count_tree, drop_caches, settle_atimes  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
+from support.procs import end  # noqa: E402
 from support.ready import wait_for_ready  # noqa: E402
 from support.s3server import ACCESS_KEY, REGION, SECRET_KEY, delete_prefix, seaweedfs_server  # noqa: E402
 
@@ -342,12 +343,7 @@ class Owned:
             if mounted(mnt) and proc is None:  # a kernel mount (squashfs on a loop device)
                 subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
             if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                end(proc, 5)
         finally:
             with contextlib.suppress(ValueError):
                 self.mounts.remove((mnt, proc))

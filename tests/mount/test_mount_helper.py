@@ -46,6 +46,7 @@ import pytest
 from mountkit import helper_pids, is_mounted, wait_gone
 
 from support.cli import Wsfs
+from support.procs import end
 from wsfs.daemon import mount_helper as mh
 from wsfs.daemon.mount_helper import HelperError, Invocation
 
@@ -676,13 +677,7 @@ def test_unit_commands_as_systemd_runs_them(demo: tuple[Path, Path], tmp_path: P
             os.unlink(addr)
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            end(proc, 10)
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
         shutil.rmtree(notify_dir, ignore_errors=True)

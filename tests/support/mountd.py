@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.procs import end
+
 
 @dataclass
 class Mountd:
@@ -43,10 +45,4 @@ def started_mountd(where: Path, env: dict[str, str]) -> Iterator[Mountd]:
             time.sleep(0.02)
         yield Mountd(proc, sock, log)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end(proc, 10)
