@@ -675,6 +675,7 @@ def test_pending_is_the_delta_since_the_last_commit(setup) -> None:
     got = {(p.path, p.kind, p.size) for p in lay.pending()}
     assert got == {(b"a.txt", "M", 5), (b"d/new", "A", 3), (b"link", "D", 0), (b"d", "M", 4096)} | (
         {(b"", "M", lay.getattr(ROOT_INO).size)})
+    _assert_pending_ctimes(lay)
     assert lay.published() == (1, base.id.top)
     record, _ = commit_layer(base.repo, lay)
     assert lay.pending() == [] and lay.published() == (2, record.manifest)
@@ -682,8 +683,19 @@ def test_pending_is_the_delta_since_the_last_commit(setup) -> None:
     lay.symlink(ROOT_INO, b"link", b"b.txt", 0, 0)
     got = {(p.path, p.kind) for p in lay.pending()}
     assert got == {(b"d/new", "M"), (b"link", "A"), (b"", "M")}
+    _assert_pending_ctimes(lay)
+    lay.unlink(ROOT_INO, b"a.txt")  # committed above: a deletion found through the memo
+    assert {(p.path, p.kind) for p in lay.pending()} == {(b"d/new", "M"), (b"link", "A"), (b"", "M"), (b"a.txt", "D")}
+    _assert_pending_ctimes(lay)
     commit_layer(base.repo, lay)
     assert lay.pending() == []
+
+
+def _assert_pending_ctimes(lay) -> None:
+    """Each pending path carries its entry's ctime, a deletion its directory's (the age gauge reads them)."""
+    for p in lay.pending():
+        at = lay.resolve(p.path if p.kind != "D" else p.path.rpartition(b"/")[0])
+        assert at is not None and p.ctime_ns == at.ctime_ns > 0, p
 
 
 def test_discard_goes_back_to_the_base(setup) -> None:

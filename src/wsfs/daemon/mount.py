@@ -488,8 +488,8 @@ class _PendingGauge:
     Entries and bytes come from the layer's pending list (``wsfs status``'s),
     recomputed on the trio thread when something changed, at most every
     :data:`_PENDING_MIN_INTERVAL` s and never more often than
-    :data:`_PENDING_COST_FACTOR` times its own cost (10,000 pending entries:
-    about 0.3 s), so a scrape never walks the layer.
+    :data:`_PENDING_COST_FACTOR` times its own cost (40,000 pending entries:
+    about 1.3 s), so a scrape never walks the layer.
 
     The age is kept without walking: a write is noticed within a second, or at
     the next scrape (by the FUSE requests that change the mount), and counts
@@ -497,7 +497,8 @@ class _PendingGauge:
     else what is left counts from the commit's start (never younger than it
     is).  Only at mount and after a discard is it taken from the layer: the
     oldest pending entry's ctime (every change sets it; a deletion counts from
-    its directory's).
+    its directory's), which the pending list carries (no path is resolved
+    for it: that walk held a 40,000-entry mount's requests for 5.6 s).
     """
 
     def __init__(self) -> None:
@@ -535,12 +536,8 @@ class _PendingGauge:
         for p in layer.pending():
             entries += 1
             size += p.size
-            if self.ages:
-                a = layer.resolve(p.path) if p.kind != "D" else None
-                if a is None:  # deleted: when its directory last changed
-                    a = layer.resolve(p.path.rpartition(b"/")[0])
-                if a is not None and (oldest is None or a.ctime_ns < oldest):
-                    oldest = a.ctime_ns
+            if p.ctime_ns and (oldest is None or p.ctime_ns < oldest):
+                oldest = p.ctime_ns
         self.entries, self.bytes = entries, size
         if not entries:
             self.oldest_ns = None
@@ -746,7 +743,8 @@ class _Daemon:
             if not handed:
                 self._commit_lock.release()
         if record is not None:
-            log.info("%s: commit: %s@%d", self.label, self.workspace, record.version)
+            log.info("%s: commit: %s@%d in %.2f s (%s)", self.label, self.workspace, record.version, stats.seconds,
+                     ", ".join(f"{k} {v:.2f}" for k, v in stats.phases.items()))
         elif handed:
             log.info("%s: commit: nothing to commit; going on over %s@%s", self.label, self.workspace, stats.catch_up)
         else:

@@ -34,11 +34,14 @@ if TYPE_CHECKING:
 
 
 class Pending(NamedTuple):
-    """One path the next commit would publish: *kind* A, D, M or T; *size* its size now (0 if deleted)."""
+    """One path the next commit would publish: *kind* A, D, M or T; *size* its size now (0 if deleted);
+    *ctime_ns* when it last changed: its entry's ctime, or for a deletion its directory's (0 if that is
+    gone too)."""
 
     path: bytes
     kind: str
     size: int
+    ctime_ns: int
 
 
 def resolve(layer: WriteLayer, path: bytes) -> Inode | None:
@@ -83,19 +86,33 @@ def pending(layer: WriteLayer) -> list[Pending]:
     """What the next commit would publish, by path in format 2 key order (see the module docstring)."""
     memo = _memo(layer)
     out: dict[bytes, Pending] = {}
+    dirs: dict[bytes, int] = {}  # a deleted path's directory: its ctime, resolved once per directory
+
+    def deleted(path: bytes) -> Pending:
+        parent = path.rpartition(b"/")[0]
+        if parent not in dirs:
+            d = resolve(layer, parent)
+            dirs[parent] = d.ctime_ns if d is not None else 0
+        return Pending(path, "D", 0, dirs[parent])
+
     for c in layer.changes():
         if (_key(c.path) if c.path else b"") not in memo:
-            out[c.path] = Pending(c.path, c.kind, layer.getattr(c.ino).size if c.ino else 0)
+            if c.ino:
+                a = layer.getattr(c.ino)
+                out[c.path] = Pending(c.path, c.kind, a.size, a.ctime_ns)
+            else:
+                out[c.path] = deleted(c.path)
     for key, (body, ino, ctime) in memo.items():
         path = _path(key) if key else b""
         a = resolve(layer, path)
         if a is None:
             if body is not None:
-                out[path] = Pending(path, "D", 0)
+                out[path] = deleted(path)
         elif body is None:
-            out[path] = Pending(path, "A", a.size)
+            out[path] = Pending(path, "A", a.size, a.ctime_ns)
         elif (a.ino, a.ctime_ns) != (ino, ctime):
-            out[path] = Pending(path, "T" if a.ino != ino and not _same_type(layer, a.ino, ino) else "M", a.size)
+            kind = "T" if a.ino != ino and not _same_type(layer, a.ino, ino) else "M"
+            out[path] = Pending(path, kind, a.size, a.ctime_ns)
     return sorted(out.values(), key=lambda p: _key(p.path) if p.path else b"")
 
 
