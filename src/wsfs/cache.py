@@ -209,7 +209,7 @@ class BlobCache:
         self._pending_cond = threading.Condition(self._lock)
         self.pending_bytes = DEFAULT_PENDING_BYTES
         self._queued = self._written = 0  # blobs handed to the writer thread, and written (or failed)
-        self._queue: queue.Queue[tuple[str, str, bytes | memoryview, int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, str, bytes | memoryview, int | None] | None] = queue.Queue()  # fd: the lock
         self._writer: threading.Thread | None = None
         self._direct_ok = hasattr(os, "O_DIRECT")  # False once the file system refused it
         self._direct_buf: mmap.mmap | None = None
@@ -505,15 +505,35 @@ class BlobCache:
                 out[i] = res
         return out
 
-    def offer(self, cid: bytes, data: bytes | memoryview) -> None:
-        """Keep *data*, the verified content of blob *cid* fetched by the caller, unless it is here already.
+    def offer(self, cid: bytes, data: bytes | memoryview) -> bool:
+        """Keep *data*, the verified content of blob *cid* the caller has at hand, if there is room; never waits.
 
         For a caller that fetched several blobs with one request
-        (:meth:`Repository.get_pack_run`): each is installed as a fetch of
-        its own would have installed it, under the same locks.
+        (:meth:`Repository.get_pack_run`), or uploaded them (a commit's new
+        packs).  The bytes join the writer thread's queue like a fetch's and
+        are served from memory until written; the writer installs them
+        unless the content file exists by then.  No cross-process lock: that
+        lock makes one process *download* a blob; two processes installing
+        the same verified bytes under one name is harmless (each renames a
+        complete file into place).  When more than ``pending_bytes`` already
+        wait to be written the offer is dropped (False): the blob is in the
+        store, and a commit should not wait for the cache's disk.
         """
-        if self._read_local(cid, 0, 0, len(data), count=False) is None:
-            self._fetch(cid, len(data), count=False, source=lambda: data)
+        h = hexid(cid)
+        with self._pending_cond:
+            if h in self._pending or h in self._memory:
+                return True
+            if self._pending_used and self._pending_used + len(data) > self.pending_bytes:
+                log.debug("blob %s not cached: %d bytes wait to be written", h, self._pending_used)
+                return False
+            self._pending[h] = data
+            self._pending_used += len(data)
+            self._queued += 1
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="wsfs-cache-writer", daemon=True)
+                self._writer.start()
+        self._queue.put((h, os.path.join(self.root, h[:2], h), data, None))
+        return True
 
     def _fetch(
         self, cid: bytes, size: int | None, *, count: bool = True, place: Place | None = None,
@@ -646,8 +666,9 @@ class BlobCache:
                 batch.append(item)
             self._write_batch(batch)
 
-    def _write_batch(self, batch: list[tuple[str, str, bytes | memoryview, int]]) -> None:
-        """Install each blob of *batch* (releasing its lock and its room at once), then index them in one transaction."""
+    def _write_batch(self, batch: list[tuple[str, str, bytes | memoryview, int | None]]) -> None:
+        """Install each blob of *batch* (releasing its lock, if it has one, and its room at once), then index them in
+        one transaction."""
         rows: list[tuple[str, int, int]] = []
         todo = collections.deque(batch)
         try:
@@ -655,9 +676,17 @@ class BlobCache:
                 h, path, data, lock_fd = todo.popleft()
                 try:
                     try:
+                        if lock_fd is None:  # an offer (see offer), not a fetch: no lock, maybe no directory yet
+                            if os.path.exists(path):
+                                continue
+                            directory = os.path.dirname(path)
+                            if directory not in self._made:
+                                os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)  # narrowed by _tidy
+                                self._made.add(directory)
                         st = self._install(path, data)
                     finally:
-                        self._unlock_file(path, lock_fd)
+                        if lock_fd is not None:
+                            self._unlock_file(path, lock_fd)
                     with self._lock:
                         self._verified.add(_verified_key(h, st))
                     rows.append((h, len(data), time.time_ns()))
@@ -683,7 +712,8 @@ class BlobCache:
                     log.warning("cannot index %d cached blobs: %s", len(rows), e)
         finally:
             for h, path, data, lock_fd in todo:  # left by an exception that ended the loop (shutdown)
-                self._unlock_file(path, lock_fd)
+                if lock_fd is not None:
+                    self._unlock_file(path, lock_fd)
                 self._release(h, data)
             with self._pending_cond:
                 self._written += len(batch)

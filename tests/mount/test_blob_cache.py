@@ -407,3 +407,49 @@ def test_the_writer_indexes_queued_blobs_together_and_one_failed_write_loses_onl
     # Memory still has every blob (the failed one too): the readers never noticed.
     assert all(cache.recall(cid, 0, len(b)) == b for cid, b in zip(ids, blobs, strict=True))
     cache.close()
+
+
+def test_offered_blobs_are_written_behind_without_locks_and_never_wait(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit offers the packs it uploaded: served from memory at once, installed by the writer (no lock
+    file), and dropped rather than waited for when the writer is behind; a file already there is kept."""
+    cache_dir = str(tmp_path / "cache")
+    cache = BlobCache(repo, cache_dir)
+    cache.pending_bytes = 200 * KIB
+    release = threading.Event()
+    real_install = cache._install
+    installs: list[str] = []
+
+    def slow_install(path: str, blob: bytes) -> os.stat_result:
+        release.wait(10)
+        installs.append(path)
+        return real_install(path, blob)
+
+    monkeypatch.setattr(cache, "_install", slow_install)
+    blobs = [os.urandom(150 * KIB + i) for i in range(3)]
+    ids = [content_id(b) for b in blobs]
+    g0 = gets(repo)
+    t0 = time.monotonic()
+    assert cache.offer(ids[0], blobs[0]) is True
+    assert cache.offer(ids[1], blobs[1]) is False  # 150 KiB wait already, 300 would exceed 200: dropped
+    assert cache.offer(ids[0], blobs[0]) is True  # queued already: nothing more
+    assert time.monotonic() - t0 < 1.0  # the writer is held, and nobody waited for it
+    assert cache.try_read(ids[0], 5, 10) == blobs[0][5:15]  # served from memory meanwhile
+    assert not list(Path(cache_dir, "blobs").rglob("*.lock"))
+    release.set()
+    cache.drain()
+    with open(cache.path(ids[0]), "rb") as f:
+        assert f.read() == blobs[0]
+    assert not os.path.exists(cache.path(ids[1])) and len(installs) == 1
+    # A content file that exists when the writer gets to the offer is kept as it is.
+    os.makedirs(os.path.dirname(cache.path(ids[2])), exist_ok=True)
+    with open(cache.path(ids[2]), "wb") as f:
+        f.write(blobs[2])
+    before = os.stat(cache.path(ids[2])).st_ino
+    assert cache.offer(ids[2], blobs[2]) is True
+    cache.drain()
+    assert os.stat(cache.path(ids[2])).st_ino == before and len(installs) == 1
+    assert cache.read(ids[0], 0, len(blobs[0])) == blobs[0] and gets(repo) == g0  # no GET for any of it
+    assert not list(Path(cache_dir, "blobs").rglob("*.lock")) and not list(Path(cache_dir, "blobs").rglob("*.tmp"))
+    cache.close()

@@ -195,6 +195,16 @@ def test_names_links_modes_xattrs_and_errnos(mount: Mounter, rich: PushedTree, t
     assert sorted(os.listxattr(p / "xattrs")) == ["user.comment"]
     assert os.getxattr(p / "xattrs", "user.comment") == b"changed"
     assert errno_of(os.getxattr, p / "xattrs", "user.binary") == errno.ENODATA
+    # POSIX ACLs: not enforced by the kernel here, so refused rather than kept as opaque bytes; cp -a keeps modes
+    acl = b"\x02\x00\x00\x00" + b"".join(t.to_bytes(2, "little") + perm.to_bytes(2, "little") + b"\xff" * 4
+                                       for t, perm in ((1, 6), (4, 4), (0x20, 4)))
+    assert errno_of(os.setxattr, p / "d" / "f", "system.posix_acl_access", acl) == errno.EOPNOTSUPP
+    (tmp_path / "acl-src").mkdir()
+    (tmp_path / "acl-src" / "x").write_bytes(b"x")
+    os.chmod(tmp_path / "acl-src" / "x", 0o640)
+    subprocess.run(["cp", "-a", str(tmp_path / "acl-src"), str(p / "acl-copy")], check=True)
+    assert stat.S_IMODE(os.stat(p / "acl-copy" / "x").st_mode) == 0o640
+    assert "system.posix_acl_access" not in os.listxattr(p / "acl-copy" / "x")
     # mknod, fifo
     os.mkfifo(p / "fifo2")
     assert stat.S_ISFIFO(os.lstat(p / "fifo2").st_mode)

@@ -447,6 +447,11 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
         # (pyfuse3 checks XATTR_CREATE / XATTR_REPLACE with getxattr first.)
+        if name.startswith(b"system.posix_acl_"):
+            # Without FUSE_POSIX_ACL the kernel passes ACLs through as opaque xattrs and enforces none of
+            # them: storing one would tell `setfacl` it worked.  EOPNOTSUPP, as a file system without
+            # ACLs answers (`cp -a` then keeps the mode by chmod, and stores no row per file).
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self._writable().setxattr(inode, name, value)
         self.invalidate_attributes(inode)  # ctime changed; the reply carries no attributes
 
