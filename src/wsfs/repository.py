@@ -571,10 +571,6 @@ class Repository:
         places = dict(places or {})
         pack_ids = set(packs)
         todo = {p.id: p for p in pieces if p.data is not None}
-        for p in todo.values():
-            assert p.data is not None
-            if p.id not in pack_ids and len(p.data) <= tree.MAX_PIECE:  # ranges, listings, tops: small, kept
-                _write_atomically(self._piece_path(p.id), p.data, self.cache_dir)
         kind = {pid: bytes(p.data[:4]) for pid, p in todo.items() if p.data is not None}
         tops = [pid for pid in todo if pid not in pack_ids and kind[pid] == tree.MAGIC_TOP]
         lists = [pid for pid in todo if pid not in pack_ids and kind[pid] == tree.MAGIC_LIST]
@@ -628,17 +624,23 @@ class Repository:
             else:
                 missing_tops, missing_lists, missing_leaves = tops, lists, leaves
             # Leaves, new segments and the pack map all go at once (each is a child of the listings and the top).
-            segments: list[tuple[bytes, bytes]] = []
-            if missing_tops and packs:
-                # A new tree: the packs whose place is not known go into new segments, then the map says where all are.
-                new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
-                segments = self._segments(new_packs, places)
-            expected[0] = (len(missing_leaves) + len(segments) + bool(missing_tops and packs)
-                           + sum(pid not in stored for pid in missing_lists + missing_tops))
             uploads: list[Future[None]] = [pool.submit(put, pid) for pid in missing_leaves]
+            # Ranges, listings, tops (small) are kept on this host too, written beside the uploads.
+            uploads += [pool.submit(_write_atomically, self._piece_path(pid), p.data, self.cache_dir)
+                        for pid, p in todo.items()
+                        if p.data is not None and pid not in pack_ids and len(p.data) <= tree.MAX_PIECE]
+            expected[0] = len(missing_leaves) + sum(pid not in stored for pid in missing_lists + missing_tops)
             if missing_tops and packs:
-                uploads += [pool.submit(put_object, segment_key(sid), raw) for sid, raw in segments]
+                # A new tree: the packs whose place is not known go into new segments, then the map says where all
+                # are.  The packs are compressed in the pool (zstd lets go of the GIL), each segment uploaded as
+                # soon as it is cut.
+                new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
+                encoded = pool.map(lambda item: (item[0], encode_blob(item[1])), new_packs)
+                for sid, raw in self._segments(encoded, places):
+                    expected[0] += 1
+                    uploads.append(pool.submit(put_object, segment_key(sid), raw))
                 pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))
+                expected[0] += 1
                 uploads.append(pool.submit(put_object, pack_map_key(missing_tops[0]), pack_map))
             for f in uploads:
                 f.result()
@@ -649,32 +651,29 @@ class Repository:
         return len(sizes), sum(sizes), len(written) + len(new_packs)
 
     @staticmethod
-    def _segments(new: list[tuple[bytes, bytes]], places: dict[bytes, tree.Place]) -> list[tuple[bytes, bytes]]:
-        """Cut the encoded *new* packs into segments ``(id, bytes)``; records each pack's place in *places*."""
-        out: list[tuple[bytes, bytes]] = []
+    def _segments(encoded: Iterable[tuple[bytes, bytes]], places: dict[bytes, tree.Place]) -> Iterator[tuple[bytes, bytes]]:
+        """Cut the *encoded* packs ``(id, encoded bytes)``, in order, into segments ``(id, bytes)``, each given as
+        soon as it is cut; records each pack's place in *places*."""
         run: list[tuple[bytes, bytes]] = []
         used = 0
-
-        def close() -> None:
-            nonlocal run, used
-            raw = b"".join(enc for _, enc in run)
-            sid = content_id(raw)
-            offset = 0
-            for pid, enc in run:
-                places[pid] = tree.Place(sid, offset, len(enc))
-                offset += len(enc)
-            out.append((sid, raw))
-            run, used = [], 0
-
-        for pid, plain in new:
-            enc = encode_blob(plain)
+        for pid, enc in encoded:
             run.append((pid, enc))
             used += len(enc)
             if used >= SEGMENT_TARGET:
-                close()
+                yield Repository._segment(run, places)
+                run, used = [], 0
         if run:
-            close()
-        return out
+            yield Repository._segment(run, places)
+
+    @staticmethod
+    def _segment(run: list[tuple[bytes, bytes]], places: dict[bytes, tree.Place]) -> tuple[bytes, bytes]:
+        raw = b"".join(enc for _, enc in run)
+        sid = content_id(raw)
+        offset = 0
+        for pid, enc in run:
+            places[pid] = tree.Place(sid, offset, len(enc))
+            offset += len(enc)
+        return sid, raw
 
     def version_refs(self, record: VersionRecord, *, packs: bool = True) -> tuple[list[tree.Ref], list[tree.Ref]]:
         """``(range references, pack references)`` of a format 2 version: its top and listing pieces, checked.
