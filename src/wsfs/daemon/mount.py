@@ -519,10 +519,18 @@ class _PendingGauge:
                 self.first_new_ns = time.time_ns()
 
     def committed(self, mutations_before: int, started_ns: int, mutations_after: int) -> None:
-        """A commit that started at *started_ns* succeeded."""
-        self.oldest_ns = None if mutations_after == mutations_before else started_ns
+        """A commit that started at *started_ns* succeeded.
+
+        With no write while it ran nothing is pending now, known without a walk (which, with the memo of
+        a 40,000-entry commit, held the mount's requests for 3-9 s); else the next tick walks."""
         self.first_new_ns = None
-        self.stale = True
+        if mutations_after == mutations_before:
+            self.entries = self.bytes = 0
+            self.oldest_ns = None
+            self.stale = False
+        else:
+            self.oldest_ns = started_ns
+            self.stale = True
 
     def due_now(self) -> bool:
         return self.stale or (self.first_new_ns is not None and time.monotonic() >= self.due)
