@@ -520,29 +520,18 @@ class BlobCache:
         store, and a commit should not wait for the cache's disk.
         """
         h = hexid(cid)
-        with self._pending_cond:
+        with self._lock:
             if h in self._pending or h in self._memory:
                 return True
-            if self._pending_used and self._pending_used + len(data) > self.pending_bytes:
-                log.debug("blob %s not cached: %d bytes wait to be written", h, self._pending_used)
-                return False
-            self._pending[h] = data
-            self._pending_used += len(data)
-            self._queued += 1
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="wsfs-cache-writer", daemon=True)
-                self._writer.start()
-        self._queue.put((h, os.path.join(self.root, h[:2], h), data, None))
+        if not self._write_later(h, os.path.join(self.root, h[:2], h), data, None, wait=False):
+            log.debug("blob %s not cached: the writer is behind", h)
+            return False
         return True
 
     def _fetch(
         self, cid: bytes, size: int | None, *, count: bool = True, place: Place | None = None,
-        source: Callable[[], bytes | memoryview] | None = None,
     ) -> bytes | memoryview:
-        """The whole verified blob, fetched once however many threads and processes ask.
-
-        *source*: the verified bytes are at hand already (:meth:`offer`).
-        """
+        """The whole verified blob, fetched once however many threads and processes ask."""
         h = hexid(cid)
         with self._lock:
             if count:
@@ -565,7 +554,7 @@ class BlobCache:
             assert flight.data is not None
             return flight.data
         try:
-            flight.data = self._fetch_locked(cid, h, size, place, source)
+            flight.data = self._fetch_locked(cid, h, size, place)
             return flight.data
         except BaseException as e:
             flight.error = e
@@ -577,7 +566,6 @@ class BlobCache:
 
     def _fetch_locked(
         self, cid: bytes, h: str, size: int | None, place: Place | None,
-        source: Callable[[], bytes | memoryview] | None,
     ) -> bytes | memoryview:
         path = os.path.join(self.root, h[:2], h)
         directory = os.path.dirname(path)
@@ -592,7 +580,7 @@ class BlobCache:
         try:
             data = self._filled_by_other(cid, h, path, size)
             if data is None:
-                data = source() if source is not None else self._download(cid, h, size, place)
+                data = self._download(cid, h, size, place)
                 fetched = True
             else:
                 fetched = False
@@ -633,15 +621,20 @@ class BlobCache:
 
     # -- writing behind ------------------------------------------------------
 
-    def _write_later(self, h: str, path: str, data: bytes | memoryview, lock_fd: int) -> None:
-        """Queue verified *data* for the writer thread, which installs it and releases *lock_fd*.
+    def _write_later(self, h: str, path: str, data: bytes | memoryview, lock_fd: int | None, *,
+                     wait: bool = True) -> bool:
+        """Queue verified *data* for the writer thread, which installs it and releases *lock_fd* (None: an offer,
+        installed unless the file exists by then).
 
         Until then the bytes stay readable from memory (``_pending``).  Blocks
         while more than ``pending_bytes`` wait, so a slow disk slows fetching
-        down instead of filling memory.
+        down instead of filling memory; with *wait* False returns False then
+        (nothing queued).
         """
         with self._pending_cond:
             while self._pending_used and self._pending_used + len(data) > self.pending_bytes:
+                if not wait:
+                    return False
                 self._pending_cond.wait()
             self._pending[h] = data
             self._pending_used += len(data)
@@ -650,6 +643,7 @@ class BlobCache:
                 self._writer = threading.Thread(target=self._write_loop, name="wsfs-cache-writer", daemon=True)
                 self._writer.start()
         self._queue.put((h, path, data, lock_fd))
+        return True
 
     def _write_loop(self) -> None:
         while (item := self._queue.get()) is not None:
