@@ -78,3 +78,18 @@ def test_the_endpoint_answers_a_scrape_with_fresh_numbers():
     assert parsed(first)["wsfs_fuse_requests_total"][(("op", "read"),)] == 4
     assert parsed(second)["wsfs_fuse_requests_total"][(("op", "read"),)] == 99
     assert "process_resident_memory_bytes" in parsed(second)
+
+
+def test_the_pending_gauge_walks_after_a_commit_only_if_something_was_written_meanwhile():
+    """A commit with no write while it ran leaves nothing pending: the gauge says so without walking the layer
+    (that walk, on the trio thread, held a 40,200-entry mount's requests for seconds); else it walks."""
+    from wsfs.daemon.mount import _PendingGauge
+
+    g = _PendingGauge()
+    g.entries, g.bytes, g.oldest_ns, g.stale, g.ages = 40_200, 10**9, 1, False, False
+    g.due = float("inf")
+    g.committed(mutations_before=7, started_ns=5, mutations_after=7)
+    assert (g.entries, g.bytes, g.oldest_ns) == (0, 0, None) and not g.due_now()
+    assert g.summary(7)["oldest_uncommitted_write_age_seconds"] == 0
+    g.committed(mutations_before=7, started_ns=5, mutations_after=9)  # written during the commit
+    assert g.due_now() and g.oldest_ns == 5
