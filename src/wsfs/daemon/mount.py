@@ -101,6 +101,7 @@ _MUTATIONS = ("write", "create", "mknod", "mkdir", "symlink", "link", "unlink", 
               "setxattr", "removexattr")
 _PENDING_MIN_INTERVAL = 10.0  # seconds between two computations of the pending summary, at least
 _PENDING_COST_FACTOR = 1000  # ... and at least this many times what the last one cost (<= 0.1% of the thread)
+_PENDING_BUSY_MAX = 30.0  # a computation due waits for a second without FUSE requests, at most this long
 
 
 @dataclass
@@ -489,7 +490,8 @@ class _PendingGauge:
     recomputed on the trio thread when something changed, at most every
     :data:`_PENDING_MIN_INTERVAL` s and never more often than
     :data:`_PENDING_COST_FACTOR` times its own cost (40,000 pending entries:
-    about 1.3 s), so a scrape never walks the layer.
+    about 1.1 s), in a second without FUSE requests if one comes within
+    :data:`_PENDING_BUSY_MAX` s, so a scrape never walks the layer.
 
     The age is kept without walking: a write is noticed within a second, or at
     the next scrape (by the FUSE requests that change the mount), and counts
@@ -1088,9 +1090,19 @@ class _Daemon:
     async def _watch_pending(self, tree: WritableTree) -> None:
         """Keep :attr:`pending` (the uncommitted entries, bytes and the oldest write's age) current."""
         failing = False
+        seen, waiting_since = -1, None
         while True:
             self.pending.observe(self._mutations())
-            if self.pending.due_now():
+            # The walk runs on the trio thread and holds every request while it runs (40,200 pending entries:
+            # ~1.1 s): when one is due, it waits for a second without requests (at mount, a user's first `ls`
+            # comes first), or at most _PENDING_BUSY_MAX.
+            requests, seen = seen, sum(self.ops.stats.requests.values())
+            due = self.pending.due_now()
+            if due and requests != seen:
+                waiting_since = waiting_since or time.monotonic()
+                due = time.monotonic() - waiting_since >= _PENDING_BUSY_MAX
+            if due:
+                waiting_since = None
                 try:
                     self.pending.compute(tree)
                     failing = False
