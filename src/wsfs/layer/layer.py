@@ -370,9 +370,12 @@ class WriteLayer(Namespace):
         meta = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('published_version', 'published_top')"))
         return meta.get("published_version", self.base_id.version), meta.get("published_top", self.base_id.top)
 
-    def resolve(self, path: bytes) -> Inode | None:
-        """The merged view's entry at relative *path* (``/``-separated, symlinks not followed), or None."""
-        return resolve(self, path.strip(b"/"))
+    def resolve(self, path: bytes, dirs: dict[bytes, Inode | None] | None = None) -> Inode | None:
+        """The merged view's entry at relative *path* (``/``-separated, symlinks not followed), or None.
+
+        *dirs*: entries at directory paths known already, used and filled (:func:`wsfs.layer.pending.resolve`).
+        """
+        return resolve(self, path.strip(b"/"), dirs)
 
     def pending(self) -> list[Pending]:
         """What the next commit would publish (A/D/M/T, sizes), cheaply: :mod:`wsfs.layer.pending`."""

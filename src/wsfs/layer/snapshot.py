@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
@@ -106,6 +106,8 @@ class Snapshot(WriteLayer):
         self.db.execute("PRAGMA query_only=ON")
         self.db.execute("BEGIN")
         meta = dict(self.db.execute("SELECT key, value FROM meta"))  # the read transaction starts here
+        self._rows: dict[int, tuple[Any, ...] | None] = {}
+        self._dentries: dict[int, dict[bytes, int]] = {}
         self._init_memory(meta)
         # The last version this layer published (initially its base) and the memo, as of this snapshot.
         self.published_version: int = meta.get("published_version", self.base_id.version)
@@ -119,6 +121,24 @@ class Snapshot(WriteLayer):
 
     def _begin(self) -> None:
         raise InvalidArgument("a snapshot of a write layer is read-only")
+
+    # A snapshot never changes (one read transaction): the rows a commit reads several times per entry
+    # (attributes, xattrs, content) and a directory's entries in the layer are read once.  Memory follows
+    # what the commit reads, like the commit's own entries.
+
+    def _row(self, ino: int) -> tuple[Any, ...] | None:
+        try:
+            return self._rows[ino]
+        except KeyError:
+            r = self._rows[ino] = super()._row(ino)
+            return r
+
+    def _layer_dentry(self, parent: int, name: bytes) -> int | None:
+        names = self._dentries.get(parent)
+        if names is None:
+            names = self._dentries[parent] = dict(
+                self.db.execute("SELECT name, ino FROM dentries WHERE parent = ?", (parent,)))
+        return names.get(name)
 
     def intent(self) -> Publication | None:
         """The publication a commit was about to make when it was interrupted, if any."""

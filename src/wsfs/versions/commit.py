@@ -203,17 +203,21 @@ class _View:
         snap = self.snap
         last_parent: bytes | None = None  # keys are sorted: the entries of a directory come together,
         parent_dir: Inode | None = None  # so its path is resolved once for all of them
+        dirs: dict[bytes, Inode | None] = {}  # and a directory read among the keys is not looked up again
         for i, key in enumerate(sorted(keys), 1):
             if not key:
                 a = snap.resolve(b"")
             else:
                 parent, _, name = key.partition(b"\0")
                 if parent != last_parent:
-                    last_parent, parent_dir = parent, snap.resolve(parent)
+                    last_parent = parent
+                    parent_dir = dirs[parent] if parent in dirs else snap.resolve(parent, dirs)
                 a = None
                 if parent_dir is not None and parent_dir.is_dir:
                     with contextlib.suppress(NotFound):
                         a = snap.lookup(parent_dir.ino, name)
+                if a is not None and a.is_dir:
+                    dirs[parent + b"/" + name if parent else name] = a  # (its key sorts before its entries')
             if a is not None:
                 self._add(key, a, {})
                 if a.is_reg and a.nlink > 1:
