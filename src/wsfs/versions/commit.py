@@ -352,7 +352,26 @@ def _overlaps(
                 if below:
                     clash.add(k)
                     clash.update(_key(p) for p in below)
+    # Both sides changed the names of one hard-linked file (a file's names are part of it), differently:
+    # e.g. one moved its second name here, the other there.  Its first name's record need not change.
+    ours_links, theirs_links = _link_names(ours, layout), _link_names(theirs, layout)
+    for target in ours_links.keys() & theirs_links.keys():
+        names = ours_links[target] | theirs_links[target]
+        if any((k in ours) != (k in theirs) or ours[k][1] != theirs[k][1] for k in names):
+            clash.update(names | {target})
     return clash, merged
+
+
+def _link_names(side: dict[bytes, tuple[bytes | None, bytes | None]], layout: Layout) -> dict[bytes, set[bytes]]:
+    """``first name -> the keys of *side* whose old or new record is a further name of that file``."""
+    out: dict[bytes, set[bytes]] = {}
+    for k, bodies in side.items():
+        for body in bodies:
+            if body is not None and body[0] & F_LINK:
+                target = decode_body(body, k, layout).link
+                if target is not None:
+                    out.setdefault(target, set()).add(k)
+    return out
 
 
 _DIR_FIELDS = ("mode", "uid", "gid", "size", "xattrs")
