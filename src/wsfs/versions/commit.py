@@ -341,7 +341,7 @@ def _overlaps(
         clash.add(k)
     for one, other in ((ours, theirs), (theirs, ours)):
         for k, (_, new) in one.items():  # a name added for a file whose first name the other side changed
-            if new is not None and new[0] & F_LINK and k not in other:
+            if new and new[0] & F_LINK and k not in other:  # (an empty body: no record; decoding rejects it)
                 target = decode_body(new, k, layout).link
                 if target in other and other[target][1] != one.get(target, (None, None))[1]:
                     clash.update((k, target))
@@ -367,7 +367,7 @@ def _link_names(side: dict[bytes, tuple[bytes | None, bytes | None]], layout: La
     out: dict[bytes, set[bytes]] = {}
     for k, bodies in side.items():
         for body in bodies:
-            if body is not None and body[0] & F_LINK:
+            if body and body[0] & F_LINK:
                 target = decode_body(body, k, layout).link
                 if target is not None:
                     out.setdefault(target, set()).add(k)
