@@ -568,14 +568,11 @@ class BlobCache:
         self, cid: bytes, h: str, size: int | None, place: Place | None,
     ) -> bytes | memoryview:
         path = os.path.join(self.root, h[:2], h)
-        directory = os.path.dirname(path)
-        if directory not in self._made:
-            os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)  # narrowed by _tidy
-            self._made.add(directory)
+        self._make_dir(os.path.dirname(path))
         try:
             lock_fd = self._lock_file(path)
         except FileNotFoundError:  # the directory was removed since (by hand): again
-            os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)
+            self._make_dir(os.path.dirname(path), again=True)
             lock_fd = self._lock_file(path)
         try:
             data = self._filled_by_other(cid, h, path, size)
@@ -598,6 +595,13 @@ class BlobCache:
         # installs the file, then releases the lock (other processes wait for it).
         self._write_later(h, path, data, lock_fd)
         return data
+
+    def _make_dir(self, directory: str, *, again: bool = False) -> None:
+        """Create blob directory *directory* once per process (its mode is narrowed by :meth:`_tidy`), or *again*
+        (removed by hand since)."""
+        if again or directory not in self._made:
+            os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)
+            self._made.add(directory)
 
     def _filled_by_other(self, cid: bytes, h: str, path: str, size: int | None) -> bytes | memoryview | None:
         """Under the lock: the content another process installed while we waited, if sound."""
@@ -673,10 +677,7 @@ class BlobCache:
                         if lock_fd is None:  # an offer (see offer), not a fetch: no lock, maybe no directory yet
                             if os.path.exists(path):
                                 continue
-                            directory = os.path.dirname(path)
-                            if directory not in self._made:
-                                os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)  # narrowed by _tidy
-                                self._made.add(directory)
+                            self._make_dir(os.path.dirname(path))
                         st = self._install(path, data)
                     finally:
                         if lock_fd is not None:

@@ -1096,11 +1096,11 @@ class _Daemon:
             # The walk runs on the trio thread and holds every request while it runs (40,200 pending entries:
             # ~1.1 s): when one is due, it waits for a second without requests (at mount, a user's first `ls`
             # comes first), or at most _PENDING_BUSY_MAX.
-            requests, seen = seen, sum(self.ops.stats.requests.values())
+            before, seen = seen, sum(self.ops.stats.requests.values())
             # Nor while a commit runs: it waits for this thread to take its snapshot and to record what it
             # published, and it sets the figures itself when it ends (committed).
             due = self.pending.due_now() and not self._commit_lock.locked()
-            if due and requests != seen:
+            if due and before != seen:  # requests came in the last second
                 waiting_since = waiting_since or time.monotonic()
                 due = time.monotonic() - waiting_since >= _PENDING_BUSY_MAX
             if due:

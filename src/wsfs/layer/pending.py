@@ -47,13 +47,15 @@ class Pending(NamedTuple):
 def resolve(layer: WriteLayer, path: bytes, dirs: dict[bytes, Inode | None] | None = None) -> Inode | None:
     """The merged view's entry at *path* (symlinks are not followed), or None.
 
-    *dirs*: the entries found at parent directories by earlier calls, used
-    and filled, so that resolving many paths (a commit's memo: 40,000 keys)
+    *dirs*: the entries found at directory paths (by earlier calls, or by the
+    caller), used and filled, so that resolving many paths (a commit's memo: 40,000 keys)
     walks from the root once per directory instead of once per path.  Valid
     while the layer does not change.
     """
     if not path:
         return layer.getattr(ROOT_INO)
+    if dirs is not None and path in dirs:  # (a directory the caller found, or a parent found before)
+        return dirs[path]
     parent_path, _, name = path.rpartition(b"/")
     if dirs is not None and parent_path in dirs:
         a = dirs[parent_path]

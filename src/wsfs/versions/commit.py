@@ -211,7 +211,7 @@ class _View:
                 parent, _, name = key.partition(b"\0")
                 if parent != last_parent:
                     last_parent = parent
-                    parent_dir = dirs[parent] if parent in dirs else snap.resolve(parent, dirs)
+                    parent_dir = snap.resolve(parent, dirs)
                 a = None
                 if parent_dir is not None and parent_dir.is_dir:
                     with contextlib.suppress(NotFound):
@@ -341,10 +341,9 @@ def _overlaps(
         clash.add(k)
     for one, other in ((ours, theirs), (theirs, ours)):
         for k, (_, new) in one.items():  # a name added for a file whose first name the other side changed
-            if new and new[0] & F_LINK and k not in other:  # (an empty body: no record; decoding rejects it)
-                target = decode_body(new, k, layout).link
-                if target in other and other[target][1] != one.get(target, (None, None))[1]:
-                    clash.update((k, target))
+            target = _link_target(new, k, layout) if k not in other else None
+            if target is not None and target in other and other[target][1] != one.get(target, (None, None))[1]:
+                clash.update((k, target))
         other_paths = sorted(path_of(k) for k in other)
         for k, (old, new) in one.items():
             if _is_dir(old, k, layout) and not _is_dir(new, k, layout):
@@ -367,11 +366,16 @@ def _link_names(side: dict[bytes, tuple[bytes | None, bytes | None]], layout: La
     out: dict[bytes, set[bytes]] = {}
     for k, bodies in side.items():
         for body in bodies:
-            if body and body[0] & F_LINK:
-                target = decode_body(body, k, layout).link
-                if target is not None:
-                    out.setdefault(target, set()).add(k)
+            target = _link_target(body, k, layout)
+            if target is not None:
+                out.setdefault(target, set()).add(k)
     return out
+
+
+def _link_target(body: bytes | None, key: bytes, layout: Layout) -> bytes | None:
+    """The first name that the record *body* at *key* names if it is a link record, else None (an empty body
+    is no record: decoding would reject it)."""
+    return decode_body(body, key, layout).link if body and body[0] & F_LINK else None
 
 
 _DIR_FIELDS = ("mode", "uid", "gid", "size", "xattrs")
