@@ -41,6 +41,7 @@ the signal, a watchdog detaches the mount and ends it (``os._exit``).
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import functools
 import logging
@@ -153,6 +154,26 @@ def default_log_path(cache_dir: str, mountpoint: str) -> str:
     return os.path.join(cache_dir, "logs", name[-120:] + ".log")
 
 
+class _LateReplyFilter(logging.Filter):
+    """pyfuse3's "fuse_reply_* failed with No such file or directory" is not an error: demoted to DEBUG.
+
+    The kernel answers ENOENT to a reply for a request it no longer holds: one
+    interrupted by a fatal signal, or any request still queued when the
+    connection ends at unmount (a RELEASEDIR of the last ``os.walk`` is the
+    common case).  libfuse itself stays silent about it (``fuse_send_msg``);
+    pyfuse3 logs it as an ERROR.  Every other failed reply stays an error.
+    """
+
+    _LATE = "failed with " + os.strerror(errno.ENOENT)
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003 - logging's name
+        if record.levelno >= logging.ERROR and "fuse_reply_" in str(record.msg):
+            if record.getMessage().endswith(self._LATE):
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def _setup_logging(options: MountOptions, log_path: str | None, *, to_stderr: bool) -> IO[str] | None:
     """Daemon logging: stderr and/or a file, INFO by default (mount and unmount are worth a line)."""
     root = logging.getLogger()
@@ -173,6 +194,9 @@ def _setup_logging(options: MountOptions, log_path: str | None, *, to_stderr: bo
         root.addHandler(handler)
         log_file = handler.stream
     redact.install()
+    pyfuse3_log = logging.getLogger("pyfuse3")
+    if not any(isinstance(f, _LateReplyFilter) for f in pyfuse3_log.filters):
+        pyfuse3_log.addFilter(_LateReplyFilter())
     level = logging.DEBUG if options.verbose >= 2 else logging.INFO
     root.setLevel(level)
     logging.getLogger("wsfs").setLevel(level)
