@@ -76,6 +76,10 @@ def commit_side(owned: Owned, work: Path, env: dict[str, str], tree: Path, proxy
         st = proxy.stats()
         out.update(version=res.get("version"), uploaded_mib=res.get("bytes_uploaded", 0) / MiB,
                    objects=res.get("objects_uploaded"), requests=st["requests"], mib_up=st.get("bytes_up", 0) / MiB)
+        # The daemon's own account of the commit: its phases (versions/commit.py, CommitStats).
+        lines = [x for x in (base / "daemon.log").read_text(errors="replace").splitlines() if ": commit: " in x]
+        if lines:
+            log("  daemon: " + lines[-1].split(": commit: ", 1)[1])
     finally:
         owned.release(mnt, None)
         shutil.rmtree(base, ignore_errors=True)

@@ -93,3 +93,20 @@ def test_the_pending_gauge_walks_after_a_commit_only_if_something_was_written_me
     assert g.summary(7)["oldest_uncommitted_write_age_seconds"] == 0
     g.committed(mutations_before=7, started_ns=5, mutations_after=9)  # written during the commit
     assert g.due_now() and g.oldest_ns == 5
+
+
+def test_a_pending_walk_that_a_commit_or_discard_overtook_counts_for_nothing():
+    """The walk reads a snapshot in a worker thread; a commit (or discard) that ends meanwhile knows better."""
+    from wsfs.daemon.mount import _PendingGauge
+
+    g = _PendingGauge()
+    begun = g.generation
+    g.committed(mutations_before=3, started_ns=5, mutations_after=3)  # nothing pending now, known without a walk
+    assert not g.apply((40_200, 10**9, 1), begun, 1.1)  # the walk saw the layer before that commit
+    assert (g.entries, g.bytes, g.oldest_ns, g.stale) == (0, 0, None, False)
+    assert g.cost == 1.1 and not g.due_now()  # its cost still spaces the next walk
+    begun = g.generation
+    g.invalidate(ages=True)  # a discard
+    assert not g.apply((5, 50, 7), begun, 0.1) and g.due_now() and g.ages
+    assert g.apply((5, 50, 7), g.generation, 0.1)
+    assert (g.entries, g.bytes, g.oldest_ns, g.stale, g.ages) == (5, 50, 7, False, False)

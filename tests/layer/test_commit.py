@@ -573,6 +573,36 @@ def test_the_layer_thread_does_not_fsync_for_a_commit(setup, monkeypatch) -> Non
     check_version(base, lay, 2)
 
 
+def test_a_memo_written_in_parts_and_cut_short_is_completed_from_the_intent(setup, tmp_path: Path) -> None:
+    """The daemon writes a large memo in parts (each a short turn of its trio thread); a batch commit may
+    make some parts durable before the version is recorded in the layer.  Cut short there (a crash), the
+    next commit applies the intent's rows and publishes only what is new."""
+    base, lay = setup
+    for i in range(12):
+        write_file(lay, b"d/f%d" % i, b"content %d" % i)
+    snap = lay.snapshot(durable=False)
+    record, _ = commit(base.repo, snap)
+    assert record.version == 2
+    rows = sorted(snap.publication.rows.items())
+    assert len(rows) > 4
+    lay.write_memo(snap, rows[:4])
+    lay.sync_all()  # a batch commit in between: those rows are durable, the version is not recorded
+    snap.close()
+    assert (Path(lay.state.path) / "commit-intent").exists()
+    assert lay.published()[0] == 1
+    lay.close()  # the daemon died here
+    lay = open_layer(base, tmp_path / "state")
+    try:
+        write_file(lay, b"after.txt", b"written after the crash")
+        record, stats = commit_layer(base.repo, lay)
+        assert stats.recovered == 2 and record.version == 3 and record.parent == 2
+        assert [p for _, p in changeset_paths(base, 3)] == [b"", b"\0after.txt"]  # the root's mtime, the file
+        assert lay.pending() == [] and lay.published()[0] == 3
+        check_version(base, lay, 3)
+    finally:
+        lay.close()
+
+
 def fill(lay: WriteLayer, bigs: int, big_size: int, smalls: int) -> None:
     """*bigs* random files of *big_size* bytes at the top and *smalls* small ones in ``many/``."""
     for i in range(bigs):

@@ -359,16 +359,19 @@ class WritableTree:
 
     # -- status ----------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, layer: WriteLayer | None = None) -> dict[str, Any]:
         """What ``wsfs status`` shows: the base, the last version this layer published, the pending
-        changes (what the next commit would publish: A/M/D/T, sizes), the state folder."""
-        layer = self.layer
+        changes (what the next commit would publish: A/M/D/T, sizes), the state folder.
+
+        *layer*: a snapshot of the layer (read in any thread), else the layer itself (on its thread)."""
+        layer = layer or self.layer
         changes = []
+        dirs: dict[bytes, Any] = {}
         for p in layer.pending():
             entry: dict[str, Any] = {"kind": p.kind, **named("path", p.path)}  # as every --json names paths
             if p.kind != "D":
                 entry["size"] = p.size
-                a = layer.resolve(p.path)
+                a = layer.resolve(p.path, dirs)
                 if a is not None:
                     entry["type"] = _type_name(a.mode)
             changes.append(entry)

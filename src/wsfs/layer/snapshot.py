@@ -19,7 +19,7 @@ The view *is* a :class:`~wsfs.layer.layer.WriteLayer` (the same code reads
 it: getattr, lookup, readdir, readlink, xattrs, read, changes,
 chunk_sources, content_unchanged); every mutation fails (``query_only``).
 
-Also here: the commit memo as the snapshot saw it (:attr:`Snapshot.published`)
+Also here: the commit memo as the snapshot saw it (:attr:`Snapshot.memo`)
 and the *intent* file, which makes the memo crash-safe: commit writes what it
 is about to publish (the record and the memo rows) to ``<state>/commit-intent``
 before it creates the version record, and the layer deletes it once the memo
@@ -112,15 +112,22 @@ class Snapshot(WriteLayer):
         # The last version this layer published (initially its base) and the memo, as of this snapshot.
         self.published_version: int = meta.get("published_version", self.base_id.version)
         self.published_top: str = meta.get("published_top", self.base_id.top)
-        self.published: dict[bytes, Memo] = {
-            k: Memo(b, i, c) for k, b, i, c in self.db.execute("SELECT key, body, ino, ctime_ns FROM published")
-        }
+        self._memo: dict[bytes, Memo] | None = None  # read at the first use (see memo)
         self.publication: Publication | None = None  # set by a commit that published (or recovered) a version
         self._synced = synced  # the commit this view shows is durable (else: sync() before publishing it)
         self._pins.add(self)
 
     def _begin(self) -> None:
         raise InvalidArgument("a snapshot of a write layer is read-only")
+
+    @property
+    def memo(self) -> dict[bytes, Memo]:
+        """The memo as of this snapshot, read at first use by the reading thread (one read transaction: the
+        same whenever it is read), not by the layer's thread, which takes snapshots (40,000 rows: ~0.1 s)."""
+        if self._memo is None:
+            self._memo = {
+                k: Memo(b, i, c) for k, b, i, c in self.db.execute("SELECT key, body, ino, ctime_ns FROM published")}
+        return self._memo
 
     # A snapshot never changes (one read transaction): the rows a commit reads several times per entry
     # (attributes, xattrs, content) and a directory's entries in the layer are read once.  Memory follows

@@ -165,7 +165,7 @@ class _View:
         self._content: dict[int, tuple[bytes, tuple[bytes, ...]]] = {}
         # Content the memo vouches for: same inode and ctime as when committed -> same content, not read.
         self._known: dict[tuple[int, int], Entry] = {}
-        for key, m in snap.published.items():
+        for key, m in snap.memo.items():
             if m.body is not None and m.ino:
                 e = decode_body(m.body, key, self.layout, "memo")
                 if e.link is None and stat.S_ISREG(e.mode):
@@ -564,7 +564,7 @@ def _commit(
     stats = CommitStats()
     ws = snap.base_id.workspace
     layout = repo.config.layout
-    memo = dict(snap.published)
+    memo = dict(snap.memo)
     last_v = snap.published_version
     recovered = _recover(repo, snap)
     if recovered is not None:  # an interrupted commit published it: its memo rows come first
