@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 ReadBase = Callable[[Inode, int, int], bytes]  # (base inode, offset, length) -> exactly those bytes
 
 ALLOC_UNIT = 4096
-_NODE_COLS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, parent, base_size, xattrs"
+NODE_COLS = "ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, parent, base_size, xattrs"
 
 
 def _blocks(size: int) -> int:
@@ -206,7 +206,7 @@ class Batches:
     # -- rows ----------------------------------------------------------------
 
     def _row(self, ino: int) -> tuple[Any, ...] | None:
-        for r in self.db.execute(f"SELECT {_NODE_COLS} FROM nodes WHERE ino = ?", (ino,)):
+        for r in self.db.execute(f"SELECT {NODE_COLS} FROM nodes WHERE ino = ?", (ino,)):
             return r
         return None
 
@@ -228,7 +228,7 @@ class Batches:
             raise NotFound(f"no inode {ino}")
         self._begin()
         self.db.execute(
-            f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,?,0)",
+            f"INSERT INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,?,0)",
             (ino, b.mode, b.uid, b.gid, b.size, b.atime_ns, b.mtime_ns, b.ctime_ns, b.nlink, b.rdev, b.target,
              b.size if b.is_reg else 0),
         )

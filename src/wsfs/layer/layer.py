@@ -144,10 +144,14 @@ class WriteLayer(Namespace):
         else:
             size, base_size = r[4], r[12]
             # No block lies wholly beyond the size: an empty file has none to load.
-            blocks = dict(self.db.execute("SELECT blk, slot FROM blocks WHERE ino = ?", (ino,))) if size else {}
+            blocks = self._block_map(ino) if size else {}
         c = Content(self.pool, ino, size, base_size, blocks, read_base)
         self.contents[ino] = c
         return c
+
+    def _block_map(self, ino: int) -> dict[int, int]:
+        """Block -> slot of the blocks of *ino* the layer holds."""
+        return dict(self.db.execute("SELECT blk, slot FROM blocks WHERE ino = ?", (ino,)))
 
     def read(self, ino: int, off: int, size: int) -> bytes:
         """Bytes [off, off + size) of regular file *ino*, short at its end."""

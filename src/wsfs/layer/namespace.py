@@ -22,7 +22,7 @@ from wsfs.errors import (
 )
 from wsfs.format.manifest import ROOT_INO, Inode
 from wsfs.format.names import NAME_MAX
-from wsfs.layer.batch import _NODE_COLS, Batches
+from wsfs.layer.batch import NODE_COLS, Batches
 
 RENAME_NOREPLACE = 1  # Linux's values (linux/fs.h), as FUSE passes them
 RENAME_EXCHANGE = 2
@@ -169,7 +169,7 @@ class Namespace(Batches):
             size = len(target) if target is not None else 0
             self._begin()
             row = (ino, mode, uid, gid, size, now, now, now, 2 if is_dir else 1, rdev, target, parent if is_dir else None)
-            self.db.execute(f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,0)", row)
+            self.db.execute(f"INSERT INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,0)", row)
             self._set_dentry(parent, name, ino)
             self._touch_dir(parent, now, 1 if is_dir else 0)
             return self._attr_row(row)

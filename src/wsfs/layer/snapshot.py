@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
@@ -39,7 +40,7 @@ import apsw
 from wsfs.errors import InvalidArgument
 from wsfs.format.manifest import Manifest
 from wsfs.fsops import proc_path
-from wsfs.layer.batch import ReadBase
+from wsfs.layer.batch import NODE_COLS, ReadBase
 from wsfs.layer.layer import WriteLayer
 from wsfs.layer.state import DB_NAME, PRIVATE_FILE
 
@@ -108,6 +109,8 @@ class Snapshot(WriteLayer):
         meta = dict(self.db.execute("SELECT key, value FROM meta"))  # the read transaction starts here
         self._rows: dict[int, tuple[Any, ...] | None] = {}
         self._dentries: dict[int, dict[bytes, int]] = {}
+        self._block_maps: dict[int, dict[int, int]] = {}  # read ahead by prefetch(), each taken once
+        self._prefetched: set[int] = set()
         self._init_memory(meta)
         # The last version this layer published (initially its base) and the memo, as of this snapshot.
         self.published_version: int = meta.get("published_version", self.base_id.version)
@@ -139,6 +142,32 @@ class Snapshot(WriteLayer):
         except KeyError:
             r = self._rows[ino] = super()._row(ino)
             return r
+
+    def prefetch(self, parent: int) -> None:
+        """Read the rows and block maps of all the layer's entries in directory *parent* in two queries.
+
+        For a reader that goes on to read most of them (a commit of a whole
+        tree): a query per file for each was a third of its reading time, most
+        of it spent taking the GIL back after each query, while the upload
+        threads want it too.
+        """
+        if parent in self._prefetched:
+            return
+        self._prefetched.add(parent)
+        children = "SELECT ino FROM dentries WHERE parent = ? AND ino != 0"
+        for r in self.db.execute(f"SELECT {NODE_COLS} FROM nodes WHERE ino IN ({children})", (parent,)):
+            self._rows.setdefault(r[0], r)
+            if stat.S_ISREG(r[1]) and r[4]:
+                self._block_maps.setdefault(r[0], {})
+        for ino, blk, slot in self.db.execute(
+                f"SELECT ino, blk, slot FROM blocks WHERE ino IN ({children})", (parent,)):
+            maps = self._block_maps.get(ino)
+            if maps is not None:
+                maps[blk] = slot
+
+    def _block_map(self, ino: int) -> dict[int, int]:
+        got = self._block_maps.pop(ino, None)
+        return got if got is not None else super()._block_map(ino)
 
     def _layer_dentry(self, parent: int, name: bytes) -> int | None:
         names = self._dentries.get(parent)

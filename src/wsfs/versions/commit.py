@@ -185,6 +185,7 @@ class _View:
         stack = [(ROOT_INO, b"")]
         while stack:
             dino, dpath = stack.pop()
+            snap.prefetch(dino)
             for _, name, a in snap.readdir(dino):
                 key = key_of(dpath, name)
                 if self._add(key, a, links) and a.is_dir:
@@ -212,6 +213,8 @@ class _View:
                 if parent != last_parent:
                     last_parent = parent
                     parent_dir = snap.resolve(parent, dirs)
+                    if parent_dir is not None and parent_dir.is_dir:
+                        snap.prefetch(parent_dir.ino)  # its entries' rows and block maps, in two queries
                 a = None
                 if parent_dir is not None and parent_dir.is_dir:
                     with contextlib.suppress(NotFound):

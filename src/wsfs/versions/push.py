@@ -218,17 +218,35 @@ class _Spill:
     the bytes wait here rather than in memory.
     """
 
+    _BUFFER = 1 << 20  # bytes gathered before one write (a write per small file cost a GIL hand-off each)
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.at: dict[bytes, tuple[int, int]] = {}
-        self.end = 0
+        self.end = 0  # of what add() took; [written, end) is in buf
+        self.written = 0
+        self.buf = bytearray()
+        self._lock = threading.Lock()  # add() in the reading thread, read() in the packing threads
 
     def add(self, cid: bytes, data: bytes) -> None:
-        if cid not in self.at:
+        with self._lock:
+            if cid in self.at:
+                return
             self.at[cid] = (self.end, len(data))
-            os.write(self.fd, data)
+            self.buf += data
             self.end += len(data)
+            if len(self.buf) >= self._BUFFER:
+                self._flush()
+
+    def _flush(self) -> None:
+        view = memoryview(self.buf)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        del view
+        self.written = self.end
+        self.buf = bytearray()
 
     def has(self, cid: bytes) -> bool:
         return cid in self.at
@@ -237,7 +255,15 @@ class _Spill:
         where = self.at.get(cid)
         if where is None:
             return None
-        return os.pread(self.fd, where[1], where[0])
+        off, n = where
+        if off + n > self.written:
+            with self._lock:
+                if off + n > self.written:
+                    return bytes(self.buf[off - self.written:off - self.written + n])
+        data = os.pread(self.fd, n, off)
+        if len(data) != n:
+            raise OSError(f"short read of a spilled file ({len(data)} of {n} bytes)")
+        return data
 
     def close(self) -> None:
         os.close(self.fd)
