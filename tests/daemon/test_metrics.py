@@ -110,3 +110,10 @@ def test_a_pending_walk_that_a_commit_or_discard_overtook_counts_for_nothing():
     assert not g.apply((5, 50, 7), begun, 0.1) and g.due_now() and g.ages
     assert g.apply((5, 50, 7), g.generation, 0.1)
     assert (g.entries, g.bytes, g.oldest_ns, g.stale, g.ages) == (5, 50, 7, False, False)
+    assert not g.due_now()
+    # Written to while the walk read its snapshot: those writes are not in its figures; they count from the
+    # snapshot's time, and a walk is due again once the interval has passed.
+    assert g.apply((6, 60, 7), g.generation, 0.1, written_since_ns=11)
+    assert g.first_new_ns == 11 and g.entries == 6 and not g.due_now()
+    g.due = 0.0
+    assert g.due_now() and g.summary(g.seen)["oldest_uncommitted_write_age_seconds"] > 0

@@ -589,9 +589,12 @@ class _PendingGauge:
                 oldest = p.ctime_ns
         return entries, size, oldest
 
-    def apply(self, counted: tuple[int, int, int | None], generation: int, cost: float) -> bool:
+    def apply(self, counted: tuple[int, int, int | None], generation: int, cost: float,
+              written_since_ns: int | None = None) -> bool:
         """The figures of a walk begun at *generation* that took *cost* s; False (and nothing changed but
-        the next walk's time) if a commit or discard ended meanwhile."""
+        the next walk's time) if a commit or discard ended meanwhile.  *written_since_ns*: the mount was
+        written to after the snapshot was taken (at that wall-clock time), which the figures do not hold:
+        those writes count from then, and the next walk is due after the interval."""
         with self._lock:
             self.cost = cost
             self.due = time.monotonic() + max(_PENDING_MIN_INTERVAL, _PENDING_COST_FACTOR * cost)
@@ -606,7 +609,7 @@ class _PendingGauge:
             else:
                 known = [t for t in (self.oldest_ns, self.first_new_ns) if t is not None]
                 self.oldest_ns = min(known) if known else time.time_ns()
-            self.first_new_ns, self.stale, self.ages = None, False, False
+            self.first_new_ns, self.stale, self.ages = written_since_ns, False, False
             return True
 
     def summary(self, mutations: int) -> dict[str, Any]:
@@ -1166,10 +1169,13 @@ class _Daemon:
                 waiting_since = None
                 generation, t0, snap = self.pending.generation, time.monotonic(), None
                 try:
-                    # The snapshot on this thread (the layer's), the walk in a worker thread over it.
+                    # The snapshot on this thread (the layer's), the walk in a worker thread over it; what is
+                    # written meanwhile is not in it.
+                    mark, taken_ns = self._mutations(), time.time_ns()
                     snap = tree.layer.snapshot(durable=False)
                     counted = await trio.to_thread.run_sync(_PendingGauge.count, snap)
-                    self.pending.apply(counted, generation, time.monotonic() - t0)
+                    self.pending.apply(counted, generation, time.monotonic() - t0,
+                                       taken_ns if self._mutations() != mark else None)
                     failing = False
                 except Exception:  # noqa: BLE001 - a metric must never end the mount
                     if not failing:
