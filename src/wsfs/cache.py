@@ -194,6 +194,7 @@ class BlobCache:
         self._verified: set[tuple[str, int, int, int]] = set()
         self._tidied: set[str] = set()  # blob directories whose leftovers this process removed
         self._made: set[str] = set()  # blob directories this process made sure exist
+        self._uncached_warned = -1e9  # when a fetch could not even start its cache file (see _fetch_uncached)
         self._touched: dict[str, tuple[int, int]] = {}  # id -> (size, last_use) not yet in the index
         self._last_flush = time.monotonic()
         self._broken: dict[str, tuple[float, WsfsError]] = {}
@@ -364,7 +365,7 @@ class BlobCache:
             with self._lock:
                 self.stats.prefetches += 1
             self._fetch(cid, size, count=False, place=place)
-        except WsfsError as e:
+        except (WsfsError, OSError) as e:
             log.debug("read-ahead of %s failed: %s", hexid(cid), e)
 
     def _hit(self, h: str, size: int, *, flush: bool = True) -> None:
@@ -568,12 +569,17 @@ class BlobCache:
         self, cid: bytes, h: str, size: int | None, place: Place | None,
     ) -> bytes | memoryview:
         path = os.path.join(self.root, h[:2], h)
-        self._make_dir(os.path.dirname(path))
         try:
-            lock_fd = self._lock_file(path)
-        except FileNotFoundError:  # the directory was removed since (by hand): again
-            self._make_dir(os.path.dirname(path), again=True)
-            lock_fd = self._lock_file(path)
+            self._make_dir(os.path.dirname(path))
+            try:
+                lock_fd = self._lock_file(path)
+            except FileNotFoundError:  # the directory was removed since (by hand): again
+                self._make_dir(os.path.dirname(path), again=True)
+                lock_fd = self._lock_file(path)
+        except OSError as e:
+            # No room for the blob's directory or lock file (a full disk, no inodes left): the reader still
+            # gets the verified bytes, uncached (the writer would fail on the file itself anyway).
+            return self._fetch_uncached(cid, h, size, place, e)
         try:
             data = self._filled_by_other(cid, h, path, size)
             if data is None:
@@ -594,6 +600,20 @@ class BlobCache:
         # The bytes are verified: callers get them now, and the writer thread
         # installs the file, then releases the lock (other processes wait for it).
         self._write_later(h, path, data, lock_fd)
+        return data
+
+    def _fetch_uncached(self, cid: bytes, h: str, size: int | None, place: Place | None,
+                        why: OSError) -> bytes | memoryview:
+        now = time.monotonic()
+        if now - self._uncached_warned > 60:  # once a minute: a full disk would say it for every blob
+            self._uncached_warned = now
+            log.warning("cache %s: cannot cache blobs (%s); serving them uncached", self.root, why.strerror or why)
+        data = self._download(cid, h, size, place)
+        self._remember(h, data)
+        with self._lock:
+            self.stats.fetches += 1
+            self.stats.fetch_bytes += len(data)
+            self.stats.write_failures += 1
         return data
 
     def _make_dir(self, directory: str, *, again: bool = False) -> None:

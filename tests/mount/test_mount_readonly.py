@@ -444,3 +444,43 @@ def test_without_the_helper_the_daemon_prefetches_listed_packs_in_runs(tmp_path:
     assert m.gets() - gets0 <= 3 < len(want), (m.gets() - gets0, len(want))
     assert (m.path / "many" / "f007").read_bytes() == (src / "many" / "f007").read_bytes()
     assert m.stats()["cache"]["failures"] == 0
+
+
+def test_a_full_cache_disk_serves_reads_uncached_and_keeps_the_mount(mount: Mounter, rich: PushedTree,
+                                                                    tmp_path: Path) -> None:
+    """The cache's file system fills up (no blocks, no inodes) under a mounted version: every file still reads
+    exactly, fetched and verified but not cached, and no read-ahead failure takes the mount down."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,nr_inodes=4000,mode=0700", "tmpfs", str(tiny)],
+                   check=True)
+    m = None
+    try:
+        m = mount(rich.repo, "rich", cache_dir=tiny / "cache")
+        m.expect_log("cannot cache blobs|cannot write cached blob|cache index")
+        m.stats()  # the version's index is built (it lives in the cache)
+        with open(tiny / "fill", "wb") as f:  # every block ...
+            with pytest.raises(OSError) as e:
+                while True:
+                    f.write(bytes(1 << 20))
+                    f.flush()
+            assert e.value.errno == errno.ENOSPC
+        n = 0
+        with pytest.raises(OSError) as e:  # ... and every inode
+            while True:
+                (tiny / f"i{n}").touch()
+                n += 1
+        assert e.value.errno == errno.ENOSPC
+        for p in sorted(rich.src.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                got = (m.path / p.relative_to(rich.src)).read_bytes()
+                assert got == p.read_bytes(), p
+        assert os.path.ismount(m.path) and m.proc.poll() is None
+        assert m.stats()["cache"]["write_failures"] > 0  # served, not kept
+        m.unmount()
+        m = None
+    finally:
+        if m is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+            m.proc.wait(timeout=30)
+        subprocess.run(["umount", "-l", str(tiny)], check=False)

@@ -103,7 +103,7 @@ async def prefetch_profile(
         # abandon_on_cancel: an unmount must not wait for a store that does not answer.
         profile = await trio.to_thread.run_sync(lambda: repo.get_profile(ws, n), limiter=limiter,
                                                 abandon_on_cancel=True)
-    except WsfsError as e:
+    except (WsfsError, OSError) as e:
         loaded()
         log.warning("could not load the access profile of %s: %s", ws, e)
         return 0
@@ -122,8 +122,8 @@ async def prefetch_profile(
             try:
                 await trio.to_thread.run_sync(prepare, cid, sizes[cid], limiter=limiter, abandon_on_cancel=True)
                 done += 1
-            except WsfsError as e:  # the foreground read that needs it will report the error
-                log.debug("prefetch of %s failed: %s", hexid(cid), e)
+            except Exception as e:  # noqa: BLE001 - never the mount's end; the read that needs it reports it
+                log.debug("prefetch of %s failed: %r", hexid(cid), e)
 
     async with trio.open_nursery() as nursery:
         for _ in range(int(limiter.total_tokens)):

@@ -549,6 +549,8 @@ class VersionView:
             for pack, data in zip(run, got, strict=True):
                 if data is not None:
                     self._prepared.put(pack.cid, True)
+        except Exception as e:  # noqa: BLE001 - as _prefetch: best effort, never the mount's end
+            log.debug("read-ahead of %d packs failed: %r", len(run), e)
         finally:
             for pack in run:
                 self._prefetching.discard(pack.cid)  # type: ignore[arg-type]
@@ -573,6 +575,8 @@ class VersionView:
                 abandon_on_cancel=True,
             )
             self._prepared.put(cid, True)
+        except Exception as e:  # noqa: BLE001 - a read-ahead must never end the mount; the read reports it
+            log.debug("read-ahead of %s failed: %r", cid.hex()[:16], e)
         finally:
             self._prefetching.discard(cid)
 
