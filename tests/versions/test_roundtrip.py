@@ -23,9 +23,9 @@ def test_rich_tree_round_trip(wsfs, tmp_path):
     out = tmp_path / "out"
     wsfs("checkout", "demo", out)
     assert_same_tree(src, out)
-    # holes stay holes: 3 GiB apparent, a few MiB allocated
+    # holes stay holes: 3 GiB apparent, the blocks of its two data islands allocated (not their 4 MiB chunks)
     assert os.stat(out / "sparse").st_size == 3 * 1024**3
-    assert os.stat(out / "sparse").st_blocks * 512 < 64 * 1024 * 1024
+    assert os.stat(out / "sparse").st_blocks * 512 <= 64 * 1024
     # cat gives the bytes of any file, through symlinks inside the version
     for name in ["empty", "tiny", "at-threshold", "above-threshold", "big.bin", "zeros-then-data"]:
         assert wsfs("cat", "demo", name).out == (src / name).read_bytes()

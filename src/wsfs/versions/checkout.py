@@ -278,7 +278,7 @@ class _Materializer:
         data = self.repo.get_blob(c.cid, c.length)
         if len(data) != c.length:
             raise IntegrityError(f"chunk {c.cid.hex()} has {len(data)} bytes, the manifest says {c.length}")
-        os.pwrite(fd, data, c.idx * self.m.chunk_size)
+        pwrite_sparse(fd, data, c.idx * self.m.chunk_size)
 
     def _drain(self, keep: int) -> None:
         while self.inflight and (
@@ -397,3 +397,28 @@ def checkout(
         raise WsfsError(f"checkout into {os.fsdecode(d)} failed: {e}") from None
     except ValueError as e:  # a NUL byte where the system takes none
         raise IntegrityError(f"checkout into {os.fsdecode(d)} failed: the manifest has {e}") from None
+
+
+_HOLE = 4096  # the granularity of the holes checkout leaves (a file system block)
+_ZEROS = bytes(_HOLE)
+
+
+def pwrite_sparse(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write *data* at *offset* (a multiple of 4 KiB) of a file truncated to its size, leaving every aligned
+    4 KiB block of zeros a hole: a chunk that holds a few written bytes amid zeros (a sparse file's) takes
+    the blocks of those bytes on disk, not the chunk's 4 MiB, as on the file system it was pushed from."""
+    mv = memoryview(data).cast("B")
+    n = len(mv)
+    firsts = bytes(mv[::_HOLE])  # a block of zeros starts with one: only those blocks are compared
+    zero: list[int] = []
+    k = firsts.find(0)
+    while k >= 0:
+        if (k + 1) * _HOLE <= n and mv[k * _HOLE:(k + 1) * _HOLE] == _ZEROS:
+            zero.append(k)
+        k = firsts.find(0, k + 1)
+    at = 0  # the start of the next run of blocks with data
+    for k in zero + [-1]:
+        end = n if k < 0 else k * _HOLE
+        if end > at:
+            os.pwrite(fd, mv[at:end], offset + at)
+        at = end + _HOLE
