@@ -30,6 +30,7 @@ from mountkit import (
     CHUNK,
     INLINE,
     KIB,
+    Mounter,
     PushedTree,
     helper_pids,
     is_mounted,
