@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from wsfs.errors import IntegrityError, InvalidName, UsageError, WsfsError
+from wsfs.format.chunking import is_zero
 from wsfs.format.manifest import ROOT_INO, Chunk, Inode, Manifest
 from wsfs.format.names import check_entry_name
 from wsfs.fsops import XATTR_PREFIX, DirChain, Ident, Moved, ident, open_node, proc_path
@@ -400,7 +401,6 @@ def checkout(
 
 
 _HOLE = 4096  # the granularity of the holes checkout leaves (a file system block)
-_ZEROS = bytes(_HOLE)
 
 
 def pwrite_sparse(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -413,7 +413,7 @@ def pwrite_sparse(fd: int, data: bytes | memoryview, offset: int) -> None:
     zero: list[int] = []
     k = firsts.find(0)
     while k >= 0:
-        if (k + 1) * _HOLE <= n and mv[k * _HOLE:(k + 1) * _HOLE] == _ZEROS:
+        if (k + 1) * _HOLE <= n and is_zero(mv[k * _HOLE:(k + 1) * _HOLE]):
             zero.append(k)
         k = firsts.find(0, k + 1)
     at = 0  # the start of the next run of blocks with data
