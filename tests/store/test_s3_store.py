@@ -294,6 +294,23 @@ def test_retried_requests_are_counted_per_attempt(store: S3Store) -> None:
 
 
 @S3
+def test_a_small_put_sends_its_body_at_once_and_a_large_one_waits_for_100_continue(store: S3Store) -> None:
+    """botocore makes every PUT wait for "100 Continue" (a second round trip); wsfs only the large ones."""
+    from wsfs.store.s3 import EXPECT_MIN
+
+    seen: list[object] = []
+    store._client.meta.events.register("before-send.s3.PutObject",
+                                       lambda request, **kw: seen.append(request.headers.get("Expect")))
+    big = os.urandom(EXPECT_MIN)
+    store.put("small", b"x" * 100_000)
+    store.put_if_absent("record", b"{}")
+    store.put("large", big)
+    assert [None if v is None else bytes(v, "ascii") if isinstance(v, str) else v for v in seen] == [
+        None, None, b"100-continue"]
+    assert store.get("small") == b"x" * 100_000 and store.get("large") == big
+
+
+@S3
 def test_conditional_put_conflict_409_is_retried(store: S3Store) -> None:
     with FaultInjector(store._client, "PutObject", [(409, "ConditionalRequestConflict")]) as faults:
         store.put_if_absent("c", b"mine")
