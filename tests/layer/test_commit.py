@@ -322,6 +322,21 @@ def test_one_chunk_files_are_uploaded_side_by_side_and_a_failed_one_fails_the_co
     check_version(base, lay, 2)
 
 
+def test_a_commit_puts_small_new_chunks_without_asking_the_store_first(setup) -> None:
+    """A HEAD before each PUT costs a round trip; for a chunk under 1 MiB sending it is as cheap."""
+    base, lay = setup
+    for i in range(6):
+        write_file(lay, b"one%02d.bin" % i, os.urandom(200 * 1024))
+    write_file(lay, b"two.bin", os.urandom(2 << 20))  # one chunk of 2 MiB: asked about first
+    st = base.repo.store.stats
+    heads0, puts0 = st.requests.get("head", 0), st.requests.get("put", 0)
+    record, stats = commit_layer(base.repo, lay)
+    assert record.version == 2 and stats.chunks_uploaded == 7
+    assert st.requests.get("head", 0) - heads0 == 1
+    assert st.requests.get("put", 0) - puts0 == stats.objects_uploaded + 1  # and the record
+    check_version(base, lay, 2)
+
+
 def test_a_store_that_refuses_chunks_fails_the_commit_without_trying_every_chunk(setup) -> None:
     """Chunks handed to the uploader give up once one failed: a stalling store fails a commit after one
     request's budget, not one per chunk."""

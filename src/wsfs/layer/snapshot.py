@@ -111,6 +111,7 @@ class Snapshot(WriteLayer):
         self._dentries: dict[int, dict[bytes, int]] = {}
         self._block_maps: dict[int, dict[int, int]] = {}  # read ahead by prefetch(), each taken once
         self._prefetched: set[int] = set()
+        self._all = False  # prefetch_all() ran
         self._init_memory(meta)
         # The last version this layer published (initially its base) and the memo, as of this snapshot.
         self.published_version: int = meta.get("published_version", self.base_id.version)
@@ -140,6 +141,8 @@ class Snapshot(WriteLayer):
         try:
             return self._rows[ino]
         except KeyError:
+            if self._all:
+                return None  # read whole: the layer has no row of it
             r = self._rows[ino] = super()._row(ino)
             return r
 
@@ -151,7 +154,7 @@ class Snapshot(WriteLayer):
         of it spent taking the GIL back after each query, while the upload
         threads want it too.
         """
-        if parent in self._prefetched:
+        if self._all or parent in self._prefetched:
             return
         self._prefetched.add(parent)
         children = "SELECT ino FROM dentries WHERE parent = ? AND ino != 0"
@@ -165,12 +168,38 @@ class Snapshot(WriteLayer):
             if maps is not None:
                 maps[blk] = slot
 
+    def prefetch_all(self) -> None:
+        """Read the rows, block maps and directory entries of the whole layer in three queries.
+
+        For a commit that reads most of a large layer (a tree written whole):
+        three queries per directory cost ~1 s for 10,000 directories.  Memory
+        follows the layer's size, as the commit's own entries do.
+        """
+        if self._all:
+            return
+        for r in self.db.execute(f"SELECT {NODE_COLS} FROM nodes"):
+            self._rows.setdefault(r[0], r)
+            if stat.S_ISREG(r[1]) and r[4]:
+                self._block_maps.setdefault(r[0], {})
+        for ino, blk, slot in self.db.execute("SELECT ino, blk, slot FROM blocks"):
+            maps = self._block_maps.get(ino)
+            if maps is not None:
+                maps[blk] = slot
+        dentries: dict[int, dict[bytes, int]] = {}
+        for parent, name, ino in self.db.execute("SELECT parent, name, ino FROM dentries"):
+            dentries.setdefault(parent, {})[name] = ino
+        for parent, names in dentries.items():
+            self._dentries.setdefault(parent, names)
+        self._all = True
+
     def _block_map(self, ino: int) -> dict[int, int]:
         got = self._block_maps.pop(ino, None)
         return got if got is not None else super()._block_map(ino)
 
     def _layer_dentry(self, parent: int, name: bytes) -> int | None:
         names = self._dentries.get(parent)
+        if names is None and self._all:
+            return None  # read whole: no entry of the layer in that directory
         if names is None:
             names = self._dentries[parent] = dict(
                 self.db.execute("SELECT name, ino FROM dentries WHERE parent = ?", (parent,)))

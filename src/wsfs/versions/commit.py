@@ -98,6 +98,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PREFETCH_ALL = 4096  # a commit reading at least this many keys reads the layer's tables whole (prefetch_all)
+ASK_BELOW = 1024 * 1024  # a chunk of a commit smaller than this is put without a HEAD first (see _Uploader)
+
 REBASES = 8  # other writers publishing while we commit: try this many heads, then give up (Conflict)
 
 
@@ -202,6 +205,8 @@ class _View:
         """Read the entries at *keys* only (absent keys are left out); :attr:`hard_links` if any is one."""
         self.progress("reading", 0, len(keys))
         snap = self.snap
+        if len(keys) >= PREFETCH_ALL:
+            snap.prefetch_all()
         last_parent: bytes | None = None  # keys are sorted: the entries of a directory come together,
         parent_dir: Inode | None = None  # so its path is resolved once for all of them
         dirs: dict[bytes, Inode | None] = {}  # and a directory read among the keys is not looked up again
@@ -437,11 +442,15 @@ def _unseen(repo: Repository, head: Parent, keys: Iterable[bytes], memo: dict[by
     loaded; of the base only the ranges holding keys not yet read are.
     """
     want: set[bytes] = set()
+    walked: set[bytes] = set()  # directory paths whose ancestors are in want already
     for k in keys:
         want.add(k)
         path = path_of(k)
         while path:
             path = path.rpartition(b"/")[0]
+            if path in walked:
+                break
+            walked.add(path)
             want.add(_key(path) if path else b"")
     at_head = {k: r[1] for k in want if (r := head.records.get(k)) is not None}
     need = want - memo.keys() - base_bodies.keys()
@@ -577,7 +586,8 @@ def _commit(
     snap.publication = recovered
     push_stats = PushStats()
     spill = _Spill(repo.temp_path("commit"))
-    uploader = _Uploader(repo, set(), push_stats, workers)
+    # A commit's chunks are mostly new (written since the base): one under 1 MiB is put unasked.
+    uploader = _Uploader(repo, set(), push_stats, workers, ask_below=ASK_BELOW)
     try:
         stats.lap("recover", mark)
         head = repo.latest(ws) or last_v
@@ -672,17 +682,20 @@ def _commit(
                     tree[k] = view.entries[k][0]
                 else:
                     tree.pop(k, None)
-            entries = [tree[k] for k in sorted(tree)]
+            order = sorted(tree)
+            entries = [tree[k] for k in order]
             bad = _check_tree(entries)
             if bad:
                 raise CommitConflict(bad, " (merging them would give no valid tree)")
+            bodies = {k: _body(k, e, view, cur, parent, layout) for k, e in tree.items()}
             stats.compared = set(keys) if keys is not None else None
             stats.unlike = {k for k in (keys if keys is not None else cur.keys() | tree.keys())
-                            if cur.get(k) != (encode_body(tree[k], layout) if k in tree else None)}
+                            if cur.get(k) != bodies.get(k)}
             stats.lap("merge", mark)
             progress("building", 0, 0)
             pack_bytes, plans = _pack_source(repo, parent, view, spill, entries, workers, cache)
-            stored = store_tree(repo, parent, entries, None, pack_bytes, workers, check=False, successor=True,
+            stored = store_tree(repo, parent, entries, [bodies[k] for k in order], pack_bytes, workers,
+                                check=False, successor=True,
                                 progress=lambda done, total: progress("uploading", done, total), plans=plans)
             if cache is not None:  # the next commit re-cuts some of them: kept on this host, not fetched back
                 for pid, data in stored.new_packs.items():
@@ -761,6 +774,16 @@ def _recover(repo: Repository, snap: Snapshot) -> Publication | None:
     return intent if there == intent.record else None
 
 
+def _body(key: bytes, e: Entry, view: _View, cur: dict[bytes, bytes], parent: Parent, layout: Layout) -> bytes:
+    """The record body of entry *e* of the new tree, encoded once: the head's bytes where the head has the
+    same entry, ours (*cur*) where it is our merged view's entry, else encoded (a merged directory)."""
+    hit = view.entries.get(key)
+    if hit is not None and hit[0] is e:
+        rec = parent.records.get(key)
+        return rec[1] if rec is not None and rec[0] == e else cur[key]
+    return parent.body(e, layout)
+
+
 def _memo(view: _View, key: bytes, cur: dict[bytes, bytes]) -> Memo:
     hit = view.entries.get(key)
     if hit is None:
@@ -837,7 +860,10 @@ def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, e
         out = []
         for cid, size in plan.contents:
             data = spill.read(cid)
-            if data is None and cid in view.small_local:
+            if data is not None and len(data) == size:  # hashed as it was read, into this commit's own file
+                out.append(data)
+                continue
+            if cid in view.small_local:
                 data = view.snap.read(view.small_local[cid], 0, size)
             if data is None and cid in where:
                 i, off, n = where[cid]
