@@ -50,8 +50,21 @@ def wsfs(env: dict[str, str], *args: str, timeout: float = 1800) -> subprocess.C
                           text=True, timeout=timeout)
 
 
+def daemon_pid(mnt: Path) -> int | None:
+    """The pid of the daemon serving *mnt* (its command line names the mount point)."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                argv = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(mnt).encode() in argv and b"mount" in argv:
+                return int(d.name)
+    return None
+
+
 def commit_side(owned: Owned, work: Path, env: dict[str, str], tree: Path, proxy: LatencyProxy,
-                ws: str) -> dict[str, Any]:
+                ws: str, profile: Path | None = None) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="c-", dir=work))
     mnt = base / "mnt"
     mnt.mkdir()
@@ -69,9 +82,19 @@ def commit_side(owned: Owned, work: Path, env: dict[str, str], tree: Path, proxy
         subprocess.run(["cp", "-a", f"{tree}/.", str(mnt / "tree")], check=True)
         out["write (cp -a)"] = time.perf_counter() - t0
         proxy.reset()
+        spy = None
+        if profile is not None and (pid := daemon_pid(mnt)) is not None:
+            # py-spy's collapsed stacks of the daemon's threads while it commits (``--profile``)
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "200", "--threads", "-f", "raw",
+                                    "-o", str(profile / f"commit-{ws}.txt")], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         t0 = time.perf_counter()
         r = wsfs(env, "commit", "--json", str(mnt))
         out["commit"] = time.perf_counter() - t0
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
         res = json.loads(r.stdout)
         st = proxy.stats()
         out.update(version=res.get("version"), uploaded_mib=res.get("bytes_uploaded", 0) / MiB,
@@ -110,6 +133,7 @@ def main() -> int:
     ap.add_argument("--rtt", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", default="/var/tmp")
+    ap.add_argument("--profile", type=Path, help="record py-spy stacks of the daemon's commit into this folder")
     args = ap.parse_args()
     tree = Path(args.tree) if args.tree else tree_for(Path(args.trees), args.files)
 
@@ -125,7 +149,7 @@ def main() -> int:
                 for side in (("wsfs", "tar") if r % 2 == 0 else ("tar", "wsfs")):
                     load = os.getloadavg()[0]
                     if side == "wsfs":
-                        res = commit_side(owned, work, env, tree, proxy, f"ws{r + 1}")
+                        res = commit_side(owned, work, env, tree, proxy, f"ws{r + 1}", args.profile)
                     else:
                         res = tar_side(work, tree, client, s3.bucket, proxy)
                     res.update(side=side, round=r + 1, load1=load)
