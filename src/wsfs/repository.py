@@ -15,7 +15,7 @@ import queue
 import re
 import stat
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -68,7 +68,7 @@ def blob_key(cid: bytes) -> str:
     return f"blobs/{h[:2]}/{h}"
 
 
-def _cpus() -> int:
+def cpus() -> int:
     """The CPUs this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -548,6 +548,7 @@ class Repository:
         check: bool = True,
         places_out: dict[bytes, tree.Place] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        encoded: Mapping[bytes, Future[bytes]] | None = None,
     ) -> tuple[int, int, int]:
         """Store the pieces that have data and are not stored yet.
 
@@ -572,6 +573,7 @@ class Repository:
         does).  *places_out* receives where every pack is stored.
         *progress(done, total)* is called after each object written (from
         the pool's threads; total grows as the levels are known).
+        *encoded*: packs being compressed already (``encode_blob``), by id.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -618,7 +620,7 @@ class Repository:
             advanced()
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool, \
-                ThreadPoolExecutor(max_workers=_cpus(), thread_name_prefix="wsfs-zstd") as cpu:
+                ThreadPoolExecutor(max_workers=cpus(), thread_name_prefix="wsfs-zstd") as cpu:
             if check:
                 missing_tops = ask(pool, tops)
                 for pid in tops:
@@ -645,8 +647,10 @@ class Repository:
                 # GIL), from the start: in the upload pool they waited behind every leaf's PUT (a whole-tree
                 # commit's ~200 ranges: ~1 s at 20 ms RTT).  Each segment is uploaded as soon as it is cut.
                 new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
-                encoded = cpu.map(lambda item: (item[0], encode_blob(item[1])), new_packs)
-                for sid, raw in self._segments(encoded, places):
+                done = encoded or {}
+                futures = [done.get(pid) or cpu.submit(encode_blob, d) for pid, d in new_packs]
+                packed = ((pid, f.result()) for (pid, _), f in zip(new_packs, futures, strict=True))
+                for sid, raw in self._segments(packed, places):
                     expected[0] += 1
                     uploads.append(pool.submit(put_object, segment_key(sid), raw))
                 pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))

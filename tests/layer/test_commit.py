@@ -956,3 +956,36 @@ def test_rebase_onto_the_version_a_commit_published(setup, tmp_path: Path) -> No
     finally:
         again.close()
         head.m.close()
+
+
+def test_a_snapshot_read_whole_matches_its_reads(setup) -> None:
+    """Snapshot.read_small and prefetch_all (a commit's fast paths) show what read and getattr show, and
+    give way wherever the layer does not hold the whole file in one slot."""
+    base, lay = setup
+    uid, gid = os.getuid(), os.getgid()
+    small = write_file(lay, b"new.txt", b"n" * 3000)
+    grown = lay.create(ROOT_INO, b"grown", stat.S_IFREG | 0o644, uid, gid).ino
+    lay.write(grown, 0, b"head")
+    lay.setattr(grown, size=40_000)  # a tail of zeros beyond what the slot holds
+    holes = lay.create(ROOT_INO, b"holes", stat.S_IFREG | 0o644, uid, gid).ino
+    lay.setattr(holes, size=5000)  # no slot at all
+    a = resolve(lay, b"a.txt").ino
+    lay.write(a, 0, b"A")  # a base file written in place: its other bytes are the base's
+    two = write_file(lay, b"two.bin", os.urandom(100_000))  # two blocks
+    for ino in (grown, holes):
+        lay.release(ino)
+    snap = lay.snapshot()
+    try:
+        snap.prefetch_all()
+        got = {ino: snap.read_small(ino) for ino in (small, grown, holes, a, two)}
+        assert got[small] == b"n" * 3000
+        assert got[grown] == b"head" + bytes(40_000 - 4)
+        assert got[holes] is None and got[a] is None and got[two] is None
+        for ino in (small, grown, holes, a, two):
+            assert snap.read(ino, 0, 1 << 20) == lay.read(ino, 0, 1 << 20)
+            assert snap.getattr(ino) == lay.getattr(ino)
+        assert snap.lookup(ROOT_INO, b"new.txt").ino == small
+        with pytest.raises(NotFound):
+            snap.lookup(ROOT_INO, b"nothing")
+    finally:
+        snap.close()

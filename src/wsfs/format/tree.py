@@ -530,6 +530,7 @@ def build_version(
     pack_ids: list[bytes] | None = None,
     refs_out: tuple[list[Ref], list[Ref], list[bytes]] | None = None,
     plans: Sequence[tuple[PackPlan, bytes]] | None = None,
+    on_pack: Callable[[bytes, bytes], None] | None = None,
 ) -> tuple[bytes, bytes, list[Piece]]:
     """Encode a version: ``(top id, top plaintext, pieces)``.
 
@@ -546,10 +547,35 @@ def build_version(
     *refs_out*, if given, its range and pack references and its packs'
     signatures (three lists, extended).  *plans*: the packs as
     ``plan_packs(entries, layout, cuts)`` cuts them, each with its
-    signature, if the caller has them already.
+    signature, if the caller has them already.  *on_pack(id, bytes)* is
+    called for each pack to store, as soon as it is built.
     """
     known_packs = known_packs or {}
     known_ranges = known_ranges or {}
+    # Packs first: a caller compressing them as they come (on_pack) does so while the ranges are encoded.
+    pack_pieces: list[Piece] = []
+    pack_refs: list[Ref] = []
+    signatures: list[bytes] = []
+    if plans is None:
+        plans = [(plan, plan.signature()) for plan in plan_packs(entries, layout, cuts)]
+    for plan, sig in plans:
+        signatures.append(sig)
+        hit = known_packs.get(sig)
+        if hit is not None and hit[1] == plan.size:
+            pid, data = hit[0], None
+        else:
+            data = pack_bytes(plan)
+            if len(data) != plan.size:
+                raise IntegrityError(f"pack content is {len(data)} bytes, expected {plan.size}")
+            pid = content_id(data)
+            if known(pid):
+                data = None
+        pack_pieces.append(Piece(pid, data))
+        if data is not None and on_pack is not None:
+            on_pack(pid, data)
+        pack_refs.append(Ref(pid, plan.size, len(plan.files), plan.files[0].key, plan.files[-1].key))
+        if pack_ids is not None:
+            pack_ids.append(pid)
     pieces: list[Piece] = []
     range_refs: list[Ref] = []
     run: list[Entry] = []
@@ -574,26 +600,7 @@ def build_version(
                 pieces.append(Piece(rid, None if known(rid) else data))
                 range_refs.append(Ref(rid, len(data), len(run), run[0].key, run[-1].key))
             run, run_bodies, raw = [], [], 0
-    pack_refs: list[Ref] = []
-    signatures: list[bytes] = []
-    if plans is None:
-        plans = [(plan, plan.signature()) for plan in plan_packs(entries, layout, cuts)]
-    for plan, sig in plans:
-        signatures.append(sig)
-        hit = known_packs.get(sig)
-        if hit is not None and hit[1] == plan.size:
-            pid, data = hit[0], None
-        else:
-            data = pack_bytes(plan)
-            if len(data) != plan.size:
-                raise IntegrityError(f"pack content is {len(data)} bytes, expected {plan.size}")
-            pid = content_id(data)
-            if known(pid):
-                data = None
-        pieces.append(Piece(pid, data))
-        pack_refs.append(Ref(pid, plan.size, len(plan.files), plan.files[0].key, plan.files[-1].key))
-        if pack_ids is not None:
-            pack_ids.append(pid)
+    pieces.extend(pack_pieces)
     if refs_out is not None:
         refs_out[0].extend(range_refs)
         refs_out[1].extend(pack_refs)

@@ -289,7 +289,9 @@ class _View:
             return known.content, known.chunks
         self.stats.files_read += 1
         if small:
-            data = snap.read(a.ino, 0, a.size)
+            data = snap.read_small(a.ino)
+            if data is None or len(data) != a.size:
+                data = snap.read(a.ino, 0, a.size)
             cid = content_id(data)
             self.spill.add(cid, data)
             return cid, ()

@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from wsfs.errors import FormatError, IntegrityError, NotFound
-from wsfs.format.blobs import content_id
+from wsfs.format.blobs import content_id, encode_blob
 from wsfs.format.records import VersionRecord
 from wsfs.format.tree import (
     STANDALONE,
@@ -41,7 +42,7 @@ from wsfs.format.tree import (
     pack_signatures,
     with_link_names,
 )
-from wsfs.repository import Repository
+from wsfs.repository import Repository, cpus
 
 log = logging.getLogger(__name__)
 
@@ -142,27 +143,40 @@ def store_tree(
         bodies = [parent.body(e, layout) for e in entries]
     pack_ids: list[bytes] = []
     refs: tuple[list[Ref], list[Ref], list[bytes]] = ([], [], [])
-    top_id, top, pieces = build_version(
-        entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
-        known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
-        pack_ids=pack_ids, refs_out=refs, plans=plans,
-    )
-    changeset = None
-    changed = None
-    if parent.bodies is not None and top_id == parent.top:
-        changed = 0
-    elif parent.bodies is not None:
-        items = list(changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
-        links = ((e.key, e.link, body) for e, body in zip(entries, bodies, strict=True) if e.link is not None)
-        items = with_link_names(items, links)
-        changed = len(items)
-        changeset = encode_changeset(parent.top, items)
-        pieces.append(Piece(content_id(changeset), changeset))
-    pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
-    t1 = time.monotonic()
-    places: dict[bytes, Place] = {}
-    n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places, check=check,
-                                            places_out=places, progress=progress)
+    # Unless asked first (check: a tree some workspace has stores nothing), each new pack is compressed as
+    # soon as it is built, while the ranges are encoded (put_pieces takes the results): the compression, a
+    # whole-tree commit's longest step, starts before the uploads do.
+    cpu = ThreadPoolExecutor(max_workers=cpus(), thread_name_prefix="wsfs-zstd")
+    encoded: dict[bytes, Future[bytes]] = {}
+
+    def compress(pid: bytes, data: bytes) -> None:
+        if pid not in encoded:
+            encoded[pid] = cpu.submit(encode_blob, data)
+
+    try:
+        top_id, top, pieces = build_version(
+            entries, layout, repo.config.cuts, known=parent.pieces.__contains__,
+            known_packs=parent.packs, pack_bytes=pack_bytes, bodies=bodies, known_ranges=parent.ranges,
+            pack_ids=pack_ids, refs_out=refs, plans=plans, on_pack=None if check else compress,
+        )
+        changeset = None
+        changed = None
+        if parent.bodies is not None and top_id == parent.top:
+            changed = 0
+        elif parent.bodies is not None:
+            items = list(changes(parent.bodies, zip((e.key for e in entries), bodies, strict=True)))
+            links = ((e.key, e.link, body) for e, body in zip(entries, bodies, strict=True) if e.link is not None)
+            items = with_link_names(items, links)
+            changed = len(items)
+            changeset = encode_changeset(parent.top, items)
+            pieces.append(Piece(content_id(changeset), changeset))
+        pieces.append(Piece(top_id, None if top_id in parent.pieces else top))
+        t1 = time.monotonic()
+        places: dict[bytes, Place] = {}
+        n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places, check=check,
+                                                places_out=places, progress=progress, encoded=encoded)
+    finally:
+        cpu.shutdown(wait=True, cancel_futures=True)
     ids = set(pack_ids)
     new_packs = {p.id: p.data for p in pieces if p.id in ids and p.data is not None}
     t2 = time.monotonic()
