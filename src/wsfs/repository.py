@@ -8,6 +8,7 @@ and tags, and the local copy of manifests (``<cache>/manifests``).  Imports
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import queue
 import re
 import stat
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -548,7 +549,7 @@ class Repository:
         check: bool = True,
         places_out: dict[bytes, tree.Place] | None = None,
         progress: Callable[[int, int], None] | None = None,
-        encoded: Mapping[bytes, Future[bytes]] | None = None,
+        encoded: dict[bytes, Future[bytes]] | None = None,
     ) -> tuple[int, int, int]:
         """Store the pieces that have data and are not stored yet.
 
@@ -573,7 +574,9 @@ class Repository:
         does).  *places_out* receives where every pack is stored.
         *progress(done, total)* is called after each object written (from
         the pool's threads; total grows as the levels are known).
-        *encoded*: packs being compressed already (``encode_blob``), by id.
+        *encoded*: packs being compressed already (``encode_blob``), by id;
+        taken out of the dict as they are used, so that each compressed pack
+        is let go once its segment is cut.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -647,10 +650,15 @@ class Repository:
                 # GIL), from the start: in the upload pool they waited behind every leaf's PUT (a whole-tree
                 # commit's ~200 ranges: ~1 s at 20 ms RTT).  Each segment is uploaded as soon as it is cut.
                 new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
-                done = encoded or {}
-                futures = [done.get(pid) or cpu.submit(encode_blob, d) for pid, d in new_packs]
-                packed = ((pid, f.result()) for (pid, _), f in zip(new_packs, futures, strict=True))
-                for sid, raw in self._segments(packed, places):
+                done = encoded if encoded is not None else {}
+                futures = collections.deque(done.pop(pid, None) or cpu.submit(encode_blob, d) for pid, d in new_packs)
+                del done
+
+                def packed() -> Iterator[tuple[bytes, bytes]]:  # each compressed pack let go once in its segment
+                    for pid, _ in new_packs:
+                        yield pid, futures.popleft().result()
+
+                for sid, raw in self._segments(packed(), places):
                     expected[0] += 1
                     uploads.append(pool.submit(put_object, segment_key(sid), raw))
                 pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))
