@@ -69,14 +69,6 @@ def blob_key(cid: bytes) -> str:
     return f"blobs/{h[:2]}/{h}"
 
 
-def cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def segment_key(sid: bytes) -> str:
     h = hexid(sid)
     return f"segments/{h[:2]}/{h}"
@@ -549,7 +541,7 @@ class Repository:
         check: bool = True,
         places_out: dict[bytes, tree.Place] | None = None,
         progress: Callable[[int, int], None] | None = None,
-        encoded: dict[bytes, Future[bytes]] | None = None,
+        encoding: Callable[[bytes, bytes], Future[bytes]],
     ) -> tuple[int, int, int]:
         """Store the pieces that have data and are not stored yet.
 
@@ -574,9 +566,8 @@ class Repository:
         does).  *places_out* receives where every pack is stored.
         *progress(done, total)* is called after each object written (from
         the pool's threads; total grows as the levels are known).
-        *encoded*: packs being compressed already (``encode_blob``), by id;
-        taken out of the dict as they are used, so that each compressed pack
-        is let go once its segment is cut.
+        *encoding(id, bytes)*: a future of the pack's ``encode_blob``, from
+        the caller's compression pool (which may have started it already).
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -622,8 +613,7 @@ class Repository:
             sizes.append(len(raw))
             advanced()
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool, \
-                ThreadPoolExecutor(max_workers=cpus(), thread_name_prefix="wsfs-zstd") as cpu:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool:
             if check:
                 missing_tops = ask(pool, tops)
                 for pid in tops:
@@ -646,13 +636,11 @@ class Repository:
             expected[0] = len(missing_leaves) + sum(pid not in stored for pid in missing_lists + missing_tops)
             if missing_tops and packs:
                 # A new tree: the packs whose place is not known go into new segments, then the map says where all
-                # are.  The packs are compressed in a pool of their own, one thread per CPU (zstd lets go of the
-                # GIL), from the start: in the upload pool they waited behind every leaf's PUT (a whole-tree
-                # commit's ~200 ranges: ~1 s at 20 ms RTT).  Each segment is uploaded as soon as it is cut.
+                # are.  The packs are compressed in the caller's pool (zstd lets go of the GIL), not in the upload
+                # pool, where they waited behind every leaf's PUT (a whole-tree commit's ~200 ranges: ~1 s at
+                # 20 ms RTT).  Each segment is uploaded as soon as it is cut.
                 new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
-                done = encoded if encoded is not None else {}
-                futures = collections.deque(done.pop(pid, None) or cpu.submit(encode_blob, d) for pid, d in new_packs)
-                del done
+                futures = collections.deque(encoding(pid, d) for pid, d in new_packs)
 
                 def packed() -> Iterator[tuple[bytes, bytes]]:  # each compressed pack let go once in its segment
                     for pid, _ in new_packs:

@@ -17,6 +17,7 @@ way, so the same tree gives the same pieces whichever wrote it:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,7 @@ from wsfs.format.tree import (
     pack_signatures,
     with_link_names,
 )
-from wsfs.repository import Repository, cpus
+from wsfs.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,13 @@ class Parent:
     records: dict[bytes, tuple[Entry, bytes]] = field(default_factory=dict)  # key -> (entry, its body)
     pack_refs: list[Ref] = field(default_factory=list)  # the parent's packs, in order
 
-    def body(self, e: Entry, layout: Layout) -> bytes:
-        """The record body of *e*: the parent's bytes if the parent has the same entry, else encoded."""
+    def body(self, e: Entry, layout: Layout, encoded: bytes | None = None) -> bytes:
+        """The record body of *e*: the parent's bytes if the parent has the same entry, else *encoded*
+        (``encode_body(e, layout)``, if the caller has it) or encoded now."""
         hit = self.records.get(e.key)
-        return hit[1] if hit is not None and hit[0] == e else encode_body(e, layout)
+        if hit is not None and hit[0] == e:
+            return hit[1]
+        return encoded if encoded is not None else encode_body(e, layout)
 
     @classmethod
     def load(cls, repo: Repository, workspace: str, n: int | None) -> Parent:
@@ -143,15 +147,19 @@ def store_tree(
         bodies = [parent.body(e, layout) for e in entries]
     pack_ids: list[bytes] = []
     refs: tuple[list[Ref], list[Ref], list[bytes]] = ([], [], [])
-    # Unless asked first (check: a tree some workspace has stores nothing), each new pack is compressed as
-    # soon as it is built, while the ranges are encoded (put_pieces takes the results): the compression, a
-    # whole-tree commit's longest step, starts before the uploads do.
-    cpu = ThreadPoolExecutor(max_workers=cpus(), thread_name_prefix="wsfs-zstd")
+    # Packs are compressed in a pool of their own, one thread per CPU.  Unless asked first (check: a tree
+    # some workspace has stores nothing), each new pack is compressed as soon as it is built, while the
+    # ranges are encoded: the compression, a whole-tree commit's longest step, starts before the uploads do.
+    cpu = ThreadPoolExecutor(max_workers=_cpus(), thread_name_prefix="wsfs-zstd")
     encoded: dict[bytes, Future[bytes]] = {}
 
     def compress(pid: bytes, data: bytes) -> None:
         if pid not in encoded:
             encoded[pid] = cpu.submit(encode_blob, data)
+
+    def encoding(pid: bytes, data: bytes) -> Future[bytes]:
+        """(put_pieces) The pack's compression, started now if not yet; let go of here once taken."""
+        return encoded.pop(pid, None) or cpu.submit(encode_blob, data)
 
     try:
         top_id, top, pieces = build_version(
@@ -174,7 +182,7 @@ def store_tree(
         t1 = time.monotonic()
         places: dict[bytes, Place] = {}
         n_up, b_up, pieces_up = repo.put_pieces(pieces, workers, packs=pack_ids, places=parent.places, check=check,
-                                                places_out=places, progress=progress, encoded=encoded)
+                                                places_out=places, progress=progress, encoding=encoding)
     finally:
         cpu.shutdown(wait=True, cancel_futures=True)
     ids = set(pack_ids)
@@ -183,6 +191,14 @@ def store_tree(
     nxt = _successor(top_id, entries, bodies, pieces, refs, places, layout) if successor else None
     return Stored(top_id, top, changeset, changed, n_up, b_up, len(pieces) - pieces_up, new_packs,
                   {"build": t1 - t0, "upload": t2 - t1, "successor": time.monotonic() - t2}, nxt)
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _successor(top_id: bytes, entries: Sequence[Entry], bodies: Sequence[bytes], pieces: list[Piece],
