@@ -159,12 +159,15 @@ class Snapshot(WriteLayer):
             return
         self._prefetched.add(parent)
         children = "SELECT ino FROM dentries WHERE parent = ? AND ino != 0"
-        for r in self.db.execute(f"SELECT {NODE_COLS} FROM nodes WHERE ino IN ({children})", (parent,)):
+        self._load(f"WHERE ino IN ({children})", (parent,))
+
+    def _load(self, where: str, args: tuple[Any, ...]) -> None:
+        """Keep the rows and block maps of the inodes ``nodes``/``blocks`` *where* selects."""
+        for r in self.db.execute(f"SELECT {NODE_COLS} FROM nodes {where}", args):
             self._rows.setdefault(r[0], r)
             if stat.S_ISREG(r[1]) and r[4]:
                 self._block_maps.setdefault(r[0], {})
-        for ino, blk, slot in self.db.execute(
-                f"SELECT ino, blk, slot FROM blocks WHERE ino IN ({children})", (parent,)):
+        for ino, blk, slot in self.db.execute(f"SELECT ino, blk, slot FROM blocks {where}", args):
             maps = self._block_maps.get(ino)
             if maps is not None:
                 maps[blk] = slot
@@ -178,14 +181,7 @@ class Snapshot(WriteLayer):
         """
         if self._all:
             return
-        for r in self.db.execute(f"SELECT {NODE_COLS} FROM nodes"):
-            self._rows.setdefault(r[0], r)
-            if stat.S_ISREG(r[1]) and r[4]:
-                self._block_maps.setdefault(r[0], {})
-        for ino, blk, slot in self.db.execute("SELECT ino, blk, slot FROM blocks"):
-            maps = self._block_maps.get(ino)
-            if maps is not None:
-                maps[blk] = slot
+        self._load("", ())
         dentries: dict[int, dict[bytes, int]] = {}
         for parent, name, ino in self.db.execute("SELECT parent, name, ino FROM dentries"):
             dentries.setdefault(parent, {})[name] = ino

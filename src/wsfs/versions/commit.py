@@ -780,10 +780,7 @@ def _body(key: bytes, e: Entry, view: _View, cur: dict[bytes, bytes], parent: Pa
     """The record body of entry *e* of the new tree, encoded once: the head's bytes where the head has the
     same entry, ours (*cur*) where it is our merged view's entry, else encoded (a merged directory)."""
     hit = view.entries.get(key)
-    if hit is not None and hit[0] is e:
-        rec = parent.records.get(key)
-        return rec[1] if rec is not None and rec[0] == e else cur[key]
-    return parent.body(e, layout)
+    return parent.body(e, layout, cur[key] if hit is not None and hit[0] is e else None)
 
 
 def _memo(view: _View, key: bytes, cur: dict[bytes, bytes]) -> Memo:
@@ -865,7 +862,7 @@ def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, e
             if data is not None and len(data) == size:  # hashed as it was read, into this commit's own file
                 out.append(data)
                 continue
-            if cid in view.small_local:
+            if data is None and cid in view.small_local:
                 data = view.snap.read(view.small_local[cid], 0, size)
             if data is None and cid in where:
                 i, off, n = where[cid]
