@@ -9,6 +9,7 @@ and tags, and the local copy of manifests (``<cache>/manifests``).  Imports
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import os
@@ -206,6 +207,33 @@ def _checked_refs(listing: list[tree.Ref], got: Iterable[list[tree.Ref]]) -> Ite
             raise IntegrityError(f"listing piece {hexid(lref.id)} does not match its reference")
         last = sub[-1].last
         yield from sub
+
+
+class _Listing:
+    """The references a version's listing pieces *listing* hold, fetched through *ex*: the first *now*
+    pieces are asked for at once, the others by :meth:`ask_rest` (or when :meth:`refs` reaches them)."""
+
+    def __init__(self, repo: Repository, listing: list[tree.Ref], ex: Executor, now: int) -> None:
+        self._repo = repo
+        self._listing = listing
+        self._ex = ex
+        self._asked = [ex.submit(self._fetch, ref) for ref in listing[:now]]
+
+    def _fetch(self, ref: tree.Ref) -> list[tree.Ref]:
+        return tree.decode_listing(self._repo.get_piece(ref.id, ref.size, "listing piece"), tree.MAX_PIECE)
+
+    def ask_rest(self) -> None:
+        self._asked.extend(self._ex.submit(self._fetch, ref) for ref in self._listing[len(self._asked):])
+
+    def refs(self) -> Iterator[tree.Ref]:
+        """The references, in order, as the pieces arrive, each piece checked against its reference."""
+        def pieces() -> Iterator[list[tree.Ref]]:
+            for k in range(len(self._listing)):
+                if k == len(self._asked):
+                    self.ask_rest()
+                yield self._asked[k].result()
+
+        return _checked_refs(self._listing, pieces())
 
 
 @contextmanager
@@ -708,22 +736,22 @@ class Repository:
         Every piece is asked of *ex* now (in order, so the first ones come first); the references come as
         the pieces arrive: a caller that needs only the first ones does not wait for the rest.
         """
-        got = ex.map(lambda r: tree.decode_listing(self.get_piece(r.id, r.size, "listing piece"), tree.MAX_PIECE),
-                     listing)
-        return _checked_refs(listing, got)
+        return _Listing(self, listing, ex, len(listing)).refs()
 
-    def version_ranges(self, refs: list[tree.Ref], workers: int = 16) -> Iterator[list[tree.Entry]]:
+    def version_ranges(self, refs: Iterable[tree.Ref], workers: int = 16) -> Iterator[list[tree.Entry]]:
         """The entries of each range of *refs*, in order, fetched in parallel and checked against the references."""
         return (entries for entries, _ in self.version_range_bodies(refs, workers))
 
     def version_range_bodies(
-        self, refs: list[tree.Ref], workers: int = 16, decode_ahead: int = 8, first: int = 16, head: int = 2
+        self, refs: Iterable[tree.Ref], workers: int = 16, decode_ahead: int = 8, first: int = 16, head: int = 2,
+        after_first: Callable[[], None] | None = None,
     ) -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
         """As :meth:`version_ranges`, with each entry's record body as stored.
 
-        The first *head* ranges are asked for at once, the others (*workers* in flight, in order) as soon
-        as the caller comes back for its second range, having done its work on the first; they come back
-        in order.  Until then the first range has the GIL to itself: with all 32 requests out at once, the
+        The first *head* ranges are asked for at once (the call waits for their references when *refs* is
+        still receiving them), the others (*workers* in flight, in order) as soon as the caller comes back
+        for its second range, having done its work on the first (*after_first* is called then); they come
+        back in order.  Until then the first range has the GIL to itself: with all 32 requests out at once, the
         other responses (verified, decompressed) made a cold mount's first ``ls``, which waits for the
         first range's rows, wait 0.1 s more at 20 ms RTT (``docs/benchmarks.md``, "first range first").
         Each range is decoded by the thread that fetched it (beside the caller's own work: SQLite inserts
@@ -751,23 +779,34 @@ class Repository:
                 raise IntegrityError(f"range {hexid(ref.id)} does not match its reference")
             return entries, bodies
 
-        if len(refs) <= 1:
-            return (one(0, ref) for ref in refs)
-        ex = ThreadPoolExecutor(max_workers=min(workers, len(refs)), thread_name_prefix="wsfs-pieces")
         head = max(1, head)
-        futures = [ex.submit(one, k, ref) for k, ref in enumerate(refs[:head])]  # now, not when the caller asks
+        rest = iter(refs)
+        ahead = list(itertools.islice(rest, head))
+        if len(ahead) < head and len(ahead) <= 1:  # (no more references: a single range at most)
+            if after_first is not None:
+                after_first()
+            return (one(0, ref) for ref in ahead)
+        ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces")
+        futures = [ex.submit(one, k, ref) for k, ref in enumerate(ahead)]  # now, not when the caller asks
+        del ahead
 
         def in_order() -> Iterator[tuple[list[tree.Entry], list[bytes]]]:
             nonlocal taken, stopped
             try:
-                for k in range(len(refs)):
+                k = 0
+                while True:
                     if k == 1:  # the caller is done with the first range: the rest now
-                        futures.extend(ex.submit(one, j, ref) for j, ref in enumerate(refs[head:], head))
+                        if after_first is not None:
+                            after_first()
+                        futures.extend(ex.submit(one, j, ref) for j, ref in enumerate(rest, len(futures)))
+                    if k == len(futures):
+                        return
                     got = futures[k].result()
                     with turn:
                         taken += 1
                         turn.notify_all()
                     yield got
+                    k += 1
             finally:
                 with turn:  # fetchers waiting for their turn give up: nobody will take their ranges
                     stopped = True
@@ -782,9 +821,11 @@ class Repository:
     def _build_index(self, record: VersionRecord, path: str, observer: IndexObserver | None = None) -> None:
         """Write the local index of format 2 *record* to *path* (renamed into place once complete).
 
-        Nothing waits for more than it needs: after the top, its listing pieces of ranges, then of packs,
-        and the pack map are asked for at once; the ranges as soon as their references are known (32 in
-        flight: the 20,022-file tree has 104 ranges, 4 round trips rather than 7); the entries go into the
+        Nothing waits for more than it needs: after the top, the first listing piece of ranges and the
+        first two of packs; the first two ranges as soon as the first piece is there; once the first range
+        is written, the other listing pieces and the pack map, and the other ranges as soon as their
+        references are known (32 in flight:
+        the 20,022-file tree has 104 ranges, 4 round trips rather than 7); the entries go into the
         index range by range as they arrive, in order, taking the pack references as the packed files
         need them, and the pack map is read at the end.  *observer* sees every range's rows as written
         (``format.index.IndexObserver``: a mount serves the first requests from them).
@@ -798,16 +839,29 @@ class Repository:
         one = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsfs-packmap")
         try:
             try:
-                raw_map = one.submit(self._pack_map_raw, record, files) if files else None
-                ranges = self.listing_refs(top.ranges, ex)
-                pack_refs = self.listing_refs(top.packs, ex)
-                range_refs = list(ranges)
+                # The first range holds the root's rows, which a mount's first `ls` waits for: it is asked
+                # for as soon as the first listing piece of ranges gives its reference, and it is decoded
+                # and written with few other requests running (each costs ~2 ms of CPU under the GIL): only
+                # the first two listing pieces of packs beside it.  Everything else once it is written.
+                range_listing = _Listing(self, top.ranges, ex, 1)
+                pack_listing = _Listing(self, top.packs, ex, 2)
+                raw_map: Future[bytes | None] | None = None
+
+                def ask_rest() -> None:
+                    nonlocal raw_map
+                    range_listing.ask_rest()
+                    pack_listing.ask_rest()
+                    if raw_map is None and files:
+                        raw_map = one.submit(self._pack_map_raw, record, files)
 
                 def places(n: int) -> list[tree.Place]:
-                    return self._decode_pack_map(record, raw_map.result() if raw_map else None, n, files)
+                    ask_rest()
+                    return self._decode_pack_map(record, raw_map.result() if raw_map is not None else None, n, files)
 
-                build_index(tmp, self.version_ranges(range_refs, workers=32), pack_refs, self.config.layout,
-                            {"top": record.manifest}, places, observer)
+                ranges = (entries for entries, _ in self.version_range_bodies(range_listing.refs(), workers=32,
+                                                                              after_first=ask_rest))
+                build_index(tmp, ranges, pack_listing.refs(), self.config.layout, {"top": record.manifest}, places,
+                            observer)
             finally:
                 # After a failure (or a mount that stopped the build), what was not asked for yet never is.
                 ex.shutdown(wait=True, cancel_futures=True)

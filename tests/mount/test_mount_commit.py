@@ -223,6 +223,9 @@ def test_commit_with_nothing_to_publish_catches_up_with_the_head(mount: Mounter,
     assert os.stat(a.path / "k").st_size == 4 and not (a.path / "theirs").exists()
     (b.path / "theirs").write_bytes(b"b's\n")
     cli(w, b)("commit", str(b.path))  # demo@3 (b was over demo@1: rebased)
+    # b's mount goes on over demo@3 after the commit's answer: written before that, k would be written over
+    # demo@1's k, which demo@2 changed (a true conflict)
+    assert wait_rebased(w, b, 1)["base_version"] == 3
     (b.path / "k").write_bytes(b"b changed it\n")
     cli(w, b)("commit", str(b.path))  # demo@4
     out = cli(w, a)("commit", str(a.path)).text

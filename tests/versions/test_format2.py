@@ -375,3 +375,73 @@ def test_the_first_ranges_have_the_store_to_themselves(wsfs, tree, monkeypatch):
     rest = list(it)
     assert [run[0].key for run, _ in rest] == [r.first for r in ranges[1:]]
     assert sorted(asked) == sorted(r.id for r in ranges)
+
+
+def test_a_mounts_index_build_asks_for_the_first_range_before_the_rest(tmp_path, subprocess_env):
+    """A cold mount's first ``ls`` waits for the first range's rows (``daemon/building.py``).  Each request
+    costs CPU under the GIL, so until those rows are written the index build asks for no more than they
+    need: the top, the first listing piece of ranges, the first two of packs, the first two ranges; the
+    other listing pieces, ranges and the pack map after them.  Then the index is whole."""
+    import threading
+
+    from wsfs.format.records import RepoConfig
+    from wsfs.format.tree import Cuts
+    from wsfs.repository import pack_map_key
+    from wsfs.store import open_store
+
+    url = str(tmp_path / "repo")
+    cuts = Cuts(range_min=2048, range_r=4, range_max=16384, list_min=128, list_r=2, list_max=1024)
+    Repository.init(open_store(url), RepoConfig(cuts=cuts), str(tmp_path / "init-cache"))
+    src = tmp_path / "src"
+    make_tree(src, ndirs=12, nfiles=20)
+    Wsfs(url, str(tmp_path / "push-cache"), subprocess_env).push(src, "demo")
+
+    repo = Repository.open(open_store(url), str(tmp_path / "cache"))  # a host that has nothing yet
+    record = repo.record("demo", 1)
+    top = repo.version_top(record)
+    ranges, packs = repo.version_refs(record)
+    assert len(top.ranges) >= 2 and len(top.packs) >= 3 and len(ranges) >= 4, (len(top.ranges), len(top.packs))
+    shutil.rmtree(tmp_path / "cache" / "pieces")
+    repo.version_top(record)  # (the daemon has the top before the build starts)
+
+    asked: list[bytes] = []
+    lock = threading.Lock()
+    real_piece, real_get = repo.get_piece, repo.store.get_range
+
+    def get_piece(cid, size, what="piece"):
+        with lock:
+            asked.append(cid)
+        return real_piece(cid, size, what)
+
+    def get_range(key, *args, **kwargs):
+        if key == pack_map_key(bytes.fromhex(record.manifest)):
+            with lock:
+                asked.append(b"pack map")
+        return real_get(key, *args, **kwargs)
+
+    repo.get_piece = get_piece
+    repo.store.get_range = get_range
+    at_first_rows: list[set[bytes]] = []
+
+    class Observer:
+        def rows(self, inodes, dentries, xattrs, dirs, linked, last):
+            if not at_first_rows:
+                with lock:
+                    at_first_rows.append(set(asked))
+
+    m = repo.open_index_observed(record, Observer())
+    try:
+        allowed = {bytes.fromhex(record.manifest), top.ranges[0].id, top.packs[0].id, top.packs[1].id,
+                   ranges[0].id, ranges[1].id}
+        assert at_first_rows[0] <= allowed, [x.hex()[:8] if len(x) == 32 else x for x in at_first_rows[0] - allowed]
+        assert {ranges[0].id, top.ranges[0].id} <= at_first_rows[0]
+        # then everything, each once
+        assert sorted(asked) == sorted([bytes.fromhex(record.manifest)] + [r.id for r in top.ranges] +
+                                       [r.id for r in top.packs] + [r.id for r in ranges] + [b"pack map"])
+        files = {path: node for path, node in m.walk() if node.is_reg}
+        assert len(files) == 12 * 20 + 1
+        one = src / "node_modules" / "pkg07" / "lib" / "m13.js"
+        node = files[b"node_modules/pkg07/lib/m13.js"]
+        assert node.packed and node.size == one.stat().st_size
+    finally:
+        m.close()
