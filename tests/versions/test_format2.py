@@ -377,16 +377,11 @@ def test_the_first_ranges_have_the_store_to_themselves(wsfs, tree, monkeypatch):
     assert sorted(asked) == sorted(r.id for r in ranges)
 
 
-def test_a_mounts_index_build_asks_for_the_first_range_before_the_rest(tmp_path, subprocess_env):
-    """A cold mount's first ``ls`` waits for the first range's rows (``daemon/building.py``).  Each request
-    costs CPU under the GIL, so until those rows are written the index build asks for no more than they
-    need: the top, the first listing piece of ranges, the first two of packs, the first two ranges; the
-    other listing pieces, ranges and the pack map after them.  Then the index is whole."""
-    import threading
-
+def _small_cuts_version(tmp_path, subprocess_env):
+    """demo@1 of a 240-file tree in a local repository whose pieces are cut small (several listing pieces of
+    ranges and of packs), and a repository on it with an empty cache: ``(repo, record, source)``."""
     from wsfs.format.records import RepoConfig
     from wsfs.format.tree import Cuts
-    from wsfs.repository import pack_map_key
     from wsfs.store import open_store
 
     url = str(tmp_path / "repo")
@@ -395,9 +390,43 @@ def test_a_mounts_index_build_asks_for_the_first_range_before_the_rest(tmp_path,
     src = tmp_path / "src"
     make_tree(src, ndirs=12, nfiles=20)
     Wsfs(url, str(tmp_path / "push-cache"), subprocess_env).push(src, "demo")
-
     repo = Repository.open(open_store(url), str(tmp_path / "cache"))  # a host that has nothing yet
-    record = repo.record("demo", 1)
+    return repo, repo.record("demo", 1), src
+
+
+@pytest.mark.parametrize("bad", ["second listing piece of ranges", "third listing piece of packs"])
+def test_a_bad_listing_piece_asked_after_the_first_range_fails_the_index_build(tmp_path, subprocess_env, bad):
+    """The listing pieces asked for once the first range is written are checked as before: a bad one fails
+    the build with an integrity error (a mount answers EIO), at once, and leaves no index behind."""
+    import time
+
+    from wsfs.errors import IntegrityError
+    from wsfs.repository import blob_key
+
+    repo, record, _ = _small_cuts_version(tmp_path, subprocess_env)
+    top = repo.version_top(record)
+    piece = top.ranges[1] if "ranges" in bad else top.packs[2]
+    path = tmp_path / "repo" / blob_key(piece.id)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    t0 = time.monotonic()
+    with pytest.raises(IntegrityError):
+        repo.open_index_observed(record, None)
+    assert time.monotonic() - t0 < 10
+    assert not os.path.exists(repo.index_path(record))
+
+
+def test_a_mounts_index_build_asks_for_the_first_range_before_the_rest(tmp_path, subprocess_env):
+    """A cold mount's first ``ls`` waits for the first range's rows (``daemon/building.py``).  Each request
+    costs CPU under the GIL, so until those rows are written the index build asks for no more than they
+    need: the top, the first listing piece of ranges, the first two of packs, the first two ranges; the
+    other listing pieces, ranges and the pack map after them.  Then the index is whole."""
+    import threading
+
+    from wsfs.repository import pack_map_key
+
+    repo, record, src = _small_cuts_version(tmp_path, subprocess_env)
     top = repo.version_top(record)
     ranges, packs = repo.version_refs(record)
     assert len(top.ranges) >= 2 and len(top.packs) >= 3 and len(ranges) >= 4, (len(top.ranges), len(top.packs))
