@@ -71,7 +71,9 @@ class Parent:
         return encoded if encoded is not None else encode_body(e, layout)
 
     @classmethod
-    def load(cls, repo: Repository, workspace: str, n: int | None) -> Parent:
+    def load(cls, repo: Repository, workspace: str, n: int | None, *, saved: str | None = None) -> Parent:
+        """Version *n* of *workspace* as a parent (empty if None or unreadable).  *saved*: a local state file
+        of :meth:`save` to take it from, if it holds that version's tree, instead of decoding its ranges."""
         if n is None:
             return cls()
         try:
@@ -80,6 +82,11 @@ class Parent:
                 # Only chunks carry over (a changeset against format 1 is not written).
                 with repo.open_manifest(record) as pm:
                     return cls(chunks=pm.chunk_ids())
+            raw = repo.local_state(saved) if saved is not None else None
+            if raw is not None:
+                got = _decode_saved(raw, bytes.fromhex(record.manifest))
+                if got is not None:
+                    return got
             ranges, packs = repo.version_refs(record)
             layout = repo.config.layout
             out = cls(top=bytes.fromhex(record.manifest), bodies=[])
@@ -107,6 +114,74 @@ class Parent:
             # A parent that cannot be read costs this push its reuse and its changeset, nothing else.
             log.warning("not reusing %s@%d: %s", workspace, n, e)
             return cls()
+
+
+    def save(self, repo: Repository, name: str) -> None:
+        """Keep this parent in local state file *name* (private, atomic) for :meth:`load`; a failure is logged."""
+        try:
+            repo.save_local_state(name, _encode_saved(self))
+        except OSError as e:
+            log.warning("the version just published is not kept for the next push (it will decode it): %s",
+                        e.strerror or e)
+
+
+# A parent kept in local state (``Parent.save``): what ``Parent.load`` derives from the version's pieces,
+# ~0.7 s of decoding for 30,000 files, in a form that loads in a few hundredths of a second.  Private
+# state of the user, written by wsfs: checked against a hash of its contents (a torn or damaged file is
+# ignored), and used only for the version whose top it names.
+_SAVED_MAGIC = b"WSPA1\n"
+_SAVED_MAX = 1 << 31  # decompressed size limit
+
+
+def _encode_saved(p: Parent) -> bytes:
+    import marshal
+
+    import zstandard
+
+    assert p.bodies is not None
+    payload = marshal.dumps((
+        p.top, list(p.pieces), list(p.chunks),
+        [(sig, pid, size) for sig, (pid, size) in p.packs.items()],
+        [(pid, *pl) for pid, pl in p.places.items()],
+        [tuple(r) for r in p.pack_refs],
+        [k for k, _ in p.bodies], [b for _, b in p.bodies],
+        [tuple(ref) for ref, _, _ in p.ranges.values()],
+    ), 4)
+    return _SAVED_MAGIC + content_id(payload) + zstandard.ZstdCompressor(level=1).compress(payload)
+
+
+def _decode_saved(raw: bytes, top: bytes) -> Parent | None:
+    """The parent kept in *raw* if it is whole and holds the tree whose top is *top*, else None."""
+    import marshal
+
+    import zstandard
+
+    head = len(_SAVED_MAGIC) + 32
+    if raw[:len(_SAVED_MAGIC)] != _SAVED_MAGIC or len(raw) < head:
+        return None
+    try:
+        payload = zstandard.ZstdDecompressor().decompress(raw[head:], max_output_size=_SAVED_MAX)
+        if content_id(payload) != raw[len(_SAVED_MAGIC):head]:
+            raise ValueError("hash mismatch")
+        saved_top, pieces, chunks, packs, places, pack_refs, keys, bodies, ranges = marshal.loads(payload)
+        if saved_top != top:
+            return None
+        out = Parent(top=top, pieces=set(pieces), chunks=set(chunks), bodies=list(zip(keys, bodies, strict=True)))
+        out.packs = {sig: (pid, size) for sig, pid, size in packs}
+        out.places = {pid: Place(seg, off, length) for pid, seg, off, length in places}
+        out.pack_refs = [Ref(*r) for r in pack_refs]
+        i = 0
+        for r in ranges:
+            ref = Ref(*r)
+            j = i + ref.count
+            out.ranges[ref.first] = (ref, keys[i:j], bodies[i:j])
+            i = j
+        if i != len(keys):
+            raise ValueError("ranges and entries disagree")
+        return out
+    except (ValueError, TypeError, EOFError, zstandard.ZstdError) as e:
+        log.warning("ignoring the kept parent version (decoding it instead): %s", e)
+        return None
 
 
 @dataclass

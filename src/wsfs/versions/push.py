@@ -748,7 +748,8 @@ def push(
     stats = PushStats()
     layout = repo.config.layout
     parent_n = repo.latest(workspace)
-    parent = Parent.load(repo, workspace, parent_n)
+    kept = f"parent-{workspace}"  # the version this host pushed last, as a parent (Parent.save)
+    parent = Parent.load(repo, workspace, parent_n, saved=kept)
     if exclude is None:
         exclude = own_directories(repo)
     # Every small file's bytes wait in this file until packs are cut: private, and
@@ -773,7 +774,7 @@ def push(
                 out.append(data)
             return b"".join(out)
 
-        stored = store_tree(repo, parent, entries, bodies, pack_bytes, workers)
+        stored = store_tree(repo, parent, entries, bodies, pack_bytes, workers, successor=True)
         stats.changed = stored.changed
         stats.blobs_uploaded += stored.objects
         stats.bytes_uploaded += stored.bytes
@@ -800,6 +801,8 @@ def push(
             latest = repo.latest(workspace) or n
             n = max(n, latest) + 1
             continue
+        assert stored.successor is not None
+        stored.successor.save(repo, kept)
         learnt = dict(walker.learnt_rows)
         if cache_name is not None and learnt != known:
             try:
