@@ -138,7 +138,7 @@ def test_a_damaged_or_stale_kept_parent_changes_nothing_but_the_time(local: Wsfs
     elif damage == "another version's":
         raw = old
     else:
-        raw = b"WSPA1\n" + os.urandom(2000)
+        raw = b"WSPA2\n" + os.urandom(2000)
     kept.write_bytes(raw)
     _edits(src)[1]()
     r = local.run("push", "--json", src, "demo")

@@ -61,6 +61,7 @@ class Parent:
     ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] = field(default_factory=dict)  # see build_version
     records: dict[bytes, tuple[Entry, bytes]] = field(default_factory=dict)  # key -> (entry, its body)
     pack_refs: list[Ref] = field(default_factory=list)  # the parent's packs, in order
+    kept: bool = False  # taken from the local state of :meth:`save` (not decoded)
 
     def body(self, e: Entry, layout: Layout, encoded: bytes | None = None) -> bytes:
         """The record body of *e*: the parent's bytes if the parent has the same entry, else *encoded*
@@ -86,6 +87,10 @@ class Parent:
             if raw is not None:
                 got = _decode_saved(raw, bytes.fromhex(record.manifest))
                 if got is not None:
+                    # Where the packs are stored is the one thing the top does not fix (two pushes of one tree
+                    # may store its packs in different segments): from the version's pack map, as below.
+                    got.places = dict(zip((r.id for r in got.pack_refs),
+                                          repo.pack_places(record, len(got.pack_refs)), strict=True))
                     return got
             ranges, packs = repo.version_refs(record)
             layout = repo.config.layout
@@ -125,11 +130,12 @@ class Parent:
                         e.strerror or e)
 
 
-# A parent kept in local state (``Parent.save``): what ``Parent.load`` derives from the version's pieces,
+# A parent kept in local state (``Parent.save``): what ``Parent.load`` derives from the version's pieces
+# (all of it fixed by the version's top, which the file names; the packs' places are not kept, see load),
 # ~0.7 s of decoding for 30,000 files, in a form that loads in a few hundredths of a second.  Private
 # state of the user, written by wsfs: checked against a hash of its contents (a torn or damaged file is
 # ignored), and used only for the version whose top it names.
-_SAVED_MAGIC = b"WSPA1\n"
+_SAVED_MAGIC = b"WSPA2\n"
 _SAVED_MAX = 1 << 31  # decompressed size limit
 
 
@@ -142,7 +148,6 @@ def _encode_saved(p: Parent) -> bytes:
     payload = marshal.dumps((
         p.top, list(p.pieces), list(p.chunks),
         [(sig, pid, size) for sig, (pid, size) in p.packs.items()],
-        [(pid, *pl) for pid, pl in p.places.items()],
         [tuple(r) for r in p.pack_refs],
         [k for k, _ in p.bodies], [b for _, b in p.bodies],
         [tuple(ref) for ref, _, _ in p.ranges.values()],
@@ -163,12 +168,12 @@ def _decode_saved(raw: bytes, top: bytes) -> Parent | None:
         payload = zstandard.ZstdDecompressor().decompress(raw[head:], max_output_size=_SAVED_MAX)
         if content_id(payload) != raw[len(_SAVED_MAGIC):head]:
             raise ValueError("hash mismatch")
-        saved_top, pieces, chunks, packs, places, pack_refs, keys, bodies, ranges = marshal.loads(payload)
+        saved_top, pieces, chunks, packs, pack_refs, keys, bodies, ranges = marshal.loads(payload)
         if saved_top != top:
             return None
-        out = Parent(top=top, pieces=set(pieces), chunks=set(chunks), bodies=list(zip(keys, bodies, strict=True)))
+        out = Parent(top=top, pieces=set(pieces), chunks=set(chunks), bodies=list(zip(keys, bodies, strict=True)),
+                     kept=True)
         out.packs = {sig: (pid, size) for sig, pid, size in packs}
-        out.places = {pid: Place(seg, off, length) for pid, seg, off, length in places}
         out.pack_refs = [Ref(*r) for r in pack_refs]
         i = 0
         for r in ranges:
@@ -202,7 +207,7 @@ class Stored:
 
 def store_tree(
     repo: Repository, parent: Parent, entries: Sequence[Entry], bodies: Sequence[bytes] | None,
-    pack_bytes: Callable[[PackPlan], bytes], workers: int, *, check: bool = True, successor: bool = False,
+    pack_bytes: Callable[[PackPlan], bytes], workers: int, *, check: bool = True, successor: bool | str = False,
     progress: Callable[[int, int], None] | None = None, plans: Sequence[tuple[PackPlan, bytes]] | None = None,
 ) -> Stored:
     """Encode *entries* (sorted by key, root first) as a version over *parent* and store what is missing.
@@ -213,7 +218,8 @@ def store_tree(
     no HEAD before a PUT (``Repository.put_pieces``).  *successor*: also
     return this tree as a :class:`Parent` (what ``Parent.load`` would give
     once it is published), so that the next commit of this process does not
-    decode it again.  *progress(done, total)*: objects written.  *plans*:
+    decode it again ("to save": without its entries, for :meth:`Parent.save`).
+    *progress(done, total)*: objects written.  *plans*:
     the packs as cut already, with their signatures (see ``build_version``).
     """
     t0 = time.monotonic()
@@ -263,7 +269,7 @@ def store_tree(
     ids = set(pack_ids)
     new_packs = {p.id: p.data for p in pieces if p.id in ids and p.data is not None}
     t2 = time.monotonic()
-    nxt = _successor(top_id, entries, bodies, pieces, refs, places, layout) if successor else None
+    nxt = _successor(top_id, entries, bodies, pieces, refs, places, successor != "to save") if successor else None
     return Stored(top_id, top, changeset, changed, n_up, b_up, len(pieces) - pieces_up, new_packs,
                   {"build": t1 - t0, "upload": t2 - t1, "successor": time.monotonic() - t2}, nxt)
 
@@ -277,8 +283,9 @@ def _cpus() -> int:
 
 
 def _successor(top_id: bytes, entries: Sequence[Entry], bodies: Sequence[bytes], pieces: list[Piece],
-               refs: tuple[list[Ref], list[Ref], list[bytes]], places: dict[bytes, Place], layout: Layout) -> Parent:
-    """The tree just stored as a :class:`Parent`, from what storing it computed (no piece decoded)."""
+               refs: tuple[list[Ref], list[Ref], list[bytes]], places: dict[bytes, Place], records: bool) -> Parent:
+    """The tree just stored as a :class:`Parent`, from what storing it computed (no piece decoded); without
+    its entries (``records``, for :meth:`Parent.body`) unless *records*: :meth:`Parent.save` keeps none."""
     keys = [e.key for e in entries]
     out = Parent(top=top_id, bodies=list(zip(keys, bodies, strict=True)))
     out.pieces = {p.id for p in pieces}
@@ -288,7 +295,8 @@ def _successor(top_id: bytes, entries: Sequence[Entry], bodies: Sequence[bytes],
         j = i + ref.count
         out.ranges[ref.first] = (ref, keys[i:j], list(bodies[i:j]))
         i = j
-    out.records = dict(zip(keys, zip(entries, bodies, strict=True), strict=True))
+    if records:
+        out.records = dict(zip(keys, zip(entries, bodies, strict=True), strict=True))
     out.pack_refs = list(refs[1])
     out.packs = {sig: (r.id, r.size) for sig, r in zip(refs[2], out.pack_refs, strict=True)}
     out.places = {r.id: places.get(r.id, STANDALONE) for r in out.pack_refs}

@@ -774,7 +774,7 @@ def push(
                 out.append(data)
             return b"".join(out)
 
-        stored = store_tree(repo, parent, entries, bodies, pack_bytes, workers, successor=True)
+        stored = store_tree(repo, parent, entries, bodies, pack_bytes, workers, successor="to save")
         stats.changed = stored.changed
         stats.blobs_uploaded += stored.objects
         stats.bytes_uploaded += stored.bytes
@@ -802,7 +802,8 @@ def push(
             n = max(n, latest) + 1
             continue
         assert stored.successor is not None
-        stored.successor.save(repo, kept)
+        if not (parent.kept and stored.top_id == parent.top):  # (else it is kept already)
+            stored.successor.save(repo, kept)
         learnt = dict(walker.learnt_rows)
         if cache_name is not None and learnt != known:
             try:
