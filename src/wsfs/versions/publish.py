@@ -6,7 +6,8 @@ way, so the same tree gives the same pieces whichever wrote it:
 
 * :class:`Parent`: what the version published on top of offers for reuse
   (pieces and chunks known stored, pack signatures and places, record
-  bodies, ranges), loaded from its top;
+  bodies, ranges), loaded from its top (or, for a push, from what the
+  previous push of this host kept: :meth:`Parent.save`);
 * :func:`store_tree`: encode the entries (reusing the parent's record
   bodies, ranges and packs), compute the changeset against the parent,
   and store every piece not stored yet (children before parents,
@@ -119,7 +120,6 @@ class Parent:
             # A parent that cannot be read costs this push its reuse and its changeset, nothing else.
             log.warning("not reusing %s@%d: %s", workspace, n, e)
             return cls()
-
 
     def save(self, repo: Repository, name: str) -> None:
         """Keep this parent in local state file *name* (private, atomic) for :meth:`load`; a failure is logged."""
