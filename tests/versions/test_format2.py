@@ -389,6 +389,9 @@ def _small_cuts_version(tmp_path, subprocess_env):
     Repository.init(open_store(url), RepoConfig(cuts=cuts), str(tmp_path / "init-cache"))
     src = tmp_path / "src"
     make_tree(src, ndirs=12, nfiles=20)
+    for top, dirs, files in os.walk(src, topdown=False):  # fixed times: the same cuts, hence pieces, every run
+        for name in files + dirs + ([""] if top == str(src) else []):
+            os.utime(os.path.join(top, name), ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     Wsfs(url, str(tmp_path / "push-cache"), subprocess_env).push(src, "demo")
     repo = Repository.open(open_store(url), str(tmp_path / "cache"))  # a host that has nothing yet
     return repo, repo.record("demo", 1), src
