@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -175,14 +175,7 @@ def _decode_saved(raw: bytes, top: bytes) -> Parent | None:
                      kept=True)
         out.packs = {sig: (pid, size) for sig, pid, size in packs}
         out.pack_refs = [Ref(*r) for r in pack_refs]
-        i = 0
-        for r in ranges:
-            ref = Ref(*r)
-            j = i + ref.count
-            out.ranges[ref.first] = (ref, keys[i:j], bodies[i:j])
-            i = j
-        if i != len(keys):
-            raise ValueError("ranges and entries disagree")
+        out.ranges = _ranges(map(Ref._make, ranges), keys, bodies)
         return out
     except (ValueError, TypeError, EOFError, zstandard.ZstdError) as e:
         log.warning("ignoring the kept parent version (decoding it instead): %s", e)
@@ -282,6 +275,20 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _ranges(refs: Iterable[Ref], keys: list[bytes], bodies: Sequence[bytes]) -> dict[bytes, tuple[Ref, list[bytes], list[bytes]]]:
+    """``Parent.ranges`` of a tree: each range's reference, keys and record bodies, by its first key, from
+    the tree's keys and bodies in order (ValueError if the ranges do not hold exactly those entries)."""
+    out = {}
+    i = 0
+    for ref in refs:
+        j = i + ref.count
+        out[ref.first] = (ref, keys[i:j], list(bodies[i:j]))
+        i = j
+    if i != len(keys):
+        raise ValueError("ranges and entries disagree")
+    return out
+
+
 def _successor(top_id: bytes, entries: Sequence[Entry], bodies: Sequence[bytes], pieces: list[Piece],
                refs: tuple[list[Ref], list[Ref], list[bytes]], places: dict[bytes, Place], records: bool) -> Parent:
     """The tree just stored as a :class:`Parent`, from what storing it computed (no piece decoded); without
@@ -290,11 +297,7 @@ def _successor(top_id: bytes, entries: Sequence[Entry], bodies: Sequence[bytes],
     out = Parent(top=top_id, bodies=list(zip(keys, bodies, strict=True)))
     out.pieces = {p.id for p in pieces}
     out.chunks = {c for e in entries if e.chunks for c in e.chunks if c != ZERO_ID}
-    i = 0
-    for ref in refs[0]:
-        j = i + ref.count
-        out.ranges[ref.first] = (ref, keys[i:j], list(bodies[i:j]))
-        i = j
+    out.ranges = _ranges(refs[0], keys, bodies)
     if records:
         out.records = dict(zip(keys, zip(entries, bodies, strict=True), strict=True))
     out.pack_refs = list(refs[1])
