@@ -21,7 +21,7 @@ from support.cli import Wsfs
 from support.trees import assert_same_tree
 from wsfs.repository import Repository, _local_dir
 from wsfs.store import open_store
-from wsfs.versions.publish import Parent
+from wsfs.versions.publish import _SAVED_MAGIC, Parent
 
 pytestmark = pytest.mark.parametrize("store_kind", ["local"], indirect=True)  # (the local state is the same for S3)
 
@@ -87,8 +87,9 @@ def test_a_kept_parent_is_what_decoding_the_version_gives(local: Wsfs, tmp_path:
     repo = _repo(local)
     decoded = Parent.load(repo, "demo", 2)
     kept = Parent.load(repo, "demo", 2, saved="parent-demo")
-    assert decoded.records and not kept.records  # (the kept one was used: it has no decoded entries)
-    assert kept.top == decoded.top
+    assert kept.kept and not decoded.kept
+    assert kept.top == decoded.top and kept.top_size == decoded.top_size > 0
+    assert kept.entries == decoded.entries and kept.records == decoded.records
     assert kept.bodies == decoded.bodies and kept.ranges == decoded.ranges
     assert kept.chunks == decoded.chunks and kept.packs == decoded.packs
     assert kept.pack_refs == decoded.pack_refs and kept.places == decoded.places
@@ -96,7 +97,7 @@ def test_a_kept_parent_is_what_decoding_the_version_gives(local: Wsfs, tmp_path:
     for extra in kept.pieces - decoded.pieces:
         assert repo.has_blob(extra)
     # the kept parent names version 2's tree: for version 1 it is not used
-    assert Parent.load(repo, "demo", 1, saved="parent-demo").records
+    assert not Parent.load(repo, "demo", 1, saved="parent-demo").kept
 
 
 def test_pushes_with_and_without_the_kept_parent_make_the_same_versions(local: Wsfs, tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_a_damaged_or_stale_kept_parent_changes_nothing_but_the_time(local: Wsfs
     elif damage == "another version's":
         raw = old
     else:
-        raw = b"WSPA2\n" + os.urandom(2000)
+        raw = _SAVED_MAGIC + os.urandom(2000)
     kept.write_bytes(raw)
     _edits(src)[1]()
     r = local.run("push", "--json", src, "demo")
@@ -147,4 +148,4 @@ def test_a_damaged_or_stale_kept_parent_changes_nothing_but_the_time(local: Wsfs
     assert local("diff", "demo@2", "demo@3").out.count(b"\n") == 12  # (a directory whose mtime alone changed: not shown)
     local("checkout", "demo@3", str(tmp_path / "out"))
     assert_same_tree(src, tmp_path / "out")
-    assert Parent.load(_repo(local), "demo", 3, saved="parent-demo").records == {}  # whole again
+    assert Parent.load(_repo(local), "demo", 3, saved="parent-demo").kept  # whole again

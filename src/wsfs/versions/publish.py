@@ -60,9 +60,24 @@ class Parent:
     places: dict[bytes, Place] = field(default_factory=dict)  # where the parent's packs are stored
     bodies: list[tuple[bytes, bytes]] | None = None  # (key, record) of each entry, for the changeset
     ranges: dict[bytes, tuple[Ref, list[bytes], list[bytes]]] = field(default_factory=dict)  # see build_version
-    records: dict[bytes, tuple[Entry, bytes]] = field(default_factory=dict)  # key -> (entry, its body)
     pack_refs: list[Ref] = field(default_factory=list)  # the parent's packs, in order
     kept: bool = False  # taken from the local state of :meth:`save` (not decoded)
+    # The tree, in key order (an unchanged tree is recognised by it); of a kept parent, as plain tuples.
+    entries: Sequence[tuple] | None = None
+    top_size: int = 0  # the size of the top piece (the record's manifest_size)
+    _records: dict[bytes, tuple[Entry, bytes]] | None = field(default=None, repr=False)
+
+    @property
+    def records(self) -> dict[bytes, tuple[Entry, bytes]]:
+        """Each entry and its record body, by key: made from ``entries`` and ``bodies`` when first asked for
+        (an unchanged push never asks)."""
+        if self._records is None:
+            if self.entries is None or self.bodies is None:
+                self._records = {}
+            else:
+                self._records = {kb[0]: (e if type(e) is Entry else Entry._make(e), kb[1])
+                                 for e, kb in zip(self.entries, self.bodies, strict=True)}
+        return self._records
 
     def body(self, e: Entry, layout: Layout, encoded: bytes | None = None) -> bytes:
         """The record body of *e*: the parent's bytes if the parent has the same entry, else *encoded*
@@ -88,6 +103,7 @@ class Parent:
             if raw is not None:
                 got = _decode_saved(raw, bytes.fromhex(record.manifest))
                 if got is not None:
+                    got.top_size = record.manifest_size
                     # Where the packs are stored is the one thing the top does not fix (two pushes of one tree
                     # may store its packs in different segments): from the version's pack map, as below.
                     got.places = dict(zip((r.id for r in got.pack_refs),
@@ -95,7 +111,7 @@ class Parent:
                     return got
             ranges, packs = repo.version_refs(record)
             layout = repo.config.layout
-            out = cls(top=bytes.fromhex(record.manifest), bodies=[])
+            out = cls(top=bytes.fromhex(record.manifest), bodies=[], top_size=record.manifest_size)
             top = decode_top(repo.get_piece(out.top, record.manifest_size, "top"))
             out.pieces.add(out.top)
             out.pieces.update(r.id for r in top.ranges + top.packs)
@@ -105,7 +121,6 @@ class Parent:
                 keys = [e.key for e in run]
                 out.ranges[ref.first] = (ref, keys, bodies)
                 out.bodies.extend(zip(keys, bodies, strict=True))
-                out.records.update(zip(keys, zip(run, bodies, strict=True), strict=True))
                 entries.extend(run)
             for e in entries:
                 if e.chunks:
@@ -114,6 +129,7 @@ class Parent:
             out.pieces.update(r.id for r in packs)
             out.packs = pack_signatures(entries, packs, layout)
             out.pack_refs = packs
+            out.entries = entries
             out.places = dict(zip((r.id for r in packs), repo.pack_places(record, len(packs)), strict=True))
             return out
         except (NotFound, IntegrityError, FormatError) as e:
@@ -132,10 +148,12 @@ class Parent:
 
 # A parent kept in local state (``Parent.save``): what ``Parent.load`` derives from the version's pieces
 # (all of it fixed by the version's top, which the file names; the packs' places are not kept, see load),
-# ~0.7 s of decoding for 30,000 files, in a form that loads in a few hundredths of a second.  Private
+# ~0.7 s of decoding for 30,000 files, in a form that loads in a few hundredths of a second: its entries
+# (with which the next push recognises an unchanged tree, and reuses the record body of an unchanged entry),
+# their record bodies, the ranges, packs and ids known stored.  Private
 # state of the user, written by wsfs: checked against a hash of its contents (a torn or damaged file is
 # ignored), and used only for the version whose top it names.
-_SAVED_MAGIC = b"WSPA2\n"
+_SAVED_MAGIC = b"WSPA3\n"
 _SAVED_MAX = 1 << 31  # decompressed size limit
 
 
@@ -144,12 +162,12 @@ def _encode_saved(p: Parent) -> bytes:
 
     import zstandard
 
-    assert p.bodies is not None
+    assert p.bodies is not None and p.entries is not None
     payload = marshal.dumps((
         p.top, list(p.pieces), list(p.chunks),
         [(sig, pid, size) for sig, (pid, size) in p.packs.items()],
         [tuple(r) for r in p.pack_refs],
-        [k for k, _ in p.bodies], [b for _, b in p.bodies],
+        [tuple(e) for e in p.entries], [b for _, b in p.bodies],
         [tuple(ref) for ref, _, _ in p.ranges.values()],
     ), 4)
     return _SAVED_MAGIC + content_id(payload) + zstandard.ZstdCompressor(level=1).compress(payload)
@@ -168,11 +186,15 @@ def _decode_saved(raw: bytes, top: bytes) -> Parent | None:
         payload = zstandard.ZstdDecompressor().decompress(raw[head:], max_output_size=_SAVED_MAX)
         if content_id(payload) != raw[len(_SAVED_MAGIC):head]:
             raise ValueError("hash mismatch")
-        saved_top, pieces, chunks, packs, pack_refs, keys, bodies, ranges = marshal.loads(payload)
+        saved_top, pieces, chunks, packs, pack_refs, rows, bodies, ranges = marshal.loads(payload)
         if saved_top != top:
             return None
+        width = len(Entry._fields)
+        if not all(type(r) is tuple and len(r) == width for r in rows):
+            raise ValueError("not entries")
+        keys = [e[0] for e in rows]
         out = Parent(top=top, pieces=set(pieces), chunks=set(chunks), bodies=list(zip(keys, bodies, strict=True)),
-                     kept=True)
+                     kept=True, entries=rows)
         out.packs = {sig: (pid, size) for sig, pid, size in packs}
         out.pack_refs = [Ref(*r) for r in pack_refs]
         out.ranges = _ranges(map(Ref._make, ranges), keys, bodies)
@@ -187,7 +209,7 @@ class Stored:
     """A tree whose pieces are stored: what its record names, and what storing it cost."""
 
     top_id: bytes
-    top: bytes
+    top_size: int
     changeset: bytes | None  # None: no parent to compare with (first version, format 1 parent), or the same tree
     changed: int | None  # entries in the changeset (0: the parent's tree; None: no parent)
     objects: int  # objects written (blobs, segments, the pack map)
@@ -200,7 +222,7 @@ class Stored:
 
 def store_tree(
     repo: Repository, parent: Parent, entries: Sequence[Entry], bodies: Sequence[bytes] | None,
-    pack_bytes: Callable[[PackPlan], bytes], workers: int, *, check: bool = True, successor: bool | str = False,
+    pack_bytes: Callable[[PackPlan], bytes], workers: int, *, check: bool = True, successor: bool = False,
     progress: Callable[[int, int], None] | None = None, plans: Sequence[tuple[PackPlan, bytes]] | None = None,
 ) -> Stored:
     """Encode *entries* (sorted by key, root first) as a version over *parent* and store what is missing.
@@ -211,11 +233,18 @@ def store_tree(
     no HEAD before a PUT (``Repository.put_pieces``).  *successor*: also
     return this tree as a :class:`Parent` (what ``Parent.load`` would give
     once it is published), so that the next commit of this process does not
-    decode it again ("to save": without its entries, for :meth:`Parent.save`).
+    decode it again.
     *progress(done, total)*: objects written.  *plans*:
     the packs as cut already, with their signatures (see ``build_version``).
+
+    Entries equal to the parent's (an unchanged tree) are the parent's tree: its pieces are stored (the
+    parent is published) and nothing is encoded again.
     """
     t0 = time.monotonic()
+    if parent.entries is not None and parent.top_size and len(entries) == len(parent.entries) \
+            and entries == parent.entries:
+        return Stored(parent.top, parent.top_size, None, 0, 0, 0, len(parent.pieces),
+                      phases={"build": time.monotonic() - t0}, successor=parent if successor else None)
     layout = repo.config.layout
     if bodies is None:
         bodies = [parent.body(e, layout) for e in entries]
@@ -262,8 +291,8 @@ def store_tree(
     ids = set(pack_ids)
     new_packs = {p.id: p.data for p in pieces if p.id in ids and p.data is not None}
     t2 = time.monotonic()
-    nxt = _successor(top_id, entries, bodies, pieces, refs, places, successor != "to save") if successor else None
-    return Stored(top_id, top, changeset, changed, n_up, b_up, len(pieces) - pieces_up, new_packs,
+    nxt = _successor(top_id, len(top), entries, bodies, pieces, refs, places) if successor else None
+    return Stored(top_id, len(top), changeset, changed, n_up, b_up, len(pieces) - pieces_up, new_packs,
                   {"build": t1 - t0, "upload": t2 - t1, "successor": time.monotonic() - t2}, nxt)
 
 
@@ -289,17 +318,14 @@ def _ranges(refs: Iterable[Ref], keys: list[bytes], bodies: Sequence[bytes]) -> 
     return out
 
 
-def _successor(top_id: bytes, entries: Sequence[Entry], bodies: Sequence[bytes], pieces: list[Piece],
-               refs: tuple[list[Ref], list[Ref], list[bytes]], places: dict[bytes, Place], records: bool) -> Parent:
-    """The tree just stored as a :class:`Parent`, from what storing it computed (no piece decoded); without
-    its entries (``records``, for :meth:`Parent.body`) unless *records*: :meth:`Parent.save` keeps none."""
+def _successor(top_id: bytes, top_size: int, entries: Sequence[Entry], bodies: Sequence[bytes], pieces: list[Piece],
+               refs: tuple[list[Ref], list[Ref], list[bytes]], places: dict[bytes, Place]) -> Parent:
+    """The tree just stored as a :class:`Parent`, from what storing it computed (no piece decoded)."""
     keys = [e.key for e in entries]
-    out = Parent(top=top_id, bodies=list(zip(keys, bodies, strict=True)))
+    out = Parent(top=top_id, bodies=list(zip(keys, bodies, strict=True)), entries=list(entries), top_size=top_size)
     out.pieces = {p.id for p in pieces}
     out.chunks = {c for e in entries if e.chunks for c in e.chunks if c != ZERO_ID}
     out.ranges = _ranges(refs[0], keys, bodies)
-    if records:
-        out.records = dict(zip(keys, zip(entries, bodies, strict=True), strict=True))
     out.pack_refs = list(refs[1])
     out.packs = {sig: (r.id, r.size) for sig, r in zip(refs[2], out.pack_refs, strict=True)}
     out.places = {r.id: places.get(r.id, STANDALONE) for r in out.pack_refs}
@@ -316,7 +342,7 @@ def version_record(
         version=n,
         parent=n - 1 if n > 1 else None,
         manifest=stored.top_id.hex(),
-        manifest_size=len(stored.top),
+        manifest_size=stored.top_size,
         changeset=None if cs is None else content_id(cs).hex(),
         changeset_size=0 if cs is None else len(cs),
         time=when,

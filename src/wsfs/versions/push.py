@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import getpass
 import logging
 import os
@@ -64,6 +65,9 @@ from wsfs.versions.statcache import Known
 log = logging.getLogger(__name__)
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+_S_IFMT = 0o170000
+# Entry(*fields) of all 13 fields, without the namedtuple's Python-level __new__ (the walk's hot loop).
+_new_entry: Callable[[tuple], Entry] = functools.partial(tuple.__new__, Entry)
 
 
 @dataclass
@@ -294,6 +298,9 @@ class _Walker:
         self.known = known or {}
         self.learnt: list[tuple[statcache.Key, int, os.stat_result]] = []  # (file, index in entries, its stat)
         self.started_ns = time.time_ns()
+        self.racy_from = self.started_ns - statcache.RACY_NS  # a file changed since then is not remembered
+        self.read_files = 0  # regular files read (not vouched for by the stat cache)
+        self.vouched = [0, 0, 0]  # files the stat cache vouched for: count, bytes, small ones (-> stats at the end)
         self.root = b""
         self.root_ident: Ident | None = None
         # Directories by index in entries (before the final sort): (parent's index, name, ident).
@@ -351,11 +358,12 @@ class _Walker:
         finally:
             chain.close()
         self._drain(0)
-        self.learnt_rows = [
-            ((st.st_dev, st.st_ino), Known(st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.entries[i].content,
-                                          self.entries[i].chunks, self.entries[i].xattrs))
-            for (_, i, st) in self.learnt
-        ]
+        self.learnt_rows = self._learnt_rows()
+        n, nbytes, small = self.vouched
+        self.stats.unread_files += n
+        self.stats.files += n
+        self.stats.bytes += nbytes
+        self.stats.inline_files += small
         # A file with several names: its first name in key order holds it, the others name that one.
         for idxs in self.hardlinks.values():
             if len(idxs) > 1:
@@ -365,6 +373,14 @@ class _Walker:
                     key = self.entries[i].key
                     self.entries[i] = base._replace(key=key, linked=True) if key == first else Entry(key, link=first)
         self.entries.sort(key=lambda e: e.key)
+
+    def _learnt_rows(self) -> dict[statcache.Key, Known] | None:
+        """The stat cache this push learnt (entries in walk order); None if it is the one it started with."""
+        if self.read_files == 0 and len(self.learnt) == len(self.known):
+            return None  # every file remembered was vouched for, with what the cache said: the same rows
+        return {(st.st_dev, st.st_ino): Known(st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.entries[i].content,
+                                              self.entries[i].chunks, self.entries[i].xattrs)
+                for (_, i, st) in self.learnt}
 
     def _refuse_own(self, rfd: int, root: bytes) -> None:
         """Refuse a root that is (inside) one of wsfs' own directories: found by walking up through ``..``."""
@@ -409,12 +425,23 @@ class _Walker:
             except _Skip:
                 return []
         subdirs: list[tuple[int, bytes, Ident, int, bytes]] = []
-        parent = self.entries[didx].path
+        prefix = key_of(self.entries[didx].path, b"")
         before = len(self.entries)
+        lstat, unchanged = os.lstat, self._unchanged
+        # The loop an unchanged tree spends its time in: a file the stat cache vouches for costs one
+        # fstatat and a few comparisons; anything else goes through _entry.
         for child in names:
+            key = prefix + child
+            try:
+                st: os.stat_result | None = lstat(child, dir_fd=dfd)
+            except OSError:
+                st = None  # _entry stats it again, and says why not
+            if st is not None and st.st_mode & _S_IFMT == stat.S_IFREG and st.st_nlink == 1 \
+                    and unchanged(key, st, didx):
+                continue
             cpath = path + b"/" + child
             try:
-                idx, st = self._entry(dfd, key_of(parent, child), cpath, didx)
+                idx, st = self._entry(dfd, key, cpath, didx, st)
             except _Skip:
                 continue
             if idx is not None and st is not None:
@@ -422,15 +449,21 @@ class _Walker:
         self.progress(len(self.entries) - before)
         return subdirs
 
-    def _entry(self, dfd: int, key: bytes, path: bytes, didx: int) -> tuple[int | None, os.stat_result | None]:
-        """Record the entry *key* of the directory open at *dfd*; returns its index and, for a directory, its stat."""
+    def _entry(
+        self, dfd: int, key: bytes, path: bytes, didx: int, st: os.stat_result | None
+    ) -> tuple[int | None, os.stat_result | None]:
+        """Record the entry *key* of the directory open at *dfd* (*st*: its lstat, if taken and not vouched
+        for by the stat cache); returns its index and, for a directory, its stat."""
         name = key.rpartition(b"\0")[2]
-        try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError as e:
-            self._fail(path, "vanished during push", e)
-        except OSError as e:
-            self._fail(path, "cannot stat", e)
+        if st is None:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError as e:
+                self._fail(path, "vanished during push", e)
+            except OSError as e:
+                self._fail(path, "cannot stat", e)
+            if st.st_mode & _S_IFMT == stat.S_IFREG and st.st_nlink == 1 and self._unchanged(key, st, didx):
+                return len(self.entries) - 1, None
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             what = self.exclude.get(ident(st))
@@ -466,7 +499,7 @@ class _Walker:
             self.entries.append(_entry(key, st, size=len(target), target=target))
             self.stats.symlinks += 1
         elif stat.S_ISREG(mode):
-            if not self._unchanged(key, st, didx):
+            if st.st_nlink == 1 or not self._unchanged(key, st, didx):  # (_directory asked for a single name)
                 self._file(dfd, key, path, st)
         else:  # fifo, character or block device: stored as nodes, no content
             xattrs = self._node_xattrs(dfd, name, path, st)
@@ -561,27 +594,38 @@ class _Walker:
 
     def _unchanged(self, key: bytes, st: os.stat_result, didx: int) -> bool:
         """Record regular file *key* from the stat cache if it vouches for it; False if the file must be read."""
-        k = self.known.get((st.st_dev, st.st_ino))
-        if k is None or (k.size, k.mtime_ns, k.ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        node = (st.st_dev, st.st_ino)
+        k = self.known.get(node)
+        if k is None:
             return False
-        small = st.st_size <= self.inline_threshold
-        if small == bool(k.chunks) or not all(c == ZERO_ID or c in self.up.known for c in k.chunks):
-            return False  # another repository layout, or chunks the parent does not reference (maybe not stored)
-        self.entries.append(
-            Entry(key, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, 0, None, k.content, k.chunks, k.xattrs)
-        )  # as _entry(key, st, ...) makes it for a regular file, without its two tuple copies
-        if small and st.st_size:
-            self.unread.setdefault(k.content, (didx, key.rpartition(b"\0")[2], ident(st), st.st_size))
-        self._learn(len(self.entries) - 1, st)
-        self.stats.unread_files += 1
-        self.stats.inline_files += small
-        self.stats.files += 1
-        self.stats.bytes += st.st_size
+        size, mtime = st.st_size, st.st_mtime_ns
+        if k[0] != size or k[1] != mtime or k[2] != st.st_ctime_ns:
+            return False
+        chunks = k[4]
+        if chunks:  # chunks the parent does not reference may not be stored
+            known = self.up.known
+            if size <= self.inline_threshold or not all(c == ZERO_ID or c in known for c in chunks):
+                return False
+        elif size > self.inline_threshold:
+            return False  # another repository layout
+        entries = self.entries
+        entries.append(_new_entry(
+            (key, st.st_mode, st.st_uid, st.st_gid, size, mtime, 0, None, k[3], chunks, k[5], None, False)
+        ))  # as _entry(key, st, ...) makes it for a regular file, without its namedtuple and tuple copies
+        if size and not chunks:
+            self.unread.setdefault(k[3], (didx, key.rpartition(b"\0")[2], node, size))
+        if st.st_ctime_ns < self.racy_from:
+            self.learnt.append((node, len(entries) - 1, st))
+        v = self.vouched
+        v[0] += 1
+        v[1] += size
+        v[2] += not chunks
         return True
 
     def _learn(self, idx: int, st: os.stat_result) -> None:
-        """Remember what file *idx* (read, or vouched for, with stat *st*) holds, unless it is racily clean."""
-        if st.st_ctime_ns < self.started_ns - statcache.RACY_NS:
+        """Remember what file *idx* (read, with stat *st*) holds, unless it is racily clean."""
+        self.read_files += 1
+        if st.st_ctime_ns < self.racy_from:
             self.learnt.append(((st.st_dev, st.st_ino), idx, st))
 
     def reread(self, cid: bytes) -> bytes:
@@ -746,7 +790,6 @@ def push(
         raise UsageError(f"{repo.store.url} is a format {repo.config.format} repository; convert it with: wsfs upgrade")
     root = os.fsencode(src).rstrip(b"/") or b"/"
     stats = PushStats()
-    layout = repo.config.layout
     parent_n = repo.latest(workspace)
     kept = f"parent-{workspace}"  # the version this host pushed last, as a parent (Parent.save)
     parent = Parent.load(repo, workspace, parent_n, saved=kept)
@@ -763,7 +806,6 @@ def push(
         walker.run(root)
         uploader.close()
         entries = walker.entries
-        bodies = [parent.body(e, layout) for e in entries]
 
         def pack_bytes(plan: PackPlan) -> bytes:
             out = []
@@ -774,7 +816,7 @@ def push(
                 out.append(data)
             return b"".join(out)
 
-        stored = store_tree(repo, parent, entries, bodies, pack_bytes, workers, successor="to save")
+        stored = store_tree(repo, parent, entries, None, pack_bytes, workers, successor=True)
         stats.changed = stored.changed
         stats.blobs_uploaded += stored.objects
         stats.bytes_uploaded += stored.bytes
@@ -804,8 +846,8 @@ def push(
         assert stored.successor is not None
         if not (parent.kept and stored.top_id == parent.top):  # (else it is kept already)
             stored.successor.save(repo, kept)
-        learnt = dict(walker.learnt_rows)
-        if cache_name is not None and learnt != known:
+        learnt = walker.learnt_rows
+        if cache_name is not None and learnt is not None and learnt != known:
             try:
                 repo.save_local_state(cache_name, statcache.encode(learnt.items()))
             except OSError as e:

@@ -31,24 +31,27 @@ file that cannot be decoded is ignored (everything is read, as with
 from __future__ import annotations
 
 import logging
-import struct
+import marshal
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import zstandard
 
+from wsfs.format.blobs import content_id
+
 log = logging.getLogger(__name__)
 
-MAGIC = b"WSSC1\n"
+# The file: MAGIC, the blake3 of the payload, the payload zstd-compressed.  The payload is a marshal of
+# two lists, the keys and the rows (as plain tuples), which loads in a few hundredths of a second for
+# 40,000 files (a struct per row took 0.11 s, a tenth of an unchanged push).  Private state of the user,
+# written by wsfs: the hash catches a torn or damaged file, which is then ignored.
+MAGIC = b"WSSC2\n"
 RACY_NS = 2_000_000_000  # a file changed this close to its reading is read again next time
-# dev, ino, size, mtime_ns, ctime_ns, content id, number of chunks, number of xattrs
-_HEAD = struct.Struct("<QQQqq32sII")
-_LEN = struct.Struct("<I")
 MAX_RAW = 1 << 31  # decompressed size limit of a cache file
 
 
 class Known(NamedTuple):
-    """What a file held when it was last read."""
+    """What a file held when it was last read (rows from :func:`decode` are plain tuples of these fields)."""
 
     size: int
     mtime_ns: int
@@ -62,46 +65,36 @@ Key = tuple[int, int]  # (st_dev, st_ino)
 
 
 def encode(rows: Iterable[tuple[Key, Known]]) -> bytes:
-    out = bytearray(MAGIC)
-    for (dev, ino), k in rows:
-        out += _HEAD.pack(dev, ino, k.size, k.mtime_ns, k.ctime_ns, k.content, len(k.chunks), len(k.xattrs))
-        for c in k.chunks:
-            out += c
-        for name, value in k.xattrs:
-            out += _LEN.pack(len(name)) + name + _LEN.pack(len(value)) + value
-    return zstandard.ZstdCompressor(level=1).compress(bytes(out))
+    keys, values = [], []
+    for key, k in rows:
+        keys.append(tuple(key))
+        values.append(tuple(k))
+    payload = marshal.dumps((keys, values), 4)
+    return MAGIC + content_id(payload) + zstandard.ZstdCompressor(level=1).compress(payload)
 
 
 def decode(raw: bytes) -> dict[Key, Known]:
     """The rows of a cache file; ValueError if it is not one (it is then ignored)."""
+    head = len(MAGIC) + 32
+    if raw.startswith(b"\x28\xb5\x2f\xfd"):
+        raise ValueError("written by an older wsfs")  # (a zstd frame: format WSSC1)
+    if len(raw) < head or not raw.startswith(MAGIC):
+        raise ValueError("bad magic")
     try:
-        buf = zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_RAW)
+        payload = zstandard.ZstdDecompressor().decompress(raw[head:], max_output_size=MAX_RAW)
     except zstandard.ZstdError as e:
         raise ValueError(f"not zstd: {e}") from None
-    if not buf.startswith(MAGIC):
-        raise ValueError("bad magic")
-    out: dict[Key, Known] = {}
-    pos, end = len(MAGIC), len(buf)
+    if content_id(payload) != raw[len(MAGIC):head]:
+        raise ValueError("damaged (hash mismatch)")
     try:
-        while pos < end:
-            dev, ino, size, mtime, ctime, content, nchunks, nx = _HEAD.unpack_from(buf, pos)
-            pos += _HEAD.size
-            if pos + 32 * nchunks > end:
-                raise ValueError("truncated")
-            chunks = tuple(buf[pos + 32 * i : pos + 32 * (i + 1)] for i in range(nchunks))
-            pos += 32 * nchunks
-            xattrs = []
-            for _ in range(nx):
-                (n,) = _LEN.unpack_from(buf, pos)
-                name = buf[pos + 4 : pos + 4 + n]
-                pos += 4 + n
-                (n,) = _LEN.unpack_from(buf, pos)
-                value = buf[pos + 4 : pos + 4 + n]
-                pos += 4 + n
-                if pos > end:
-                    raise ValueError("truncated")
-                xattrs.append((name, value))
-            out[(dev, ino)] = Known(size, mtime, ctime, content, chunks, tuple(xattrs))
-    except struct.error:
-        raise ValueError("truncated") from None
-    return out
+        keys, values = marshal.loads(payload)
+    except (EOFError, TypeError, ValueError) as e:
+        raise ValueError(f"not a stat cache: {e}") from None
+    width = len(Known._fields)
+    if type(keys) is not list or type(values) is not list or len(keys) != len(values) \
+            or not all(type(v) is tuple and len(v) == width for v in values):
+        raise ValueError("not a stat cache")
+    try:
+        return dict(zip(keys, values, strict=True))  # (rows as plain tuples)
+    except TypeError:  # an unhashable key
+        raise ValueError("not a stat cache") from None
