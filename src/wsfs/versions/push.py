@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import errno
 import functools
+import gc
 import getpass
 import logging
 import os
@@ -296,7 +297,9 @@ class _Walker:
         self.exclude = exclude
         # The stat cache (wsfs.versions.statcache): what files held when last read, and what this push learns.
         self.known = known or {}
-        self.learnt: list[tuple[statcache.Key, int, os.stat_result]] = []  # (file, index in entries, its stat)
+        # (file, index in entries, size, mtime_ns, ctime_ns): ints only, so that the collector soon stops
+        # tracing them (stat results it traces, again and again while the walk grows: 20% of a walk)
+        self.learnt: list[tuple[statcache.Key, int, int, int, int]] = []
         self.started_ns = time.time_ns()
         self.racy_from = self.started_ns - statcache.RACY_NS  # a file changed since then is not remembered
         self.read_files = 0  # regular files read (not vouched for by the stat cache)
@@ -342,6 +345,11 @@ class _Walker:
         except OSError as e:
             raise SourceError(f"{os.fsdecode(root)}: {e.strerror}") from None
         chain = DirChain(rfd)
+        # The walk keeps every entry (a namedtuple, which the cyclic collector traces for good): collecting
+        # less often than every 700 allocations saves ~10% of an unchanged push's walk; cycles are still
+        # collected.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], 20_000), *thresholds[1:])
         try:
             self._refuse_own(rfd, root)
             st = os.fstat(rfd)
@@ -356,6 +364,7 @@ class _Walker:
                 subdirs = self._directory(chain, depth, name, dident, didx, path)
                 stack.extend(reversed(subdirs))
         finally:
+            gc.set_threshold(*thresholds)
             chain.close()
         self._drain(0)
         self.learnt_rows = self._learnt_rows()
@@ -378,9 +387,8 @@ class _Walker:
         """The stat cache this push learnt (entries in walk order); None if it is the one it started with."""
         if self.read_files == 0 and len(self.learnt) == len(self.known):
             return None  # every file remembered was vouched for, with what the cache said: the same rows
-        return {(st.st_dev, st.st_ino): Known(st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.entries[i].content,
-                                              self.entries[i].chunks, self.entries[i].xattrs)
-                for (_, i, st) in self.learnt}
+        return {node: Known(size, mtime, ctime, self.entries[i].content, self.entries[i].chunks, self.entries[i].xattrs)
+                for (node, i, size, mtime, ctime) in self.learnt}
 
     def _refuse_own(self, rfd: int, root: bytes) -> None:
         """Refuse a root that is (inside) one of wsfs' own directories: found by walking up through ``..``."""
@@ -615,7 +623,7 @@ class _Walker:
         if size and not chunks:
             self.unread.setdefault(k[3], (didx, key.rpartition(b"\0")[2], node, size))
         if st.st_ctime_ns < self.racy_from:
-            self.learnt.append((node, len(entries) - 1, st))
+            self.learnt.append((node, len(entries) - 1, size, mtime, st.st_ctime_ns))
         v = self.vouched
         v[0] += 1
         v[1] += size
@@ -626,7 +634,7 @@ class _Walker:
         """Remember what file *idx* (read, with stat *st*) holds, unless it is racily clean."""
         self.read_files += 1
         if st.st_ctime_ns < self.racy_from:
-            self.learnt.append(((st.st_dev, st.st_ino), idx, st))
+            self.learnt.append(((st.st_dev, st.st_ino), idx, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
     def reread(self, cid: bytes) -> bytes:
         """The bytes of a small file the stat cache let the walk skip, read again now (its pack is being
