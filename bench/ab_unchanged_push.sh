@@ -6,8 +6,9 @@
 #   e.g. bash bench/ab_unchanged_push.sh /var/tmp/npm30k/node_modules npm 6 /work/wt-base/src /work/main/src
 #
 # Per side: init, a first push, then (after the stat cache's 2 s racy window) one unchanged push that
-# writes what later pushes reuse; then ROUNDS timed unchanged pushes per side, alternating.  Prints one
-# line per push and the medians; exits 0.
+# writes what later pushes reuse; then ROUNDS timed unchanged pushes per side, alternating, each round
+# with a `du -s` of the tree for reference (the machine's speed).  Prints one line per push and the
+# medians; exits 0.
 set -u
 T=$1; L=$2; R=${3:-5}; BASE=${4:?BASE_SRC}; NEW=${5:?NEW_SRC}
 src_of() { if [ "$1" = base ]; then echo "$BASE"; else echo "$NEW"; fi; }
@@ -23,6 +24,9 @@ for side in base new; do
   PYTHONPATH=$(src_of $side) python3 -m wsfs -q --repo "$d/repo" --cache-dir "$d/cache" push "$T" demo
 done
 for r in $(seq "$R"); do
+  # the machine's speed this round: a C program's lstat of every entry (du), the floor of any walk
+  s=$(date +%s.%N); du -s "$T" >/dev/null; e=$(date +%s.%N)
+  printf "%s du round %d: %.3f s  (lstat of every entry, for reference)\n" "$L" "$r" "$(echo "$e - $s" | bc)"
   for side in base new; do
     d=/var/tmp/ab-$L-$side
     s=$(date +%s.%N)
@@ -35,7 +39,7 @@ python3 - "$out.all" <<'EOF'
 import re, statistics, sys
 d = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"(\S+) (base|new) round \d+: ([\d.]+) s", line)
+    m = re.match(r"(\S+) (base|new|du) round \d+: ([\d.]+) s", line)
     if m:
         d.setdefault(m[2], []).append(float(m[3]))
 for side, v in d.items():
