@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import errno
 import functools
-import gc
 import getpass
 import logging
 import os
@@ -345,11 +344,6 @@ class _Walker:
         except OSError as e:
             raise SourceError(f"{os.fsdecode(root)}: {e.strerror}") from None
         chain = DirChain(rfd)
-        # The walk keeps every entry (a namedtuple, which the cyclic collector traces for good): collecting
-        # less often than every 700 allocations saves ~10% of an unchanged push's walk; cycles are still
-        # collected.
-        thresholds = gc.get_threshold()
-        gc.set_threshold(max(thresholds[0], 20_000), *thresholds[1:])
         try:
             self._refuse_own(rfd, root)
             st = os.fstat(rfd)
@@ -364,7 +358,6 @@ class _Walker:
                 subdirs = self._directory(chain, depth, name, dident, didx, path)
                 stack.extend(reversed(subdirs))
         finally:
-            gc.set_threshold(*thresholds)
             chain.close()
         self._drain(0)
         self.learnt_rows = self._learnt_rows()
