@@ -1,7 +1,7 @@
 import pytest
 
 from wsfs.errors import InvalidName, UsageError
-from wsfs.format.names import check_entry_name, check_tag, check_workspace, split_path
+from wsfs.format.names import check_entry_name, check_tag, check_workspace, pct, pct_path, split_path
 from wsfs.repository import Ref
 
 
@@ -47,3 +47,15 @@ def test_ref_parsing():
     for bad in ["demo@", "@3", "de mo@1", "demo@-x", "demo@1@2"]:
         with pytest.raises(UsageError):
             Ref.parse(bad)
+
+
+def test_percent_encoding_is_urllibs_for_every_byte():
+    """pct and pct_path give what urllib.parse.quote_from_bytes gives (the API's documented encoding)."""
+    import os
+    from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+    samples = [bytes([b]) for b in range(256)] + [bytes(range(256)), b"@types/node/index.d.ts", b"",
+                                                 b"a b/c%d/\xff\xfe", os.urandom(300)]
+    for s in samples:
+        assert pct(s) == quote_from_bytes(s, safe="") and unquote_to_bytes(pct(s)) == s
+        assert pct_path(s) == quote_from_bytes(s, safe="/") and unquote_to_bytes(pct_path(s)) == s

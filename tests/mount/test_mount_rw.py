@@ -341,6 +341,33 @@ def test_fsynced_writes_survive_kill_9_of_the_daemon(mount: Mounter, rich: Pushe
     assert (m2.path / "text.txt").read_bytes()[:10] == b"CHANGEDorl"
 
 
+def test_status_of_a_large_layer_lists_every_path(mount: Mounter, rich: PushedTree, tmp_path: Path) -> None:
+    """Over 4,096 inodes the daemon reads the layer whole before walking it (Snapshot.prefetch_if_large)
+    and the CLI reads a reply of megabytes: every path is there, with its type and size, and nothing else."""
+    m = rw(mount, rich, tmp_path / "state")
+    want = {("M", "", "dir"), ("A", "@scope", "dir")}
+    for d in range(42):
+        sub = m.path / "@scope" / f"p{d}"
+        sub.mkdir(parents=True)
+        want.add(("A", f"@scope/p{d}", "dir"))
+        for f in range(100):
+            (sub / f"f{f}.js").write_bytes(b"x" * f)
+            want.add(("A", f"@scope/p{d}/f{f}.js", "file"))
+    os.symlink("@scope", m.path / "link")
+    want.add(("A", "link", "symlink"))
+    os.unlink(m.path / "empty")
+    want.add(("D", "empty", None))
+    (m.path / "one").write_bytes(b"changed")
+    want.add(("M", "one", "file"))
+    s = json.loads(subprocess.run([sys.executable, "-m", "wsfs", "status", "--json", str(m.path)], env=m.env,
+                                  capture_output=True, check=True).stdout)
+    assert {(c["kind"], c["path"], c.get("type")) for c in s["changes"]} == want
+    assert len(s["changes"]) == len(want)
+    sizes = {c["path"]: c.get("size") for c in s["changes"]}
+    assert sizes["@scope/p3/f77.js"] == 77 and sizes["one"] == 7
+    assert next(c for c in s["changes"] if c["path"] == "@scope/p0/f1.js")["path_pct"] == "%40scope/p0/f1.js"
+
+
 def test_clean_umount_keeps_everything_and_status_lists_it(mount: Mounter, rich: PushedTree, tmp_path: Path) -> None:
     state = tmp_path / "state"
     m = rw(mount, rich, state)

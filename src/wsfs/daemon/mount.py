@@ -983,6 +983,7 @@ class _Daemon:
                     "version": self.version}
         snap = trio.from_thread.run_sync(functools.partial(tree.layer.snapshot, durable=False))
         try:
+            snap.prefetch_if_large()
             out = tree.status(snap)
         finally:
             snap.close()

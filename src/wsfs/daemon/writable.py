@@ -366,14 +366,11 @@ class WritableTree:
         *layer*: a snapshot of the layer (read in any thread), else the layer itself (on its thread)."""
         layer = layer or self.layer
         changes = []
-        dirs: dict[bytes, Any] = {}
         for p in layer.pending():
             entry: dict[str, Any] = {"kind": p.kind, **named("path", p.path)}  # as every --json names paths
             if p.kind != "D":
                 entry["size"] = p.size
-                a = layer.resolve(p.path, dirs)
-                if a is not None:
-                    entry["type"] = _type_name(a.mode)
+                entry["type"] = _type_name(p.mode)
             changes.append(entry)
         base = layer.base_id
         return {"workspace": base.workspace, "base_version": base.version,

@@ -88,7 +88,7 @@ def _dirty_dirs(layer: WriteLayer) -> set[int]:
 
 
 def _walk_current(layer: WriteLayer, ino: int, prefix: bytes) -> Iterator[tuple[bytes, Inode]]:
-    for _, name, a in layer.readdir(ino):
+    for name, a in layer.entries(ino):
         p = _join(prefix, name)
         yield p, a
         if a.is_dir:

@@ -116,6 +116,11 @@ class Namespace(Batches):
             out.append((LAYER_CURSOR + rid, name, self.getattr(child)))
         return out
 
+    def entries(self, ino: int) -> list[tuple[bytes, Inode]]:
+        """``(name, attributes)`` of directory *ino*'s entries, in no particular order (for a walk that
+        sorts what it finds itself)."""
+        return [(name, a) for _, name, a in self.readdir(ino)]
+
     def entry_types(self, ino: int) -> dict[bytes, tuple[int, int]]:
         """Directory *ino*'s entries as ``name -> (inode, file type)``, in two queries: what a walk that
         needs names and types only (a re-base) reads, without merging attributes as :meth:`readdir` does.

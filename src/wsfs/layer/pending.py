@@ -36,12 +36,13 @@ if TYPE_CHECKING:
 class Pending(NamedTuple):
     """One path the next commit would publish: *kind* A, D, M or T; *size* its size now (0 if deleted);
     *ctime_ns* when it last changed: its entry's ctime, or for a deletion its directory's (0 if that is
-    gone too)."""
+    gone too); *mode* its mode now (0 if deleted)."""
 
     path: bytes
     kind: str
     size: int
     ctime_ns: int
+    mode: int = 0
 
 
 def resolve(layer: WriteLayer, path: bytes, dirs: dict[bytes, Inode | None] | None = None) -> Inode | None:
@@ -112,7 +113,7 @@ def pending(layer: WriteLayer) -> list[Pending]:
         if (_key(c.path) if c.path else b"") not in memo:
             if c.ino:
                 a = layer.getattr(c.ino)
-                out[c.path] = Pending(c.path, c.kind, a.size, a.ctime_ns)
+                out[c.path] = Pending(c.path, c.kind, a.size, a.ctime_ns, a.mode)
             else:
                 out[c.path] = deleted(c.path)
     for key, (body, ino, ctime) in memo.items():
@@ -122,10 +123,10 @@ def pending(layer: WriteLayer) -> list[Pending]:
             if body is not None:
                 out[path] = deleted(path)
         elif body is None:
-            out[path] = Pending(path, "A", a.size, a.ctime_ns)
+            out[path] = Pending(path, "A", a.size, a.ctime_ns, a.mode)
         elif (a.ino, a.ctime_ns) != (ino, ctime):
             kind = "T" if a.ino != ino and not _same_type(layer, a.ino, ino) else "M"
-            out[path] = Pending(path, kind, a.size, a.ctime_ns)
+            out[path] = Pending(path, kind, a.size, a.ctime_ns, a.mode)
     return sorted(out.values(), key=lambda p: _key(p.path) if p.path else b"")
 
 

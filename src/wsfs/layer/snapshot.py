@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import apsw
 
 from wsfs.errors import InvalidArgument
-from wsfs.format.manifest import Manifest
+from wsfs.format.manifest import Inode, Manifest
 from wsfs.fsops import proc_path
 from wsfs.layer.batch import NODE_COLS, ReadBase
 from wsfs.layer.content import BLOCK
@@ -189,6 +189,13 @@ class Snapshot(WriteLayer):
             self._dentries.setdefault(parent, names)
         self._all = True
 
+    def prefetch_if_large(self, rows: int = 4096) -> None:
+        """:meth:`prefetch_all` if the layer holds at least *rows* inodes (one count): for a reader of
+        everything the layer changed (``wsfs status``), whose row-by-row reads of a 40,000-entry layer
+        took ~40% of its time."""
+        if not self._all and self.db.execute("SELECT count(*) FROM nodes").fetchall()[0][0] >= rows:
+            self.prefetch_all()
+
     def read_small(self, ino: int) -> bytes | None:
         """The whole content of regular file *ino* if the layer holds it in one slot (a file of at most one
         block written here, nothing of the base in it), else None (:meth:`read` it).
@@ -213,6 +220,14 @@ class Snapshot(WriteLayer):
     def _block_map(self, ino: int) -> dict[int, int]:
         got = self._block_maps.pop(ino, None)
         return got if got is not None else super()._block_map(ino)
+
+    def entries(self, ino: int) -> list[tuple[bytes, Inode]]:
+        # A directory of the layer's own, read whole (prefetch_all): its entries without a query.
+        if self._all and ino > self.base_max:
+            self._dir(ino)
+            getattr_ = self.getattr
+            return [(name, getattr_(child)) for name, child in self._dentries.get(ino, {}).items() if child]
+        return super().entries(ino)
 
     def _layer_dentry(self, parent: int, name: bytes) -> int | None:
         names = self._dentries.get(parent)
