@@ -974,9 +974,18 @@ def test_a_snapshot_read_whole_matches_its_reads(setup) -> None:
     two = write_file(lay, b"two.bin", os.urandom(100_000))  # two blocks
     for ino in (grown, holes):
         lay.release(ino)
+    d = lay.mkdir(ROOT_INO, b"newdir", 0o755, uid, gid).ino
+    for n in (b"x", b"y", b"z"):
+        write_file(lay, b"newdir/" + n, n)
+    lay.unlink(d, b"y")
     snap = lay.snapshot()
     try:
         snap.prefetch_all()
+        # a new directory listed from what was read whole, the base's root as before: as the layer lists them
+        for ino in (d, ROOT_INO):
+            assert sorted(snap.entries(ino)) == sorted((n, at) for _, n, at in lay.readdir(ino))
+        assert [n for n, _ in sorted(snap.entries(d))] == [b"x", b"z"]
+        assert snap.changes() == lay.changes()
         got = {ino: snap.read_small(ino) for ino in (small, grown, holes, a, two)}
         assert got[small] == b"n" * 3000
         assert got[grown] == b"head" + bytes(40_000 - 4)

@@ -598,6 +598,9 @@ def _commit(
         base_rec = repo.record(ws, snap.base_id.version)
         # Every key that differs from the base in the layer's terms (status shows them) is memoised,
         # also where its record did not change (a further name of a hard-linked file written to).
+        # A layer with many inodes not committed yet (a tree written whole) is read whole first: the change
+        # walk and the read then take rows from memory (the walk took ~2.8 s of a 40,000-entry commit).
+        snap.prefetch_if_large(PREFETCH_ALL + len(memo))
         seen = {_key(c.path) if c.path else b"" for c in snap.changes()}
         stats.lap("changes", mark)
         # Candidates: what differs from the base, and what we committed.  Any other key holds the
@@ -857,8 +860,8 @@ def _pack_source(repo: Repository, parent: Parent, view: _View, spill: _Spill, e
 
     def pack_bytes(plan: PackPlan) -> bytes:
         out = []
-        for cid, size in plan.contents:
-            data = spill.read(cid)
+        spilled = spill.read_many([cid for cid, _ in plan.contents])
+        for (cid, size), data in zip(plan.contents, spilled, strict=True):
             if data is not None and len(data) == size:  # hashed as it was read, into this commit's own file
                 out.append(data)
                 continue

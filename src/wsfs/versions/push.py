@@ -272,6 +272,39 @@ class _Spill:
             raise OSError(f"short read of a spilled file ({len(data)} of {n} bytes)")
         return data
 
+    _RUN = 4 << 20  # bytes read at most in one pread by read_many
+
+    def read_many(self, cids: list[bytes]) -> list[bytes | None]:
+        """:meth:`read` of each of *cids*, with one ``pread`` per run of them stored back to back (a pack's
+        files were spilled in the order it holds them: a ``pread`` per file was ~7% of a large commit)."""
+        out: list[bytes | None] = [None] * len(cids)
+        at, i = self.at, 0
+        while i < len(cids):
+            where = at.get(cids[i])
+            if where is None or where[0] + where[1] > self.written:
+                out[i] = self.read(cids[i])  # (not spilled, or still in the buffer)
+                i += 1
+                continue
+            start = end = where[0]
+            sizes = []
+            j = i
+            while j < len(cids) and end - start < self._RUN:
+                w = at.get(cids[j])
+                if w is None or w[0] != end or end + w[1] > self.written:
+                    break
+                sizes.append(w[1])
+                end += w[1]
+                j += 1
+            data = os.pread(self.fd, end - start, start)
+            if len(data) != end - start:
+                raise OSError(f"short read of a spilled file ({len(data)} of {end - start} bytes)")
+            pos = 0
+            for k, n in enumerate(sizes, i):
+                out[k] = data[pos:pos + n]
+                pos += n
+            i = j
+        return out
+
     def close(self) -> None:
         os.close(self.fd)
         try:
@@ -810,8 +843,8 @@ def push(
 
         def pack_bytes(plan: PackPlan) -> bytes:
             out = []
-            for cid, _size in plan.contents:
-                data = spill.read(cid)
+            cids = [cid for cid, _size in plan.contents]
+            for cid, data in zip(cids, spill.read_many(cids), strict=True):
                 if data is None:
                     data = walker.reread(cid)  # the stat cache spared the walk reading it
                 out.append(data)
