@@ -163,15 +163,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    import gc
-
+    from wsfs import collector
     from wsfs.versions.push import push
 
-    # A push allocates, and keeps, objects per entry (the walk's entries, which the cyclic collector traces
-    # for good, the stat cache and the parent it loads): collecting after 20,000 allocations rather than 700
-    # saves ~10% of an unchanged push of 40,000 files.  Cycles are still collected.  (This process only:
-    # the service's uploads push in a process of its own settings.)
-    gc.set_threshold(20_000, *gc.get_threshold()[1:])
+    collector.relax()  # the walk keeps objects per entry (wsfs.collector)
     repo = _open_repo(args, create_default=True)
     t0 = time.monotonic()
     with _progress(args, "push", " entries") as progress:

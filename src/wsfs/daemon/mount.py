@@ -59,7 +59,7 @@ import blake3
 import pyfuse3
 import trio
 
-from wsfs import redact
+from wsfs import collector, redact
 from wsfs.cache import DEFAULT_CACHE_SIZE, BlobCache
 from wsfs.config import Settings, default_state_dir
 from wsfs.daemon import control
@@ -409,6 +409,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
     daemon.commit_interval = options.commit_interval
     daemon.commit_on_umount = options.commit_on_umount
     daemon.rebase = options.rebase
+    collector.relax()  # its commits hold objects per path (wsfs.collector)
     try:
         try:
             pyfuse3.init(ops, mountpoint, fuse_options)
