@@ -183,3 +183,18 @@ def test_an_unchanged_tree_is_recognised_and_nothing_is_encoded_again(local: Wsf
     # one entry changed (a file's mode): built again, one entry in the changeset
     os.chmod(src / "hard.js", 0o600)
     assert local.push(src, "demo")["stats"]["changed"] >= 1
+
+
+def test_a_kept_parent_is_used_only_for_the_top_and_size_the_record_names(local: Wsfs, tmp_path: Path) -> None:
+    """The record's manifest size is the store's word: a kept parent naming another size is not used."""
+    from wsfs.versions.publish import _decode_saved
+
+    src = _tree(tmp_path / "src")
+    local.push(src, "demo")
+    record = _repo(local).record("demo", 1)
+    raw = _kept(local, "demo").read_bytes()
+    top = bytes.fromhex(record.manifest)
+    got = _decode_saved(raw, top, record.manifest_size)
+    assert got is not None and got.kept and got.top_size == record.manifest_size
+    assert _decode_saved(raw, top, record.manifest_size + 1) is None
+    assert _decode_saved(raw, bytes(32), record.manifest_size) is None

@@ -45,6 +45,7 @@ from wsfs.format.tree import (
     with_link_names,
 )
 from wsfs.repository import Repository
+from wsfs.versions.sealed import seal, unseal
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,8 @@ class Parent:
                     return cls(chunks=pm.chunk_ids())
             raw = repo.local_state(saved) if saved is not None else None
             if raw is not None:
-                got = _decode_saved(raw, bytes.fromhex(record.manifest))
+                got = _decode_saved(raw, bytes.fromhex(record.manifest), record.manifest_size)
                 if got is not None:
-                    got.top_size = record.manifest_size
                     # Where the packs are stored is the one thing the top does not fix (two pushes of one tree
                     # may store its packs in different segments): from the version's pack map, as below.
                     got.places = dict(zip((r.id for r in got.pack_refs),
@@ -150,56 +150,45 @@ class Parent:
 # (all of it fixed by the version's top, which the file names; the packs' places are not kept, see load),
 # ~0.7 s of decoding for 30,000 files, in a form that loads in a few hundredths of a second: its entries
 # (with which the next push recognises an unchanged tree, and reuses the record body of an unchanged entry),
-# their record bodies, the ranges, packs and ids known stored.  Private
-# state of the user, written by wsfs: checked against a hash of its contents (a torn or damaged file is
-# ignored), and used only for the version whose top it names.
-_SAVED_MAGIC = b"WSPA3\n"
+# their record bodies, the ranges, packs and ids known stored, and the top's size.  Sealed
+# (wsfs.versions.sealed: a torn or damaged file is ignored), and used only for the version whose top and
+# top size it names (the record's manifest size is the store's word: it must be what this host published).
+_SAVED_MAGIC = b"WSPA4\n"
 _SAVED_MAX = 1 << 31  # decompressed size limit
 
 
 def _encode_saved(p: Parent) -> bytes:
-    import marshal
-
-    import zstandard
-
     assert p.bodies is not None and p.entries is not None
-    payload = marshal.dumps((
-        p.top, list(p.pieces), list(p.chunks),
+    return seal(_SAVED_MAGIC, (
+        p.top, p.top_size, list(p.pieces), list(p.chunks),
         [(sig, pid, size) for sig, (pid, size) in p.packs.items()],
         [tuple(r) for r in p.pack_refs],
         [tuple(e) for e in p.entries], [b for _, b in p.bodies],
         [tuple(ref) for ref, _, _ in p.ranges.values()],
-    ), 4)
-    return _SAVED_MAGIC + content_id(payload) + zstandard.ZstdCompressor(level=1).compress(payload)
+    ))
 
 
-def _decode_saved(raw: bytes, top: bytes) -> Parent | None:
-    """The parent kept in *raw* if it is whole and holds the tree whose top is *top*, else None."""
-    import marshal
-
-    import zstandard
-
-    head = len(_SAVED_MAGIC) + 32
-    if raw[:len(_SAVED_MAGIC)] != _SAVED_MAGIC or len(raw) < head:
-        return None
+def _decode_saved(raw: bytes, top: bytes, top_size: int) -> Parent | None:
+    """The parent kept in *raw* if it is whole and holds the tree whose top is *top* of *top_size* bytes,
+    else None."""
+    if not raw.startswith(_SAVED_MAGIC):
+        return None  # (another version's format)
     try:
-        payload = zstandard.ZstdDecompressor().decompress(raw[head:], max_output_size=_SAVED_MAX)
-        if content_id(payload) != raw[len(_SAVED_MAGIC):head]:
-            raise ValueError("hash mismatch")
-        saved_top, pieces, chunks, packs, pack_refs, rows, bodies, ranges = marshal.loads(payload)
-        if saved_top != top:
+        saved_top, saved_size, pieces, chunks, packs, pack_refs, rows, bodies, ranges = unseal(  # type: ignore[misc]
+            _SAVED_MAGIC, raw, _SAVED_MAX)
+        if (saved_top, saved_size) != (top, top_size):
             return None
         width = len(Entry._fields)
         if not all(type(r) is tuple and len(r) == width for r in rows):
             raise ValueError("not entries")
         keys = [e[0] for e in rows]
         out = Parent(top=top, pieces=set(pieces), chunks=set(chunks), bodies=list(zip(keys, bodies, strict=True)),
-                     kept=True, entries=rows)
+                     kept=True, entries=rows, top_size=top_size)
         out.packs = {sig: (pid, size) for sig, pid, size in packs}
         out.pack_refs = [Ref(*r) for r in pack_refs]
         out.ranges = _ranges(map(Ref._make, ranges), keys, bodies)
         return out
-    except (ValueError, TypeError, EOFError, zstandard.ZstdError) as e:
+    except (ValueError, TypeError) as e:
         log.warning("ignoring the kept parent version (decoding it instead): %s", e)
         return None
 
@@ -241,8 +230,7 @@ def store_tree(
     parent is published) and nothing is encoded again.
     """
     t0 = time.monotonic()
-    if parent.entries is not None and parent.top_size and len(entries) == len(parent.entries) \
-            and entries == parent.entries:
+    if parent.entries is not None and parent.top_size and entries == parent.entries:
         return Stored(parent.top, parent.top_size, None, 0, 0, 0, len(parent.pieces),
                       phases={"build": time.monotonic() - t0}, successor=parent if successor else None)
     layout = repo.config.layout

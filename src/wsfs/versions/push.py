@@ -486,8 +486,8 @@ class _Walker:
     def _entry(
         self, dfd: int, key: bytes, path: bytes, didx: int, st: os.stat_result | None
     ) -> tuple[int | None, os.stat_result | None]:
-        """Record the entry *key* of the directory open at *dfd* (*st*: its lstat, if taken and not vouched
-        for by the stat cache); returns its index and, for a directory, its stat."""
+        """Record the entry *key* of the directory open at *dfd* (*st*: its lstat, if taken, and then not
+        vouched for by the stat cache); returns its index and, for a directory, its stat."""
         name = key.rpartition(b"\0")[2]
         if st is None:
             try:
@@ -496,8 +496,6 @@ class _Walker:
                 self._fail(path, "vanished during push", e)
             except OSError as e:
                 self._fail(path, "cannot stat", e)
-            if st.st_mode & _S_IFMT == stat.S_IFREG and st.st_nlink == 1 and self._unchanged(key, st, didx):
-                return len(self.entries) - 1, None
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             what = self.exclude.get(ident(st))
@@ -533,7 +531,8 @@ class _Walker:
             self.entries.append(_entry(key, st, size=len(target), target=target))
             self.stats.symlinks += 1
         elif stat.S_ISREG(mode):
-            if st.st_nlink == 1 or not self._unchanged(key, st, didx):  # (_directory asked for a single name)
+            # (A single name: _directory asked the stat cache already, or could not stat it and it is read.)
+            if st.st_nlink == 1 or not self._unchanged(key, st, didx):
                 self._file(dfd, key, path, st)
         else:  # fifo, character or block device: stored as nodes, no content
             xattrs = self._node_xattrs(dfd, name, path, st)
