@@ -48,6 +48,18 @@ Targets, in this order in every round:
 * ``wsfs+commit S3`` (``--s3``): ``wsfs+commit`` with the repository in S3
   (SeaweedFS, ``tests/support/s3server.py``) behind ``latency_proxy.py`` at
   ``--rtt`` ms;
+* ``C passthrough`` (``--passthrough-c BIN``): libfuse's ``passthrough_ll``
+  example (C, multi-threaded, its default caching) over a directory under
+  ``--dir``: what a FUSE file system in C that only forwards each request
+  costs on this kernel, the floor for the per-request ratios.  Built from
+  the libfuse source of the installed version (``example/passthrough_ll.c``
+  and ``passthrough_helpers.h``, tag ``fuse-3.14.0``)::
+
+      gcc -O2 -o passthrough_ll passthrough_ll.c $(pkg-config fuse3 --cflags --libs)
+
+* ``py passthrough`` (``--passthrough-py FILE``): pyfuse3's
+  ``examples/passthroughfs.py`` (in the pyfuse3 sdist) run by this
+  interpreter over a directory under ``--dir``: the same with pyfuse3 and trio;
 * ``tmpfs``: a directory on ``/dev/shm``; ``ext4``: a directory under ``--dir``.
 
 On the mounts, ``wsfs stats --json`` is read after every step (FUSE
@@ -217,6 +229,44 @@ class Wsfs:
         self.mounted = False
 
 
+class Passthrough:
+    """A passthrough FUSE file system over *base*/src at *base*/mnt, run in the foreground by us (its pid is ours)."""
+
+    def __init__(self, base: Path, argv: list[str]) -> None:
+        self.src, self.mnt = base / "src", base / "mnt"
+        self.src.mkdir(parents=True)
+        self.mnt.mkdir()
+        self.proc = subprocess.Popen([*(a.replace("{src}", str(self.src)) for a in argv), str(self.mnt)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"{argv[0]} did not mount: {self.proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        try:
+            if os.path.ismount(self.mnt):
+                subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # only the process we started
+                self.proc.wait()
+        finally:
+            if os.path.ismount(self.mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+
+
+def one_passthrough(base: Path, inp: Path, branch: str, argv: list[str]) -> dict:
+    pt = Passthrough(base, argv)
+    try:
+        return run_target(pt.mnt, inp, branch, None)
+    finally:
+        pt.close()
+
+
 def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -288,6 +338,8 @@ def main() -> int:
     ap.add_argument("--json")
     ap.add_argument("--steps", default="", help="comma-separated prefixes of the step names to run (default: all)")
     ap.add_argument("--no-commit-target", action="store_true", help="leave out the wsfs+commit target")
+    ap.add_argument("--passthrough-c", metavar="BIN", help="also libfuse's passthrough_ll built at BIN (see above)")
+    ap.add_argument("--passthrough-py", metavar="FILE", help="also pyfuse3's examples/passthroughfs.py at FILE")
     a = ap.parse_args()
     STEP_FILTER[:] = [p.strip() for p in a.steps.split(",") if p.strip()]
     inp = Path(a.inputs)
@@ -331,6 +383,14 @@ def main() -> int:
                     log(f"round {r + 1}: wsfs rw mount, S3 at {a.rtt:g} ms, commit before rm")
                     res["wsfs+commit S3"] = one_wsfs(rb / "w3", inp, info["git_branch"], True,
                                                      f"s3://{s3_bucket}/wf-{r}", s3_env)
+                if a.passthrough_c:
+                    log(f"round {r + 1}: C passthrough ({a.passthrough_c})")
+                    res["C passthrough"] = one_passthrough(rb / "pc", inp, info["git_branch"],
+                                                           [a.passthrough_c, "-f", "-o", "source={src}"])
+                if a.passthrough_py:
+                    log(f"round {r + 1}: pyfuse3 passthrough ({a.passthrough_py})")
+                    res["py passthrough"] = one_passthrough(rb / "pp", inp, info["git_branch"],
+                                                            [sys.executable, a.passthrough_py, "{src}"])
                 log(f"round {r + 1}: tmpfs")
                 res["tmpfs"] = run_target(shm, inp, info["git_branch"], None)
                 log(f"round {r + 1}: ext4")
@@ -352,6 +412,7 @@ def main() -> int:
 def report(rounds: list[dict[str, dict]], a: argparse.Namespace) -> None:
     targets = list(rounds[0])
     ws = [t for t in targets if rounds[0][t]["wsfs"]]
+    fuse = [t for t in targets if t not in ("tmpfs", "ext4")]  # the FUSE targets: ratios to tmpfs and ext4
     names = list(rounds[0]["wsfs"]["steps"])
 
     def med(target: str, step: str) -> float:
@@ -360,27 +421,27 @@ def report(rounds: list[dict[str, dict]], a: argparse.Namespace) -> None:
 
     print(f"\nseconds per step (median of {a.runs} round(s)); ratios > 1: wsfs slower")
     head = " | ".join(targets)
-    rat = " | ".join(f"{t}/tmpfs | {t}/ext4" for t in ws)
+    rat = " | ".join(f"{t}/tmpfs | {t}/ext4" for t in fuse)
     print(f"| step | {head} | {rat} |")
-    print("|---|" + "---:|" * (len(targets) + 2 * len(ws)))
+    print("|---|" + "---:|" * (len(targets) + 2 * len(fuse)))
     tot = {t: 0.0 for t in targets}
-    worst = {t: (0.0, "") for t in ws}
+    worst = {t: (0.0, "") for t in fuse}
     for s in names:
         v = {t: med(t, s) for t in targets}
         for t in targets:
             tot[t] += v[t]
-        for t in ws:
+        for t in fuse:
             rt = v[t] / v["tmpfs"]
             if rt > worst[t][0]:
                 worst[t] = (rt, s)
         cells = " | ".join(f"{v[t]:.2f}" for t in targets)
-        rc = " | ".join(f"{v[t] / v['tmpfs']:.2f} | {v[t] / v['ext4']:.2f}" for t in ws)
+        rc = " | ".join(f"{v[t] / v['tmpfs']:.2f} | {v[t] / v['ext4']:.2f}" for t in fuse)
         print(f"| {s} | {cells} | {rc} |")
     cells = " | ".join(f"**{tot[t]:.2f}**" for t in targets)
-    rc = " | ".join(f"**{tot[t] / tot['tmpfs']:.2f}** | **{tot[t] / tot['ext4']:.2f}**" for t in ws)
+    rc = " | ".join(f"**{tot[t] / tot['tmpfs']:.2f}** | **{tot[t] / tot['ext4']:.2f}**" for t in fuse)
     print(f"| **total** | {cells} | {rc} |")
     print()
-    for t in ws:
+    for t in fuse:
         ov = tot[t] / tot["tmpfs"]
         print(f"goal (issue 13), {t}: overall <= 2x tmpfs: {ov:.2f}x -> {'met' if ov <= 2 else 'NOT met'}; "
               f"no step over 5x: worst {worst[t][0]:.2f}x ({worst[t][1]}) -> "
