@@ -5,6 +5,7 @@ repository root, as root (FUSE)::
 
     PYTHONPATH=src python bench/bench_rw_workflows.py [--dir /var/tmp] [--runs 1] [--json out.json]
         [--steps "git clone,git status,git checkout,tar,rm"] [--no-commit-target]
+        [--passthrough-c BIN] [--passthrough-py FILE] [--plot DIR]
 
 Inputs are prepared once, outside every timed region, and cached under
 ``--inputs`` (default ``/var/tmp/wsfs-bench-inputs``) so reruns are fast:
@@ -340,7 +341,13 @@ def main() -> int:
     ap.add_argument("--no-commit-target", action="store_true", help="leave out the wsfs+commit target")
     ap.add_argument("--passthrough-c", metavar="BIN", help="also libfuse's passthrough_ll built at BIN (see above)")
     ap.add_argument("--passthrough-py", metavar="FILE", help="also pyfuse3's examples/passthroughfs.py at FILE")
+    ap.add_argument("--plot", metavar="DIR", help="write rw_workflows.png to DIR (rw_plots.py, needs matplotlib)")
     a = ap.parse_args()
+    if a.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("--plot needs matplotlib (pip install matplotlib)") from None
     STEP_FILTER[:] = [p.strip() for p in a.steps.split(",") if p.strip()]
     inp = Path(a.inputs)
     info = prepare_inputs(inp, a.git_source)
@@ -406,6 +413,9 @@ def main() -> int:
     if a.json:
         Path(a.json).write_text(json.dumps({"info": info, "rounds": rounds}, indent=1))
     report(rounds, a)
+    if a.plot:
+        from rw_plots import plot
+        print(f"plot: {plot({'info': info, 'rounds': rounds}, Path(a.plot))}")
     return 0
 
 

@@ -33,7 +33,8 @@ NAN = float("nan")
 COLORS = {"wsfs": "C0", "wsfs + profile": "C1", "rclone": "C2", "rclone full cache": "C3", "s3fs": "C4",
           "squashfuse_ll (local)": "C5", "local dir": "C7", "boto3 download_file": "C6", "one GET": "C8",
           "naive 16 threads": "C9", "naive 64 threads": "olive", "naive 64 threads (download first)": "olive",
-          "tar.zst (download first)": "C8"}
+          "tar.zst (download first)": "C8", "wsfs+commit": "C9", "wsfs+commit S3": "olive",
+          "C passthrough": "C3", "py passthrough": "C1", "ext4": "C7"}  # (rw_plots.py's targets)
 
 
 def mounts(report: dict[str, Any], key: str) -> dict[str, dict[str, tuple[float, bool]]]:
