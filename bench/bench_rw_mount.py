@@ -16,8 +16,11 @@ Steps, each in a fresh target directory:
 
 Targets: a read-write mount of a small pushed version (state folder and
 cache under ``--dir``), a directory on tmpfs (``/dev/shm``), and a directory
-under ``--dir`` (ext4 here); ``--mount-only``: the mount alone (for A/B runs
-of two trees: ``PYTHONPATH=<tree>/src``, alternated).  On the mount, each
+under ``--dir`` (ext4 here); ``--passthrough-c BIN``: also libfuse's
+``passthrough_ll`` over a directory under ``--dir``, the floor of a FUSE file
+system in C (how to build it: ``bench_rw_workflows.py``); ``--mount-only``:
+the mount alone (for A/B runs of two trees: ``PYTHONPATH=<tree>/src``,
+alternated).  On the mount, each
 step's FUSE requests by operation (``wsfs stats --json``) and the daemon's
 CPU time (``/proc/PID/stat``) are reported too.  Prints seconds and rates
 (``--json FILE``: also as JSON); exits 0.
@@ -117,6 +120,7 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--mount-only", action="store_true", help="only the wsfs mount (A/B runs of two trees)")
+    ap.add_argument("--passthrough-c", metavar="BIN", help="also libfuse's passthrough_ll built at BIN")
     ap.add_argument("--json", help="also write the results to this file")
     a = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="wsfs-bench-rw-", dir=a.dir))
@@ -140,6 +144,13 @@ def main() -> int:
             results["wsfs rw mount"] = run_steps(mnt, tar, a.files, a.mib, Probe(mnt, env))
         finally:
             subprocess.run([*wsfs, "umount", str(mnt)], env=env, check=True)
+        if a.passthrough_c and not a.mount_only:
+            from bench_rw_workflows import Passthrough
+            pt = Passthrough(base / "pc", [a.passthrough_c, "-f", "-o", "source={src}"])
+            try:
+                results["C passthrough"] = run_steps(pt.mnt, tar, a.files, a.mib)
+            finally:
+                pt.close()
         if not a.mount_only:
             results["tmpfs"] = run_steps(shm, tar, a.files, a.mib)
             ext4 = base / "ext4"

@@ -181,7 +181,7 @@ def test_pyfuse3_is_patched() -> None:
     if os.environ.get("WSFS_ALLOW_STOCK_PYFUSE3") == "1":
         pytest.skip("stock pyfuse3 allowed by WSFS_ALLOW_STOCK_PYFUSE3=1")
     assert getattr(pyfuse3, "WSFS_INODE_AS_HANDLE", False), "run scripts/install_pyfuse3.sh"
-    assert getattr(pyfuse3, "WSFS_PATCH", 0) >= 2, "an older patched build: run scripts/install_pyfuse3.sh"
+    assert getattr(pyfuse3, "WSFS_PATCH", 0) >= 3, "an older patched build: run scripts/install_pyfuse3.sh"
 
 
 def test_metadata_and_small_files_need_no_blob_gets(rich: PushedTree, mount) -> None:

@@ -269,6 +269,14 @@ def open_layer_base(repo: Repository, ref: Ref, state_dir: str) -> VersionRecord
 # -- entry point ----------------------------------------------------------------
 
 
+def _spin_where_it_pays() -> None:
+    """pyfuse3's third patch polls the FUSE descriptor for up to ``WSFS_SPIN_NS`` before waiting through
+    trio (``docs/daemon.md``, "Spin before wait"): that pays when the client runs on another CPU meanwhile;
+    with one CPU the poll would only keep the client from running, so it is switched off."""
+    if getattr(pyfuse3, "WSFS_SPIN_NS", 0) and len(os.sched_getaffinity(0)) < 2:
+        pyfuse3.WSFS_SPIN_NS = 0
+
+
 def run_mount(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
               *, verdict_fd: int | None = None) -> int:
     """Mount version *ref* at *mountpoint*; returns the exit status (0 after a clean unmount).
@@ -437,6 +445,7 @@ def _serve(settings: Settings, ref: Ref, mountpoint: str, options: MountOptions,
                 daemon.preloader = Preloader.start(path, cache.root, label, access)
         clean = False
         try:
+            _spin_where_it_pays()
             trio.run(daemon.main, verdict)
             clean = True
         finally:
