@@ -230,6 +230,14 @@ class Wsfs:
         self.mounted = False
 
 
+def _more_fds() -> None:
+    """passthrough_ll keeps a descriptor per inode the kernel knows: 30,000 files need more than 20,000."""
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):  # (raising the hard limit needs root)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))
+
+
 class Passthrough:
     """A passthrough FUSE file system over *base*/src at *base*/mnt, run in the foreground by us (its pid is ours)."""
 
@@ -238,7 +246,7 @@ class Passthrough:
         self.src.mkdir(parents=True)
         self.mnt.mkdir()
         self.proc = subprocess.Popen([*(a.replace("{src}", str(self.src)) for a in argv), str(self.mnt)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_more_fds)
         deadline = time.monotonic() + 20
         while not os.path.ismount(self.mnt):
             if self.proc.poll() is not None or time.monotonic() > deadline:
