@@ -145,8 +145,8 @@ def main() -> int:
         finally:
             subprocess.run([*wsfs, "umount", str(mnt)], env=env, check=True)
         if a.passthrough_c and not a.mount_only:
-            from bench_rw_workflows import Passthrough
-            pt = Passthrough(base / "pc", [a.passthrough_c, "-f", "-o", "source={src}"])
+            from bench_rw_workflows import Passthrough, c_passthrough_argv
+            pt = Passthrough(base / "pc", c_passthrough_argv(a.passthrough_c))
             try:
                 results["C passthrough"] = run_steps(pt.mnt, tar, a.files, a.mib)
             finally:

@@ -268,6 +268,11 @@ class Passthrough:
                 subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
 
 
+def c_passthrough_argv(binary: str) -> list[str]:
+    """How :class:`Passthrough` runs libfuse's ``passthrough_ll`` built at *binary*."""
+    return [binary, "-f", "-o", "source={src}"]
+
+
 def one_passthrough(base: Path, inp: Path, branch: str, argv: list[str]) -> dict:
     pt = Passthrough(base, argv)
     try:
@@ -401,7 +406,7 @@ def main() -> int:
                 if a.passthrough_c:
                     log(f"round {r + 1}: C passthrough ({a.passthrough_c})")
                     res["C passthrough"] = one_passthrough(rb / "pc", inp, info["git_branch"],
-                                                           [a.passthrough_c, "-f", "-o", "source={src}"])
+                                                           c_passthrough_argv(a.passthrough_c))
                 if a.passthrough_py:
                     log(f"round {r + 1}: pyfuse3 passthrough ({a.passthrough_py})")
                     res["py passthrough"] = one_passthrough(rb / "pp", inp, info["git_branch"],
