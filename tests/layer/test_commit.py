@@ -618,6 +618,38 @@ def test_a_memo_written_in_parts_and_cut_short_is_completed_from_the_intent(setu
         lay.close()
 
 
+@pytest.mark.parametrize("form", ["binary", "json", "torn"])
+def test_the_intent_is_read_back_in_both_encodings_and_a_torn_one_is_none(setup, form: str) -> None:
+    """The intent file names the memo rows of a version about to be created: written in binary, read also in
+    the JSON an earlier wsfs wrote (a state folder left by it); cut short anywhere, it is no intent."""
+    import json
+
+    from wsfs.layer.snapshot import Memo, Publication
+
+    base, lay = setup
+    write_file(lay, b"d/f", b"content")
+    write_file(lay, b"d/g", b"")
+    snap = lay.snapshot(durable=False)
+    try:
+        commit(base.repo, snap)
+        assert snap.publication is not None and len(snap.publication.rows) >= 3
+        pub = snap.publication._replace(rows={**snap.publication.rows, b"\0gone": Memo(None, 0, 0)})  # a removal
+        raw = pub.encode()
+        if form == "json":
+            raw = json.dumps({"version": pub.version, "top": pub.top, "record": pub.record.decode(), "rows": [
+                [k.hex(), None if m.body is None else m.body.hex(), m.ino, m.ctime_ns] for k, m in pub.rows.items()]
+            }).encode()
+        path = Path(lay.state.path) / "commit-intent"
+        cuts = [len(raw) - 1, len(raw) // 2, 25, 3] if form == "torn" else [len(raw)]
+        for cut in cuts:
+            path.write_bytes(raw[:cut])
+            got = snap.intent()
+            assert got == (None if form == "torn" else pub), cut
+        assert Publication.decode(pub.encode()) == pub
+    finally:
+        snap.close()
+
+
 def fill(lay: WriteLayer, bigs: int, big_size: int, smalls: int) -> None:
     """*bigs* random files of *big_size* bytes at the top and *smalls* small ones in ``many/``."""
     for i in range(bigs):

@@ -215,7 +215,10 @@ def _run_child_and_kill_the_daemon(m: Mount, seed: int, delay: float, where: str
         stop(m, strict=False)  # the dead mount is detached (fusermount3 -u, then -u -z)
     assert not is_mounted(m.path)
     out, text = outf.read_bytes(), errf.read_text()
-    assert child.returncode in (3, -signal.SIGKILL), f"{where}: child exit {child.returncode}:\n{text}"
+    if child.returncode not in (3, -signal.SIGKILL):  # the daemon's answer, if it gave one, is in its log
+        tail = b"".join(out.splitlines(keepends=True)[-10:]).decode(errors="replace")
+        pytest.fail(f"{where}: child exit {child.returncode}; its last lines:\n{tail}\n{text}\n"
+                    f"--- daemon log ---\n{m.log_path.read_text(errors='replace')[-4000:]}")
     return out, child.returncode
 
 

@@ -9,8 +9,9 @@ the exception.  No SQL, no chunk arithmetic, no store access here.
 pyfuse3's contract is that a handler may raise only ``FUSEError``: its
 dispatch code catches nothing else, so any other exception ends the main loop
 and leaves a dead mount.  :func:`_handler` therefore wraps every handler:
-a :class:`~wsfs.errors.WsfsError` becomes its ``errno``, anything unexpected
-is logged with a traceback and answered with ``EIO``.  It also counts
+a :class:`~wsfs.errors.WsfsError` becomes its ``errno`` (logged as a warning
+when that is ``EIO``: the application learns nothing from it), anything
+unexpected is logged with a traceback and answered with ``EIO``.  It also counts
 requests, errors and time per operation for ``wsfs stats``.
 
 On a read-only mount every request that would change the tree gets
@@ -152,7 +153,9 @@ def _handler(fn: F) -> F:
             failed = e.errno not in _EXPECTED_ERRNOS
             raise
         except WsfsError as e:
-            log.debug("%s%r: %s", op, args[:2], e)
+            # An I/O error reaches the application as EIO, which says nothing: the log says what failed.
+            log.log(logging.WARNING if e.errno == errno.EIO else logging.DEBUG, "%s: %s%r answered %s: %s",
+                    self.tree.label, op, args[:2], errno.errorcode.get(e.errno, e.errno), e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
             log.exception("%s: unexpected error in %s%r; answering EIO", self.tree.label, op, args[:2])

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import struct
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
@@ -69,15 +70,57 @@ class Publication(NamedTuple):
     rows: dict[bytes, Memo]
 
     def encode(self) -> bytes:
-        rows = [[k.hex(), None if m.body is None else m.body.hex(), m.ino, m.ctime_ns] for k, m in self.rows.items()]
-        return json.dumps({"version": self.version, "top": self.top, "record": self.record.decode(),
-                           "rows": rows}).encode()
+        """Binary: a magic line, ``<II`` (header length, rows), the JSON header, then per row ``<IIqq`` (key
+        length, body length or ``_NO_BODY``, inode, ctime) and the key's and body's bytes.  (JSON with hex
+        was ~10% of a 40,000-entry commit.)"""
+        head = json.dumps({"version": self.version, "top": self.top, "record": self.record.decode()}).encode()
+        parts = [_INTENT_MAGIC, _INTENT_HEAD.pack(len(head), len(self.rows)), head]
+        pack, add = _INTENT_ROW.pack, parts.append
+        for k, m in self.rows.items():
+            body = m.body
+            add(pack(len(k), _NO_BODY if body is None else len(body), m.ino, m.ctime_ns))
+            add(k)
+            if body:
+                add(body)
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, raw: bytes) -> Publication:
-        d = json.loads(raw)
-        rows = {bytes.fromhex(k): Memo(None if b is None else bytes.fromhex(b), int(i), int(c)) for k, b, i, c in d["rows"]}
+        """ValueError if *raw* is not a whole publication (also reads the JSON an earlier wsfs wrote)."""
+        if not raw.startswith(_INTENT_MAGIC):
+            d = json.loads(raw)
+            rows = {bytes.fromhex(k): Memo(None if b is None else bytes.fromhex(b), int(i), int(c))
+                    for k, b, i, c in d["rows"]}
+            return cls(int(d["version"]), str(d["top"]), d["record"].encode(), rows)
+        pos = len(_INTENT_MAGIC)
+        try:
+            n_head, n_rows = _INTENT_HEAD.unpack_from(raw, pos)
+            pos += _INTENT_HEAD.size
+            d = json.loads(raw[pos:pos + n_head])
+            pos += n_head
+            rows = {}
+            unpack, size = _INTENT_ROW.unpack_from, _INTENT_ROW.size
+            for _ in range(n_rows):
+                nk, nb, ino, ctime = unpack(raw, pos)
+                pos += size
+                key = raw[pos:pos + nk]
+                pos += nk
+                body = None
+                if nb != _NO_BODY:
+                    body = raw[pos:pos + nb]
+                    pos += nb
+                rows[key] = Memo(body, ino, ctime)
+        except struct.error as e:
+            raise ValueError(f"truncated commit intent: {e}") from None
+        if pos != len(raw):
+            raise ValueError(f"commit intent is {len(raw)} bytes, its rows end at {pos}")
         return cls(int(d["version"]), str(d["top"]), d["record"].encode(), rows)
+
+
+_INTENT_MAGIC = b"wsfs commit intent 2\n"
+_INTENT_HEAD = struct.Struct("<II")
+_INTENT_ROW = struct.Struct("<IIqq")
+_NO_BODY = 0xFFFFFFFF
 
 
 class _Slots:

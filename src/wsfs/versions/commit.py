@@ -335,8 +335,11 @@ def _overlaps(
 ) -> tuple[set[bytes], dict[bytes, Entry]]:
     """Keys where both sides' changes collide, and directories both changed compatibly (merged).
 
-    Each side maps key -> (old body, new body).
+    Each side maps key -> (old body, new body).  Nothing collides with nothing: a side without changes
+    (no other writer since) returns at once, without decoding the other side's records.
     """
+    if not ours or not theirs:
+        return set(), {}
     clash: set[bytes] = set()
     merged: dict[bytes, Entry] = {}
     for k in ours.keys() & theirs.keys():
