@@ -229,3 +229,27 @@ def test_pack_map_round_trip_and_hostile_maps() -> None:
         with pytest.raises(IntegrityError, match="pack map"):
             decode_pack_map(data, n)
             pytest.fail(why)
+
+
+def test_shared_prefix_is_the_longest_common_prefix() -> None:
+    """Range encoding stores each key as (bytes shared with the previous key, the rest): the count must be
+    exact for any bytes (0x00 and 0xff included), any lengths, one key a prefix of the other."""
+    import random
+
+    from wsfs.format.tree import shared_prefix
+
+    def naive(a: bytes, b: bytes) -> int:
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    rng = random.Random(7)
+    alphabet = b"\x00\x01a\x7f\x80\xfe\xff"
+    for _ in range(20000):
+        a = bytes(rng.choice(alphabet) for _ in range(rng.randrange(9)))
+        b = a[:rng.randrange(len(a) + 1)] + bytes(rng.choice(alphabet) for _ in range(rng.randrange(9)))
+        for x, y in ((a, b), (b, a), (a, a)):
+            assert shared_prefix(x, y) == naive(x, y), (x, y)
+    long = bytes(range(256)) * 20
+    assert shared_prefix(long, long[:-1] + b"\x00") == len(long) - 1

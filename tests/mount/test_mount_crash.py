@@ -37,6 +37,7 @@ import copy
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def test_kill_9_of_the_daemon_leaves_a_prefix_no_shorter_than_the_last_fsync(
     seed0 = int(os.environ.get("WSFS_CRASH_SEED", time.time_ns() % (1 << 40)))
     syncfs_acks = os.environ.get("WSFS_CRASH_SYNCFS") == "1"
     rng = random.Random(seed0)
-    stats = {"ops": 0, "acked": 0, "beyond_ack": 0, "lost": 0, "enotconn": 0, "syncfs": 0, "syncfs_lost": 0}
+    stats = {"ops": 0, "acked": 0, "beyond_ack": 0, "lost": 0, "enotconn": 0, "eio_at_kill": 0, "syncfs": 0, "syncfs_lost": 0}
     t0 = time.monotonic()
     state = tmp_path / "state"
     last: Kill | None = None
@@ -138,6 +139,7 @@ def test_kill_9_of_the_daemon_leaves_a_prefix_no_shorter_than_the_last_fsync(
         if syncfs_acks:
             acked = max(acked, synced_fs)
         stats["enotconn"] += code == 3
+        stats["eio_at_kill"] += code == 4
         stats["ops"] += len(ops)
         stats["acked"] += acked + 1
         last = Kill(where, MountModel.from_walk(tree[0]), ops, acked, seed, synced_fs)
@@ -215,10 +217,15 @@ def _run_child_and_kill_the_daemon(m: Mount, seed: int, delay: float, where: str
         stop(m, strict=False)  # the dead mount is detached (fusermount3 -u, then -u -z)
     assert not is_mounted(m.path)
     out, text = outf.read_bytes(), errf.read_text()
-    if child.returncode not in (3, -signal.SIGKILL):  # the daemon's answer, if it gave one, is in its log
+    log = m.log_path.read_text(errors="replace")
+    # EIO at the kill: once, in CI, a write in flight at the kill failed with EIO rather than ENOTCONN, and
+    # it never came back in hundreds of kills here.  Every EIO the daemon answers is in its log
+    # (ops._handler): one that is not came from the kernel, ending a request the daemon died on.
+    eio_from_kernel = child.returncode == 4 and not re.search(r"answered EIO|unexpected error", log)
+    if child.returncode not in (3, -signal.SIGKILL) and not eio_from_kernel:
         tail = b"".join(out.splitlines(keepends=True)[-10:]).decode(errors="replace")
         pytest.fail(f"{where}: child exit {child.returncode}; its last lines:\n{tail}\n{text}\n"
-                    f"--- daemon log ---\n{m.log_path.read_text(errors='replace')[-4000:]}")
+                    f"--- daemon log ---\n{log[-4000:]}")
     return out, child.returncode
 
 
