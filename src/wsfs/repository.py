@@ -578,8 +578,8 @@ class Repository:
         as the piece it is, inside its segment).
 
         Children before parents: ranges and the changeset first, the packs
-        not stored yet in new segments, then the pack map, then listing
-        pieces, then the top. So a stored top means its pack map, its
+        not stored yet in new segments and then the pack map beside them, the
+        listing pieces once the ranges are stored, the top once everything is. So a stored top means its pack map, its
         listings and every piece they list are stored, and a stored listing
         piece means its ranges are: a push of a tree some workspace already
         has costs a HEAD of its top, not one per piece (gc must delete
@@ -641,7 +641,11 @@ class Repository:
             sizes.append(len(raw))
             advanced()
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool:
+        # Segments go through a pool of their own: in the leaves' pool they queued behind every range's PUT and
+        # local copy (a whole-tree commit's ~200 ranges), though they are the largest uploads and can start as
+        # soon as their packs are compressed.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsfs-pieces") as pool, \
+                ThreadPoolExecutor(max_workers=max(2, workers // 2), thread_name_prefix="wsfs-segments") as seg_pool:
             if check:
                 missing_tops = ask(pool, tops)
                 for pid in tops:
@@ -655,18 +659,21 @@ class Repository:
                 missing_leaves = [pid for pid in ask(pool, leaves) if pid not in stored]
             else:
                 missing_tops, missing_lists, missing_leaves = tops, lists, leaves
-            # Leaves, new segments and the pack map all go at once (each is a child of the listings and the top).
+            # Leaves, new segments and the pack map all go at once: the leaves are the listings' children, the
+            # segments and the map the top's; so the listings go once the leaves are stored, while segments may
+            # still be on their way (the largest uploads: a whole-tree commit's 72 listings waited ~0.3 s for them).
             uploads: list[Future[None]] = [pool.submit(put, pid) for pid in missing_leaves]
             # Ranges, listings, tops (small) are kept on this host too, written beside the uploads.
             uploads += [pool.submit(_write_atomically, self._piece_path(pid), p.data, self.cache_dir)
                         for pid, p in todo.items()
                         if p.data is not None and pid not in pack_ids and len(p.data) <= tree.MAX_PIECE]
             expected[0] = len(missing_leaves) + sum(pid not in stored for pid in missing_lists + missing_tops)
+            top_children: list[Future[None]] = []  # segments, the pack map, listings
             if missing_tops and packs:
                 # A new tree: the packs whose place is not known go into new segments, then the map says where all
                 # are.  The packs are compressed in the caller's pool (zstd lets go of the GIL), not in the upload
                 # pool, where they waited behind every leaf's PUT (a whole-tree commit's ~200 ranges: ~1 s at
-                # 20 ms RTT).  Each segment is uploaded as soon as it is cut.
+                # 20 ms RTT).  Each segment is uploaded as soon as it is cut (seg_pool).
                 new_packs = [(pid, data(pid)) for pid in dict.fromkeys(packs) if pid not in places and pid in todo]
                 futures = collections.deque(encoding(pid, d) for pid, d in new_packs)
 
@@ -676,14 +683,16 @@ class Repository:
 
                 for sid, raw in self._segments(packed(), places):
                     expected[0] += 1
-                    uploads.append(pool.submit(put_object, segment_key(sid), raw))
+                    top_children.append(seg_pool.submit(put_object, segment_key(sid), raw))
                 pack_map = encode_blob(tree.encode_pack_map([places.get(pid, tree.STANDALONE) for pid in packs]))
                 expected[0] += 1
-                uploads.append(pool.submit(put_object, pack_map_key(missing_tops[0]), pack_map))
+                top_children.append(seg_pool.submit(put_object, pack_map_key(missing_tops[0]), pack_map))
             for f in uploads:
                 f.result()
-            for level in (missing_lists, missing_tops):
-                list(pool.map(put, [pid for pid in level if pid not in stored]))
+            top_children += [pool.submit(put, pid) for pid in missing_lists if pid not in stored]
+            for f in top_children:
+                f.result()
+            list(pool.map(put, [pid for pid in missing_tops if pid not in stored]))
         if places_out is not None:
             places_out.update(places)
         return len(sizes), sum(sizes), len(written) + len(new_packs)

@@ -659,6 +659,50 @@ def fill(lay: WriteLayer, bigs: int, big_size: int, smalls: int) -> None:
         write_file(lay, b"many/f%d" % i, os.urandom(100 + i))
 
 
+def test_pieces_are_stored_children_before_parents(setup) -> None:
+    """A stored piece vouches for what it lists (a push finds a stored top and asks about nothing below it;
+    a killed commit must leave no parent without its children): each listing is PUT only once every range
+    is stored, the top only once the segments, the pack map and the listings are, whatever overlaps."""
+    import threading
+
+    from wsfs.format import tree
+
+    base, lay = setup
+    fill(lay, 2, 5 << 20, 2500)
+    repo = base.repo
+    lock, clock, log = threading.Lock(), [0], []
+
+    def tick() -> int:
+        with lock:
+            clock[0] += 1
+            return clock[0]
+
+    def recorded(kind_of, fn):
+        def call(key, data):
+            start = tick()
+            if kind_of(key, data) in ("range", "segments"):
+                time.sleep(0.02)  # a store's round trip: a parent started too early would not wait for it
+            out = fn(key, data)
+            log.append((kind_of(key, data), start, tick()))
+            return out
+        return call
+
+    kinds = {tree.MAGIC_RANGE: "range", tree.MAGIC_LIST: "list", tree.MAGIC_TOP: "top", tree.MAGIC_CHANGES: "changes"}
+    repo.put_blob = recorded(lambda cid, data: kinds.get(bytes(data[:4]), "chunk"), repo.put_blob)
+    repo.store.put = recorded(lambda key, data: key.split("/")[0], repo.store.put)  # segments, pack maps, blobs
+    record, _ = commit_layer(repo, lay)
+    assert record.version == 2
+    by_kind: dict[str, list[tuple[int, int]]] = {}
+    for kind, start, end in log:
+        by_kind.setdefault(kind, []).append((start, end))
+    assert {"range", "list", "top", "segments", "packmaps"} <= by_kind.keys(), sorted(by_kind)
+    ranges_done = max(end for _, end in by_kind["range"] + by_kind.get("changes", []))
+    assert all(start > ranges_done for start, _ in by_kind["list"]), "a listing was stored before its ranges"
+    below_top = max(end for k in ("list", "segments", "packmaps") for _, end in by_kind[k])
+    assert all(start > below_top for start, _ in by_kind["top"]), "the top was stored before its children"
+    check_version(base, lay, 2)
+
+
 def child_env() -> dict[str, str]:
     """The environment of a child script of this directory (wsfs, tests/ and tests/layer importable)."""
     here = Path(__file__).parent
