@@ -172,6 +172,7 @@ def main() -> int:
 
         from support.s3server import seaweedfs_server, server_env
 
+        shutil.rmtree(work / "s3", ignore_errors=True)  # a server of this run only: fresh buckets
         with seaweedfs_server(work / "s3") as s3:
             with LatencyProxy(int(s3.endpoint_url.rsplit(":", 1)[1]), args.rtt) as proxy:
                 env = server_env(proxy.url)
