@@ -43,6 +43,7 @@ from mountkit import (
 
 from support.cli import Wsfs
 from support.trees import assert_same_tree
+from wsfs.daemon.ops import EioLog
 
 
 def test_tree_matches_source(rich: PushedTree, mount) -> None:
@@ -281,11 +282,13 @@ def test_corrupt_blob_gives_eio_and_other_files_still_read(tmp_path: Path, mount
 
     m = mount(tmp_path / "repo", "ws")  # cold cache
     m.expect_log(rf"blob {h}")
-    for _ in range(2):  # the second read fails fast, from the remembered failure
+    for _ in range(40):  # later reads fail fast, from the remembered failure: an application retrying
         with open(m.path / "bad.bin", "rb") as f:
             with pytest.raises(OSError) as exc:
                 f.read()
         assert exc.value.errno == errno.EIO
+    answered = [line for line in m.log_path.read_text().splitlines() if "answered EIO" in line]
+    assert 1 <= len(answered) <= EioLog.BURST and f"blob {h}" in answered[0], answered[:3]  # each says why
     assert (m.path / "good.bin").read_bytes() == good
     assert (m.path / "small.txt").read_bytes() == b"small\n"
     assert os.stat(m.path / "bad.bin").st_size == len(bad)

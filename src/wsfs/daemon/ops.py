@@ -10,7 +10,7 @@ pyfuse3's contract is that a handler may raise only ``FUSEError``: its
 dispatch code catches nothing else, so any other exception ends the main loop
 and leaves a dead mount.  :func:`_handler` therefore wraps every handler:
 a :class:`~wsfs.errors.WsfsError` becomes its ``errno`` (logged as a warning
-when that is ``EIO``: the application learns nothing from it), anything
+when that is ``EIO``, :class:`EioLog`: the application learns nothing from it), anything
 unexpected is logged with a traceback and answered with ``EIO``.  It also counts
 requests, errors and time per operation for ``wsfs stats``.
 
@@ -132,6 +132,34 @@ class OpStats:
             }
 
 
+class EioLog:
+    """Every EIO answer logged as a warning with what failed (the application learns nothing from the errno),
+    at most ``BURST`` per ``WINDOW`` seconds: an application retrying a broken file in a loop must not fill
+    the disk.  Beyond that one line per window says how many were not logged one by one."""
+
+    BURST = 20
+    WINDOW = 10.0
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.since = -self.WINDOW
+        self.logged = 0
+        self.quiet = 0
+
+    def answered(self, op: str, args: tuple[Any, ...], err: Exception) -> None:
+        now = time.monotonic()
+        if now - self.since >= self.WINDOW:
+            if self.quiet:
+                log.warning("%s: answered EIO %d more times in %.0f s (not logged one by one)",
+                            self.label, self.quiet, now - self.since)
+            self.since, self.logged, self.quiet = now, 0, 0
+        if self.logged < self.BURST:
+            self.logged += 1
+            log.warning("%s: %s%r answered EIO: %s", self.label, op, args, err)
+        else:
+            self.quiet += 1
+
+
 def _handler(fn: F) -> F:
     """Count and time a handler and make sure only ``FUSEError`` leaves it."""
     op = fn.__name__
@@ -153,9 +181,11 @@ def _handler(fn: F) -> F:
             failed = e.errno not in _EXPECTED_ERRNOS
             raise
         except WsfsError as e:
-            # An I/O error reaches the application as EIO, which says nothing: the log says what failed.
-            log.log(logging.WARNING if e.errno == errno.EIO else logging.DEBUG, "%s: %s%r answered %s: %s",
-                    self.tree.label, op, args[:2], errno.errorcode.get(e.errno, e.errno), e)
+            if e.errno == errno.EIO:
+                self.eio_log.answered(op, args[:2], e)
+            else:
+                log.debug("%s: %s%r answered %s: %s", self.tree.label, op, args[:2],
+                          errno.errorcode.get(e.errno, e.errno), e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
             log.exception("%s: unexpected error in %s%r; answering EIO", self.tree.label, op, args[:2])
@@ -232,6 +262,7 @@ class Operations(pyfuse3.Operations):
             listings_change=tree.listings_change, has_xattrs=tree.has_xattrs is not False,
         )
         self.stats = OpStats()
+        self.eio_log = EioLog(tree.label)
         self.inodes = InodeTable(label=tree.label)
         self.handles = HandleTable()
         self.invalidations = 0  # attribute invalidations sent to the kernel (invalidate_attributes)
