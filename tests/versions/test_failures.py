@@ -126,8 +126,11 @@ def test_killed_push_leaves_repo_valid_and_rerun_reuploads_nothing(wsfs, tmp_pat
     for i in range(12):
         (src / f"big{i}").write_bytes(os.urandom(8 << 20))  # 24 chunks of 4 MiB
     store = open_store(wsfs.repo)
+    # SIGINT as a terminal delivers it: a shell running us in the background without job control starts us
+    # with SIGINT ignored, which the child would inherit (then Python installs no KeyboardInterrupt handler).
     p = subprocess.Popen([sys.executable, "-m", "wsfs", "push", "-j", "2", str(src), "demo"], env=wsfs.env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while _blob_count(store) < 4 and p.poll() is None and time.monotonic() < deadline:
