@@ -91,7 +91,7 @@ class Publication(NamedTuple):
             d = json.loads(raw)
             rows = {bytes.fromhex(k): Memo(None if b is None else bytes.fromhex(b), int(i), int(c))
                     for k, b, i, c in d["rows"]}
-            return cls(int(d["version"]), str(d["top"]), d["record"].encode(), rows)
+            return cls._of(d, rows)
         pos = len(_INTENT_MAGIC)
         try:
             n_head, n_rows = _INTENT_HEAD.unpack_from(raw, pos)
@@ -114,7 +114,13 @@ class Publication(NamedTuple):
             raise ValueError(f"truncated commit intent: {e}") from None
         if pos != len(raw):
             raise ValueError(f"commit intent is {len(raw)} bytes, its rows end at {pos}")
-        return cls(int(d["version"]), str(d["top"]), d["record"].encode(), rows)
+        return cls._of(d, rows)
+
+    @classmethod
+    def _of(cls, head: Any, rows: dict[bytes, Memo]) -> Publication:
+        if not (isinstance(head, dict) and isinstance(head.get("record"), str) and isinstance(head.get("top"), str)):
+            raise ValueError("commit intent without its version, top and record")
+        return cls(int(head["version"]), head["top"], head["record"].encode(), rows)
 
 
 _INTENT_MAGIC = b"wsfs commit intent 2\n"
