@@ -577,17 +577,17 @@ class Repository:
         and the pack map, pieces count what of *pieces* was written (a pack
         as the piece it is, inside its segment).
 
-        Children before parents: ranges and the changeset first, the packs
-        not stored yet in new segments and the pack map beside them, the
-        listing pieces once the ranges are stored, the top once everything
-        is. So a stored top means its pack map, its listings and every piece
-        they list are stored, and a stored listing piece means its ranges
-        are: a push of a tree some workspace already has costs a HEAD of its
-        top, not one per piece (gc must delete parents before children).  *packs* are the version's pack ids in
-        order and *places* where the parent's packs are stored: a pack is
-        stored again (in a segment) unless its place is known.  Metadata
-        pieces are also kept locally, so that the next push and mount on
-        this host need not fetch them.
+        Children before parents: ranges and the changeset first, the packs not
+        stored yet in new segments and the pack map beside them, the listing
+        pieces once the ranges are stored, the top once everything is. So a
+        stored top means its pack map, its listings and every piece they list
+        are stored, and a stored listing piece means its ranges are: a push of
+        a tree some workspace already has costs a HEAD of its top, not one per
+        piece (gc must delete parents before children). *packs* are the
+        version's pack ids in order and *places* where the parent's packs are
+        stored: a pack is stored again (in a segment) unless its place is
+        known. Metadata pieces are also kept locally, so that the next push
+        and mount on this host need not fetch them.
 
         With *check* False nothing is asked (no HEAD): every piece with data
         is written (a commit's new pieces are new; a PUT costs what a HEAD
